@@ -1,0 +1,397 @@
+//! Opening a log directory: verify every file, rebuild the span list, repair a torn tail.
+//!
+//! 1. Classify directory entries; a foreign file is an error, prepared files are removed.
+//! 2. Read the meta file (vote, committed, purge mark, newest segment id).
+//! 3. For each segment, in id order: verify the header against the file name and the file
+//!    size against the header *before* mapping it, then walk its frames, checking each
+//!    frame's CRC32C, index continuity, term order and rkyv validity. A sealed segment must
+//!    end in a seal frame. The last segment's walk stops at the first zero or bad header.
+//! 4. Tail: the largest `synced_hint` among the tail's verifiable frames is a lower bound on
+//!    what was durable. A bad frame below it is corruption (an error naming segment and
+//!    offset). At or above it, it is a torn write: an error under the strict policy, else
+//!    its bytes (and any unsynced leftovers after it) are zeroed and synced.
+//! 5. A newer segment supersedes the records of older ones from its base index on
+//!    (truncation); records at or below the purge mark are dropped; what is left must be
+//!    contiguous, or records are missing.
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    Corruption, Error, LogId, Options, Payload, RecoveryPolicy, Result, SegmentId,
+    encoded::validate,
+    frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FrameError, FrameKind},
+    fs::{FileIo, Fs, write_zeros},
+    meta::Meta,
+    segment::{Header, SEGMENT_HEADER_LEN, Segment, name},
+    view::Span,
+};
+
+/// The writable tail found by recovery.
+#[derive(Debug)]
+pub(crate) struct Tail<T> {
+    pub(crate) segment: Arc<Segment<T>>,
+    pub(crate) file: Arc<dyn FileIo>,
+    pub(crate) write_offset: u64,
+}
+
+/// Everything `Log::open` needs.
+#[derive(Debug)]
+pub(crate) struct Recovered<T> {
+    pub(crate) meta: Meta,
+    pub(crate) spans: Vec<Span<T>>,
+    pub(crate) tail: Option<Tail<T>>,
+    pub(crate) next_index: Option<u64>,
+    pub(crate) last_term: u64,
+    pub(crate) next_segment_id: u64,
+}
+
+/// How a segment's frame walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Seal,
+    Zero,
+    Bad(Corruption),
+}
+
+/// The verified records of one segment.
+#[derive(Debug)]
+struct Walk {
+    offsets: Vec<u32>,
+    last_term: Option<u64>,
+    /// Offset where the walk stopped (the seal, the zero header, or the bad frame).
+    end: usize,
+    stop: Stop,
+    synced_hint: u32,
+}
+
+struct Found<T> {
+    segment: Arc<Segment<T>>,
+    file: Arc<dyn FileIo>,
+    walk: Walk,
+}
+
+/// Walks frames from the header on. CRC-valid frames that break continuity or fail rkyv
+/// validation are corruption wherever they are (they were written whole).
+fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) -> Result<Walk> {
+    let bytes = segment.bytes();
+    let corrupted = |offset: usize, reason| Error::Corrupted {
+        segment: segment.id,
+        offset: offset as u64,
+        reason,
+    };
+    let mut walk = Walk {
+        offsets: Vec::new(),
+        last_term: None,
+        end: SEGMENT_HEADER_LEN,
+        stop: Stop::Zero,
+        synced_hint: SEGMENT_HEADER_LEN as u32,
+    };
+    loop {
+        let at = walk.end;
+        let frame = match frame::decode(bytes, at, segment.crc, payload_max) {
+            Ok(frame) => frame,
+            Err(FrameError::End) => break,
+            Err(FrameError::Bad(reason)) => {
+                walk.stop = Stop::Bad(reason);
+                break;
+            }
+        };
+        walk.synced_hint = walk.synced_hint.max(frame.synced_hint);
+        if frame.kind == FrameKind::Seal {
+            walk.stop = Stop::Seal;
+            break;
+        }
+        let expected = segment.base + walk.offsets.len() as u64;
+        if frame.id.index != expected {
+            let found = frame.id.index;
+            return Err(corrupted(at, Corruption::IndexOutOfOrder { expected, found }));
+        }
+        if frame.id.term < walk.last_term.unwrap_or(prev_term) {
+            return Err(corrupted(at, Corruption::TermRegression));
+        }
+        let payload_start = at + FRAME_HEADER_LEN;
+        if validate::<T>(&bytes[payload_start..payload_start + frame.payload_len as usize]).is_err() {
+            return Err(corrupted(at, Corruption::InvalidArchive));
+        }
+        walk.offsets.push(u32::try_from(at).expect("segments are below 4 GiB"));
+        walk.last_term = Some(frame.id.term);
+        walk.end = at + frame.len();
+    }
+    Ok(walk)
+}
+
+/// Past the walk's end in the tail: the largest synced hint of any verifiable frame, and
+/// the end of the last non-zero byte (0 if all zero).
+fn probe_beyond<T>(segment: &Segment<T>, from: usize, payload_max: usize) -> (u32, usize) {
+    let bytes = segment.bytes();
+    let mut hint = 0;
+    let mut garbage_end = 0;
+    let mut at = from;
+    while at + FRAME_ALIGN <= bytes.len() {
+        let chunk = &bytes[at..at + FRAME_ALIGN];
+        if chunk.iter().any(|&b| b != 0) {
+            garbage_end = at + FRAME_ALIGN;
+            if let Ok(frame) = frame::decode(bytes, at, segment.crc, payload_max) {
+                hint = hint.max(frame.synced_hint);
+            }
+        }
+        at += FRAME_ALIGN;
+    }
+    (hint, garbage_end)
+}
+
+fn read_header(path: &Path, id: SegmentId, base: u64) -> Result<(Header, File)> {
+    let corrupted = |reason| Error::Corrupted { segment: id, offset: 0, reason };
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    let actual_bytes = file.metadata().map_err(Error::io("stat", path))?.len();
+    let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+    if actual_bytes < SEGMENT_HEADER_LEN as u64 {
+        return Err(Error::SegmentSizeMismatch { segment: id, expected_bytes: 0, actual_bytes });
+    }
+    file.read_exact_at(&mut bytes, 0).map_err(Error::io("read", path))?;
+    let header = Header::decode(&bytes).map_err(corrupted)?;
+    if header.id != id || header.base != base {
+        return Err(corrupted(Corruption::HeaderMismatch));
+    }
+    if header.size_bytes != actual_bytes {
+        let expected_bytes = header.size_bytes;
+        return Err(Error::SegmentSizeMismatch { segment: id, expected_bytes, actual_bytes });
+    }
+    if !(crate::options::SEGMENT_SIZE_MIN_BYTES..=crate::options::SEGMENT_SIZE_MAX_BYTES)
+        .contains(&header.size_bytes)
+    {
+        return Err(corrupted(Corruption::BadSegmentHeader));
+    }
+    Ok((header, file))
+}
+
+fn list(fs: &dyn Fs, dir: &Path) -> Result<(Vec<(SegmentId, u64, PathBuf)>, u64)> {
+    let mut segments = Vec::new();
+    let mut max_id = 0;
+    for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        let entry = entry.map_err(Error::io("list", dir))?;
+        let path = entry.path();
+        let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+            return Err(Error::ForeignFile { path });
+        };
+        match name::parse(&file_name) {
+            name::Entry::Segment { id, base } => {
+                max_id = max_id.max(id.0 + 1);
+                segments.push((id, base, path));
+            }
+            name::Entry::Prepared { id } => {
+                max_id = max_id.max(id.0 + 1);
+                fs.remove(&path).map_err(Error::io("remove", &path))?;
+            }
+            name::Entry::Meta | name::Entry::Lock => {}
+            name::Entry::Foreign => return Err(Error::ForeignFile { path }),
+        }
+    }
+    segments.sort_by_key(|s| s.0);
+    Ok((segments, max_id))
+}
+
+/// Repairs or rejects what follows the tail's last valid record.
+fn settle_tail<T>(
+    found: &Found<T>,
+    payload_max: usize,
+    policy: RecoveryPolicy,
+) -> Result<()> {
+    let segment = &found.segment;
+    let walk = &found.walk;
+    let (beyond_hint, garbage_end) = probe_beyond(segment, walk.end, payload_max);
+    let durable = walk.synced_hint.max(beyond_hint) as usize;
+    let reason = match walk.stop {
+        Stop::Bad(reason) => reason,
+        _ => Corruption::BadLength,
+    };
+    if walk.end < durable {
+        return Err(Error::Corrupted { segment: segment.id, offset: walk.end as u64, reason });
+    }
+    if garbage_end <= walk.end {
+        return Ok(());
+    }
+    if policy == RecoveryPolicy::Strict {
+        return Err(Error::TornTail { segment: segment.id, offset: walk.end as u64 });
+    }
+    tracing::warn!(
+        segment = %segment.id,
+        offset = walk.end,
+        torn_bytes = garbage_end - walk.end,
+        "zeroing the torn tail of the log"
+    );
+    let path = &segment.path;
+    write_zeros(found.file.as_ref(), walk.end as u64, (garbage_end - walk.end) as u64)
+        .map_err(Error::io("write", path))?;
+    found.file.sync_data().map_err(Error::io("fdatasync", path))
+}
+
+/// Opens every segment and walks it; the last may be unsealed.
+fn load<T: Payload>(
+    fs: &dyn Fs,
+    listed: Vec<(SegmentId, u64, PathBuf)>,
+    options: &Options,
+) -> Result<Vec<Found<T>>> {
+    let payload_max = options.record_size_max_bytes;
+    let count = listed.len();
+    let mut found: Vec<Found<T>> = Vec::with_capacity(count);
+    let mut prev_term = 0;
+    for (position, (id, base, path)) in listed.into_iter().enumerate() {
+        let (header, file) = read_header(&path, id, base)?;
+        let segment = Segment::map(header, path.clone(), &file, payload_max)
+            .map_err(Error::io("map", &path))?;
+        let walk = walk(&segment, payload_max, prev_term)?;
+        let is_tail = position + 1 == count;
+        if !is_tail && walk.stop != Stop::Seal {
+            let reason = match walk.stop {
+                Stop::Bad(reason) => reason,
+                _ => Corruption::MissingSeal,
+            };
+            return Err(Error::Corrupted { segment: id, offset: walk.end as u64, reason });
+        }
+        prev_term = walk.last_term.unwrap_or(prev_term);
+        let file = fs.open(&path).map_err(Error::io("open", &path))?;
+        found.push(Found { segment: Arc::new(segment), file, walk });
+    }
+    Ok(found)
+}
+
+/// Removes a segment file that no visible record needs any more.
+fn discard(fs: &dyn Fs, segment: &Segment<impl Sized>) -> Result<()> {
+    fs.remove(&segment.path).map_err(Error::io("remove", &segment.path))
+}
+
+/// Builds the visible spans: supersede by truncation, drop purged, check contiguity.
+fn build_spans<T>(
+    fs: &dyn Fs,
+    found: &[Found<T>],
+    purged: Option<LogId>,
+) -> Result<Vec<Span<T>>> {
+    let mut spans: Vec<Span<T>> = Vec::new();
+    for f in found {
+        let base = f.segment.base;
+        while let Some(last) = spans.last_mut() {
+            if last.first >= base {
+                discard(fs, &spans.pop().expect("last exists").segment)?;
+            } else {
+                last.end = Some(last.end().min(base));
+                break;
+            }
+        }
+        let end = base + f.walk.offsets.len() as u64;
+        spans.push(Span { segment: Arc::clone(&f.segment), first: base, end: Some(end) });
+    }
+    if let Some(purged) = purged {
+        let keep_from = purged.index + 1;
+        let tail_id = found.last().map(|f| f.segment.id);
+        spans.retain(|span| {
+            let is_tail = Some(span.segment.id) == tail_id;
+            let keep = span.end() > keep_from || (is_tail && span.end() == keep_from);
+            if !keep {
+                let _ = discard(fs, &span.segment);
+            }
+            keep
+        });
+        if let Some(first) = spans.first_mut() {
+            first.first = first.first.max(keep_from);
+            first.end = Some(first.end().max(first.first));
+            if first.first > keep_from && first.end() > first.first {
+                return Err(Error::MissingRecords {
+                    segment: first.segment.id,
+                    expected_index: keep_from,
+                    found_index: first.first,
+                });
+            }
+        }
+    }
+    for pair in spans.windows(2) {
+        if pair[0].end() != pair[1].first {
+            return Err(Error::MissingRecords {
+                segment: pair[1].segment.id,
+                expected_index: pair[0].end(),
+                found_index: pair[1].first,
+            });
+        }
+    }
+    Ok(spans)
+}
+
+/// Recovers the log in `dir` (already locked by the caller).
+pub(crate) fn recover<T: Payload>(
+    fs: &dyn Fs,
+    dir: &Path,
+    options: &Options,
+) -> Result<Recovered<T>> {
+    let (listed, max_listed_id) = list(fs, dir)?;
+    let meta = if Meta::exists(dir) {
+        Meta::open(fs, dir)?
+    } else if listed.is_empty() {
+        let meta = Meta::create(fs, dir)?;
+        fs.sync_dir(dir).map_err(Error::io("fsync", dir))?;
+        meta
+    } else {
+        let path = dir.join(name::META);
+        return Err(Error::MetaCorrupted { path, reason: "missing while segments exist" });
+    };
+    if let Some(last) = meta.state().last_segment
+        && !listed.iter().any(|(id, _, _)| *id >= last)
+    {
+        return Err(Error::MissingSegment { segment: last });
+    }
+    let purged = meta.state().purged;
+    let found = load::<T>(fs, listed, options)?;
+    if let Some(tail) = found.last()
+        && tail.walk.stop != Stop::Seal
+    {
+        settle_tail(tail, options.record_size_max_bytes, options.recovery)?;
+    }
+    for f in &found {
+        f.segment.publish(&f.walk.offsets);
+    }
+    let spans = build_spans(fs, &found, purged)?;
+    let tail = found.into_iter().last().filter(|f| f.walk.stop != Stop::Seal).and_then(|f| {
+        let alive = spans.last().is_some_and(|s| Arc::ptr_eq(&s.segment, &f.segment));
+        alive.then(|| Tail {
+            write_offset: f.walk.end as u64,
+            segment: f.segment,
+            file: f.file,
+        })
+    });
+    let mut spans = spans;
+    if let (Some(tail), Some(last)) = (&tail, spans.last_mut()) {
+        assert!(Arc::ptr_eq(&tail.segment, &last.segment), "the tail is the last span");
+        last.end = None;
+    }
+    let span_end = spans.last().map(Span::end);
+    let next_index = match (span_end, purged) {
+        (Some(end), Some(p)) => Some(end.max(p.index + 1)),
+        (Some(end), None) => Some(end),
+        (None, Some(p)) => Some(p.index + 1),
+        (None, None) => None,
+    };
+    let last_term = last_term(&spans, purged)?;
+    let next_segment_id =
+        max_listed_id.max(meta.state().last_segment.map_or(0, |s| s.0 + 1)).max(1);
+    Ok(Recovered { meta, spans, tail, next_index, last_term, next_segment_id })
+}
+
+/// Term of the last visible record, else of the purge mark, else 0.
+fn last_term<T: Payload>(spans: &[Span<T>], purged: Option<LogId>) -> Result<u64> {
+    let last = spans.iter().rev().find(|s| s.first < s.end());
+    let Some(span) = last else {
+        return Ok(purged.map_or(0, |p| p.term));
+    };
+    let index = span.end() - 1;
+    let offset = span.segment.offset_of(index).expect("visible records have offsets");
+    let record = span.segment.read(offset, index).map_err(|reason| Error::Corrupted {
+        segment: span.segment.id,
+        offset: u64::from(offset),
+        reason,
+    })?;
+    Ok(record.id().term)
+}

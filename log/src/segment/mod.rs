@@ -1,0 +1,182 @@
+//! Segment files: a 64-byte header, then 16-aligned record frames, then zeros.
+//!
+//! A `Segment<T>` is the in-memory handle readers share: the read-only mapping, the offset
+//! of every published record, and the published count (the single writer's release store;
+//! readers' acquire load). Nothing here takes a lock.
+
+mod mmap;
+pub(crate) mod name;
+
+use std::{
+    fmt,
+    fs::File,
+    io,
+    marker::PhantomData,
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+pub use mmap::Record;
+use mmap::ReadMap;
+
+use crate::{Corruption, SegmentId, frame::FrameCrc};
+
+/// Size of the segment header in bytes.
+pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
+const MAGIC: [u8; 8] = *b"KEELSEG1";
+const FORMAT_VERSION: u32 = 1;
+
+/// The fixed header at the start of every segment file.
+///
+/// ```text
+/// offset size field
+///  0     8    magic "KEELSEG1"
+///  8     4    format version (1), u32 LE
+/// 12     4    header length (64), u32 LE
+/// 16     8    segment id, u64 LE
+/// 24     8    base index (index of the first record), u64 LE
+/// 32     8    segment size in bytes (the file's exact length), u64 LE
+/// 40    20    reserved, zero
+/// 60     4    CRC32C of bytes 0..60, u32 LE
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) id: SegmentId,
+    pub(crate) base: u64,
+    pub(crate) size_bytes: u64,
+}
+
+impl Header {
+    pub(crate) fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut out = [0u8; SEGMENT_HEADER_LEN];
+        out[0..8].copy_from_slice(&MAGIC);
+        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        out[16..24].copy_from_slice(&self.id.0.to_le_bytes());
+        out[24..32].copy_from_slice(&self.base.to_le_bytes());
+        out[32..40].copy_from_slice(&self.size_bytes.to_le_bytes());
+        let crc = crc_fast::crc32_iscsi(&out[0..60]);
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Corruption> {
+        let bytes = bytes.get(..SEGMENT_HEADER_LEN).ok_or(Corruption::BadSegmentHeader)?;
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        if bytes[0..8] != MAGIC
+            || u32_at(8) != FORMAT_VERSION
+            || u32_at(12) as usize != SEGMENT_HEADER_LEN
+            || crc_fast::crc32_iscsi(&bytes[0..60]) != u32_at(60)
+        {
+            return Err(Corruption::BadSegmentHeader);
+        }
+        Ok(Self { id: SegmentId(u64_at(16)), base: u64_at(24), size_bytes: u64_at(32) })
+    }
+}
+
+/// A mapped segment shared by the writer and all readers.
+pub(crate) struct Segment<T> {
+    pub(crate) id: SegmentId,
+    /// Index of the first record in this file.
+    pub(crate) base: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) crc: FrameCrc,
+    map: ReadMap,
+    /// `offsets[k]` is the frame offset of record `base + k`; append-only.
+    offsets: boxcar::Vec<u32>,
+    /// Records `base .. base + published` are readable.
+    published: AtomicU64,
+    payload_max: usize,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Segment<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &self.id)
+            .field("base", &self.base)
+            .field("published", &self.published())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Segment<T> {
+    /// Maps a segment file whose header says `header`.
+    pub(crate) fn map(
+        header: Header,
+        path: PathBuf,
+        file: &File,
+        payload_max: usize,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            id: header.id,
+            base: header.base,
+            path,
+            crc: FrameCrc::new(header.id),
+            map: ReadMap::new(file, header.size_bytes)?,
+            offsets: boxcar::Vec::new(),
+            published: AtomicU64::new(0),
+            payload_max,
+            _type: PhantomData,
+        })
+    }
+
+    /// The whole file's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.map.bytes()
+    }
+
+    /// Number of readable records.
+    pub(crate) fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// One past the last readable index.
+    pub(crate) fn end_index(&self) -> u64 {
+        self.base + self.published()
+    }
+
+    /// Frame offset of a published record.
+    pub(crate) fn offset_of(&self, index: u64) -> Option<u32> {
+        let k = index.checked_sub(self.base)?;
+        if k >= self.published() {
+            return None;
+        }
+        self.offsets.get(usize::try_from(k).ok()?).copied()
+    }
+
+    /// Makes records readable: their frames are already written at `offsets`.
+    ///
+    /// Only the single writer calls this.
+    pub(crate) fn publish(&self, offsets: &[u32]) {
+        let before = self.published.load(Ordering::Relaxed);
+        assert_eq!(before, self.offsets.count() as u64, "offsets and count agree");
+        if let (Some(&first), Some(k)) = (offsets.first(), before.checked_sub(1)) {
+            let last = self.offsets.get(usize::try_from(k).expect("count fits usize"));
+            assert!(last.is_some_and(|&last| first > last), "frames are published in file order");
+        }
+        for &offset in offsets {
+            self.offsets.push(offset);
+        }
+        self.published.store(before + offsets.len() as u64, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_flips() {
+        let header = Header { id: SegmentId(9), base: 100, size_bytes: 1 << 20 };
+        let bytes = header.encode();
+        assert_eq!(Header::decode(&bytes), Ok(header));
+        for bit in 0..SEGMENT_HEADER_LEN * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(Header::decode(&flipped), Err(Corruption::BadSegmentHeader), "bit {bit}");
+        }
+        assert_eq!(Header::decode(&bytes[..10]), Err(Corruption::BadSegmentHeader));
+    }
+}

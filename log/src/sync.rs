@@ -1,0 +1,265 @@
+//! Group commit: the syncer thread and durability tickets.
+//!
+//! The writer `pwrite`s each batch and bumps `written`; the syncer wakes, notes the newest
+//! `written` and the active file, runs one `fdatasync`, and then every append up to that
+//! point is durable. Appends arriving during the sync are written at once and form the next
+//! group by themselves: no timer, no batching delay. A failed sync poisons the log and is
+//! never retried.
+
+use std::{
+    collections::VecDeque,
+    fmt, io,
+    path::PathBuf,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+};
+
+use crate::{Error, Result, SegmentId, SyncPolicy, fs::FileIo, segment::SEGMENT_HEADER_LEN};
+
+/// How durable an append is once its ticket resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fdatasync`ed: survives a power cut.
+    Synced,
+    /// In the page cache only (relaxed sync policy): survives a process crash, not a power cut.
+    PageCache,
+}
+
+/// Called once with the outcome when an append becomes durable (or can never be).
+pub type DurableCallback = Box<dyn FnOnce(Result<Durability>) + Send>;
+
+/// What the syncer must `fdatasync` to cover everything written so far.
+#[derive(Debug, Clone)]
+pub(crate) struct SyncTarget {
+    pub(crate) file: Arc<dyn FileIo>,
+    pub(crate) path: PathBuf,
+    pub(crate) segment: SegmentId,
+    /// End of written bytes in the segment.
+    pub(crate) end: u32,
+}
+
+struct State {
+    written: u64,
+    synced: u64,
+    target: Option<SyncTarget>,
+    /// Newest durable point: (segment, offset).
+    synced_at: Option<(SegmentId, u32)>,
+    poison: Option<(&'static str, io::ErrorKind)>,
+    callbacks: VecDeque<(u64, DurableCallback)>,
+    closing: bool,
+}
+
+/// Shared between the writer, the syncer thread and tickets.
+pub(crate) struct SyncShared {
+    policy: SyncPolicy,
+    state: Mutex<State>,
+    /// Wakes the syncer.
+    work: Condvar,
+    /// Wakes ticket waiters.
+    done: Condvar,
+}
+
+impl fmt::Debug for SyncShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("SyncShared")
+            .field("policy", &self.policy)
+            .field("written", &state.written)
+            .field("synced", &state.synced)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle on one append's durability.
+#[derive(Debug, Clone)]
+pub struct SyncTicket {
+    seq: u64,
+    shared: Arc<SyncShared>,
+}
+
+impl SyncTicket {
+    /// Blocks until the append is durable.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if a write or sync failed first; [`Error::Closed`] if the log
+    /// closed before syncing it.
+    pub fn wait(&self) -> Result<Durability> {
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(outcome) = self.shared.outcome(&state, self.seq) {
+                return outcome;
+            }
+            state = self.shared.done.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Whether the append is already durable (never blocks).
+    pub fn is_durable(&self) -> bool {
+        matches!(self.shared.outcome(&self.shared.lock(), self.seq), Some(Ok(_)))
+    }
+
+    /// Calls `callback` once the append is durable, or with the error that prevents it.
+    /// It runs on the syncer thread, or at once on this thread if already decided.
+    pub fn on_durable(self, callback: impl FnOnce(Result<Durability>) + Send + 'static) {
+        let mut state = self.shared.lock();
+        if let Some(outcome) = self.shared.outcome(&state, self.seq) {
+            drop(state);
+            callback(outcome);
+        } else {
+            state.callbacks.push_back((self.seq, Box::new(callback)));
+        }
+    }
+}
+
+impl SyncShared {
+    pub(crate) fn new(policy: SyncPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
+            state: Mutex::new(State {
+                written: 0,
+                synced: 0,
+                target: None,
+                synced_at: None,
+                poison: None,
+                callbacks: VecDeque::new(),
+                closing: false,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn durability(&self) -> Durability {
+        if self.policy.is_durable() { Durability::Synced } else { Durability::PageCache }
+    }
+
+    fn outcome(&self, state: &State, seq: u64) -> Option<Result<Durability>> {
+        if state.synced >= seq {
+            Some(Ok(self.durability()))
+        } else if let Some((op, kind)) = state.poison {
+            Some(Err(Error::Poisoned { op, kind }))
+        } else if state.closing && state.target.is_none() {
+            Some(Err(Error::Closed))
+        } else {
+            None
+        }
+    }
+
+    /// Fails if the log is poisoned.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.lock().poison {
+            Some((op, kind)) => Err(Error::Poisoned { op, kind }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the log poisoned by a failed `op`; every pending ticket fails.
+    pub(crate) fn poison(&self, op: &'static str, error: &io::Error) {
+        tracing::error!(op, %error, "keel-log poisoned: no further writes are accepted");
+        let mut state = self.lock();
+        state.poison.get_or_insert((op, error.kind()));
+        self.work.notify_all();
+        let failed: Vec<_> = state.callbacks.drain(..).collect();
+        let (op, kind) = state.poison.expect("just set");
+        drop(state);
+        self.done.notify_all();
+        for (_, callback) in failed {
+            callback(Err(Error::Poisoned { op, kind }));
+        }
+    }
+
+    /// The offset of `segment` known durable, for frames' synced hints.
+    pub(crate) fn synced_hint(&self, segment: SegmentId) -> u32 {
+        match self.lock().synced_at {
+            Some((s, offset)) if s == segment => offset,
+            _ => SEGMENT_HEADER_LEN as u32,
+        }
+    }
+
+    /// Records a completed `pwrite`; returns its ticket.
+    pub(crate) fn written(self: &Arc<Self>, target: SyncTarget) -> SyncTicket {
+        let mut state = self.lock();
+        state.written += 1;
+        let seq = state.written;
+        if self.policy.is_durable() {
+            state.target = Some(target);
+            drop(state);
+            self.work.notify_one();
+        } else {
+            state.synced = seq;
+            drop(state);
+        }
+        SyncTicket { seq, shared: Arc::clone(self) }
+    }
+
+    /// A ticket for "everything written so far".
+    pub(crate) fn current(self: &Arc<Self>) -> SyncTicket {
+        SyncTicket { seq: self.lock().written, shared: Arc::clone(self) }
+    }
+
+    /// The writer synced the whole segment itself (at a seal): everything written is durable.
+    pub(crate) fn synced_all(&self, segment: SegmentId, end: u32) {
+        let mut state = self.lock();
+        let seq = state.written;
+        state.target = None;
+        self.complete(state, seq, (segment, end));
+    }
+
+    /// Marks everything through `seq` durable and runs the callbacks that were waiting.
+    fn complete(&self, mut state: MutexGuard<'_, State>, seq: u64, at: (SegmentId, u32)) {
+        if seq > state.synced || state.synced_at.is_none() {
+            state.synced = state.synced.max(seq);
+            state.synced_at = Some(at);
+        }
+        let mut ready = Vec::new();
+        while state.callbacks.front().is_some_and(|(s, _)| *s <= state.synced) {
+            ready.push(state.callbacks.pop_front().expect("front exists").1);
+        }
+        drop(state);
+        self.done.notify_all();
+        let durability = self.durability();
+        for callback in ready {
+            callback(Ok(durability));
+        }
+    }
+
+    /// Asks the syncer to finish pending work and stop.
+    pub(crate) fn close(&self) {
+        self.lock().closing = true;
+        self.work.notify_all();
+        self.done.notify_all();
+    }
+
+    /// The syncer thread's loop: one `fdatasync` per group of appends.
+    pub(crate) fn run(self: Arc<Self>) {
+        loop {
+            let mut state = self.lock();
+            while state.written == state.synced && !state.closing && state.poison.is_none() {
+                state = self.work.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if state.poison.is_some() || (state.closing && state.written == state.synced) {
+                let failed: Vec<_> = state.callbacks.drain(..).collect();
+                state.target = None;
+                drop(state);
+                self.done.notify_all();
+                for (_, callback) in failed {
+                    callback(Err(Error::Closed));
+                }
+                return;
+            }
+            let seq = state.written;
+            let target = state.target.clone().expect("a pending write names its file");
+            drop(state);
+            match target.file.sync_data() {
+                Ok(()) => self.complete(self.lock(), seq, (target.segment, target.end)),
+                Err(error) => {
+                    tracing::error!(path = %target.path.display(), %error, "fdatasync failed");
+                    self.poison("fdatasync", &error);
+                }
+            }
+        }
+    }
+}

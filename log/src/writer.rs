@@ -1,0 +1,372 @@
+//! The single writer: appends, rolls, seals, truncation and purge.
+//!
+//! It runs under the log's writer mutex. Each append packs its frames into one buffer per
+//! segment and issues one `pwrite`; then it publishes the frames' offsets (readers see the
+//! records at once) and hands the write to the syncer for group commit.
+
+use std::{path::PathBuf, sync::Arc};
+
+use arc_swap::ArcSwap;
+
+use crate::{
+    Encoded, Error, LogId, Options, Payload, Result,
+    frame::{self, FRAME_HEADER_LEN, Frame, FrameKind, frame_len},
+    fs::{FileIo, Fs},
+    meta::{Meta, MetaState},
+    prepare::Preparer,
+    recovery::Tail,
+    segment::{Header, SEGMENT_HEADER_LEN, Segment, name},
+    sync::{SyncShared, SyncTarget, SyncTicket},
+    view::{Span, View},
+};
+
+/// One record to append: its log id and its encoded payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a, T> {
+    /// Where the record goes; must continue the log.
+    pub id: LogId,
+    /// The record's bytes.
+    pub payload: &'a Encoded<T>,
+}
+
+/// The result of an append: records are readable now; the ticket says when they are durable.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// Id of the last record appended (`None` for an empty batch).
+    pub last: Option<LogId>,
+    /// Resolves when every record of the batch is durable.
+    pub ticket: SyncTicket,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Active<T> {
+    segment: Arc<Segment<T>>,
+    file: Arc<dyn FileIo>,
+    write_offset: u64,
+}
+
+/// State owned by the single writer.
+#[derive(Debug)]
+pub(crate) struct Writer<T> {
+    pub(crate) fs: Arc<dyn Fs>,
+    pub(crate) dir: PathBuf,
+    pub(crate) options: Options,
+    pub(crate) meta: Meta,
+    pub(crate) view: Arc<ArcSwap<View<T>>>,
+    pub(crate) sync: Arc<SyncShared>,
+    preparer: Preparer,
+    active: Option<Active<T>>,
+    /// The index the next append must carry; `None` for a log never written or purged.
+    pub(crate) next_index: Option<u64>,
+    pub(crate) last_term: u64,
+    buf: Vec<u8>,
+    offsets: Vec<u32>,
+}
+
+impl<T: Payload> Writer<T> {
+    pub(crate) fn new(
+        fs: Arc<dyn Fs>,
+        dir: PathBuf,
+        options: Options,
+        recovered: crate::recovery::Recovered<T>,
+        sync: Arc<SyncShared>,
+    ) -> Result<Self> {
+        let preparer = Preparer::new(
+            Arc::clone(&fs),
+            dir.clone(),
+            options.segment_size_bytes,
+            recovered.next_segment_id,
+            options.prepare_ahead,
+        )
+        .map_err(Error::io("spawn preparer", &dir))?;
+        let active = recovered.tail.map(|Tail { segment, file, write_offset }| Active {
+            segment,
+            file,
+            write_offset,
+        });
+        let view = View { spans: recovered.spans, purged: recovered.meta.state().purged };
+        view.check_invariants();
+        Ok(Self {
+            fs,
+            dir,
+            options,
+            meta: recovered.meta,
+            view: Arc::new(ArcSwap::from_pointee(view)),
+            sync,
+            preparer,
+            active,
+            next_index: recovered.next_index,
+            last_term: recovered.last_term,
+            buf: Vec::new(),
+            offsets: Vec::new(),
+        })
+    }
+
+    /// Checks a batch before any byte is written: sizes, contiguity, term order.
+    fn validate(&self, entries: &[Entry<'_, T>]) -> Result<()> {
+        let mut next = self.next_index;
+        let mut term = self.last_term;
+        for entry in entries {
+            let len = entry.payload.len();
+            if len > self.options.record_size_max_bytes {
+                let limit_bytes = self.options.record_size_max_bytes;
+                return Err(Error::RecordTooLarge { len_bytes: len, limit_bytes });
+            }
+            if let Some(expected) = next
+                && entry.id.index != expected
+            {
+                return Err(Error::NonContiguous { expected, got: entry.id.index });
+            }
+            if entry.id.term < term {
+                return Err(Error::TermRegression { id: entry.id, previous_term: term });
+            }
+            next = Some(entry.id.index.checked_add(1).ok_or(Error::NonContiguous {
+                expected: entry.id.index,
+                got: u64::MAX,
+            })?);
+            term = entry.id.term;
+        }
+        Ok(())
+    }
+
+    /// Appends a batch; see [`Log::append`](crate::Log::append).
+    pub(crate) fn append(&mut self, entries: &[Entry<'_, T>]) -> Result<Appended> {
+        self.sync.check()?;
+        self.validate(entries)?;
+        let mut ticket = self.sync.current();
+        let mut rest = entries;
+        while let Some(first) = rest.first() {
+            if self.active.is_none() {
+                self.activate(first.id.index)?;
+            }
+            let written = self.write_some(rest)?;
+            if written == 0 {
+                self.seal()?;
+                continue;
+            }
+            ticket = self.sync.written(self.sync_target());
+            rest = &rest[written..];
+            if !rest.is_empty() {
+                self.seal()?;
+            }
+        }
+        let last = entries.last().map(|e| e.id);
+        if let Some(last) = last {
+            self.next_index = Some(last.index + 1);
+            self.last_term = last.term;
+        }
+        self.check_invariants();
+        Ok(Appended { last, ticket })
+    }
+
+    fn sync_target(&self) -> SyncTarget {
+        let active = self.active.as_ref().expect("an append has an active segment");
+        SyncTarget {
+            file: Arc::clone(&active.file),
+            path: active.segment.path.clone(),
+            segment: active.segment.id,
+            end: u32::try_from(active.write_offset).expect("segments are below 4 GiB"),
+        }
+    }
+
+    /// Writes as many entries as fit in the active segment with one `pwrite`; returns how many.
+    fn write_some(&mut self, entries: &[Entry<'_, T>]) -> Result<usize> {
+        let active = self.active.as_mut().expect("caller activated a segment");
+        let capacity_end = self.options.segment_size_bytes - FRAME_HEADER_LEN as u64;
+        let synced_hint = self.sync.synced_hint(active.segment.id);
+        self.buf.clear();
+        self.offsets.clear();
+        let mut count = 0;
+        for entry in entries {
+            let at = active.write_offset + self.buf.len() as u64;
+            if at + frame_len(entry.payload.len()) as u64 > capacity_end {
+                break;
+            }
+            let frame = Frame {
+                kind: FrameKind::Record,
+                id: entry.id,
+                payload_len: u32::try_from(entry.payload.len()).expect("checked against limit"),
+                synced_hint,
+            };
+            frame::encode(&mut self.buf, active.segment.crc, frame, entry.payload.as_bytes());
+            self.offsets.push(u32::try_from(at).expect("segments are below 4 GiB"));
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        active
+            .file
+            .write_all_at(&self.buf, active.write_offset)
+            .map_err(Error::io("pwrite", &active.segment.path))?;
+        active.write_offset += self.buf.len() as u64;
+        active.segment.publish(&self.offsets);
+        Ok(count)
+    }
+
+    /// Writes the seal frame, syncs the segment, and leaves no segment active.
+    fn seal(&mut self) -> Result<()> {
+        let Some(active) = self.active.take() else { return Ok(()) };
+        let frame = Frame {
+            kind: FrameKind::Seal,
+            id: LogId::new(self.last_term, active.segment.end_index()),
+            payload_len: 0,
+            synced_hint: self.sync.synced_hint(active.segment.id),
+        };
+        self.buf.clear();
+        frame::encode(&mut self.buf, active.segment.crc, frame, &[]);
+        let path = &active.segment.path;
+        active.file.write_all_at(&self.buf, active.write_offset).map_err(Error::io("pwrite", path))?;
+        active.file.sync_data().map_err(Error::io("fdatasync", path))?;
+        let end = u32::try_from(active.write_offset).expect("segments are below 4 GiB");
+        self.sync.synced_all(active.segment.id, end);
+        let mut view = self.cloned_view();
+        let span = view.spans.last_mut().expect("the active segment has a span");
+        assert!(Arc::ptr_eq(&span.segment, &active.segment), "the active span is last");
+        span.end = Some(span.end());
+        self.view.store(Arc::new(view));
+        Ok(())
+    }
+
+    /// Takes a prepared file, stamps its header, names it, records it in the meta file.
+    fn activate(&mut self, base: u64) -> Result<()> {
+        assert!(self.active.is_none(), "one active segment at a time");
+        let prepared = self.preparer.take().map_err(Error::io("prepare segment", &self.dir))?;
+        let header = Header { id: prepared.id, base, size_bytes: self.options.segment_size_bytes };
+        let path = self.dir.join(name::segment(prepared.id, base));
+        let file = prepared.file;
+        file.write_all_at(&header.encode(), 0)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| self.fs.rename(&prepared.path, &path))
+            .and_then(|()| self.fs.sync_dir(&self.dir))
+            .map_err(Error::io("activate segment", &path))?;
+        let state = MetaState { last_segment: Some(prepared.id), ..self.meta.state().clone() };
+        self.meta.store(state)?;
+        let segment = Segment::map(header, path.clone(), file.file(), self.options.record_size_max_bytes)
+            .map_err(Error::io("map", &path))?;
+        let segment = Arc::new(segment);
+        let mut view = self.cloned_view();
+        view.spans.push(Span { segment: Arc::clone(&segment), first: base, end: None });
+        self.view.store(Arc::new(view));
+        self.active = Some(Active { segment, file, write_offset: SEGMENT_HEADER_LEN as u64 });
+        self.next_index = Some(base);
+        Ok(())
+    }
+
+    fn cloned_view(&self) -> View<T> {
+        let view = self.view.load();
+        View { spans: view.spans.clone(), purged: view.purged }
+    }
+
+    /// Removes every record at or after `index`.
+    pub(crate) fn truncate_from(&mut self, index: u64) -> Result<()> {
+        self.sync.check()?;
+        let Some(next) = self.next_index else { return Ok(()) };
+        if index >= next {
+            return Ok(());
+        }
+        if let Some(purged) = self.meta.state().purged
+            && index <= purged.index
+        {
+            return Err(Error::Purged { index, purged });
+        }
+        let previous_term = self.term_before(index)?;
+        self.seal()?;
+        let mut view = self.cloned_view();
+        let mut superseded = Vec::new();
+        while view.spans.last().is_some_and(|s| s.first >= index) {
+            superseded.push(view.spans.pop().expect("last exists").segment);
+        }
+        if let Some(last) = view.spans.last_mut() {
+            last.end = Some(last.end().min(index));
+        }
+        self.view.store(Arc::new(view));
+        self.activate(index)?;
+        self.last_term = previous_term;
+        self.remove_segments(&superseded);
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Term of the record before `index` (else of the purge mark, else 0).
+    fn term_before(&self, index: u64) -> Result<u64> {
+        let reader = crate::Reader { view: Arc::clone(&self.view) };
+        match index.checked_sub(1).map(|i| reader.get(i)).transpose()?.flatten() {
+            Some(record) => Ok(record.id().term),
+            None => Ok(self.meta.state().purged.map_or(0, |p| p.term)),
+        }
+    }
+
+    /// Drops every whole segment at or below `upto` after durably recording the mark.
+    pub(crate) fn purge_upto(&mut self, upto: LogId) -> Result<()> {
+        self.sync.check()?;
+        if self.meta.state().purged.is_some_and(|p| p.index >= upto.index) {
+            return Ok(());
+        }
+        let state = MetaState { purged: Some(upto), ..self.meta.state().clone() };
+        self.meta.store(state)?;
+        let keep_from = upto.index + 1;
+        if self.next_index.is_none_or(|next| next < keep_from) {
+            self.seal()?;
+            self.next_index = Some(keep_from);
+            self.last_term = self.last_term.max(upto.term);
+        }
+        let active_id = self.active.as_ref().map(|a| a.segment.id);
+        let mut view = self.cloned_view();
+        let mut dropped = Vec::new();
+        view.spans.retain(|span| {
+            let keep = span.end() > keep_from || Some(span.segment.id) == active_id;
+            if !keep {
+                dropped.push(Arc::clone(&span.segment));
+            }
+            keep
+        });
+        if let Some(first) = view.spans.first_mut() {
+            first.first = first.first.max(keep_from);
+        }
+        view.purged = Some(upto);
+        self.view.store(Arc::new(view));
+        self.remove_segments(&dropped);
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Unlinks segments no view needs; readers holding them keep their mappings.
+    fn remove_segments(&self, segments: &[Arc<Segment<T>>]) {
+        for segment in segments {
+            if let Err(error) = self.fs.remove(&segment.path) {
+                tracing::warn!(path = %segment.path.display(), %error, "cannot remove segment");
+            }
+        }
+    }
+
+    /// Durably stores `vote` in the meta file.
+    pub(crate) fn save_vote(&mut self, vote: &[u8]) -> Result<()> {
+        let state = MetaState { vote: Some(vote.to_vec()), ..self.meta.state().clone() };
+        self.meta.store(state)
+    }
+
+    /// Durably stores `committed` in the meta file.
+    pub(crate) fn save_committed(&mut self, committed: &[u8]) -> Result<()> {
+        let state = MetaState { committed: Some(committed.to_vec()), ..self.meta.state().clone() };
+        self.meta.store(state)
+    }
+
+    fn check_invariants(&self) {
+        #[cfg(any(debug_assertions, test))]
+        {
+            let view = self.view.load();
+            view.check_invariants();
+            if let Some(active) = &self.active {
+                let last = view.spans.last().expect("an active segment has a span");
+                assert!(Arc::ptr_eq(&last.segment, &active.segment), "the active span is last");
+                assert_eq!(Some(active.segment.end_index()), self.next_index, "next index");
+                assert!(active.write_offset <= self.options.segment_size_bytes, "in bounds");
+            }
+            if let (Some(end), Some(next)) = (view.end_index(), self.next_index) {
+                assert!(end <= next, "nothing visible past the next index");
+            }
+        }
+    }
+}
