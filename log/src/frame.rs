@@ -77,9 +77,14 @@ impl FrameCrc {
         Self { seed }
     }
 
+    /// CRC32C of `bytes` under this segment's seed.
+    pub(crate) fn checksum(self, bytes: &[u8]) -> u32 {
+        self.compute(bytes, &[])
+    }
+
     fn compute(self, header: &[u8], payload: &[u8]) -> u32 {
         let mut digest = Digest::new_with_init_state(CrcAlgorithm::Crc32Iscsi, self.seed);
-        digest.update(&header[..28]);
+        digest.update(&header[..header.len().min(28)]);
         digest.update(payload);
         u32::try_from(digest.finalize()).expect("CRC32C fits in 32 bits")
     }

@@ -3,7 +3,7 @@
 use crate::{
     Error, Result,
     frame::{FRAME_HEADER_LEN, frame_len},
-    segment::SEGMENT_HEADER_LEN,
+    segment::RECORDS_START,
 };
 
 /// Smallest allowed segment (one page for the header plus room for records).
@@ -99,7 +99,7 @@ impl Options {
     /// Bytes of a segment available to record frames: the header and room for the seal
     /// frame are reserved.
     pub(crate) fn record_capacity_bytes(&self) -> u64 {
-        self.segment_size_bytes - SEGMENT_HEADER_LEN as u64 - FRAME_HEADER_LEN as u64
+        self.segment_size_bytes - RECORDS_START as u64 - FRAME_HEADER_LEN as u64
     }
 }
 

@@ -2,7 +2,9 @@
 //! with their directory entry synced, so an append never grows or creates a file.
 //!
 //! A background thread keeps one prepared file waiting on a rendezvous channel; the writer
-//! takes it when it rolls, and prepares one itself only if none is ready.
+//! takes it when it rolls, and prepares one itself only if none is ready. A prepared file
+//! has no identity yet: the writer assigns the segment id when it activates the file, so
+//! ids follow activation order.
 
 use std::{
     io,
@@ -16,7 +18,6 @@ use std::{
 };
 
 use crate::{
-    SegmentId,
     fs::{FileIo, Fs, write_zeros},
     segment::name,
 };
@@ -24,19 +25,18 @@ use crate::{
 /// A zero-filled, synced segment file that no record has been written to yet.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub(crate) id: SegmentId,
     pub(crate) path: PathBuf,
     pub(crate) file: Arc<dyn FileIo>,
 }
 
 /// Creates and durably zero-fills one segment file.
-fn prepare(fs: &dyn Fs, dir: &Path, id: SegmentId, size_bytes: u64) -> io::Result<Prepared> {
-    let path = dir.join(name::prepared(id));
+fn prepare(fs: &dyn Fs, dir: &Path, number: u64, size_bytes: u64) -> io::Result<Prepared> {
+    let path = dir.join(name::prepared(number));
     let file = fs.create_new(&path)?;
     write_zeros(file.as_ref(), 0, size_bytes)?;
     file.sync_data()?;
     fs.sync_dir(dir)?;
-    Ok(Prepared { id, path, file })
+    Ok(Prepared { path, file })
 }
 
 /// Hands out prepared segment files.
@@ -45,27 +45,21 @@ pub(crate) struct Preparer {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     size_bytes: u64,
-    next_id: Arc<AtomicU64>,
+    /// Numbers for prepared files' names.
+    numbers: Arc<AtomicU64>,
     ready: Option<Receiver<io::Result<Prepared>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Preparer {
-    /// Starts the background thread when `ahead`; ids come from `next_id`.
-    pub(crate) fn new(
-        fs: Arc<dyn Fs>,
-        dir: PathBuf,
-        size_bytes: u64,
-        next_id: u64,
-        ahead: bool,
-    ) -> io::Result<Self> {
-        let next_id = Arc::new(AtomicU64::new(next_id));
-        let mut preparer =
-            Self { fs, dir, size_bytes, next_id, ready: None, thread: None };
+    /// Starts the background thread when `ahead`.
+    pub(crate) fn new(fs: Arc<dyn Fs>, dir: PathBuf, size_bytes: u64, ahead: bool) -> io::Result<Self> {
+        let numbers = Arc::new(AtomicU64::new(0));
+        let mut preparer = Self { fs, dir, size_bytes, numbers, ready: None, thread: None };
         if ahead {
             let (tx, rx) = sync_channel(0);
             let (fs, dir, ids) =
-                (Arc::clone(&preparer.fs), preparer.dir.clone(), Arc::clone(&preparer.next_id));
+                (Arc::clone(&preparer.fs), preparer.dir.clone(), Arc::clone(&preparer.numbers));
             let thread = std::thread::Builder::new()
                 .name("keel-log-prepare".into())
                 .spawn(move || prepare_loop(fs.as_ref(), &dir, size_bytes, &ids, &tx))?;
@@ -80,8 +74,8 @@ impl Preparer {
         if let Some(prepared) = self.ready.as_ref().and_then(|rx| rx.try_recv().ok()) {
             return prepared;
         }
-        let id = SegmentId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        prepare(self.fs.as_ref(), &self.dir, id, self.size_bytes)
+        let number = self.numbers.fetch_add(1, Ordering::Relaxed);
+        prepare(self.fs.as_ref(), &self.dir, number, self.size_bytes)
     }
 }
 
@@ -89,12 +83,12 @@ fn prepare_loop(
     fs: &dyn Fs,
     dir: &Path,
     size_bytes: u64,
-    ids: &AtomicU64,
+    numbers: &AtomicU64,
     tx: &SyncSender<io::Result<Prepared>>,
 ) {
     loop {
-        let id = SegmentId(ids.fetch_add(1, Ordering::Relaxed));
-        let prepared = prepare(fs, dir, id, size_bytes);
+        let number = numbers.fetch_add(1, Ordering::Relaxed);
+        let prepared = prepare(fs, dir, number, size_bytes);
         let failed = prepared.is_err();
         if let Err(rejected) = tx.send(prepared).map_err(|e| e.0) {
             if let Ok(unused) = rejected {

@@ -27,7 +27,7 @@ use crate::{
     frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FrameError, FrameKind},
     fs::{FileIo, Fs, write_zeros},
     meta::Meta,
-    segment::{Header, SEGMENT_HEADER_LEN, Segment, name},
+    segment::{Header, RECORDS_START, SEGMENT_HEADER_LEN, Segment, name, sync_mark},
     view::Span,
 };
 
@@ -87,9 +87,9 @@ fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) ->
     let mut walk = Walk {
         offsets: Vec::new(),
         last_term: None,
-        end: SEGMENT_HEADER_LEN,
+        end: RECORDS_START,
         stop: Stop::Zero,
-        synced_hint: SEGMENT_HEADER_LEN as u32,
+        synced_hint: RECORDS_START as u32,
     };
     loop {
         let at = walk.end;
@@ -184,8 +184,7 @@ fn list(fs: &dyn Fs, dir: &Path) -> Result<(Vec<(SegmentId, u64, PathBuf)>, u64)
                 max_id = max_id.max(id.0 + 1);
                 segments.push((id, base, path));
             }
-            name::Entry::Prepared { id } => {
-                max_id = max_id.max(id.0 + 1);
+            name::Entry::Prepared => {
                 fs.remove(&path).map_err(Error::io("remove", &path))?;
             }
             name::Entry::Meta | name::Entry::Lock => {}
@@ -205,7 +204,8 @@ fn settle_tail<T>(
     let segment = &found.segment;
     let walk = &found.walk;
     let (beyond_hint, garbage_end) = probe_beyond(segment, walk.end, payload_max);
-    let durable = walk.synced_hint.max(beyond_hint) as usize;
+    let marked = sync_mark::durable_end(segment.id, segment.bytes());
+    let durable = walk.synced_hint.max(beyond_hint).max(marked) as usize;
     let reason = match walk.stop {
         Stop::Bad(reason) => reason,
         _ => Corruption::BadLength,

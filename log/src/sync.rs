@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 
-use crate::{Error, Result, SegmentId, SyncPolicy, fs::FileIo, segment::SEGMENT_HEADER_LEN};
+use crate::{Error, Result, SegmentId, SyncPolicy, fs::FileIo, segment::{RECORDS_START, sync_mark}};
 
 /// How durable an append is once its ticket resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +175,7 @@ impl SyncShared {
     pub(crate) fn synced_hint(&self, segment: SegmentId) -> u32 {
         match self.lock().synced_at {
             Some((s, offset)) if s == segment => offset,
-            _ => SEGMENT_HEADER_LEN as u32,
+            _ => RECORDS_START as u32,
         }
     }
 
@@ -233,33 +233,56 @@ impl SyncShared {
         self.done.notify_all();
     }
 
-    /// The syncer thread's loop: one `fdatasync` per group of appends.
+    /// The syncer thread's loop: one `fdatasync` per group of appends. When a sync leaves
+    /// the writer idle, it records the durable end in the segment's sync mark; at close it
+    /// syncs that mark too.
     pub(crate) fn run(self: Arc<Self>) {
+        let mut marks = 0u64;
+        let mut marked: Option<SyncTarget> = None;
         loop {
             let mut state = self.lock();
             while state.written == state.synced && !state.closing && state.poison.is_none() {
                 state = self.work.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             if state.poison.is_some() || (state.closing && state.written == state.synced) {
-                let failed: Vec<_> = state.callbacks.drain(..).collect();
-                state.target = None;
-                drop(state);
-                self.done.notify_all();
-                for (_, callback) in failed {
-                    callback(Err(Error::Closed));
-                }
+                self.finish(state, marked.as_ref());
                 return;
             }
             let seq = state.written;
             let target = state.target.clone().expect("a pending write names its file");
             drop(state);
-            match target.file.sync_data() {
-                Ok(()) => self.complete(self.lock(), seq, (target.segment, target.end)),
-                Err(error) => {
-                    tracing::error!(path = %target.path.display(), %error, "fdatasync failed");
-                    self.poison("fdatasync", &error);
-                }
+            if let Err(error) = target.file.sync_data() {
+                tracing::error!(path = %target.path.display(), %error, "fdatasync failed");
+                self.poison("fdatasync", &error);
+                continue;
             }
+            self.complete(self.lock(), seq, (target.segment, target.end));
+            if self.lock().written == seq {
+                marks += 1;
+                let (at, mark) = sync_mark::encode(target.segment, marks, target.end);
+                if let Err(error) = target.file.write_all_at(&mark, at) {
+                    self.poison("pwrite", &error);
+                    continue;
+                }
+                marked = Some(target);
+            }
+        }
+    }
+
+    /// Stops the syncer: syncs the last sync mark on a clean close and fails what is left.
+    fn finish(&self, mut state: MutexGuard<'_, State>, marked: Option<&SyncTarget>) {
+        let failed: Vec<_> = state.callbacks.drain(..).collect();
+        let clean = state.poison.is_none();
+        state.target = None;
+        drop(state);
+        if clean && let Some(target) = marked {
+            if let Err(error) = target.file.sync_data() {
+                tracing::warn!(path = %target.path.display(), %error, "cannot sync the sync mark");
+            }
+        }
+        self.done.notify_all();
+        for (_, callback) in failed {
+            callback(Err(Error::Closed));
         }
     }
 }

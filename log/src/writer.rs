@@ -9,13 +9,13 @@ use std::{path::PathBuf, sync::Arc};
 use arc_swap::ArcSwap;
 
 use crate::{
-    Encoded, Error, LogId, Options, Payload, Result,
+    Encoded, Error, LogId, Options, Payload, Result, SegmentId,
     frame::{self, FRAME_HEADER_LEN, Frame, FrameKind, frame_len},
     fs::{FileIo, Fs},
     meta::{Meta, MetaState},
     prepare::Preparer,
     recovery::Tail,
-    segment::{Header, SEGMENT_HEADER_LEN, Segment, name},
+    segment::{Header, RECORDS_START, Segment, name},
     sync::{SyncShared, SyncTarget, SyncTicket},
     view::{Span, View},
 };
@@ -56,6 +56,8 @@ pub(crate) struct Writer<T> {
     pub(crate) view: Arc<ArcSwap<View<T>>>,
     pub(crate) sync: Arc<SyncShared>,
     preparer: Preparer,
+    /// Id of the next segment to activate; ids are never reused.
+    next_segment_id: u64,
     active: Option<Active<T>>,
     /// The index the next append must carry; `None` for a log never written or purged.
     pub(crate) next_index: Option<u64>,
@@ -72,13 +74,8 @@ impl<T: Payload> Writer<T> {
         recovered: crate::recovery::Recovered<T>,
         sync: Arc<SyncShared>,
     ) -> Result<Self> {
-        let preparer = Preparer::new(
-            Arc::clone(&fs),
-            dir.clone(),
-            options.segment_size_bytes,
-            recovered.next_segment_id,
-            options.prepare_ahead,
-        )
+        let preparer =
+            Preparer::new(Arc::clone(&fs), dir.clone(), options.segment_size_bytes, options.prepare_ahead)
         .map_err(Error::io("spawn preparer", &dir))?;
         let active = recovered.tail.map(|Tail { segment, file, write_offset }| Active {
             segment,
@@ -95,6 +92,7 @@ impl<T: Payload> Writer<T> {
             view: Arc::new(ArcSwap::from_pointee(view)),
             sync,
             preparer,
+            next_segment_id: recovered.next_segment_id,
             active,
             next_index: recovered.next_index,
             last_term: recovered.last_term,
@@ -233,15 +231,17 @@ impl<T: Payload> Writer<T> {
     fn activate(&mut self, base: u64) -> Result<()> {
         assert!(self.active.is_none(), "one active segment at a time");
         let prepared = self.preparer.take().map_err(Error::io("prepare segment", &self.dir))?;
-        let header = Header { id: prepared.id, base, size_bytes: self.options.segment_size_bytes };
-        let path = self.dir.join(name::segment(prepared.id, base));
+        let id = SegmentId(self.next_segment_id);
+        self.next_segment_id += 1;
+        let header = Header { id, base, size_bytes: self.options.segment_size_bytes };
+        let path = self.dir.join(name::segment(id, base));
         let file = prepared.file;
         file.write_all_at(&header.encode(), 0)
             .and_then(|()| file.sync_data())
             .and_then(|()| self.fs.rename(&prepared.path, &path))
             .and_then(|()| self.fs.sync_dir(&self.dir))
             .map_err(Error::io("activate segment", &path))?;
-        let state = MetaState { last_segment: Some(prepared.id), ..self.meta.state().clone() };
+        let state = MetaState { last_segment: Some(id), ..self.meta.state().clone() };
         self.meta.store(state)?;
         let segment = Segment::map(header, path.clone(), file.file(), self.options.record_size_max_bytes)
             .map_err(Error::io("map", &path))?;
@@ -249,7 +249,7 @@ impl<T: Payload> Writer<T> {
         let mut view = self.cloned_view();
         view.spans.push(Span { segment: Arc::clone(&segment), first: base, end: None });
         self.view.store(Arc::new(view));
-        self.active = Some(Active { segment, file, write_offset: SEGMENT_HEADER_LEN as u64 });
+        self.active = Some(Active { segment, file, write_offset: RECORDS_START as u64 });
         self.next_index = Some(base);
         Ok(())
     }
@@ -304,10 +304,15 @@ impl<T: Payload> Writer<T> {
         if self.meta.state().purged.is_some_and(|p| p.index >= upto.index) {
             return Ok(());
         }
-        let state = MetaState { purged: Some(upto), ..self.meta.state().clone() };
-        self.meta.store(state)?;
         let keep_from = upto.index + 1;
-        if self.next_index.is_none_or(|next| next < keep_from) {
+        let past_end = self.next_index.is_none_or(|next| next < keep_from);
+        let mut state = MetaState { purged: Some(upto), ..self.meta.state().clone() };
+        if past_end {
+            // Every segment is dropped below; none need be found at the next open.
+            state.last_segment = None;
+        }
+        self.meta.store(state)?;
+        if past_end {
             self.seal()?;
             self.next_index = Some(keep_from);
             self.last_term = self.last_term.max(upto.term);

@@ -23,8 +23,61 @@ use crate::{Corruption, SegmentId, frame::FrameCrc};
 
 /// Size of the segment header in bytes.
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
+/// Offset of the first record frame: the first page holds the header and the sync marks.
+pub(crate) const RECORDS_START: usize = 4096;
+/// Offset of the two sync-mark slots.
+const SYNC_MARKS_AT: usize = SEGMENT_HEADER_LEN;
+
+const _: () = assert!(SYNC_MARKS_AT + 2 * sync_mark::LEN <= RECORDS_START);
+
 const MAGIC: [u8; 8] = *b"KEELSEG1";
 const FORMAT_VERSION: u32 = 1;
+
+/// Sync marks: after a group commit leaves the writer idle, the syncer records the durable
+/// end of the segment in one of two checksummed 32-byte slots in the header page. The mark
+/// is not synced itself (the next sync, or a clean close, covers it) but survives a process
+/// crash in the page cache, so recovery can tell a corrupted durable record from a torn
+/// unsynced one even for the last group before a crash.
+///
+/// ```text
+/// offset size field
+///  0     8    sequence, u64 LE (slot = sequence % 2)
+///  8     4    durable end offset, u32 LE
+/// 12    16    reserved, zero
+/// 28     4    CRC32C of bytes 0..28, seeded by the segment id
+/// ```
+pub(crate) mod sync_mark {
+    use super::{FrameCrc, SYNC_MARKS_AT};
+    use crate::SegmentId;
+
+    /// Size of one slot.
+    pub(crate) const LEN: usize = 32;
+
+    /// The slot offset and bytes of mark number `seq`.
+    pub(crate) fn encode(segment: SegmentId, seq: u64, durable_end: u32) -> (u64, [u8; LEN]) {
+        let mut out = [0u8; LEN];
+        out[0..8].copy_from_slice(&seq.to_le_bytes());
+        out[8..12].copy_from_slice(&durable_end.to_le_bytes());
+        let crc = FrameCrc::new(segment).checksum(&out[..28]);
+        out[28..32].copy_from_slice(&crc.to_le_bytes());
+        let slot = usize::from(seq % 2 == 1);
+        ((SYNC_MARKS_AT + slot * LEN) as u64, out)
+    }
+
+    /// The largest durable end recorded by a valid mark in the segment's bytes (0 if none).
+    pub(crate) fn durable_end(segment: SegmentId, bytes: &[u8]) -> u32 {
+        let crc = FrameCrc::new(segment);
+        (0..2)
+            .filter_map(|slot| bytes.get(SYNC_MARKS_AT + slot * LEN..SYNC_MARKS_AT + (slot + 1) * LEN))
+            .filter(|mark| {
+                let sum = u32::from_le_bytes(mark[28..32].try_into().expect("4 bytes"));
+                crc.checksum(&mark[..28]) == sum
+            })
+            .map(|mark| u32::from_le_bytes(mark[8..12].try_into().expect("4 bytes")))
+            .max()
+            .unwrap_or(0)
+    }
+}
 
 /// The fixed header at the start of every segment file.
 ///

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! {segment_id:016x}-{base_index:016x}.seg   an active or sealed segment
-//! {segment_id:016x}.prep                    a zero-filled segment not yet in use
+//! {number:016x}.prep                        a zero-filled segment not yet in use
 //! meta                                      vote, committed id, purge mark (two slots)
 //! LOCK                                      held with flock while a Log is open
 //! ```
@@ -18,7 +18,7 @@ pub(crate) const LOCK: &str = "LOCK";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Entry {
     Segment { id: SegmentId, base: u64 },
-    Prepared { id: SegmentId },
+    Prepared,
     Meta,
     Lock,
     Foreign,
@@ -30,8 +30,8 @@ pub(crate) fn segment(id: SegmentId, base: u64) -> String {
 }
 
 /// The file name of a prepared segment.
-pub(crate) fn prepared(id: SegmentId) -> String {
-    format!("{:016x}.prep", id.0)
+pub(crate) fn prepared(number: u64) -> String {
+    format!("{number:016x}.prep")
 }
 
 fn hex16(s: &str) -> Option<u64> {
@@ -53,8 +53,8 @@ pub(crate) fn parse(name: &str) -> Entry {
     {
         return Entry::Segment { id: SegmentId(id), base };
     }
-    if let Some(id) = name.strip_suffix(".prep").and_then(hex16) {
-        return Entry::Prepared { id: SegmentId(id) };
+    if name.strip_suffix(".prep").and_then(hex16).is_some() {
+        return Entry::Prepared;
     }
     Entry::Foreign
 }
@@ -67,7 +67,7 @@ mod tests {
     fn names_parse_back() {
         let id = SegmentId(0xab);
         assert_eq!(parse(&segment(id, 7)), Entry::Segment { id, base: 7 });
-        assert_eq!(parse(&prepared(id)), Entry::Prepared { id });
+        assert_eq!(parse(&prepared(3)), Entry::Prepared);
         assert_eq!(parse("meta"), Entry::Meta);
         assert_eq!(parse("LOCK"), Entry::Lock);
     }

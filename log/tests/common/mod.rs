@@ -1,0 +1,51 @@
+//! Helpers shared by keel-log's integration tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use keel_log::{Encoded, Entry, Log, LogId, Options, Record};
+
+/// The record type used in tests.
+pub type Bytes = Vec<u8>;
+
+/// Small segments so tests roll, seal and purge often.
+pub fn small_options() -> Options {
+    Options {
+        segment_size_bytes: 64 * 1024,
+        record_size_max_bytes: 8 * 1024,
+        prepare_ahead: false,
+        ..Options::default()
+    }
+}
+
+/// Deterministic payload for `index` written under `salt`: its length varies with both.
+pub fn value(index: u64, salt: u64) -> Bytes {
+    let len = usize::try_from((index * 37 + salt * 11) % 700).unwrap() + 1;
+    (0..len).map(|i| (index as usize + i + salt as usize) as u8).collect()
+}
+
+pub fn encode(value: &Bytes) -> Encoded<Bytes> {
+    Encoded::new(value).unwrap()
+}
+
+/// Appends `values` at the log's next indexes with `term` and waits until durable.
+pub fn append_durably(log: &Log<Bytes>, term: u64, first: u64, values: &[Bytes]) -> LogId {
+    let encoded: Vec<_> = values.iter().map(encode).collect();
+    let entries: Vec<_> = encoded
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Entry { id: LogId::new(term, first + i as u64), payload })
+        .collect();
+    let appended = log.append(&entries).unwrap();
+    appended.ticket.wait().unwrap();
+    appended.last.unwrap()
+}
+
+/// Reads every visible record as (id, bytes).
+pub fn read_all(log: &Log<Bytes>) -> Vec<(LogId, Bytes)> {
+    log.reader()
+        .range(..)
+        .map(|r| {
+            let record: Record<Bytes> = r.unwrap();
+            (record.id(), record.as_slice().to_vec())
+        })
+        .collect()
+}
