@@ -237,6 +237,15 @@ impl SyncShared {
     /// the writer idle, it records the durable end in the segment's sync mark; at close it
     /// syncs that mark too.
     pub(crate) fn run(self: Arc<Self>) {
+        let shared = Arc::clone(&self);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.sync_loop()));
+        if outcome.is_err() {
+            let error = io::Error::other("the syncer thread panicked");
+            self.poison("fdatasync", &error);
+        }
+    }
+
+    fn sync_loop(&self) {
         let mut marks = 0u64;
         let mut marked: Option<SyncTarget> = None;
         loop {

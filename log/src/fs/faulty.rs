@@ -27,6 +27,8 @@ const SECTOR_BYTES: usize = 512;
 
 #[derive(Debug)]
 struct UnsyncedWrite {
+    /// Order of the write among all writes of this file system.
+    seq: u64,
     offset: u64,
     /// What the bytes were before the write; zeros past the old end of file.
     old: Vec<u8>,
@@ -49,6 +51,7 @@ struct State {
     crashed: bool,
     files: HashMap<u64, TrackedFile>,
     next_file_key: u64,
+    next_write_seq: u64,
     dir_ops: Vec<DirOp>,
     fail_writes: u32,
     fail_syncs: u32,
@@ -217,14 +220,17 @@ impl FileIo for FaultyFile {
         let readable = readable.min(buf.len());
         self.file.read_exact_at(&mut old[..readable], offset)?;
         self.file.write_all_at(buf, offset)?;
+        let seq = state.next_write_seq;
+        state.next_write_seq += 1;
         if let Some(tracked) = state.files.get_mut(&self.key) {
-            tracked.unsynced.push(UnsyncedWrite { offset, old });
+            tracked.unsynced.push(UnsyncedWrite { seq, offset, old });
         }
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let pending = {
+        // Only writes completed before the sync started are known durable after it.
+        let before = {
             let mut state = lock(&self.state);
             if state.crashed {
                 return Err(injected("crashed"));
@@ -233,7 +239,7 @@ impl FileIo for FaultyFile {
                 state.fail_syncs -= 1;
                 return Err(injected("fdatasync"));
             }
-            state.files.get(&self.key).map_or(0, |t| t.unsynced.len())
+            state.next_write_seq
         };
         self.file.sync_data()?;
         let mut state = lock(&self.state);
@@ -241,7 +247,7 @@ impl FileIo for FaultyFile {
             return Err(injected("crashed"));
         }
         if let Some(tracked) = state.files.get_mut(&self.key) {
-            tracked.unsynced.drain(..pending);
+            tracked.unsynced.retain(|write| write.seq >= before);
         }
         Ok(())
     }
