@@ -1,1 +1,277 @@
-fn main(){}
+//! keel-log benchmarks, each beside its baseline in the same group so ratios come from
+//! one run on one machine state.
+//!
+//! - `log_append`: durable appends (append + wait for fdatasync) of 100 B and 1 KiB records
+//!   at batch sizes 1, 16, 256, 4096; `keel` alternates with `raw`, one `pwrite` of the same
+//!   frame bytes plus `fdatasync` per batch into a pre-zeroed file, serially.
+//! - `log_append_relaxed`: page-cache-only appends, batches of 256; `raw` is a bare `pwrite`.
+//! - `log_read`: zero-copy read by index of a 1 KiB record with its CRC check; `validated`
+//!   is the same read plus full rkyv validation, to show what the unchecked access saves.
+//! - `log_scan`: sequential range iteration; `raw_crc` is CRC32C over the same bytes.
+//! - `log_reopen`: open (recovery) of a log whose 64 MiB tail segment is full and unsealed.
+
+use std::{
+    fs::{File, OpenOptions},
+    hint::black_box,
+    os::unix::fs::FileExt,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use keel_log::{Encoded, Log, LogId, Options, SyncPolicy};
+
+type Bytes = Vec<u8>;
+
+/// rkyv adds an 8-byte header to a `Vec<u8>`: payloads are sized so records encode to
+/// exactly 100 B and 1 KiB.
+const RECORD_SIZES: [(usize, &str); 2] = [(92, "100B"), (1016, "1KiB")];
+const BATCHES: [usize; 4] = [1, 16, 256, 4096];
+/// Frame header plus padding to 16 bytes: what the raw baseline writes per record.
+const FRAME_OVERHEAD: usize = 32;
+/// The raw baseline's pre-zeroed file; writes wrap around in it.
+const RAW_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Purge the log every this many bytes, outside the timed region, to bound disk use.
+const PURGE_EVERY_BYTES: usize = 512 * 1024 * 1024;
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory")
+}
+
+fn records(payload: usize, count: usize) -> Vec<Encoded<Bytes>> {
+    (0..count)
+        .map(|i| {
+            Encoded::new(&vec![u8::try_from(i % 251).expect("below 256"); payload]).expect("encode")
+        })
+        .collect()
+}
+
+fn frame_bytes(record: &Encoded<Bytes>) -> usize {
+    FRAME_OVERHEAD + record.len().next_multiple_of(16)
+}
+
+/// A pre-zeroed, synced file for the raw baseline.
+fn raw_file(dir: &Path) -> File {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join("raw"))
+        .expect("raw file");
+    let zeros = vec![0u8; 1 << 20];
+    for chunk in 0..RAW_FILE_BYTES / (1 << 20) {
+        file.write_all_at(&zeros, chunk << 20).expect("zero fill");
+    }
+    file.sync_all().expect("sync");
+    file
+}
+
+/// Appends batches and waits for each to be durable; purges old segments untimed.
+fn keel_batches(
+    log: &Log<Bytes>,
+    refs: &[&Encoded<Bytes>],
+    batch_bytes: usize,
+    iters: u64,
+) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    let mut since_purge = 0;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let appended = log.append_next(1, refs).expect("append");
+        appended.ticket.wait().expect("durable");
+        elapsed += start.elapsed();
+        since_purge += batch_bytes;
+        if since_purge > PURGE_EVERY_BYTES {
+            let last = appended.last.expect("non-empty batch");
+            log.purge_upto(LogId::new(1, last.index)).expect("purge");
+            since_purge = 0;
+        }
+    }
+    elapsed
+}
+
+fn raw_batches(file: &File, bytes: &[u8], sync: bool, iters: u64) -> Duration {
+    let mut offset = 0u64;
+    let start = Instant::now();
+    for _ in 0..iters {
+        if offset + bytes.len() as u64 > RAW_FILE_BYTES {
+            offset = 0;
+        }
+        file.write_all_at(bytes, offset).expect("pwrite");
+        if sync {
+            file.sync_data().expect("fdatasync");
+        }
+        offset += bytes.len() as u64;
+    }
+    start.elapsed()
+}
+
+fn append_group(c: &mut Criterion, group_name: &str, sync: SyncPolicy, batches: &[usize]) {
+    let dir = scratch();
+    let raw = raw_file(dir.path());
+    let mut group = c.benchmark_group(group_name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (payload, size_name) in RECORD_SIZES {
+        for &batch in batches {
+            let batch_records = records(payload, batch);
+            let refs: Vec<_> = batch_records.iter().collect();
+            let batch_bytes: usize = batch_records.iter().map(frame_bytes).sum();
+            let raw_bytes = vec![0x5au8; batch_bytes];
+            let param = format!("{size_name}/{batch}");
+            group.throughput(Throughput::Elements(batch as u64));
+            let log_dir = scratch();
+            let log = Log::<Bytes>::open(
+                log_dir.path(),
+                Options {
+                    sync,
+                    ..Options::default()
+                },
+            )
+            .expect("open");
+            group.bench_function(BenchmarkId::new("keel", &param), |b| {
+                b.iter_custom(|iters| keel_batches(&log, &refs, batch_bytes, iters));
+            });
+            drop(log);
+            group.bench_function(BenchmarkId::new("raw", &param), |b| {
+                b.iter_custom(|iters| raw_batches(&raw, &raw_bytes, sync.is_durable(), iters));
+            });
+        }
+    }
+    group.finish();
+}
+
+fn log_append(c: &mut Criterion) {
+    append_group(c, "log_append", SyncPolicy::Durable, &BATCHES);
+}
+
+fn log_append_relaxed(c: &mut Criterion) {
+    append_group(c, "log_append_relaxed", SyncPolicy::Relaxed, &[256]);
+}
+
+/// A log of `count` 1 KiB records in `dir`.
+fn filled_log(dir: &Path, count: usize, options: Options) -> Log<Bytes> {
+    let log = Log::<Bytes>::open(dir, options).expect("open");
+    let batch = records(1016, 256);
+    let refs: Vec<_> = batch.iter().collect();
+    for _ in 0..count / 256 {
+        log.append_next(1, &refs).expect("append");
+    }
+    log
+}
+
+fn log_read(c: &mut Criterion) {
+    const COUNT: u64 = 32 * 1024;
+    let dir = scratch();
+    let log = filled_log(
+        dir.path(),
+        usize::try_from(COUNT).expect("small"),
+        Options {
+            sync: SyncPolicy::Relaxed,
+            ..Options::default()
+        },
+    );
+    let reader = log.reader();
+    let mut group = c.benchmark_group("log_read");
+    group.throughput(Throughput::Elements(1));
+    let mut index = 0u64;
+    group.bench_function("keel", |b| {
+        b.iter(|| {
+            index = (index + 7919) % COUNT;
+            let record = reader.get(index).expect("read").expect("present");
+            black_box(record.len())
+        });
+    });
+    group.bench_function("validated", |b| {
+        b.iter(|| {
+            index = (index + 7919) % COUNT;
+            let record = reader.get(index).expect("read").expect("present");
+            let archived =
+                rkyv::access::<rkyv::Archived<Bytes>, rkyv::rancor::Error>(record.bytes())
+                    .expect("valid");
+            black_box(archived.len())
+        });
+    });
+    group.finish();
+}
+
+fn log_scan(c: &mut Criterion) {
+    const COUNT: usize = 32 * 1024;
+    let dir = scratch();
+    let log = filled_log(
+        dir.path(),
+        COUNT,
+        Options {
+            sync: SyncPolicy::Relaxed,
+            ..Options::default()
+        },
+    );
+    let reader = log.reader();
+    let copy: Vec<u8> = reader
+        .range(..)
+        .flat_map(|r| r.expect("read").bytes().to_vec())
+        .collect();
+    let mut group = c.benchmark_group("log_scan");
+    group
+        .throughput(Throughput::Elements(COUNT as u64))
+        .sample_size(20);
+    group.bench_function("keel", |b| {
+        b.iter(|| {
+            reader
+                .range(..)
+                .map(|r| r.expect("read").len())
+                .sum::<usize>()
+        });
+    });
+    group.bench_function("raw_crc", |b| {
+        b.iter(|| {
+            copy.chunks(1024)
+                .map(crc_fast::crc32_iscsi)
+                .fold(0u32, |a, c| a ^ c)
+        });
+    });
+    group.finish();
+}
+
+fn log_reopen(c: &mut Criterion) {
+    let dir = scratch();
+    let options = Options {
+        sync: SyncPolicy::Relaxed,
+        prepare_ahead: false,
+        ..Options::default()
+    };
+    // 1056-byte frames: 63 * 1024 of them fill a 64 MiB segment short of its seal.
+    let log = filled_log(dir.path(), 63 * 1024, options.clone());
+    let tail_bytes = log.state().expect("state").last.expect("records").index * 1056;
+    drop(log);
+    let mut group = c.benchmark_group("log_reopen");
+    group
+        .sample_size(10)
+        .throughput(Throughput::Bytes(tail_bytes));
+    group.bench_function("keel_64MiB_tail", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let log = Log::<Bytes>::open(dir.path(), options.clone()).expect("reopen");
+                elapsed += start.elapsed();
+                drop(log);
+            }
+            elapsed
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    log_append,
+    log_append_relaxed,
+    log_read,
+    log_scan,
+    log_reopen
+);
+criterion_main!(benches);

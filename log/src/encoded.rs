@@ -40,13 +40,18 @@ pub struct Encoded<T> {
 
 impl<T> fmt::Debug for Encoded<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encoded").field("len", &self.bytes.len()).finish()
+        f.debug_struct("Encoded")
+            .field("len", &self.bytes.len())
+            .finish()
     }
 }
 
 impl<T> Clone for Encoded<T> {
     fn clone(&self) -> Self {
-        Self { bytes: self.bytes.clone(), _type: PhantomData }
+        Self {
+            bytes: self.bytes.clone(),
+            _type: PhantomData,
+        }
     }
 }
 
@@ -56,8 +61,12 @@ impl<T: Payload> Encoded<T> {
     /// # Errors
     /// [`Error::Encode`] if rkyv cannot serialize the value.
     pub fn new(value: &T) -> Result<Self> {
-        let bytes = rkyv::to_bytes::<rancor::Error>(value).map_err(|source| Error::Encode { source })?;
-        Ok(Self { bytes, _type: PhantomData })
+        let bytes =
+            rkyv::to_bytes::<rancor::Error>(value).map_err(|source| Error::Encode { source })?;
+        Ok(Self {
+            bytes,
+            _type: PhantomData,
+        })
     }
 
     /// Validates untrusted bytes as an archived `T` and takes a copy.
@@ -68,7 +77,10 @@ impl<T: Payload> Encoded<T> {
         let mut aligned = AlignedVec::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         validate::<T>(&aligned).map_err(|source| Error::InvalidPayload { source })?;
-        Ok(Self { bytes: aligned, _type: PhantomData })
+        Ok(Self {
+            bytes: aligned,
+            _type: PhantomData,
+        })
     }
 
     /// The archived value (validated when this was built).

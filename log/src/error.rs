@@ -71,7 +71,9 @@ pub enum Error {
         actual_bytes: u64,
     },
     /// Records are missing between two segments (a segment was lost).
-    #[error("records missing before segment {segment}: expected index {expected_index}, found {found_index}")]
+    #[error(
+        "records missing before segment {segment}: expected index {expected_index}, found {found_index}"
+    )]
     MissingRecords {
         /// The segment after the gap.
         segment: SegmentId,

@@ -98,7 +98,11 @@ fn len_guard(len: u32) -> u16 {
 
 /// Appends one frame (header, payload, zero padding) to `buf`.
 pub(crate) fn encode(buf: &mut Vec<u8>, crc: FrameCrc, frame: Frame, payload: &[u8]) {
-    assert_eq!(payload.len(), frame.payload_len as usize, "frame length matches its payload");
+    assert_eq!(
+        payload.len(),
+        frame.payload_len as usize,
+        "frame length matches its payload"
+    );
     let start = buf.len();
     assert!(start.is_multiple_of(FRAME_ALIGN), "frames start aligned");
     let mut header = [0u8; FRAME_HEADER_LEN];
@@ -194,15 +198,26 @@ mod tests {
     #[test]
     fn frame_from_another_segment_fails_its_checksum() {
         let mut buf = Vec::new();
-        encode(&mut buf, FrameCrc::new(SegmentId(1)), record(0, 0, 3), b"abc");
+        encode(
+            &mut buf,
+            FrameCrc::new(SegmentId(1)),
+            record(0, 0, 3),
+            b"abc",
+        );
         let other = FrameCrc::new(SegmentId(2));
-        assert_eq!(decode(&buf, 0, other, 1024), Err(FrameError::Bad(Corruption::BadChecksum)));
+        assert_eq!(
+            decode(&buf, 0, other, 1024),
+            Err(FrameError::Bad(Corruption::BadChecksum))
+        );
     }
 
     #[test]
     fn zero_header_is_the_end() {
         let buf = vec![0u8; 64];
-        assert_eq!(decode(&buf, 0, FrameCrc::new(SegmentId(1)), 1024), Err(FrameError::End));
+        assert_eq!(
+            decode(&buf, 0, FrameCrc::new(SegmentId(1)), 1024),
+            Err(FrameError::End)
+        );
     }
 
     #[test]
@@ -210,7 +225,10 @@ mod tests {
         let crc = FrameCrc::new(SegmentId(1));
         let mut buf = Vec::new();
         encode(&mut buf, crc, record(0, 0, 40), &[7; 40]);
-        assert_eq!(decode(&buf, 0, crc, 39), Err(FrameError::Bad(Corruption::BadLength)));
+        assert_eq!(
+            decode(&buf, 0, crc, 39),
+            Err(FrameError::Bad(Corruption::BadLength))
+        );
     }
 
     proptest! {

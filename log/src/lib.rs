@@ -56,7 +56,9 @@ pub use error::{Corruption, Error, Result};
 pub use id::{LogId, SegmentId};
 pub use log::{Log, LogState};
 pub use meta::META_BLOB_MAX_BYTES;
-pub use options::{Options, RecoveryPolicy, SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES, SyncPolicy};
+pub use options::{
+    Options, RecoveryPolicy, SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES, SyncPolicy,
+};
 pub use segment::Record;
 pub use sync::{Durability, DurableCallback, SyncTicket};
 pub use view::{Range, Reader};

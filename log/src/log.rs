@@ -43,7 +43,10 @@ pub struct Log<T: Payload> {
 
 impl<T: Payload> fmt::Debug for Log<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Log").field("dir", &self.dir).field("sync", &self.sync).finish()
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("sync", &self.sync)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,8 +61,14 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .map_err(Error::io("open", &path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::Locked { dir: dir.to_path_buf() }),
-        Err(TryLockError::Error(source)) => Err(Error::Io { op: "lock", path, source }),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(source)) => Err(Error::Io {
+            op: "lock",
+            path,
+            source,
+        }),
     }
 }
 
@@ -97,12 +106,23 @@ impl<T: Payload> Log<T> {
             SyncPolicy::Relaxed => None,
         };
         let writer = Writer::new(fs, dir.clone(), options, recovered, Arc::clone(&sync))?;
-        let reader = Reader { view: Arc::clone(&writer.view) };
-        Ok(Self { dir, writer: Mutex::new(writer), reader, sync, syncer, _lock: lock })
+        let reader = Reader {
+            view: Arc::clone(&writer.view),
+        };
+        Ok(Self {
+            dir,
+            writer: Mutex::new(writer),
+            reader,
+            sync,
+            syncer,
+            _lock: lock,
+        })
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer<T>> {
-        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs a write operation; an I/O error in it poisons the log.
@@ -138,7 +158,10 @@ impl<T: Payload> Log<T> {
             let first = w.next_index.unwrap_or(0);
             let entries: Vec<_> = (first..)
                 .zip(payloads)
-                .map(|(index, payload)| Entry { id: LogId::new(term, index), payload })
+                .map(|(index, payload)| Entry {
+                    id: LogId::new(term, index),
+                    payload,
+                })
                 .collect();
             w.append(&entries)
         })
@@ -203,7 +226,11 @@ impl<T: Payload> Log<T> {
             Some(index) => self.reader.get(index)?.map(|r| r.id()),
             None => None,
         };
-        Ok(LogState { first_index: self.reader.first_index(), last: last.or(purged), purged })
+        Ok(LogState {
+            first_index: self.reader.first_index(),
+            last: last.or(purged),
+            purged,
+        })
     }
 
     /// The record at `index`; see [`Reader::get`].

@@ -79,7 +79,11 @@ fn encode_slot(generation: u64, state: &MetaState) -> Vec<u8> {
     let mut slot = Vec::with_capacity(SLOT_BYTES);
     slot.extend_from_slice(&MAGIC);
     slot.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    slot.extend_from_slice(&u32::try_from(body.len()).expect("body is small").to_le_bytes());
+    slot.extend_from_slice(
+        &u32::try_from(body.len())
+            .expect("body is small")
+            .to_le_bytes(),
+    );
     slot.extend_from_slice(&generation.to_le_bytes());
     slot.extend_from_slice(&body);
     let crc = crc_fast::crc32_iscsi(&slot);
@@ -105,15 +109,23 @@ impl Cursor<'_> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
+    #[expect(
+        clippy::option_option,
+        reason = "outer: malformed bytes; inner: no blob stored"
+    )]
     fn blob(&mut self) -> Option<Option<Vec<u8>>> {
         match self.u32()? {
             u32::MAX => Some(None),
-            len if len as usize <= META_BLOB_MAX_BYTES => Some(Some(self.take(len as usize)?.to_vec())),
+            len if len as usize <= META_BLOB_MAX_BYTES => {
+                Some(Some(self.take(len as usize)?.to_vec()))
+            }
             _ => None,
         }
     }
@@ -151,7 +163,12 @@ impl Meta {
     pub(crate) fn create(fs: &dyn Fs, dir: &Path) -> Result<Self> {
         let path = dir.join(crate::segment::name::META);
         let file = fs.create_new(&path).map_err(Error::io("create", &path))?;
-        let mut meta = Self { path, file, generation: 0, state: MetaState::default() };
+        let mut meta = Self {
+            path,
+            file,
+            generation: 0,
+            state: MetaState::default(),
+        };
         crate::fs::write_zeros(meta.file.as_ref(), 0, FILE_BYTES)
             .map_err(Error::io("write", &meta.path))?;
         meta.store(MetaState::default())?;
@@ -161,7 +178,10 @@ impl Meta {
     /// Opens and verifies an existing meta file.
     pub(crate) fn open(fs: &dyn Fs, dir: &Path) -> Result<Self> {
         let path = dir.join(crate::segment::name::META);
-        let corrupted = |reason| Error::MetaCorrupted { path: path.clone(), reason };
+        let corrupted = |reason| Error::MetaCorrupted {
+            path: path.clone(),
+            reason,
+        };
         let mut bytes = Vec::new();
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -182,12 +202,20 @@ impl Meta {
             (None, None) => return Err(corrupted("neither slot verifies")),
         };
         let file = fs.open(&path).map_err(Error::io("open", &path))?;
-        Ok(Self { path, file, generation, state })
+        Ok(Self {
+            path,
+            file,
+            generation,
+            state,
+        })
     }
 
     /// Whether a meta file exists in `dir`.
     pub(crate) fn exists(dir: &Path) -> bool {
-        OpenOptions::new().read(true).open(dir.join(crate::segment::name::META)).is_ok()
+        OpenOptions::new()
+            .read(true)
+            .open(dir.join(crate::segment::name::META))
+            .is_ok()
     }
 
     pub(crate) fn state(&self) -> &MetaState {
@@ -207,8 +235,12 @@ impl Meta {
         let generation = self.generation + 1;
         let slot = encode_slot(generation, &state);
         let offset = (generation % 2) * SLOT_BYTES as u64;
-        self.file.write_all_at(&slot, offset).map_err(Error::io("write", &self.path))?;
-        self.file.sync_data().map_err(Error::io("fdatasync", &self.path))?;
+        self.file
+            .write_all_at(&slot, offset)
+            .map_err(Error::io("write", &self.path))?;
+        self.file
+            .sync_data()
+            .map_err(Error::io("fdatasync", &self.path))?;
         self.generation = generation;
         self.state = state;
         Ok(())
@@ -245,7 +277,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut meta = Meta::create(&StdFs, dir.path()).unwrap();
         meta.store(sample()).unwrap();
-        let newer = MetaState { vote: Some(b"newer".to_vec()), ..sample() };
+        let newer = MetaState {
+            vote: Some(b"newer".to_vec()),
+            ..sample()
+        };
         meta.store(newer.clone()).unwrap();
         let path = dir.path().join("meta");
         let mut bytes = std::fs::read(&path).unwrap();
@@ -261,17 +296,29 @@ mod tests {
         Meta::create(&StdFs, dir.path()).unwrap();
         let path = dir.path().join("meta");
         std::fs::write(&path, vec![0xa5; 8192]).unwrap();
-        assert!(matches!(Meta::open(&StdFs, dir.path()), Err(Error::MetaCorrupted { .. })));
+        assert!(matches!(
+            Meta::open(&StdFs, dir.path()),
+            Err(Error::MetaCorrupted { .. })
+        ));
         std::fs::write(&path, vec![0; 100]).unwrap();
-        assert!(matches!(Meta::open(&StdFs, dir.path()), Err(Error::MetaCorrupted { .. })));
+        assert!(matches!(
+            Meta::open(&StdFs, dir.path()),
+            Err(Error::MetaCorrupted { .. })
+        ));
     }
 
     #[test]
     fn oversized_vote_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut meta = Meta::create(&StdFs, dir.path()).unwrap();
-        let state = MetaState { vote: Some(vec![0; META_BLOB_MAX_BYTES + 1]), ..sample() };
-        assert!(matches!(meta.store(state), Err(Error::MetaBlobTooLarge { .. })));
+        let state = MetaState {
+            vote: Some(vec![0; META_BLOB_MAX_BYTES + 1]),
+            ..sample()
+        };
+        assert!(matches!(
+            meta.store(state),
+            Err(Error::MetaBlobTooLarge { .. })
+        ));
         assert_eq!(meta.state(), &MetaState::default());
     }
 

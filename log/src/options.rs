@@ -119,12 +119,21 @@ mod tests {
             record_size_max_bytes: 1 << 20,
             ..Options::default()
         };
-        assert!(matches!(options.validate(), Err(Error::InvalidOptions { .. })));
+        assert!(matches!(
+            options.validate(),
+            Err(Error::InvalidOptions { .. })
+        ));
     }
 
     #[test]
     fn unaligned_segment_size_is_rejected() {
-        let options = Options { segment_size_bytes: 100_000, ..Options::default() };
-        assert!(matches!(options.validate(), Err(Error::InvalidOptions { .. })));
+        let options = Options {
+            segment_size_bytes: 100_000,
+            ..Options::default()
+        };
+        assert!(matches!(
+            options.validate(),
+            Err(Error::InvalidOptions { .. })
+        ));
     }
 }

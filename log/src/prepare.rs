@@ -53,13 +53,28 @@ pub(crate) struct Preparer {
 
 impl Preparer {
     /// Starts the background thread when `ahead`.
-    pub(crate) fn new(fs: Arc<dyn Fs>, dir: PathBuf, size_bytes: u64, ahead: bool) -> io::Result<Self> {
+    pub(crate) fn new(
+        fs: Arc<dyn Fs>,
+        dir: PathBuf,
+        size_bytes: u64,
+        ahead: bool,
+    ) -> io::Result<Self> {
         let numbers = Arc::new(AtomicU64::new(0));
-        let mut preparer = Self { fs, dir, size_bytes, numbers, ready: None, thread: None };
+        let mut preparer = Self {
+            fs,
+            dir,
+            size_bytes,
+            numbers,
+            ready: None,
+            thread: None,
+        };
         if ahead {
             let (tx, rx) = sync_channel(0);
-            let (fs, dir, ids) =
-                (Arc::clone(&preparer.fs), preparer.dir.clone(), Arc::clone(&preparer.numbers));
+            let (fs, dir, ids) = (
+                Arc::clone(&preparer.fs),
+                preparer.dir.clone(),
+                Arc::clone(&preparer.numbers),
+            );
             let thread = std::thread::Builder::new()
                 .name("keel-log-prepare".into())
                 .spawn(move || prepare_loop(fs.as_ref(), &dir, size_bytes, &ids, &tx))?;

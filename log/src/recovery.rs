@@ -27,7 +27,9 @@ use crate::{
     frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FrameError, FrameKind},
     fs::{FileIo, Fs, write_zeros},
     meta::Meta,
-    segment::{Header, RECORDS_START, SEGMENT_HEADER_LEN, Segment, name, sync_mark},
+    segment::{
+        Header, RECORDS_START, RECORDS_START_OFFSET, SEGMENT_HEADER_LEN, Segment, name, sync_mark,
+    },
     view::Span,
 };
 
@@ -89,7 +91,7 @@ fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) ->
         last_term: None,
         end: RECORDS_START,
         stop: Stop::Zero,
-        synced_hint: RECORDS_START as u32,
+        synced_hint: RECORDS_START_OFFSET,
     };
     loop {
         let at = walk.end;
@@ -109,16 +111,21 @@ fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) ->
         let expected = segment.base + walk.offsets.len() as u64;
         if frame.id.index != expected {
             let found = frame.id.index;
-            return Err(corrupted(at, Corruption::IndexOutOfOrder { expected, found }));
+            return Err(corrupted(
+                at,
+                Corruption::IndexOutOfOrder { expected, found },
+            ));
         }
         if frame.id.term < walk.last_term.unwrap_or(prev_term) {
             return Err(corrupted(at, Corruption::TermRegression));
         }
         let payload_start = at + FRAME_HEADER_LEN;
-        if validate::<T>(&bytes[payload_start..payload_start + frame.payload_len as usize]).is_err() {
+        if validate::<T>(&bytes[payload_start..payload_start + frame.payload_len as usize]).is_err()
+        {
             return Err(corrupted(at, Corruption::InvalidArchive));
         }
-        walk.offsets.push(u32::try_from(at).expect("segments are below 4 GiB"));
+        walk.offsets
+            .push(u32::try_from(at).expect("segments are below 4 GiB"));
         walk.last_term = Some(frame.id.term);
         walk.end = at + frame.len();
     }
@@ -146,21 +153,34 @@ fn probe_beyond<T>(segment: &Segment<T>, from: usize, payload_max: usize) -> (u3
 }
 
 fn read_header(path: &Path, id: SegmentId, base: u64) -> Result<(Header, File)> {
-    let corrupted = |reason| Error::Corrupted { segment: id, offset: 0, reason };
+    let corrupted = |reason| Error::Corrupted {
+        segment: id,
+        offset: 0,
+        reason,
+    };
     let file = File::open(path).map_err(Error::io("open", path))?;
     let actual_bytes = file.metadata().map_err(Error::io("stat", path))?.len();
     let mut bytes = [0u8; SEGMENT_HEADER_LEN];
     if actual_bytes < SEGMENT_HEADER_LEN as u64 {
-        return Err(Error::SegmentSizeMismatch { segment: id, expected_bytes: 0, actual_bytes });
+        return Err(Error::SegmentSizeMismatch {
+            segment: id,
+            expected_bytes: 0,
+            actual_bytes,
+        });
     }
-    file.read_exact_at(&mut bytes, 0).map_err(Error::io("read", path))?;
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(Error::io("read", path))?;
     let header = Header::decode(&bytes).map_err(corrupted)?;
     if header.id != id || header.base != base {
         return Err(corrupted(Corruption::HeaderMismatch));
     }
     if header.size_bytes != actual_bytes {
         let expected_bytes = header.size_bytes;
-        return Err(Error::SegmentSizeMismatch { segment: id, expected_bytes, actual_bytes });
+        return Err(Error::SegmentSizeMismatch {
+            segment: id,
+            expected_bytes,
+            actual_bytes,
+        });
     }
     if !(crate::options::SEGMENT_SIZE_MIN_BYTES..=crate::options::SEGMENT_SIZE_MAX_BYTES)
         .contains(&header.size_bytes)
@@ -170,7 +190,10 @@ fn read_header(path: &Path, id: SegmentId, base: u64) -> Result<(Header, File)> 
     Ok((header, file))
 }
 
-fn list(fs: &dyn Fs, dir: &Path) -> Result<(Vec<(SegmentId, u64, PathBuf)>, u64)> {
+/// Segment files found in the directory: id, base index, path.
+type Listed = Vec<(SegmentId, u64, PathBuf)>;
+
+fn list(fs: &dyn Fs, dir: &Path) -> Result<(Listed, u64)> {
     let mut segments = Vec::new();
     let mut max_id = 0;
     for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
@@ -196,11 +219,7 @@ fn list(fs: &dyn Fs, dir: &Path) -> Result<(Vec<(SegmentId, u64, PathBuf)>, u64)
 }
 
 /// Repairs or rejects what follows the tail's last valid record.
-fn settle_tail<T>(
-    found: &Found<T>,
-    payload_max: usize,
-    policy: RecoveryPolicy,
-) -> Result<()> {
+fn settle_tail<T>(found: &Found<T>, payload_max: usize, policy: RecoveryPolicy) -> Result<()> {
     let segment = &found.segment;
     let walk = &found.walk;
     let (beyond_hint, garbage_end) = probe_beyond(segment, walk.end, payload_max);
@@ -211,13 +230,20 @@ fn settle_tail<T>(
         _ => Corruption::BadLength,
     };
     if walk.end < durable {
-        return Err(Error::Corrupted { segment: segment.id, offset: walk.end as u64, reason });
+        return Err(Error::Corrupted {
+            segment: segment.id,
+            offset: walk.end as u64,
+            reason,
+        });
     }
     if garbage_end <= walk.end {
         return Ok(());
     }
     if policy == RecoveryPolicy::Strict {
-        return Err(Error::TornTail { segment: segment.id, offset: walk.end as u64 });
+        return Err(Error::TornTail {
+            segment: segment.id,
+            offset: walk.end as u64,
+        });
     }
     tracing::warn!(
         segment = %segment.id,
@@ -226,17 +252,17 @@ fn settle_tail<T>(
         "zeroing the torn tail of the log"
     );
     let path = &segment.path;
-    write_zeros(found.file.as_ref(), walk.end as u64, (garbage_end - walk.end) as u64)
-        .map_err(Error::io("write", path))?;
+    write_zeros(
+        found.file.as_ref(),
+        walk.end as u64,
+        (garbage_end - walk.end) as u64,
+    )
+    .map_err(Error::io("write", path))?;
     found.file.sync_data().map_err(Error::io("fdatasync", path))
 }
 
 /// Opens every segment and walks it; the last may be unsealed.
-fn load<T: Payload>(
-    fs: &dyn Fs,
-    listed: Vec<(SegmentId, u64, PathBuf)>,
-    options: &Options,
-) -> Result<Vec<Found<T>>> {
+fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Vec<Found<T>>> {
     let payload_max = options.record_size_max_bytes;
     let count = listed.len();
     let mut found: Vec<Found<T>> = Vec::with_capacity(count);
@@ -252,26 +278,31 @@ fn load<T: Payload>(
                 Stop::Bad(reason) => reason,
                 _ => Corruption::MissingSeal,
             };
-            return Err(Error::Corrupted { segment: id, offset: walk.end as u64, reason });
+            return Err(Error::Corrupted {
+                segment: id,
+                offset: walk.end as u64,
+                reason,
+            });
         }
         prev_term = walk.last_term.unwrap_or(prev_term);
         let file = fs.open(&path).map_err(Error::io("open", &path))?;
-        found.push(Found { segment: Arc::new(segment), file, walk });
+        found.push(Found {
+            segment: Arc::new(segment),
+            file,
+            walk,
+        });
     }
     Ok(found)
 }
 
 /// Removes a segment file that no visible record needs any more.
 fn discard(fs: &dyn Fs, segment: &Segment<impl Sized>) -> Result<()> {
-    fs.remove(&segment.path).map_err(Error::io("remove", &segment.path))
+    fs.remove(&segment.path)
+        .map_err(Error::io("remove", &segment.path))
 }
 
 /// Builds the visible spans: supersede by truncation, drop purged, check contiguity.
-fn build_spans<T>(
-    fs: &dyn Fs,
-    found: &[Found<T>],
-    purged: Option<LogId>,
-) -> Result<Vec<Span<T>>> {
+fn build_spans<T>(fs: &dyn Fs, found: &[Found<T>], purged: Option<LogId>) -> Result<Vec<Span<T>>> {
     let mut spans: Vec<Span<T>> = Vec::new();
     for f in found {
         let base = f.segment.base;
@@ -284,7 +315,11 @@ fn build_spans<T>(
             }
         }
         let end = base + f.walk.offsets.len() as u64;
-        spans.push(Span { segment: Arc::clone(&f.segment), first: base, end: Some(end) });
+        spans.push(Span {
+            segment: Arc::clone(&f.segment),
+            first: base,
+            end: Some(end),
+        });
     }
     if let Some(purged) = purged {
         let keep_from = purged.index + 1;
@@ -321,13 +356,8 @@ fn build_spans<T>(
     Ok(spans)
 }
 
-/// Recovers the log in `dir` (already locked by the caller).
-pub(crate) fn recover<T: Payload>(
-    fs: &dyn Fs,
-    dir: &Path,
-    options: &Options,
-) -> Result<Recovered<T>> {
-    let (listed, max_listed_id) = list(fs, dir)?;
+/// Opens the meta file, or creates it in a fresh directory; checks the newest segment exists.
+fn open_meta(fs: &dyn Fs, dir: &Path, listed: &Listed) -> Result<Meta> {
     let meta = if Meta::exists(dir) {
         Meta::open(fs, dir)?
     } else if listed.is_empty() {
@@ -336,13 +366,27 @@ pub(crate) fn recover<T: Payload>(
         meta
     } else {
         let path = dir.join(name::META);
-        return Err(Error::MetaCorrupted { path, reason: "missing while segments exist" });
+        return Err(Error::MetaCorrupted {
+            path,
+            reason: "missing while segments exist",
+        });
     };
     if let Some(last) = meta.state().last_segment
         && !listed.iter().any(|(id, _, _)| *id >= last)
     {
         return Err(Error::MissingSegment { segment: last });
     }
+    Ok(meta)
+}
+
+/// Recovers the log in `dir` (already locked by the caller).
+pub(crate) fn recover<T: Payload>(
+    fs: &dyn Fs,
+    dir: &Path,
+    options: &Options,
+) -> Result<Recovered<T>> {
+    let (listed, max_listed_id) = list(fs, dir)?;
+    let meta = open_meta(fs, dir, &listed)?;
     let purged = meta.state().purged;
     let found = load::<T>(fs, listed, options)?;
     if let Some(tail) = found.last()
@@ -354,17 +398,26 @@ pub(crate) fn recover<T: Payload>(
         f.segment.publish(&f.walk.offsets);
     }
     let spans = build_spans(fs, &found, purged)?;
-    let tail = found.into_iter().last().filter(|f| f.walk.stop != Stop::Seal).and_then(|f| {
-        let alive = spans.last().is_some_and(|s| Arc::ptr_eq(&s.segment, &f.segment));
-        alive.then(|| Tail {
-            write_offset: f.walk.end as u64,
-            segment: f.segment,
-            file: f.file,
-        })
-    });
+    let tail = found
+        .into_iter()
+        .last()
+        .filter(|f| f.walk.stop != Stop::Seal)
+        .and_then(|f| {
+            let alive = spans
+                .last()
+                .is_some_and(|s| Arc::ptr_eq(&s.segment, &f.segment));
+            alive.then(|| Tail {
+                write_offset: f.walk.end as u64,
+                segment: f.segment,
+                file: f.file,
+            })
+        });
     let mut spans = spans;
     if let (Some(tail), Some(last)) = (&tail, spans.last_mut()) {
-        assert!(Arc::ptr_eq(&tail.segment, &last.segment), "the tail is the last span");
+        assert!(
+            Arc::ptr_eq(&tail.segment, &last.segment),
+            "the tail is the last span"
+        );
         last.end = None;
     }
     let span_end = spans.last().map(Span::end);
@@ -375,9 +428,17 @@ pub(crate) fn recover<T: Payload>(
         (None, None) => None,
     };
     let last_term = last_term(&spans, purged)?;
-    let next_segment_id =
-        max_listed_id.max(meta.state().last_segment.map_or(0, |s| s.0 + 1)).max(1);
-    Ok(Recovered { meta, spans, tail, next_index, last_term, next_segment_id })
+    let next_segment_id = max_listed_id
+        .max(meta.state().last_segment.map_or(0, |s| s.0 + 1))
+        .max(1);
+    Ok(Recovered {
+        meta,
+        spans,
+        tail,
+        next_index,
+        last_term,
+        next_segment_id,
+    })
 }
 
 /// Term of the last visible record, else of the purge mark, else 0.
@@ -387,11 +448,17 @@ fn last_term<T: Payload>(spans: &[Span<T>], purged: Option<LogId>) -> Result<u64
         return Ok(purged.map_or(0, |p| p.term));
     };
     let index = span.end() - 1;
-    let offset = span.segment.offset_of(index).expect("visible records have offsets");
-    let record = span.segment.read(offset, index).map_err(|reason| Error::Corrupted {
-        segment: span.segment.id,
-        offset: u64::from(offset),
-        reason,
-    })?;
+    let offset = span
+        .segment
+        .offset_of(index)
+        .expect("visible records have offsets");
+    let record = span
+        .segment
+        .read(offset, index)
+        .map_err(|reason| Error::Corrupted {
+            segment: span.segment.id,
+            offset: u64::from(offset),
+            reason,
+        })?;
     Ok(record.id().term)
 }

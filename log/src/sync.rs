@@ -13,7 +13,11 @@ use std::{
     sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 
-use crate::{Error, Result, SegmentId, SyncPolicy, fs::FileIo, segment::{RECORDS_START, sync_mark}};
+use crate::{
+    Error, Result, SegmentId, SyncPolicy,
+    fs::FileIo,
+    segment::{RECORDS_START_OFFSET, sync_mark},
+};
 
 /// How durable an append is once its ticket resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,13 +92,20 @@ impl SyncTicket {
             if let Some(outcome) = self.shared.outcome(&state, self.seq) {
                 return outcome;
             }
-            state = self.shared.done.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+            state = self
+                .shared
+                .done
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
     /// Whether the append is already durable (never blocks).
     pub fn is_durable(&self) -> bool {
-        matches!(self.shared.outcome(&self.shared.lock(), self.seq), Some(Ok(_)))
+        matches!(
+            self.shared.outcome(&self.shared.lock(), self.seq),
+            Some(Ok(_))
+        )
     }
 
     /// Calls `callback` once the append is durable, or with the error that prevents it.
@@ -129,11 +140,17 @@ impl SyncShared {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn durability(&self) -> Durability {
-        if self.policy.is_durable() { Durability::Synced } else { Durability::PageCache }
+        if self.policy.is_durable() {
+            Durability::Synced
+        } else {
+            Durability::PageCache
+        }
     }
 
     fn outcome(&self, state: &State, seq: u64) -> Option<Result<Durability>> {
@@ -175,7 +192,7 @@ impl SyncShared {
     pub(crate) fn synced_hint(&self, segment: SegmentId) -> u32 {
         match self.lock().synced_at {
             Some((s, offset)) if s == segment => offset,
-            _ => RECORDS_START as u32,
+            _ => RECORDS_START_OFFSET,
         }
     }
 
@@ -192,12 +209,18 @@ impl SyncShared {
             state.synced = seq;
             drop(state);
         }
-        SyncTicket { seq, shared: Arc::clone(self) }
+        SyncTicket {
+            seq,
+            shared: Arc::clone(self),
+        }
     }
 
     /// A ticket for "everything written so far".
     pub(crate) fn current(self: &Arc<Self>) -> SyncTicket {
-        SyncTicket { seq: self.lock().written, shared: Arc::clone(self) }
+        SyncTicket {
+            seq: self.lock().written,
+            shared: Arc::clone(self),
+        }
     }
 
     /// The writer synced the whole segment itself (at a seal): everything written is durable.
@@ -215,7 +238,11 @@ impl SyncShared {
             state.synced_at = Some(at);
         }
         let mut ready = Vec::new();
-        while state.callbacks.front().is_some_and(|(s, _)| *s <= state.synced) {
+        while state
+            .callbacks
+            .front()
+            .is_some_and(|(s, _)| *s <= state.synced)
+        {
             ready.push(state.callbacks.pop_front().expect("front exists").1);
         }
         drop(state);
@@ -251,14 +278,20 @@ impl SyncShared {
         loop {
             let mut state = self.lock();
             while state.written == state.synced && !state.closing && state.poison.is_none() {
-                state = self.work.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+                state = self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
             if state.poison.is_some() || (state.closing && state.written == state.synced) {
                 self.finish(state, marked.as_ref());
                 return;
             }
             let seq = state.written;
-            let target = state.target.clone().expect("a pending write names its file");
+            let target = state
+                .target
+                .clone()
+                .expect("a pending write names its file");
             drop(state);
             if let Err(error) = target.file.sync_data() {
                 tracing::error!(path = %target.path.display(), %error, "fdatasync failed");
@@ -284,10 +317,11 @@ impl SyncShared {
         let clean = state.poison.is_none();
         state.target = None;
         drop(state);
-        if clean && let Some(target) = marked {
-            if let Err(error) = target.file.sync_data() {
-                tracing::warn!(path = %target.path.display(), %error, "cannot sync the sync mark");
-            }
+        if clean
+            && let Some(target) = marked
+            && let Err(error) = target.file.sync_data()
+        {
+            tracing::warn!(path = %target.path.display(), %error, "cannot sync the sync mark");
         }
         self.done.notify_all();
         for (_, callback) in failed {

@@ -22,7 +22,11 @@ pub(crate) struct Span<T> {
 
 impl<T> Clone for Span<T> {
     fn clone(&self) -> Self {
-        Self { segment: Arc::clone(&self.segment), first: self.first, end: self.end }
+        Self {
+            segment: Arc::clone(&self.segment),
+            first: self.first,
+            end: self.end,
+        }
     }
 }
 
@@ -50,7 +54,10 @@ pub(crate) struct View<T> {
 
 impl<T> fmt::Debug for View<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("View").field("spans", &self.spans).field("purged", &self.purged).finish()
+        f.debug_struct("View")
+            .field("spans", &self.spans)
+            .field("purged", &self.purged)
+            .finish()
     }
 }
 
@@ -63,12 +70,19 @@ impl<T> View<T> {
 
     /// Index of the first visible record.
     pub(crate) fn first_index(&self) -> Option<u64> {
-        self.spans.iter().find(|s| s.first < s.end()).map(|s| s.first)
+        self.spans
+            .iter()
+            .find(|s| s.first < s.end())
+            .map(|s| s.first)
     }
 
     /// One past the last visible record.
     pub(crate) fn end_index(&self) -> Option<u64> {
-        self.spans.iter().rev().find(|s| s.first < s.end()).map(Span::end)
+        self.spans
+            .iter()
+            .rev()
+            .find(|s| s.first < s.end())
+            .map(Span::end)
     }
 
     /// Checks the documented invariants (debug and test builds).
@@ -85,12 +99,16 @@ impl<T> View<T> {
 
 fn read<T: Payload>(span: &Span<T>, index: u64) -> Result<Record<T>> {
     let segment = &span.segment;
-    let offset = segment.offset_of(index).expect("a visible index has an offset");
-    segment.read(offset, index).map_err(|reason| Error::Corrupted {
-        segment: segment.id,
-        offset: u64::from(offset),
-        reason,
-    })
+    let offset = segment
+        .offset_of(index)
+        .expect("a visible index has an offset");
+    segment
+        .read(offset, index)
+        .map_err(|reason| Error::Corrupted {
+            segment: segment.id,
+            offset: u64::from(offset),
+            reason,
+        })
 }
 
 /// A cheap, cloneable, lock-free reader of a log.
@@ -100,7 +118,9 @@ pub struct Reader<T> {
 
 impl<T> Clone for Reader<T> {
     fn clone(&self) -> Self {
-        Self { view: Arc::clone(&self.view) }
+        Self {
+            view: Arc::clone(&self.view),
+        }
     }
 }
 
@@ -138,7 +158,11 @@ impl<T: Payload> Reader<T> {
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
         };
-        Range { view: self.view.load_full(), next, end }
+        Range {
+            view: self.view.load_full(),
+            next,
+            end,
+        }
     }
 
     /// Index of the first visible record.
@@ -161,7 +185,10 @@ pub struct Range<T> {
 
 impl<T> fmt::Debug for Range<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Range").field("next", &self.next).field("end", &self.end).finish()
+        f.debug_struct("Range")
+            .field("next", &self.next)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
     }
 }
 

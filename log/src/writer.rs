@@ -74,15 +74,28 @@ impl<T: Payload> Writer<T> {
         recovered: crate::recovery::Recovered<T>,
         sync: Arc<SyncShared>,
     ) -> Result<Self> {
-        let preparer =
-            Preparer::new(Arc::clone(&fs), dir.clone(), options.segment_size_bytes, options.prepare_ahead)
+        let preparer = Preparer::new(
+            Arc::clone(&fs),
+            dir.clone(),
+            options.segment_size_bytes,
+            options.prepare_ahead,
+        )
         .map_err(Error::io("spawn preparer", &dir))?;
-        let active = recovered.tail.map(|Tail { segment, file, write_offset }| Active {
-            segment,
-            file,
-            write_offset,
-        });
-        let view = View { spans: recovered.spans, purged: recovered.meta.state().purged };
+        let active = recovered.tail.map(
+            |Tail {
+                 segment,
+                 file,
+                 write_offset,
+             }| Active {
+                segment,
+                file,
+                write_offset,
+            },
+        );
+        let view = View {
+            spans: recovered.spans,
+            purged: recovered.meta.state().purged,
+        };
         view.check_invariants();
         Ok(Self {
             fs,
@@ -109,15 +122,24 @@ impl<T: Payload> Writer<T> {
             let len = entry.payload.len();
             if len > self.options.record_size_max_bytes {
                 let limit_bytes = self.options.record_size_max_bytes;
-                return Err(Error::RecordTooLarge { len_bytes: len, limit_bytes });
+                return Err(Error::RecordTooLarge {
+                    len_bytes: len,
+                    limit_bytes,
+                });
             }
             if let Some(expected) = next
                 && entry.id.index != expected
             {
-                return Err(Error::NonContiguous { expected, got: entry.id.index });
+                return Err(Error::NonContiguous {
+                    expected,
+                    got: entry.id.index,
+                });
             }
             if entry.id.term < term {
-                return Err(Error::TermRegression { id: entry.id, previous_term: term });
+                return Err(Error::TermRegression {
+                    id: entry.id,
+                    previous_term: term,
+                });
             }
             next = Some(entry.id.index.checked_add(1).ok_or(Error::NonContiguous {
                 expected: entry.id.index,
@@ -159,7 +181,10 @@ impl<T: Payload> Writer<T> {
     }
 
     fn sync_target(&self) -> SyncTarget {
-        let active = self.active.as_ref().expect("an append has an active segment");
+        let active = self
+            .active
+            .as_ref()
+            .expect("an append has an active segment");
         SyncTarget {
             file: Arc::clone(&active.file),
             path: active.segment.path.clone(),
@@ -187,8 +212,14 @@ impl<T: Payload> Writer<T> {
                 payload_len: u32::try_from(entry.payload.len()).expect("checked against limit"),
                 synced_hint,
             };
-            frame::encode(&mut self.buf, active.segment.crc, frame, entry.payload.as_bytes());
-            self.offsets.push(u32::try_from(at).expect("segments are below 4 GiB"));
+            frame::encode(
+                &mut self.buf,
+                active.segment.crc,
+                frame,
+                entry.payload.as_bytes(),
+            );
+            self.offsets
+                .push(u32::try_from(at).expect("segments are below 4 GiB"));
             count += 1;
         }
         if count == 0 {
@@ -205,7 +236,9 @@ impl<T: Payload> Writer<T> {
 
     /// Writes the seal frame, syncs the segment, and leaves no segment active.
     fn seal(&mut self) -> Result<()> {
-        let Some(active) = self.active.take() else { return Ok(()) };
+        let Some(active) = self.active.take() else {
+            return Ok(());
+        };
         let frame = Frame {
             kind: FrameKind::Seal,
             id: LogId::new(self.last_term, active.segment.end_index()),
@@ -215,13 +248,25 @@ impl<T: Payload> Writer<T> {
         self.buf.clear();
         frame::encode(&mut self.buf, active.segment.crc, frame, &[]);
         let path = &active.segment.path;
-        active.file.write_all_at(&self.buf, active.write_offset).map_err(Error::io("pwrite", path))?;
-        active.file.sync_data().map_err(Error::io("fdatasync", path))?;
+        active
+            .file
+            .write_all_at(&self.buf, active.write_offset)
+            .map_err(Error::io("pwrite", path))?;
+        active
+            .file
+            .sync_data()
+            .map_err(Error::io("fdatasync", path))?;
         let end = u32::try_from(active.write_offset).expect("segments are below 4 GiB");
         self.sync.synced_all(active.segment.id, end);
         let mut view = self.cloned_view();
-        let span = view.spans.last_mut().expect("the active segment has a span");
-        assert!(Arc::ptr_eq(&span.segment, &active.segment), "the active span is last");
+        let span = view
+            .spans
+            .last_mut()
+            .expect("the active segment has a span");
+        assert!(
+            Arc::ptr_eq(&span.segment, &active.segment),
+            "the active span is last"
+        );
         span.end = Some(span.end());
         self.view.store(Arc::new(view));
         Ok(())
@@ -230,10 +275,17 @@ impl<T: Payload> Writer<T> {
     /// Takes a prepared file, stamps its header, names it, records it in the meta file.
     fn activate(&mut self, base: u64) -> Result<()> {
         assert!(self.active.is_none(), "one active segment at a time");
-        let prepared = self.preparer.take().map_err(Error::io("prepare segment", &self.dir))?;
+        let prepared = self
+            .preparer
+            .take()
+            .map_err(Error::io("prepare segment", &self.dir))?;
         let id = SegmentId(self.next_segment_id);
         self.next_segment_id += 1;
-        let header = Header { id, base, size_bytes: self.options.segment_size_bytes };
+        let header = Header {
+            id,
+            base,
+            size_bytes: self.options.segment_size_bytes,
+        };
         let path = self.dir.join(name::segment(id, base));
         let file = prepared.file;
         file.write_all_at(&header.encode(), 0)
@@ -241,28 +293,49 @@ impl<T: Payload> Writer<T> {
             .and_then(|()| self.fs.rename(&prepared.path, &path))
             .and_then(|()| self.fs.sync_dir(&self.dir))
             .map_err(Error::io("activate segment", &path))?;
-        let state = MetaState { last_segment: Some(id), ..self.meta.state().clone() };
+        let state = MetaState {
+            last_segment: Some(id),
+            ..self.meta.state().clone()
+        };
         self.meta.store(state)?;
-        let segment = Segment::map(header, path.clone(), file.file(), self.options.record_size_max_bytes)
-            .map_err(Error::io("map", &path))?;
+        let segment = Segment::map(
+            header,
+            path.clone(),
+            file.file(),
+            self.options.record_size_max_bytes,
+        )
+        .map_err(Error::io("map", &path))?;
         let segment = Arc::new(segment);
         let mut view = self.cloned_view();
-        view.spans.push(Span { segment: Arc::clone(&segment), first: base, end: None });
+        view.spans.push(Span {
+            segment: Arc::clone(&segment),
+            first: base,
+            end: None,
+        });
         self.view.store(Arc::new(view));
-        self.active = Some(Active { segment, file, write_offset: RECORDS_START as u64 });
+        self.active = Some(Active {
+            segment,
+            file,
+            write_offset: RECORDS_START as u64,
+        });
         self.next_index = Some(base);
         Ok(())
     }
 
     fn cloned_view(&self) -> View<T> {
         let view = self.view.load();
-        View { spans: view.spans.clone(), purged: view.purged }
+        View {
+            spans: view.spans.clone(),
+            purged: view.purged,
+        }
     }
 
     /// Removes every record at or after `index`.
     pub(crate) fn truncate_from(&mut self, index: u64) -> Result<()> {
         self.sync.check()?;
-        let Some(next) = self.next_index else { return Ok(()) };
+        let Some(next) = self.next_index else {
+            return Ok(());
+        };
         if index >= next {
             return Ok(());
         }
@@ -291,8 +364,15 @@ impl<T: Payload> Writer<T> {
 
     /// Term of the record before `index` (else of the purge mark, else 0).
     fn term_before(&self, index: u64) -> Result<u64> {
-        let reader = crate::Reader { view: Arc::clone(&self.view) };
-        match index.checked_sub(1).map(|i| reader.get(i)).transpose()?.flatten() {
+        let reader = crate::Reader {
+            view: Arc::clone(&self.view),
+        };
+        match index
+            .checked_sub(1)
+            .map(|i| reader.get(i))
+            .transpose()?
+            .flatten()
+        {
             Some(record) => Ok(record.id().term),
             None => Ok(self.meta.state().purged.map_or(0, |p| p.term)),
         }
@@ -301,12 +381,20 @@ impl<T: Payload> Writer<T> {
     /// Drops every whole segment at or below `upto` after durably recording the mark.
     pub(crate) fn purge_upto(&mut self, upto: LogId) -> Result<()> {
         self.sync.check()?;
-        if self.meta.state().purged.is_some_and(|p| p.index >= upto.index) {
+        if self
+            .meta
+            .state()
+            .purged
+            .is_some_and(|p| p.index >= upto.index)
+        {
             return Ok(());
         }
         let keep_from = upto.index + 1;
         let past_end = self.next_index.is_none_or(|next| next < keep_from);
-        let mut state = MetaState { purged: Some(upto), ..self.meta.state().clone() };
+        let mut state = MetaState {
+            purged: Some(upto),
+            ..self.meta.state().clone()
+        };
         if past_end {
             // Every segment is dropped below; none need be found at the next open.
             state.last_segment = None;
@@ -348,13 +436,19 @@ impl<T: Payload> Writer<T> {
 
     /// Durably stores `vote` in the meta file.
     pub(crate) fn save_vote(&mut self, vote: &[u8]) -> Result<()> {
-        let state = MetaState { vote: Some(vote.to_vec()), ..self.meta.state().clone() };
+        let state = MetaState {
+            vote: Some(vote.to_vec()),
+            ..self.meta.state().clone()
+        };
         self.meta.store(state)
     }
 
     /// Durably stores `committed` in the meta file.
     pub(crate) fn save_committed(&mut self, committed: &[u8]) -> Result<()> {
-        let state = MetaState { committed: Some(committed.to_vec()), ..self.meta.state().clone() };
+        let state = MetaState {
+            committed: Some(committed.to_vec()),
+            ..self.meta.state().clone()
+        };
         self.meta.store(state)
     }
 
@@ -365,9 +459,19 @@ impl<T: Payload> Writer<T> {
             view.check_invariants();
             if let Some(active) = &self.active {
                 let last = view.spans.last().expect("an active segment has a span");
-                assert!(Arc::ptr_eq(&last.segment, &active.segment), "the active span is last");
-                assert_eq!(Some(active.segment.end_index()), self.next_index, "next index");
-                assert!(active.write_offset <= self.options.segment_size_bytes, "in bounds");
+                assert!(
+                    Arc::ptr_eq(&last.segment, &active.segment),
+                    "the active span is last"
+                );
+                assert_eq!(
+                    Some(active.segment.end_index()),
+                    self.next_index,
+                    "next index"
+                );
+                assert!(
+                    active.write_offset <= self.options.segment_size_bytes,
+                    "in bounds"
+                );
             }
             if let (Some(end), Some(next)) = (view.end_index(), self.next_index) {
                 assert!(end <= next, "nothing visible past the next index");

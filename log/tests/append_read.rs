@@ -1,4 +1,9 @@
 //! Appends, reads, reopen, truncation, purge and the meta file, through the public API.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test helpers panic on failure; sizes are small"
+)]
 
 mod common;
 
@@ -16,7 +21,10 @@ fn records_are_readable_when_append_returns_and_after_reopen() {
     let refs: Vec<_> = encoded.iter().collect();
     let appended = log.append_next(1, &refs).unwrap();
     assert_eq!(appended.last, Some(LogId::new(1, 299)));
-    assert_eq!(log.get(150).unwrap().unwrap().as_slice(), values[150].as_slice());
+    assert_eq!(
+        log.get(150).unwrap().unwrap().as_slice(),
+        values[150].as_slice()
+    );
     assert_eq!(appended.ticket.wait().unwrap(), Durability::Synced);
     drop(log);
 
@@ -29,9 +37,19 @@ fn records_are_readable_when_append_returns_and_after_reopen() {
     }
     let segments = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().ends_with(".seg"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .ends_with(".seg")
+        })
         .count();
-    assert!(segments > 1, "300 records of up to 700 bytes roll 64 KiB segments");
+    assert!(
+        segments > 1,
+        "300 records of up to 700 bytes roll 64 KiB segments"
+    );
 }
 
 #[test]
@@ -54,13 +72,34 @@ fn gaps_term_regressions_and_oversized_records_are_refused_without_writing() {
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
     append_durably(&log, 2, 0, &[value(0, 0)]);
     let payload = encode(&value(1, 0));
-    let gap = log.append(&[Entry { id: LogId::new(2, 5), payload: &payload }]);
-    assert!(matches!(gap, Err(Error::NonContiguous { expected: 1, got: 5 })));
-    let regress = log.append(&[Entry { id: LogId::new(1, 1), payload: &payload }]);
+    let gap = log.append(&[Entry {
+        id: LogId::new(2, 5),
+        payload: &payload,
+    }]);
+    assert!(matches!(
+        gap,
+        Err(Error::NonContiguous {
+            expected: 1,
+            got: 5
+        })
+    ));
+    let regress = log.append(&[Entry {
+        id: LogId::new(1, 1),
+        payload: &payload,
+    }]);
     assert!(matches!(regress, Err(Error::TermRegression { .. })));
     let big = Encoded::new(&vec![0u8; 9000]).unwrap();
-    let too_large = log.append(&[Entry { id: LogId::new(2, 1), payload: &big }]);
-    assert!(matches!(too_large, Err(Error::RecordTooLarge { limit_bytes: 8192, .. })));
+    let too_large = log.append(&[Entry {
+        id: LogId::new(2, 1),
+        payload: &big,
+    }]);
+    assert!(matches!(
+        too_large,
+        Err(Error::RecordTooLarge {
+            limit_bytes: 8192,
+            ..
+        })
+    ));
     assert_eq!(read_all(&log).len(), 1);
     append_durably(&log, 2, 1, &[value(1, 0)]);
 }
@@ -76,8 +115,14 @@ fn a_second_open_of_the_same_directory_is_refused() {
 #[test]
 fn invalid_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_size_bytes: 1000, ..Options::default() };
-    assert!(matches!(Log::<Bytes>::open(dir.path(), options), Err(Error::InvalidOptions { .. })));
+    let options = Options {
+        segment_size_bytes: 1000,
+        ..Options::default()
+    };
+    assert!(matches!(
+        Log::<Bytes>::open(dir.path(), options),
+        Err(Error::InvalidOptions { .. })
+    ));
 }
 
 #[test]
@@ -88,7 +133,11 @@ fn truncation_removes_the_suffix_durably() {
     append_durably(&log, 1, 0, &values);
     let held = log.get(150).unwrap().unwrap();
     log.truncate_from(120).unwrap();
-    assert_eq!(held.as_slice(), values[150].as_slice(), "a held record stays readable");
+    assert_eq!(
+        held.as_slice(),
+        values[150].as_slice(),
+        "a held record stays readable"
+    );
     assert!(log.get(120).unwrap().is_none());
     let replacement: Vec<_> = (120..130).map(|i| value(i, 9)).collect();
     append_durably(&log, 2, 120, &replacement);
@@ -105,7 +154,12 @@ fn truncation_removes_the_suffix_durably() {
 fn purge_past_the_end_leaves_an_empty_log_that_remembers_the_mark() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    append_durably(&log, 1, 0, &(0..50).map(|i| value(i, 0)).collect::<Vec<_>>());
+    append_durably(
+        &log,
+        1,
+        0,
+        &(0..50).map(|i| value(i, 0)).collect::<Vec<_>>(),
+    );
     log.purge_upto(LogId::new(4, 100)).unwrap();
     let state = log.state().unwrap();
     assert_eq!(state.first_index, None);
@@ -116,8 +170,14 @@ fn purge_past_the_end_leaves_an_empty_log_that_remembers_the_mark() {
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
     assert_eq!(log.state().unwrap().last, Some(LogId::new(4, 100)));
     let payload = encode(&value(101, 0));
-    let wrong = log.append(&[Entry { id: LogId::new(4, 50), payload: &payload }]);
-    assert!(matches!(wrong, Err(Error::NonContiguous { expected: 101, .. })));
+    let wrong = log.append(&[Entry {
+        id: LogId::new(4, 50),
+        payload: &payload,
+    }]);
+    assert!(matches!(
+        wrong,
+        Err(Error::NonContiguous { expected: 101, .. })
+    ));
     append_durably(&log, 4, 101, &[value(101, 0)]);
     assert_eq!(read_all(&log), vec![(LogId::new(4, 101), value(101, 0))]);
 }
@@ -131,12 +191,22 @@ fn purge_drops_whole_segments_and_keeps_the_rest() {
     let count_segments = || {
         std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().ends_with(".seg"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .ends_with(".seg")
+            })
             .count()
     };
     let before = count_segments();
     log.purge_upto(LogId::new(1, 299)).unwrap();
-    assert!(count_segments() < before, "whole segments below the mark are removed");
+    assert!(
+        count_segments() < before,
+        "whole segments below the mark are removed"
+    );
     assert_eq!(log.state().unwrap().first_index, Some(300));
     assert!(log.get(299).unwrap().is_none());
     assert!(matches!(log.truncate_from(200), Err(Error::Purged { .. })));
@@ -150,12 +220,18 @@ fn purge_drops_whole_segments_and_keeps_the_rest() {
 #[test]
 fn vote_and_committed_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { sync: SyncPolicy::Relaxed, ..small_options() };
+    let options = Options {
+        sync: SyncPolicy::Relaxed,
+        ..small_options()
+    };
     let log = Log::<Bytes>::open(dir.path(), options.clone()).unwrap();
     assert_eq!(log.vote(), None);
     log.save_vote(b"term 3, voted for 2").unwrap();
     log.save_committed(b"3-17").unwrap();
-    assert!(matches!(log.save_vote(&[0; 2000]), Err(Error::MetaBlobTooLarge { .. })));
+    assert!(matches!(
+        log.save_vote(&[0; 2000]),
+        Err(Error::MetaBlobTooLarge { .. })
+    ));
     drop(log);
     let log = Log::<Bytes>::open(dir.path(), options).unwrap();
     assert_eq!(log.vote().as_deref(), Some(&b"term 3, voted for 2"[..]));
@@ -165,7 +241,10 @@ fn vote_and_committed_survive_reopen() {
 #[test]
 fn relaxed_sync_is_reported_as_page_cache_only() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { sync: SyncPolicy::Relaxed, ..small_options() };
+    let options = Options {
+        sync: SyncPolicy::Relaxed,
+        ..small_options()
+    };
     let log = Log::<Bytes>::open(dir.path(), options).unwrap();
     assert!(!log.sync_policy().is_durable());
     let payload = encode(&value(0, 0));
@@ -182,13 +261,19 @@ fn durability_callbacks_fire_once_after_the_sync() {
         let payload = encode(&value(i, 0));
         let appended = log.append_next(1, &[&payload]).unwrap();
         let tx = tx.clone();
-        appended.ticket.on_durable(move |outcome| tx.send((i, outcome.unwrap())).unwrap());
+        appended
+            .ticket
+            .on_durable(move |outcome| tx.send((i, outcome.unwrap())).unwrap());
     }
     drop(tx);
     let mut seen: Vec<_> = rx.iter().collect();
     seen.sort_by_key(|s| s.0);
     assert_eq!(seen.len(), 100);
-    assert!(seen.iter().enumerate().all(|(i, s)| s.0 == i as u64 && s.1 == Durability::Synced));
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, s)| s.0 == i as u64 && s.1 == Durability::Synced)
+    );
 }
 
 #[test]
@@ -223,15 +308,30 @@ fn concurrent_readers_see_a_consistent_prefix_while_the_writer_appends() {
 #[test]
 fn prepared_segments_are_used_and_leftovers_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { prepare_ahead: true, ..small_options() };
+    let options = Options {
+        prepare_ahead: true,
+        ..small_options()
+    };
     let log = Log::<Bytes>::open(dir.path(), options.clone()).unwrap();
-    append_durably(&log, 1, 0, &(0..300).map(|i| value(i, 0)).collect::<Vec<_>>());
+    append_durably(
+        &log,
+        1,
+        0,
+        &(0..300).map(|i| value(i, 0)).collect::<Vec<_>>(),
+    );
     drop(log);
     let log = Log::<Bytes>::open(dir.path(), options).unwrap();
     assert_eq!(read_all(&log).len(), 300);
     let leftovers = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().ends_with(".prep"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .ends_with(".prep")
+        })
         .count();
     assert!(leftovers <= 1, "at most the one being prepared now");
 }

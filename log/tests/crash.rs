@@ -1,6 +1,11 @@
 //! Crash tests on the fault-injecting file layer: unsynced bytes are dropped or torn at a
 //! simulated power cut, syncs fail on demand. Every durably acknowledged record survives,
 //! nothing is invented, and a failed sync poisons the log.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test helpers panic on failure; sizes are small"
+)]
 
 mod common;
 
@@ -22,67 +27,110 @@ impl Rng {
 }
 
 fn options() -> Options {
-    Options { prepare_ahead: true, ..small_options() }
+    Options {
+        prepare_ahead: true,
+        ..small_options()
+    }
 }
 
-/// Runs a random workload, cuts the power, and checks what recovery returns.
+/// The records the log should hold, and how many of them are known durable.
+struct Expected {
+    model: Vec<(LogId, Bytes)>,
+    acknowledged: usize,
+}
+
+impl Expected {
+    /// Checks what recovery returned and adopts it: a prefix of the model, at least as long
+    /// as what was acknowledged.
+    fn check_recovered(&mut self, log: &Log<Bytes>, seed: u64) {
+        let recovered = read_all(log);
+        assert!(
+            recovered.len() >= self.acknowledged,
+            "seed {seed}: acknowledged records lost"
+        );
+        assert!(
+            recovered.len() <= self.model.len(),
+            "seed {seed}: records invented"
+        );
+        assert_eq!(
+            recovered[..],
+            self.model[..recovered.len()],
+            "seed {seed}: content differs"
+        );
+        self.model.truncate(recovered.len());
+        self.acknowledged = self.model.len();
+    }
+
+    fn truncate(&mut self, log: &Log<Bytes>, rng: &mut Rng) {
+        let keep = usize::try_from(rng.below(self.model.len() as u64 + 1)).unwrap();
+        let index = self
+            .model
+            .get(keep)
+            .map_or(self.model.len() as u64, |r| r.0.index);
+        log.truncate_from(index).unwrap();
+        self.model.truncate(keep);
+        self.acknowledged = self.model.len();
+    }
+
+    fn append(&mut self, log: &Log<Bytes>, rng: &mut Rng, term: u64, salt: u64) {
+        let first = self.model.len() as u64;
+        let count = rng.below(60) + 1;
+        let values: Vec<_> = (first..first + count).map(|i| value(i, salt)).collect();
+        let encoded: Vec<_> = values.iter().map(encode).collect();
+        let entries: Vec<_> = encoded
+            .iter()
+            .zip(first..)
+            .map(|(payload, index)| Entry {
+                id: LogId::new(term, index),
+                payload,
+            })
+            .collect();
+        let appended = log.append(&entries).unwrap();
+        self.model.extend(
+            values
+                .into_iter()
+                .zip(first..)
+                .map(|(v, i)| (LogId::new(term, i), v)),
+        );
+        if rng.below(3) == 0 {
+            appended.ticket.wait().unwrap();
+            self.acknowledged = self.model.len();
+        }
+    }
+}
+
+/// Runs random workloads with a power cut after each, and checks what recovery returns.
 fn crash_round(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut model: Vec<(LogId, Bytes)> = Vec::new();
-    let mut acknowledged = 0usize;
-    let mut reopen_at = 0;
+    let mut expected = Expected {
+        model: Vec::new(),
+        acknowledged: 0,
+    };
     for round in 0..3u64 {
         let fs = FaultyFs::new();
         let log = Log::<Bytes>::open_with_fs(dir.path(), options(), Arc::new(fs.clone())).unwrap();
-        let recovered = read_all(&log);
-        assert!(recovered.len() >= acknowledged, "seed {seed} round {round}: acknowledged lost");
-        assert!(recovered.len() <= model.len(), "seed {seed} round {round}: records invented");
-        assert_eq!(recovered[..], model[..recovered.len()], "seed {seed}: content differs");
-        model.truncate(recovered.len());
-        acknowledged = model.len();
-        reopen_at = reopen_at.max(model.len());
-        let term = round + 1;
+        expected.check_recovered(&log, seed);
         for _ in 0..rng.below(30) + 5 {
-            match rng.below(10) {
-                0 if !model.is_empty() => {
-                    let keep = usize::try_from(rng.below(model.len() as u64 + 1)).unwrap();
-                    let index = model.get(keep).map_or(model.len() as u64, |r| r.0.index);
-                    log.truncate_from(index).unwrap();
-                    model.truncate(keep);
-                    acknowledged = model.len();
-                }
-                _ => {
-                    let first = model.len() as u64;
-                    let count = rng.below(60) + 1;
-                    let values: Vec<_> = (first..first + count).map(|i| value(i, seed + round)).collect();
-                    let encoded: Vec<_> = values.iter().map(encode).collect();
-                    let entries: Vec<_> = encoded
-                        .iter()
-                        .zip(first..)
-                        .map(|(payload, index)| Entry { id: LogId::new(term, index), payload })
-                        .collect();
-                    let appended = log.append(&entries).unwrap();
-                    model.extend(values.into_iter().zip(first..).map(|(v, i)| (LogId::new(term, i), v)));
-                    if rng.below(3) == 0 {
-                        appended.ticket.wait().unwrap();
-                        acknowledged = model.len();
-                    }
-                }
+            if rng.below(10) == 0 && !expected.model.is_empty() {
+                expected.truncate(&log, &mut rng);
+            } else {
+                expected.append(&log, &mut rng, round + 1, seed + round);
             }
         }
         fs.crash(seed ^ round).unwrap();
         drop(log);
     }
     let log = Log::<Bytes>::open(dir.path(), options()).unwrap();
-    let recovered = read_all(&log);
-    assert!(recovered.len() >= acknowledged && recovered.len() <= model.len(), "seed {seed}");
-    assert_eq!(recovered[..], model[..recovered.len()], "seed {seed}");
+    expected.check_recovered(&log, seed);
 }
 
 #[test]
 fn acknowledged_records_survive_power_cuts_and_nothing_is_invented() {
-    let seeds: u64 = std::env::var("KEEL_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let seeds: u64 = std::env::var("KEEL_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     for seed in 0..seeds {
         crash_round(seed);
     }
@@ -92,21 +140,39 @@ fn acknowledged_records_survive_power_cuts_and_nothing_is_invented() {
 fn a_failed_sync_poisons_the_log_and_is_never_retried() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
-    let log = Log::<Bytes>::open_with_fs(dir.path(), small_options(), Arc::new(fs.clone())).unwrap();
+    let log =
+        Log::<Bytes>::open_with_fs(dir.path(), small_options(), Arc::new(fs.clone())).unwrap();
     let first = encode(&value(0, 0));
-    log.append_next(1, &[&first]).unwrap().ticket.wait().unwrap();
+    log.append_next(1, &[&first])
+        .unwrap()
+        .ticket
+        .wait()
+        .unwrap();
     fs.fail_next_syncs(1);
     let second = encode(&value(1, 0));
     let appended = log.append_next(1, &[&second]).unwrap();
-    assert!(matches!(appended.ticket.wait(), Err(Error::Poisoned { op: "fdatasync", .. })));
+    assert!(matches!(
+        appended.ticket.wait(),
+        Err(Error::Poisoned {
+            op: "fdatasync",
+            ..
+        })
+    ));
     let third = encode(&value(2, 0));
-    assert!(matches!(log.append_next(1, &[&third]), Err(Error::Poisoned { .. })));
+    assert!(matches!(
+        log.append_next(1, &[&third]),
+        Err(Error::Poisoned { .. })
+    ));
     assert!(matches!(log.truncate_from(0), Err(Error::Poisoned { .. })));
     fs.crash(7).unwrap();
     drop(log);
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
     let recovered = read_all(&log);
-    assert_eq!(recovered[0], (LogId::new(1, 0), value(0, 0)), "the acknowledged record survives");
+    assert_eq!(
+        recovered[0],
+        (LogId::new(1, 0), value(0, 0)),
+        "the acknowledged record survives"
+    );
     assert!(recovered.len() <= 2);
 }
 
@@ -114,11 +180,19 @@ fn a_failed_sync_poisons_the_log_and_is_never_retried() {
 fn a_failed_write_poisons_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
-    let log = Log::<Bytes>::open_with_fs(dir.path(), small_options(), Arc::new(fs.clone())).unwrap();
+    let log =
+        Log::<Bytes>::open_with_fs(dir.path(), small_options(), Arc::new(fs.clone())).unwrap();
     let payload = encode(&value(0, 0));
-    log.append_next(1, &[&payload]).unwrap().ticket.wait().unwrap();
+    log.append_next(1, &[&payload])
+        .unwrap()
+        .ticket
+        .wait()
+        .unwrap();
     fs.fail_next_writes(1);
     let error = log.append_next(1, &[&payload]).unwrap_err();
     assert!(matches!(error, Error::Io { op: "pwrite", .. }), "{error}");
-    assert!(matches!(log.append_next(1, &[&payload]), Err(Error::Poisoned { .. })));
+    assert!(matches!(
+        log.append_next(1, &[&payload]),
+        Err(Error::Poisoned { .. })
+    ));
 }

@@ -5,6 +5,11 @@
 //!
 //! `harness = false`: `main` is either the parent test or, with `KEEL_KILL_CHILD_DIR` set,
 //! the child.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test helpers panic on failure; sizes are small"
+)]
 
 mod common;
 
@@ -25,7 +30,11 @@ const CHILD_RECORDS_MAX: u64 = 2_000_000;
 const CHILD_TIME_MAX: Duration = Duration::from_secs(60);
 
 fn options() -> Options {
-    Options { segment_size_bytes: 256 * 1024, record_size_max_bytes: 4096, ..Options::default() }
+    Options {
+        segment_size_bytes: 256 * 1024,
+        record_size_max_bytes: 4096,
+        ..Options::default()
+    }
 }
 
 fn child(dir: &Path) {
@@ -70,10 +79,21 @@ fn parent() {
         let log = Log::<Bytes>::open(dir.path(), options()).unwrap();
         let all = read_all(&log);
         let last = all.last().map(|r| r.0.index);
-        assert!(last >= acknowledged, "round {round}: acknowledged {acknowledged:?}, found {last:?}");
+        assert!(
+            last >= acknowledged,
+            "round {round}: acknowledged {acknowledged:?}, found {last:?}"
+        );
         for (i, (id, bytes)) in all.iter().enumerate() {
-            assert_eq!(*id, LogId::new(1, i as u64), "round {round}: records in order");
-            assert_eq!(bytes, &value(i as u64, SALT), "round {round}: record {i} intact");
+            assert_eq!(
+                *id,
+                LogId::new(1, i as u64),
+                "round {round}: records in order"
+            );
+            assert_eq!(
+                bytes,
+                &value(i as u64, SALT),
+                "round {round}: record {i} intact"
+            );
         }
     }
 }

@@ -1,4 +1,9 @@
 //! Property test: random appends, truncations, purges and reopens against an in-memory model.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test helpers panic on failure; sizes are small"
+)]
 
 mod common;
 
@@ -46,7 +51,10 @@ impl Model {
                 let entries: Vec<_> = encoded
                     .iter()
                     .zip(first..)
-                    .map(|(payload, index)| Entry { id: LogId::new(self.term, index), payload })
+                    .map(|(payload, index)| Entry {
+                        id: LogId::new(self.term, index),
+                        payload,
+                    })
                     .collect();
                 log.append(&entries).unwrap();
                 for (value, index) in values.into_iter().zip(first..) {
@@ -68,9 +76,18 @@ impl Model {
                 }
             }
             Op::Purge { from_last } => {
-                let last = self.records.last().map_or(self.purged.map_or(0, |p| p.index), |r| r.0.index);
-                let Some(index) = last.checked_add_signed(from_last) else { return };
-                let term = self.records.iter().find(|r| r.0.index == index).map_or(self.term, |r| r.0.term);
+                let last = self
+                    .records
+                    .last()
+                    .map_or(self.purged.map_or(0, |p| p.index), |r| r.0.index);
+                let Some(index) = last.checked_add_signed(from_last) else {
+                    return;
+                };
+                let term = self
+                    .records
+                    .iter()
+                    .find(|r| r.0.index == index)
+                    .map_or(self.term, |r| r.0.term);
                 let upto = LogId::new(term, index);
                 log.purge_upto(upto).unwrap();
                 if self.purged.is_some_and(|p| p.index >= index) {

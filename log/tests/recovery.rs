@@ -1,6 +1,11 @@
 //! Bad input at open: flipped bits, truncated and missing files, foreign files, torn tails.
 //! Every case gets a typed error or a clean recovery, never a panic, and no acknowledged
 //! record is lost: after an error, undoing the damage opens the log with every record.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "test helpers panic on failure; sizes are small"
+)]
 
 mod common;
 
@@ -57,14 +62,21 @@ fn a_flipped_bit_anywhere_is_an_error_or_harmless_and_loses_nothing() {
     for (file_no, file) in files.iter().enumerate() {
         let len = usize::try_from(std::fs::metadata(file).unwrap().len()).unwrap();
         let name = file.file_name().unwrap();
-        for at in (file_no * 7..len).step_by(509).chain([0, 60, 64, 96, 4096, 4100, 4124]) {
+        for at in (file_no * 7..len)
+            .step_by(509)
+            .chain([0, 60, 64, 96, 4096, 4100, 4124])
+        {
             let dir = tempfile::tempdir().unwrap();
             copy_dir(original.path(), dir.path());
             let damaged = dir.path().join(name);
             flip(&damaged, at);
             match open(dir.path()) {
                 Ok(log) => {
-                    assert_eq!(read_all(&log), expected, "flip at {at} of {name:?} lost data");
+                    assert_eq!(
+                        read_all(&log),
+                        expected,
+                        "flip at {at} of {name:?} lost data"
+                    );
                     harmless += 1;
                 }
                 Err(error) => {
@@ -80,12 +92,19 @@ fn a_flipped_bit_anywhere_is_an_error_or_harmless_and_loses_nothing() {
                     errors += 1;
                     flip(&damaged, at);
                     let log = open(dir.path()).unwrap();
-                    assert_eq!(read_all(&log), expected, "undoing the flip at {at} restores all");
+                    assert_eq!(
+                        read_all(&log),
+                        expected,
+                        "undoing the flip at {at} restores all"
+                    );
                 }
             }
         }
     }
-    assert!(errors > 100 && harmless > 10, "errors {errors}, harmless {harmless}");
+    assert!(
+        errors > 100 && harmless > 10,
+        "errors {errors}, harmless {harmless}"
+    );
 }
 
 #[test]
@@ -109,7 +128,10 @@ fn a_zeroed_durable_frame_is_not_taken_for_the_end_of_the_log() {
     let mut bytes = std::fs::read(&tail).unwrap();
     bytes[4096..4096 + 32].fill(0);
     std::fs::write(&tail, bytes).unwrap();
-    assert!(matches!(open(dir.path()), Err(Error::Corrupted { offset: 4096, .. })));
+    assert!(matches!(
+        open(dir.path()),
+        Err(Error::Corrupted { offset: 4096, .. })
+    ));
 }
 
 #[test]
@@ -120,9 +142,15 @@ fn truncated_files_are_errors_not_crashes() {
         let path = segments(dir.path())[victim].clone();
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() / 2]).unwrap();
-        assert!(matches!(open(dir.path()), Err(Error::SegmentSizeMismatch { .. })));
+        assert!(matches!(
+            open(dir.path()),
+            Err(Error::SegmentSizeMismatch { .. })
+        ));
         std::fs::write(&path, &full[..10]).unwrap();
-        assert!(matches!(open(dir.path()), Err(Error::SegmentSizeMismatch { .. })));
+        assert!(matches!(
+            open(dir.path()),
+            Err(Error::SegmentSizeMismatch { .. })
+        ));
         std::fs::write(&path, full).unwrap();
         assert_eq!(read_all(&open(dir.path()).unwrap()), expected);
     }
@@ -145,7 +173,11 @@ fn a_missing_segment_in_the_middle_is_missing_records() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     let middle = segments(dir.path())[1].clone();
-    let aside = dir.path().parent().unwrap().join(format!("aside-{}", std::process::id()));
+    let aside = dir
+        .path()
+        .parent()
+        .unwrap()
+        .join(format!("aside-{}", std::process::id()));
     std::fs::rename(&middle, &aside).unwrap();
     let error = open(dir.path()).unwrap_err();
     assert!(matches!(error, Error::MissingRecords { .. }), "{error}");
@@ -159,7 +191,10 @@ fn a_missing_newest_segment_is_reported() {
     build(dir.path());
     let tail = segments(dir.path()).pop().unwrap();
     std::fs::remove_file(tail).unwrap();
-    assert!(matches!(open(dir.path()), Err(Error::MissingSegment { .. })));
+    assert!(matches!(
+        open(dir.path()),
+        Err(Error::MissingSegment { .. })
+    ));
 }
 
 #[test]
@@ -178,7 +213,9 @@ fn leave_torn_tail(dir: &Path) -> (Vec<(LogId, Bytes)>, PathBuf, u64) {
     let expected = build(dir);
     let tail = segments(dir).pop().unwrap();
     let bytes = std::fs::read(&tail).unwrap();
-    let end = (4096..bytes.len()).step_by(16).find(|&at| bytes[at..at + 32].iter().all(|&b| b == 0));
+    let end = (4096..bytes.len())
+        .step_by(16)
+        .find(|&at| bytes[at..at + 32].iter().all(|&b| b == 0));
     let end = end.unwrap() as u64;
     let mut torn = bytes.clone();
     let end_usize = usize::try_from(end).unwrap();
@@ -196,16 +233,25 @@ fn a_torn_tail_is_zeroed_under_the_tolerant_policy() {
     drop(log);
     let bytes = std::fs::read(&tail).unwrap();
     let end = usize::try_from(end).unwrap();
-    assert!(bytes[end..].iter().all(|&b| b == 0), "torn bytes are zeroed");
+    assert!(
+        bytes[end..].iter().all(|&b| b == 0),
+        "torn bytes are zeroed"
+    );
 }
 
 #[test]
 fn a_torn_tail_is_an_error_under_the_strict_policy() {
     let dir = tempfile::tempdir().unwrap();
     let (expected, _, end) = leave_torn_tail(dir.path());
-    let strict = Options { recovery: RecoveryPolicy::Strict, ..small_options() };
+    let strict = Options {
+        recovery: RecoveryPolicy::Strict,
+        ..small_options()
+    };
     let error = Log::<Bytes>::open(dir.path(), strict).unwrap_err();
-    assert!(matches!(error, Error::TornTail { offset, .. } if offset == end), "{error}");
+    assert!(
+        matches!(error, Error::TornTail { offset, .. } if offset == end),
+        "{error}"
+    );
     assert_eq!(read_all(&open(dir.path()).unwrap()), expected);
 }
 
@@ -213,7 +259,10 @@ fn a_torn_tail_is_an_error_under_the_strict_policy() {
 fn records_larger_than_a_reduced_limit_are_reported_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
-    let reduced = Options { record_size_max_bytes: 100, ..small_options() };
+    let reduced = Options {
+        record_size_max_bytes: 100,
+        ..small_options()
+    };
     let error = Log::<Bytes>::open(dir.path(), reduced).unwrap_err();
     assert!(matches!(error, Error::Corrupted { .. }), "{error}");
 }

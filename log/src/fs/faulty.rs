@@ -75,7 +75,9 @@ fn injected(what: &str) -> io::Error {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A small deterministic generator (xorshift64*), so a seed reproduces a crash.
@@ -145,14 +147,25 @@ impl FaultyFs {
         }
         let key = state.next_file_key;
         state.next_file_key += 1;
-        let tracked = TrackedFile { file: file.try_clone()?, unsynced: Vec::new() };
+        let tracked = TrackedFile {
+            file: file.try_clone()?,
+            unsynced: Vec::new(),
+        };
         state.files.insert(key, tracked);
-        Ok(Arc::new(FaultyFile { key, file, state: Arc::clone(&self.state) }))
+        Ok(Arc::new(FaultyFile {
+            key,
+            file,
+            state: Arc::clone(&self.state),
+        }))
     }
 
     fn check(&self) -> io::Result<MutexGuard<'_, State>> {
         let state = lock(&self.state);
-        if state.crashed { Err(injected("crashed")) } else { Ok(state) }
+        if state.crashed {
+            Err(injected("crashed"))
+        } else {
+            Ok(state)
+        }
     }
 }
 
@@ -161,7 +174,7 @@ fn tear(file: &File, write: &UnsyncedWrite, rng: &mut Rng) -> io::Result<()> {
     let mut at = 0;
     while at < write.old.len() {
         let end = (at + SECTOR_BYTES).min(write.old.len());
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             file.write_all_at(&write.old[at..end], write.offset + at as u64)?;
         }
         at = end;
@@ -174,7 +187,9 @@ impl Fs for FaultyFs {
         drop(self.check()?);
         let io = StdFs.create_new(path)?;
         let file = io.file().try_clone()?;
-        lock(&self.state).dir_ops.push(DirOp::Created(path.to_path_buf()));
+        lock(&self.state)
+            .dir_ops
+            .push(DirOp::Created(path.to_path_buf()));
         self.track(file)
     }
 
@@ -187,7 +202,10 @@ impl Fs for FaultyFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.check()?;
         std::fs::rename(from, to)?;
-        state.dir_ops.push(DirOp::Renamed { from: from.to_path_buf(), to: to.to_path_buf() });
+        state.dir_ops.push(DirOp::Renamed {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        });
         Ok(())
     }
 
@@ -283,7 +301,10 @@ mod tests {
         assert!(!lost.exists());
         let after = read(&kept);
         assert!(after == b"durable" || after == b"DURABLE", "{after:?}");
-        assert!(file.write_all_at(b"x", 0).is_err(), "writes fail after the crash");
+        assert!(
+            file.write_all_at(b"x", 0).is_err(),
+            "writes fail after the crash"
+        );
     }
 
     #[test]
@@ -305,7 +326,10 @@ mod tests {
             assert!(bytes.iter().all(|&b| b == 1 || b == 2));
             outcomes.insert(bytes);
         }
-        assert!(outcomes.len() > 2, "kept, dropped and torn outcomes all occur");
+        assert!(
+            outcomes.len() > 2,
+            "kept, dropped and torn outcomes all occur"
+        );
     }
 
     #[test]

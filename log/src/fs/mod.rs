@@ -80,7 +80,11 @@ impl FileIo for StdFile {
 
 impl Fs for StdFs {
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn FileIo>> {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         Ok(Arc::new(StdFile(file)))
     }
 
@@ -109,7 +113,10 @@ pub(crate) fn write_zeros(file: &dyn FileIo, offset: u64, len: u64) -> io::Resul
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(zeros.len() as u64);
-        file.write_all_at(&zeros[..usize::try_from(n).expect("chunk fits usize")], offset + done)?;
+        file.write_all_at(
+            &zeros[..usize::try_from(n).expect("chunk fits usize")],
+            offset + done,
+        )?;
         done += n;
     }
     Ok(())

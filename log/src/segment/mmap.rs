@@ -11,7 +11,10 @@
 //!   was validated as `T::Archived` when it entered the log (by serialization in
 //!   [`Encoded`](crate::Encoded) or by `rkyv::access` during recovery), so the checksum
 //!   proves the bytes are still a valid archive.
-#![expect(unsafe_code, reason = "file-backed mmap and validated zero-copy access")]
+#![expect(
+    unsafe_code,
+    reason = "file-backed mmap and validated zero-copy access"
+)]
 
 use std::{fmt, fs::File, io, marker::PhantomData, ops::Deref, sync::Arc};
 
@@ -30,7 +33,9 @@ pub(crate) struct ReadMap {
 
 impl fmt::Debug for ReadMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadMap").field("len", &self.map.len()).finish()
+        f.debug_struct("ReadMap")
+            .field("len", &self.map.len())
+            .finish()
     }
 }
 
@@ -42,7 +47,10 @@ impl ReadMap {
     pub(crate) fn new(file: &File, len: u64) -> io::Result<Self> {
         let actual = file.metadata()?.len();
         if actual != len {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "segment size changed"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "segment size changed",
+            ));
         }
         // SAFETY: the file is exactly `len` bytes (checked just above) and is never
         // truncated while a `Log` holds the directory lock, so every mapped page stays
@@ -70,7 +78,10 @@ pub struct Record<T: Payload> {
 
 impl<T: Payload> fmt::Debug for Record<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Record").field("id", &self.id).field("len", &self.payload_len).finish()
+        f.debug_struct("Record")
+            .field("id", &self.id)
+            .field("len", &self.payload_len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,11 +112,7 @@ impl<T: Payload> Deref for Record<T> {
 
 impl<T: Payload> Segment<T> {
     /// Reads and verifies the record frame at `offset`, expecting log index `index`.
-    pub(crate) fn read(
-        self: &Arc<Self>,
-        offset: u32,
-        index: u64,
-    ) -> Result<Record<T>, Corruption> {
+    pub(crate) fn read(self: &Arc<Self>, offset: u32, index: u64) -> Result<Record<T>, Corruption> {
         let offset = offset as usize;
         let frame = match frame::decode(self.map.bytes(), offset, self.crc, self.payload_max) {
             Ok(frame) => frame,
@@ -116,10 +123,16 @@ impl<T: Payload> Segment<T> {
             return Err(Corruption::BadKind);
         }
         if frame.id.index != index {
-            return Err(Corruption::IndexOutOfOrder { expected: index, found: frame.id.index });
+            return Err(Corruption::IndexOutOfOrder {
+                expected: index,
+                found: frame.id.index,
+            });
         }
         let payload_start = offset + FRAME_HEADER_LEN;
-        assert!(payload_start.is_multiple_of(frame::FRAME_ALIGN), "payloads are aligned");
+        assert!(
+            payload_start.is_multiple_of(frame::FRAME_ALIGN),
+            "payloads are aligned"
+        );
         Ok(Record {
             segment: Arc::clone(self),
             payload_start,

@@ -16,13 +16,19 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-pub use mmap::Record;
 use mmap::ReadMap;
+pub use mmap::Record;
 
 use crate::{Corruption, SegmentId, frame::FrameCrc};
 
 /// Size of the segment header in bytes.
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
+/// The header-length field's value.
+const HEADER_LEN_FIELD: u32 = 64;
+const _: () = assert!(HEADER_LEN_FIELD as usize == SEGMENT_HEADER_LEN);
+/// [`RECORDS_START`] as stored in frame hints and sync marks.
+pub(crate) const RECORDS_START_OFFSET: u32 = 4096;
+const _: () = assert!(RECORDS_START_OFFSET as usize == RECORDS_START);
 /// Offset of the first record frame: the first page holds the header and the sync marks.
 pub(crate) const RECORDS_START: usize = 4096;
 /// Offset of the two sync-mark slots.
@@ -68,7 +74,9 @@ pub(crate) mod sync_mark {
     pub(crate) fn durable_end(segment: SegmentId, bytes: &[u8]) -> u32 {
         let crc = FrameCrc::new(segment);
         (0..2)
-            .filter_map(|slot| bytes.get(SYNC_MARKS_AT + slot * LEN..SYNC_MARKS_AT + (slot + 1) * LEN))
+            .filter_map(|slot| {
+                bytes.get(SYNC_MARKS_AT + slot * LEN..SYNC_MARKS_AT + (slot + 1) * LEN)
+            })
             .filter(|mark| {
                 let sum = u32::from_le_bytes(mark[28..32].try_into().expect("4 bytes"));
                 crc.checksum(&mark[..28]) == sum
@@ -104,7 +112,7 @@ impl Header {
         let mut out = [0u8; SEGMENT_HEADER_LEN];
         out[0..8].copy_from_slice(&MAGIC);
         out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        out[12..16].copy_from_slice(&HEADER_LEN_FIELD.to_le_bytes());
         out[16..24].copy_from_slice(&self.id.0.to_le_bytes());
         out[24..32].copy_from_slice(&self.base.to_le_bytes());
         out[32..40].copy_from_slice(&self.size_bytes.to_le_bytes());
@@ -114,17 +122,23 @@ impl Header {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Corruption> {
-        let bytes = bytes.get(..SEGMENT_HEADER_LEN).ok_or(Corruption::BadSegmentHeader)?;
+        let bytes = bytes
+            .get(..SEGMENT_HEADER_LEN)
+            .ok_or(Corruption::BadSegmentHeader)?;
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         if bytes[0..8] != MAGIC
             || u32_at(8) != FORMAT_VERSION
-            || u32_at(12) as usize != SEGMENT_HEADER_LEN
+            || u32_at(12) != HEADER_LEN_FIELD
             || crc_fast::crc32_iscsi(&bytes[0..60]) != u32_at(60)
         {
             return Err(Corruption::BadSegmentHeader);
         }
-        Ok(Self { id: SegmentId(u64_at(16)), base: u64_at(24), size_bytes: u64_at(32) })
+        Ok(Self {
+            id: SegmentId(u64_at(16)),
+            base: u64_at(24),
+            size_bytes: u64_at(32),
+        })
     }
 }
 
@@ -204,15 +218,25 @@ impl<T> Segment<T> {
     /// Only the single writer calls this.
     pub(crate) fn publish(&self, offsets: &[u32]) {
         let before = self.published.load(Ordering::Relaxed);
-        assert_eq!(before, self.offsets.count() as u64, "offsets and count agree");
+        assert_eq!(
+            before,
+            self.offsets.count() as u64,
+            "offsets and count agree"
+        );
         if let (Some(&first), Some(k)) = (offsets.first(), before.checked_sub(1)) {
-            let last = self.offsets.get(usize::try_from(k).expect("count fits usize"));
-            assert!(last.is_some_and(|&last| first > last), "frames are published in file order");
+            let last = self
+                .offsets
+                .get(usize::try_from(k).expect("count fits usize"));
+            assert!(
+                last.is_some_and(|&last| first > last),
+                "frames are published in file order"
+            );
         }
         for &offset in offsets {
             self.offsets.push(offset);
         }
-        self.published.store(before + offsets.len() as u64, Ordering::Release);
+        self.published
+            .store(before + offsets.len() as u64, Ordering::Release);
     }
 }
 
@@ -222,14 +246,25 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_flips() {
-        let header = Header { id: SegmentId(9), base: 100, size_bytes: 1 << 20 };
+        let header = Header {
+            id: SegmentId(9),
+            base: 100,
+            size_bytes: 1 << 20,
+        };
         let bytes = header.encode();
         assert_eq!(Header::decode(&bytes), Ok(header));
         for bit in 0..SEGMENT_HEADER_LEN * 8 {
             let mut flipped = bytes;
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(Header::decode(&flipped), Err(Corruption::BadSegmentHeader), "bit {bit}");
+            assert_eq!(
+                Header::decode(&flipped),
+                Err(Corruption::BadSegmentHeader),
+                "bit {bit}"
+            );
         }
-        assert_eq!(Header::decode(&bytes[..10]), Err(Corruption::BadSegmentHeader));
+        assert_eq!(
+            Header::decode(&bytes[..10]),
+            Err(Corruption::BadSegmentHeader)
+        );
     }
 }

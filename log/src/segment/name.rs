@@ -35,9 +35,11 @@ pub(crate) fn prepared(number: u64) -> String {
 }
 
 fn hex16(s: &str) -> Option<u64> {
-    (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .then(|| u64::from_str_radix(s, 16).ok())
-        .flatten()
+    (s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| u64::from_str_radix(s, 16).ok())
+    .flatten()
 }
 
 /// Classifies a directory entry by name.
@@ -51,7 +53,10 @@ pub(crate) fn parse(name: &str) -> Entry {
         && let Some((id, base)) = stem.split_once('-')
         && let (Some(id), Some(base)) = (hex16(id), hex16(base))
     {
-        return Entry::Segment { id: SegmentId(id), base };
+        return Entry::Segment {
+            id: SegmentId(id),
+            base,
+        };
     }
     if name.strip_suffix(".prep").and_then(hex16).is_some() {
         return Entry::Prepared;
@@ -74,7 +79,13 @@ mod tests {
 
     #[test]
     fn near_misses_are_foreign() {
-        for name in ["x.seg", "00000000000000AB-0000000000000007.seg", "1-2.seg", "notes.txt", "0000000000000001.prep.tmp"] {
+        for name in [
+            "x.seg",
+            "00000000000000AB-0000000000000007.seg",
+            "1-2.seg",
+            "notes.txt",
+            "0000000000000001.prep.tmp",
+        ] {
             assert_eq!(parse(name), Entry::Foreign, "{name}");
         }
     }

@@ -4,10 +4,10 @@
 use keel_log::{Encoded, Entry, Log, LogId, Options, Record};
 
 /// The record type used in tests.
-pub type Bytes = Vec<u8>;
+pub(crate) type Bytes = Vec<u8>;
 
 /// Small segments so tests roll, seal and purge often.
-pub fn small_options() -> Options {
+pub(crate) fn small_options() -> Options {
     Options {
         segment_size_bytes: 64 * 1024,
         record_size_max_bytes: 8 * 1024,
@@ -17,22 +17,27 @@ pub fn small_options() -> Options {
 }
 
 /// Deterministic payload for `index` written under `salt`: its length varies with both.
-pub fn value(index: u64, salt: u64) -> Bytes {
+pub(crate) fn value(index: u64, salt: u64) -> Bytes {
     let len = usize::try_from((index * 37 + salt * 11) % 700).unwrap() + 1;
-    (0..len).map(|i| (index as usize + i + salt as usize) as u8).collect()
+    (0..len)
+        .map(|i| (index as usize + i + salt as usize) as u8)
+        .collect()
 }
 
-pub fn encode(value: &Bytes) -> Encoded<Bytes> {
+pub(crate) fn encode(value: &Bytes) -> Encoded<Bytes> {
     Encoded::new(value).unwrap()
 }
 
 /// Appends `values` at the log's next indexes with `term` and waits until durable.
-pub fn append_durably(log: &Log<Bytes>, term: u64, first: u64, values: &[Bytes]) -> LogId {
+pub(crate) fn append_durably(log: &Log<Bytes>, term: u64, first: u64, values: &[Bytes]) -> LogId {
     let encoded: Vec<_> = values.iter().map(encode).collect();
     let entries: Vec<_> = encoded
         .iter()
         .enumerate()
-        .map(|(i, payload)| Entry { id: LogId::new(term, first + i as u64), payload })
+        .map(|(i, payload)| Entry {
+            id: LogId::new(term, first + i as u64),
+            payload,
+        })
         .collect();
     let appended = log.append(&entries).unwrap();
     appended.ticket.wait().unwrap();
@@ -40,7 +45,7 @@ pub fn append_durably(log: &Log<Bytes>, term: u64, first: u64, values: &[Bytes])
 }
 
 /// Reads every visible record as (id, bytes).
-pub fn read_all(log: &Log<Bytes>) -> Vec<(LogId, Bytes)> {
+pub(crate) fn read_all(log: &Log<Bytes>) -> Vec<(LogId, Bytes)> {
     log.reader()
         .range(..)
         .map(|r| {
