@@ -2,19 +2,20 @@
 //!
 //! ```text
 //! offset size field
-//!  0     4    payload_len   u32 LE, bytes of rkyv payload (padding excluded)
-//!  4     2    len_guard     u16 LE, !(low16(len) ^ high16(len)): checked before the length is trusted
-//!  6     1    kind          1 = record, 2 = seal (end of a sealed segment)
-//!  7     1    reserved      0
-//!  8     8    index         u64 LE
-//! 16     8    term          u64 LE
-//! 24     4    synced_hint   u32 LE, segment offset known durable when this frame was written
-//! 28     4    crc           CRC32C over bytes 0..28 and the payload, seeded by the segment id
+//!  0     4    crc           u32 LE: CRC32C of bytes 4..32+len, XOR the segment's seed
+//!  4     4    payload_len   u32 LE, bytes of rkyv payload (padding excluded)
+//!  8     2    len_guard     u16 LE, !(low16(len) ^ high16(len)): checked before the length is trusted
+//! 10     1    kind          1 = record, 2 = seal (end of a sealed segment)
+//! 11     1    reserved      0
+//! 12     4    synced_hint   u32 LE, segment offset known durable when this frame was written
+//! 16     8    index         u64 LE
+//! 24     8    term          u64 LE
+//! 32     len  payload
 //! ```
-//! Frames start 16-aligned inside a page-aligned mapping, so every payload is 16-aligned
-//! for zero-copy rkyv access. An all-zero header marks the end of written data.
-
-use crc_fast::{CrcAlgorithm, Digest};
+//! The checksum covers one contiguous run of bytes (one CRC32C call per frame). The seed is
+//! CRC32C of the segment id, so bytes left from another segment never verify. Frames start
+//! 16-aligned inside a page-aligned mapping, so every payload is 16-aligned for zero-copy
+//! rkyv access. An all-zero header marks the end of written data.
 
 use crate::{Corruption, LogId, SegmentId};
 
@@ -64,29 +65,23 @@ pub(crate) enum FrameError {
     Bad(Corruption),
 }
 
-/// Checksum state for one segment: the segment id seeds every frame's CRC, so bytes left
-/// from another segment never verify.
+/// Checksum state for one segment: a seed derived from the segment id is XORed into every
+/// frame's CRC, so bytes left from another segment never verify.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FrameCrc {
-    seed: u64,
+    seed: u32,
 }
 
 impl FrameCrc {
     pub(crate) fn new(segment: SegmentId) -> Self {
-        let seed = crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, &segment.0.to_le_bytes());
-        Self { seed }
+        Self {
+            seed: crc_fast::crc32_iscsi(&segment.0.to_le_bytes()),
+        }
     }
 
     /// CRC32C of `bytes` under this segment's seed.
     pub(crate) fn checksum(self, bytes: &[u8]) -> u32 {
-        self.compute(bytes, &[])
-    }
-
-    fn compute(self, header: &[u8], payload: &[u8]) -> u32 {
-        let mut digest = Digest::new_with_init_state(CrcAlgorithm::Crc32Iscsi, self.seed);
-        digest.update(&header[..header.len().min(28)]);
-        digest.update(payload);
-        u32::try_from(digest.finalize()).expect("CRC32C fits in 32 bits")
+        crc_fast::crc32_iscsi(bytes) ^ self.seed
     }
 }
 
@@ -106,16 +101,16 @@ pub(crate) fn encode(buf: &mut Vec<u8>, crc: FrameCrc, frame: Frame, payload: &[
     let start = buf.len();
     assert!(start.is_multiple_of(FRAME_ALIGN), "frames start aligned");
     let mut header = [0u8; FRAME_HEADER_LEN];
-    header[0..4].copy_from_slice(&frame.payload_len.to_le_bytes());
-    header[4..6].copy_from_slice(&len_guard(frame.payload_len).to_le_bytes());
-    header[6] = frame.kind as u8;
-    header[8..16].copy_from_slice(&frame.id.index.to_le_bytes());
-    header[16..24].copy_from_slice(&frame.id.term.to_le_bytes());
-    header[24..28].copy_from_slice(&frame.synced_hint.to_le_bytes());
-    let sum = crc.compute(&header, payload);
-    header[28..32].copy_from_slice(&sum.to_le_bytes());
+    header[4..8].copy_from_slice(&frame.payload_len.to_le_bytes());
+    header[8..10].copy_from_slice(&len_guard(frame.payload_len).to_le_bytes());
+    header[10] = frame.kind as u8;
+    header[12..16].copy_from_slice(&frame.synced_hint.to_le_bytes());
+    header[16..24].copy_from_slice(&frame.id.index.to_le_bytes());
+    header[24..32].copy_from_slice(&frame.id.term.to_le_bytes());
     buf.extend_from_slice(&header);
     buf.extend_from_slice(payload);
+    let sum = crc.checksum(&buf[start + 4..]);
+    buf[start..start + 4].copy_from_slice(&sum.to_le_bytes());
     buf.resize(start + frame.len(), 0);
 }
 
@@ -144,28 +139,28 @@ pub(crate) fn decode(
     if header.iter().all(|&b| b == 0) {
         return Err(FrameError::End);
     }
-    let payload_len = read_u32(header, 0);
-    let guard = u16::from_le_bytes([header[4], header[5]]);
+    let payload_len = read_u32(header, 4);
+    let guard = u16::from_le_bytes([header[8], header[9]]);
     if guard != len_guard(payload_len) || payload_len as usize > payload_max_bytes {
         return bad(Corruption::BadLength);
     }
-    let payload_start = offset + FRAME_HEADER_LEN;
-    let Some(payload) = segment.get(payload_start..payload_start + payload_len as usize) else {
+    let Some(covered) = segment.get(offset + 4..offset + FRAME_HEADER_LEN + payload_len as usize)
+    else {
         return bad(Corruption::BadLength);
     };
-    if crc.compute(header, payload) != read_u32(header, 28) {
+    if crc.checksum(covered) != read_u32(header, 0) {
         return bad(Corruption::BadChecksum);
     }
-    let kind = match header[6] {
+    let kind = match header[10] {
         1 => FrameKind::Record,
         2 => FrameKind::Seal,
         _ => return bad(Corruption::BadKind),
     };
     Ok(Frame {
         kind,
-        id: LogId::new(read_u64(header, 16), read_u64(header, 8)),
+        id: LogId::new(read_u64(header, 24), read_u64(header, 16)),
         payload_len,
-        synced_hint: read_u32(header, 24),
+        synced_hint: read_u32(header, 12),
     })
 }
 

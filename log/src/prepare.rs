@@ -1,5 +1,7 @@
-//! Segment files prepared ahead of the writer: created, zero-filled to full size, synced,
-//! with their directory entry synced, so an append never grows or creates a file.
+//! Segment files prepared ahead of the writer, so an append never grows or creates a file:
+//! either recycled (a purged segment that no reader maps any more, renamed; its old bytes
+//! never verify under a new segment id) or created, zero-filled to full size and synced,
+//! with the directory entry synced. Recycling spares the disk writing every byte twice.
 //!
 //! A background thread keeps one prepared file waiting on a rendezvous channel; the writer
 //! takes it when it rolls, and prepares one itself only if none is ready. A prepared file
@@ -22,7 +24,10 @@ use crate::{
     segment::name,
 };
 
-/// A zero-filled, synced segment file that no record has been written to yet.
+/// How many purged segment files are kept for reuse.
+const RECYCLED_MAX: usize = 4;
+
+/// A full-size segment file not in use: zero-filled, or recycled with stale bytes.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) path: PathBuf,
@@ -48,6 +53,8 @@ pub(crate) struct Preparer {
     /// Numbers for prepared files' names.
     numbers: Arc<AtomicU64>,
     ready: Option<Receiver<io::Result<Prepared>>>,
+    /// Purged segment files kept for reuse, at most [`RECYCLED_MAX`].
+    recycled: Vec<Prepared>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -66,6 +73,7 @@ impl Preparer {
             size_bytes,
             numbers,
             ready: None,
+            recycled: Vec::new(),
             thread: None,
         };
         if ahead {
@@ -84,8 +92,30 @@ impl Preparer {
         Ok(preparer)
     }
 
-    /// A prepared file: the background one if ready, else one made now.
+    /// Keeps the file of a purged segment for reuse, if the pool has room and the file has
+    /// the configured size; returns whether it was kept (else the caller removes it).
+    ///
+    /// The caller guarantees no mapping of the file remains.
+    pub(crate) fn recycle(&mut self, path: &Path, size_bytes: u64) -> io::Result<bool> {
+        if self.recycled.len() >= RECYCLED_MAX || size_bytes != self.size_bytes {
+            return Ok(false);
+        }
+        let number = self.numbers.fetch_add(1, Ordering::Relaxed);
+        let new_path = self.dir.join(name::prepared(number));
+        self.fs.rename(path, &new_path)?;
+        let file = self.fs.open(&new_path)?;
+        self.recycled.push(Prepared {
+            path: new_path,
+            file,
+        });
+        Ok(true)
+    }
+
+    /// A prepared file: a recycled one, else the background one if ready, else one made now.
     pub(crate) fn take(&mut self) -> io::Result<Prepared> {
+        if let Some(recycled) = self.recycled.pop() {
+            return Ok(recycled);
+        }
         if let Some(prepared) = self.ready.as_ref().and_then(|rx| rx.try_recv().ok()) {
             return prepared;
         }

@@ -6,10 +6,12 @@
 //!    size against the header *before* mapping it, then walk its frames, checking each
 //!    frame's CRC32C, index continuity, term order and rkyv validity. A sealed segment must
 //!    end in a seal frame. The last segment's walk stops at the first zero or bad header.
-//! 4. Tail: the largest `synced_hint` among the tail's verifiable frames is a lower bound on
-//!    what was durable. A bad frame below it is corruption (an error naming segment and
-//!    offset). At or above it, it is a torn write: an error under the strict policy, else
-//!    its bytes (and any unsynced leftovers after it) are zeroed and synced.
+//! 4. Tail: the largest `synced_hint` among the tail's verifiable frames, and its sync mark,
+//!    bound from below what was durable. A walk that stops below that point hit corruption
+//!    (an error naming segment and offset). Frames that still verify past the stop are the
+//!    rest of a torn group of appends: an error under the strict policy, else zeroed and
+//!    synced. Other bytes past the stop never verify (zeros, torn frames, or another
+//!    segment's bytes in a recycled file) and are simply overwritten by later appends.
 //! 5. A newer segment supersedes the records of older ones from its base index on
 //!    (truncation); records at or below the purge mark are dropped; what is left must be
 //!    contiguous, or records are missing.
@@ -132,24 +134,25 @@ fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) ->
     Ok(walk)
 }
 
-/// Past the walk's end in the tail: the largest synced hint of any verifiable frame, and
-/// the end of the last non-zero byte (0 if all zero).
+/// Past the walk's end in the tail, frames that still verify under this segment's seed are
+/// pieces of a torn group of appends (bytes left from another segment in a recycled file
+/// never verify). Returns their largest synced hint and the end of the last one (0 if none).
 fn probe_beyond<T>(segment: &Segment<T>, from: usize, payload_max: usize) -> (u32, usize) {
     let bytes = segment.bytes();
     let mut hint = 0;
-    let mut garbage_end = 0;
+    let mut torn_end = 0;
     let mut at = from;
-    while at + FRAME_ALIGN <= bytes.len() {
-        let chunk = &bytes[at..at + FRAME_ALIGN];
-        if chunk.iter().any(|&b| b != 0) {
-            garbage_end = at + FRAME_ALIGN;
-            if let Ok(frame) = frame::decode(bytes, at, segment.crc, payload_max) {
+    while at + FRAME_HEADER_LEN <= bytes.len() {
+        match frame::decode(bytes, at, segment.crc, payload_max) {
+            Ok(frame) => {
                 hint = hint.max(frame.synced_hint);
+                at += frame.len();
+                torn_end = at;
             }
+            Err(_) => at += FRAME_ALIGN,
         }
-        at += FRAME_ALIGN;
     }
-    (hint, garbage_end)
+    (hint, torn_end)
 }
 
 fn read_header(path: &Path, id: SegmentId, base: u64) -> Result<(Header, File)> {
@@ -222,7 +225,7 @@ fn list(fs: &dyn Fs, dir: &Path) -> Result<(Listed, u64)> {
 fn settle_tail<T>(found: &Found<T>, payload_max: usize, policy: RecoveryPolicy) -> Result<()> {
     let segment = &found.segment;
     let walk = &found.walk;
-    let (beyond_hint, garbage_end) = probe_beyond(segment, walk.end, payload_max);
+    let (beyond_hint, torn_end) = probe_beyond(segment, walk.end, payload_max);
     let marked = sync_mark::durable_end(segment.id, segment.bytes());
     let durable = walk.synced_hint.max(beyond_hint).max(marked) as usize;
     let reason = match walk.stop {
@@ -236,7 +239,7 @@ fn settle_tail<T>(found: &Found<T>, payload_max: usize, policy: RecoveryPolicy) 
             reason,
         });
     }
-    if garbage_end <= walk.end {
+    if torn_end <= walk.end {
         return Ok(());
     }
     if policy == RecoveryPolicy::Strict {
@@ -248,14 +251,14 @@ fn settle_tail<T>(found: &Found<T>, payload_max: usize, policy: RecoveryPolicy) 
     tracing::warn!(
         segment = %segment.id,
         offset = walk.end,
-        torn_bytes = garbage_end - walk.end,
+        torn_bytes = torn_end - walk.end,
         "zeroing the torn tail of the log"
     );
     let path = &segment.path;
     write_zeros(
         found.file.as_ref(),
         walk.end as u64,
-        (garbage_end - walk.end) as u64,
+        (torn_end - walk.end) as u64,
     )
     .map_err(Error::io("write", path))?;
     found.file.sync_data().map_err(Error::io("fdatasync", path))

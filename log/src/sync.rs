@@ -10,7 +10,8 @@ use std::{
     collections::VecDeque,
     fmt, io,
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
 use crate::{
@@ -18,6 +19,9 @@ use crate::{
     fs::FileIo,
     segment::{RECORDS_START_OFFSET, sync_mark},
 };
+
+/// How long the writer must stay idle after a sync before the syncer writes a sync mark.
+const MARK_DELAY: Duration = Duration::from_millis(2);
 
 /// How durable an append is once its ticket resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +100,7 @@ impl SyncTicket {
                 .shared
                 .done
                 .wait(state)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -140,9 +144,7 @@ impl SyncShared {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn durability(&self) -> Durability {
@@ -260,9 +262,8 @@ impl SyncShared {
         self.done.notify_all();
     }
 
-    /// The syncer thread's loop: one `fdatasync` per group of appends. When a sync leaves
-    /// the writer idle, it records the durable end in the segment's sync mark; at close it
-    /// syncs that mark too.
+    /// Runs the syncer thread. A panic in it poisons the log rather than leaving tickets
+    /// waiting forever.
     pub(crate) fn run(self: Arc<Self>) {
         let shared = Arc::clone(&self);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.sync_loop()));
@@ -272,19 +273,42 @@ impl SyncShared {
         }
     }
 
+    /// The syncer thread's loop: one `fdatasync` per group of appends.
+    ///
+    /// When the writer stays idle for [`MARK_DELAY`] after a sync, the syncer records the
+    /// durable end in the segment's sync mark (while appends keep coming, their frames'
+    /// synced hints record it instead, so the hot path pays nothing for marks).
     fn sync_loop(&self) {
         let mut marks = 0u64;
-        let mut marked: Option<SyncTarget> = None;
+        let mut unmarked: Option<SyncTarget> = None;
+        let mut last: Option<SyncTarget> = None;
         loop {
             let mut state = self.lock();
             while state.written == state.synced && !state.closing && state.poison.is_none() {
-                state = self
+                let Some(target) = unmarked.take() else {
+                    state = self
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                };
+                let (guard, timeout) = self
                     .work
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    .wait_timeout(state, MARK_DELAY)
+                    .unwrap_or_else(PoisonError::into_inner);
+                state = guard;
+                let idle = state.written == state.synced && !state.closing;
+                if idle && timeout.timed_out() {
+                    drop(state);
+                    marks += 1;
+                    self.write_mark(&target, marks);
+                    state = self.lock();
+                } else if idle {
+                    unmarked = Some(target);
+                }
             }
             if state.poison.is_some() || (state.closing && state.written == state.synced) {
-                self.finish(state, marked.as_ref());
+                self.finish(state, last.as_ref(), marks + 1);
                 return;
             }
             let seq = state.written;
@@ -299,26 +323,33 @@ impl SyncShared {
                 continue;
             }
             self.complete(self.lock(), seq, (target.segment, target.end));
-            if self.lock().written == seq {
-                marks += 1;
-                let (at, mark) = sync_mark::encode(target.segment, marks, target.end);
-                if let Err(error) = target.file.write_all_at(&mark, at) {
-                    self.poison("pwrite", &error);
-                    continue;
-                }
-                marked = Some(target);
+            unmarked = Some(target.clone());
+            last = Some(target);
+        }
+    }
+
+    /// Writes sync mark number `seq` for `target`; a failed write poisons the log.
+    fn write_mark(&self, target: &SyncTarget, seq: u64) -> bool {
+        let (at, mark) = sync_mark::encode(target.segment, seq, target.end);
+        match target.file.write_all_at(&mark, at) {
+            Ok(()) => true,
+            Err(error) => {
+                self.poison("pwrite", &error);
+                false
             }
         }
     }
 
-    /// Stops the syncer: syncs the last sync mark on a clean close and fails what is left.
-    fn finish(&self, mut state: MutexGuard<'_, State>, marked: Option<&SyncTarget>) {
+    /// Stops the syncer. On a clean close the last synced point gets a durable sync mark,
+    /// so recovery knows exactly what was durable; what is left pending fails.
+    fn finish(&self, mut state: MutexGuard<'_, State>, last: Option<&SyncTarget>, mark_seq: u64) {
         let failed: Vec<_> = state.callbacks.drain(..).collect();
         let clean = state.poison.is_none();
         state.target = None;
         drop(state);
         if clean
-            && let Some(target) = marked
+            && let Some(target) = last
+            && self.write_mark(target, mark_seq)
             && let Err(error) = target.file.sync_data()
         {
             tracing::warn!(path = %target.path.display(), %error, "cannot sync the sync mark");

@@ -357,7 +357,7 @@ impl<T: Payload> Writer<T> {
         self.view.store(Arc::new(view));
         self.activate(index)?;
         self.last_term = previous_term;
-        self.remove_segments(&superseded);
+        self.remove_segments(superseded);
         self.check_invariants();
         Ok(())
     }
@@ -420,16 +420,30 @@ impl<T: Payload> Writer<T> {
         }
         view.purged = Some(upto);
         self.view.store(Arc::new(view));
-        self.remove_segments(&dropped);
+        self.remove_segments(dropped);
         self.check_invariants();
         Ok(())
     }
 
-    /// Unlinks segments no view needs; readers holding them keep their mappings.
-    fn remove_segments(&self, segments: &[Arc<Segment<T>>]) {
+    /// Disposes of segments no view needs. A segment nobody maps any more (this is the last
+    /// `Arc`, and no view can hand out a new one) is recycled for a later roll; one still held
+    /// by a reader is unlinked, and the reader keeps its mapping.
+    fn remove_segments(&mut self, segments: Vec<Arc<Segment<T>>>) {
         for segment in segments {
-            if let Err(error) = self.fs.remove(&segment.path) {
-                tracing::warn!(path = %segment.path.display(), %error, "cannot remove segment");
+            let path = segment.path.clone();
+            let recycled = match Arc::try_unwrap(segment) {
+                Ok(unmapped) => {
+                    let size_bytes = unmapped.size_bytes();
+                    drop(unmapped);
+                    self.preparer.recycle(&path, size_bytes).unwrap_or_else(|error| {
+                        tracing::warn!(path = %path.display(), %error, "cannot recycle segment");
+                        false
+                    })
+                }
+                Err(_still_mapped) => false,
+            };
+            if !recycled && let Err(error) = self.fs.remove(&path) {
+                tracing::warn!(path = %path.display(), %error, "cannot remove segment");
             }
         }
     }

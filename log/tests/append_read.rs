@@ -335,3 +335,60 @@ fn prepared_segments_are_used_and_leftovers_removed_on_open() {
         .count();
     assert!(leftovers <= 1, "at most the one being prepared now");
 }
+
+fn count_files(dir: &std::path::Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .ends_with(suffix)
+        })
+        .count()
+}
+
+#[test]
+fn purged_segments_are_recycled_and_their_old_bytes_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    append_durably(
+        &log,
+        1,
+        0,
+        &(0..600).map(|i| value(i, 0)).collect::<Vec<_>>(),
+    );
+    let held = log.get(0).unwrap().unwrap();
+    log.purge_upto(LogId::new(1, 450)).unwrap();
+    let recycled = count_files(dir.path(), ".prep");
+    assert!(
+        recycled >= 1,
+        "purged segments nobody maps are kept for reuse"
+    );
+    assert_eq!(
+        held.as_slice(),
+        value(0, 0).as_slice(),
+        "a held segment is not recycled"
+    );
+    append_durably(
+        &log,
+        1,
+        600,
+        &(600..900).map(|i| value(i, 3)).collect::<Vec<_>>(),
+    );
+    assert!(
+        count_files(dir.path(), ".prep") < recycled,
+        "rolls reuse recycled files"
+    );
+    drop((held, log));
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    let all = read_all(&log);
+    assert_eq!(all.first().unwrap().0.index, 451);
+    assert_eq!(all.len(), 900 - 451);
+    assert!(
+        all.iter()
+            .all(|(id, bytes)| *bytes == value(id.index, if id.index < 600 { 0 } else { 3 }))
+    );
+}

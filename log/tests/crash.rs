@@ -35,41 +35,46 @@ fn options() -> Options {
 
 /// The records the log should hold, and how many of them are known durable.
 struct Expected {
+    /// Every record from index 0; those below `purged` are gone from the log.
     model: Vec<(LogId, Bytes)>,
+    purged: usize,
     acknowledged: usize,
 }
 
 impl Expected {
-    /// Checks what recovery returned and adopts it: a prefix of the model, at least as long
-    /// as what was acknowledged.
+    /// Checks what recovery returned and adopts it: a prefix of the model past the purge
+    /// mark, at least as long as what was acknowledged.
     fn check_recovered(&mut self, log: &Log<Bytes>, seed: u64) {
         let recovered = read_all(log);
+        let end = self.purged + recovered.len();
         assert!(
-            recovered.len() >= self.acknowledged,
+            end >= self.acknowledged,
             "seed {seed}: acknowledged records lost"
         );
-        assert!(
-            recovered.len() <= self.model.len(),
-            "seed {seed}: records invented"
-        );
+        assert!(end <= self.model.len(), "seed {seed}: records invented");
         assert_eq!(
             recovered[..],
-            self.model[..recovered.len()],
+            self.model[self.purged..end],
             "seed {seed}: content differs"
         );
-        self.model.truncate(recovered.len());
-        self.acknowledged = self.model.len();
+        self.model.truncate(end);
+        self.acknowledged = end;
     }
 
     fn truncate(&mut self, log: &Log<Bytes>, rng: &mut Rng) {
-        let keep = usize::try_from(rng.below(self.model.len() as u64 + 1)).unwrap();
-        let index = self
-            .model
-            .get(keep)
-            .map_or(self.model.len() as u64, |r| r.0.index);
-        log.truncate_from(index).unwrap();
+        let live = (self.model.len() - self.purged) as u64;
+        let keep = self.purged + 1 + usize::try_from(rng.below(live)).unwrap();
+        log.truncate_from(keep as u64).unwrap();
         self.model.truncate(keep);
         self.acknowledged = self.model.len();
+    }
+
+    fn purge(&mut self, log: &Log<Bytes>, rng: &mut Rng) {
+        let live = (self.model.len() - self.purged) as u64;
+        let upto = self.purged + usize::try_from(rng.below(live)).unwrap();
+        log.purge_upto(self.model[upto].0).unwrap();
+        self.purged = upto + 1;
+        self.acknowledged = self.acknowledged.max(self.purged);
     }
 
     fn append(&mut self, log: &Log<Bytes>, rng: &mut Rng, term: u64, salt: u64) {
@@ -105,6 +110,7 @@ fn crash_round(seed: u64) {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut expected = Expected {
         model: Vec::new(),
+        purged: 0,
         acknowledged: 0,
     };
     for round in 0..3u64 {
@@ -112,10 +118,11 @@ fn crash_round(seed: u64) {
         let log = Log::<Bytes>::open_with_fs(dir.path(), options(), Arc::new(fs.clone())).unwrap();
         expected.check_recovered(&log, seed);
         for _ in 0..rng.below(30) + 5 {
-            if rng.below(10) == 0 && !expected.model.is_empty() {
-                expected.truncate(&log, &mut rng);
-            } else {
-                expected.append(&log, &mut rng, round + 1, seed + round);
+            let live = expected.model.len() > expected.purged + 1;
+            match rng.below(12) {
+                0 if live => expected.truncate(&log, &mut rng),
+                1 if live => expected.purge(&log, &mut rng),
+                _ => expected.append(&log, &mut rng, round + 1, seed + round),
             }
         }
         fs.crash(seed ^ round).unwrap();

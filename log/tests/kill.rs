@@ -8,6 +8,7 @@
 #![allow(
     clippy::unwrap_used,
     clippy::cast_possible_truncation,
+    clippy::print_stdout,
     reason = "test helpers panic on failure; sizes are small"
 )]
 

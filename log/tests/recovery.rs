@@ -207,21 +207,41 @@ fn a_foreign_file_is_refused() {
     assert_eq!(read_all(&open(dir.path()).unwrap()).len(), 600);
 }
 
-/// Appends one record without waiting for its sync and writes garbage after it, as a
-/// crash mid-`pwrite` of a larger batch would leave it.
+/// Leaves the tail as a crash in the middle of a group of appends can: the first frame of
+/// the last group is torn while later frames of the group reached the disk, and no sync
+/// mark records the group as durable. Returns the records before the group, the tail's
+/// path, and the torn frame's offset.
 fn leave_torn_tail(dir: &Path) -> (Vec<(LogId, Bytes)>, PathBuf, u64) {
     let expected = build(dir);
+    let log = open(dir).unwrap();
+    let values: Vec<_> = (600..603).map(|i| value(i, 1)).collect();
+    append_durably(&log, 1, 600, &values);
+    drop(log);
     let tail = segments(dir).pop().unwrap();
-    let bytes = std::fs::read(&tail).unwrap();
-    let end = (4096..bytes.len())
-        .step_by(16)
-        .find(|&at| bytes[at..at + 32].iter().all(|&b| b == 0));
-    let end = end.unwrap() as u64;
-    let mut torn = bytes.clone();
-    let end_usize = usize::try_from(end).unwrap();
-    torn[end_usize..end_usize + 100].fill(0x5a);
-    std::fs::write(&tail, torn).unwrap();
-    (expected, tail, end)
+    let mut bytes = std::fs::read(&tail).unwrap();
+    let first_of_group = frame_offsets(&bytes)[expected.len() - first_index_of(&tail)];
+    bytes[64..128].fill(0);
+    bytes[first_of_group + 40] ^= 0xff;
+    std::fs::write(&tail, bytes).unwrap();
+    (expected, tail, first_of_group as u64)
+}
+
+/// Base index of a segment, from its file name.
+fn first_index_of(path: &Path) -> usize {
+    let name = path.file_stem().unwrap().to_str().unwrap();
+    usize::from_str_radix(name.split_once('-').unwrap().1, 16).unwrap()
+}
+
+/// Offsets of the frames in a segment's bytes, walking their length fields.
+fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = 4096;
+    while bytes[at..at + 32].iter().any(|&b| b != 0) && bytes[at + 10] == 1 {
+        offsets.push(at);
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 32 + len.next_multiple_of(16);
+    }
+    offsets
 }
 
 #[test]

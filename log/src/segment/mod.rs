@@ -189,6 +189,11 @@ impl<T> Segment<T> {
         })
     }
 
+    /// The file's size in bytes.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
+
     /// The whole file's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         self.map.bytes()
