@@ -32,7 +32,9 @@ const FRAME_OVERHEAD: usize = 32;
 /// The raw baseline's pre-zeroed file; writes wrap around in it.
 const RAW_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Purge the log every this many bytes, outside the timed region, to bound disk use.
-const PURGE_EVERY_BYTES: usize = 512 * 1024 * 1024;
+const PURGE_EVERY_BYTES: usize = 128 * 1024 * 1024;
+/// Bytes appended and purged before measuring, to fill the recycle pool.
+const WARM_BYTES: usize = 320 * 1024 * 1024;
 
 fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory")
@@ -91,6 +93,27 @@ fn keel_batches(
     elapsed
 }
 
+/// A log in its steady state: earlier segments were purged and wait in the recycle pool,
+/// as in a Raft log that snapshots and purges, so rolls reuse allocated files the way the
+/// raw baseline reuses its pre-zeroed file.
+fn steady_log(dir: &Path, sync: SyncPolicy, refs: &[&Encoded<Bytes>]) -> Log<Bytes> {
+    let log = Log::<Bytes>::open(
+        dir,
+        Options {
+            sync,
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    let batch_bytes: usize = refs.iter().map(|r| frame_bytes(r)).sum();
+    let mut last = None;
+    for _ in 0..WARM_BYTES / batch_bytes + 1 {
+        last = log.append_next(1, refs).expect("append").last;
+    }
+    log.purge_upto(last.expect("appended")).expect("purge");
+    log
+}
+
 fn raw_batches(file: &File, bytes: &[u8], sync: bool, iters: u64) -> Duration {
     let mut offset = 0u64;
     let start = Instant::now();
@@ -124,14 +147,7 @@ fn append_group(c: &mut Criterion, group_name: &str, sync: SyncPolicy, batches: 
             let param = format!("{size_name}/{batch}");
             group.throughput(Throughput::Elements(batch as u64));
             let log_dir = scratch();
-            let log = Log::<Bytes>::open(
-                log_dir.path(),
-                Options {
-                    sync,
-                    ..Options::default()
-                },
-            )
-            .expect("open");
+            let log = steady_log(log_dir.path(), sync, &refs);
             group.bench_function(BenchmarkId::new("keel", &param), |b| {
                 b.iter_custom(|iters| keel_batches(&log, &refs, batch_bytes, iters));
             });

@@ -32,9 +32,12 @@ impl<T> Payload for T where
 /// The rkyv bytes of one `T`, known to be a valid archive: ready to append.
 ///
 /// Build one with [`Encoded::new`] from a value, or with [`Encoded::from_bytes`] from bytes
-/// that crossed a trust boundary (a peer, a file), which validates them.
+/// that crossed a trust boundary (a peer, a file), which validates them. Either computes the
+/// bytes' CRC32C once, on the caller's thread, so the log's single writer does not.
 pub struct Encoded<T> {
     bytes: AlignedVec,
+    /// CRC32C of `bytes`.
+    crc: u32,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -50,6 +53,7 @@ impl<T> Clone for Encoded<T> {
     fn clone(&self) -> Self {
         Self {
             bytes: self.bytes.clone(),
+            crc: self.crc,
             _type: PhantomData,
         }
     }
@@ -63,10 +67,7 @@ impl<T: Payload> Encoded<T> {
     pub fn new(value: &T) -> Result<Self> {
         let bytes =
             rkyv::to_bytes::<rancor::Error>(value).map_err(|source| Error::Encode { source })?;
-        Ok(Self {
-            bytes,
-            _type: PhantomData,
-        })
+        Ok(Self::checksummed(bytes))
     }
 
     /// Validates untrusted bytes as an archived `T` and takes a copy.
@@ -77,10 +78,7 @@ impl<T: Payload> Encoded<T> {
         let mut aligned = AlignedVec::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         validate::<T>(&aligned).map_err(|source| Error::InvalidPayload { source })?;
-        Ok(Self {
-            bytes: aligned,
-            _type: PhantomData,
-        })
+        Ok(Self::checksummed(aligned))
     }
 
     /// The archived value (validated when this was built).
@@ -94,6 +92,20 @@ impl<T: Payload> Encoded<T> {
 }
 
 impl<T> Encoded<T> {
+    fn checksummed(bytes: AlignedVec) -> Self {
+        let crc = crate::frame::payload_crc(&bytes);
+        Self {
+            bytes,
+            crc,
+            _type: PhantomData,
+        }
+    }
+
+    /// CRC32C of the encoded bytes, computed once when this was built.
+    pub fn crc(&self) -> u32 {
+        self.crc
+    }
+
     /// The encoded bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes

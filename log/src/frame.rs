@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset size field
-//!  0     4    crc           u32 LE: CRC32C of bytes 4..32+len, XOR the segment's seed
+//!  0     4    crc           u32 LE: CRC32C(bytes 4..32) ^ CRC32C(payload) ^ segment seed
 //!  4     4    payload_len   u32 LE, bytes of rkyv payload (padding excluded)
 //!  8     2    len_guard     u16 LE, !(low16(len) ^ high16(len)): checked before the length is trusted
 //! 10     1    kind          1 = record, 2 = seal (end of a sealed segment)
@@ -12,8 +12,10 @@
 //! 24     8    term          u64 LE
 //! 32     len  payload
 //! ```
-//! The checksum covers one contiguous run of bytes (one CRC32C call per frame). The seed is
-//! CRC32C of the segment id, so bytes left from another segment never verify. Frames start
+//! The payload's CRC32C is computed once, when the record is encoded (on the caller's
+//! thread, see [`Encoded`](crate::Encoded)), and combined by XOR with the header's and the
+//! segment's seed, so the single writer only checksums 28 header bytes per record. The seed
+//! is CRC32C of the segment id, so bytes left from another segment never verify. Frames start
 //! 16-aligned inside a page-aligned mapping, so every payload is 16-aligned for zero-copy
 //! rkyv access. An all-zero header marks the end of written data.
 
@@ -83,7 +85,19 @@ impl FrameCrc {
     pub(crate) fn checksum(self, bytes: &[u8]) -> u32 {
         crc_fast::crc32_iscsi(bytes) ^ self.seed
     }
+
+    /// A frame's checksum from its header bytes 4..32 and its payload's CRC32C.
+    fn frame(self, header_tail: &[u8], payload_crc: u32) -> u32 {
+        self.checksum(header_tail) ^ payload_crc
+    }
 }
+
+/// CRC32C of a payload, as [`encode`] expects it.
+pub(crate) fn payload_crc(payload: &[u8]) -> u32 {
+    crc_fast::crc32_iscsi(payload)
+}
+
+impl FrameCrc {}
 
 fn len_guard(len: u32) -> u16 {
     let low = (len & 0xffff) as u16;
@@ -92,7 +106,15 @@ fn len_guard(len: u32) -> u16 {
 }
 
 /// Appends one frame (header, payload, zero padding) to `buf`.
-pub(crate) fn encode(buf: &mut Vec<u8>, crc: FrameCrc, frame: Frame, payload: &[u8]) {
+///
+/// `payload_crc` is [`payload_crc`] of `payload`, computed when the record was encoded.
+pub(crate) fn encode(
+    buf: &mut Vec<u8>,
+    crc: FrameCrc,
+    frame: Frame,
+    payload: &[u8],
+    payload_crc: u32,
+) {
     assert_eq!(
         payload.len(),
         frame.payload_len as usize,
@@ -107,10 +129,10 @@ pub(crate) fn encode(buf: &mut Vec<u8>, crc: FrameCrc, frame: Frame, payload: &[
     header[12..16].copy_from_slice(&frame.synced_hint.to_le_bytes());
     header[16..24].copy_from_slice(&frame.id.index.to_le_bytes());
     header[24..32].copy_from_slice(&frame.id.term.to_le_bytes());
+    let sum = crc.frame(&header[4..], payload_crc);
+    header[0..4].copy_from_slice(&sum.to_le_bytes());
     buf.extend_from_slice(&header);
     buf.extend_from_slice(payload);
-    let sum = crc.checksum(&buf[start + 4..]);
-    buf[start..start + 4].copy_from_slice(&sum.to_le_bytes());
     buf.resize(start + frame.len(), 0);
 }
 
@@ -144,11 +166,11 @@ pub(crate) fn decode(
     if guard != len_guard(payload_len) || payload_len as usize > payload_max_bytes {
         return bad(Corruption::BadLength);
     }
-    let Some(covered) = segment.get(offset + 4..offset + FRAME_HEADER_LEN + payload_len as usize)
-    else {
+    let payload_start = offset + FRAME_HEADER_LEN;
+    let Some(payload) = segment.get(payload_start..payload_start + payload_len as usize) else {
         return bad(Corruption::BadLength);
     };
-    if crc.checksum(covered) != read_u32(header, 0) {
+    if crc.frame(&header[4..], payload_crc(payload)) != read_u32(header, 0) {
         return bad(Corruption::BadChecksum);
     }
     let kind = match header[10] {
@@ -184,7 +206,7 @@ mod tests {
         let crc = FrameCrc::new(SegmentId(7));
         let mut buf = Vec::new();
         let frame = record(3, 2, 5);
-        encode(&mut buf, crc, frame, b"hello");
+        encode(&mut buf, crc, frame, b"hello", payload_crc(b"hello"));
         assert_eq!(buf.len(), 48);
         assert_eq!(decode(&buf, 0, crc, 1024), Ok(frame));
         assert_eq!(&buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 5], b"hello");
@@ -198,6 +220,7 @@ mod tests {
             FrameCrc::new(SegmentId(1)),
             record(0, 0, 3),
             b"abc",
+            payload_crc(b"abc"),
         );
         let other = FrameCrc::new(SegmentId(2));
         assert_eq!(
@@ -219,7 +242,13 @@ mod tests {
     fn length_over_limit_is_bad_length() {
         let crc = FrameCrc::new(SegmentId(1));
         let mut buf = Vec::new();
-        encode(&mut buf, crc, record(0, 0, 40), &[7; 40]);
+        encode(
+            &mut buf,
+            crc,
+            record(0, 0, 40),
+            &[7; 40],
+            payload_crc(&[7; 40]),
+        );
         assert_eq!(
             decode(&buf, 0, crc, 39),
             Err(FrameError::Bad(Corruption::BadLength))
@@ -243,7 +272,7 @@ mod tests {
             let crc = FrameCrc::new(SegmentId(5));
             let mut buf = Vec::new();
             let frame = record(10, 4, payload.len());
-            encode(&mut buf, crc, frame, &payload);
+            encode(&mut buf, crc, frame, &payload, payload_crc(&payload));
             let covered_bits = (FRAME_HEADER_LEN + payload.len()) * 8;
             let bit = bit.index(covered_bits);
             buf[bit / 8] ^= 1 << (bit % 8);
@@ -255,7 +284,7 @@ mod tests {
             let crc = FrameCrc::new(SegmentId(index ^ term));
             let mut buf = Vec::new();
             let frame = record(index, term, payload.len());
-            encode(&mut buf, crc, frame, &payload);
+            encode(&mut buf, crc, frame, &payload, payload_crc(&payload));
             prop_assert_eq!(buf.len() % FRAME_ALIGN, 0);
             prop_assert_eq!(decode(&buf, 0, crc, 1 << 20), Ok(frame));
         }

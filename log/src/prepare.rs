@@ -24,6 +24,10 @@ use crate::{
     segment::name,
 };
 
+/// Zero-filling syncs after each this many bytes, so a new file never holds much dirty page
+/// cache: the kernel would otherwise throttle the writer's own `pwrite`s for it.
+const ZERO_SYNC_BYTES: u64 = 4 * 1024 * 1024;
+
 /// How many purged segment files are kept for reuse.
 const RECYCLED_MAX: usize = 4;
 
@@ -38,8 +42,13 @@ pub(crate) struct Prepared {
 fn prepare(fs: &dyn Fs, dir: &Path, number: u64, size_bytes: u64) -> io::Result<Prepared> {
     let path = dir.join(name::prepared(number));
     let file = fs.create_new(&path)?;
-    write_zeros(file.as_ref(), 0, size_bytes)?;
-    file.sync_data()?;
+    let mut done = 0;
+    while done < size_bytes {
+        let chunk = ZERO_SYNC_BYTES.min(size_bytes - done);
+        write_zeros(file.as_ref(), done, chunk)?;
+        file.sync_data()?;
+        done += chunk;
+    }
     fs.sync_dir(dir)?;
     Ok(Prepared { path, file })
 }

@@ -212,12 +212,9 @@ impl<T: Payload> Writer<T> {
                 payload_len: u32::try_from(entry.payload.len()).expect("checked against limit"),
                 synced_hint,
             };
-            frame::encode(
-                &mut self.buf,
-                active.segment.crc,
-                frame,
-                entry.payload.as_bytes(),
-            );
+            let payload = entry.payload;
+            let crc = active.segment.crc;
+            frame::encode(&mut self.buf, crc, frame, payload.as_bytes(), payload.crc());
             self.offsets
                 .push(u32::try_from(at).expect("segments are below 4 GiB"));
             count += 1;
@@ -246,7 +243,8 @@ impl<T: Payload> Writer<T> {
             synced_hint: self.sync.synced_hint(active.segment.id),
         };
         self.buf.clear();
-        frame::encode(&mut self.buf, active.segment.crc, frame, &[]);
+        let empty_crc = frame::payload_crc(&[]);
+        frame::encode(&mut self.buf, active.segment.crc, frame, &[], empty_crc);
         let path = &active.segment.path;
         active
             .file
