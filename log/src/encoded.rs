@@ -45,7 +45,8 @@ impl<T> fmt::Debug for Encoded<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Encoded")
             .field("len", &self.bytes.len())
-            .finish()
+            .field("crc", &self.crc)
+            .finish_non_exhaustive()
     }
 }
 

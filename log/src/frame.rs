@@ -67,7 +67,7 @@ pub(crate) enum FrameError {
     Bad(Corruption),
 }
 
-/// Checksum state for one segment: a seed derived from the segment id is XORed into every
+/// Checksum state for one segment: a seed derived from the segment id is combined (XOR) into every
 /// frame's CRC, so bytes left from another segment never verify.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FrameCrc {
