@@ -107,7 +107,7 @@ fn steady_log(dir: &Path, sync: SyncPolicy, refs: &[&Encoded<Bytes>]) -> Log<Byt
     .expect("open");
     let batch_bytes: usize = refs.iter().map(|r| frame_bytes(r)).sum();
     let mut last = None;
-    for _ in 0..WARM_BYTES / batch_bytes + 1 {
+    for _ in 0..=WARM_BYTES / batch_bytes {
         last = log.append_next(1, refs).expect("append").last;
     }
     log.purge_upto(last.expect("appended")).expect("purge");

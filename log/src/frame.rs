@@ -121,7 +121,14 @@ pub(crate) fn encode(
         "frame length matches its payload"
     );
     let start = buf.len();
-    assert!(start.is_multiple_of(FRAME_ALIGN), "frames start aligned");
+    encode_header(buf, crc, frame, payload_crc);
+    buf.extend_from_slice(payload);
+    buf.resize(start + frame.len(), 0);
+}
+
+/// Appends a frame's 32-byte header to `buf`; the payload and its padding follow it in the
+/// file (see [`padding`]).
+pub(crate) fn encode_header(buf: &mut Vec<u8>, crc: FrameCrc, frame: Frame, payload_crc: u32) {
     let mut header = [0u8; FRAME_HEADER_LEN];
     header[4..8].copy_from_slice(&frame.payload_len.to_le_bytes());
     header[8..10].copy_from_slice(&len_guard(frame.payload_len).to_le_bytes());
@@ -132,8 +139,11 @@ pub(crate) fn encode(
     let sum = crc.frame(&header[4..], payload_crc);
     header[0..4].copy_from_slice(&sum.to_le_bytes());
     buf.extend_from_slice(&header);
-    buf.extend_from_slice(payload);
-    buf.resize(start + frame.len(), 0);
+}
+
+/// Zero bytes after a payload of `payload_len` bytes, up to the next frame.
+pub(crate) fn padding(payload_len: usize) -> usize {
+    payload_len.next_multiple_of(FRAME_ALIGN) - payload_len
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> u32 {

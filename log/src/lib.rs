@@ -36,6 +36,7 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+mod batch;
 mod encoded;
 mod error;
 mod frame;

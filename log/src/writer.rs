@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::{
     Encoded, Error, LogId, Options, Payload, Result, SegmentId,
+    batch::Batch,
     frame::{self, FRAME_HEADER_LEN, Frame, FrameKind, frame_len},
     fs::{FileIo, Fs},
     meta::{Meta, MetaState},
@@ -62,7 +63,9 @@ pub(crate) struct Writer<T> {
     /// The index the next append must carry; `None` for a log never written or purged.
     pub(crate) next_index: Option<u64>,
     pub(crate) last_term: u64,
+    /// The seal frame's bytes.
     buf: Vec<u8>,
+    batch: Batch,
     offsets: Vec<u32>,
 }
 
@@ -110,6 +113,7 @@ impl<T: Payload> Writer<T> {
             next_index: recovered.next_index,
             last_term: recovered.last_term,
             buf: Vec::new(),
+            batch: Batch::default(),
             offsets: Vec::new(),
         })
     }
@@ -193,16 +197,16 @@ impl<T: Payload> Writer<T> {
         }
     }
 
-    /// Writes as many entries as fit in the active segment with one `pwrite`; returns how many.
+    /// Writes as many entries as fit in the active segment, with one vectored write per
+    /// chunk of pieces; returns how many.
     fn write_some(&mut self, entries: &[Entry<'_, T>]) -> Result<usize> {
         let active = self.active.as_mut().expect("caller activated a segment");
         let capacity_end = self.options.segment_size_bytes - FRAME_HEADER_LEN as u64;
         let synced_hint = self.sync.synced_hint(active.segment.id);
-        self.buf.clear();
+        self.batch.clear();
         self.offsets.clear();
-        let mut count = 0;
         for entry in entries {
-            let at = active.write_offset + self.buf.len() as u64;
+            let at = active.write_offset + self.batch.len() as u64;
             if at + frame_len(entry.payload.len()) as u64 > capacity_end {
                 break;
             }
@@ -213,20 +217,21 @@ impl<T: Payload> Writer<T> {
                 synced_hint,
             };
             let payload = entry.payload;
-            let crc = active.segment.crc;
-            frame::encode(&mut self.buf, crc, frame, payload.as_bytes(), payload.crc());
+            self.batch
+                .push(active.segment.crc, frame, payload.as_bytes(), payload.crc());
             self.offsets
                 .push(u32::try_from(at).expect("segments are below 4 GiB"));
-            count += 1;
         }
+        let count = self.offsets.len();
         if count == 0 {
             return Ok(0);
         }
-        active
-            .file
-            .write_all_at(&self.buf, active.write_offset)
+        self.batch
+            .write(active.file.as_ref(), active.write_offset, |n| {
+                entries[n].payload.as_bytes()
+            })
             .map_err(Error::io("pwrite", &active.segment.path))?;
-        active.write_offset += self.buf.len() as u64;
+        active.write_offset += self.batch.len() as u64;
         active.segment.publish(&self.offsets);
         Ok(count)
     }

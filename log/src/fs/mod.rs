@@ -6,7 +6,7 @@ pub mod faulty;
 use std::{
     fmt,
     fs::{File, OpenOptions},
-    io,
+    io::{self, IoSlice},
     os::unix::fs::FileExt,
     path::Path,
     sync::Arc,
@@ -19,6 +19,18 @@ pub trait FileIo: Send + Sync + fmt::Debug {
     /// # Errors
     /// The operating system's error.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes `bufs` in order at `offset` (one `pwritev`); returns the bytes written, which
+    /// may be fewer than asked.
+    ///
+    /// The default concatenates the buffers and calls [`FileIo::write_all_at`].
+    ///
+    /// # Errors
+    /// The operating system's error.
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
+        let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        self.write_all_at(&joined, offset)?;
+        Ok(joined.len())
+    }
     /// `fdatasync`: makes every completed write durable.
     ///
     /// # Errors
@@ -69,6 +81,10 @@ impl FileIo for StdFile {
         self.0.write_all_at(buf, offset)
     }
 
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
+        Ok(rustix::io::pwritev(&self.0, bufs, offset)?)
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
@@ -104,6 +120,26 @@ impl Fs for StdFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+}
+
+/// Writes all of `bufs` at `offset`, calling [`FileIo::write_vectored_at`] until done.
+pub(crate) fn write_all_vectored_at(
+    file: &dyn FileIo,
+    mut bufs: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match file.write_vectored_at(bufs, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut bufs, n);
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes `len` zero bytes at `offset`, in bounded chunks.
