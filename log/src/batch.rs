@@ -123,8 +123,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = StdFs.create_new(&dir.path().join("f")).unwrap();
         let crc = FrameCrc::new(SegmentId(3));
-        let payloads: Vec<Vec<u8>> =
-            [0usize, 5, 511, 512, 1000, 3, 4096].iter().map(|&n| vec![n as u8; n]).collect();
+        let payloads: Vec<Vec<u8>> = [0usize, 5, 511, 512, 1000, 3, 4096]
+            .iter()
+            .map(|&n| vec![u8::try_from(n % 251).unwrap(); n])
+            .collect();
         let mut batch = Batch::default();
         let mut expected = Vec::new();
         for (i, payload) in payloads.iter().enumerate() {
@@ -140,7 +142,10 @@ mod tests {
         assert_eq!(batch.len(), expected.len());
         batch.write(file.as_ref(), 16, |n| &payloads[n]).unwrap();
         let mut written = vec![0u8; expected.len()];
-        File::open(dir.path().join("f")).unwrap().read_exact_at(&mut written, 16).unwrap();
+        File::open(dir.path().join("f"))
+            .unwrap()
+            .read_exact_at(&mut written, 16)
+            .unwrap();
         assert_eq!(written, expected);
     }
 }

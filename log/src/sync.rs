@@ -54,6 +54,24 @@ struct State {
     poison: Option<(&'static str, io::ErrorKind)>,
     callbacks: VecDeque<(u64, DurableCallback)>,
     closing: bool,
+    /// A group sync is running (on the syncer thread or on a waiting thread).
+    syncing: bool,
+    /// The last synced point, not yet recorded in a sync mark.
+    unmarked: Option<SyncTarget>,
+    /// The last synced point, for the sync mark of a clean close.
+    last_synced: Option<SyncTarget>,
+    /// Sync marks written so far (each mark's sequence number).
+    marks: u64,
+}
+
+impl State {
+    /// Whether a group sync may start now: writes are pending and none is running.
+    fn may_start_sync(&self) -> bool {
+        self.written > self.synced
+            && !self.syncing
+            && self.target.is_some()
+            && self.poison.is_none()
+    }
 }
 
 /// Shared between the writer, the syncer thread and tickets.
@@ -85,7 +103,9 @@ pub struct SyncTicket {
 }
 
 impl SyncTicket {
-    /// Blocks until the append is durable.
+    /// Blocks until the append is durable. If no sync is running, the waiting thread runs the
+    /// group's `fdatasync` itself (sparing two thread hand-offs); otherwise it waits for the
+    /// running one and, if that did not cover it, the next.
     ///
     /// # Errors
     /// [`Error::Poisoned`] if a write or sync failed first; [`Error::Closed`] if the log
@@ -95,6 +115,11 @@ impl SyncTicket {
         loop {
             if let Some(outcome) = self.shared.outcome(&state, self.seq) {
                 return outcome;
+            }
+            if state.may_start_sync() {
+                self.shared.sync_group(state);
+                state = self.shared.lock();
+                continue;
             }
             state = self
                 .shared
@@ -137,6 +162,10 @@ impl SyncShared {
                 poison: None,
                 callbacks: VecDeque::new(),
                 closing: false,
+                syncing: false,
+                unmarked: None,
+                last_synced: None,
+                marks: 0,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -273,58 +302,89 @@ impl SyncShared {
         }
     }
 
-    /// The syncer thread's loop: one `fdatasync` per group of appends.
-    ///
-    /// When the writer stays idle for [`MARK_DELAY`] after a sync, the syncer records the
-    /// durable end in the segment's sync mark (while appends keep coming, their frames'
-    /// synced hints record it instead, so the hot path pays nothing for marks).
-    fn sync_loop(&self) {
-        let mut marks = 0u64;
-        let mut unmarked: Option<SyncTarget> = None;
-        let mut last: Option<SyncTarget> = None;
-        loop {
-            let mut state = self.lock();
-            while state.written == state.synced && !state.closing && state.poison.is_none() {
-                let Some(target) = unmarked.take() else {
-                    state = self
-                        .work
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    continue;
-                };
-                let (guard, timeout) = self
-                    .work
-                    .wait_timeout(state, MARK_DELAY)
-                    .unwrap_or_else(PoisonError::into_inner);
-                state = guard;
-                let idle = state.written == state.synced && !state.closing;
-                if idle && timeout.timed_out() {
-                    drop(state);
-                    marks += 1;
-                    self.write_mark(&target, marks);
-                    state = self.lock();
-                } else if idle {
-                    unmarked = Some(target);
-                }
+    /// Runs one group sync: everything written when it starts is durable when it ends.
+    /// Called with the lock held and [`State::may_start_sync`] true; releases the lock.
+    fn sync_group(&self, mut state: MutexGuard<'_, State>) {
+        assert!(state.may_start_sync(), "one group sync at a time");
+        state.syncing = true;
+        let seq = state.written;
+        let target = state
+            .target
+            .clone()
+            .expect("a pending write names its file");
+        drop(state);
+        let result = target.file.sync_data();
+        let mut state = self.lock();
+        state.syncing = false;
+        match result {
+            Ok(()) => {
+                state.unmarked = Some(target.clone());
+                state.last_synced = Some(target.clone());
+                self.complete(state, seq, (target.segment, target.end));
             }
-            if state.poison.is_some() || (state.closing && state.written == state.synced) {
-                self.finish(state, last.as_ref(), marks + 1);
-                return;
-            }
-            let seq = state.written;
-            let target = state
-                .target
-                .clone()
-                .expect("a pending write names its file");
-            drop(state);
-            if let Err(error) = target.file.sync_data() {
+            Err(error) => {
+                drop(state);
                 tracing::error!(path = %target.path.display(), %error, "fdatasync failed");
                 self.poison("fdatasync", &error);
-                continue;
             }
-            self.complete(self.lock(), seq, (target.segment, target.end));
-            unmarked = Some(target.clone());
-            last = Some(target);
+        }
+        self.work.notify_one();
+    }
+
+    /// The syncer thread's loop: runs group syncs nobody is waiting to run (callback users),
+    /// and when the writer stays idle for [`MARK_DELAY`] after a sync, records the durable end
+    /// in the segment's sync mark (while appends keep coming, their frames' synced hints
+    /// record it instead, so the hot path pays nothing for marks).
+    fn sync_loop(&self) {
+        loop {
+            let mut state = self.lock();
+            loop {
+                if state.poison.is_some()
+                    || (state.closing && state.written == state.synced && !state.syncing)
+                {
+                    self.finish(state);
+                    return;
+                }
+                if state.may_start_sync() {
+                    break;
+                }
+                let idle = state.written == state.synced && !state.syncing;
+                match state.unmarked.take().filter(|_| idle) {
+                    Some(target) => state = self.mark_when_idle(state, target),
+                    None => {
+                        state = self
+                            .work
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                }
+            }
+            self.sync_group(state);
+        }
+    }
+
+    /// Waits up to [`MARK_DELAY`]; if the writer stayed idle, writes the sync mark.
+    fn mark_when_idle<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        target: SyncTarget,
+    ) -> MutexGuard<'a, State> {
+        let (mut state, timeout) = self
+            .work
+            .wait_timeout(state, MARK_DELAY)
+            .unwrap_or_else(PoisonError::into_inner);
+        let idle = state.written == state.synced && !state.syncing && !state.closing;
+        if idle && timeout.timed_out() {
+            state.marks += 1;
+            let seq = state.marks;
+            drop(state);
+            self.write_mark(&target, seq);
+            self.lock()
+        } else {
+            if idle {
+                state.unmarked = Some(target);
+            }
+            state
         }
     }
 
@@ -342,14 +402,16 @@ impl SyncShared {
 
     /// Stops the syncer. On a clean close the last synced point gets a durable sync mark,
     /// so recovery knows exactly what was durable; what is left pending fails.
-    fn finish(&self, mut state: MutexGuard<'_, State>, last: Option<&SyncTarget>, mark_seq: u64) {
+    fn finish(&self, mut state: MutexGuard<'_, State>) {
         let failed: Vec<_> = state.callbacks.drain(..).collect();
         let clean = state.poison.is_none();
         state.target = None;
+        state.marks += 1;
+        let (last, seq) = (state.last_synced.take(), state.marks);
         drop(state);
         if clean
             && let Some(target) = last
-            && self.write_mark(target, mark_seq)
+            && self.write_mark(&target, seq)
             && let Err(error) = target.file.sync_data()
         {
             tracing::warn!(path = %target.path.display(), %error, "cannot sync the sync mark");

@@ -35,17 +35,7 @@ fn records_are_readable_when_append_returns_and_after_reopen() {
         assert_eq!(*id, LogId::new(1, i as u64));
         assert_eq!(bytes, &values[i]);
     }
-    let segments = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_str()
-                .unwrap()
-                .ends_with(".seg")
-        })
-        .count();
+    let segments = count_files(dir.path(), ".seg");
     assert!(
         segments > 1,
         "300 records of up to 700 bytes roll 64 KiB segments"
@@ -188,19 +178,7 @@ fn purge_drops_whole_segments_and_keeps_the_rest() {
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
     let values: Vec<_> = (0..400).map(|i| value(i, 0)).collect();
     append_durably(&log, 1, 0, &values);
-    let count_segments = || {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_str()
-                    .unwrap()
-                    .ends_with(".seg")
-            })
-            .count()
-    };
+    let count_segments = || count_files(dir.path(), ".seg");
     let before = count_segments();
     log.purge_upto(LogId::new(1, 299)).unwrap();
     assert!(
@@ -322,17 +300,7 @@ fn prepared_segments_are_used_and_leftovers_removed_on_open() {
     drop(log);
     let log = Log::<Bytes>::open(dir.path(), options).unwrap();
     assert_eq!(read_all(&log).len(), 300);
-    let leftovers = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_str()
-                .unwrap()
-                .ends_with(".prep")
-        })
-        .count();
+    let leftovers = count_files(dir.path(), ".prep");
     assert!(leftovers <= 1, "at most the one being prepared now");
 }
 
