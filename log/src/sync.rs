@@ -62,6 +62,8 @@ struct State {
     last_synced: Option<SyncTarget>,
     /// Sync marks written so far (each mark's sequence number).
     marks: u64,
+    /// The syncer sleeps with no timer: a finished sync must wake it to time the mark.
+    syncer_asleep: bool,
 }
 
 impl State {
@@ -146,6 +148,8 @@ impl SyncTicket {
             callback(outcome);
         } else {
             state.callbacks.push_back((self.seq, Box::new(callback)));
+            drop(state);
+            self.shared.work.notify_one();
         }
     }
 }
@@ -166,6 +170,7 @@ impl SyncShared {
                 unmarked: None,
                 last_synced: None,
                 marks: 0,
+                syncer_asleep: false,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -234,8 +239,12 @@ impl SyncShared {
         let seq = state.written;
         if self.policy.is_durable() {
             state.target = Some(target);
+            // Waiters run syncs themselves; the syncer runs them only for callbacks.
+            let wake = !state.callbacks.is_empty();
             drop(state);
-            self.work.notify_one();
+            if wake {
+                self.work.notify_one();
+            }
         } else {
             state.synced = seq;
             drop(state);
@@ -320,7 +329,11 @@ impl SyncShared {
             Ok(()) => {
                 state.unmarked = Some(target.clone());
                 state.last_synced = Some(target.clone());
+                let wake = state.syncer_asleep || !state.callbacks.is_empty();
                 self.complete(state, seq, (target.segment, target.end));
+                if wake {
+                    self.work.notify_one();
+                }
             }
             Err(error) => {
                 drop(state);
@@ -328,13 +341,13 @@ impl SyncShared {
                 self.poison("fdatasync", &error);
             }
         }
-        self.work.notify_one();
     }
 
-    /// The syncer thread's loop: runs group syncs nobody is waiting to run (callback users),
-    /// and when the writer stays idle for [`MARK_DELAY`] after a sync, records the durable end
-    /// in the segment's sync mark (while appends keep coming, their frames' synced hints
-    /// record it instead, so the hot path pays nothing for marks).
+    /// The syncer thread's loop. Threads waiting on a ticket run group syncs themselves; the
+    /// syncer runs them for callbacks and at close. When the writer stays idle for
+    /// [`MARK_DELAY`] after a sync, it records the durable end in the segment's sync mark
+    /// (while appends keep coming, their frames' synced hints record it instead, so the hot
+    /// path pays nothing for marks). It sleeps otherwise and is woken only when needed.
     fn sync_loop(&self) {
         loop {
             let mut state = self.lock();
@@ -345,47 +358,43 @@ impl SyncShared {
                     self.finish(state);
                     return;
                 }
-                if state.may_start_sync() {
+                if state.may_start_sync() && (state.closing || !state.callbacks.is_empty()) {
                     break;
                 }
-                let idle = state.written == state.synced && !state.syncing;
-                match state.unmarked.take().filter(|_| idle) {
-                    Some(target) => state = self.mark_when_idle(state, target),
-                    None => {
-                        state = self
-                            .work
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner);
-                    }
-                }
+                state = if state.unmarked.is_some() {
+                    self.mark_when_idle(state)
+                } else {
+                    state.syncer_asleep = true;
+                    let mut state = self
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    state.syncer_asleep = false;
+                    state
+                };
             }
             self.sync_group(state);
         }
     }
 
-    /// Waits up to [`MARK_DELAY`]; if the writer stayed idle, writes the sync mark.
-    fn mark_when_idle<'a>(
-        &'a self,
-        state: MutexGuard<'a, State>,
-        target: SyncTarget,
-    ) -> MutexGuard<'a, State> {
+    /// Waits up to [`MARK_DELAY`]; if no write came since the last sync, writes its mark.
+    fn mark_when_idle<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let (mut state, timeout) = self
             .work
             .wait_timeout(state, MARK_DELAY)
             .unwrap_or_else(PoisonError::into_inner);
         let idle = state.written == state.synced && !state.syncing && !state.closing;
-        if idle && timeout.timed_out() {
-            state.marks += 1;
-            let seq = state.marks;
-            drop(state);
-            self.write_mark(&target, seq);
-            self.lock()
-        } else {
-            if idle {
-                state.unmarked = Some(target);
-            }
-            state
+        if !(idle && timeout.timed_out()) {
+            return state;
         }
+        let Some(target) = state.unmarked.take() else {
+            return state;
+        };
+        state.marks += 1;
+        let seq = state.marks;
+        drop(state);
+        self.write_mark(&target, seq);
+        self.lock()
     }
 
     /// Writes sync mark number `seq` for `target`; a failed write poisons the log.

@@ -11,8 +11,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Bytes, encode, read_all, small_options, value};
-use keel_log::{Entry, Error, Log, LogId, Options, fs::faulty::FaultyFs};
+use common::{Bytes, encode, entries, read_all, small_options, value};
+use keel_log::{Error, Log, LogId, Options, fs::faulty::FaultyFs};
 
 /// A small deterministic generator for the workload.
 struct Rng(u64);
@@ -82,14 +82,7 @@ impl Expected {
         let count = rng.below(60) + 1;
         let values: Vec<_> = (first..first + count).map(|i| value(i, salt)).collect();
         let encoded: Vec<_> = values.iter().map(encode).collect();
-        let entries: Vec<_> = encoded
-            .iter()
-            .zip(first..)
-            .map(|(payload, index)| Entry {
-                id: LogId::new(term, index),
-                payload,
-            })
-            .collect();
+        let entries = entries(term, first, &encoded);
         let appended = log.append(&entries).unwrap();
         self.model.extend(
             values

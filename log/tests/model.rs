@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::{Bytes, encode, read_all, small_options, value};
-use keel_log::{Entry, Log, LogId};
+use common::{Bytes, encode, entries, read_all, small_options, value};
+use keel_log::{Log, LogId};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -48,14 +48,7 @@ impl Model {
                 self.term += u64::from(new_term);
                 let values: Vec<_> = (first..first + count).map(|i| value(i, salt)).collect();
                 let encoded: Vec<_> = values.iter().map(encode).collect();
-                let entries: Vec<_> = encoded
-                    .iter()
-                    .zip(first..)
-                    .map(|(payload, index)| Entry {
-                        id: LogId::new(self.term, index),
-                        payload,
-                    })
-                    .collect();
+                let entries = entries(self.term, first, &encoded);
                 log.append(&entries).unwrap();
                 for (value, index) in values.into_iter().zip(first..) {
                     self.records.push((LogId::new(self.term, index), value));

@@ -28,18 +28,22 @@ pub(crate) fn encode(value: &Bytes) -> Encoded<Bytes> {
     Encoded::new(value).unwrap()
 }
 
-/// Appends `values` at the log's next indexes with `term` and waits until durable.
-pub(crate) fn append_durably(log: &Log<Bytes>, term: u64, first: u64, values: &[Bytes]) -> LogId {
-    let encoded: Vec<_> = values.iter().map(encode).collect();
-    let entries: Vec<_> = encoded
+/// Entries for `payloads` at consecutive indexes from `first`, all in `term`.
+pub(crate) fn entries(term: u64, first: u64, payloads: &[Encoded<Bytes>]) -> Vec<Entry<'_, Bytes>> {
+    payloads
         .iter()
-        .enumerate()
-        .map(|(i, payload)| Entry {
-            id: LogId::new(term, first + i as u64),
+        .zip(first..)
+        .map(|(payload, index)| Entry {
+            id: LogId::new(term, index),
             payload,
         })
-        .collect();
-    let appended = log.append(&entries).unwrap();
+        .collect()
+}
+
+/// Appends `values` at indexes from `first` with `term` and waits until durable.
+pub(crate) fn append_durably(log: &Log<Bytes>, term: u64, first: u64, values: &[Bytes]) -> LogId {
+    let encoded: Vec<_> = values.iter().map(encode).collect();
+    let appended = log.append(&entries(term, first, &encoded)).unwrap();
     appended.ticket.wait().unwrap();
     appended.last.unwrap()
 }
