@@ -259,32 +259,62 @@ fn log_scan(c: &mut Criterion) {
     group.finish();
 }
 
+/// Opens (recovers) the log in `dir` `iters` times; only the opens are timed.
+fn reopen(dir: &Path, options: &Options, iters: u64) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let log = Log::<Bytes>::open(dir, options.clone()).expect("reopen");
+        elapsed += start.elapsed();
+        drop(log);
+    }
+    elapsed
+}
+
+fn segment_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .filter(|e| {
+            e.as_ref()
+                .expect("entry")
+                .path()
+                .extension()
+                .is_some_and(|x| x == "seg")
+        })
+        .count()
+}
+
 fn log_reopen(c: &mut Criterion) {
-    let dir = scratch();
     let options = Options {
         sync: SyncPolicy::Relaxed,
         prepare_ahead: false,
         ..Options::default()
     };
-    // 1056-byte frames: 63 * 1024 of them fill a 64 MiB segment short of its seal.
-    let log = filled_log(dir.path(), 63 * 1024, options.clone());
+    // 1056-byte frames after a 4 KiB header page: 62 976 of them (246 batches of 256) fill
+    // a 64 MiB segment to within 600 KiB of its end, so there is one unsealed segment.
+    let full = scratch();
+    let log = filled_log(full.path(), 246 * 256, options.clone());
     let tail_bytes = log.state().expect("state").last.expect("records").index * 1056;
     drop(log);
+    assert_eq!(
+        segment_count(full.path()),
+        1,
+        "the whole log is one unsealed segment"
+    );
+    // A crash-like tail: 1 024 records at the start of a zero-filled 64 MiB segment, so
+    // recovery must also probe the empty rest of the file for torn frames.
+    let small = scratch();
+    drop(filled_log(small.path(), 4 * 256, options.clone()));
     let mut group = c.benchmark_group("log_reopen");
     group
         .sample_size(10)
         .throughput(Throughput::Bytes(tail_bytes));
     group.bench_function("keel_64MiB_tail", |b| {
-        b.iter_custom(|iters| {
-            let mut elapsed = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                let log = Log::<Bytes>::open(dir.path(), options.clone()).expect("reopen");
-                elapsed += start.elapsed();
-                drop(log);
-            }
-            elapsed
-        });
+        b.iter_custom(|iters| reopen(full.path(), &options, iters));
+    });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("keel_1MiB_tail_in_64MiB_segment", |b| {
+        b.iter_custom(|iters| reopen(small.path(), &options, iters));
     });
     group.finish();
 }

@@ -141,7 +141,7 @@ fn probe_beyond<T>(segment: &Segment<T>, from: usize, payload_max: usize) -> (u3
     let bytes = segment.bytes();
     let mut hint = 0;
     let mut torn_end = 0;
-    let mut at = from;
+    let mut at = skip_zeros(bytes, from);
     while at + FRAME_HEADER_LEN <= bytes.len() {
         match frame::decode(bytes, at, segment.crc, payload_max) {
             Ok(frame) => {
@@ -151,8 +151,27 @@ fn probe_beyond<T>(segment: &Segment<T>, from: usize, payload_max: usize) -> (u3
             }
             Err(_) => at += FRAME_ALIGN,
         }
+        at = skip_zeros(bytes, at);
     }
     (hint, torn_end)
+}
+
+/// The first 16-aligned offset at or after `at` whose 16 bytes are not all zero (a frame
+/// header always has a non-zero byte in its first 16: its length or its length guard).
+/// Zero pages are skipped whole, so probing a mostly empty tail costs a memory scan.
+fn skip_zeros(bytes: &[u8], mut at: usize) -> usize {
+    const PAGE: usize = 4096;
+    let is_zero = |chunk: &[u8]| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0;
+    while at + FRAME_ALIGN <= bytes.len() {
+        if at.is_multiple_of(PAGE) && at + PAGE <= bytes.len() && is_zero(&bytes[at..at + PAGE]) {
+            at += PAGE;
+        } else if is_zero(&bytes[at..at + FRAME_ALIGN]) {
+            at += FRAME_ALIGN;
+        } else {
+            return at;
+        }
+    }
+    bytes.len()
 }
 
 fn read_header(path: &Path, id: SegmentId, base: u64) -> Result<(Header, File)> {
@@ -464,4 +483,21 @@ fn last_term<T: Payload>(spans: &[Span<T>], purged: Option<LogId>) -> Result<u64
             reason,
         })?;
     Ok(record.id().term)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_zeros;
+
+    #[test]
+    fn skip_zeros_finds_the_first_nonzero_aligned_chunk() {
+        let mut bytes = vec![0u8; 3 * 4096];
+        assert_eq!(skip_zeros(&bytes, 0), bytes.len());
+        bytes[5000] = 1;
+        assert_eq!(skip_zeros(&bytes, 0), 4992);
+        assert_eq!(skip_zeros(&bytes, 4992), 4992);
+        assert_eq!(skip_zeros(&bytes, 5008), bytes.len());
+        bytes[16] = 7;
+        assert_eq!(skip_zeros(&bytes, 0), 16);
+    }
 }
