@@ -86,7 +86,7 @@ fn encode_slot(generation: u64, state: &MetaState) -> Vec<u8> {
     );
     slot.extend_from_slice(&generation.to_le_bytes());
     slot.extend_from_slice(&body);
-    let crc = crc_fast::crc32_iscsi(&slot);
+    let crc = crate::frame::crc32c(&slot);
     slot.extend_from_slice(&crc.to_le_bytes());
     assert!(slot.len() <= SLOT_BYTES, "a slot fits its page");
     slot.resize(SLOT_BYTES, 0);
@@ -141,7 +141,7 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, MetaState)> {
     let generation = header.u64()?;
     let covered = slot.get(..SLOT_HEADER_LEN.checked_add(body_len)?)?;
     let crc = Cursor(slot.get(covered.len()..)?).u32()?;
-    if crc_fast::crc32_iscsi(covered) != crc {
+    if crate::frame::crc32c(covered) != crc {
         return None;
     }
     let mut body = Cursor(&covered[SLOT_HEADER_LEN..]);

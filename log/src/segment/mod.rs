@@ -116,7 +116,7 @@ impl Header {
         out[16..24].copy_from_slice(&self.id.0.to_le_bytes());
         out[24..32].copy_from_slice(&self.base.to_le_bytes());
         out[32..40].copy_from_slice(&self.size_bytes.to_le_bytes());
-        let crc = crc_fast::crc32_iscsi(&out[0..60]);
+        let crc = crate::frame::crc32c(&out[0..60]);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -130,7 +130,7 @@ impl Header {
         if bytes[0..8] != MAGIC
             || u32_at(8) != FORMAT_VERSION
             || u32_at(12) != HEADER_LEN_FIELD
-            || crc_fast::crc32_iscsi(&bytes[0..60]) != u32_at(60)
+            || crate::frame::crc32c(&bytes[0..60]) != u32_at(60)
         {
             return Err(Corruption::BadSegmentHeader);
         }
