@@ -28,7 +28,7 @@ use crate::{
     encoded::validate,
     frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FrameError, FrameKind},
     fs::{FileIo, Fs, write_zeros},
-    meta::Meta,
+    meta::{Meta, MetaState},
     segment::{
         Header, RECORDS_START, RECORDS_START_OFFSET, SEGMENT_HEADER_LEN, Segment, name, sync_mark,
     },
@@ -284,17 +284,27 @@ fn settle_tail<T>(found: &Found<T>, payload_max: usize, policy: RecoveryPolicy) 
 }
 
 /// Opens every segment and walks it; the last may be unsealed.
-fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Vec<Found<T>>> {
+fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Loaded<T>> {
     let payload_max = options.record_size_max_bytes;
     let count = listed.len();
     let mut found: Vec<Found<T>> = Vec::with_capacity(count);
+    let mut discarded = None;
     let mut prev_term = 0;
     for (position, (id, base, path)) in listed.into_iter().enumerate() {
-        let (header, file) = read_header(&path, id, base)?;
+        let is_tail = position + 1 == count;
+        let (header, file) = match read_header(&path, id, base) {
+            Ok(found) => found,
+            Err(error) if is_tail && cut_short::<T>(&path, id, base, options)? => {
+                tracing::warn!(segment = %id, %error, "discarding a newest segment whose activation was cut short");
+                fs.remove(&path).map_err(Error::io("remove", &path))?;
+                discarded = Some(id);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let segment = Segment::map(header, path.clone(), &file, payload_max)
             .map_err(Error::io("map", &path))?;
         let walk = walk(&segment, payload_max, prev_term)?;
-        let is_tail = position + 1 == count;
         if !is_tail && walk.stop != Stop::Seal {
             let reason = match walk.stop {
                 Stop::Bad(reason) => reason,
@@ -314,7 +324,54 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Ve
             walk,
         });
     }
-    Ok(found)
+    Ok(Loaded { found, discarded })
+}
+
+/// The segments `load` verified, and the newest one it discarded as never written.
+struct Loaded<T> {
+    found: Vec<Found<T>>,
+    discarded: Option<SegmentId>,
+}
+
+/// What to do with a newest segment whose header does not verify. A roll syncs the header
+/// together with the segment's first group of records, so if nothing in the segment is known
+/// durable (no frame's synced hint and no sync mark, checked under the id its name gives,
+/// points past the first record) no record of it was acknowledged: the activation was cut
+/// short. Returns whether to discard it; an error if frames of a torn group remain and the
+/// policy is strict.
+fn cut_short<T: Payload>(path: &Path, id: SegmentId, base: u64, options: &Options) -> Result<bool> {
+    let Ok(file) = File::open(path) else {
+        return Ok(false);
+    };
+    let Ok(size_bytes) = file.metadata().map(|m| m.len()) else {
+        return Ok(false);
+    };
+    if !(crate::options::SEGMENT_SIZE_MIN_BYTES..=crate::options::SEGMENT_SIZE_MAX_BYTES)
+        .contains(&size_bytes)
+    {
+        return Ok(false);
+    }
+    let header = Header {
+        id,
+        base,
+        size_bytes,
+    };
+    let payload_max = options.record_size_max_bytes;
+    let Ok(segment) = Segment::<T>::map(header, path.to_path_buf(), &file, payload_max) else {
+        return Ok(false);
+    };
+    let (hint, torn_end) = probe_beyond(&segment, RECORDS_START, payload_max);
+    let marked = sync_mark::durable_end(id, segment.bytes());
+    if hint.max(marked) > RECORDS_START_OFFSET {
+        return Ok(false);
+    }
+    if torn_end > 0 && options.recovery == RecoveryPolicy::Strict {
+        return Err(Error::TornTail {
+            segment: id,
+            offset: RECORDS_START as u64,
+        });
+    }
+    Ok(true)
 }
 
 /// Removes a segment file that no visible record needs any more.
@@ -408,9 +465,16 @@ pub(crate) fn recover<T: Payload>(
     options: &Options,
 ) -> Result<Recovered<T>> {
     let (listed, max_listed_id) = list(fs, dir)?;
-    let meta = open_meta(fs, dir, &listed)?;
+    let mut meta = open_meta(fs, dir, &listed)?;
     let purged = meta.state().purged;
-    let found = load::<T>(fs, listed, options)?;
+    let Loaded { found, discarded } = load::<T>(fs, listed, options)?;
+    if discarded.is_some() && discarded == meta.state().last_segment {
+        let previous = found.last().map(|f| f.segment.id);
+        meta.store(MetaState {
+            last_segment: previous,
+            ..meta.state().clone()
+        })?;
+    }
     if let Some(tail) = found.last()
         && tail.walk.stop != Stop::Seal
     {

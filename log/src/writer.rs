@@ -162,7 +162,7 @@ impl<T: Payload> Writer<T> {
         let mut rest = entries;
         while let Some(first) = rest.first() {
             if self.active.is_none() {
-                self.activate(first.id.index)?;
+                self.activate(first.id.index, false)?;
             }
             let written = self.write_some(rest)?;
             if written == 0 {
@@ -276,7 +276,12 @@ impl<T: Payload> Writer<T> {
     }
 
     /// Takes a prepared file, stamps its header, names it, records it in the meta file.
-    fn activate(&mut self, base: u64) -> Result<()> {
+    ///
+    /// `durably`: sync the header before returning (a truncation is recorded by it). A roll
+    /// need not: no record of the new segment is acknowledged before the group sync of its
+    /// file, which makes the header durable too, and recovery discards a newest segment
+    /// whose header never reached the disk if no record in it verifies.
+    fn activate(&mut self, base: u64, durably: bool) -> Result<()> {
         assert!(self.active.is_none(), "one active segment at a time");
         let prepared = self
             .preparer
@@ -292,7 +297,7 @@ impl<T: Payload> Writer<T> {
         let path = self.dir.join(name::segment(id, base));
         let file = prepared.file;
         file.write_all_at(&header.encode(), 0)
-            .and_then(|()| file.sync_data())
+            .and_then(|()| if durably { file.sync_data() } else { Ok(()) })
             .and_then(|()| self.fs.rename(&prepared.path, &path))
             .and_then(|()| self.fs.sync_dir(&self.dir))
             .map_err(Error::io("activate segment", &path))?;
@@ -358,7 +363,7 @@ impl<T: Payload> Writer<T> {
             last.end = Some(last.end().min(index));
         }
         self.view.store(Arc::new(view));
-        self.activate(index)?;
+        self.activate(index, true)?;
         self.last_term = previous_term;
         self.remove_segments(superseded);
         self.check_invariants();

@@ -286,3 +286,29 @@ fn records_larger_than_a_reduced_limit_are_reported_not_skipped() {
     let error = Log::<Bytes>::open(dir.path(), reduced).unwrap_err();
     assert!(matches!(error, Error::Corrupted { .. }), "{error}");
 }
+
+#[test]
+fn a_newest_segment_whose_activation_was_cut_short_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let log = open(dir.path()).unwrap();
+    log.purge_upto(LogId::new(1, 700)).unwrap();
+    drop(log);
+    assert!(segments(dir.path()).is_empty(), "every segment was purged");
+    // The next append activates a segment at index 701. Leave one as a crash right after its
+    // rename would: named, full size, header never written.
+    let next = format!("{:016x}-{:016x}.seg", 0x100, 701);
+    std::fs::write(dir.path().join(&next), vec![0u8; 64 * 1024]).unwrap();
+    let log = open(dir.path()).unwrap();
+    assert!(
+        !dir.path().join(&next).exists(),
+        "the segment cut short is removed"
+    );
+    assert_eq!(log.state().unwrap().last, Some(LogId::new(1, 700)));
+    append_durably(&log, 1, 701, &[value(701, 9)]);
+    drop(log);
+    assert_eq!(
+        read_all(&open(dir.path()).unwrap()),
+        vec![(LogId::new(1, 701), value(701, 9))]
+    );
+}
