@@ -136,8 +136,8 @@ fn acknowledged_records_survive_power_cuts_and_nothing_is_invented() {
     }
 }
 
-#[test]
-fn a_failed_sync_poisons_the_log_and_is_never_retried() {
+/// A log on a fault-injecting file system holding one durable record, `value(0, 0)`.
+fn faulty_log() -> (tempfile::TempDir, FaultyFs, Log<Bytes>) {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::new();
     let log =
@@ -148,6 +148,12 @@ fn a_failed_sync_poisons_the_log_and_is_never_retried() {
         .ticket
         .wait()
         .unwrap();
+    (dir, fs, log)
+}
+
+#[test]
+fn a_failed_sync_poisons_the_log_and_is_never_retried() {
+    let (dir, fs, log) = faulty_log();
     fs.fail_next_syncs(1);
     let second = encode(&value(1, 0));
     let appended = log.append_next(1, &[&second]).unwrap();
@@ -178,16 +184,8 @@ fn a_failed_sync_poisons_the_log_and_is_never_retried() {
 
 #[test]
 fn a_failed_write_poisons_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::new();
-    let log =
-        Log::<Bytes>::open_with_fs(dir.path(), small_options(), Arc::new(fs.clone())).unwrap();
-    let payload = encode(&value(0, 0));
-    log.append_next(1, &[&payload])
-        .unwrap()
-        .ticket
-        .wait()
-        .unwrap();
+    let (_dir, fs, log) = faulty_log();
+    let payload = encode(&value(1, 0));
     fs.fail_next_writes(1);
     let error = log.append_next(1, &[&payload]).unwrap_err();
     assert!(matches!(error, Error::Io { op: "pwrite", .. }), "{error}");
