@@ -81,7 +81,8 @@ struct Found<T> {
 
 /// Walks frames from the header on. CRC-valid frames that break continuity or fail rkyv
 /// validation are corruption wherever they are (they were written whole).
-fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) -> Result<Walk> {
+fn walk<T: Payload>(segment: &Segment<T>) -> Result<Walk> {
+    let payload_max = segment.payload_max();
     let bytes = segment.bytes();
     let corrupted = |offset: usize, reason| Error::Corrupted {
         segment: segment.id,
@@ -118,7 +119,7 @@ fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) ->
                 Corruption::IndexOutOfOrder { expected, found },
             ));
         }
-        if frame.id.term < walk.last_term.unwrap_or(prev_term) {
+        if walk.last_term.is_some_and(|last| frame.id.term < last) {
             return Err(corrupted(at, Corruption::TermRegression));
         }
         let payload_start = at + FRAME_HEADER_LEN;
@@ -137,7 +138,8 @@ fn walk<T: Payload>(segment: &Segment<T>, payload_max: usize, prev_term: u64) ->
 /// Past the walk's end in the tail, frames that still verify under this segment's seed are
 /// pieces of a torn group of appends (bytes left from another segment in a recycled file
 /// never verify). Returns their largest synced hint and the end of the last one (0 if none).
-fn probe_beyond<T>(segment: &Segment<T>, from: usize, payload_max: usize) -> (u32, usize) {
+fn probe_beyond<T>(segment: &Segment<T>, from: usize) -> (u32, usize) {
+    let payload_max = segment.payload_max();
     let bytes = segment.bytes();
     let mut hint = 0;
     let mut torn_end = 0;
@@ -241,10 +243,10 @@ fn list(fs: &dyn Fs, dir: &Path) -> Result<(Listed, u64)> {
 }
 
 /// Repairs or rejects what follows the tail's last valid record.
-fn settle_tail<T>(found: &Found<T>, payload_max: usize, policy: RecoveryPolicy) -> Result<()> {
+fn settle_tail<T>(found: &Found<T>, policy: RecoveryPolicy) -> Result<()> {
     let segment = &found.segment;
     let walk = &found.walk;
-    let (beyond_hint, torn_end) = probe_beyond(segment, walk.end, payload_max);
+    let (beyond_hint, torn_end) = probe_beyond(segment, walk.end);
     let marked = sync_mark::durable_end(segment.id, segment.bytes());
     let durable = walk.synced_hint.max(beyond_hint).max(marked) as usize;
     let reason = match walk.stop {
@@ -285,11 +287,9 @@ fn settle_tail<T>(found: &Found<T>, payload_max: usize, policy: RecoveryPolicy) 
 
 /// Opens every segment and walks it; the last may be unsealed.
 fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Loaded<T>> {
-    let payload_max = options.record_size_max_bytes;
     let count = listed.len();
     let mut found: Vec<Found<T>> = Vec::with_capacity(count);
     let mut discarded = None;
-    let mut prev_term = 0;
     for (position, (id, base, path)) in listed.into_iter().enumerate() {
         let is_tail = position + 1 == count;
         let (header, file) = match read_header(&path, id, base) {
@@ -302,9 +302,8 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Lo
             }
             Err(error) => return Err(error),
         };
-        let segment = Segment::map(header, path.clone(), &file, payload_max)
-            .map_err(Error::io("map", &path))?;
-        let walk = walk(&segment, payload_max, prev_term)?;
+        let segment = Segment::map(header, path.clone(), &file).map_err(Error::io("map", &path))?;
+        let walk = walk(&segment)?;
         if !is_tail && walk.stop != Stop::Seal {
             let reason = match walk.stop {
                 Stop::Bad(reason) => reason,
@@ -316,7 +315,6 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Lo
                 reason,
             });
         }
-        prev_term = walk.last_term.unwrap_or(prev_term);
         let file = fs.open(&path).map_err(Error::io("open", &path))?;
         found.push(Found {
             segment: Arc::new(segment),
@@ -356,11 +354,10 @@ fn cut_short<T: Payload>(path: &Path, id: SegmentId, base: u64, options: &Option
         base,
         size_bytes,
     };
-    let payload_max = options.record_size_max_bytes;
-    let Ok(segment) = Segment::<T>::map(header, path.to_path_buf(), &file, payload_max) else {
+    let Ok(segment) = Segment::<T>::map(header, path.to_path_buf(), &file) else {
         return Ok(false);
     };
-    let (hint, torn_end) = probe_beyond(&segment, RECORDS_START, payload_max);
+    let (hint, torn_end) = probe_beyond(&segment, RECORDS_START);
     let marked = sync_mark::durable_end(id, segment.bytes());
     if hint.max(marked) > RECORDS_START_OFFSET {
         return Ok(false);
@@ -478,7 +475,7 @@ pub(crate) fn recover<T: Payload>(
     if let Some(tail) = found.last()
         && tail.walk.stop != Stop::Seal
     {
-        settle_tail(tail, options.record_size_max_bytes, options.recovery)?;
+        settle_tail(tail, options.recovery)?;
     }
     for f in &found {
         f.segment.publish(&f.walk.offsets);
@@ -513,6 +510,7 @@ pub(crate) fn recover<T: Payload>(
         (None, Some(p)) => Some(p.index + 1),
         (None, None) => None,
     };
+    check_terms(&spans)?;
     let last_term = last_term(&spans, purged)?;
     let next_segment_id = max_listed_id
         .max(meta.state().last_segment.map_or(0, |s| s.0 + 1))
@@ -527,26 +525,49 @@ pub(crate) fn recover<T: Payload>(
     })
 }
 
-/// Term of the last visible record, else of the purge mark, else 0.
-fn last_term<T: Payload>(spans: &[Span<T>], purged: Option<LogId>) -> Result<u64> {
-    let last = spans.iter().rev().find(|s| s.first < s.end());
-    let Some(span) = last else {
-        return Ok(purged.map_or(0, |p| p.term));
-    };
-    let index = span.end() - 1;
-    let offset = span
-        .segment
+/// Reads the verified record at `index` of a span.
+fn record_at<T: Payload>(span: &Span<T>, index: u64) -> Result<crate::Record<T>> {
+    let segment = &span.segment;
+    let offset = segment
         .offset_of(index)
         .expect("visible records have offsets");
-    let record = span
-        .segment
+    segment
         .read(offset, index)
         .map_err(|reason| Error::Corrupted {
-            segment: span.segment.id,
+            segment: segment.id,
             offset: u64::from(offset),
             reason,
-        })?;
-    Ok(record.id().term)
+        })
+}
+
+/// Terms never decrease across the visible records. Within a segment `walk` checked it;
+/// across segments it holds only after truncation replaced records (a replacement may carry
+/// a lower term than what it replaced), so it is checked here, on the visible spans.
+fn check_terms<T: Payload>(spans: &[Span<T>]) -> Result<()> {
+    let visible = spans.iter().filter(|s| s.first < s.end());
+    let mut previous: Option<u64> = None;
+    for span in visible {
+        let first = record_at(span, span.first)?;
+        if previous.is_some_and(|term| first.id().term < term) {
+            let offset = span.segment.offset_of(span.first).map_or(0, u64::from);
+            let reason = Corruption::TermRegression;
+            return Err(Error::Corrupted {
+                segment: span.segment.id,
+                offset,
+                reason,
+            });
+        }
+        previous = Some(record_at(span, span.end() - 1)?.id().term);
+    }
+    Ok(())
+}
+
+/// Term of the last visible record, else of the purge mark, else 0.
+fn last_term<T: Payload>(spans: &[Span<T>], purged: Option<LogId>) -> Result<u64> {
+    match spans.iter().rev().find(|s| s.first < s.end()) {
+        Some(span) => Ok(record_at(span, span.end() - 1)?.id().term),
+        None => Ok(purged.map_or(0, |p| p.term)),
+    }
 }
 
 #[cfg(test)]

@@ -201,7 +201,8 @@ impl<T: Payload> Writer<T> {
     /// chunk of pieces; returns how many.
     fn write_some(&mut self, entries: &[Entry<'_, T>]) -> Result<usize> {
         let active = self.active.as_mut().expect("caller activated a segment");
-        let capacity_end = self.options.segment_size_bytes - FRAME_HEADER_LEN as u64;
+        // The segment's own size: it may predate a change of `segment_size_bytes`.
+        let capacity_end = active.segment.size_bytes() - FRAME_HEADER_LEN as u64;
         let synced_hint = self.sync.synced_hint(active.segment.id);
         self.batch.clear();
         self.offsets.clear();
@@ -306,13 +307,8 @@ impl<T: Payload> Writer<T> {
             ..self.meta.state().clone()
         };
         self.meta.store(state)?;
-        let segment = Segment::map(
-            header,
-            path.clone(),
-            file.file(),
-            self.options.record_size_max_bytes,
-        )
-        .map_err(Error::io("map", &path))?;
+        let segment =
+            Segment::map(header, path.clone(), file.file()).map_err(Error::io("map", &path))?;
         let segment = Arc::new(segment);
         let mut view = self.cloned_view();
         view.spans.push(Span {
@@ -491,7 +487,7 @@ impl<T: Payload> Writer<T> {
                     "next index"
                 );
                 assert!(
-                    active.write_offset <= self.options.segment_size_bytes,
+                    active.write_offset <= active.segment.size_bytes(),
                     "in bounds"
                 );
             }

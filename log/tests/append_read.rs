@@ -360,3 +360,57 @@ fn purged_segments_are_recycled_and_their_old_bytes_never_read() {
             .all(|(id, bytes)| *bytes == value(id.index, if id.index < 600 { 0 } else { 3 }))
     );
 }
+
+#[test]
+fn replacements_after_truncation_may_carry_a_lower_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    append_durably(
+        &log,
+        1,
+        0,
+        &(0..10).map(|i| value(i, 0)).collect::<Vec<_>>(),
+    );
+    append_durably(
+        &log,
+        3,
+        10,
+        &(10..20).map(|i| value(i, 0)).collect::<Vec<_>>(),
+    );
+    log.truncate_from(10).unwrap();
+    append_durably(&log, 2, 10, &[value(10, 5)]);
+    drop(log);
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    let all = read_all(&log);
+    assert_eq!(all.len(), 11);
+    assert_eq!(all[10], (LogId::new(2, 10), value(10, 5)));
+}
+
+#[test]
+fn reopening_with_larger_segments_keeps_writing_within_the_existing_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    append_durably(
+        &log,
+        1,
+        0,
+        &(0..10).map(|i| value(i, 0)).collect::<Vec<_>>(),
+    );
+    drop(log);
+    let larger = Options {
+        segment_size_bytes: 256 * 1024,
+        ..small_options()
+    };
+    let log = Log::<Bytes>::open(dir.path(), larger.clone()).unwrap();
+    append_durably(
+        &log,
+        1,
+        10,
+        &(10..600).map(|i| value(i, 0)).collect::<Vec<_>>(),
+    );
+    drop(log);
+    let log = Log::<Bytes>::open(dir.path(), larger).unwrap();
+    let all = read_all(&log);
+    assert_eq!(all.len(), 600);
+    assert!(all.iter().all(|(id, bytes)| *bytes == value(id.index, 0)));
+}

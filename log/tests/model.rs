@@ -66,6 +66,9 @@ impl Model {
                 if index < next {
                     self.records.retain(|(id, _)| id.index < index);
                     self.next = Some(index);
+                    // Replacements may carry a lower term than the records they replace.
+                    let before = self.records.last().map(|r| r.0.term);
+                    self.term = before.or(self.purged.map(|p| p.term)).unwrap_or(0);
                 }
             }
             Op::Purge { from_last } => {

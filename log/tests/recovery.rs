@@ -276,15 +276,28 @@ fn a_torn_tail_is_an_error_under_the_strict_policy() {
 }
 
 #[test]
-fn records_larger_than_a_reduced_limit_are_reported_not_skipped() {
+fn a_reduced_record_limit_applies_to_new_appends_only() {
     let dir = tempfile::tempdir().unwrap();
-    build(dir.path());
+    let expected = build(dir.path());
     let reduced = Options {
         record_size_max_bytes: 100,
         ..small_options()
     };
-    let error = Log::<Bytes>::open(dir.path(), reduced).unwrap_err();
-    assert!(matches!(error, Error::Corrupted { .. }), "{error}");
+    let log = Log::<Bytes>::open(dir.path(), reduced).unwrap();
+    assert_eq!(
+        read_all(&log),
+        expected,
+        "records over the new limit still read"
+    );
+    let big = common::encode(&vec![1u8; 200]);
+    let refused = log.append_next(1, &[&big]);
+    assert!(matches!(
+        refused,
+        Err(Error::RecordTooLarge {
+            limit_bytes: 100,
+            ..
+        })
+    ));
 }
 
 #[test]

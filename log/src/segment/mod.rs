@@ -154,8 +154,17 @@ pub(crate) struct Segment<T> {
     offsets: boxcar::Vec<u32>,
     /// Records `base .. base + published` are readable.
     published: AtomicU64,
+    /// Largest payload a frame of this segment can hold: the bound when decoding, so a
+    /// record written under a larger `record_size_max_bytes` still reads.
     payload_max: usize,
     _type: PhantomData<fn() -> T>,
+}
+
+/// Largest payload that fits a segment of `size_bytes` (with room for the seal frame).
+fn payload_bound(size_bytes: u64) -> usize {
+    let bound =
+        size_bytes.saturating_sub((RECORDS_START + 2 * crate::frame::FRAME_HEADER_LEN) as u64);
+    usize::try_from(bound).unwrap_or(usize::MAX)
 }
 
 impl<T> fmt::Debug for Segment<T> {
@@ -170,12 +179,7 @@ impl<T> fmt::Debug for Segment<T> {
 
 impl<T> Segment<T> {
     /// Maps a segment file whose header says `header`.
-    pub(crate) fn map(
-        header: Header,
-        path: PathBuf,
-        file: &File,
-        payload_max: usize,
-    ) -> io::Result<Self> {
+    pub(crate) fn map(header: Header, path: PathBuf, file: &File) -> io::Result<Self> {
         Ok(Self {
             id: header.id,
             base: header.base,
@@ -184,9 +188,14 @@ impl<T> Segment<T> {
             map: ReadMap::new(file, header.size_bytes)?,
             offsets: boxcar::Vec::new(),
             published: AtomicU64::new(0),
-            payload_max,
+            payload_max: payload_bound(header.size_bytes),
             _type: PhantomData,
         })
+    }
+
+    /// Largest payload a frame of this segment can hold.
+    pub(crate) fn payload_max(&self) -> usize {
+        self.payload_max
     }
 
     /// The file's size in bytes.
