@@ -289,15 +289,14 @@ fn settle_tail<T>(found: &Found<T>, policy: RecoveryPolicy) -> Result<()> {
 fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Loaded<T>> {
     let count = listed.len();
     let mut found: Vec<Found<T>> = Vec::with_capacity(count);
-    let mut discarded = None;
+    let mut cut_short_tail = None;
     for (position, (id, base, path)) in listed.into_iter().enumerate() {
         let is_tail = position + 1 == count;
         let (header, file) = match read_header(&path, id, base) {
             Ok(found) => found,
             Err(error) if is_tail && cut_short::<T>(&path, id, base, options)? => {
                 tracing::warn!(segment = %id, %error, "discarding a newest segment whose activation was cut short");
-                fs.remove(&path).map_err(Error::io("remove", &path))?;
-                discarded = Some(id);
+                cut_short_tail = Some(path);
                 continue;
             }
             Err(error) => return Err(error),
@@ -322,13 +321,13 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Lo
             walk,
         });
     }
-    Ok(Loaded { found, discarded })
+    Ok(Loaded { found, cut_short: cut_short_tail })
 }
 
-/// The segments `load` verified, and the newest one it discarded as never written.
+/// The segments `load` verified, and the newest one whose activation was cut short.
 struct Loaded<T> {
     found: Vec<Found<T>>,
-    discarded: Option<SegmentId>,
+    cut_short: Option<PathBuf>,
 }
 
 /// What to do with a newest segment whose header does not verify. A roll syncs the header
@@ -371,20 +370,16 @@ fn cut_short<T: Payload>(path: &Path, id: SegmentId, base: u64, options: &Option
     Ok(true)
 }
 
-/// Removes a segment file that no visible record needs any more.
-fn discard(fs: &dyn Fs, segment: &Segment<impl Sized>) -> Result<()> {
-    fs.remove(&segment.path)
-        .map_err(Error::io("remove", &segment.path))
-}
-
 /// Builds the visible spans: supersede by truncation, drop purged, check contiguity.
-fn build_spans<T>(fs: &dyn Fs, found: &[Found<T>], purged: Option<LogId>) -> Result<Vec<Span<T>>> {
+/// Returns them with the files no visible record needs any more (removed by the caller).
+fn build_spans<T>(found: &[Found<T>], purged: Option<LogId>) -> Result<(Vec<Span<T>>, Vec<PathBuf>)> {
     let mut spans: Vec<Span<T>> = Vec::new();
+    let mut unneeded = Vec::new();
     for f in found {
         let base = f.segment.base;
         while let Some(last) = spans.last_mut() {
             if last.first >= base {
-                discard(fs, &spans.pop().expect("last exists").segment)?;
+                unneeded.push(spans.pop().expect("last exists").segment.path.clone());
             } else {
                 last.end = Some(last.end().min(base));
                 break;
@@ -404,7 +399,7 @@ fn build_spans<T>(fs: &dyn Fs, found: &[Found<T>], purged: Option<LogId>) -> Res
             let is_tail = Some(span.segment.id) == tail_id;
             let keep = span.end() > keep_from || (is_tail && span.end() == keep_from);
             if !keep {
-                let _ = discard(fs, &span.segment);
+                unneeded.push(span.segment.path.clone());
             }
             keep
         });
@@ -429,7 +424,7 @@ fn build_spans<T>(fs: &dyn Fs, found: &[Found<T>], purged: Option<LogId>) -> Res
             });
         }
     }
-    Ok(spans)
+    Ok((spans, unneeded))
 }
 
 /// Opens the meta file, or creates it in a fresh directory; checks the newest segment exists.
@@ -455,6 +450,28 @@ fn open_meta(fs: &dyn Fs, dir: &Path, listed: &Listed) -> Result<Meta> {
     Ok(meta)
 }
 
+/// Removes files recovery found unneeded, after pointing the meta file's newest segment at
+/// a survivor, so that no crash can leave it naming a removed file.
+fn remove_unneeded<T>(
+    fs: &dyn Fs,
+    meta: &mut Meta,
+    spans: &[Span<T>],
+    unneeded: &[PathBuf],
+) -> Result<()> {
+    if unneeded.is_empty() {
+        return Ok(());
+    }
+    let newest = spans.iter().map(|s| s.segment.id).max();
+    if meta.state().last_segment != newest {
+        meta.store(MetaState { last_segment: newest, ..meta.state().clone() })?;
+    }
+    for path in unneeded {
+        tracing::info!(path = %path.display(), "removing a segment no record needs");
+        fs.remove(path).map_err(Error::io("remove", path))?;
+    }
+    Ok(())
+}
+
 /// Recovers the log in `dir` (already locked by the caller).
 pub(crate) fn recover<T: Payload>(
     fs: &dyn Fs,
@@ -464,14 +481,7 @@ pub(crate) fn recover<T: Payload>(
     let (listed, max_listed_id) = list(fs, dir)?;
     let mut meta = open_meta(fs, dir, &listed)?;
     let purged = meta.state().purged;
-    let Loaded { found, discarded } = load::<T>(fs, listed, options)?;
-    if discarded.is_some() && discarded == meta.state().last_segment {
-        let previous = found.last().map(|f| f.segment.id);
-        meta.store(MetaState {
-            last_segment: previous,
-            ..meta.state().clone()
-        })?;
-    }
+    let Loaded { found, cut_short } = load::<T>(fs, listed, options)?;
     if let Some(tail) = found.last()
         && tail.walk.stop != Stop::Seal
     {
@@ -480,7 +490,9 @@ pub(crate) fn recover<T: Payload>(
     for f in &found {
         f.segment.publish(&f.walk.offsets);
     }
-    let spans = build_spans(fs, &found, purged)?;
+    let (spans, mut unneeded) = build_spans(&found, purged)?;
+    unneeded.extend(cut_short);
+    remove_unneeded(fs, &mut meta, &spans, &unneeded)?;
     let tail = found
         .into_iter()
         .last()

@@ -194,3 +194,25 @@ fn a_failed_write_poisons_the_log() {
         Err(Error::Poisoned { .. })
     ));
 }
+
+#[test]
+fn a_purge_past_records_lost_in_a_power_cut_leaves_a_log_that_reopens() {
+    for seed in 0..30 {
+        let (dir, fs, log) = faulty_log();
+        let values: Vec<_> = (1..20).map(|i| value(i, 0)).collect();
+        let encoded: Vec<_> = values.iter().map(encode).collect();
+        log.append(&entries(1, 1, &encoded[..4])).unwrap().ticket.wait().unwrap();
+        log.append(&entries(1, 5, &encoded[4..])).unwrap();
+        log.purge_upto(LogId::new(1, 15)).unwrap();
+        fs.crash(seed).unwrap();
+        drop(log);
+        for reopen in 0..2 {
+            let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap_or_else(|e| {
+                panic!("seed {seed}, reopen {reopen}: {e}");
+            });
+            let state = log.state().unwrap();
+            assert_eq!(state.purged, Some(LogId::new(1, 15)), "seed {seed}");
+            assert!(read_all(&log).iter().all(|(id, _)| id.index > 15), "seed {seed}");
+        }
+    }
+}
