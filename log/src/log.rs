@@ -263,7 +263,11 @@ impl<T: Payload> Drop for Log<T> {
     fn drop(&mut self) {
         self.sync.close();
         if let Some(syncer) = self.syncer.take() {
-            let _ = syncer.join();
+            // A callback that dropped the last handle runs on the syncer itself: it finishes
+            // on its own once this returns.
+            if syncer.thread().id() != std::thread::current().id() {
+                let _ = syncer.join();
+            }
         }
     }
 }

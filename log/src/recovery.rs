@@ -321,7 +321,10 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Lo
             walk,
         });
     }
-    Ok(Loaded { found, cut_short: cut_short_tail })
+    Ok(Loaded {
+        found,
+        cut_short: cut_short_tail,
+    })
 }
 
 /// The segments `load` verified, and the newest one whose activation was cut short.
@@ -372,7 +375,10 @@ fn cut_short<T: Payload>(path: &Path, id: SegmentId, base: u64, options: &Option
 
 /// Builds the visible spans: supersede by truncation, drop purged, check contiguity.
 /// Returns them with the files no visible record needs any more (removed by the caller).
-fn build_spans<T>(found: &[Found<T>], purged: Option<LogId>) -> Result<(Vec<Span<T>>, Vec<PathBuf>)> {
+fn build_spans<T>(
+    found: &[Found<T>],
+    purged: Option<LogId>,
+) -> Result<(Vec<Span<T>>, Vec<PathBuf>)> {
     let mut spans: Vec<Span<T>> = Vec::new();
     let mut unneeded = Vec::new();
     for f in found {
@@ -463,7 +469,10 @@ fn remove_unneeded<T>(
     }
     let newest = spans.iter().map(|s| s.segment.id).max();
     if meta.state().last_segment != newest {
-        meta.store(MetaState { last_segment: newest, ..meta.state().clone() })?;
+        meta.store(MetaState {
+            last_segment: newest,
+            ..meta.state().clone()
+        })?;
     }
     for path in unneeded {
         tracing::info!(path = %path.display(), "removing a segment no record needs");

@@ -64,6 +64,8 @@ struct State {
     marks: u64,
     /// The syncer sleeps with no timer: a finished sync must wake it to time the mark.
     syncer_asleep: bool,
+    /// Callbacks of durable appends, for the syncer thread to run.
+    ready: Vec<DurableCallback>,
 }
 
 impl State {
@@ -140,7 +142,9 @@ impl SyncTicket {
     }
 
     /// Calls `callback` once the append is durable, or with the error that prevents it.
-    /// It runs on the syncer thread, or at once on this thread if already decided.
+    /// It runs on the log's syncer thread (never on a thread holding the log's locks), or at
+    /// once on this thread if the outcome is already decided. A callback must not block
+    /// for long: later callbacks wait for it.
     pub fn on_durable(self, callback: impl FnOnce(Result<Durability>) + Send + 'static) {
         let mut state = self.shared.lock();
         if let Some(outcome) = self.shared.outcome(&state, self.seq) {
@@ -171,6 +175,7 @@ impl SyncShared {
                 last_synced: None,
                 marks: 0,
                 syncer_asleep: false,
+                ready: Vec::new(),
             }),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -214,14 +219,11 @@ impl SyncShared {
         tracing::error!(op, %error, "keel-log poisoned: no further writes are accepted");
         let mut state = self.lock();
         state.poison.get_or_insert((op, error.kind()));
-        self.work.notify_all();
-        let failed: Vec<_> = state.callbacks.drain(..).collect();
-        let (op, kind) = state.poison.expect("just set");
         drop(state);
+        // Waiting callbacks fail on the syncer thread (`finish`), never on this one, which
+        // may hold the writer's lock.
+        self.work.notify_all();
         self.done.notify_all();
-        for (_, callback) in failed {
-            callback(Err(Error::Poisoned { op, kind }));
-        }
     }
 
     /// The offset of `segment` known durable, for frames' synced hints.
@@ -277,20 +279,33 @@ impl SyncShared {
             state.synced = state.synced.max(seq);
             state.synced_at = Some(at);
         }
-        let mut ready = Vec::new();
+        let mut ready = 0;
         while state
             .callbacks
             .front()
             .is_some_and(|(s, _)| *s <= state.synced)
         {
-            ready.push(state.callbacks.pop_front().expect("front exists").1);
+            let (_, callback) = state.callbacks.pop_front().expect("front exists");
+            state.ready.push(callback);
+            ready += 1;
         }
         drop(state);
         self.done.notify_all();
+        if ready > 0 {
+            // Callbacks run on the syncer thread: this one may hold the writer's lock.
+            self.work.notify_one();
+        }
+    }
+
+    /// Runs the callbacks whose appends became durable (syncer thread only).
+    fn run_ready<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let ready = std::mem::take(&mut state.ready);
+        drop(state);
         let durability = self.durability();
         for callback in ready {
             callback(Ok(durability));
         }
+        self.lock()
     }
 
     /// Asks the syncer to finish pending work and stop.
@@ -352,6 +367,10 @@ impl SyncShared {
         loop {
             let mut state = self.lock();
             loop {
+                if !state.ready.is_empty() {
+                    state = self.run_ready(state);
+                    continue;
+                }
                 if state.poison.is_some()
                     || (state.closing && state.written == state.synced && !state.syncing)
                 {
@@ -361,7 +380,8 @@ impl SyncShared {
                 if state.may_start_sync() && (state.closing || !state.callbacks.is_empty()) {
                     break;
                 }
-                state = if state.unmarked.is_some() {
+                let idle = state.written == state.synced && !state.syncing;
+                state = if idle && state.unmarked.is_some() {
                     self.mark_when_idle(state)
                 } else {
                     state.syncer_asleep = true;
@@ -411,8 +431,10 @@ impl SyncShared {
 
     /// Stops the syncer. On a clean close the last synced point gets a durable sync mark,
     /// so recovery knows exactly what was durable; what is left pending fails.
-    fn finish(&self, mut state: MutexGuard<'_, State>) {
+    fn finish(&self, state: MutexGuard<'_, State>) {
+        let mut state = self.run_ready(state);
         let failed: Vec<_> = state.callbacks.drain(..).collect();
+        let poison = state.poison;
         let clean = state.poison.is_none();
         state.target = None;
         state.marks += 1;
@@ -427,7 +449,9 @@ impl SyncShared {
         }
         self.done.notify_all();
         for (_, callback) in failed {
-            callback(Err(Error::Closed));
+            callback(Err(poison.map_or(Error::Closed, |(op, kind)| {
+                Error::Poisoned { op, kind }
+            })));
         }
     }
 }

@@ -414,3 +414,31 @@ fn reopening_with_larger_segments_keeps_writing_within_the_existing_tail() {
     assert_eq!(all.len(), 600);
     assert!(all.iter().all(|(id, bytes)| *bytes == value(id.index, 0)));
 }
+
+#[test]
+fn callbacks_may_call_back_into_the_log_across_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::<Bytes>::open(dir.path(), small_options()).unwrap());
+    let (tx, rx) = mpsc::channel();
+    for i in 0..300u64 {
+        let payload = encode(&value(i, 0));
+        let appended = log.append_next(1, &[&payload]).unwrap();
+        let (tx, inner) = (tx.clone(), Arc::clone(&log));
+        appended.ticket.on_durable(move |outcome| {
+            outcome.unwrap();
+            tx.send((i, inner.vote(), inner.reader().last_index()))
+                .unwrap();
+        });
+    }
+    drop(tx);
+    let seen: Vec<_> = rx.iter().collect();
+    assert_eq!(
+        seen.len(),
+        300,
+        "every callback ran, none deadlocked on the writer's lock"
+    );
+    assert!(
+        count_files(dir.path(), ".seg") > 1,
+        "the appends rolled segments"
+    );
+}

@@ -201,7 +201,11 @@ fn a_purge_past_records_lost_in_a_power_cut_leaves_a_log_that_reopens() {
         let (dir, fs, log) = faulty_log();
         let values: Vec<_> = (1..20).map(|i| value(i, 0)).collect();
         let encoded: Vec<_> = values.iter().map(encode).collect();
-        log.append(&entries(1, 1, &encoded[..4])).unwrap().ticket.wait().unwrap();
+        log.append(&entries(1, 1, &encoded[..4]))
+            .unwrap()
+            .ticket
+            .wait()
+            .unwrap();
         log.append(&entries(1, 5, &encoded[4..])).unwrap();
         log.purge_upto(LogId::new(1, 15)).unwrap();
         fs.crash(seed).unwrap();
@@ -212,7 +216,10 @@ fn a_purge_past_records_lost_in_a_power_cut_leaves_a_log_that_reopens() {
             });
             let state = log.state().unwrap();
             assert_eq!(state.purged, Some(LogId::new(1, 15)), "seed {seed}");
-            assert!(read_all(&log).iter().all(|(id, _)| id.index > 15), "seed {seed}");
+            assert!(
+                read_all(&log).iter().all(|(id, _)| id.index > 15),
+                "seed {seed}"
+            );
         }
     }
 }
