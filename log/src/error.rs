@@ -136,6 +136,12 @@ pub enum Error {
         /// The last purged id.
         purged: LogId,
     },
+    /// An index is out of the log's range (`u64::MAX` is reserved: nothing can follow it).
+    #[error("index {index} is out of range")]
+    IndexOutOfRange {
+        /// The index given.
+        index: u64,
+    },
     /// Bytes offered as a record are not a valid archive of the log's record type.
     #[error("invalid record payload: {source}")]
     InvalidPayload {

@@ -26,8 +26,9 @@ impl fmt::Display for LogId {
     }
 }
 
-/// A segment file's identity. Ids only grow and are never reused, so a stale byte from an
-/// older file can never verify under a newer id (the id seeds each frame's checksum).
+/// A segment file's identity. Ids grow with each activation, and no byte written under an
+/// older id survives into a file with a newer one verifying (the id seeds each frame's
+/// checksum), so a recycled file's old frames are never read as new ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentId(pub u64);
 

@@ -160,19 +160,26 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, MetaState)> {
 
 impl Meta {
     /// Creates a fresh meta file (the directory is synced by the caller).
+    ///
+    /// The file is written and synced under a temporary name, then renamed, so a crash
+    /// leaves either no meta file or a valid one (never an empty one).
     pub(crate) fn create(fs: &dyn Fs, dir: &Path) -> Result<Self> {
         let path = dir.join(crate::segment::name::META);
-        let file = fs.create_new(&path).map_err(Error::io("create", &path))?;
-        let mut meta = Self {
+        let temp = dir.join(crate::segment::name::META_TEMP);
+        let file = fs.create_new(&temp).map_err(Error::io("create", &temp))?;
+        let generation = 1;
+        let state = MetaState::default();
+        crate::fs::write_zeros(file.as_ref(), 0, FILE_BYTES)
+            .and_then(|()| file.write_all_at(&encode_slot(generation, &state), SLOT_BYTES as u64))
+            .and_then(|()| file.sync_data())
+            .and_then(|()| fs.rename(&temp, &path))
+            .map_err(Error::io("create", &path))?;
+        Ok(Self {
             path,
             file,
-            generation: 0,
-            state: MetaState::default(),
-        };
-        crate::fs::write_zeros(meta.file.as_ref(), 0, FILE_BYTES)
-            .map_err(Error::io("write", &meta.path))?;
-        meta.store(MetaState::default())?;
-        Ok(meta)
+            generation,
+            state,
+        })
     }
 
     /// Opens and verifies an existing meta file.
@@ -201,6 +208,9 @@ impl Meta {
             (Some(one), None) | (None, Some(one)) => one,
             (None, None) => return Err(corrupted("neither slot verifies")),
         };
+        if state.purged.is_some_and(|p| p.index == u64::MAX) {
+            return Err(corrupted("purge mark out of range"));
+        }
         let file = fs.open(&path).map_err(Error::io("open", &path))?;
         Ok(Self {
             path,

@@ -231,7 +231,7 @@ fn list(fs: &dyn Fs, dir: &Path) -> Result<(Listed, u64)> {
                 max_id = max_id.max(id.0 + 1);
                 segments.push((id, base, path));
             }
-            name::Entry::Prepared => {
+            name::Entry::Prepared | name::Entry::MetaTemp => {
                 fs.remove(&path).map_err(Error::io("remove", &path))?;
             }
             name::Entry::Meta | name::Entry::Lock => {}

@@ -385,6 +385,9 @@ impl<T: Payload> Writer<T> {
     /// Drops every whole segment at or below `upto` after durably recording the mark.
     pub(crate) fn purge_upto(&mut self, upto: LogId) -> Result<()> {
         self.sync.check()?;
+        if upto.index == u64::MAX {
+            return Err(Error::IndexOutOfRange { index: upto.index });
+        }
         if self
             .meta
             .state()

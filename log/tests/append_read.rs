@@ -442,3 +442,29 @@ fn callbacks_may_call_back_into_the_log_across_a_roll() {
         "the appends rolled segments"
     );
 }
+
+#[test]
+fn a_purge_at_the_last_possible_index_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    let refused = log.purge_upto(LogId::new(1, u64::MAX));
+    assert!(matches!(
+        refused,
+        Err(Error::IndexOutOfRange { index: u64::MAX })
+    ));
+    append_durably(&log, 1, 0, &[value(0, 0)]);
+}
+
+#[test]
+fn a_meta_file_left_half_created_does_not_block_the_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("meta.tmp"), [0u8; 100]).unwrap();
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    append_durably(&log, 1, 0, &[value(0, 0)]);
+    drop(log);
+    assert!(!dir.path().join("meta.tmp").exists());
+    assert_eq!(
+        read_all(&Log::<Bytes>::open(dir.path(), small_options()).unwrap()).len(),
+        1
+    );
+}

@@ -4,6 +4,7 @@
 //! {segment_id:016x}-{base_index:016x}.seg   an active or sealed segment
 //! {number:016x}.prep                        a zero-filled segment not yet in use
 //! meta                                      vote, committed id, purge mark (two slots)
+//! meta.tmp                                  a meta file being created (removed at open)
 //! LOCK                                      held with flock while a Log is open
 //! ```
 
@@ -11,6 +12,8 @@ use crate::SegmentId;
 
 /// Name of the meta file.
 pub(crate) const META: &str = "meta";
+/// Name of the meta file while it is first written.
+pub(crate) const META_TEMP: &str = "meta.tmp";
 /// Name of the lock file.
 pub(crate) const LOCK: &str = "LOCK";
 
@@ -20,6 +23,7 @@ pub(crate) enum Entry {
     Segment { id: SegmentId, base: u64 },
     Prepared,
     Meta,
+    MetaTemp,
     Lock,
     Foreign,
 }
@@ -46,6 +50,7 @@ fn hex16(s: &str) -> Option<u64> {
 pub(crate) fn parse(name: &str) -> Entry {
     match name {
         META => return Entry::Meta,
+        META_TEMP => return Entry::MetaTemp,
         LOCK => return Entry::Lock,
         _ => {}
     }
