@@ -364,6 +364,10 @@ impl SyncShared {
     /// (while appends keep coming, their frames' synced hints record it instead, so the hot
     /// path pays nothing for marks). It sleeps otherwise and is woken only when needed.
     fn sync_loop(&self) {
+        // The durable point the syncer last looked at: while other threads keep syncing, it
+        // waits on a timer for the writer to go idle instead of being woken by each sync;
+        // when nothing syncs (appends nobody waits for), it sleeps until something does.
+        let mut seen_synced = 0;
         loop {
             let mut state = self.lock();
             loop {
@@ -381,7 +385,9 @@ impl SyncShared {
                     break;
                 }
                 let idle = state.written == state.synced && !state.syncing;
-                state = if idle && state.unmarked.is_some() {
+                let progressing = state.synced != seen_synced;
+                seen_synced = state.synced;
+                state = if state.unmarked.is_some() && (idle || progressing) {
                     self.mark_when_idle(state)
                 } else {
                     state.syncer_asleep = true;
