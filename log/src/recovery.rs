@@ -546,21 +546,6 @@ pub(crate) fn recover<T: Payload>(
     })
 }
 
-/// Reads the verified record at `index` of a span.
-fn record_at<T: Payload>(span: &Span<T>, index: u64) -> Result<crate::Record<T>> {
-    let segment = &span.segment;
-    let offset = segment
-        .offset_of(index)
-        .expect("visible records have offsets");
-    segment
-        .read(offset, index)
-        .map_err(|reason| Error::Corrupted {
-            segment: segment.id,
-            offset: u64::from(offset),
-            reason,
-        })
-}
-
 /// Terms never decrease across the visible records. Within a segment `walk` checked it;
 /// across segments it holds only after truncation replaced records (a replacement may carry
 /// a lower term than what it replaced), so it is checked here, on the visible spans.
@@ -568,7 +553,7 @@ fn check_terms<T: Payload>(spans: &[Span<T>]) -> Result<()> {
     let visible = spans.iter().filter(|s| s.first < s.end());
     let mut previous: Option<u64> = None;
     for span in visible {
-        let first = record_at(span, span.first)?;
+        let first = span.read(span.first)?;
         if previous.is_some_and(|term| first.id().term < term) {
             let offset = span.segment.offset_of(span.first).map_or(0, u64::from);
             let reason = Corruption::TermRegression;
@@ -578,7 +563,7 @@ fn check_terms<T: Payload>(spans: &[Span<T>]) -> Result<()> {
                 reason,
             });
         }
-        previous = Some(record_at(span, span.end() - 1)?.id().term);
+        previous = Some(span.read(span.end() - 1)?.id().term);
     }
     Ok(())
 }
@@ -586,7 +571,7 @@ fn check_terms<T: Payload>(spans: &[Span<T>]) -> Result<()> {
 /// Term of the last visible record, else of the purge mark, else 0.
 fn last_term<T: Payload>(spans: &[Span<T>], purged: Option<LogId>) -> Result<u64> {
     match spans.iter().rev().find(|s| s.first < s.end()) {
-        Some(span) => Ok(record_at(span, span.end() - 1)?.id().term),
+        Some(span) => Ok(span.read(span.end() - 1)?.id().term),
         None => Ok(purged.map_or(0, |p| p.term)),
     }
 }

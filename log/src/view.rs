@@ -97,18 +97,21 @@ impl<T> View<T> {
     }
 }
 
-fn read<T: Payload>(span: &Span<T>, index: u64) -> Result<Record<T>> {
-    let segment = &span.segment;
-    let offset = segment
-        .offset_of(index)
-        .expect("a visible index has an offset");
-    segment
-        .read(offset, index)
-        .map_err(|reason| Error::Corrupted {
-            segment: segment.id,
-            offset: u64::from(offset),
-            reason,
-        })
+impl<T: Payload> Span<T> {
+    /// The verified record at `index`, which must be visible in this span.
+    pub(crate) fn read(&self, index: u64) -> Result<Record<T>> {
+        let segment = &self.segment;
+        let offset = segment
+            .offset_of(index)
+            .expect("a visible index has an offset");
+        segment
+            .read(offset, index)
+            .map_err(|reason| Error::Corrupted {
+                segment: segment.id,
+                offset: u64::from(offset),
+                reason,
+            })
+    }
 }
 
 /// A cheap, cloneable, lock-free reader of a log.
@@ -141,7 +144,7 @@ impl<T: Payload> Reader<T> {
     /// [`Error::Corrupted`] if its bytes no longer match their checksum.
     pub fn get(&self, index: u64) -> Result<Option<Record<T>>> {
         let view = self.view.load();
-        view.find(index).map(|span| read(span, index)).transpose()
+        view.find(index).map(|span| span.read(index)).transpose()
     }
 
     /// Iterates the visible records in `range`, in index order, from one snapshot of the
@@ -205,7 +208,7 @@ impl<T: Payload> Iterator for Range<T> {
             self.end = self.next;
             return None;
         };
-        let record = read(span, self.next);
+        let record = span.read(self.next);
         self.next += 1;
         if record.is_err() {
             self.end = self.next;
