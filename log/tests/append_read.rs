@@ -468,3 +468,42 @@ fn a_meta_file_left_half_created_does_not_block_the_first_open() {
         1
     );
 }
+
+#[test]
+fn concurrent_appenders_waiters_and_callbacks_all_complete() {
+    const THREADS: u64 = 4;
+    const APPENDS: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::<Bytes>::open(dir.path(), small_options()).unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let (log, tx) = (Arc::clone(&log), tx.clone());
+            scope.spawn(move || {
+                for i in 0..APPENDS {
+                    let payload = encode(&value(thread * APPENDS + i, 1));
+                    let appended = log.append_next(1, &[&payload]).unwrap();
+                    if i % 2 == 0 {
+                        assert_eq!(appended.ticket.wait().unwrap(), Durability::Synced);
+                        tx.send(()).unwrap();
+                    } else {
+                        let tx = tx.clone();
+                        appended.ticket.on_durable(move |outcome| {
+                            assert_eq!(outcome.unwrap(), Durability::Synced);
+                            tx.send(()).unwrap();
+                        });
+                    }
+                }
+            });
+        }
+    });
+    drop(tx);
+    assert_eq!(
+        rx.iter().count() as u64,
+        THREADS * APPENDS,
+        "every append was acknowledged"
+    );
+    drop(Arc::into_inner(log).expect("the threads are done"));
+    let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
+    assert_eq!(read_all(&log).len() as u64, THREADS * APPENDS);
+}
