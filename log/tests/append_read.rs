@@ -9,14 +9,14 @@ mod common;
 
 use std::sync::{Arc, mpsc};
 
-use common::{Bytes, append_durably, encode, read_all, small_options, value};
+use common::{Bytes, append_durably, encode, read_all, small_options, value, values};
 use keel_log::{Durability, Encoded, Entry, Error, Log, LogId, Options, SyncPolicy};
 
 #[test]
 fn records_are_readable_when_append_returns_and_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    let values: Vec<_> = (0..300).map(|i| value(i, 0)).collect();
+    let values = values(0..300, 0);
     let encoded: Vec<_> = values.iter().map(encode).collect();
     let refs: Vec<_> = encoded.iter().collect();
     let appended = log.append_next(1, &refs).unwrap();
@@ -119,7 +119,7 @@ fn invalid_options_are_refused() {
 fn truncation_removes_the_suffix_durably() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    let values: Vec<_> = (0..200).map(|i| value(i, 0)).collect();
+    let values = values(0..200, 0);
     append_durably(&log, 1, 0, &values);
     let held = log.get(150).unwrap().unwrap();
     log.truncate_from(120).unwrap();
@@ -129,7 +129,7 @@ fn truncation_removes_the_suffix_durably() {
         "a held record stays readable"
     );
     assert!(log.get(120).unwrap().is_none());
-    let replacement: Vec<_> = (120..130).map(|i| value(i, 9)).collect();
+    let replacement = values(120..130, 9);
     append_durably(&log, 2, 120, &replacement);
     drop((held, log));
 
@@ -144,12 +144,7 @@ fn truncation_removes_the_suffix_durably() {
 fn purge_past_the_end_leaves_an_empty_log_that_remembers_the_mark() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    append_durably(
-        &log,
-        1,
-        0,
-        &(0..50).map(|i| value(i, 0)).collect::<Vec<_>>(),
-    );
+    append_durably(&log, 1, 0, &values(0..50, 0));
     log.purge_upto(LogId::new(4, 100)).unwrap();
     let state = log.state().unwrap();
     assert_eq!(state.first_index, None);
@@ -176,7 +171,7 @@ fn purge_past_the_end_leaves_an_empty_log_that_remembers_the_mark() {
 fn purge_drops_whole_segments_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    let values: Vec<_> = (0..400).map(|i| value(i, 0)).collect();
+    let values = values(0..400, 0);
     append_durably(&log, 1, 0, &values);
     let count_segments = || count_files(dir.path(), ".seg");
     let before = count_segments();
@@ -291,12 +286,7 @@ fn prepared_segments_are_used_and_leftovers_removed_on_open() {
         ..small_options()
     };
     let log = Log::<Bytes>::open(dir.path(), options.clone()).unwrap();
-    append_durably(
-        &log,
-        1,
-        0,
-        &(0..300).map(|i| value(i, 0)).collect::<Vec<_>>(),
-    );
+    append_durably(&log, 1, 0, &values(0..300, 0));
     drop(log);
     let log = Log::<Bytes>::open(dir.path(), options).unwrap();
     assert_eq!(read_all(&log).len(), 300);
@@ -322,12 +312,7 @@ fn count_files(dir: &std::path::Path, suffix: &str) -> usize {
 fn purged_segments_are_recycled_and_their_old_bytes_never_read() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    append_durably(
-        &log,
-        1,
-        0,
-        &(0..600).map(|i| value(i, 0)).collect::<Vec<_>>(),
-    );
+    append_durably(&log, 1, 0, &values(0..600, 0));
     let held = log.get(0).unwrap().unwrap();
     log.purge_upto(LogId::new(1, 450)).unwrap();
     let recycled = count_files(dir.path(), ".prep");
@@ -340,12 +325,7 @@ fn purged_segments_are_recycled_and_their_old_bytes_never_read() {
         value(0, 0).as_slice(),
         "a held segment is not recycled"
     );
-    append_durably(
-        &log,
-        1,
-        600,
-        &(600..900).map(|i| value(i, 3)).collect::<Vec<_>>(),
-    );
+    append_durably(&log, 1, 600, &values(600..900, 3));
     assert!(
         count_files(dir.path(), ".prep") < recycled,
         "rolls reuse recycled files"
@@ -365,18 +345,8 @@ fn purged_segments_are_recycled_and_their_old_bytes_never_read() {
 fn replacements_after_truncation_may_carry_a_lower_term() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    append_durably(
-        &log,
-        1,
-        0,
-        &(0..10).map(|i| value(i, 0)).collect::<Vec<_>>(),
-    );
-    append_durably(
-        &log,
-        3,
-        10,
-        &(10..20).map(|i| value(i, 0)).collect::<Vec<_>>(),
-    );
+    append_durably(&log, 1, 0, &values(0..10, 0));
+    append_durably(&log, 3, 10, &values(10..20, 0));
     log.truncate_from(10).unwrap();
     append_durably(&log, 2, 10, &[value(10, 5)]);
     drop(log);
@@ -390,24 +360,14 @@ fn replacements_after_truncation_may_carry_a_lower_term() {
 fn reopening_with_larger_segments_keeps_writing_within_the_existing_tail() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    append_durably(
-        &log,
-        1,
-        0,
-        &(0..10).map(|i| value(i, 0)).collect::<Vec<_>>(),
-    );
+    append_durably(&log, 1, 0, &values(0..10, 0));
     drop(log);
     let larger = Options {
         segment_size_bytes: 256 * 1024,
         ..small_options()
     };
     let log = Log::<Bytes>::open(dir.path(), larger.clone()).unwrap();
-    append_durably(
-        &log,
-        1,
-        10,
-        &(10..600).map(|i| value(i, 0)).collect::<Vec<_>>(),
-    );
+    append_durably(&log, 1, 10, &values(10..600, 0));
     drop(log);
     let log = Log::<Bytes>::open(dir.path(), larger).unwrap();
     let all = read_all(&log);

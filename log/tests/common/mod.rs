@@ -24,6 +24,11 @@ pub(crate) fn value(index: u64, salt: u64) -> Bytes {
         .collect()
 }
 
+/// `value(i, salt)` for every `i` in `indexes`.
+pub(crate) fn values(indexes: std::ops::Range<u64>, salt: u64) -> Vec<Bytes> {
+    indexes.map(|i| value(i, salt)).collect()
+}
+
 pub(crate) fn encode(value: &Bytes) -> Encoded<Bytes> {
     Encoded::new(value).unwrap()
 }
