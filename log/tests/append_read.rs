@@ -119,13 +119,13 @@ fn invalid_options_are_refused() {
 fn truncation_removes_the_suffix_durably() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
-    let values = values(0..200, 0);
-    append_durably(&log, 1, 0, &values);
+    let written = values(0..200, 0);
+    append_durably(&log, 1, 0, &written);
     let held = log.get(150).unwrap().unwrap();
     log.truncate_from(120).unwrap();
     assert_eq!(
         held.as_slice(),
-        values[150].as_slice(),
+        written[150].as_slice(),
         "a held record stays readable"
     );
     assert!(log.get(120).unwrap().is_none());
@@ -136,7 +136,7 @@ fn truncation_removes_the_suffix_durably() {
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();
     let all = read_all(&log);
     assert_eq!(all.len(), 130);
-    assert_eq!(all[119], (LogId::new(1, 119), values[119].clone()));
+    assert_eq!(all[119], (LogId::new(1, 119), written[119].clone()));
     assert_eq!(all[125], (LogId::new(2, 125), value(125, 9)));
 }
 
