@@ -199,11 +199,11 @@ impl<T: Payload> Iterator for Range<T> {
     type Item = Result<Record<T>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let first = self.view.first_index()?;
+        self.next = self.next.max(first);
         if self.next >= self.end {
             return None;
         }
-        let first = self.view.first_index()?;
-        self.next = self.next.max(first);
         let Some(span) = self.view.find(self.next) else {
             self.end = self.next;
             return None;

@@ -182,6 +182,17 @@ fn purge_drops_whole_segments_and_keeps_the_rest() {
     );
     assert_eq!(log.state().unwrap().first_index, Some(300));
     assert!(log.get(299).unwrap().is_none());
+    assert_eq!(
+        log.reader().range(250..300).count(),
+        0,
+        "a range wholly before the first record is empty"
+    );
+    let straddling: Vec<u64> = log
+        .reader()
+        .range(250..302)
+        .map(|r| r.unwrap().id().index)
+        .collect();
+    assert_eq!(straddling, [300, 301]);
     assert!(matches!(log.truncate_from(200), Err(Error::Purged { .. })));
     drop(log);
     let log = Log::<Bytes>::open(dir.path(), small_options()).unwrap();

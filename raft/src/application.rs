@@ -1,0 +1,32 @@
+//! The application a Raft group replicates: the one trait keel-raft knows it by.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+
+/// A deterministic state machine fed with committed commands.
+///
+/// keel-raft calls it from one task at a time. It must do no I/O and read no clock while
+/// applying: two replicas applying the same commands must reach the same state (compare them
+/// with [`Application::digest`]).
+pub trait Application: Send + Sync + fmt::Debug + 'static {
+    /// Applies the committed command at Raft index `index`; returns the answer to its writer.
+    fn apply(&mut self, index: u64, command: &[u8]) -> Bytes;
+
+    /// Writes the whole state, for a snapshot.
+    ///
+    /// # Errors
+    /// The writer's errors.
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
+
+    /// Replaces the whole state with one written by [`Application::write_snapshot`].
+    ///
+    /// # Errors
+    /// The reader's errors, or `InvalidData` for bytes that do not decode; the state is then
+    /// unspecified and the caller must not serve from it.
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
+
+    /// A digest of the whole state, equal on replicas that applied the same commands.
+    fn digest(&self) -> u64;
+}

@@ -1,0 +1,15 @@
+//! keel-raft: Keel's replication — openraft on keel-log, gRPC between nodes and for clients.
+#![forbid(unsafe_code)]
+
+pub mod application;
+pub mod error;
+pub mod limits;
+pub mod log_store;
+pub mod plain_log;
+mod record;
+pub mod repair;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use error::{DecodeError, Error, Result};
