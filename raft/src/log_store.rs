@@ -10,12 +10,14 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use keel_log::{Encoded, Log};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
 use crate::error::Error;
+use crate::metrics::NodeMetrics;
 use crate::record::{
     StoredPayload, decode_committed, decode_vote, encode_committed, encode_vote, from_keel_id,
     to_keel_id,
@@ -32,6 +34,7 @@ pub struct LogStore {
     log: Arc<EntryLog>,
     /// Where the repair marker goes when a write fails.
     data_dir: PathBuf,
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 /// Reads entries and the vote; one per replication stream, without locks.
@@ -55,7 +58,15 @@ impl LogStore {
         Ok(Self {
             log: Arc::new(log),
             data_dir: data_dir.into(),
+            metrics: None,
         })
+    }
+
+    /// Records flush latencies in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Where the log stands.
@@ -187,12 +198,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .zip(&payloads)
             .map(|(id, payload)| keel_log::Entry { id: *id, payload })
             .collect();
+        let started = Instant::now();
         let appended = self
             .log
             .append(&batch)
             .map_err(|e| self.failed("append", e))?;
         let data_dir = self.data_dir.clone();
+        let metrics = self.metrics.clone();
         appended.ticket.on_durable(move |outcome| {
+            if let Some(metrics) = metrics {
+                metrics.log_flush_latency.observe(started.elapsed());
+            }
             let outcome = outcome.map(drop).map_err(|error| {
                 let error = Error::from(error);
                 mark_needs_repair(&data_dir, &format!("sync: {error}"));

@@ -37,8 +37,8 @@ pub(crate) enum StoredPayload {
 pub(crate) struct StoredMembershipConfig {
     /// Voter id sets.
     pub(crate) configs: Vec<Vec<u64>>,
-    /// `(node id, address)` of voters and learners.
-    pub(crate) nodes: Vec<(u64, String)>,
+    /// `(node id, address, incarnation)` of voters and learners.
+    pub(crate) nodes: Vec<(u64, String, u64)>,
 }
 
 impl StoredPayload {
@@ -69,7 +69,7 @@ impl StoredMembershipConfig {
                 .collect(),
             nodes: membership
                 .nodes()
-                .map(|(id, node)| (*id, node.addr.clone()))
+                .map(|(id, node)| (*id, node.addr.clone(), node.incarnation))
                 .collect(),
         }
     }
@@ -89,7 +89,12 @@ impl ArchivedStoredMembershipConfig {
         let nodes: BTreeMap<NodeId, NodeAddr> = self
             .nodes
             .iter()
-            .map(|pair| (pair.0.to_native(), NodeAddr::new(pair.1.as_str())))
+            .map(|node| {
+                (
+                    node.0.to_native(),
+                    NodeAddr::new(node.1.as_str(), node.2.to_native()),
+                )
+            })
             .collect();
         Membership::new(configs, nodes).map_err(|e| DecodeError::Membership(e.to_string()))
     }
@@ -249,10 +254,10 @@ mod tests {
         let membership = Membership::new(
             vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])],
             BTreeMap::from([
-                (1, NodeAddr::new("a:1")),
-                (2, NodeAddr::new("b:2")),
-                (3, NodeAddr::new("c:3")),
-                (4, NodeAddr::new("learner:4")),
+                (1, NodeAddr::new("a:1", 7)),
+                (2, NodeAddr::new("b:2", 7)),
+                (3, NodeAddr::new("c:3", 7)),
+                (4, NodeAddr::new("learner:4", 7)),
             ]),
         )
         .expect("valid membership");

@@ -85,6 +85,11 @@ impl StateMachineHost {
         Ok(host)
     }
 
+    /// The directory holding this state machine's snapshots.
+    pub fn snapshot_dir(&self) -> &SnapshotDir {
+        &self.snapshots
+    }
+
     fn lock(&self) -> MutexGuard<'_, HostState> {
         self.state
             .lock()
@@ -143,11 +148,17 @@ fn header_membership(header: &SnapshotHeader) -> crate::Result<StoredMembership>
 impl HostState {
     fn apply_request(&mut self, index: u64, request: &ClientRequest) -> ClientResponse {
         if request.client_id == 0 {
-            return ClientResponse::Applied(self.app.apply(index, &request.command));
+            return ClientResponse::Applied {
+                answer: self.app.apply(index, &request.command),
+                index,
+            };
         }
         if let Some(session) = self.sessions.get(&request.client_id) {
             if request.seq == session.seq {
-                return ClientResponse::Applied(session.response.clone());
+                return ClientResponse::Applied {
+                    answer: session.response.clone(),
+                    index: session.index,
+                };
             }
             if request.seq < session.seq {
                 return ClientResponse::StaleSequence {
@@ -175,7 +186,10 @@ impl HostState {
             self.sessions.remove(&client);
         }
         self.check_invariants();
-        ClientResponse::Applied(response)
+        ClientResponse::Applied {
+            answer: response,
+            index,
+        }
     }
 
     fn check_invariants(&self) {
@@ -221,14 +235,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
                 );
                 state.applied = Some(entry.log_id);
                 match &entry.payload {
-                    EntryPayload::Blank => ClientResponse::Applied(Bytes::new()),
+                    EntryPayload::Blank => ClientResponse::Applied {
+                        answer: Bytes::new(),
+                        index: entry.log_id.index,
+                    },
                     EntryPayload::Normal(request) => {
                         state.apply_request(entry.log_id.index, request)
                     }
                     EntryPayload::Membership(membership) => {
                         state.membership =
                             StoredMembership::new(Some(entry.log_id), membership.clone());
-                        ClientResponse::Applied(Bytes::new())
+                        ClientResponse::Applied {
+                            answer: Bytes::new(),
+                            index: entry.log_id.index,
+                        }
                     }
                 }
             };

@@ -10,23 +10,34 @@ use bytes::Bytes;
 /// A node's id in the cluster.
 pub type NodeId = u64;
 
-/// Where a node listens for gRPC (both the raft service and the client service).
+/// A member as the membership records it: where it listens for gRPC (the raft service and
+/// the client service) and which incarnation of its data directory was admitted.
+///
+/// The incarnation is a random id a node draws when it creates its data directory. A node
+/// grants votes only while the membership lists it with its own incarnation: a voter whose
+/// directory was wiped (and so forgot its votes and log) is refused as a voter until an
+/// operator re-admits it (`keel repair`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct NodeAddr {
     /// `host:port`.
     pub addr: String,
+    /// The admitted incarnation of the node's data directory.
+    pub incarnation: u64,
 }
 
 impl NodeAddr {
-    /// A node address from `host:port`.
-    pub fn new(addr: impl Into<String>) -> Self {
-        Self { addr: addr.into() }
+    /// A member at `addr` with data directory incarnation `incarnation`.
+    pub fn new(addr: impl Into<String>, incarnation: u64) -> Self {
+        Self {
+            addr: addr.into(),
+            incarnation,
+        }
     }
 }
 
 impl fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.addr)
+        write!(f, "{}#{:016x}", self.addr, self.incarnation)
     }
 }
 
@@ -61,7 +72,12 @@ impl fmt::Display for ClientRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientResponse {
     /// The application's answer (the first one, for a retried sequence).
-    Applied(Bytes),
+    Applied {
+        /// The answer.
+        answer: Bytes,
+        /// Raft index the command was applied at (the first time).
+        index: u64,
+    },
     /// The sequence is older than the client's last applied one, whose answer is gone.
     StaleSequence {
         /// The client's last applied sequence.
@@ -105,3 +121,7 @@ pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachineHos
 pub fn log_id(term: u64, index: u64) -> LogId {
     openraft::LogId::new_term_index(term, index)
 }
+
+/// A snapshot: its metadata and its file.
+pub type Snapshot =
+    openraft::Snapshot<CommittedLeaderId, NodeId, NodeAddr, crate::snapshot::SnapshotFile>;

@@ -1,0 +1,429 @@
+//! A Rust client of a Keel cluster's client service: finds the leader, follows redirects,
+//! and makes appends exactly-once with a `(client id, seq)` pair.
+//!
+//! An append answered "outcome unknown" is retried with the same sequence, so it is applied
+//! at most once and its first answer is returned; an append answered "not proposed" is
+//! retried anywhere. Retries are bounded by [`RETRY_DEADLINE`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::network::client::endpoint;
+use crate::pb::client::{self as api, keel_log_client::KeelLogClient};
+use crate::wire_error::{self, WriteErrorKind};
+
+/// How long a request keeps retrying through elections and redirects.
+pub const RETRY_DEADLINE: Duration = Duration::from_secs(15);
+/// Pause between retries when no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The cluster answered with an error that retrying does not fix.
+    #[error("{kind:?}: {message}")]
+    Refused {
+        /// The kind of error.
+        kind: WriteErrorKind,
+        /// The server's message.
+        message: String,
+    },
+    /// A gRPC error without Keel's error kind (a transport error, an old server).
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    /// No node answered usefully before the retry deadline.
+    #[error("no usable answer within {RETRY_DEADLINE:?}; last error: {last}")]
+    GaveUp {
+        /// The last error seen.
+        last: String,
+    },
+    /// A bad endpoint address.
+    #[error("invalid endpoint {addr}: {reason}")]
+    Endpoint {
+        /// The address.
+        addr: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+/// A client of one cluster.
+#[derive(Debug, Clone)]
+pub struct KeelClient {
+    endpoints: Vec<String>,
+    channels: HashMap<String, Channel>,
+    /// Index into `endpoints` (or a learned leader address) to try first.
+    preferred: Option<String>,
+    client_id: u64,
+    next_seq: u64,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the batch's first record.
+    pub first_offset: u64,
+    /// Records in the batch.
+    pub count: u32,
+    /// Raft index of the entry that carried it.
+    pub raft_index: u64,
+}
+
+impl KeelClient {
+    /// A client of the cluster reachable at `endpoints` (`host:port` each), writing as
+    /// `client_id` (0: no deduplication) from sequence 1.
+    ///
+    /// # Errors
+    /// [`ClientError::Endpoint`] for an address that is not a valid `host:port`.
+    pub fn new(endpoints: &[String], client_id: u64) -> Result<Self, ClientError> {
+        let mut channels = HashMap::new();
+        for addr in endpoints {
+            let channel = endpoint(addr)
+                .map_err(|e| ClientError::Endpoint {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?
+                .connect_lazy();
+            channels.insert(addr.clone(), channel);
+        }
+        Ok(Self {
+            endpoints: endpoints.to_vec(),
+            channels,
+            preferred: None,
+            client_id,
+            next_seq: 1,
+        })
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// Continues numbering writes from `seq`.
+    pub fn set_next_seq(&mut self, seq: u64) {
+        self.next_seq = seq;
+    }
+
+    fn channel(&mut self, addr: &str) -> Result<KeelLogClient<Channel>, ClientError> {
+        if !self.channels.contains_key(addr) {
+            let channel = endpoint(addr)
+                .map_err(|e| ClientError::Endpoint {
+                    addr: addr.to_owned(),
+                    reason: e.to_string(),
+                })?
+                .connect_lazy();
+            self.channels.insert(addr.to_owned(), channel);
+        }
+        let channel = self.channels[addr].clone();
+        Ok(KeelLogClient::new(channel)
+            .max_decoding_message_size(crate::limits::MESSAGE_MAX_BYTES)
+            .max_encoding_message_size(crate::limits::MESSAGE_MAX_BYTES))
+    }
+
+    /// A client for the node at `addr` alone (status, reads from that node).
+    ///
+    /// # Errors
+    /// [`ClientError::Endpoint`] for a bad address.
+    pub fn node(&mut self, addr: &str) -> Result<KeelLogClient<Channel>, ClientError> {
+        self.channel(addr)
+    }
+
+    /// Addresses to try, the preferred (leader) first.
+    fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.preferred.iter().cloned().collect();
+        out.extend(
+            self.endpoints
+                .iter()
+                .filter(|e| Some(*e) != self.preferred.as_ref())
+                .cloned(),
+        );
+        out
+    }
+
+    /// Runs `call` against the leader, following redirects and retrying errors that
+    /// `retry_on` accepts, until [`RETRY_DEADLINE`].
+    async fn on_leader<T, F, Fut>(
+        &mut self,
+        retry_on: fn(WriteErrorKind) -> bool,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(KeelLogClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + RETRY_DEADLINE;
+        let mut last = String::from("no endpoint tried");
+        while Instant::now() < deadline {
+            for addr in self.candidates() {
+                let client = self.channel(&addr)?;
+                match call(client).await {
+                    Ok(value) => {
+                        self.preferred = Some(addr);
+                        return Ok(value);
+                    }
+                    Err(status) => {
+                        let (kind, leader) = wire_error::parse(&status);
+                        last = format!("{addr}: {}", status.message());
+                        match kind {
+                            Some(kind) if !retry_on(kind) => {
+                                return Err(ClientError::Refused {
+                                    kind,
+                                    message: status.message().to_owned(),
+                                });
+                            }
+                            Some(WriteErrorKind::NotLeader) => {
+                                if let Some((_, leader_addr)) = leader {
+                                    self.preferred = Some(leader_addr);
+                                    break;
+                                }
+                            }
+                            Some(_) => {}
+                            None if status.code() == tonic::Code::Unavailable
+                                || status.code() == tonic::Code::Cancelled => {}
+                            None => return Err(ClientError::Rpc(status)),
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        Err(ClientError::GaveUp { last })
+    }
+
+    /// Appends `records` as one batch, exactly once.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] for an invalid batch, [`ClientError::GaveUp`] if no leader
+    /// answered in time (the batch may then be applied or not; a later append with this
+    /// client continues with the next sequence).
+    pub async fn append(&mut self, records: Vec<Bytes>) -> Result<Appended, ClientError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let request = api::AppendRequest {
+            client_id: self.client_id,
+            seq,
+            records,
+        };
+        let retry_unknown = self.client_id != 0;
+        let retry_on = if retry_unknown {
+            retry_any_but_invalid
+        } else {
+            WriteErrorKind::is_safe_to_retry
+        };
+        let response = self
+            .on_leader(retry_on, |mut client| {
+                let request = request.clone();
+                async move {
+                    client
+                        .append(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+        Ok(Appended {
+            first_offset: response.first_offset,
+            count: response.count,
+            raft_index: response.raft_index,
+        })
+    }
+
+    /// Reads from `from_offset` on the node at `addr` (linearizable or local).
+    ///
+    /// # Errors
+    /// The node's error.
+    pub async fn read_at(
+        &mut self,
+        addr: &str,
+        from_offset: u64,
+        max_records: u32,
+        linearizable: bool,
+    ) -> Result<api::ReadResponse, ClientError> {
+        let mut client = self.channel(addr)?;
+        let response = client
+            .read(api::ReadRequest {
+                from_offset,
+                max_records,
+                linearizable,
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    /// Reads from `from_offset`, linearizably, from whichever node answers.
+    ///
+    /// # Errors
+    /// [`ClientError::GaveUp`] when no node could serve in time.
+    pub async fn read(
+        &mut self,
+        from_offset: u64,
+        max_records: u32,
+    ) -> Result<api::ReadResponse, ClientError> {
+        self.on_leader(WriteErrorKind::is_safe_to_retry, |mut client| async move {
+            client
+                .read(api::ReadRequest {
+                    from_offset,
+                    max_records,
+                    linearizable: true,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// Status of every endpoint that answers: `(address, status or error)`.
+    pub async fn statuses(&mut self) -> Vec<(String, Result<api::StatusResponse, ClientError>)> {
+        let mut out = Vec::new();
+        for addr in self.endpoints.clone() {
+            let status = match self.channel(&addr) {
+                Ok(mut client) => client
+                    .status(api::StatusRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(ClientError::from),
+                Err(error) => Err(error),
+            };
+            out.push((addr, status));
+        }
+        out
+    }
+
+    /// Forms a cluster of the nodes at `members` (`node id → address`): reads each node's
+    /// incarnation from its status and initializes every one with the same membership.
+    ///
+    /// # Errors
+    /// A member that does not answer, answers with another id, or refuses.
+    pub async fn init(&mut self, members: &BTreeMap<u64, String>) -> Result<(), ClientError> {
+        let mut init = api::InitRequest::default();
+        for (id, addr) in members {
+            let status = self
+                .channel(addr)?
+                .status(api::StatusRequest {})
+                .await?
+                .into_inner();
+            if status.node_id != *id {
+                return Err(ClientError::Refused {
+                    kind: WriteErrorKind::Invalid,
+                    message: format!("{addr} is node {}, not node {id}", status.node_id),
+                });
+            }
+            init.members.insert(
+                *id,
+                api::InitMember {
+                    addr: addr.clone(),
+                    incarnation: status.incarnation,
+                },
+            );
+        }
+        for addr in members.values() {
+            self.channel(addr)?.init(init.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the node at `addr` as a learner (its incarnation read from its status).
+    ///
+    /// # Errors
+    /// The learner or the leader refusing.
+    pub async fn add_learner(
+        &mut self,
+        node_id: u64,
+        addr: &str,
+        blocking: bool,
+    ) -> Result<u64, ClientError> {
+        let status = self
+            .channel(addr)?
+            .status(api::StatusRequest {})
+            .await?
+            .into_inner();
+        if status.node_id != node_id {
+            return Err(ClientError::Refused {
+                kind: WriteErrorKind::Invalid,
+                message: format!("{addr} is node {}, not node {node_id}", status.node_id),
+            });
+        }
+        let request = api::AddLearnerRequest {
+            node_id,
+            addr: addr.to_owned(),
+            blocking,
+            incarnation: status.incarnation,
+        };
+        let response = self
+            .on_leader(WriteErrorKind::is_safe_to_retry, |mut client| {
+                let request = request.clone();
+                async move {
+                    client
+                        .add_learner(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+        Ok(response.log_index)
+    }
+
+    /// Replaces the voters with `voters`; `retain` keeps removed voters as learners.
+    ///
+    /// # Errors
+    /// The leader refusing.
+    pub async fn change_membership(
+        &mut self,
+        voters: &[u64],
+        retain: bool,
+    ) -> Result<u64, ClientError> {
+        let request = api::ChangeMembershipRequest {
+            voters: voters.to_vec(),
+            retain,
+        };
+        let response = self
+            .on_leader(WriteErrorKind::is_safe_to_retry, |mut client| {
+                let request = request.clone();
+                async move {
+                    client
+                        .change_membership(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+        Ok(response.log_index)
+    }
+
+    /// Streams committed records from `from_offset` on the node at `addr`, calling `each`
+    /// until it returns `false` or the stream ends.
+    ///
+    /// # Errors
+    /// The node's error.
+    pub async fn subscribe(
+        &mut self,
+        addr: &str,
+        from_offset: u64,
+        mut each: impl FnMut(api::Record) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut stream = self
+            .channel(addr)?
+            .subscribe(api::SubscribeRequest { from_offset })
+            .await?
+            .into_inner();
+        while let Some(record) = stream.next().await {
+            if !each(record?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {
+    !matches!(
+        kind,
+        WriteErrorKind::Invalid | WriteErrorKind::StaleSequence
+    )
+}

@@ -1,0 +1,166 @@
+//! A data directory's identity: which node and cluster it belongs to, and its incarnation.
+//!
+//! Written once when the directory is created (synced, via rename). A node refuses a
+//! directory of another node or cluster, so a misplaced directory loses nothing.
+
+use std::collections::hash_map::RandomState;
+use std::fs;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::types::NodeId;
+
+const FILE: &str = "IDENTITY";
+const HEADER: &str = "keel data directory v1";
+
+/// Who a data directory belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The cluster's name.
+    pub cluster: String,
+    /// Random id drawn when the directory was created.
+    pub incarnation: u64,
+}
+
+impl Identity {
+    fn render(&self) -> String {
+        format!(
+            "{HEADER}\nnode_id = {}\ncluster = {}\nincarnation = {:016x}\n",
+            self.node_id, self.cluster, self.incarnation
+        )
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        if lines.next()? != HEADER {
+            return None;
+        }
+        let mut field = |name: &str| {
+            let line = lines.next()?;
+            let (key, value) = line.split_once(" = ")?;
+            (key == name).then(|| value.to_owned())
+        };
+        let node_id = field("node_id")?.parse().ok()?;
+        let cluster = field("cluster")?;
+        let incarnation = u64::from_str_radix(&field("incarnation")?, 16).ok()?;
+        Some(Self {
+            node_id,
+            cluster,
+            incarnation,
+        })
+    }
+}
+
+/// A fresh random incarnation (std's randomly keyed hasher, mixed with the process id).
+fn random_incarnation() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}
+
+/// Reads `data_dir`'s identity, creating it for a new directory; refuses another node's or
+/// cluster's directory.
+///
+/// # Errors
+/// [`Error::ForeignDataDir`] for a mismatch, [`Error::Invalid`] for an unreadable identity
+/// file, [`Error::Io`] on a file error.
+pub fn open_or_create(data_dir: &Path, node_id: NodeId, cluster: &str) -> Result<Identity> {
+    let path = data_dir.join(FILE);
+    let expected = format!("node {node_id} of cluster {cluster:?}");
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let identity = Identity::parse(&text).ok_or_else(|| Error::Invalid {
+                what: "data directory identity",
+                reason: format!("{} is not a Keel identity file", path.display()),
+            })?;
+            if identity.node_id != node_id || identity.cluster != cluster {
+                return Err(Error::ForeignDataDir {
+                    dir: data_dir.to_owned(),
+                    found: format!(
+                        "node {} of cluster {:?}",
+                        identity.node_id, identity.cluster
+                    ),
+                    expected,
+                });
+            }
+            Ok(identity)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let non_empty = fs::read_dir(data_dir)
+                .map_err(Error::io("list", data_dir))?
+                .next()
+                .is_some();
+            if non_empty {
+                return Err(Error::ForeignDataDir {
+                    dir: data_dir.to_owned(),
+                    found: "files without a Keel identity".to_owned(),
+                    expected,
+                });
+            }
+            let identity = Identity {
+                node_id,
+                cluster: cluster.to_owned(),
+                incarnation: random_incarnation(),
+            };
+            let temp = data_dir.join("IDENTITY.tmp");
+            let written = fs::File::create(&temp).and_then(|mut file| {
+                file.write_all(identity.render().as_bytes())?;
+                file.sync_all()
+            });
+            written.map_err(Error::io("write", &temp))?;
+            fs::rename(&temp, &path).map_err(Error::io("rename", &temp))?;
+            fs::File::open(data_dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(Error::io("sync directory", data_dir))?;
+            Ok(identity)
+        }
+        Err(error) => Err(Error::io("read", path)(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = open_or_create(dir.path(), 3, "prod").expect("created");
+        let again = open_or_create(dir.path(), 3, "prod").expect("reopened");
+        assert_eq!(first, again);
+        assert_ne!(first.incarnation, 0);
+    }
+
+    #[test]
+    fn another_nodes_or_clusters_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        open_or_create(dir.path(), 3, "prod").expect("created");
+        assert!(matches!(
+            open_or_create(dir.path(), 4, "prod"),
+            Err(Error::ForeignDataDir { .. })
+        ));
+        assert!(matches!(
+            open_or_create(dir.path(), 3, "staging"),
+            Err(Error::ForeignDataDir { .. })
+        ));
+    }
+
+    #[test]
+    fn a_directory_with_unknown_files_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("something"), b"x").expect("write");
+        assert!(matches!(
+            open_or_create(dir.path(), 1, "c"),
+            Err(Error::ForeignDataDir { .. })
+        ));
+        fs::write(dir.path().join(FILE), b"garbage").expect("write");
+        assert!(matches!(
+            open_or_create(dir.path(), 1, "c"),
+            Err(Error::Invalid { .. })
+        ));
+    }
+}

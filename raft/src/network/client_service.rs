@@ -1,0 +1,612 @@
+//! The client service: appends, reads, subscriptions, status and membership changes, plus
+//! the Prometheus metrics endpoint.
+//!
+//! Writes are honest about their fate (see [`crate::wire_error`]): the service retries only
+//! the post-election lease refusal (nothing was proposed), never a proposed write.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardReason, ForwardToLeader, RaftError};
+use openraft::{ReadPolicy, ServerState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tonic::{Request, Response, Status};
+
+use crate::clock::now_ms;
+use crate::limits::{APPEND_BATCH_MAX_RECORDS, COMMAND_MAX_BYTES, RECORD_MAX_BYTES};
+use crate::metrics::RaftGauges;
+use crate::node::NodeShared;
+use crate::pb::client::{self as api, keel_log_server::KeelLog};
+use crate::pb::raft::raft_client::RaftClient;
+use crate::plain_log::{LogRecord, decode_append_answer, encode_append};
+use crate::types::{ClientRequest, ClientResponse, NodeAddr, TypeConfig};
+use crate::wire_error::{WriteErrorKind, not_leader, status};
+
+/// Most client writes in flight on one node; more are refused as overloaded.
+pub const INFLIGHT_WRITES_MAX: usize = 4096;
+/// How long a proposed write may take before its outcome is reported unknown.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a write refused for an expired post-election lease is retried, and the pause.
+const LEASE_RETRIES_MAX: u32 = 50;
+const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How long a linearizable read may wait for its read index and the local apply.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most records one `Read` returns, and about how many bytes.
+const READ_MAX_RECORDS: usize = 10_000;
+const READ_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Records fetched per step of a subscription.
+const SUBSCRIBE_BATCH_RECORDS: usize = 1024;
+/// Largest metrics HTTP request read.
+const METRICS_REQUEST_MAX_BYTES: usize = 8 * 1024;
+
+/// The client service of one node.
+#[derive(Debug)]
+pub struct ClientService {
+    shared: NodeShared,
+    inflight: Arc<Semaphore>,
+}
+
+impl ClientService {
+    /// The service for a node.
+    pub fn new(shared: NodeShared) -> Self {
+        Self {
+            shared,
+            inflight: Arc::new(Semaphore::new(INFLIGHT_WRITES_MAX)),
+        }
+    }
+
+    fn leader_of(forward: &ForwardToLeader<TypeConfig>) -> Status {
+        let node = forward.leader_node.as_ref().map(|node| node.addr.as_str());
+        not_leader(forward.leader_id.zip(node))
+    }
+
+    fn known_leader(&self) -> Option<(u64, NodeAddr)> {
+        let metrics = self.shared.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node))
+    }
+
+    fn require_leader(&self) -> Result<(), Status> {
+        let metrics = self.shared.raft.metrics();
+        if metrics.borrow_watched().state == ServerState::Leader {
+            return Ok(());
+        }
+        let leader = self.known_leader();
+        Err(not_leader(
+            leader.as_ref().map(|(id, node)| (*id, node.addr.as_str())),
+        ))
+    }
+
+    async fn write(
+        &self,
+        request: ClientRequest,
+    ) -> Result<(openraft::raft::ClientWriteResponse<TypeConfig>, u64), Status> {
+        let _permit = Arc::clone(&self.inflight)
+            .try_acquire_owned()
+            .map_err(|_| {
+                status(
+                    WriteErrorKind::Overloaded,
+                    format!("{INFLIGHT_WRITES_MAX} writes in flight; retry later"),
+                )
+            })?;
+        for attempt in 0..=LEASE_RETRIES_MAX {
+            let written = tokio::time::timeout(
+                WRITE_TIMEOUT,
+                self.shared.raft.client_write(request.clone()),
+            )
+            .await;
+            let error = match written {
+                Err(_) => {
+                    return Err(status(
+                        WriteErrorKind::OutcomeUnknown,
+                        format!(
+                            "no outcome within {WRITE_TIMEOUT:?} after proposing; retry with the same sequence to learn it"
+                        ),
+                    ));
+                }
+                Ok(Ok(response)) => return Ok((response, u64::from(attempt))),
+                Ok(Err(error)) => error,
+            };
+            match error {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                    let own_lease = forward.reason == ForwardReason::LeaseExpired
+                        && forward.leader_id == Some(self.shared.node_id);
+                    if !own_lease || attempt == LEASE_RETRIES_MAX {
+                        return Err(Self::leader_of(&forward));
+                    }
+                    tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+                }
+                RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
+                    return Err(status(
+                        WriteErrorKind::OutcomeUnknown,
+                        format!(
+                            "the entry was discarded by a leader change ({forward}); it may or may not commit: retry with the same sequence"
+                        ),
+                    ));
+                }
+                RaftError::APIError(other) => {
+                    return Err(status(WriteErrorKind::Invalid, other.to_string()));
+                }
+                RaftError::Fatal(fatal) => {
+                    return Err(status(
+                        WriteErrorKind::OutcomeUnknown,
+                        format!("raft stopped after the proposal: {fatal}"),
+                    ));
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn append_batch(
+        &self,
+        request: api::AppendRequest,
+    ) -> Result<api::AppendResponse, Status> {
+        let invalid = |message: String| status(WriteErrorKind::Invalid, message);
+        if request.records.is_empty() {
+            return Err(invalid("an append carries at least one record".to_owned()));
+        }
+        if request.records.len() > APPEND_BATCH_MAX_RECORDS {
+            return Err(invalid(format!(
+                "{} records in one append; the limit is {APPEND_BATCH_MAX_RECORDS}",
+                request.records.len()
+            )));
+        }
+        if let Some(record) = request.records.iter().find(|r| r.len() > RECORD_MAX_BYTES) {
+            return Err(invalid(format!(
+                "a record of {} bytes; the limit is {RECORD_MAX_BYTES}",
+                record.len()
+            )));
+        }
+        let total: usize = request.records.iter().map(|r| r.len() + 4).sum::<usize>() + 12;
+        if total > COMMAND_MAX_BYTES {
+            return Err(invalid(format!(
+                "a batch of {total} bytes; the limit is {COMMAND_MAX_BYTES}"
+            )));
+        }
+        if request.client_id != 0 && request.seq == 0 {
+            return Err(invalid("sequence numbers start at 1".to_owned()));
+        }
+        let command = encode_append(now_ms(), &request.records);
+        let (response, _) = self
+            .write(ClientRequest {
+                client_id: request.client_id,
+                seq: request.seq,
+                command,
+            })
+            .await?;
+        match response.data {
+            ClientResponse::Applied { answer, index } => {
+                let (first_offset, count) = decode_append_answer(&answer).ok_or_else(|| {
+                    status(
+                        WriteErrorKind::Invalid,
+                        "the command did not decode as an append",
+                    )
+                })?;
+                Ok(api::AppendResponse {
+                    first_offset,
+                    count,
+                    raft_index: index,
+                })
+            }
+            ClientResponse::StaleSequence { last_applied_seq } => Err(status(
+                WriteErrorKind::StaleSequence,
+                format!(
+                    "sequence {} is older than this client's last applied {last_applied_seq}",
+                    request.seq
+                ),
+            )),
+        }
+    }
+
+    /// Waits until this node has applied everything acknowledged before the call.
+    async fn linearize(&self) -> Result<(), Status> {
+        let is_leader = self.shared.raft.metrics().borrow_watched().state == ServerState::Leader;
+        let read_index = if is_leader {
+            match self
+                .shared
+                .raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+            {
+                Ok(read) => read.index(),
+                Err(error) => {
+                    return Err(status(
+                        WriteErrorKind::Unavailable,
+                        format!("read index: {error}"),
+                    ));
+                }
+            }
+        } else {
+            self.remote_read_index().await?
+        };
+        self.shared
+            .raft
+            .wait(Some(READ_TIMEOUT))
+            .applied_index_at_least(Some(read_index), "linearizable read")
+            .await
+            .map_err(|e| {
+                status(
+                    WriteErrorKind::Unavailable,
+                    format!("waiting to apply index {read_index}: {e}"),
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn remote_read_index(&self) -> Result<u64, Status> {
+        let (leader, node) = self.known_leader().ok_or_else(|| {
+            status(
+                WriteErrorKind::Unavailable,
+                "no leader known to take a read index from",
+            )
+        })?;
+        let addr = self.shared.network.address_of(leader, &node);
+        let channel = self
+            .shared
+            .network
+            .channel(leader, &addr)
+            .map_err(|e| status(WriteErrorKind::Unavailable, e.to_string()))?;
+        let mut request = Request::new(crate::pb::raft::Empty {});
+        request.set_timeout(READ_TIMEOUT);
+        let response = RaftClient::new(channel)
+            .read_index(request)
+            .await
+            .map_err(|e| {
+                status(
+                    WriteErrorKind::Unavailable,
+                    format!("read index from leader {leader}: {}", e.message()),
+                )
+            })?
+            .into_inner();
+        if !response.has_read_index {
+            return Err(status(
+                WriteErrorKind::Unavailable,
+                "the leader gave no read index",
+            ));
+        }
+        Ok(response.read_index)
+    }
+
+    fn check_retained(&self, from: u64) -> Result<(), Status> {
+        let (first, _) = self.shared.log.bounds();
+        if from < first {
+            return Err(Status::out_of_range(format!(
+                "offset {from} was dropped by retention; the first retained offset is {first}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn status_response(&self) -> api::StatusResponse {
+        let metrics = self.shared.raft.metrics().borrow_watched().clone();
+        let applied = self.shared.host.applied_state();
+        let (first_offset, next_offset) = self.shared.log.bounds();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let matched = metrics.replication.clone().unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| api::MemberStatus {
+                node_id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: matched.get(id).and_then(|m| m.map(|l| l.index)),
+            })
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let purged = self
+            .shared
+            .store
+            .state()
+            .ok()
+            .and_then(|s| s.purged)
+            .map(|p| p.index);
+        api::StatusResponse {
+            node_id: self.shared.node_id,
+            addr: self.shared.addr.to_string(),
+            role: role.to_owned(),
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            committed_index: metrics.local_committed.map(|c| c.index),
+            applied_index: applied.applied.map(|a| a.index),
+            state_digest: applied.digest,
+            members,
+            snapshot_index: metrics.snapshot.map(|s| s.index),
+            purged_index: purged,
+            next_offset,
+            first_offset,
+            incarnation: self.shared.identity.incarnation,
+            admitted: self.shared.admitted(),
+            initialized: membership.nodes().next().is_some(),
+        }
+    }
+
+    fn membership_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                Self::leader_of(&forward)
+            }
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => status(
+                WriteErrorKind::OutcomeUnknown,
+                "the membership change was discarded by a leader change; check status",
+            ),
+            RaftError::APIError(other) => status(WriteErrorKind::Invalid, other.to_string()),
+            RaftError::Fatal(fatal) => status(
+                WriteErrorKind::OutcomeUnknown,
+                format!("raft stopped: {fatal}"),
+            ),
+        }
+    }
+}
+
+fn record_to_pb(record: LogRecord) -> api::Record {
+    api::Record {
+        offset: record.offset,
+        stamp_ms: record.stamp_ms,
+        data: record.data,
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<api::Record, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl KeelLog for ClientService {
+    async fn append(
+        &self,
+        request: Request<api::AppendRequest>,
+    ) -> Result<Response<api::AppendResponse>, Status> {
+        let started = Instant::now();
+        let result = self.append_batch(request.into_inner()).await;
+        self.shared
+            .metrics
+            .append_latency
+            .observe(started.elapsed());
+        if result.is_err() {
+            self.shared
+                .metrics
+                .append_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result.map(Response::new)
+    }
+
+    async fn read(
+        &self,
+        request: Request<api::ReadRequest>,
+    ) -> Result<Response<api::ReadResponse>, Status> {
+        let request = request.into_inner();
+        if request.linearizable {
+            self.linearize().await?;
+        }
+        self.check_retained(request.from_offset)?;
+        let max = match request.max_records {
+            0 => READ_MAX_RECORDS,
+            n => (n as usize).min(READ_MAX_RECORDS),
+        };
+        let records = self
+            .shared
+            .log
+            .read_from(request.from_offset, max, READ_MAX_BYTES);
+        let (first_offset, next_offset) = self.shared.log.bounds();
+        Ok(Response::new(api::ReadResponse {
+            records: records.into_iter().map(record_to_pb).collect(),
+            first_offset,
+            next_offset,
+        }))
+    }
+
+    type SubscribeStream = RecordStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<api::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let from = request.into_inner().from_offset;
+        self.check_retained(from)?;
+        let log = self.shared.log.clone();
+        let watch = log.watch_next_offset();
+        let state = (from, watch, VecDeque::<LogRecord>::new(), false);
+        let stream = futures::stream::unfold(
+            state,
+            move |(mut next, mut watch, mut buffered, failed)| {
+                let log = log.clone();
+                async move {
+                    if failed {
+                        return None;
+                    }
+                    loop {
+                        if let Some(record) = buffered.pop_front() {
+                            return Some((
+                                Ok(record_to_pb(record)),
+                                (next, watch, buffered, false),
+                            ));
+                        }
+                        let batch = log.read_from(next, SUBSCRIBE_BATCH_RECORDS, READ_MAX_BYTES);
+                        match batch.first() {
+                            Some(first) if first.offset != next => {
+                                let error = Status::out_of_range(format!(
+                                    "offset {next} was dropped by retention while subscribed; resume from {}",
+                                    first.offset
+                                ));
+                                return Some((Err(error), (next, watch, buffered, true)));
+                            }
+                            Some(_) => {
+                                next = batch.last().map_or(next, |r| r.offset + 1);
+                                buffered.extend(batch);
+                            }
+                            None => {
+                                if watch.changed().await.is_err() {
+                                    return None;
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusResponse>, Status> {
+        Ok(Response::new(self.status_response()))
+    }
+
+    async fn init(
+        &self,
+        request: Request<api::InitRequest>,
+    ) -> Result<Response<api::InitResponse>, Status> {
+        let request = request.into_inner();
+        if request.members.is_empty() {
+            return Err(status(
+                WriteErrorKind::Invalid,
+                "init needs the initial members",
+            ));
+        }
+        if !request.members.contains_key(&self.shared.node_id) {
+            return Err(status(
+                WriteErrorKind::Invalid,
+                format!(
+                    "node {} is not among the initial members",
+                    self.shared.node_id
+                ),
+            ));
+        }
+        if request.members.contains_key(&0) {
+            return Err(status(WriteErrorKind::Invalid, "node id 0 is not valid"));
+        }
+        let members: BTreeMap<u64, NodeAddr> = request
+            .members
+            .into_iter()
+            .map(|(id, member)| (id, NodeAddr::new(member.addr, member.incarnation)))
+            .collect();
+        self.shared
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("cannot initialize: {e}")))?;
+        Ok(Response::new(api::InitResponse {}))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<api::AddLearnerRequest>,
+    ) -> Result<Response<api::MembershipResponse>, Status> {
+        self.require_leader()?;
+        let request = request.into_inner();
+        if request.node_id == 0 || request.addr.is_empty() {
+            return Err(status(
+                WriteErrorKind::Invalid,
+                "a learner needs a non-zero id and an address",
+            ));
+        }
+        let node = NodeAddr::new(request.addr, request.incarnation);
+        let response = self
+            .shared
+            .raft
+            .add_learner(request.node_id, node, request.blocking)
+            .await
+            .map_err(Self::membership_error)?;
+        Ok(Response::new(api::MembershipResponse {
+            log_index: response.log_id.index,
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<api::ChangeMembershipRequest>,
+    ) -> Result<Response<api::MembershipResponse>, Status> {
+        self.require_leader()?;
+        let request = request.into_inner();
+        let voters: BTreeSet<u64> = request.voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(status(
+                WriteErrorKind::Invalid,
+                "a membership needs at least one voter",
+            ));
+        }
+        let response = self
+            .shared
+            .raft
+            .change_membership(voters, request.retain)
+            .await
+            .map_err(Self::membership_error)?;
+        Ok(Response::new(api::MembershipResponse {
+            log_index: response.log_id.index,
+        }))
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format) on `listener` until `stop` turns true.
+pub async fn serve_metrics(
+    shared: NodeShared,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let Ok((mut socket, _)) = accepted else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n")
+                && request.len() < METRICS_REQUEST_MAX_BYTES
+            {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let response = if request.starts_with(b"GET /metrics ") {
+                let body = shared.metrics.render(shared.node_id, gauges(&shared));
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+fn gauges(shared: &NodeShared) -> RaftGauges {
+    let metrics = shared.raft.metrics().borrow_watched().clone();
+    RaftGauges {
+        term: metrics.current_term,
+        committed_index: metrics.local_committed.map_or(0, |c| c.index),
+        applied_index: metrics.last_applied.map_or(0, |a| a.index),
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        is_leader: u64::from(metrics.state == ServerState::Leader),
+    }
+}

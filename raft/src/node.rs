@@ -1,0 +1,339 @@
+//! A running Keel node: storage, Raft, the gRPC server with both services, the metrics
+//! endpoint, and a watchdog that stops the node on a fatal (storage) error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_log::SyncPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::identity::{self, Identity};
+use crate::log_store::LogStore;
+use crate::metrics::NodeMetrics;
+use crate::network::client::Network;
+use crate::network::{client_service, server};
+use crate::plain_log::{PlainLog, Retention};
+use crate::repair;
+use crate::snapshot::SnapshotDir;
+use crate::state_machine::StateMachineHost;
+use crate::types::{NodeId, Raft};
+
+/// How long a stopping node lets open connections finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (non-zero).
+    pub node_id: NodeId,
+    /// The cluster's name; a data directory of another cluster is refused.
+    pub cluster: String,
+    /// Address to listen on for gRPC (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Address to listen on for Prometheus metrics (`None`: no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// Addresses to reach peers at, overriding the membership's (for proxies).
+    pub peers: HashMap<NodeId, String>,
+    /// Leader heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Election timeout range: a follower campaigns after a random time in it.
+    pub election_timeout: (Duration, Duration),
+    /// When appends are durable: `Durable` fsyncs before acknowledging.
+    pub sync: SyncPolicy,
+    /// Take a snapshot (and purge the log behind it) after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Entries kept behind a snapshot, so lagging followers catch up without one.
+    pub keep_behind_snapshot: u64,
+    /// Deadline for receiving a whole snapshot.
+    pub install_snapshot_timeout: Duration,
+    /// What the plain log keeps.
+    pub retention: Retention,
+    /// keel-log segment size.
+    pub segment_size_bytes: u64,
+}
+
+impl NodeConfig {
+    /// A configuration with Keel's defaults for node `node_id` storing in `data_dir`.
+    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_id,
+            cluster: "keel".to_owned(),
+            listen,
+            metrics_listen: None,
+            data_dir: data_dir.into(),
+            peers: HashMap::new(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
+            sync: SyncPolicy::Durable,
+            snapshot_every_entries: 100_000,
+            keep_behind_snapshot: 10_000,
+            install_snapshot_timeout: Duration::from_secs(60),
+            retention: Retention::default(),
+            segment_size_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    /// Checks the settings make a working node.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what, reason: &str| {
+            Err(Error::Invalid {
+                what,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.node_id == 0 {
+            return invalid("node_id", "must be at least 1");
+        }
+        if self.cluster.is_empty() || self.cluster.contains(char::is_whitespace) {
+            return invalid("cluster", "must be a non-empty name without spaces");
+        }
+        let (min, max) = self.election_timeout;
+        if self.heartbeat_interval.is_zero() || min <= self.heartbeat_interval * 2 || max <= min {
+            return invalid(
+                "timeouts",
+                "need 0 < 2 × heartbeat < election_timeout_min < election_timeout_max",
+            );
+        }
+        if self.snapshot_every_entries == 0 {
+            return invalid("snapshot_every_entries", "must be at least 1");
+        }
+        if self.peers.contains_key(&0) {
+            return invalid("peers", "node id 0 is not valid");
+        }
+        Ok(())
+    }
+
+    fn raft_config(&self) -> Result<Config> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = Config {
+            cluster_name: self.cluster.clone(),
+            heartbeat_interval: millis(self.heartbeat_interval),
+            election_timeout_min: millis(self.election_timeout.0),
+            election_timeout_max: millis(self.election_timeout.1),
+            install_snapshot_timeout: millis(self.install_snapshot_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            enable_pre_vote: Some(true),
+            ..Config::default()
+        };
+        config.validate().map_err(|e| Error::Invalid {
+            what: "raft configuration",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Everything the services share.
+#[derive(Debug, Clone)]
+pub struct NodeShared {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The data directory's identity.
+    pub identity: Identity,
+    /// The address the gRPC server listens at.
+    pub addr: SocketAddr,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The state machine host.
+    pub host: StateMachineHost,
+    /// The plain log application.
+    pub log: PlainLog,
+    /// The Raft log store.
+    pub store: LogStore,
+    /// Peer connections.
+    pub network: Network,
+    /// Metrics.
+    pub metrics: Arc<NodeMetrics>,
+}
+
+impl NodeShared {
+    /// Whether the membership admits this node's data directory incarnation, so it may vote.
+    pub fn admitted(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .is_some_and(|node| node.incarnation == self.identity.incarnation)
+    }
+}
+
+/// A running node. Dropping it does not stop it; call [`RaftNode::shutdown`].
+#[derive(Debug)]
+pub struct RaftNode {
+    shared: NodeShared,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RaftNode {
+    /// Opens the data directory (verifying identity, the repair marker, the log and the
+    /// newest snapshot), starts Raft and serves gRPC.
+    ///
+    /// # Errors
+    /// Any verification failure: a node never serves from a directory it failed to verify.
+    pub async fn start(config: NodeConfig) -> Result<Self> {
+        config.validate()?;
+        let raft_config = Arc::new(config.raft_config()?);
+        std::fs::create_dir_all(&config.data_dir).map_err(Error::io("create", &config.data_dir))?;
+        repair::check_not_marked(&config.data_dir)?;
+        let identity = identity::open_or_create(&config.data_dir, config.node_id, &config.cluster)?;
+        let metrics = Arc::new(NodeMetrics::default());
+        let log_options = keel_log::Options {
+            segment_size_bytes: config.segment_size_bytes,
+            sync: config.sync,
+            ..keel_log::Options::default()
+        };
+        let store = LogStore::open(&config.data_dir.join("log"), log_options, &config.data_dir)?
+            .with_metrics(Arc::clone(&metrics));
+        let log = PlainLog::new(config.retention);
+        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
+        let host = StateMachineHost::open(Box::new(log.clone()), snapshots)?;
+        let network = Network::new(config.peers.clone());
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network.clone(),
+            store.clone(),
+            host.clone(),
+        )
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(Error::io("listen on", config.listen.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(Error::io("listen on", config.listen.to_string()))?;
+        let shared = NodeShared {
+            node_id: config.node_id,
+            identity,
+            addr,
+            raft,
+            host,
+            log,
+            store,
+            network,
+            metrics,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(server::serve(shared.clone(), listener, stopped.clone()));
+        let mut tasks = vec![tokio::spawn(watch_raft(shared.clone(), stop.clone()))];
+        if let Some(metrics_addr) = config.metrics_listen {
+            let listener = TcpListener::bind(metrics_addr)
+                .await
+                .map_err(Error::io("listen on", metrics_addr.to_string()))?;
+            tasks.push(tokio::spawn(client_service::serve_metrics(
+                shared.clone(),
+                listener,
+                stopped,
+            )));
+        }
+        tracing::info!(node = config.node_id, %addr, incarnation = format!("{:016x}", shared.identity.incarnation), "node started");
+        Ok(Self {
+            shared,
+            stop,
+            server,
+            tasks,
+        })
+    }
+
+    /// What the services share (Raft handle, state machine, ...).
+    pub fn shared(&self) -> &NodeShared {
+        &self.shared
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Resolves when the node stopped itself (a fatal error) or was asked to stop.
+    pub async fn stopped(&self) {
+        let mut stopped = self.stop.subscribe();
+        while !*stopped.borrow_and_update() {
+            if stopped.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        if let Err(error) = self.shared.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+        // Peers' replication streams never end by themselves: drain briefly, then cut them.
+        let server = self.server;
+        let abort = server.abort_handle();
+        if tokio::time::timeout(SHUTDOWN_DRAIN, server).await.is_err() {
+            abort.abort();
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Logs leader changes and terms readably; stops the node on a fatal Raft error.
+async fn watch_raft(shared: NodeShared, stop: watch::Sender<bool>) {
+    let mut metrics = shared.raft.metrics();
+    let mut leader = None;
+    let mut state = ServerState::Learner;
+    loop {
+        let (current_leader, current_state, term, fatal) = {
+            let m = metrics.borrow_and_update();
+            let fatal = match &m.running_state {
+                Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                Err(error) => Some(error.to_string()),
+            };
+            (m.current_leader, m.state, m.current_term, fatal)
+        };
+        if let Some(reason) = fatal {
+            tracing::error!(node = shared.node_id, %reason, "raft stopped on a fatal error; the node stops serving");
+            stop.send_replace(true);
+            return;
+        }
+        if current_leader != leader {
+            if current_leader.is_some() {
+                shared
+                    .metrics
+                    .leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match current_leader {
+                Some(id) if id == shared.node_id => {
+                    tracing::info!(node = shared.node_id, term, "elected leader");
+                }
+                Some(id) => {
+                    tracing::info!(node = shared.node_id, term, leader = id, "following leader");
+                }
+                None => tracing::info!(node = shared.node_id, term, "no leader"),
+            }
+            leader = current_leader;
+        }
+        if current_state != state {
+            tracing::debug!(node = shared.node_id, term, from = ?state, to = ?current_state, "role changed");
+            state = current_state;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Three in-process nodes on loopback: election, replication, reads, exactly-once writes,
+//! limits, snapshots and membership changes through the gRPC services.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_raft::client::{ClientError, KeelClient};
+use keel_raft::node::{NodeConfig, RaftNode};
+use keel_raft::pb::client as api;
+use keel_raft::wire_error::WriteErrorKind;
+use tempfile::TempDir;
+
+struct Cluster {
+    nodes: Vec<RaftNode>,
+    _dirs: Vec<TempDir>,
+}
+
+impl Cluster {
+    async fn start(count: u64, tune: impl Fn(&mut NodeConfig)) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for id in 1..=count {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = NodeConfig::new(id, "127.0.0.1:0".parse().expect("addr"), dir.path());
+            config.segment_size_bytes = 8 << 20;
+            tune(&mut config);
+            nodes.push(RaftNode::start(config).await.expect("node starts"));
+            dirs.push(dir);
+        }
+        Self { nodes, _dirs: dirs }
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr().to_string()).collect()
+    }
+
+    fn members(&self) -> BTreeMap<u64, String> {
+        self.nodes
+            .iter()
+            .map(|n| (n.shared().node_id, n.addr().to_string()))
+            .collect()
+    }
+
+    fn client(&self, client_id: u64) -> KeelClient {
+        KeelClient::new(&self.addrs(), client_id).expect("client")
+    }
+}
+
+fn records(texts: &[&str]) -> Vec<Bytes> {
+    texts
+        .iter()
+        .map(|t| Bytes::copy_from_slice(t.as_bytes()))
+        .collect()
+}
+
+fn data(response: &api::ReadResponse) -> Vec<String> {
+    response
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect()
+}
+
+async fn wait_applied(client: &mut KeelClient, addr: &str, next_offset: u64) {
+    for _ in 0..200 {
+        let read = client.read_at(addr, 0, 0, false).await.expect("local read");
+        if read.next_offset >= next_offset {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{addr} never applied up to offset {next_offset}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_and_serve_reads_everywhere() {
+    let cluster = Cluster::start(3, |_| {}).await;
+    let mut client = cluster.client(7);
+    client.init(&cluster.members()).await.expect("init");
+    let first = client.append(records(&["a", "b"])).await.expect("append");
+    assert_eq!((first.first_offset, first.count), (0, 2));
+    let second = client.append(records(&["c"])).await.expect("append");
+    assert_eq!((second.first_offset, second.count), (2, 1));
+    for addr in cluster.addrs() {
+        let read = client
+            .read_at(&addr, 0, 0, true)
+            .await
+            .expect("linearizable read on every node");
+        assert_eq!(data(&read), ["a", "b", "c"], "node {addr}");
+    }
+    let statuses = client.statuses().await;
+    let digests: Vec<(Option<u64>, u64)> = statuses
+        .iter()
+        .map(|(_, s)| {
+            let s = s.as_ref().expect("status");
+            (s.applied_index, s.state_digest)
+        })
+        .collect();
+    assert!(
+        digests.windows(2).all(|w| w[0] == w[1]),
+        "replicas agree: {digests:?}"
+    );
+    let leaders = statuses
+        .iter()
+        .filter(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader"))
+        .count();
+    assert_eq!(leaders, 1);
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+async fn leader_addr(client: &mut KeelClient) -> String {
+    client
+        .statuses()
+        .await
+        .into_iter()
+        .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader"))
+        .map(|(addr, _)| addr)
+        .expect("a leader")
+}
+
+fn is_invalid(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Refused {
+            kind: WriteErrorKind::Invalid,
+            ..
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_sequence_is_applied_once() {
+    let cluster = Cluster::start(3, |_| {}).await;
+    let mut client = cluster.client(0);
+    client.init(&cluster.members()).await.expect("init");
+    client.append(records(&["warm-up"])).await.expect("append");
+    let leader = leader_addr(&mut client).await;
+    let mut raw = client.node(&leader).expect("leader client");
+    let request = api::AppendRequest {
+        client_id: 42,
+        seq: 1,
+        records: records(&["once"]),
+    };
+    let first = raw
+        .append(request.clone())
+        .await
+        .expect("first")
+        .into_inner();
+    let retry = raw.append(request).await.expect("retry").into_inner();
+    assert_eq!(first, retry, "a retry gets the first answer");
+    let read = client.read(0, 0).await.expect("read");
+    assert_eq!(data(&read), ["warm-up", "once"]);
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_writes_are_refused_and_append_nothing() {
+    let cluster = Cluster::start(3, |_| {}).await;
+    let mut client = cluster.client(0);
+    client.init(&cluster.members()).await.expect("init");
+    client.append(records(&["a", "b"])).await.expect("append");
+    let leader = leader_addr(&mut client).await;
+    let mut raw = client.node(&leader).expect("leader client");
+    let zero_seq = api::AppendRequest {
+        client_id: 42,
+        seq: 0,
+        records: records(&["x"]),
+    };
+    let refused = raw.append(zero_seq).await.expect_err("seq 0 refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let huge = Bytes::from(vec![0u8; keel_raft::limits::RECORD_MAX_BYTES + 1]);
+    let refused = client
+        .append(vec![huge])
+        .await
+        .expect_err("oversized record refused");
+    assert!(is_invalid(&refused), "{refused}");
+    let refused = client
+        .append(Vec::new())
+        .await
+        .expect_err("empty batch refused");
+    assert!(is_invalid(&refused), "{refused}");
+    let next = client.read(0, 0).await.expect("read").next_offset;
+    assert_eq!(next, 2, "refused writes appended nothing");
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
+    let cluster = Cluster::start(3, |config| {
+        config.snapshot_every_entries = 50;
+        config.keep_behind_snapshot = 0;
+    })
+    .await;
+    let mut client = cluster.client(9);
+    client.init(&cluster.members()).await.expect("init");
+    for i in 0..200 {
+        client
+            .append(records(&[&format!("r{i}")]))
+            .await
+            .expect("append");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(4, "127.0.0.1:0".parse().expect("addr"), dir.path());
+    config.segment_size_bytes = 8 << 20;
+    let fourth = RaftNode::start(config).await.expect("fourth node");
+    let fourth_addr = fourth.addr().to_string();
+    client
+        .add_learner(4, &fourth_addr, true)
+        .await
+        .expect("learner added");
+    wait_applied(&mut client, &fourth_addr, 200).await;
+    let status = client
+        .node(&fourth_addr)
+        .expect("client")
+        .status(api::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(
+        status.snapshot_index.is_some(),
+        "the learner was brought up by a snapshot"
+    );
+    client
+        .change_membership(&[1, 2, 4], false)
+        .await
+        .expect("promote 4, remove 3");
+    client
+        .append(records(&["after"]))
+        .await
+        .expect("append after the change");
+    wait_applied(&mut client, &fourth_addr, 201).await;
+    let read = client
+        .read_at(&fourth_addr, 195, 0, true)
+        .await
+        .expect("read on the new voter");
+    assert_eq!(
+        data(&read),
+        ["r195", "r196", "r197", "r198", "r199", "after"]
+    );
+    fourth.shutdown().await;
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
