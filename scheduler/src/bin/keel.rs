@@ -1,0 +1,462 @@
+//! `keel`: run a node, a local development cluster, and talk to a cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use keel_raft::client::KeelClient;
+use keel_raft::node::NodeConfig;
+use keel_scheduler::{ConfigFile, Node};
+
+/// Default data directory of `keel dev`, where client commands also find its endpoints.
+const DEV_DATA_DIR: &str = "keel-data";
+/// File in the dev data directory listing the cluster's endpoints.
+const ENDPOINTS_FILE: &str = "endpoints";
+/// First gRPC port of `keel dev`; metrics ports are 100 higher.
+const DEV_BASE_PORT: u16 = 7101;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: a replicated durable log and scheduler"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Comma-separated `host:port` of cluster nodes (default: the `keel dev` cluster).
+    #[arg(long, env = "KEEL_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node from a TOML configuration file.
+    Node {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a local three-node cluster on loopback until Ctrl-C.
+    Dev {
+        /// Where the nodes keep their data.
+        #[arg(long, default_value = DEV_DATA_DIR)]
+        data_dir: PathBuf,
+        /// gRPC port of node 1 (nodes 2 and 3 take the next ones; metrics are 100 higher).
+        #[arg(long, default_value_t = DEV_BASE_PORT)]
+        base_port: u16,
+        /// Acknowledge from the page cache (non-durable).
+        #[arg(long)]
+        relaxed: bool,
+    },
+    /// Form a cluster of the given nodes (each must be running and uninitialized).
+    Init(ClusterArgs),
+    /// Show every node's role, term, indexes and state digest.
+    Status(ClusterArgs),
+    /// Append records (arguments, or stdin lines when none) as one batch.
+    Append {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Writer id for exactly-once retries (0: none).
+        #[arg(long, default_value_t = 0)]
+        client_id: u64,
+        /// First sequence number of this writer.
+        #[arg(long, default_value_t = 1)]
+        seq: u64,
+        /// The records.
+        records: Vec<String>,
+    },
+    /// Read records from an offset (linearizable).
+    Read {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// First offset.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most records.
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+        /// Keep streaming new records.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Add a node as a learner.
+    AddLearner {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Its node id.
+        #[arg(long)]
+        id: u64,
+        /// Its gRPC address.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Replace the set of voters.
+    ChangeMembership {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The new voters.
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+        /// Keep removed voters as learners.
+        #[arg(long)]
+        retain: bool,
+    },
+    /// Re-admit a node whose data directory was wiped: remove it as a voter, add it as a
+    /// learner with its new data directory, wait for it to catch up, promote it.
+    Repair {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+        /// The node's gRPC address.
+        #[arg(long)]
+        addr: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn endpoints(args: &ClusterArgs) -> anyhow::Result<Vec<String>> {
+    if !args.cluster.is_empty() {
+        return Ok(args.cluster.clone());
+    }
+    let file = Path::new(DEV_DATA_DIR).join(ENDPOINTS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        return Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect());
+    }
+    Ok((0..3)
+        .map(|i| format!("127.0.0.1:{}", DEV_BASE_PORT + i))
+        .collect())
+}
+
+fn client(args: &ClusterArgs, client_id: u64) -> anyhow::Result<KeelClient> {
+    Ok(KeelClient::new(&endpoints(args)?, client_id)?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node { config } => run_node(&config).await,
+        Command::Dev {
+            data_dir,
+            base_port,
+            relaxed,
+        } => run_dev(&data_dir, base_port, relaxed).await,
+        Command::Init(cluster) => init(&cluster).await,
+        Command::Status(cluster) => status(&cluster).await,
+        Command::Append {
+            cluster,
+            client_id,
+            seq,
+            records,
+        } => append(&cluster, client_id, seq, records).await,
+        Command::Read {
+            cluster,
+            from,
+            max,
+            follow,
+        } => read(&cluster, from, max, follow).await,
+        Command::AddLearner { cluster, id, addr } => {
+            let index = client(&cluster, 0)?.add_learner(id, &addr, false).await?;
+            println!("node {id} added as a learner (log index {index})");
+            Ok(())
+        }
+        Command::ChangeMembership {
+            cluster,
+            voters,
+            retain,
+        } => {
+            let index = client(&cluster, 0)?
+                .change_membership(&voters, retain)
+                .await?;
+            println!("voters are now {voters:?} (log index {index})");
+            Ok(())
+        }
+        Command::Repair { cluster, id, addr } => repair(&cluster, id, &addr).await,
+    }
+}
+
+async fn run_node(config_path: &Path) -> anyhow::Result<()> {
+    init_tracing();
+    let config = ConfigFile::load(config_path)?;
+    let node = Node::start(config).await.context("node failed to start")?;
+    tracing::info!(addr = %node.addr(), "serving; Ctrl-C or SIGTERM stops");
+    let stopped_by_itself = wait_for_stop(&node).await?;
+    node.shutdown().await;
+    if stopped_by_itself {
+        bail!("the node stopped on a fatal error (see the log above)");
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C, SIGTERM or the node stopping itself; true for the last.
+async fn wait_for_stop(node: &Node) -> anyhow::Result<bool> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(tokio::select! {
+        result = tokio::signal::ctrl_c() => { result?; false }
+        _ = terminate.recv() => false,
+        () = node.stopped() => true,
+    })
+}
+
+async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Result<()> {
+    init_tracing();
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u16 {
+        let port = base_port.checked_add(id - 1).context("port out of range")?;
+        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut config =
+            NodeConfig::new(u64::from(id), listen, data_dir.join(format!("node-{id}")));
+        config.metrics_listen = port.checked_add(100).map(|p| ([127, 0, 0, 1], p).into());
+        if relaxed {
+            config.sync = keel_log::SyncPolicy::Relaxed;
+        }
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("starting node {id}"))?;
+        members.insert(u64::from(id), node.addr().to_string());
+        nodes.push(node);
+    }
+    let endpoints: Vec<String> = members.values().cloned().collect();
+    std::fs::write(data_dir.join(ENDPOINTS_FILE), endpoints.join("\n") + "\n")?;
+    let mut client = KeelClient::new(&endpoints, 0)?;
+    let initialized = client
+        .statuses()
+        .await
+        .iter()
+        .any(|(_, s)| s.as_ref().is_ok_and(|s| s.initialized));
+    if !initialized {
+        client.init(&members).await.context("forming the cluster")?;
+    }
+    println!(
+        "keel dev: three nodes on loopback ({})",
+        if relaxed {
+            "relaxed sync, NON-DURABLE"
+        } else {
+            "durable"
+        }
+    );
+    for (id, addr) in &members {
+        println!(
+            "  node {id}: grpc {addr}, metrics http://127.0.0.1:{}/metrics",
+            addr.rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .map_or(0, |p| p + 100)
+        );
+    }
+    println!(
+        "  data: {}   (client commands find this cluster with no flags)",
+        data_dir.display()
+    );
+    println!("Ctrl-C stops the cluster.");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping…");
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn init(cluster: &ClusterArgs) -> anyhow::Result<()> {
+    let mut client = client(cluster, 0)?;
+    let mut members = BTreeMap::new();
+    for (addr, status) in client.statuses().await {
+        let status = status.with_context(|| format!("node at {addr} did not answer"))?;
+        if status.initialized {
+            bail!(
+                "node {} at {addr} is already part of a cluster",
+                status.node_id
+            );
+        }
+        members.insert(status.node_id, addr);
+    }
+    client.init(&members).await?;
+    println!(
+        "cluster formed with nodes {:?}",
+        members.keys().collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
+    let mut client = client(cluster, 0)?;
+    println!(
+        "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8}",
+        "NODE",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "LAST",
+        "COMMITTED",
+        "APPLIED",
+        "OFFSETS",
+        "DIGEST",
+        "ADMITTED"
+    );
+    let mut any = false;
+    for (addr, status) in client.statuses().await {
+        match status {
+            Ok(s) => {
+                any = true;
+                println!(
+                    "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8}",
+                    s.node_id,
+                    addr,
+                    s.role,
+                    s.term,
+                    opt(s.leader_id),
+                    opt(s.last_log_index),
+                    opt(s.committed_index),
+                    opt(s.applied_index),
+                    s.next_offset,
+                    s.state_digest,
+                    if s.admitted { "yes" } else { "no" }
+                );
+            }
+            Err(error) => println!("{:<5} {addr:<21} unreachable: {error}", "?"),
+        }
+    }
+    if !any {
+        bail!("no node answered");
+    }
+    Ok(())
+}
+
+async fn append(
+    cluster: &ClusterArgs,
+    client_id: u64,
+    seq: u64,
+    records: Vec<String>,
+) -> anyhow::Result<()> {
+    let records: Vec<Bytes> = if records.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .map(|line| line.map(Bytes::from))
+            .collect::<Result<_, _>>()?
+    } else {
+        records.into_iter().map(Bytes::from).collect()
+    };
+    let mut client = client(cluster, client_id)?;
+    client.set_next_seq(seq);
+    let appended = client.append(records).await?;
+    println!(
+        "appended {} record(s) at offsets {}..{} (raft index {})",
+        appended.count,
+        appended.first_offset,
+        appended.first_offset + u64::from(appended.count),
+        appended.raft_index
+    );
+    Ok(())
+}
+
+async fn read(cluster: &ClusterArgs, from: u64, max: u32, follow: bool) -> anyhow::Result<()> {
+    let mut client = client(cluster, 0)?;
+    if follow {
+        let addr = endpoints(cluster)?
+            .into_iter()
+            .next()
+            .context("no endpoint")?;
+        client
+            .subscribe(&addr, from, |record| {
+                println!(
+                    "{}\t{}",
+                    record.offset,
+                    String::from_utf8_lossy(&record.data)
+                );
+                true
+            })
+            .await?;
+        return Ok(());
+    }
+    let response = client.read(from, max).await?;
+    for record in &response.records {
+        println!(
+            "{}\t{}",
+            record.offset,
+            String::from_utf8_lossy(&record.data)
+        );
+    }
+    eprintln!(
+        "({} record(s); retained offsets {}..{})",
+        response.records.len(),
+        response.first_offset,
+        response.next_offset
+    );
+    Ok(())
+}
+
+async fn repair(cluster: &ClusterArgs, id: u64, addr: &str) -> anyhow::Result<()> {
+    let mut client = client(cluster, 0)?;
+    let leader_status = client
+        .statuses()
+        .await
+        .into_iter()
+        .find_map(|(_, s)| s.ok().filter(|s| s.role == "leader"))
+        .context("no leader answered")?;
+    let voters: BTreeSet<u64> = leader_status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.node_id)
+        .collect();
+    if voters.contains(&id) {
+        let without: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+        client
+            .change_membership(&without, false)
+            .await
+            .context("removing the node as a voter")?;
+        println!("node {id} removed as a voter");
+    }
+    client
+        .add_learner(id, addr, true)
+        .await
+        .context("adding the node back as a learner")?;
+    println!("node {id} re-added as a learner with its new data directory and caught up");
+    let with: Vec<u64> = voters
+        .iter()
+        .copied()
+        .chain(std::iter::once(id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    client
+        .change_membership(&with, false)
+        .await
+        .context("promoting the node")?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    println!("node {id} is a voter again");
+    Ok(())
+}

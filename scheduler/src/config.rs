@@ -1,0 +1,265 @@
+//! The node configuration file (TOML), validated into a [`NodeConfig`].
+//!
+//! ```toml
+//! node_id = 1
+//! cluster = "keel"                  # a data directory of another cluster is refused
+//! listen = "127.0.0.1:7101"         # gRPC: raft and client services
+//! metrics_listen = "127.0.0.1:9101" # optional Prometheus endpoint
+//! data_dir = "/var/lib/keel/1"
+//! sync = "durable"                  # or "relaxed": page cache only, non-durable
+//!
+//! [timeouts]
+//! heartbeat_ms = 50
+//! election_min_ms = 250
+//! election_max_ms = 500
+//!
+//! [snapshot]
+//! every_entries = 100000
+//! keep_behind = 10000
+//! install_timeout_ms = 60000
+//!
+//! [retention]
+//! max_bytes = 268435456
+//! max_age_ms = 86400000
+//!
+//! [peers]                           # optional: reach peers here instead (a proxy)
+//! 2 = "127.0.0.1:7202"
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keel_log::SyncPolicy;
+use keel_raft::node::NodeConfig;
+use keel_raft::plain_log::Retention;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The configuration file's shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// This node's id.
+    pub node_id: u64,
+    /// Cluster name.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus listen address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Data directory (relative paths are relative to the file).
+    pub data_dir: PathBuf,
+    /// `durable` or `relaxed`.
+    #[serde(default)]
+    pub sync: SyncMode,
+    /// Raft timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Snapshot policy.
+    #[serde(default)]
+    pub snapshot: SnapshotSettings,
+    /// Plain log retention.
+    #[serde(default)]
+    pub retention: RetentionSettings,
+    /// Peer address overrides, by node id.
+    #[serde(default)]
+    pub peers: HashMap<String, String>,
+}
+
+fn default_cluster() -> String {
+    "keel".to_owned()
+}
+
+/// When writes are acknowledged.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// After `fdatasync` on a majority.
+    #[default]
+    Durable,
+    /// From the page cache: non-durable, loses recent writes on a power cut.
+    Relaxed,
+}
+
+/// Raft timeouts in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout, lower bound.
+    pub election_min_ms: u64,
+    /// Election timeout, upper bound.
+    pub election_max_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_min_ms: 250,
+            election_max_ms: 500,
+        }
+    }
+}
+
+/// Snapshot policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSettings {
+    /// Entries between snapshots.
+    pub every_entries: u64,
+    /// Entries kept behind a snapshot.
+    pub keep_behind: u64,
+    /// Deadline for receiving a whole snapshot.
+    pub install_timeout_ms: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        Self {
+            every_entries: 100_000,
+            keep_behind: 10_000,
+            install_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Plain log retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Most bytes of records kept.
+    pub max_bytes: u64,
+    /// Oldest record age kept.
+    pub max_age_ms: Option<u64>,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        let defaults = Retention::default();
+        Self {
+            max_bytes: defaults.max_bytes,
+            max_age_ms: defaults.max_age_ms,
+        }
+    }
+}
+
+impl ConfigFile {
+    /// Parses `text`; relative paths resolve against `base_dir`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the problem (TOML syntax, unknown key, bad value).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        file.into_node_config(base_dir)
+    }
+
+    /// Reads and parses the file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unreadable or invalid file.
+    pub fn load(path: &Path) -> Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse(&text, base).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn into_node_config(self, base_dir: &Path) -> Result<NodeConfig> {
+        let data_dir = if self.data_dir.is_absolute() {
+            self.data_dir
+        } else {
+            base_dir.join(self.data_dir)
+        };
+        let mut config = NodeConfig::new(self.node_id, self.listen, data_dir);
+        config.cluster = self.cluster;
+        config.metrics_listen = self.metrics_listen;
+        config.sync = match self.sync {
+            SyncMode::Durable => SyncPolicy::Durable,
+            SyncMode::Relaxed => SyncPolicy::Relaxed,
+        };
+        config.heartbeat_interval = Duration::from_millis(self.timeouts.heartbeat_ms);
+        config.election_timeout = (
+            Duration::from_millis(self.timeouts.election_min_ms),
+            Duration::from_millis(self.timeouts.election_max_ms),
+        );
+        config.snapshot_every_entries = self.snapshot.every_entries;
+        config.keep_behind_snapshot = self.snapshot.keep_behind;
+        config.install_snapshot_timeout = Duration::from_millis(self.snapshot.install_timeout_ms);
+        config.retention = Retention {
+            max_bytes: self.retention.max_bytes,
+            max_age_ms: self.retention.max_age_ms,
+        };
+        for (id, addr) in self.peers {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| Error::Config(format!("peers: {id:?} is not a node id")))?;
+            config.peers.insert(id, addr);
+        }
+        config
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "node_id = 2\nlisten = \"127.0.0.1:7102\"\ndata_dir = \"data/2\"\n";
+
+    #[test]
+    fn minimal_file_gets_defaults_and_relative_data_dir() {
+        let config = ConfigFile::parse(MINIMAL, Path::new("/etc/keel")).expect("valid");
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.data_dir, Path::new("/etc/keel/data/2"));
+        assert_eq!(config.sync, SyncPolicy::Durable);
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn full_file_sets_everything() {
+        let text = format!(
+            "{MINIMAL}cluster = \"prod\"\nsync = \"relaxed\"\n[timeouts]\nheartbeat_ms = 20\nelection_min_ms = 100\nelection_max_ms = 200\n[peers]\n3 = \"127.0.0.1:9999\"\n"
+        );
+        let config = ConfigFile::parse(&text, Path::new("/")).expect("valid");
+        assert_eq!(config.cluster, "prod");
+        assert_eq!(config.sync, SyncPolicy::Relaxed);
+        assert_eq!(
+            config.peers.get(&3).map(String::as_str),
+            Some("127.0.0.1:9999")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            ("node_id = 1\n", "listen"),
+            (&format!("{MINIMAL}colour = \"blue\"\n") as &str, "colour"),
+            (&format!("{MINIMAL}sync = \"sometimes\"\n"), "sometimes"),
+            (&MINIMAL.replace("node_id = 2", "node_id = 0"), "node_id"),
+            (
+                &format!(
+                    "{MINIMAL}[timeouts]\nheartbeat_ms = 500\nelection_min_ms = 100\nelection_max_ms = 200\n"
+                ),
+                "timeouts",
+            ),
+            (&format!("{MINIMAL}[peers]\nabc = \"x:1\"\n"), "abc"),
+        ];
+        for (text, needle) in cases {
+            let error = ConfigFile::parse(text, Path::new("/"))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                error.contains(needle),
+                "{error:?} should mention {needle:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! keel-scheduler: Keel's embeddable [`Node`] and the `keel` command-line program.
+//!
+//! Today a node serves the plain replicated log of keel-raft; the durable workflow engine
+//! (steps, timers, signals) joins this crate as a second application state machine.
+//!
+//! ```text
+//!  keel node --config node.toml ─► ConfigFile::load ─► NodeConfig ─► Node::start
+//!  keel dev ─► three Nodes on loopback ─► init ─► endpoints in ./keel-data/endpoints
+//!  keel status|append|read ─► KeelClient ─► any node (redirected to the leader)
+//! ```
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
+
+pub mod config;
+pub mod error;
+pub mod node;
+
+pub use config::ConfigFile;
+pub use error::{Error, Result};
+pub use node::Node;
