@@ -169,6 +169,13 @@ impl KeelClient {
                     }
                     Err(status) => {
                         let (kind, leader) = wire_error::parse(&status);
+                        // Without Keel's kind the error came from the transport: a refused
+                        // connection sent nothing; anything else may have been delivered.
+                        let kind = kind.or(Some(if status.code() == tonic::Code::Unavailable {
+                            WriteErrorKind::Unavailable
+                        } else {
+                            WriteErrorKind::OutcomeUnknown
+                        }));
                         last = format!("{addr}: {}", status.message());
                         match kind {
                             Some(kind) if !retry_on(kind) => {

@@ -28,7 +28,7 @@ pub enum Error {
     },
     /// A storage error stopped this node earlier; its data may miss acknowledged entries.
     #[error(
-        "data directory {} needs repair after a storage error ({reason}); run `keel repair` to wipe it and rejoin as a learner",
+        "data directory {} needs repair after a storage error ({reason}): it may have lost acknowledged entries; remove the directory, restart the node, then run `keel repair --id <node id> --addr <its address>` so it rejoins as a learner, catches up and is promoted",
         dir.display()
     )]
     NeedsRepair {

@@ -127,6 +127,9 @@ impl NodeConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
             enable_pre_vote: Some(true),
+            // A wiped follower's log reverts; the leader must resend it rather than panic.
+            // Safe here because a wiped node cannot vote until re-admitted (see `NodeAddr`).
+            allow_log_reversion: Some(true),
             ..Config::default()
         };
         config.validate().map_err(|e| Error::Invalid {

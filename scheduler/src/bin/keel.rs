@@ -1,4 +1,8 @@
 //! `keel`: run a node, a local development cluster, and talk to a cluster.
+#![allow(
+    clippy::print_stdout,
+    reason = "a command-line program answers on stdout"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
@@ -134,25 +138,25 @@ fn init_tracing() {
         .init();
 }
 
-fn endpoints(args: &ClusterArgs) -> anyhow::Result<Vec<String>> {
+fn endpoints(args: &ClusterArgs) -> Vec<String> {
     if !args.cluster.is_empty() {
-        return Ok(args.cluster.clone());
+        return args.cluster.clone();
     }
     let file = Path::new(DEV_DATA_DIR).join(ENDPOINTS_FILE);
     if let Ok(text) = std::fs::read_to_string(&file) {
-        return Ok(text
+        return text
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(str::to_owned)
-            .collect());
+            .collect();
     }
-    Ok((0..3)
+    (0..3)
         .map(|i| format!("127.0.0.1:{}", DEV_BASE_PORT + i))
-        .collect())
+        .collect()
 }
 
 fn client(args: &ClusterArgs, client_id: u64) -> anyhow::Result<KeelClient> {
-    Ok(KeelClient::new(&endpoints(args)?, client_id)?)
+    Ok(KeelClient::new(&endpoints(args), client_id)?)
 }
 
 #[tokio::main]
@@ -385,7 +389,7 @@ async fn append(
 async fn read(cluster: &ClusterArgs, from: u64, max: u32, follow: bool) -> anyhow::Result<()> {
     let mut client = client(cluster, 0)?;
     if follow {
-        let addr = endpoints(cluster)?
+        let addr = endpoints(cluster)
             .into_iter()
             .next()
             .context("no endpoint")?;

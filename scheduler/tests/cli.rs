@@ -1,0 +1,109 @@
+//! The `keel` program refuses bad input with a clear message and touches nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+fn keel(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run keel");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_config_file_with_errors_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "unknown.toml",
+            "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"d\"\nlisen = 3\n",
+            "lisen",
+        ),
+        ("syntax.toml", "node_id = = 1\n", "invalid configuration"),
+        (
+            "zero.toml",
+            "node_id = 0\nlisten = \"127.0.0.1:0\"\ndata_dir = \"d\"\n",
+            "node_id",
+        ),
+        (
+            "addr.toml",
+            "node_id = 1\nlisten = \"nowhere\"\ndata_dir = \"d\"\n",
+            "listen",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let path = write_config(dir.path(), name, text);
+        let (ok, stderr) = keel(&["node", "--config", &path]);
+        assert!(!ok, "{name} must be refused");
+        assert!(
+            stderr.contains(needle),
+            "{name}: {stderr:?} should mention {needle:?}"
+        );
+        assert!(
+            !dir.path().join("d").exists(),
+            "{name}: nothing was created"
+        );
+    }
+    let (ok, stderr) = keel(&["node", "--config", "/nonexistent/keel.toml"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/keel.toml"), "{stderr}");
+}
+
+#[test]
+fn another_clusters_or_nodes_data_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(
+        data.join("IDENTITY"),
+        "keel data directory v1\nnode_id = 1\ncluster = other\nincarnation = 00000000000000aa\n",
+    )
+    .expect("identity");
+    let text = format!(
+        "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+        data.display()
+    );
+    let path = write_config(dir.path(), "node.toml", &text);
+    let (ok, stderr) = keel(&["node", "--config", &path]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("belongs to node 1 of cluster \"other\""),
+        "{stderr}"
+    );
+    let listing: Vec<_> = std::fs::read_dir(&data).expect("list").collect();
+    assert_eq!(
+        listing.len(),
+        1,
+        "nothing was added to the foreign directory"
+    );
+}
+
+#[test]
+fn a_data_directory_marked_for_repair_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("NEEDS_REPAIR"), "append: fdatasync failed").expect("marker");
+    let text = format!(
+        "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+        data.display()
+    );
+    let path = write_config(dir.path(), "node.toml", &text);
+    let (ok, stderr) = keel(&["node", "--config", &path]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("needs repair") && stderr.contains("fdatasync failed"),
+        "{stderr}"
+    );
+}
