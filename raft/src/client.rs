@@ -6,10 +6,13 @@
 //! retried anywhere. Retries are bounded by [`RETRY_DEADLINE`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
 use tonic::transport::Channel;
 
 use crate::network::client::endpoint;
@@ -52,11 +55,31 @@ pub enum ClientError {
     },
 }
 
+/// Answers awaited on one append stream, by request id.
+type Waiting =
+    Arc<Mutex<HashMap<u64, oneshot::Sender<Result<api::AppendResponse, tonic::Status>>>>>;
+
+/// A persistent append stream to one node.
+#[derive(Debug)]
+struct AppendStream {
+    requests: mpsc::Sender<api::StreamAppendRequest>,
+    waiting: Waiting,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+/// Most requests queued on one append stream before senders wait.
+const APPEND_STREAM_QUEUE: usize = 1024;
+
+/// Append streams by node address, shared by a client's clones.
+type AppendStreams = Arc<tokio::sync::Mutex<HashMap<String, Arc<AppendStream>>>>;
+
 /// A client of one cluster.
 #[derive(Debug, Clone)]
 pub struct KeelClient {
     endpoints: Vec<String>,
     channels: HashMap<String, Channel>,
+    streams: AppendStreams,
     /// Index into `endpoints` (or a learned leader address) to try first.
     preferred: Option<String>,
     client_id: u64,
@@ -94,6 +117,7 @@ impl KeelClient {
         Ok(Self {
             endpoints: endpoints.to_vec(),
             channels,
+            streams: AppendStreams::default(),
             preferred: None,
             client_id,
             next_seq: 1,
@@ -154,7 +178,7 @@ impl KeelClient {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(KeelLogClient<Channel>) -> Fut,
+        F: FnMut(String, KeelLogClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = Instant::now() + RETRY_DEADLINE;
@@ -162,7 +186,7 @@ impl KeelClient {
         while Instant::now() < deadline {
             for addr in self.candidates() {
                 let client = self.channel(&addr)?;
-                match call(client).await {
+                match call(addr.clone(), client).await {
                     Ok(value) => {
                         self.preferred = Some(addr);
                         return Ok(value);
@@ -223,15 +247,12 @@ impl KeelClient {
         } else {
             WriteErrorKind::is_safe_to_retry
         };
+        let streams = Arc::clone(&self.streams);
         let response = self
-            .on_leader(retry_on, |mut client| {
+            .on_leader(retry_on, |addr, client| {
                 let request = request.clone();
-                async move {
-                    client
-                        .append(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
+                let streams = Arc::clone(&streams);
+                async move { stream_append(&streams, &addr, client, request).await }
             })
             .await?;
         Ok(Appended {
@@ -272,16 +293,19 @@ impl KeelClient {
         from_offset: u64,
         max_records: u32,
     ) -> Result<api::ReadResponse, ClientError> {
-        self.on_leader(WriteErrorKind::is_safe_to_retry, |mut client| async move {
-            client
-                .read(api::ReadRequest {
-                    from_offset,
-                    max_records,
-                    linearizable: true,
-                })
-                .await
-                .map(tonic::Response::into_inner)
-        })
+        self.on_leader(
+            WriteErrorKind::is_safe_to_retry,
+            |_, mut client| async move {
+                client
+                    .read(api::ReadRequest {
+                        from_offset,
+                        max_records,
+                        linearizable: true,
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            },
+        )
         .await
     }
 
@@ -363,7 +387,7 @@ impl KeelClient {
             incarnation: status.incarnation,
         };
         let response = self
-            .on_leader(WriteErrorKind::is_safe_to_retry, |mut client| {
+            .on_leader(WriteErrorKind::is_safe_to_retry, |_, mut client| {
                 let request = request.clone();
                 async move {
                     client
@@ -390,7 +414,7 @@ impl KeelClient {
             retain,
         };
         let response = self
-            .on_leader(WriteErrorKind::is_safe_to_retry, |mut client| {
+            .on_leader(WriteErrorKind::is_safe_to_retry, |_, mut client| {
                 let request = request.clone();
                 async move {
                     client
@@ -426,6 +450,109 @@ impl KeelClient {
         }
         Ok(())
     }
+}
+
+/// Sends `request` on the append stream to `addr` (opening it if needed) and waits for its
+/// answer. A stream that breaks after the request went out answers "outcome unknown".
+async fn stream_append(
+    streams: &AppendStreams,
+    addr: &str,
+    client: KeelLogClient<Channel>,
+    request: api::AppendRequest,
+) -> Result<api::AppendResponse, tonic::Status> {
+    let stream = {
+        let mut streams = streams.lock().await;
+        match streams.get(addr) {
+            Some(stream) if !stream.closed.load(Ordering::Acquire) => Arc::clone(stream),
+            _ => {
+                let stream = Arc::new(open_append_stream(client).await?);
+                streams.insert(addr.to_owned(), Arc::clone(&stream));
+                stream
+            }
+        }
+    };
+    let request_id = stream.next_id.fetch_add(1, Ordering::Relaxed);
+    let (answer, answered) = oneshot::channel();
+    stream
+        .waiting
+        .lock()
+        .expect("waiting lock poisoned")
+        .insert(request_id, answer);
+    let message = api::StreamAppendRequest {
+        request_id,
+        append: Some(request),
+    };
+    if stream.requests.clone().send(message).await.is_err() {
+        stream
+            .waiting
+            .lock()
+            .expect("waiting lock poisoned")
+            .remove(&request_id);
+        return Err(tonic::Status::unavailable(
+            "append stream closed before sending",
+        ));
+    }
+    answered
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::unknown("append stream closed after sending")))
+}
+
+async fn open_append_stream(
+    mut client: KeelLogClient<Channel>,
+) -> Result<AppendStream, tonic::Status> {
+    let (requests, outgoing) = mpsc::channel(APPEND_STREAM_QUEUE);
+    let mut answers = client.append_stream(outgoing).await?.into_inner();
+    let waiting = Waiting::default();
+    let closed = Arc::new(AtomicBool::new(false));
+    let (reader_waiting, reader_closed) = (Arc::clone(&waiting), Arc::clone(&closed));
+    tokio::spawn(async move {
+        let ended = loop {
+            match answers.message().await {
+                Ok(Some(answer)) => {
+                    let waiter = reader_waiting
+                        .lock()
+                        .expect("waiting lock poisoned")
+                        .remove(&answer.request_id);
+                    let result = match answer.result {
+                        Some(api::stream_append_response::Result::Appended(appended)) => {
+                            Ok(appended)
+                        }
+                        Some(api::stream_append_response::Result::Error(error)) => {
+                            Err(wire_error::from_append_error(&error))
+                        }
+                        None => Err(tonic::Status::unknown(
+                            "an empty answer on the append stream",
+                        )),
+                    };
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(result);
+                    }
+                }
+                Ok(None) => break tonic::Status::unknown("append stream ended"),
+                Err(status) => {
+                    break tonic::Status::unknown(format!(
+                        "append stream broke: {}",
+                        status.message()
+                    ));
+                }
+            }
+        };
+        reader_closed.store(true, Ordering::Release);
+        let orphans: Vec<_> = reader_waiting
+            .lock()
+            .expect("waiting lock poisoned")
+            .drain()
+            .collect();
+        for (_, waiter) in orphans {
+            let _ = waiter.send(Err(ended.clone()));
+        }
+    });
+    Ok(AppendStream {
+        requests,
+        waiting,
+        next_id: AtomicU64::new(0),
+        closed,
+    })
 }
 
 fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {

@@ -89,7 +89,10 @@ pub fn not_leader(leader: Option<(u64, &str)>) -> Status {
         Some((id, addr)) => format!("not the leader; the leader is node {id} at {addr}"),
         None => "not the leader, and no leader is known yet".to_owned(),
     };
-    let mut status = status(WriteErrorKind::NotLeader, message);
+    with_leader(status(WriteErrorKind::NotLeader, message), leader)
+}
+
+fn with_leader(mut status: Status, leader: Option<(u64, &str)>) -> Status {
     if let Some((id, addr)) = leader {
         status
             .metadata_mut()
@@ -99,6 +102,26 @@ pub fn not_leader(leader: Option<(u64, &str)>) -> Status {
         }
     }
     status
+}
+
+/// The stream form of an error status.
+pub fn to_append_error(status: &Status) -> crate::pb::client::AppendError {
+    let (kind, leader) = parse(status);
+    crate::pb::client::AppendError {
+        kind: kind.map_or_else(String::new, |k| k.as_str().to_owned()),
+        message: status.message().to_owned(),
+        leader_id: leader.as_ref().map(|(id, _)| *id),
+        leader_addr: leader.map(|(_, addr)| addr).unwrap_or_default(),
+    }
+}
+
+/// The error status a stream error answer stands for.
+pub fn from_append_error(error: &crate::pb::client::AppendError) -> Status {
+    let Some(kind) = WriteErrorKind::parse(&error.kind) else {
+        return Status::unknown(error.message.clone());
+    };
+    let leader = error.leader_id.map(|id| (id, error.leader_addr.as_str()));
+    with_leader(status(kind, error.message.clone()), leader)
 }
 
 /// The kind of an error status, and the leader it names.
@@ -135,5 +158,19 @@ mod tests {
         );
         assert!(WriteErrorKind::NotLeader.is_safe_to_retry());
         assert!(!WriteErrorKind::OutcomeUnknown.is_safe_to_retry());
+    }
+
+    #[test]
+    fn stream_errors_round_trip() {
+        for status in [
+            not_leader(Some((2, "127.0.0.1:7002"))),
+            not_leader(None),
+            status(WriteErrorKind::OutcomeUnknown, "lost"),
+            status(WriteErrorKind::Invalid, "too big"),
+        ] {
+            let back = from_append_error(&to_append_error(&status));
+            assert_eq!(parse(&back), parse(&status));
+            assert_eq!(back.code(), status.code());
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::pb::client::{self as api, keel_log_server::KeelLog};
 use crate::pb::raft::raft_client::RaftClient;
 use crate::plain_log::{LogRecord, decode_append_answer, encode_append};
 use crate::types::{ClientRequest, ClientResponse, NodeAddr, TypeConfig};
-use crate::wire_error::{WriteErrorKind, not_leader, status};
+use crate::wire_error::{WriteErrorKind, not_leader, status, to_append_error};
 
 /// Most client writes in flight on one node; more are refused as overloaded.
 pub const INFLIGHT_WRITES_MAX: usize = 4096;
@@ -45,8 +45,11 @@ const SUBSCRIBE_BATCH_RECORDS: usize = 1024;
 /// Largest metrics HTTP request read.
 const METRICS_REQUEST_MAX_BYTES: usize = 8 * 1024;
 
+/// Most answers queued on one append stream before its requests wait.
+const APPEND_STREAM_QUEUE: usize = 1024;
+
 /// The client service of one node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClientService {
     shared: NodeShared,
     inflight: Arc<Semaphore>,
@@ -209,6 +212,26 @@ impl ClientService {
                 ),
             )),
         }
+    }
+
+    /// [`Self::append_batch`], recorded in the metrics.
+    async fn timed_append(
+        &self,
+        request: api::AppendRequest,
+    ) -> Result<api::AppendResponse, Status> {
+        let started = Instant::now();
+        let result = self.append_batch(request).await;
+        self.shared
+            .metrics
+            .append_latency
+            .observe(started.elapsed());
+        if result.is_err() {
+            self.shared
+                .metrics
+                .append_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 
     /// Waits until this node has applied everything acknowledged before the call.
@@ -375,19 +398,49 @@ impl KeelLog for ClientService {
         &self,
         request: Request<api::AppendRequest>,
     ) -> Result<Response<api::AppendResponse>, Status> {
-        let started = Instant::now();
-        let result = self.append_batch(request.into_inner()).await;
-        self.shared
-            .metrics
-            .append_latency
-            .observe(started.elapsed());
-        if result.is_err() {
-            self.shared
-                .metrics
-                .append_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        result.map(Response::new)
+        self.timed_append(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendStreamStream =
+        Pin<Box<dyn Stream<Item = Result<api::StreamAppendResponse, Status>> + Send>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<api::StreamAppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let (answers, answered) = futures::channel::mpsc::channel(APPEND_STREAM_QUEUE);
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = requests.message().await {
+                let service = service.clone();
+                let mut answers = answers.clone();
+                tokio::spawn(async move {
+                    let request_id = message.request_id;
+                    let result = match message.append {
+                        Some(append) => service.timed_append(append).await,
+                        None => Err(status(
+                            WriteErrorKind::Invalid,
+                            "a stream request without an append",
+                        )),
+                    };
+                    let result = match result {
+                        Ok(appended) => api::stream_append_response::Result::Appended(appended),
+                        Err(error) => {
+                            api::stream_append_response::Result::Error(to_append_error(&error))
+                        }
+                    };
+                    let answer = api::StreamAppendResponse {
+                        request_id,
+                        result: Some(result),
+                    };
+                    let _ = futures::SinkExt::send(&mut answers, Ok(answer)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(answered)))
     }
 
     async fn read(
