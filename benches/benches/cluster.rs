@@ -292,7 +292,8 @@ fn report_latency(label: &str, mut latencies: Vec<Duration>) {
     );
     eprintln!("{line}");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keel-bench");
-    if std::fs::create_dir_all(&dir).is_ok()
+    if std::env::args().any(|a| a == "--bench")
+        && std::fs::create_dir_all(&dir).is_ok()
         && let Ok(mut file) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

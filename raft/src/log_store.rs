@@ -63,7 +63,20 @@ impl LogStore {
         options: keel_log::Options,
         data_dir: impl Into<PathBuf>,
     ) -> crate::Result<Self> {
-        let log = Log::open(log_dir, options)?;
+        Self::open_with_fs(log_dir, options, data_dir, Arc::new(keel_log::fs::StdFs))
+    }
+
+    /// [`LogStore::open`] on a given file system (tests inject faults with it).
+    ///
+    /// # Errors
+    /// keel-log's open errors (I/O, corruption, invalid options).
+    pub fn open_with_fs(
+        log_dir: &Path,
+        options: keel_log::Options,
+        data_dir: impl Into<PathBuf>,
+        fs: Arc<dyn keel_log::fs::Fs>,
+    ) -> crate::Result<Self> {
+        let log = Log::open_with_fs(log_dir, options, fs)?;
         Ok(Self {
             log: Arc::new(log),
             data_dir: data_dir.into(),

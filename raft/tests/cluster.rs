@@ -196,6 +196,49 @@ async fn malformed_and_oversized_writes_are_refused_and_append_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_committed_records_then_new_ones() {
+    let cluster = Cluster::start(3, |_| {}).await;
+    let mut client = cluster.client(21);
+    client.init(&cluster.members()).await.expect("init");
+    client.append(records(&["a", "b"])).await.expect("append");
+    let follower = cluster.nodes[1].addr().to_string();
+    let mut subscriber = client.clone();
+    let received = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        subscriber
+            .subscribe(&follower, 1, |record| {
+                seen.push((
+                    record.offset,
+                    String::from_utf8_lossy(&record.data).into_owned(),
+                ));
+                seen.len() < 3
+            })
+            .await
+            .expect("subscribe");
+        seen
+    });
+    client
+        .append(records(&["c", "d"]))
+        .await
+        .expect("append while subscribed");
+    let seen = tokio::time::timeout(Duration::from_secs(10), received)
+        .await
+        .expect("in time")
+        .expect("task");
+    assert_eq!(
+        seen,
+        [
+            (1, "b".to_owned()),
+            (2, "c".to_owned()),
+            (3, "d".to_owned())
+        ]
+    );
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
     let cluster = Cluster::start(3, |config| {
         config.snapshot_every_entries = 50;

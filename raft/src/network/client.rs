@@ -385,3 +385,86 @@ impl NetSnapshot<TypeConfig> for PeerClient {
         Ok(SnapshotResponse::new(vote.into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::types::{ClientRequest, log_id};
+
+    fn normal(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: log_id(3, index),
+            payload: EntryPayload::Normal(ClientRequest {
+                client_id: 1,
+                seq: index,
+                command: Bytes::from(vec![0u8; bytes]),
+            }),
+        }
+    }
+
+    #[test]
+    fn large_requests_split_into_chained_messages_within_the_byte_bound() {
+        let entries: Vec<Entry> = (10..20)
+            .map(|i| normal(i, REPLICATION_BATCH_MAX_BYTES / 3))
+            .collect();
+        let request = AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(3, 9)),
+            entries,
+            leader_commit: Some(log_id(3, 18)),
+        };
+        let parts = split_by_bytes(&request);
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        let mut prev = Some(wire::LogId { term: 3, index: 9 });
+        let mut count = 0;
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(
+                part.prev_log_id, prev,
+                "part {i} continues the previous one"
+            );
+            let bytes: usize = part
+                .entries
+                .iter()
+                .map(|e| match &e.payload {
+                    Some(wire::entry::Payload::Normal(n)) => n.command.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert!(
+                bytes <= REPLICATION_BATCH_MAX_BYTES,
+                "part {i} holds {bytes} bytes"
+            );
+            let last = part.entries.last().and_then(|e| e.log_id);
+            let commit = part.leader_commit.map(|c| c.index).unwrap_or_default();
+            assert!(
+                commit <= last.map_or(0, |l| l.index),
+                "part {i} commits nothing past its own entries"
+            );
+            prev = last;
+            count += part.entries.len();
+        }
+        assert_eq!(count, 10);
+        assert_eq!(
+            parts.last().and_then(|p| p.leader_commit),
+            Some(wire::LogId { term: 3, index: 18 })
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_and_a_single_huge_entry_each_make_one_message() {
+        let heartbeat = AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id(3, 9)),
+            entries: Vec::new(),
+            leader_commit: Some(log_id(3, 9)),
+        };
+        assert_eq!(split_by_bytes(&heartbeat).len(), 1);
+        let huge = AppendEntriesRequest {
+            entries: vec![normal(10, REPLICATION_BATCH_MAX_BYTES * 2)],
+            ..heartbeat
+        };
+        assert_eq!(split_by_bytes(&huge).len(), 1);
+    }
+}
