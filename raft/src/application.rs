@@ -12,7 +12,9 @@ use bytes::Bytes;
 /// with [`Application::digest`]).
 pub trait Application: Send + Sync + fmt::Debug + 'static {
     /// Applies the committed command at Raft index `index`; returns the answer to its writer.
-    fn apply(&mut self, index: u64, command: &[u8]) -> Bytes;
+    /// The command may be a view into the Raft log's memory mapping: an application that
+    /// keeps it (or slices of it) for long should copy it, or it pins a log segment.
+    fn apply(&mut self, index: u64, command: &Bytes) -> Bytes;
 
     /// Writes the whole state, for a snapshot.
     ///

@@ -19,8 +19,8 @@ use openraft::{OptionalSend, RaftLogReader};
 use crate::error::Error;
 use crate::metrics::NodeMetrics;
 use crate::record::{
-    StoredPayload, decode_committed, decode_vote, encode_committed, encode_vote, from_keel_id,
-    to_keel_id,
+    StoredPayload, decode_committed, decode_vote, encode_committed, encode_vote, entry_from_record,
+    from_keel_id, to_keel_id,
 };
 use crate::repair::mark_needs_repair;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
@@ -153,7 +153,7 @@ fn read_entries(log: &EntryLog, range: impl RangeBounds<u64>) -> Result<Vec<Entr
     let mut entries = Vec::new();
     for record in log.reader().range(start..end) {
         let record = record.map_err(to_io)?;
-        let entry = record.to_entry(from_keel_id(record.id())).map_err(to_io)?;
+        let entry = entry_from_record(record).map_err(to_io)?;
         entries.push(entry);
     }
     Ok(entries)

@@ -130,7 +130,6 @@ impl NodeConfig {
             // A wiped follower's log reverts; the leader must resend it rather than panic.
             // Safe here because a wiped node cannot vote until re-admitted (see `NodeAddr`).
             allow_log_reversion: Some(true),
-            broadcast_submitted_on_append: Some(true),
             ..Config::default()
         };
         config.validate().map_err(|e| Error::Invalid {

@@ -90,27 +90,29 @@ pub fn encode_append(stamp_ms: u64, records: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-/// Decodes an append command; `None` for bytes that are not one.
-fn decode_append(mut command: &[u8]) -> Option<(u64, Vec<&[u8]>)> {
-    if command.len() < 12 {
+/// Decodes an append command into its stamp and records (slices of `command`, not copies);
+/// `None` for bytes that are not one.
+fn decode_append(command: &Bytes) -> Option<(u64, Vec<Bytes>)> {
+    let mut rest: &[u8] = command;
+    if rest.len() < 12 {
         return None;
     }
-    let stamp = command.get_u64_le();
-    let count = command.get_u32_le() as usize;
-    let mut records = Vec::with_capacity(count.min(command.len() / 4));
+    let stamp = rest.get_u64_le();
+    let count = rest.get_u32_le() as usize;
+    let mut records = Vec::with_capacity(count.min(rest.len() / 4));
     for _ in 0..count {
-        if command.len() < 4 {
+        if rest.len() < 4 {
             return None;
         }
-        let len = command.get_u32_le() as usize;
-        if command.len() < len {
+        let len = rest.get_u32_le() as usize;
+        if rest.len() < len {
             return None;
         }
-        let (record, rest) = command.split_at(len);
-        records.push(record);
-        command = rest;
+        let start = command.len() - rest.len();
+        records.push(command.slice(start..start + len));
+        rest = &rest[len..];
     }
-    command.is_empty().then_some((stamp, records))
+    rest.is_empty().then_some((stamp, records))
 }
 
 /// The answer to an append: the batch's first offset and its record count; an empty answer
@@ -194,14 +196,14 @@ impl PlainLog {
 }
 
 impl State {
-    fn append(&mut self, stamp_ms: u64, data: &[u8]) {
+    fn append(&mut self, stamp_ms: u64, data: Bytes) {
         let offset = self.next_offset;
-        self.digest = mix(self.digest, offset, data);
+        self.digest = mix(self.digest, offset, &data);
         self.retained_bytes += data.len() as u64;
         self.records.push_back(LogRecord {
             offset,
             stamp_ms,
-            data: Bytes::copy_from_slice(data),
+            data,
         });
         self.next_offset += 1;
     }
@@ -222,20 +224,24 @@ impl State {
 }
 
 impl Application for PlainLog {
-    fn apply(&mut self, _index: u64, command: &[u8]) -> Bytes {
-        let Some((stamp_ms, records)) = decode_append(command) else {
+    fn apply(&mut self, _index: u64, command: &Bytes) -> Bytes {
+        // One copy of the whole batch, which its records then share: the command may be a
+        // view into the Raft log's mapping, which retained records must not pin.
+        let command = Bytes::copy_from_slice(command);
+        let Some((stamp_ms, records)) = decode_append(&command) else {
             return Bytes::new();
         };
         let answer = {
             let mut state = self.shared.state.write().expect("plain log lock poisoned");
             let first = state.next_offset;
-            for record in &records {
+            let count = records.len();
+            for record in records {
                 state.append(stamp_ms, record);
             }
             state.retain(self.shared.retention, stamp_ms);
             let mut answer = BytesMut::with_capacity(12);
             answer.put_u64_le(first);
-            answer.put_u32_le(u32::try_from(records.len()).expect("decoded count was a u32"));
+            answer.put_u32_le(u32::try_from(count).expect("decoded count was a u32"));
             answer.freeze()
         };
         self.publish();
@@ -333,7 +339,7 @@ mod tests {
     #[test]
     fn malformed_command_appends_nothing() {
         let mut log = PlainLog::new(Retention::default());
-        assert!(log.apply(0, b"junk").is_empty());
+        assert!(log.apply(0, &Bytes::from_static(b"junk")).is_empty());
         assert_eq!(log.bounds(), (0, 0));
     }
 

@@ -100,6 +100,44 @@ impl ArchivedStoredMembershipConfig {
     }
 }
 
+/// A record's command bytes, read in place from keel-log's mapping: entries read for
+/// replication and apply share the mapped bytes instead of copying them.
+struct MappedCommand(keel_log::Record<StoredPayload>);
+
+impl AsRef<[u8]> for MappedCommand {
+    fn as_ref(&self) -> &[u8] {
+        match &*self.0 {
+            ArchivedStoredPayload::Normal { command, .. } => command.as_slice(),
+            _ => &[],
+        }
+    }
+}
+
+/// The openraft entry a log record holds, its command shared with the mapping (no copy).
+///
+/// # Errors
+/// [`DecodeError`] when a stored membership is inconsistent.
+pub(crate) fn entry_from_record(
+    record: keel_log::Record<StoredPayload>,
+) -> Result<Entry, DecodeError> {
+    let id = from_keel_id(record.id());
+    match &*record {
+        ArchivedStoredPayload::Normal { client_id, seq, .. } => {
+            let (client_id, seq) = (client_id.to_native(), seq.to_native());
+            let command = Bytes::from_owner(MappedCommand(record));
+            Ok(Entry {
+                log_id: id,
+                payload: EntryPayload::Normal(ClientRequest {
+                    client_id,
+                    seq,
+                    command,
+                }),
+            })
+        }
+        other => other.to_entry(id),
+    }
+}
+
 impl ArchivedStoredPayload {
     /// The openraft entry with this payload at `id`.
     ///
