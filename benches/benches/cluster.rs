@@ -215,9 +215,10 @@ async fn run_clients(
     let record = Bytes::from(vec![b'k'; payload]);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let shared = KeelClient::new(addrs, 0).expect("client");
     for _ in 0..clients {
         *next_id += 1;
-        let mut client = KeelClient::new(addrs, *next_id).expect("client");
+        let mut client = shared.for_writer(*next_id);
         let record = record.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(usize::try_from(per_client).unwrap_or(0));

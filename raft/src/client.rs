@@ -124,6 +124,17 @@ impl KeelClient {
         })
     }
 
+    /// Another writer on this client's connections and append streams: concurrent writers
+    /// of one process share one HTTP/2 connection per node, as gRPC intends.
+    #[must_use]
+    pub fn for_writer(&self, client_id: u64) -> Self {
+        Self {
+            client_id,
+            next_seq: 1,
+            ..self.clone()
+        }
+    }
+
     /// This client's id.
     pub fn client_id(&self) -> u64 {
         self.client_id
