@@ -19,7 +19,8 @@ use crate::application::Application;
 use crate::record::StoredMembershipConfig;
 use crate::snapshot::{SnapshotDir, SnapshotFile, SnapshotHeader, open_body};
 use crate::types::{
-    ClientRequest, ClientResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig, log_id,
+    ClientRequest, ClientResponse, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+    log_id,
 };
 
 /// Most client sessions remembered; beyond it the least recently written one is forgotten
@@ -287,19 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
         .map_err(io::Error::from)
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<
-        Option<
-            openraft::Snapshot<
-                crate::types::CommittedLeaderId,
-                u64,
-                crate::types::NodeAddr,
-                SnapshotFile,
-            >,
-        >,
-        io::Error,
-    > {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let Some((file, header)) = self.snapshots.current()? else {
             return Ok(None);
         };
@@ -317,17 +306,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
     type SnapshotData = SnapshotFile;
 
-    async fn build_snapshot(
-        &mut self,
-    ) -> Result<
-        openraft::Snapshot<
-            crate::types::CommittedLeaderId,
-            u64,
-            crate::types::NodeAddr,
-            SnapshotFile,
-        >,
-        io::Error,
-    > {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (header, app_bytes, membership) = {
             let state = self.lock();
             let mut app_bytes = Vec::new();

@@ -60,22 +60,30 @@ fn a_config_file_with_errors_is_refused_with_the_reason() {
     assert!(stderr.contains("/nonexistent/keel.toml"), "{stderr}");
 }
 
-#[test]
-fn another_clusters_or_nodes_data_directory_is_refused() {
+/// Starts node 1 on a data directory holding `file` with `contents`; returns the directory,
+/// whether `keel node` succeeded, and its stderr.
+fn start_on_prepared_dir(
+    file: &str,
+    contents: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).expect("mkdir");
-    std::fs::write(
-        data.join("IDENTITY"),
-        "keel data directory v1\nnode_id = 1\ncluster = other\nincarnation = 00000000000000aa\n",
-    )
-    .expect("identity");
+    std::fs::write(data.join(file), contents).expect("prepared file");
     let text = format!(
         "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
         data.display()
     );
     let path = write_config(dir.path(), "node.toml", &text);
     let (ok, stderr) = keel(&["node", "--config", &path]);
+    (dir, data, ok, stderr)
+}
+
+#[test]
+fn another_clusters_or_nodes_data_directory_is_refused() {
+    let identity =
+        "keel data directory v1\nnode_id = 1\ncluster = other\nincarnation = 00000000000000aa\n";
+    let (_dir, data, ok, stderr) = start_on_prepared_dir("IDENTITY", identity);
     assert!(!ok);
     assert!(
         stderr.contains("belongs to node 1 of cluster \"other\""),
@@ -91,16 +99,8 @@ fn another_clusters_or_nodes_data_directory_is_refused() {
 
 #[test]
 fn a_data_directory_marked_for_repair_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
-    std::fs::write(data.join("NEEDS_REPAIR"), "append: fdatasync failed").expect("marker");
-    let text = format!(
-        "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
-        data.display()
-    );
-    let path = write_config(dir.path(), "node.toml", &text);
-    let (ok, stderr) = keel(&["node", "--config", &path]);
+    let (_dir, _data, ok, stderr) =
+        start_on_prepared_dir("NEEDS_REPAIR", "append: fdatasync failed");
     assert!(!ok);
     assert!(
         stderr.contains("needs repair") && stderr.contains("fdatasync failed"),

@@ -253,21 +253,35 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
     }
 }
 
+impl PeerClient {
+    /// A vote or pre-vote request (`pre`), answered within the RPC's hard deadline.
+    async fn ask_vote(
+        &mut self,
+        rpc: &VoteRequest<TypeConfig>,
+        option: &RPCOption,
+        pre: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut request = tonic::Request::new(wire::VoteRequest::from(rpc));
+        request.set_timeout(option.hard_ttl());
+        let mut client = self.client()?;
+        let response = if pre {
+            client.pre_vote(request).await
+        } else {
+            client.vote(request).await
+        };
+        let response = response.map_err(|status| self.rpc_error(&status))?;
+        pb::vote_response_from_pb(response.into_inner())
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
 impl NetVote<TypeConfig> for PeerClient {
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut request = tonic::Request::new(wire::VoteRequest::from(&rpc));
-        request.set_timeout(option.hard_ttl());
-        let response = self
-            .client()?
-            .vote(request)
-            .await
-            .map_err(|status| self.rpc_error(&status))?;
-        pb::vote_response_from_pb(response.into_inner())
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        self.ask_vote(&rpc, &option, false).await
     }
 
     async fn pre_vote(
@@ -275,15 +289,7 @@ impl NetVote<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut request = tonic::Request::new(wire::VoteRequest::from(&rpc));
-        request.set_timeout(option.hard_ttl());
-        let response = self
-            .client()?
-            .pre_vote(request)
-            .await
-            .map_err(|status| self.rpc_error(&status))?;
-        pb::vote_response_from_pb(response.into_inner())
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        self.ask_vote(&rpc, &option, true).await
     }
 }
 

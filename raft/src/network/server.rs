@@ -65,6 +65,23 @@ fn fatal(error: &impl std::fmt::Display) -> Status {
 }
 
 impl RaftService {
+    /// Answers a vote or pre-vote (`pre`), refused while this node is not admitted.
+    async fn answer_vote(
+        &self,
+        request: Request<wire::VoteRequest>,
+        pre: bool,
+    ) -> Result<Response<wire::VoteResponse>, Status> {
+        self.refuse_unadmitted()?;
+        let request =
+            pb::vote_request_from_pb(request.into_inner()).map_err(|e| bad_message(&e))?;
+        let response = if pre {
+            self.shared.raft.pre_vote(request).await
+        } else {
+            self.shared.raft.vote(request).await
+        };
+        Ok(Response::new((&response.map_err(|e| fatal(&e))?).into()))
+    }
+
     fn refuse_unadmitted(&self) -> Result<(), Status> {
         if self.shared.admitted() {
             Ok(())
@@ -83,32 +100,14 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<wire::VoteRequest>,
     ) -> Result<Response<wire::VoteResponse>, Status> {
-        self.refuse_unadmitted()?;
-        let request =
-            pb::vote_request_from_pb(request.into_inner()).map_err(|e| bad_message(&e))?;
-        let response = self
-            .shared
-            .raft
-            .vote(request)
-            .await
-            .map_err(|e| fatal(&e))?;
-        Ok(Response::new((&response).into()))
+        self.answer_vote(request, false).await
     }
 
     async fn pre_vote(
         &self,
         request: Request<wire::VoteRequest>,
     ) -> Result<Response<wire::VoteResponse>, Status> {
-        self.refuse_unadmitted()?;
-        let request =
-            pb::vote_request_from_pb(request.into_inner()).map_err(|e| bad_message(&e))?;
-        let response = self
-            .shared
-            .raft
-            .pre_vote(request)
-            .await
-            .map_err(|e| fatal(&e))?;
-        Ok(Response::new((&response).into()))
+        self.answer_vote(request, true).await
     }
 
     type StreamAppendStream =
