@@ -23,6 +23,8 @@ use crate::wire_error::{self, WriteErrorKind};
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause between retries when no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
+/// Redirects followed at once before pausing (views of the leader may disagree briefly).
+const REDIRECTS_WITHOUT_PAUSE: u32 = 3;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -194,45 +196,44 @@ impl KeelClient {
     {
         let deadline = Instant::now() + RETRY_DEADLINE;
         let mut last = String::from("no endpoint tried");
-        while Instant::now() < deadline {
+        let mut redirects = 0;
+        'rounds: while Instant::now() < deadline {
             for addr in self.candidates() {
                 let client = self.channel(&addr)?;
-                match call(addr.clone(), client).await {
+                let status = match call(addr.clone(), client).await {
                     Ok(value) => {
                         self.preferred = Some(addr);
                         return Ok(value);
                     }
-                    Err(status) => {
-                        let (kind, leader) = wire_error::parse(&status);
-                        // Without Keel's kind the error came from the transport: a refused
-                        // connection sent nothing; anything else may have been delivered.
-                        let kind = kind.or(Some(if status.code() == tonic::Code::Unavailable {
-                            WriteErrorKind::Unavailable
-                        } else {
-                            WriteErrorKind::OutcomeUnknown
-                        }));
-                        last = format!("{addr}: {}", status.message());
-                        match kind {
-                            Some(kind) if !retry_on(kind) => {
-                                return Err(ClientError::Refused {
-                                    kind,
-                                    message: status.message().to_owned(),
-                                });
-                            }
-                            Some(WriteErrorKind::NotLeader) => {
-                                if let Some((_, leader_addr)) = leader {
-                                    self.preferred = Some(leader_addr);
-                                    break;
-                                }
-                            }
-                            Some(_) => {}
-                            None if status.code() == tonic::Code::Unavailable
-                                || status.code() == tonic::Code::Cancelled => {}
-                            None => return Err(ClientError::Rpc(status)),
-                        }
+                    Err(status) => status,
+                };
+                let (kind, leader) = wire_error::parse(&status);
+                // Without Keel's kind the error came from the transport: a refused
+                // connection sent nothing; anything else may have been delivered.
+                let kind = kind.unwrap_or(if status.code() == tonic::Code::Unavailable {
+                    WriteErrorKind::Unavailable
+                } else {
+                    WriteErrorKind::OutcomeUnknown
+                });
+                last = format!("{addr}: {}", status.message());
+                if !retry_on(kind) {
+                    return Err(ClientError::Refused {
+                        kind,
+                        message: status.message().to_owned(),
+                    });
+                }
+                if let (WriteErrorKind::NotLeader, Some((_, leader_addr))) = (kind, leader)
+                    && leader_addr != addr
+                {
+                    self.preferred = Some(leader_addr);
+                    if redirects < REDIRECTS_WITHOUT_PAUSE {
+                        redirects += 1;
+                        continue 'rounds;
                     }
+                    break;
                 }
             }
+            redirects = 0;
             tokio::time::sleep(RETRY_PAUSE).await;
         }
         Err(ClientError::GaveUp { last })
