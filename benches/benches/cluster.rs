@@ -69,11 +69,12 @@ fn wanted(group: &str) -> bool {
         .map_or(true, |groups| groups.split(',').any(|g| group.contains(g)))
 }
 
+/// Runs a node the way `keel node` does: its configured runtime, then the node.
 fn run_node(config: &Path) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let settings = keel_scheduler::ConfigFile::load(config).expect("node config");
+    let runtime = settings.build_runtime().expect("runtime");
     runtime.block_on(async {
-        let config = keel_scheduler::ConfigFile::load(config).expect("node config");
-        let node = keel_scheduler::Node::start(config)
+        let node = keel_scheduler::Node::start(settings.node)
             .await
             .expect("node starts");
         node.stopped().await;
@@ -108,7 +109,7 @@ impl BenchCluster {
             let config = dir.path().join(format!("node-{id}.toml"));
             let sync = if relaxed { "relaxed" } else { "durable" };
             let text = format!(
-                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\n[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n[retention]\nmax_bytes = 268435456\n"
+                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n[retention]\nmax_bytes = 268435456\n"
             );
             std::fs::write(&config, text).expect("config");
             nodes.push((id, addr, config, None));

@@ -7,6 +7,7 @@
 //! metrics_listen = "127.0.0.1:9101" # optional Prometheus endpoint
 //! data_dir = "/var/lib/keel/1"
 //! sync = "durable"                  # or "relaxed": page cache only, non-durable
+//! runtime_threads = 0               # 0: one per CPU; 1: a single-threaded runtime
 //!
 //! [timeouts]
 //! heartbeat_ms = 50
@@ -68,6 +69,40 @@ pub struct ConfigFile {
     /// Peer address overrides, by node id.
     #[serde(default)]
     pub peers: HashMap<String, String>,
+    /// Async runtime threads of `keel node`: 0 for one per CPU, 1 for a single-threaded
+    /// runtime (best when nodes share few cores: fewer cross-thread wake-ups).
+    #[serde(default)]
+    pub runtime_threads: usize,
+}
+
+/// A loaded configuration: the node's, and how the `keel` program runs it.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The node's configuration.
+    pub node: NodeConfig,
+    /// Async runtime threads (0: one per CPU; 1: single-threaded).
+    pub runtime_threads: usize,
+}
+
+impl NodeSettings {
+    /// The async runtime these settings ask for.
+    ///
+    /// # Errors
+    /// The operating system's error creating threads.
+    pub fn build_runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.runtime_threads {
+            1 => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            0 => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build(),
+            threads => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build(),
+        }
+    }
 }
 
 fn default_cluster() -> String {
@@ -154,7 +189,7 @@ impl ConfigFile {
     ///
     /// # Errors
     /// [`Error::Config`] naming the problem (TOML syntax, unknown key, bad value).
-    pub fn parse(text: &str, base_dir: &Path) -> Result<NodeConfig> {
+    pub fn parse(text: &str, base_dir: &Path) -> Result<NodeSettings> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         file.into_node_config(base_dir)
     }
@@ -163,14 +198,15 @@ impl ConfigFile {
     ///
     /// # Errors
     /// [`Error::Config`] for an unreadable or invalid file.
-    pub fn load(path: &Path) -> Result<NodeConfig> {
+    pub fn load(path: &Path) -> Result<NodeSettings> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Self::parse(&text, base).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    fn into_node_config(self, base_dir: &Path) -> Result<NodeConfig> {
+    fn into_node_config(self, base_dir: &Path) -> Result<NodeSettings> {
+        let runtime_threads = self.runtime_threads;
         let data_dir = if self.data_dir.is_absolute() {
             self.data_dir
         } else {
@@ -204,7 +240,10 @@ impl ConfigFile {
         config
             .validate()
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(config)
+        Ok(NodeSettings {
+            node: config,
+            runtime_threads,
+        })
     }
 }
 
@@ -216,7 +255,9 @@ mod tests {
 
     #[test]
     fn minimal_file_gets_defaults_and_relative_data_dir() {
-        let config = ConfigFile::parse(MINIMAL, Path::new("/etc/keel")).expect("valid");
+        let config = ConfigFile::parse(MINIMAL, Path::new("/etc/keel"))
+            .expect("valid")
+            .node;
         assert_eq!(config.node_id, 2);
         assert_eq!(config.data_dir, Path::new("/etc/keel/data/2"));
         assert_eq!(config.sync, SyncPolicy::Durable);
@@ -226,9 +267,11 @@ mod tests {
     #[test]
     fn full_file_sets_everything() {
         let text = format!(
-            "{MINIMAL}cluster = \"prod\"\nsync = \"relaxed\"\n[timeouts]\nheartbeat_ms = 20\nelection_min_ms = 100\nelection_max_ms = 200\n[peers]\n3 = \"127.0.0.1:9999\"\n"
+            "{MINIMAL}runtime_threads = 1\ncluster = \"prod\"\nsync = \"relaxed\"\n[timeouts]\nheartbeat_ms = 20\nelection_min_ms = 100\nelection_max_ms = 200\n[peers]\n3 = \"127.0.0.1:9999\"\n"
         );
-        let config = ConfigFile::parse(&text, Path::new("/")).expect("valid");
+        let settings = ConfigFile::parse(&text, Path::new("/")).expect("valid");
+        assert_eq!(settings.runtime_threads, 1);
+        let config = settings.node;
         assert_eq!(config.cluster, "prod");
         assert_eq!(config.sync, SyncPolicy::Relaxed);
         assert_eq!(

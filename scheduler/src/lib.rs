@@ -15,6 +15,6 @@ pub mod config;
 pub mod error;
 pub mod node;
 
-pub use config::ConfigFile;
+pub use config::{ConfigFile, NodeSettings};
 pub use error::{Error, Result};
 pub use node::Node;

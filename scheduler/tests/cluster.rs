@@ -11,7 +11,8 @@ use keel_raft::pb::client as api;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_failover_catch_up_and_full_restart_keep_every_acknowledged_write() {
-    let mut cluster = Cluster::start(3, "");
+    // Single-threaded node runtimes, as the cluster benchmark runs them.
+    let mut cluster = Cluster::start(3, "runtime_threads = 1");
     cluster.init().await;
     let mut client = cluster.client(11);
     let mut acknowledged = Vec::new();

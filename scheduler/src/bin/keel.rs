@@ -159,11 +159,24 @@ fn client(args: &ClusterArgs, client_id: u64) -> anyhow::Result<KeelClient> {
     Ok(KeelClient::new(&endpoints(args), client_id)?)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Node { config } => run_node(&config).await,
+    if let Command::Node { config } = &cli.command {
+        init_tracing();
+        let settings = ConfigFile::load(config)?;
+        let runtime = settings
+            .build_runtime()
+            .context("starting the async runtime")?;
+        return runtime.block_on(run_node(settings.node));
+    }
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(run_command(cli.command))
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node { .. } => unreachable!("`keel node` runs on its configured runtime"),
         Command::Dev {
             data_dir,
             base_port,
@@ -203,9 +216,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_node(config_path: &Path) -> anyhow::Result<()> {
-    init_tracing();
-    let config = ConfigFile::load(config_path)?;
+async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
     let node = Node::start(config).await.context("node failed to start")?;
     tracing::info!(addr = %node.addr(), "serving; Ctrl-C or SIGTERM stops");
     let stopped_by_itself = wait_for_stop(&node).await?;
