@@ -196,6 +196,50 @@ async fn malformed_and_oversized_writes_are_refused_and_append_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_reports_raft_progress_and_flush_latency() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let cluster = Cluster::start(1, |config| {
+        config.metrics_listen = Some(([127, 0, 0, 1], port).into())
+    })
+    .await;
+    let mut client = cluster.client(31);
+    client.init(&cluster.members()).await.expect("init");
+    client.append(records(&["m"])).await.expect("append");
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text)
+        .await
+        .expect("response");
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("keel_is_leader{node=\"1\"} 1"), "{text}");
+    let flushes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keel_log_flush_seconds_count "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("flush count");
+    assert!(
+        flushes >= 2,
+        "the membership entry and the append were flushed: {flushes}"
+    );
+    assert!(
+        text.contains("keel_append_latency_seconds_count 1"),
+        "{text}"
+    );
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_gets_committed_records_then_new_ones() {
     let cluster = Cluster::start(3, |_| {}).await;
     let mut client = cluster.client(21);
