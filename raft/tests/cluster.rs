@@ -203,7 +203,7 @@ async fn the_metrics_endpoint_reports_raft_progress_and_flush_latency() {
         .expect("addr")
         .port();
     let cluster = Cluster::start(1, |config| {
-        config.metrics_listen = Some(([127, 0, 0, 1], port).into())
+        config.metrics_listen = Some(([127, 0, 0, 1], port).into());
     })
     .await;
     let mut client = cluster.client(31);
