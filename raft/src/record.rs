@@ -75,28 +75,54 @@ impl StoredMembershipConfig {
     }
 }
 
+/// A membership from its voter sets and member addresses, as openraft validates it.
+fn membership_from(
+    configs: Vec<BTreeSet<NodeId>>,
+    nodes: BTreeMap<NodeId, NodeAddr>,
+) -> Result<Membership, DecodeError> {
+    Membership::new(configs, nodes).map_err(|e| DecodeError::Membership(e.to_string()))
+}
+
+impl StoredMembershipConfig {
+    /// The membership this stored form describes.
+    ///
+    /// # Errors
+    /// [`DecodeError::Membership`] when the stored sets name a voter without an address.
+    pub(crate) fn to_membership(&self) -> Result<Membership, DecodeError> {
+        membership_from(
+            self.configs
+                .iter()
+                .map(|set| set.iter().copied().collect())
+                .collect(),
+            self.nodes
+                .iter()
+                .map(|(id, addr, incarnation)| (*id, NodeAddr::new(addr.as_str(), *incarnation)))
+                .collect(),
+        )
+    }
+}
+
 impl ArchivedStoredMembershipConfig {
     /// The membership this stored form describes.
     ///
     /// # Errors
     /// [`DecodeError::Membership`] when the stored sets name a voter without an address.
     pub(crate) fn to_membership(&self) -> Result<Membership, DecodeError> {
-        let configs: Vec<BTreeSet<NodeId>> = self
-            .configs
-            .iter()
-            .map(|set| set.iter().map(|id| id.to_native()).collect())
-            .collect();
-        let nodes: BTreeMap<NodeId, NodeAddr> = self
-            .nodes
-            .iter()
-            .map(|node| {
-                (
-                    node.0.to_native(),
-                    NodeAddr::new(node.1.as_str(), node.2.to_native()),
-                )
-            })
-            .collect();
-        Membership::new(configs, nodes).map_err(|e| DecodeError::Membership(e.to_string()))
+        membership_from(
+            self.configs
+                .iter()
+                .map(|set| set.iter().map(|id| id.to_native()).collect())
+                .collect(),
+            self.nodes
+                .iter()
+                .map(|node| {
+                    (
+                        node.0.to_native(),
+                        NodeAddr::new(node.1.as_str(), node.2.to_native()),
+                    )
+                })
+                .collect(),
+        )
     }
 }
 

@@ -134,12 +134,7 @@ impl StateMachineHost {
 }
 
 fn header_membership(header: &SnapshotHeader) -> crate::Result<StoredMembership> {
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&header.membership)
-        .map_err(|e| crate::error::DecodeError::Snapshot(e.to_string()))?;
-    let archived =
-        rkyv::access::<crate::record::ArchivedStoredMembershipConfig, rkyv::rancor::Error>(&bytes)
-            .map_err(|e| crate::error::DecodeError::Snapshot(e.to_string()))?;
-    let membership = archived.to_membership()?;
+    let membership = header.membership.to_membership()?;
     Ok(StoredMembership::new(
         header.membership_log_id.map(|(t, i)| log_id(t, i)),
         membership,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,10 +51,6 @@ impl NodeProc {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    pub(crate) fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 
     /// The process's log so far.
@@ -241,8 +237,4 @@ pub(crate) async fn records_on(client: &mut KeelClient, addr: &str) -> Vec<Strin
 
 pub(crate) fn record(text: &str) -> Vec<Bytes> {
     vec![Bytes::copy_from_slice(text.as_bytes())]
-}
-
-pub(crate) fn data_dir_exists(path: &Path) -> bool {
-    path.join("IDENTITY").exists()
 }
