@@ -5,16 +5,29 @@ use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 
+/// Where a command is applied: its Raft log id.
+///
+/// The pair is unique cluster-wide and the same on every replica, so it serves as a fence
+/// token for effects of the command (a timer fire, say): a token with a term and index that
+/// never committed marks an effect nobody should have seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AppliedAt {
+    /// The term of the leader that proposed the command.
+    pub term: u64,
+    /// The command's Raft log index.
+    pub index: u64,
+}
+
 /// A deterministic state machine fed with committed commands.
 ///
 /// keel-raft calls it from one task at a time. It must do no I/O and read no clock while
 /// applying: two replicas applying the same commands must reach the same state (compare them
 /// with [`Application::digest`]).
 pub trait Application: Send + Sync + fmt::Debug + 'static {
-    /// Applies the committed command at Raft index `index`; returns the answer to its writer.
+    /// Applies the committed command at log id `at`; returns the answer to its writer.
     /// The command may be a view into the Raft log's memory mapping: an application that
     /// keeps it (or slices of it) for long should copy it, or it pins a log segment.
-    fn apply(&mut self, index: u64, command: &Bytes) -> Bytes;
+    fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes;
 
     /// Writes the whole state, for a snapshot.
     ///

@@ -142,12 +142,23 @@ impl KeelClient {
         self.client_id
     }
 
+    /// The sequence number for this client's next write, consumed.
+    pub fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
     /// Continues numbering writes from `seq`.
     pub fn set_next_seq(&mut self, seq: u64) {
         self.next_seq = seq;
     }
 
-    fn channel(&mut self, addr: &str) -> Result<KeelLogClient<Channel>, ClientError> {
+    /// The (lazily connected, shared) channel to `addr`.
+    ///
+    /// # Errors
+    /// [`ClientError::Endpoint`] for a bad address.
+    pub fn raw_channel(&mut self, addr: &str) -> Result<Channel, ClientError> {
         if !self.channels.contains_key(addr) {
             let channel = endpoint(addr)
                 .map_err(|e| ClientError::Endpoint {
@@ -157,10 +168,11 @@ impl KeelClient {
                 .connect_lazy();
             self.channels.insert(addr.to_owned(), channel);
         }
-        let channel = self.channels[addr].clone();
-        Ok(KeelLogClient::new(channel)
-            .max_decoding_message_size(crate::limits::MESSAGE_MAX_BYTES)
-            .max_encoding_message_size(crate::limits::MESSAGE_MAX_BYTES))
+        Ok(self.channels[addr].clone())
+    }
+
+    fn channel(&mut self, addr: &str) -> Result<KeelLogClient<Channel>, ClientError> {
+        Ok(log_client(self.raw_channel(addr)?))
     }
 
     /// A client for the node at `addr` alone (status, reads from that node).
@@ -194,13 +206,33 @@ impl KeelClient {
         F: FnMut(String, KeelLogClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        self.on_leader_channel(retry_on, |addr, channel| call(addr, log_client(channel)))
+            .await
+    }
+
+    /// Runs `call` with a channel to the leader, following redirects and retrying errors
+    /// that `retry_on` accepts, until [`RETRY_DEADLINE`]: for services beside the log's
+    /// that answer with [`wire_error`] kinds.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] for an error `retry_on` refuses; [`ClientError::GaveUp`]
+    /// at the deadline.
+    pub async fn on_leader_channel<T, F, Fut>(
+        &mut self,
+        retry_on: fn(WriteErrorKind) -> bool,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(String, Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
         let deadline = Instant::now() + RETRY_DEADLINE;
         let mut last = String::from("no endpoint tried");
         let mut redirects = 0;
         'rounds: while Instant::now() < deadline {
             for addr in self.candidates() {
-                let client = self.channel(&addr)?;
-                let status = match call(addr.clone(), client).await {
+                let channel = self.raw_channel(&addr)?;
+                let status = match call(addr.clone(), channel).await {
                     Ok(value) => {
                         self.preferred = Some(addr);
                         return Ok(value);
@@ -246,8 +278,7 @@ impl KeelClient {
     /// answered in time (the batch may then be applied or not; a later append with this
     /// client continues with the next sequence).
     pub async fn append(&mut self, records: Vec<Bytes>) -> Result<Appended, ClientError> {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.take_seq();
         let request = api::AppendRequest {
             client_id: self.client_id,
             seq,
@@ -567,7 +598,15 @@ async fn open_append_stream(
     })
 }
 
-fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {
+fn log_client(channel: Channel) -> KeelLogClient<Channel> {
+    KeelLogClient::new(channel)
+        .max_decoding_message_size(crate::limits::MESSAGE_MAX_BYTES)
+        .max_encoding_message_size(crate::limits::MESSAGE_MAX_BYTES)
+}
+
+/// Whether to retry a write that failed with `kind`: anything but a refusal of the request
+/// itself.
+pub fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {
     !matches!(
         kind,
         WriteErrorKind::Invalid | WriteErrorKind::StaleSequence

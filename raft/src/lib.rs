@@ -56,6 +56,7 @@ pub mod identity;
 pub mod limits;
 pub mod log_store;
 pub mod metrics;
+pub mod multiplex;
 pub mod network;
 pub mod node;
 pub mod pb;

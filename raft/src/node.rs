@@ -17,8 +17,11 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::log_store::LogStore;
+use crate::application::Application;
 use crate::metrics::NodeMetrics;
+use crate::multiplex::Multiplex;
 use crate::network::client::Network;
+use crate::network::server::AddServices;
 use crate::network::{client_service, server};
 use crate::plain_log::{PlainLog, Retention};
 use crate::repair;
@@ -175,6 +178,21 @@ impl NodeShared {
     }
 }
 
+/// An application replicated beside the plain log (Keel's scheduler), with the gRPC
+/// services that serve it from this node.
+pub struct Extension {
+    /// The application; its commands are tagged [`crate::multiplex::AppTag::Extension`].
+    pub app: Box<dyn Application>,
+    /// Adds the extension's services to the node's gRPC server.
+    pub services: AddServices,
+}
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extension").field("app", &self.app).finish_non_exhaustive()
+    }
+}
+
 /// A running node. Dropping it does not stop it; call [`RaftNode::shutdown`].
 #[derive(Debug)]
 pub struct RaftNode {
@@ -191,6 +209,14 @@ impl RaftNode {
     /// # Errors
     /// Any verification failure: a node never serves from a directory it failed to verify.
     pub async fn start(config: NodeConfig) -> Result<Self> {
+        Self::start_with(config, None).await
+    }
+
+    /// [`RaftNode::start`], replicating and serving `extension` beside the plain log.
+    ///
+    /// # Errors
+    /// As [`RaftNode::start`].
+    pub async fn start_with(config: NodeConfig, extension: Option<Extension>) -> Result<Self> {
         config.validate()?;
         let raft_config = Arc::new(config.raft_config()?);
         std::fs::create_dir_all(&config.data_dir).map_err(Error::io("create", &config.data_dir))?;
@@ -206,7 +232,11 @@ impl RaftNode {
             .with_metrics(Arc::clone(&metrics));
         let log = PlainLog::new(config.retention);
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
-        let host = StateMachineHost::open(Box::new(log.clone()), snapshots)?;
+        let (app, services) = match extension {
+            Some(Extension { app, services }) => (Some(app), Some(services)),
+            None => (None, None),
+        };
+        let host = StateMachineHost::open(Box::new(Multiplex::new(log.clone(), app)), snapshots)?;
         let network = Network::new(config.peers.clone());
         let raft = Raft::new(
             config.node_id,
@@ -235,7 +265,12 @@ impl RaftNode {
             metrics,
         };
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(server::serve(shared.clone(), listener, stopped.clone()));
+        let server = tokio::spawn(server::serve(
+            shared.clone(),
+            listener,
+            services,
+            stopped.clone(),
+        ));
         let mut tasks = vec![tokio::spawn(watch_raft(shared.clone(), stop.clone()))];
         if let Some(metrics_addr) = config.metrics_listen {
             let listener = TcpListener::bind(metrics_addr)

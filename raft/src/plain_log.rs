@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
 
-use crate::application::Application;
+use crate::application::{AppliedAt, Application};
 
 /// What the plain log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +224,7 @@ impl State {
 }
 
 impl Application for PlainLog {
-    fn apply(&mut self, _index: u64, command: &Bytes) -> Bytes {
+    fn apply(&mut self, _at: AppliedAt, command: &Bytes) -> Bytes {
         // One copy of the whole batch, which its records then share: the command may be a
         // view into the Raft log's mapping, which retained records must not pin.
         let command = Bytes::copy_from_slice(command);
@@ -317,12 +317,14 @@ impl Application for PlainLog {
 mod tests {
     use super::*;
 
+    const AT: AppliedAt = AppliedAt { term: 1, index: 1 };
+
     fn append(log: &mut PlainLog, stamp: u64, records: &[&str]) -> (u64, u32) {
         let records: Vec<Bytes> = records
             .iter()
             .map(|r| Bytes::copy_from_slice(r.as_bytes()))
             .collect();
-        decode_append_answer(&log.apply(0, &encode_append(stamp, &records))).expect("append answer")
+        decode_append_answer(&log.apply(AT, &encode_append(stamp, &records))).expect("append answer")
     }
 
     #[test]
@@ -339,7 +341,7 @@ mod tests {
     #[test]
     fn malformed_command_appends_nothing() {
         let mut log = PlainLog::new(Retention::default());
-        assert!(log.apply(0, &Bytes::from_static(b"junk")).is_empty());
+        assert!(log.apply(AT, &Bytes::from_static(b"junk")).is_empty());
         assert_eq!(log.bounds(), (0, 0));
     }
 

@@ -15,7 +15,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
-use crate::application::Application;
+use crate::application::{AppliedAt, Application};
 use crate::record::StoredMembershipConfig;
 use crate::snapshot::{SnapshotDir, SnapshotFile, SnapshotHeader, open_body};
 use crate::types::{
@@ -142,10 +142,11 @@ fn header_membership(header: &SnapshotHeader) -> crate::Result<StoredMembership>
 }
 
 impl HostState {
-    fn apply_request(&mut self, index: u64, request: &ClientRequest) -> ClientResponse {
+    fn apply_request(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
+        let index = at.index;
         if request.client_id == 0 {
             return ClientResponse::Applied {
-                answer: self.app.apply(index, &request.command),
+                answer: self.app.apply(at, &request.command),
                 index,
             };
         }
@@ -162,7 +163,7 @@ impl HostState {
                 };
             }
         }
-        let response = self.app.apply(index, &request.command);
+        let response = self.app.apply(at, &request.command);
         if let Some(old) = self.sessions.insert(
             request.client_id,
             Session {
@@ -236,7 +237,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
                         index: entry.log_id.index,
                     },
                     EntryPayload::Normal(request) => {
-                        state.apply_request(entry.log_id.index, request)
+                        state.apply_request(
+                            AppliedAt {
+                                term: entry.log_id.leader_id.term,
+                                index: entry.log_id.index,
+                            },
+                            request,
+                        )
                     }
                     EntryPayload::Membership(membership) => {
                         state.membership =

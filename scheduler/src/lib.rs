@@ -11,10 +11,18 @@
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+mod command;
 pub mod config;
 pub mod error;
+pub mod limits;
+pub mod machine;
 pub mod node;
+pub mod state;
 
 pub use config::{ConfigFile, NodeSettings};
 pub use error::{Error, Result};
 pub use node::Node;
+pub use command::{
+    Answer, Command, Due, EntryState, Outcome, Owner, Rejection, Stamped, StepRecord,
+    WorkflowStatus,
+};

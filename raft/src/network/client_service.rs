@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::now_ms;
 use crate::limits::{APPEND_BATCH_MAX_RECORDS, COMMAND_MAX_BYTES, RECORD_MAX_BYTES};
 use crate::metrics::RaftGauges;
+use crate::multiplex::{AppTag, tagged};
 use crate::node::NodeShared;
 use crate::pb::client::{self as api, keel_log_server::KeelLog};
 use crate::pb::raft::raft_client::RaftClient;
@@ -90,6 +91,17 @@ impl ClientService {
         Err(not_leader(
             leader.as_ref().map(|(id, node)| (*id, node.addr.as_str())),
         ))
+    }
+
+    /// Proposes `request` (a command tagged by [`crate::multiplex::tagged`]) and waits for
+    /// the state machine's answer; retries only the post-election lease refusal (nothing was
+    /// proposed then).
+    ///
+    /// # Errors
+    /// A status whose kind (see [`crate::wire_error`]) says whether the write may have
+    /// been applied.
+    pub async fn propose(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
+        Ok(self.write(request).await?.0.data)
     }
 
     async fn write(
@@ -182,7 +194,7 @@ impl ClientService {
         if request.client_id != 0 && request.seq == 0 {
             return Err(invalid("sequence numbers start at 1".to_owned()));
         }
-        let command = encode_append(now_ms(), &request.records);
+        let command = tagged(AppTag::PlainLog, &encode_append(now_ms(), &request.records));
         let (response, _) = self
             .write(ClientRequest {
                 client_id: request.client_id,
@@ -235,7 +247,10 @@ impl ClientService {
     }
 
     /// Waits until this node has applied everything acknowledged before the call.
-    async fn linearize(&self) -> Result<(), Status> {
+    ///
+    /// # Errors
+    /// `Unavailable` when no read index can be had or the apply does not catch up in time.
+    pub async fn linearize(&self) -> Result<(), Status> {
         let is_leader = self.shared.raft.metrics().borrow_watched().state == ServerState::Leader;
         let read_index = if is_leader {
             match self

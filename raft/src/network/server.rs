@@ -11,6 +11,7 @@ use openraft::ReadPolicy;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::limits::MESSAGE_MAX_BYTES;
@@ -22,8 +23,16 @@ use crate::pb::{self, raft as wire};
 use crate::snapshot::SnapshotFile;
 use crate::types::{Snapshot, SnapshotMeta, StoredMembership, Vote};
 
-/// Serves both services on `listener` until `stop` turns true.
-pub async fn serve(shared: NodeShared, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+/// Adds an extension's gRPC services to a node's routes.
+pub type AddServices = Box<dyn FnOnce(&NodeShared, Routes) -> Routes + Send>;
+
+/// Serves both services (and an extension's) on `listener` until `stop` turns true.
+pub async fn serve(
+    shared: NodeShared,
+    listener: TcpListener,
+    extra: Option<AddServices>,
+    mut stop: watch::Receiver<bool>,
+) {
     let raft = RaftServer::new(RaftService {
         shared: shared.clone(),
     })
@@ -40,9 +49,12 @@ pub async fn serve(shared: NodeShared, listener: TcpListener, mut stop: watch::R
             }
         }
     };
+    let mut routes = Routes::new(raft).add_service(client);
+    if let Some(add) = extra {
+        routes = add(&shared, routes);
+    }
     let served = tonic::transport::Server::builder()
-        .add_service(raft)
-        .add_service(client)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stopped)
         .await;
     if let Err(error) = served {

@@ -1,0 +1,199 @@
+//! Two applications in one Raft group: the plain log every node serves, and an optional
+//! extension (Keel's workflow scheduler) plugged in by the crate above.
+//!
+//! A command's first byte names the application it is for ([`AppTag`]); the rest is that
+//! application's own command. A snapshot holds both applications' snapshots, each behind its
+//! length. The digest mixes both digests, so replicas compare on the whole state.
+
+use std::io::{self, Read, Write};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::application::{AppliedAt, Application};
+use crate::plain_log::PlainLog;
+
+/// Which application a command is for: its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AppTag {
+    /// The plain replicated log.
+    PlainLog = 0,
+    /// The extension application (the workflow scheduler).
+    Extension = 1,
+}
+
+impl AppTag {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::PlainLog),
+            1 => Some(Self::Extension),
+            _ => None,
+        }
+    }
+}
+
+/// The Raft command carrying `body` for the application `tag`.
+pub fn tagged(tag: AppTag, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + body.len());
+    out.put_u8(tag as u8);
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// The plain log and an optional extension, as one [`Application`].
+#[derive(Debug)]
+pub struct Multiplex {
+    plain: PlainLog,
+    extension: Option<Box<dyn Application>>,
+}
+
+impl Multiplex {
+    /// The plain log `plain` alone, or with `extension`.
+    pub fn new(plain: PlainLog, extension: Option<Box<dyn Application>>) -> Self {
+        Self { plain, extension }
+    }
+}
+
+/// Writes `section` behind its length.
+fn write_section(out: &mut dyn Write, section: &[u8]) -> io::Result<()> {
+    out.write_all(&(section.len() as u64).to_le_bytes())?;
+    out.write_all(section)
+}
+
+/// Reads one section written by [`write_section`].
+fn read_section(input: &mut dyn Read) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 8];
+    input.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    let mut section = Vec::new();
+    input.take(len).read_to_end(&mut section)?;
+    if section.len() as u64 != len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot section shorter than its length",
+        ));
+    }
+    Ok(section)
+}
+
+impl Application for Multiplex {
+    fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes {
+        let Some((&tag, _)) = command.split_first() else {
+            return Bytes::new();
+        };
+        let body = command.slice(1..);
+        match (AppTag::from_byte(tag), &mut self.extension) {
+            (Some(AppTag::PlainLog), _) => self.plain.apply(at, &body),
+            (Some(AppTag::Extension), Some(extension)) => extension.apply(at, &body),
+            // Every replica answers the same: nothing applied.
+            (Some(AppTag::Extension), None) | (None, _) => Bytes::new(),
+        }
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut plain = Vec::new();
+        self.plain.write_snapshot(&mut plain)?;
+        write_section(out, &plain)?;
+        let mut extension = Vec::new();
+        if let Some(app) = &self.extension {
+            app.write_snapshot(&mut extension)?;
+        }
+        write_section(out, &extension)
+    }
+
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let plain = read_section(input)?;
+        let extension = read_section(input)?;
+        if input.read(&mut [0u8; 1])? != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "trailing bytes after the snapshot sections",
+            ));
+        }
+        self.plain.restore(&mut plain.as_slice())?;
+        match &mut self.extension {
+            Some(app) => app.restore(&mut extension.as_slice()),
+            None if extension.is_empty() => Ok(()),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the snapshot holds scheduler state but this node runs no scheduler",
+            )),
+        }
+    }
+
+    fn digest(&self) -> u64 {
+        let extension = self.extension.as_ref().map_or(0, |app| app.digest());
+        self.plain.digest() ^ extension.rotate_left(32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plain_log::{Retention, encode_append};
+
+    #[derive(Debug, Default)]
+    struct Counter(u64);
+
+    impl Application for Counter {
+        fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes {
+            self.0 += command.len() as u64 + at.term;
+            Bytes::copy_from_slice(&self.0.to_le_bytes())
+        }
+        fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+            out.write_all(&self.0.to_le_bytes())
+        }
+        fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+            let mut bytes = [0u8; 8];
+            input.read_exact(&mut bytes)?;
+            self.0 = u64::from_le_bytes(bytes);
+            Ok(())
+        }
+        fn digest(&self) -> u64 {
+            self.0
+        }
+    }
+
+    const AT: AppliedAt = AppliedAt { term: 2, index: 9 };
+
+    #[test]
+    fn commands_reach_the_tagged_application() {
+        let plain = PlainLog::new(Retention::default());
+        let mut mux = Multiplex::new(plain.clone(), Some(Box::<Counter>::default()));
+        let append = tagged(AppTag::PlainLog, &encode_append(1, &[Bytes::from("x")]));
+        assert!(!mux.apply(AT, &append).is_empty());
+        assert_eq!(plain.bounds(), (0, 1));
+        let answer = mux.apply(AT, &tagged(AppTag::Extension, b"abc"));
+        assert_eq!(answer.as_ref(), 5u64.to_le_bytes());
+        assert!(mux.apply(AT, &Bytes::from_static(&[7, 1, 2])).is_empty());
+        assert!(mux.apply(AT, &Bytes::new()).is_empty());
+        assert_eq!(plain.bounds(), (0, 1));
+    }
+
+    #[test]
+    fn extension_commands_without_extension_apply_nothing() {
+        let mut mux = Multiplex::new(PlainLog::new(Retention::default()), None);
+        assert!(mux.apply(AT, &tagged(AppTag::Extension, b"abc")).is_empty());
+    }
+
+    #[test]
+    fn snapshot_round_trips_both_sections() {
+        let mut mux = Multiplex::new(
+            PlainLog::new(Retention::default()),
+            Some(Box::<Counter>::default()),
+        );
+        mux.apply(AT, &tagged(AppTag::PlainLog, &encode_append(1, &[Bytes::from("x")])));
+        mux.apply(AT, &tagged(AppTag::Extension, b"abcd"));
+        let mut bytes = Vec::new();
+        mux.write_snapshot(&mut bytes).expect("writes");
+        let mut restored = Multiplex::new(
+            PlainLog::new(Retention::default()),
+            Some(Box::<Counter>::default()),
+        );
+        restored.restore(&mut bytes.as_slice()).expect("restores");
+        assert_eq!(restored.digest(), mux.digest());
+        let mut without = Multiplex::new(PlainLog::new(Retention::default()), None);
+        assert!(without.restore(&mut bytes.as_slice()).is_err());
+        assert!(restored.restore(&mut &bytes[..bytes.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! The scheduler as keel-raft's extension [`Application`]: decodes commands, applies them
+//! to the [`SchedulerState`], and hands the effects to this node's listeners.
+//!
+//! Besides the replicated state it keeps node-local facts that are never replicated: when
+//! this node applied each relative timer (by its monotonic clock, for the never-early rule),
+//! who waits on which workflow, and where to send runnable workflows and timer fires.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use keel_raft::application::{AppliedAt, Application};
+use rkyv::{Archive, Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::command::{self, Answer, Rejection, Stamped};
+use crate::state::{Effect, FireRecord, SchedulerState};
+
+/// A run the engine may start: granted by a command of `term`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runnable {
+    /// The workflow.
+    pub workflow: String,
+    /// The fence granted.
+    pub fence: u64,
+    /// The granting command's term.
+    pub term: u64,
+}
+
+/// A named timer's fire, as delivered to watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedFire {
+    /// The timer's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// The fire's record (its token is `(term, index)`).
+    pub record: FireRecord,
+}
+
+/// Fires buffered per watcher before a slow one misses some.
+const FIRE_WATCH_BUFFER: usize = 16 * 1024;
+
+/// When this node started waiting for a relative timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Armed {
+    /// Since this node applied it.
+    Applied(Instant),
+    /// Since this node restarted (or restored a snapshot) with it pending: the wait is
+    /// capped at due time plus the allowed clock skew.
+    Restarted(Instant),
+}
+
+#[derive(Debug)]
+struct Local {
+    armed: HashMap<u64, Instant>,
+    /// When the state was last loaded from a snapshot (or the node started).
+    restarted: Instant,
+    waiters: HashMap<String, Arc<Notify>>,
+    runnable: Option<mpsc::UnboundedSender<Runnable>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: RwLock<SchedulerState>,
+    digest: Mutex<u64>,
+    local: Mutex<Local>,
+    timers_changed: Notify,
+    fires: broadcast::Sender<NamedFire>,
+}
+
+/// The scheduler state machine; clones share one state (give one to keel-raft, keep one to
+/// read from and listen to).
+#[derive(Debug, Clone)]
+pub struct SchedulerMachine {
+    shared: Arc<Shared>,
+}
+
+impl Default for SchedulerMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a snapshot holds.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+struct SnapshotBody {
+    state: SchedulerState,
+    digest: u64,
+}
+
+fn mix(digest: u64, command: &[u8], answer: &[u8]) -> u64 {
+    let crc = u64::from(crc32c::crc32c(command)) << 32 | u64::from(crc32c::crc32c(answer));
+    (digest.rotate_left(17) ^ crc).wrapping_mul(0xFF51_AFD7_ED55_8CCD)
+}
+
+impl SchedulerMachine {
+    /// An empty scheduler.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: RwLock::new(SchedulerState::default()),
+                digest: Mutex::new(0),
+                local: Mutex::new(Local {
+                    armed: HashMap::new(),
+                    restarted: Instant::now(),
+                    waiters: HashMap::new(),
+                    runnable: None,
+                }),
+                timers_changed: Notify::new(),
+                fires: broadcast::channel(FIRE_WATCH_BUFFER).0,
+            }),
+        }
+    }
+
+    /// Reads the state.
+    pub fn read(&self) -> RwLockReadGuard<'_, SchedulerState> {
+        self.shared
+            .state
+            .read()
+            .expect("scheduler state lock poisoned: an apply panicked")
+    }
+
+    fn local(&self) -> MutexGuard<'_, Local> {
+        self.shared
+            .local
+            .lock()
+            .expect("scheduler local lock poisoned")
+    }
+
+    /// Sends every runnable workflow to `sender` from now on.
+    pub fn set_runnable_sender(&self, sender: mpsc::UnboundedSender<Runnable>) {
+        self.local().runnable = Some(sender);
+    }
+
+    /// The notifier of changes to `workflow` (an entry resolved, a claim, its end).
+    pub fn waiter(&self, workflow: &str) -> Arc<Notify> {
+        Arc::clone(
+            self.local()
+                .waiters
+                .entry(workflow.to_owned())
+                .or_default(),
+        )
+    }
+
+    /// Notified whenever the timer queue changes.
+    pub fn timers_changed(&self) -> &Notify {
+        &self.shared.timers_changed
+    }
+
+    /// Named timer fires applied from now on.
+    pub fn watch_fires(&self) -> broadcast::Receiver<NamedFire> {
+        self.shared.fires.subscribe()
+    }
+
+    /// Since when this node waits for relative timer `id`.
+    pub fn armed(&self, id: u64) -> Armed {
+        let local = self.local();
+        local
+            .armed
+            .get(&id)
+            .map_or(Armed::Restarted(local.restarted), |&at| Armed::Applied(at))
+    }
+
+    fn dispatch(&self, effects: Vec<Effect>) {
+        let mut timers_changed = false;
+        let mut local = self.local();
+        for effect in effects {
+            match effect {
+                Effect::Runnable {
+                    workflow,
+                    fence,
+                    term,
+                } => {
+                    if let Some(sender) = &local.runnable {
+                        // A closed receiver means the engine stopped: nothing to run.
+                        let _ = sender.send(Runnable {
+                            workflow,
+                            fence,
+                            term,
+                        });
+                    }
+                }
+                Effect::Changed { workflow } => {
+                    if let Some(waiter) = local.waiters.get(&workflow) {
+                        waiter.notify_waiters();
+                    }
+                }
+                Effect::Finished { workflow } => {
+                    if let Some(waiter) = local.waiters.remove(&workflow) {
+                        waiter.notify_waiters();
+                    }
+                }
+                Effect::TimerAdded { id, relative } => {
+                    if relative {
+                        local.armed.insert(id, Instant::now());
+                    }
+                    timers_changed = true;
+                }
+                Effect::TimerRemoved { id } => {
+                    local.armed.remove(&id);
+                    timers_changed = true;
+                }
+                Effect::NamedFired {
+                    name,
+                    payload,
+                    record,
+                } => {
+                    // No watcher is fine: the fire is recorded in the state.
+                    let _ = self.shared.fires.send(NamedFire {
+                        name,
+                        payload,
+                        record,
+                    });
+                }
+            }
+        }
+        drop(local);
+        if timers_changed {
+            self.shared.timers_changed.notify_one();
+        }
+    }
+}
+
+impl Application for SchedulerMachine {
+    fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes {
+        let mut effects = Vec::new();
+        let answer = match command::decode::<Stamped>(command) {
+            Ok(stamped) => self
+                .shared
+                .state
+                .write()
+                .expect("scheduler state lock poisoned")
+                .apply(at, stamped, &mut effects),
+            Err(rejection) => Answer::Rejected(rejection),
+        };
+        let answer = command::encode(&answer);
+        {
+            let mut digest = self.shared.digest.lock().expect("digest lock poisoned");
+            *digest = mix(*digest, command, &answer);
+        }
+        self.dispatch(effects);
+        Bytes::from(answer)
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        let body = SnapshotBody {
+            state: self.read().clone(),
+            digest: self.digest(),
+        };
+        out.write_all(&command::encode(&body))
+    }
+
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        let body = command::decode::<SnapshotBody>(&bytes).map_err(|_: Rejection| {
+            io::Error::new(io::ErrorKind::InvalidData, "scheduler snapshot does not decode")
+        })?;
+        body.state.assert_consistent();
+        *self.shared.state.write().expect("scheduler state lock poisoned") = body.state;
+        *self.shared.digest.lock().expect("digest lock poisoned") = body.digest;
+        {
+            let mut local = self.local();
+            local.armed.clear();
+            local.restarted = Instant::now();
+            for waiter in local.waiters.values() {
+                waiter.notify_waiters();
+            }
+        }
+        self.shared.timers_changed.notify_one();
+        Ok(())
+    }
+
+    fn digest(&self) -> u64 {
+        *self.shared.digest.lock().expect("digest lock poisoned")
+    }
+}

@@ -1,0 +1,157 @@
+//! A workflow as the replicated state holds it: identity, status, fence and journal.
+
+use std::collections::BTreeMap;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::command::{EntryState, Outcome, Owner, WorkflowStatus};
+
+/// What a journal entry is.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+pub enum EntryKind {
+    /// A step, by name.
+    Step {
+        /// The step's name in the code.
+        name: String,
+    },
+    /// A durable sleep, ended by timer `timer`.
+    Sleep {
+        /// The timer's id.
+        timer: u64,
+    },
+    /// A wait for a signal, with an optional timeout timer.
+    Signal {
+        /// The signal's name.
+        name: String,
+        /// The timeout timer, while pending.
+        timer: Option<u64>,
+    },
+    /// A child workflow call.
+    Call {
+        /// The child's id.
+        child: String,
+        /// The child's kind.
+        kind: String,
+    },
+}
+
+impl EntryKind {
+    /// Whether `self` and `other` are the same operation (timer ids aside).
+    pub fn same_operation(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Step { name: a }, Self::Step { name: b })
+            | (Self::Signal { name: a, .. }, Self::Signal { name: b, .. })
+            | (Self::Call { kind: a, .. }, Self::Call { kind: b, .. }) => a == b,
+            (Self::Sleep { .. }, Self::Sleep { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// The operation in words, for non-determinism errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Step { name } => format!("step {name:?}"),
+            Self::Sleep { .. } => "a sleep".to_owned(),
+            Self::Signal { name, .. } => format!("a wait for signal {name:?}"),
+            Self::Call { kind, .. } => format!("a call of a {kind:?} workflow"),
+        }
+    }
+}
+
+/// One journal entry.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+pub struct JournalEntry {
+    /// What it is.
+    pub kind: EntryKind,
+    /// Where it stands.
+    pub state: EntryState,
+}
+
+/// A workflow.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+pub struct Workflow {
+    /// Its kind.
+    pub kind: String,
+    /// The code version marker of its kind when it started.
+    pub version: String,
+    /// Its input.
+    pub input: Vec<u8>,
+    /// The parent workflow and the parent's journal entry this workflow resolves.
+    pub parent: Option<(String, u32)>,
+    /// Its status.
+    pub status: WorkflowStatus,
+    /// Its result once finished.
+    pub outcome: Option<Outcome>,
+    /// When it started (the start command's stamp).
+    pub created_ms: u64,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// The current run's fence: records carrying another are rejected.
+    pub fence: u64,
+    /// Who holds the fence.
+    pub owner: Option<Owner>,
+    /// The journal, by sequence number.
+    pub journal: Vec<JournalEntry>,
+    /// Signals delivered before a wait for them, by name, oldest first.
+    pub signals: BTreeMap<String, Vec<Vec<u8>>>,
+}
+
+impl Workflow {
+    /// A new running workflow with fence 1 and an empty journal.
+    pub fn new(
+        kind: String,
+        version: String,
+        input: Vec<u8>,
+        parent: Option<(String, u32)>,
+        created_ms: u64,
+    ) -> Self {
+        Self {
+            kind,
+            version,
+            input,
+            parent,
+            status: WorkflowStatus::Running,
+            outcome: None,
+            created_ms,
+            finished_ms: None,
+            fence: 1,
+            owner: None,
+            journal: Vec::new(),
+            signals: BTreeMap::new(),
+        }
+    }
+
+    /// Whether it finished.
+    pub fn is_finished(&self) -> bool {
+        self.status != WorkflowStatus::Running
+    }
+
+    /// Timers its pending entries hold (a finished workflow's are cancelled).
+    pub fn pending_timers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.journal.iter().filter_map(|entry| match (&entry.kind, &entry.state) {
+            (EntryKind::Sleep { timer }, EntryState::Pending { .. })
+            | (
+                EntryKind::Signal {
+                    timer: Some(timer), ..
+                },
+                EntryState::Pending { .. },
+            ) => Some(*timer),
+            _ => None,
+        })
+    }
+
+    /// Children still running (their pending call entries).
+    pub fn pending_children(&self) -> impl Iterator<Item = &str> + '_ {
+        self.journal
+            .iter()
+            .filter_map(|entry| match (&entry.kind, &entry.state) {
+                (EntryKind::Call { child, .. }, EntryState::Pending { .. }) => {
+                    Some(child.as_str())
+                }
+                _ => None,
+            })
+    }
+}
