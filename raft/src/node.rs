@@ -166,6 +166,14 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
+    /// A watch of this node's leadership.
+    pub fn leader_watch(&self) -> LeaderWatch {
+        LeaderWatch {
+            node_id: self.node_id,
+            metrics: self.raft.metrics(),
+        }
+    }
+
     /// Whether the membership admits this node's data directory incarnation, so it may vote.
     pub fn admitted(&self) -> bool {
         let metrics = self.raft.metrics();
@@ -175,6 +183,38 @@ impl NodeShared {
             .membership()
             .get_node(&self.node_id)
             .is_some_and(|node| node.incarnation == self.identity.incarnation)
+    }
+}
+
+/// Watches whether this node leads, and in which term.
+pub struct LeaderWatch {
+    node_id: NodeId,
+    metrics: openraft::type_config::alias::WatchReceiverOf<
+        crate::types::TypeConfig,
+        openraft::RaftMetrics<crate::types::TypeConfig>,
+    >,
+}
+
+impl std::fmt::Debug for LeaderWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderWatch")
+            .field("node_id", &self.node_id)
+            .field("leading", &self.leading())
+            .finish()
+    }
+}
+
+impl LeaderWatch {
+    /// The term this node leads in, or `None` when it does not lead.
+    pub fn leading(&self) -> Option<u64> {
+        let metrics = self.metrics.borrow_watched();
+        (metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id))
+            .then_some(metrics.current_term)
+    }
+
+    /// Waits for a change of Raft's state; `false` once Raft stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.metrics.changed().await.is_ok()
     }
 }
 

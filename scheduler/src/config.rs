@@ -23,6 +23,10 @@
 //! max_bytes = 268435456
 //! max_age_ms = 86400000
 //!
+//! [scheduler]
+//! max_clock_skew_ms = 500           # how far wall clocks may disagree (timers)
+//! retention_ms = 604800000          # keep finished workflows this long
+//!
 //! [peers]                           # optional: reach peers here instead (a proxy)
 //! 2 = "127.0.0.1:7202"
 //! ```
@@ -37,6 +41,7 @@ use keel_raft::node::NodeConfig;
 use keel_raft::plain_log::Retention;
 use serde::Deserialize;
 
+use crate::engine::EngineSettings;
 use crate::error::{Error, Result};
 
 /// The configuration file's shape.
@@ -66,6 +71,9 @@ pub struct ConfigFile {
     /// Plain log retention.
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// Workflow engine settings.
+    #[serde(default)]
+    pub scheduler: SchedulerSettings,
     /// Peer address overrides, by node id.
     #[serde(default)]
     pub peers: HashMap<String, String>,
@@ -82,6 +90,8 @@ pub struct NodeSettings {
     pub node: NodeConfig,
     /// Async runtime threads (0: one per CPU; 1: single-threaded).
     pub runtime_threads: usize,
+    /// The workflow engine's settings.
+    pub engine: EngineSettings,
 }
 
 impl NodeSettings {
@@ -164,6 +174,26 @@ impl Default for SnapshotSettings {
     }
 }
 
+/// Workflow engine settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// How far nodes' wall clocks may disagree, in ms.
+    pub max_clock_skew_ms: u64,
+    /// How long finished workflows and timer fires are kept, in ms.
+    pub retention_ms: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        let defaults = EngineSettings::default();
+        Self {
+            max_clock_skew_ms: u64::try_from(defaults.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            retention_ms: u64::try_from(defaults.retention.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// Plain log retention.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,9 +270,15 @@ impl ConfigFile {
         config
             .validate()
             .map_err(|e| Error::Config(e.to_string()))?;
+        let engine = EngineSettings {
+            max_clock_skew: Duration::from_millis(self.scheduler.max_clock_skew_ms),
+            retention: Duration::from_millis(self.scheduler.retention_ms),
+            ..EngineSettings::default()
+        };
         Ok(NodeSettings {
             node: config,
             runtime_threads,
+            engine,
         })
     }
 }
@@ -267,10 +303,12 @@ mod tests {
     #[test]
     fn full_file_sets_everything() {
         let text = format!(
-            "{MINIMAL}runtime_threads = 1\ncluster = \"prod\"\nsync = \"relaxed\"\n[timeouts]\nheartbeat_ms = 20\nelection_min_ms = 100\nelection_max_ms = 200\n[peers]\n3 = \"127.0.0.1:9999\"\n"
+            "{MINIMAL}runtime_threads = 1\ncluster = \"prod\"\nsync = \"relaxed\"\n[timeouts]\nheartbeat_ms = 20\nelection_min_ms = 100\nelection_max_ms = 200\n[scheduler]\nmax_clock_skew_ms = 250\nretention_ms = 1000\n[peers]\n3 = \"127.0.0.1:9999\"\n"
         );
         let settings = ConfigFile::parse(&text, Path::new("/")).expect("valid");
         assert_eq!(settings.runtime_threads, 1);
+        assert_eq!(settings.engine.max_clock_skew, Duration::from_millis(250));
+        assert_eq!(settings.engine.retention, Duration::from_secs(1));
         let config = settings.node;
         assert_eq!(config.cluster, "prod");
         assert_eq!(config.sync, SyncPolicy::Relaxed);

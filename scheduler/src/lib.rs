@@ -12,12 +12,18 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod command;
+pub mod builtin;
+pub mod client;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod limits;
 pub mod machine;
 pub mod node;
+mod pb;
+pub mod service;
 pub mod state;
+pub mod wire;
 
 pub use config::{ConfigFile, NodeSettings};
 pub use error::{Error, Result};

@@ -138,12 +138,22 @@ impl SchedulerMachine {
 
     /// The notifier of changes to `workflow` (an entry resolved, a claim, its end).
     pub fn waiter(&self, workflow: &str) -> Arc<Notify> {
-        Arc::clone(
+        let waiter = Arc::clone(
             self.local()
                 .waiters
                 .entry(workflow.to_owned())
                 .or_default(),
-        )
+        );
+        // Its end may have been applied before the waiter was registered: forget it then,
+        // as the end would have.
+        let ended = self
+            .read()
+            .workflow(workflow)
+            .is_none_or(crate::state::Workflow::is_finished);
+        if ended {
+            self.local().waiters.remove(workflow);
+        }
+        waiter
     }
 
     /// Notified whenever the timer queue changes.

@@ -1,27 +1,58 @@
-//! The embeddable node: a Keel cluster member inside the application's own process.
+//! The embeddable node: a Keel cluster member inside the application's own process — Raft,
+//! the plain log, the workflow scheduler with its engine, and the gRPC server.
 
 use std::net::SocketAddr;
 
-use keel_raft::node::{NodeConfig, RaftNode};
+use keel_raft::node::{Extension, NodeConfig, RaftNode};
 use keel_raft::plain_log::PlainLog;
 
+use crate::engine::proposer::Proposer;
+use crate::engine::registry::Registry;
+use crate::engine::{Engine, EngineSettings};
 use crate::error::Result;
+use crate::machine::SchedulerMachine;
+use crate::pb::workflows_server::WorkflowsServer;
+use crate::service::WorkflowService;
 
-/// A running Keel node. The workflow engine will run on it; today it serves the plain
-/// replicated log.
+/// A running Keel node.
 #[derive(Debug)]
 pub struct Node {
+    engine: Engine,
+    machine: SchedulerMachine,
     inner: RaftNode,
 }
 
 impl Node {
-    /// Starts a node with `config` (verifying its data directory first).
+    /// Starts a node with `config` that runs the workflow kinds of `registry` (verifying
+    /// its data directory first).
     ///
     /// # Errors
     /// Any verification or startup failure; nothing is served then.
-    pub async fn start(config: NodeConfig) -> Result<Self> {
+    pub async fn start(
+        config: NodeConfig,
+        registry: Registry,
+        settings: EngineSettings,
+    ) -> Result<Self> {
+        let machine = SchedulerMachine::new();
+        let service_machine = machine.clone();
+        let extension = Extension {
+            app: Box::new(machine.clone()),
+            services: Box::new(move |shared, routes| {
+                let service =
+                    WorkflowService::new(Proposer::new(shared.clone()), service_machine);
+                routes.add_service(
+                    WorkflowsServer::new(service)
+                        .max_decoding_message_size(keel_raft::limits::MESSAGE_MAX_BYTES)
+                        .max_encoding_message_size(keel_raft::limits::MESSAGE_MAX_BYTES),
+                )
+            }),
+        };
+        let inner = RaftNode::start_with(config, Some(extension)).await?;
+        let engine = Engine::start(inner.shared().clone(), machine.clone(), registry, settings);
         Ok(Self {
-            inner: RaftNode::start(config).await?,
+            engine,
+            machine,
+            inner,
         })
     }
 
@@ -35,13 +66,24 @@ impl Node {
         &self.inner.shared().log
     }
 
+    /// The scheduler's replicated state on this node.
+    pub fn scheduler(&self) -> &SchedulerMachine {
+        &self.machine
+    }
+
+    /// The node's execution engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Resolves when the node stops by itself (a fatal storage error) or was stopped.
     pub async fn stopped(&self) {
         self.inner.stopped().await;
     }
 
-    /// Stops the node.
+    /// Stops the node: its runs first, then Raft and the server.
     pub async fn shutdown(self) {
+        drop(self.engine);
         self.inner.shutdown().await;
     }
 }

@@ -15,7 +15,11 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use keel_raft::client::KeelClient;
 use keel_raft::node::NodeConfig;
-use keel_scheduler::{ConfigFile, Node};
+use keel_scheduler::engine::EngineSettings;
+use keel_scheduler::{ConfigFile, Node, builtin};
+
+mod demo;
+mod workflows;
 
 /// Default data directory of `keel dev`, where client commands also find its endpoints.
 const DEV_DATA_DIR: &str = "keel-data";
@@ -36,7 +40,7 @@ struct Cli {
 }
 
 #[derive(Debug, Args)]
-struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     /// Comma-separated `host:port` of cluster nodes (default: the `keel dev` cluster).
     #[arg(long, env = "KEEL_CLUSTER", value_delimiter = ',')]
     cluster: Vec<String>,
@@ -64,8 +68,26 @@ enum Command {
     },
     /// Form a cluster of the given nodes (each must be running and uninitialized).
     Init(ClusterArgs),
-    /// Show every node's role, term, indexes and state digest.
-    Status(ClusterArgs),
+    /// Show every node's role, term, indexes and state digest; or, given a workflow id,
+    /// that workflow's status and journal.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// A workflow id.
+        workflow: Option<String>,
+    },
+    /// Start a workflow (built-in kinds: research-agent, summarize, steps, sleep,
+    /// await-signal, call-sleep, flaky).
+    Start(workflows::StartArgs),
+    /// List workflows.
+    List(workflows::ListArgs),
+    /// Send a signal to a workflow.
+    Signal(workflows::SignalArgs),
+    /// Cancel a workflow and its running children.
+    Cancel(workflows::CancelArgs),
+    /// Run the demo: a three-node cluster of `keel node` processes runs a research-agent
+    /// workflow while its leader is killed.
+    Demo(demo::DemoArgs),
     /// Append records (arguments, or stdin lines when none) as one batch.
     Append {
         #[command(flatten)]
@@ -129,7 +151,7 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
@@ -138,7 +160,7 @@ fn init_tracing() {
         .init();
 }
 
-fn endpoints(args: &ClusterArgs) -> Vec<String> {
+pub(crate) fn endpoints(args: &ClusterArgs) -> Vec<String> {
     if !args.cluster.is_empty() {
         return args.cluster.clone();
     }
@@ -167,7 +189,7 @@ fn main() -> anyhow::Result<()> {
         let runtime = settings
             .build_runtime()
             .context("starting the async runtime")?;
-        return runtime.block_on(run_node(settings.node));
+        return runtime.block_on(run_node(settings.node, settings.engine));
     }
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
@@ -183,7 +205,19 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             relaxed,
         } => run_dev(&data_dir, base_port, relaxed).await,
         Command::Init(cluster) => init(&cluster).await,
-        Command::Status(cluster) => status(&cluster).await,
+        Command::Status {
+            cluster,
+            workflow: None,
+        } => status(&cluster).await,
+        Command::Status {
+            cluster,
+            workflow: Some(id),
+        } => workflows::show(&cluster, &id).await,
+        Command::Start(args) => workflows::start(args).await,
+        Command::List(args) => workflows::list(args).await,
+        Command::Signal(args) => workflows::signal(args).await,
+        Command::Cancel(args) => workflows::cancel(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Append {
             cluster,
             client_id,
@@ -216,8 +250,10 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn run_node(config: NodeConfig) -> anyhow::Result<()> {
-    let node = Node::start(config).await.context("node failed to start")?;
+async fn run_node(config: NodeConfig, engine: EngineSettings) -> anyhow::Result<()> {
+    let node = Node::start(config, builtin::registry(), engine)
+        .await
+        .context("node failed to start")?;
     tracing::info!(addr = %node.addr(), "serving; Ctrl-C or SIGTERM stops");
     let stopped_by_itself = wait_for_stop(&node).await?;
     node.shutdown().await;
@@ -252,7 +288,7 @@ async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Resu
         if relaxed {
             config.sync = keel_log::SyncPolicy::Relaxed;
         }
-        let node = Node::start(config)
+        let node = Node::start(config, builtin::registry(), EngineSettings::default())
             .await
             .with_context(|| format!("starting node {id}"))?;
         members.insert(u64::from(id), node.addr().to_string());

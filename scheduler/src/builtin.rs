@@ -1,0 +1,138 @@
+//! Workflow kinds built into the `keel` program: the demo's research agent, and small kinds
+//! that tests, benchmarks and the failure harness drive through any cluster of `keel node`s.
+//!
+//! Inputs are UTF-8 text so the command line can give them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::engine::context::{Context, RetryPolicy, WorkflowError};
+use crate::engine::registry::Registry;
+
+/// The version marker of the built-in kinds.
+pub const VERSION: &str = "builtin-1";
+
+/// How long each demo step works (so a leader kill lands mid-flow).
+const DEMO_STEP_WORK: Duration = Duration::from_millis(600);
+/// The research agent's durable sleep.
+pub const DEMO_SLEEP: Duration = Duration::from_secs(3);
+/// How long the research agent waits for approval.
+const DEMO_APPROVAL_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn text(input: &Bytes) -> Result<&str, WorkflowError> {
+    std::str::from_utf8(input).map_err(|_| WorkflowError::failed("the input is not UTF-8 text"))
+}
+
+fn number(input: &Bytes) -> Result<u64, WorkflowError> {
+    let text = text(input)?;
+    text.trim()
+        .parse()
+        .map_err(|_| WorkflowError::failed(format!("the input {text:?} is not a number")))
+}
+
+async fn work(output: String) -> Result<Bytes, std::convert::Infallible> {
+    tokio::time::sleep(DEMO_STEP_WORK).await;
+    Ok(Bytes::from(output))
+}
+
+/// `research-agent`: plans, searches, sleeps durably, waits for an "approve" signal, calls
+/// a `summarize` child workflow, publishes.
+async fn research_agent(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let topic = text(&input)?.to_owned();
+    let plan = ctx
+        .step("plan", |_| work(format!("outline for {topic:?}")))
+        .await?;
+    let pages = ctx
+        .step("search", |step| {
+            work(format!(
+                "3 sources on {topic:?} (fetched with key {})",
+                step.idempotency_key
+            ))
+        })
+        .await?;
+    ctx.sleep(DEMO_SLEEP).await?;
+    let approval = ctx.wait_signal("approve", Some(DEMO_APPROVAL_TIMEOUT)).await?;
+    let Some(approver) = approval else {
+        return Err(WorkflowError::failed("nobody approved the research in time"));
+    };
+    let summary = ctx.call("summarize", pages).await?;
+    let report = format!(
+        "{} | {} | approved by {}",
+        String::from_utf8_lossy(&plan),
+        String::from_utf8_lossy(&summary),
+        String::from_utf8_lossy(&approver)
+    );
+    ctx.step("publish", |_| work(report.clone())).await
+}
+
+/// `summarize`: one step that condenses its input.
+async fn summarize(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let source = text(&input)?.to_owned();
+    ctx.step("condense", |_| work(format!("summary of {} bytes of sources", source.len())))
+        .await
+}
+
+/// `steps`: runs the input's number of trivial steps; returns how many ran.
+async fn steps(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let count = number(&input)?;
+    for i in 0..count {
+        ctx.step_with(&format!("step-{i}"), RetryPolicy::once(), |_| async move {
+            Ok::<_, std::convert::Infallible>(Bytes::from(i.to_string()))
+        })
+        .await?;
+    }
+    Ok(Bytes::from(count.to_string()))
+}
+
+/// `sleep`: sleeps durably for the input's number of milliseconds.
+async fn sleep(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let ms = number(&input)?;
+    ctx.sleep(Duration::from_millis(ms)).await?;
+    Ok(Bytes::from(format!("slept {ms} ms")))
+}
+
+/// `await-signal`: waits up to the input's number of milliseconds for signal "go"; returns
+/// its payload, or "timeout".
+async fn await_signal(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let ms = number(&input)?;
+    let payload = ctx.wait_signal("go", Some(Duration::from_millis(ms))).await?;
+    Ok(payload.unwrap_or_else(|| Bytes::from_static(b"timeout")))
+}
+
+/// `call-sleep`: calls a `sleep` child with its input; returns the child's result.
+async fn call_sleep(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let result = ctx.call("sleep", input).await?;
+    Ok(Bytes::from(format!("child: {}", String::from_utf8_lossy(&result))))
+}
+
+/// `flaky`: a step that fails its first attempts (as many as the input says) and then
+/// succeeds; returns the attempt that succeeded.
+async fn flaky(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let failures = u32::try_from(number(&input)?).unwrap_or(u32::MAX);
+    let policy = RetryPolicy {
+        attempts: failures.saturating_add(1),
+        backoff: Duration::from_millis(10),
+        ..RetryPolicy::default()
+    };
+    ctx.step_with("flaky", policy, |step| async move {
+        if step.attempt <= failures {
+            Err(format!("attempt {} fails on purpose", step.attempt))
+        } else {
+            Ok(Bytes::from(step.attempt.to_string()))
+        }
+    })
+    .await
+}
+
+/// Every built-in kind.
+pub fn registry() -> Registry {
+    Registry::new()
+        .register("research-agent", VERSION, research_agent)
+        .register("summarize", VERSION, summarize)
+        .register("steps", VERSION, steps)
+        .register("sleep", VERSION, sleep)
+        .register("await-signal", VERSION, await_signal)
+        .register("call-sleep", VERSION, call_sleep)
+        .register("flaky", VERSION, flaky)
+}

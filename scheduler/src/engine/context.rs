@@ -1,0 +1,466 @@
+//! The workflow API: what a workflow function does through its [`Context`].
+//!
+//! Every durable operation takes the next journal sequence number. If the journal already
+//! holds that entry (a re-run after a crash or failover), its recorded outcome is returned
+//! without running anything; an entry that is a different operation is a non-determinism
+//! error. Otherwise the operation runs and its outcome is committed before the workflow
+//! goes on. A step's *outcome* is therefore recorded exactly once; its *body* runs at least
+//! once (a crash between running and recording re-runs it), so each step gets a stable
+//! idempotency key to hand to the outside world.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::journal::JournalPort;
+use crate::command::{Answer, Command, Due, EntryState, Outcome, StepRecord};
+use crate::state::{EntryKind, JournalEntry};
+
+/// Why a workflow function stopped. Return the user-facing ones from a workflow to fail it;
+/// the rest are how the engine ends a run (propagate them with `?`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkflowError {
+    /// The workflow failed, with this message.
+    #[error("{0}")]
+    Failed(String),
+    /// A step failed its last attempt.
+    #[error("step {step:?} failed after {attempts} attempt(s): {error}")]
+    StepFailed {
+        /// The step.
+        step: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        error: String,
+    },
+    /// A child workflow failed or was cancelled.
+    #[error("child workflow {child} failed: {error}")]
+    ChildFailed {
+        /// The child's id.
+        child: String,
+        /// Its error.
+        error: String,
+    },
+    /// The code asks for another operation than the journal records.
+    #[error("{0}")]
+    NonDeterminism(String),
+    /// This run no longer owns the workflow (a newer fence, lost leadership, cancelled or
+    /// finished): it must stop without touching the journal.
+    #[error("this run no longer owns the workflow")]
+    Superseded,
+    /// The journal moved under this run: it re-runs from the top.
+    #[error("the journal changed under this run; replaying")]
+    Replay,
+    /// The journal could not be reached.
+    #[error("journal unavailable: {0}")]
+    Journal(String),
+}
+
+impl WorkflowError {
+    /// A workflow failure with `message`.
+    pub fn failed(message: impl fmt::Display) -> Self {
+        Self::Failed(message.to_string())
+    }
+}
+
+/// How a step is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (at least 1).
+    pub attempts: u32,
+    /// Pause before the second attempt; doubled each time up to `backoff_max`.
+    pub backoff: Duration,
+    /// Longest pause.
+    pub backoff_max: Duration,
+    /// An attempt running longer fails (`None`: no limit).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            timeout: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy of one attempt, no retry.
+    pub fn once() -> Self {
+        Self {
+            attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    fn pause_after(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        self.backoff.saturating_mul(factor).min(self.backoff_max)
+    }
+}
+
+/// What a step's body knows about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInfo {
+    /// `workflow_id/step_seq`: stable across re-runs of the step; pass it to the outside
+    /// world so a side effect repeated by a re-run is recognised there.
+    pub idempotency_key: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+}
+
+struct Run {
+    workflow: String,
+    fence: u64,
+    journal: Vec<JournalEntry>,
+    next_seq: AtomicU32,
+    port: Arc<dyn JournalPort>,
+}
+
+/// A workflow run's handle on its journal; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    run: Arc<Run>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("workflow", &self.run.workflow)
+            .field("fence", &self.run.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+const NOW_STEP: &str = "keel.now";
+const RANDOM_STEP: &str = "keel.random";
+
+impl Context {
+    pub(crate) fn new(
+        workflow: String,
+        fence: u64,
+        journal: Vec<JournalEntry>,
+        port: Arc<dyn JournalPort>,
+    ) -> Self {
+        Self {
+            run: Arc::new(Run {
+                workflow,
+                fence,
+                journal,
+                next_seq: AtomicU32::new(0),
+                port,
+            }),
+        }
+    }
+
+    /// The workflow's id.
+    pub fn workflow_id(&self) -> &str {
+        &self.run.workflow
+    }
+
+    /// Takes the next sequence number; returns it with the journaled entry there, checked
+    /// to be the operation `kind`.
+    fn next(&self, kind: &EntryKind) -> Result<(u32, Option<&JournalEntry>), WorkflowError> {
+        let seq = self.run.next_seq.fetch_add(1, Ordering::SeqCst);
+        let Some(entry) = self.run.journal.get(seq as usize) else {
+            return Ok((seq, None));
+        };
+        if !entry.kind.same_operation(kind) {
+            return Err(WorkflowError::NonDeterminism(format!(
+                "non-determinism in workflow {} at journal entry {seq}: it records {}, the code asks for {}",
+                self.run.workflow,
+                entry.kind.describe(),
+                kind.describe()
+            )));
+        }
+        Ok((seq, Some(entry)))
+    }
+
+    /// Proposes a journal command for entry `seq`; returns the entry's state after it.
+    async fn journal(&self, command: Command) -> Result<EntryState, WorkflowError> {
+        match self.run.port.propose(command).await? {
+            Answer::Entry(state) => Ok(state),
+            other => Err(WorkflowError::Journal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Waits for entry `seq` if `state` is pending.
+    async fn resolved(&self, seq: u32, state: EntryState) -> Result<EntryState, WorkflowError> {
+        if matches!(state, EntryState::Pending { .. }) {
+            self.run.port.wait(&self.run.workflow, self.run.fence, seq).await
+        } else {
+            Ok(state)
+        }
+    }
+
+    /// Runs step `name` with the default [`RetryPolicy`]; see [`Context::step_with`].
+    ///
+    /// # Errors
+    /// As [`Context::step_with`].
+    pub async fn step<F, Fut, E>(&self, name: &str, body: F) -> Result<Bytes, WorkflowError>
+    where
+        F: FnMut(StepInfo) -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+        E: fmt::Display,
+    {
+        self.step_with(name, RetryPolicy::default(), body).await
+    }
+
+    /// Runs step `name`: returns its journaled outcome if it has one, else runs `body`
+    /// (retried under `policy`, each failed attempt journaled) and journals the outcome.
+    ///
+    /// # Errors
+    /// [`WorkflowError::StepFailed`] when the step's last attempt failed (now or in a
+    /// previous run); the engine's errors otherwise.
+    pub async fn step_with<F, Fut, E>(
+        &self,
+        name: &str,
+        policy: RetryPolicy,
+        mut body: F,
+    ) -> Result<Bytes, WorkflowError>
+    where
+        F: FnMut(StepInfo) -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+        E: fmt::Display,
+    {
+        let kind = EntryKind::Step {
+            name: name.to_owned(),
+        };
+        let (seq, existing) = self.next(&kind)?;
+        let mut attempts = match existing.map(|e| &e.state) {
+            Some(EntryState::Done(outcome)) => return step_result(name, 0, outcome.clone()),
+            Some(EntryState::Pending { attempts }) => *attempts,
+            Some(EntryState::TimedOut) | None => 0,
+        };
+        let idempotency_key = format!("{}/{seq}", self.run.workflow);
+        loop {
+            attempts += 1;
+            let attempt = body(StepInfo {
+                idempotency_key: idempotency_key.clone(),
+                attempt: attempts,
+            });
+            let result = match policy.timeout {
+                Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("the attempt ran longer than {limit:?}")),
+                },
+                None => attempt.await.map_err(|e| e.to_string()),
+            };
+            let record = match result {
+                Ok(value) => StepRecord::Done(Outcome::Ok(value.to_vec())),
+                Err(error) if attempts >= policy.attempts.max(1) => {
+                    StepRecord::Done(Outcome::Err(error))
+                }
+                Err(error) => StepRecord::AttemptFailed {
+                    attempt: attempts,
+                    error,
+                },
+            };
+            let retry = matches!(record, StepRecord::AttemptFailed { .. });
+            let state = self
+                .journal(Command::Step {
+                    workflow: self.run.workflow.clone(),
+                    fence: self.run.fence,
+                    seq,
+                    name: name.to_owned(),
+                    record,
+                })
+                .await?;
+            match state {
+                EntryState::Done(outcome) => return step_result(name, attempts, outcome),
+                EntryState::Pending { .. } if retry => {
+                    tokio::time::sleep(policy.pause_after(attempts)).await;
+                }
+                other => {
+                    return Err(WorkflowError::Journal(format!(
+                        "step {seq} left in state {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sleeps durably for `duration`: never less, even across failovers and clock jumps.
+    ///
+    /// # Errors
+    /// The engine's errors.
+    pub async fn sleep(&self, duration: Duration) -> Result<(), WorkflowError> {
+        let delay_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.sleep_due(Due::After { delay_ms }).await
+    }
+
+    /// Sleeps durably until wall-clock time `until` (early by at most the cluster's
+    /// allowed clock skew when clocks disagree).
+    ///
+    /// # Errors
+    /// The engine's errors.
+    pub async fn sleep_until(&self, until: SystemTime) -> Result<(), WorkflowError> {
+        let at_ms = until
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.sleep_due(Due::At { at_ms }).await
+    }
+
+    async fn sleep_due(&self, due: Due) -> Result<(), WorkflowError> {
+        let (seq, existing) = self.next(&EntryKind::Sleep { timer: 0 })?;
+        let state = match existing {
+            Some(entry) => entry.state.clone(),
+            None => {
+                self.journal(Command::Sleep {
+                    workflow: self.run.workflow.clone(),
+                    fence: self.run.fence,
+                    seq,
+                    due,
+                })
+                .await?
+            }
+        };
+        self.resolved(seq, state).await.map(|_| ())
+    }
+
+    /// Waits durably for signal `name`; a signal sent before the wait is buffered and
+    /// received here. `None` when `timeout` passed first.
+    ///
+    /// # Errors
+    /// The engine's errors.
+    pub async fn wait_signal(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Bytes>, WorkflowError> {
+        let kind = EntryKind::Signal {
+            name: name.to_owned(),
+            timer: None,
+        };
+        let (seq, existing) = self.next(&kind)?;
+        let state = match existing {
+            Some(entry) => entry.state.clone(),
+            None => {
+                self.journal(Command::WaitSignal {
+                    workflow: self.run.workflow.clone(),
+                    fence: self.run.fence,
+                    seq,
+                    signal: name.to_owned(),
+                    timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                })
+                .await?
+            }
+        };
+        match self.resolved(seq, state).await? {
+            EntryState::Done(Outcome::Ok(payload)) => Ok(Some(Bytes::from(payload))),
+            EntryState::TimedOut => Ok(None),
+            other => Err(WorkflowError::Journal(format!(
+                "signal wait {seq} resolved as {other:?}"
+            ))),
+        }
+    }
+
+    /// Calls a child workflow of `kind` (id `<this id>/<seq>`) and waits durably for its
+    /// result — across failovers, however long it takes.
+    ///
+    /// # Errors
+    /// [`WorkflowError::ChildFailed`] when the child failed or was cancelled; the engine's
+    /// errors otherwise.
+    pub async fn call(&self, kind: &str, input: Bytes) -> Result<Bytes, WorkflowError> {
+        let entry_kind = EntryKind::Call {
+            child: String::new(),
+            kind: kind.to_owned(),
+        };
+        let (seq, existing) = self.next(&entry_kind)?;
+        let child = format!("{}/{seq}", self.run.workflow);
+        let state = match existing {
+            Some(entry) => entry.state.clone(),
+            None => {
+                self.journal(Command::Call {
+                    workflow: self.run.workflow.clone(),
+                    fence: self.run.fence,
+                    seq,
+                    kind: kind.to_owned(),
+                    input: input.to_vec(),
+                })
+                .await?
+            }
+        };
+        match self.resolved(seq, state).await? {
+            EntryState::Done(Outcome::Ok(value)) => Ok(Bytes::from(value)),
+            EntryState::Done(Outcome::Err(error)) => Err(WorkflowError::ChildFailed { child, error }),
+            other => Err(WorkflowError::Journal(format!("call {seq} resolved as {other:?}"))),
+        }
+    }
+
+    /// The wall-clock time, journaled: a re-run gets the same value.
+    ///
+    /// # Errors
+    /// The engine's errors.
+    pub async fn now(&self) -> Result<SystemTime, WorkflowError> {
+        let value = self
+            .step_with(NOW_STEP, RetryPolicy::once(), |_| async {
+                let ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&ms.to_le_bytes()))
+            })
+            .await?;
+        let ms = u64_from(&value)?;
+        Ok(UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// A random number, journaled: a re-run gets the same value.
+    ///
+    /// # Errors
+    /// The engine's errors.
+    pub async fn random(&self) -> Result<u64, WorkflowError> {
+        let value = self
+            .step_with(RANDOM_STEP, RetryPolicy::once(), |_| async {
+                Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(
+                    &rand::random::<u64>().to_le_bytes(),
+                ))
+            })
+            .await?;
+        u64_from(&value)
+    }
+}
+
+fn u64_from(value: &[u8]) -> Result<u64, WorkflowError> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| WorkflowError::Journal("a journaled value is not 8 bytes".to_owned()))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+fn step_result(name: &str, attempts: u32, outcome: Outcome) -> Result<Bytes, WorkflowError> {
+    match outcome {
+        Outcome::Ok(value) => Ok(Bytes::from(value)),
+        Outcome::Err(error) => Err(WorkflowError::StepFailed {
+            step: name.to_owned(),
+            attempts,
+            error,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_limit() {
+        let policy = RetryPolicy {
+            attempts: 10,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(350),
+            timeout: None,
+        };
+        assert_eq!(policy.pause_after(1), Duration::from_millis(100));
+        assert_eq!(policy.pause_after(2), Duration::from_millis(200));
+        assert_eq!(policy.pause_after(3), Duration::from_millis(350));
+        assert_eq!(policy.pause_after(40), Duration::from_millis(350));
+    }
+}

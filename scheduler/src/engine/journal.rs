@@ -1,0 +1,123 @@
+//! How a run reaches its workflow's journal: proposals through the leader, and waits for
+//! pending entries (sleeps, signals, calls) on the local replica.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use keel_raft::wire_error::{self, WriteErrorKind};
+
+use super::context::WorkflowError;
+use super::proposer::Proposer;
+use crate::command::{Answer, Command, EntryState, Rejection};
+use crate::machine::SchedulerMachine;
+
+/// Times a proposal whose outcome is unknown, or refused as overloaded, is retried (every
+/// journal command is idempotent, so a retry cannot record twice).
+const RETRIES_MAX: u32 = 20;
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// A run's access to its journal.
+pub(crate) trait JournalPort: Send + Sync + 'static {
+    /// Proposes a journal command; maps refusals to the run's errors.
+    fn propose(&self, command: Command) -> BoxFuture<'_, Result<Answer, WorkflowError>>;
+
+    /// Waits until entry `seq` of `workflow` is resolved, while `fence` is current.
+    fn wait<'a>(
+        &'a self,
+        workflow: &'a str,
+        fence: u64,
+        seq: u32,
+    ) -> BoxFuture<'a, Result<EntryState, WorkflowError>>;
+}
+
+/// The journal of a run on the leader itself.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalJournal {
+    pub(crate) proposer: Proposer,
+    pub(crate) machine: SchedulerMachine,
+}
+
+/// What a run does about a refusal.
+fn refused(rejection: Rejection) -> Result<Answer, WorkflowError> {
+    match rejection {
+        Rejection::AlreadyRecorded { outcome, .. } => Ok(Answer::Entry(EntryState::Done(outcome))),
+        Rejection::StaleFence { .. } | Rejection::Finished(_) | Rejection::UnknownWorkflow(_) => {
+            Err(WorkflowError::Superseded)
+        }
+        Rejection::NonDeterminism { .. } => Err(WorkflowError::NonDeterminism(rejection.to_string())),
+        Rejection::OutOfOrder { .. } => Err(WorkflowError::Replay),
+        Rejection::UnknownKind(_)
+        | Rejection::Malformed
+        | Rejection::InvalidCron { .. }
+        | Rejection::TooLarge { .. }
+        | Rejection::Invalid { .. } => Err(WorkflowError::Failed(rejection.to_string())),
+    }
+}
+
+impl LocalJournal {
+    async fn propose_retrying(&self, command: Command) -> Result<Answer, WorkflowError> {
+        let mut last = String::new();
+        for _ in 0..=RETRIES_MAX {
+            let status = match self.proposer.propose(command.clone(), None).await {
+                Ok(Answer::Rejected(rejection)) => return refused(rejection),
+                Ok(answer) => return Ok(answer),
+                Err(status) => status,
+            };
+            match wire_error::parse(&status).0 {
+                Some(WriteErrorKind::OutcomeUnknown | WriteErrorKind::Overloaded) => {
+                    last = status.message().to_owned();
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Some(WriteErrorKind::NotLeader | WriteErrorKind::Unavailable) => {
+                    return Err(WorkflowError::Superseded);
+                }
+                _ => return Err(WorkflowError::Journal(status.message().to_owned())),
+            }
+        }
+        Err(WorkflowError::Journal(last))
+    }
+
+    async fn wait_resolved(
+        &self,
+        workflow: &str,
+        fence: u64,
+        seq: u32,
+    ) -> Result<EntryState, WorkflowError> {
+        let waiter = self.machine.waiter(workflow);
+        loop {
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.machine.read();
+                let current = state
+                    .workflow(workflow)
+                    .filter(|w| !w.is_finished() && w.fence == fence)
+                    .ok_or(WorkflowError::Superseded)?;
+                let entry = current
+                    .journal
+                    .get(seq as usize)
+                    .expect("a run waits only on entries it journaled");
+                if !matches!(entry.state, EntryState::Pending { .. }) {
+                    return Ok(entry.state.clone());
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl JournalPort for LocalJournal {
+    fn propose(&self, command: Command) -> BoxFuture<'_, Result<Answer, WorkflowError>> {
+        Box::pin(self.propose_retrying(command))
+    }
+
+    fn wait<'a>(
+        &'a self,
+        workflow: &'a str,
+        fence: u64,
+        seq: u32,
+    ) -> BoxFuture<'a, Result<EntryState, WorkflowError>> {
+        Box::pin(self.wait_resolved(workflow, fence, seq))
+    }
+}

@@ -1,0 +1,396 @@
+//! The execution engine of one node: while the node leads, it runs workflows (memoized
+//! re-runs under fences), drives timers and expires finished workflows.
+//!
+//! Leadership is the lease of the embedded executor. When the node becomes leader of term
+//! `t` it waits until it has applied everything committed before its term, declares its
+//! workflow kinds, and claims every running workflow it can run (a new fence for each, so a
+//! deposed leader's runs are refused). From then on it starts a run for each fence granted
+//! by a command of term `t` (new workflows, child calls, its own claims). When it stops
+//! leading, every run is aborted.
+
+pub mod context;
+mod journal;
+pub mod proposer;
+pub mod registry;
+pub(crate) mod timer_driver;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use keel_raft::node::NodeShared;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use self::context::{Context, WorkflowError};
+use self::journal::{JournalPort, LocalJournal};
+use self::proposer::Proposer;
+use self::registry::Registry;
+use crate::command::{Answer, Command, Outcome, Owner};
+use crate::machine::{Runnable, SchedulerMachine};
+
+/// How the engine behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// How far nodes' wall clocks may disagree: an absolute timer may fire this early, and
+    /// a relative timer pending across a restart waits at most this long past due.
+    pub max_clock_skew: Duration,
+    /// How long finished workflows and timer fires are kept.
+    pub retention: Duration,
+    /// How often the leader expires finished workflows.
+    pub expire_every: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_clock_skew: Duration::from_millis(500),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            expire_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Claims proposed at once when a node takes over.
+const CLAIMS_IN_FLIGHT: usize = 64;
+/// Pause before a run retries after its journal was unreachable.
+const RUN_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Pause before retrying a failed timer fire proposal.
+const FIRE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+#[derive(Debug)]
+struct RunSlot {
+    fence: u64,
+    abort: AbortHandle,
+}
+
+struct Inner {
+    shared: NodeShared,
+    machine: SchedulerMachine,
+    proposer: Proposer,
+    journal: Arc<dyn JournalPort>,
+    registry: Registry,
+    settings: EngineSettings,
+    /// The term this node leads and runs workflows in; 0 when it does not.
+    active: watch::Sender<u64>,
+    runs: Mutex<HashMap<String, RunSlot>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("node", &self.shared.node_id)
+            .field("active", &*self.active.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node's execution engine; stops its tasks when dropped.
+#[derive(Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.inner.abort_runs();
+    }
+}
+
+impl Engine {
+    /// Starts the engine of the node `shared`, whose scheduler state is `machine`.
+    pub fn start(
+        shared: NodeShared,
+        machine: SchedulerMachine,
+        registry: Registry,
+        settings: EngineSettings,
+    ) -> Self {
+        let proposer = Proposer::new(shared.clone());
+        let journal: Arc<dyn JournalPort> = Arc::new(LocalJournal {
+            proposer: proposer.clone(),
+            machine: machine.clone(),
+        });
+        let (runnable_tx, runnable_rx) = mpsc::unbounded_channel();
+        machine.set_runnable_sender(runnable_tx);
+        let inner = Arc::new(Inner {
+            shared,
+            machine,
+            proposer,
+            journal,
+            registry,
+            settings,
+            active: watch::channel(0).0,
+            runs: Mutex::new(HashMap::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&inner).follow_leadership()),
+            tokio::spawn(Arc::clone(&inner).start_runnable(runnable_rx)),
+            tokio::spawn(Arc::clone(&inner).drive_timers()),
+            tokio::spawn(Arc::clone(&inner).expire()),
+        ];
+        Self { inner, tasks }
+    }
+
+    /// The term this node runs workflows in (`None`: it does not lead, or is taking over).
+    pub fn active_term(&self) -> Option<u64> {
+        let term = *self.inner.active.borrow();
+        (term != 0).then_some(term)
+    }
+
+    /// Workflows running on this node now.
+    pub fn running(&self) -> usize {
+        self.inner.runs().len()
+    }
+}
+
+impl Inner {
+    fn runs(&self) -> MutexGuard<'_, HashMap<String, RunSlot>> {
+        self.runs.lock().expect("run table lock poisoned")
+    }
+
+    fn abort_runs(&self) {
+        for (_, slot) in self.runs().drain() {
+            slot.abort.abort();
+        }
+    }
+
+    fn active_term(&self) -> u64 {
+        *self.active.borrow()
+    }
+
+    async fn follow_leadership(self: Arc<Self>) {
+        let mut watch = self.shared.leader_watch();
+        let mut leading = None;
+        let mut takeover: Option<JoinHandle<()>> = None;
+        loop {
+            let now = watch.leading();
+            if now != leading {
+                if let Some(task) = takeover.take() {
+                    task.abort();
+                }
+                self.active.send_replace(0);
+                self.abort_runs();
+                if let Some(term) = now {
+                    takeover = Some(tokio::spawn(Arc::clone(&self).take_over(term)));
+                }
+                leading = now;
+            }
+            if !watch.changed().await {
+                self.active.send_replace(0);
+                self.abort_runs();
+                return;
+            }
+        }
+    }
+
+    /// Becomes the executor of term `term`: catches up, declares kinds, claims the
+    /// running workflows it can run.
+    async fn take_over(self: Arc<Self>, term: u64) {
+        while let Err(status) = self.proposer.service().linearize().await {
+            tracing::debug!(term, error = status.message(), "catching up before running workflows");
+            tokio::time::sleep(RUN_RETRY_PAUSE / 10).await;
+        }
+        self.active.send_replace(term);
+        if !self.registry.is_empty() {
+            let declared = self.registry.declarations();
+            let known = {
+                let state = self.machine.read();
+                declared
+                    .iter()
+                    .all(|(kind, version)| state.kinds().get(kind) == Some(version))
+            };
+            if !known
+                && let Err(error) = self
+                    .journal
+                    .propose(Command::DeclareKinds { kinds: declared })
+                    .await
+            {
+                tracing::warn!(%error, "declaring workflow kinds");
+            }
+        }
+        let claimable: Vec<String> = {
+            let state = self.machine.read();
+            let runs = self.runs();
+            state
+                .running_workflows()
+                .filter(|(id, w)| {
+                    self.registry
+                        .get(&w.kind)
+                        .is_some_and(|kind| kind.version == w.version)
+                        && runs.get(*id).is_none_or(|slot| slot.fence < w.fence)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        tracing::info!(term, workflows = claimable.len(), "running workflows as leader");
+        let owner = Owner::Leader {
+            node: self.shared.node_id,
+            term,
+        };
+        futures::stream::iter(claimable)
+            .for_each_concurrent(CLAIMS_IN_FLIGHT, |workflow| {
+                let journal = Arc::clone(&self.journal);
+                async move {
+                    if let Err(error) = journal.propose(Command::Claim { workflow: workflow.clone(), owner }).await {
+                        tracing::debug!(%workflow, %error, "claim refused");
+                    }
+                }
+            })
+            .await;
+    }
+
+    async fn start_runnable(self: Arc<Self>, mut runnable: mpsc::UnboundedReceiver<Runnable>) {
+        while let Some(Runnable {
+            workflow,
+            fence,
+            term,
+        }) = runnable.recv().await
+        {
+            if term == self.active_term() {
+                Arc::clone(&self).spawn_run(workflow, fence);
+            }
+        }
+    }
+
+    fn spawn_run(self: Arc<Self>, workflow: String, fence: u64) {
+        let mut runs = self.runs();
+        if let Some(slot) = runs.get(&workflow) {
+            if slot.fence >= fence {
+                return;
+            }
+            slot.abort.abort();
+        }
+        let task = tokio::spawn(Arc::clone(&self).run(workflow.clone(), fence));
+        runs.insert(
+            workflow,
+            RunSlot {
+                fence,
+                abort: task.abort_handle(),
+            },
+        );
+    }
+
+    /// Runs `workflow` under `fence` until it finishes or the run is superseded.
+    async fn run(self: Arc<Self>, workflow: String, fence: u64) {
+        loop {
+            match self.run_once(&workflow, fence).await {
+                Ok(()) | Err(WorkflowError::Superseded) => break,
+                Err(WorkflowError::Replay) => {}
+                Err(error) => {
+                    tracing::warn!(%workflow, %error, "workflow run interrupted; retrying");
+                    tokio::time::sleep(RUN_RETRY_PAUSE).await;
+                }
+            }
+        }
+        let mut runs = self.runs();
+        if runs.get(&workflow).is_some_and(|slot| slot.fence == fence) {
+            runs.remove(&workflow);
+        }
+    }
+
+    /// One run from the top: replays the journal, runs the rest, records the outcome.
+    async fn run_once(&self, workflow: &str, fence: u64) -> Result<(), WorkflowError> {
+        let (kind, input, journal) = {
+            let state = self.machine.read();
+            let current = state
+                .workflow(workflow)
+                .filter(|w| !w.is_finished() && w.fence == fence)
+                .ok_or(WorkflowError::Superseded)?;
+            let Some(kind) = self.registry.get(&current.kind) else {
+                return Err(WorkflowError::Superseded);
+            };
+            if kind.version != current.version {
+                tracing::warn!(%workflow, journaled = %current.version, registered = %kind.version, "workflow code version differs from the journal's; not running it here");
+                return Err(WorkflowError::Superseded);
+            }
+            (
+                kind.clone(),
+                bytes::Bytes::from(current.input.clone()),
+                current.journal.clone(),
+            )
+        };
+        let context = Context::new(
+            workflow.to_owned(),
+            fence,
+            journal,
+            Arc::clone(&self.journal),
+        );
+        let outcome = match (kind.function)(context, input).await {
+            Ok(value) => Outcome::Ok(value.to_vec()),
+            Err(
+                error @ (WorkflowError::Superseded | WorkflowError::Replay | WorkflowError::Journal(_)),
+            ) => return Err(error),
+            Err(error) => Outcome::Err(error.to_string()),
+        };
+        self.journal
+            .propose(Command::Finish {
+                workflow: workflow.to_owned(),
+                fence,
+                outcome,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn drive_timers(self: Arc<Self>) {
+        let mut active = self.active.subscribe();
+        loop {
+            let term = *active.borrow_and_update();
+            if term == 0 {
+                if active.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let changed = self.machine.timers_changed().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (wall_ms, mono) = timer_driver::wall_now();
+            let pass = timer_driver::due_pass(&self.machine, wall_ms, mono, self.settings.max_clock_skew);
+            if !pass.ready.is_empty() {
+                match self.proposer.propose(Command::FireTimers { ids: pass.ready }, None).await {
+                    Ok(Answer::Fired { .. }) => {}
+                    Ok(other) => tracing::warn!(answer = ?other, "unexpected answer to a timer fire"),
+                    Err(status) => {
+                        tracing::debug!(error = status.message(), "timer fire not committed");
+                        tokio::time::sleep(FIRE_RETRY_PAUSE).await;
+                    }
+                }
+                continue;
+            }
+            let idle = timer_driver::idle(&pass, mono);
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep(idle) => {}
+                _ = active.changed() => {}
+            }
+        }
+    }
+
+    async fn expire(self: Arc<Self>) {
+        let retention_ms = u64::try_from(self.settings.retention.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(self.settings.expire_every).await;
+            if self.active_term() == 0 {
+                continue;
+            }
+            let cutoff = keel_raft::clock::now_ms().saturating_sub(retention_ms);
+            let due = {
+                let state = self.machine.read();
+                state
+                    .list(None, None, None, usize::MAX)
+                    .any(|(_, w)| w.finished_ms.is_some_and(|f| f <= cutoff))
+            };
+            if due
+                && let Err(status) = self.proposer.propose(Command::Expire { retention_ms }, None).await
+            {
+                tracing::debug!(error = status.message(), "expiry not committed");
+            }
+        }
+    }
+}

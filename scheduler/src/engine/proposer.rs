@@ -1,0 +1,66 @@
+//! Proposes scheduler commands through this node's Raft leader path, stamped with the
+//! leader's wall clock, and decodes the state machine's answers.
+
+use keel_raft::clock::now_ms;
+use keel_raft::multiplex::{AppTag, tagged};
+use keel_raft::network::client_service::ClientService;
+use keel_raft::node::NodeShared;
+use keel_raft::types::{ClientRequest, ClientResponse};
+use keel_raft::wire_error::{WriteErrorKind, status};
+use tonic::Status;
+
+use crate::command::{self, Answer, Command, Stamped};
+
+/// Proposes scheduler commands on one node (which must lead; others answer "not leader").
+#[derive(Debug, Clone)]
+pub struct Proposer {
+    service: ClientService,
+}
+
+impl Proposer {
+    /// A proposer on the node `shared`.
+    pub fn new(shared: NodeShared) -> Self {
+        Self {
+            service: ClientService::new(shared),
+        }
+    }
+
+    /// The node's client service (for linearizable reads).
+    pub fn service(&self) -> &ClientService {
+        &self.service
+    }
+
+    /// Proposes `command`, deduplicated as write `seq` of `client` when given, and returns
+    /// the state machine's answer.
+    ///
+    /// # Errors
+    /// A status carrying a [`WriteErrorKind`]: whether the command may have been applied.
+    pub async fn propose(
+        &self,
+        command: Command,
+        client: Option<(u64, u64)>,
+    ) -> Result<Answer, Status> {
+        let stamped = Stamped {
+            stamp_ms: now_ms(),
+            command,
+        };
+        let (client_id, seq) = client.unwrap_or((0, 0));
+        let request = ClientRequest {
+            client_id,
+            seq,
+            command: tagged(AppTag::Extension, &command::encode(&stamped)),
+        };
+        match self.service.propose(request).await? {
+            ClientResponse::Applied { answer, .. } => command::decode::<Answer>(&answer).map_err(|_| {
+                status(
+                    WriteErrorKind::Invalid,
+                    "this cluster's state machine runs no scheduler",
+                )
+            }),
+            ClientResponse::StaleSequence { last_applied_seq } => Err(status(
+                WriteErrorKind::StaleSequence,
+                format!("sequence {seq} is older than this client's last applied {last_applied_seq}"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The workflow gRPC service of one node.
+//!
+//! Writes are proposed here (so this node must lead; otherwise the status says which node
+//! does) and stamped with this node's wall clock. Reads are linearizable: the node first
+//! learns the leader's commit index and applies up to it, so a read sees every write
+//! acknowledged before it began, on any node.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use keel_raft::wire_error::{WriteErrorKind, status};
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+use crate::command::{Answer, Command, Due, EntryState, Outcome, Rejection, WorkflowStatus};
+use crate::engine::proposer::Proposer;
+use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
+use crate::machine::SchedulerMachine;
+use crate::pb::{self, workflows_server::Workflows};
+use crate::state::{EntryKind, Workflow};
+use crate::wire::rejected;
+
+/// Longest a `Get` may wait for a workflow to finish.
+const GET_WAIT_MAX: Duration = Duration::from_secs(300);
+/// Most workflows one `List` returns.
+const LIST_MAX: usize = 10_000;
+
+/// The workflow service.
+#[derive(Debug, Clone)]
+pub struct WorkflowService {
+    proposer: Proposer,
+    machine: SchedulerMachine,
+}
+
+fn too_large(what: &str, len: usize, max: usize) -> Result<(), Status> {
+    if len > max {
+        return Err(rejected(&Rejection::TooLarge {
+            what: what.to_owned(),
+            len: len as u64,
+            max: max as u64,
+        }));
+    }
+    Ok(())
+}
+
+fn unexpected(answer: &Answer) -> Status {
+    status(
+        WriteErrorKind::Invalid,
+        format!("unexpected answer from the state machine: {answer:?}"),
+    )
+}
+
+/// The wire form of journal entry `seq`.
+fn entry_info(seq: u32, kind: &EntryKind, state: &EntryState) -> pb::JournalEntry {
+    let (kind, name) = match kind {
+        EntryKind::Step { name } => ("step", name.clone()),
+        EntryKind::Sleep { .. } => ("sleep", String::new()),
+        EntryKind::Signal { name, .. } => ("signal", name.clone()),
+        EntryKind::Call { child, .. } => ("call", child.clone()),
+    };
+    let mut entry = pb::JournalEntry {
+        seq,
+        kind: kind.to_owned(),
+        name,
+        ..pb::JournalEntry::default()
+    };
+    match state {
+        EntryState::Pending { attempts } => {
+            entry.state = "pending".to_owned();
+            entry.attempts = *attempts;
+        }
+        EntryState::Done(Outcome::Ok(value)) => {
+            entry.state = "done".to_owned();
+            entry.value = value.clone().into();
+        }
+        EntryState::Done(Outcome::Err(error)) => {
+            entry.state = "failed".to_owned();
+            entry.error.clone_from(error);
+        }
+        EntryState::TimedOut => entry.state = "timed-out".to_owned(),
+    }
+    entry
+}
+
+/// The wire form of workflow `id`.
+pub(crate) fn workflow_info(id: &str, workflow: &Workflow, journal: bool) -> pb::WorkflowInfo {
+    let (result, error) = match &workflow.outcome {
+        Some(Outcome::Ok(value)) => (value.clone(), String::new()),
+        Some(Outcome::Err(error)) => (Vec::new(), error.clone()),
+        None => (Vec::new(), String::new()),
+    };
+    pb::WorkflowInfo {
+        id: id.to_owned(),
+        kind: workflow.kind.clone(),
+        version: workflow.version.clone(),
+        status: workflow.status.as_str().to_owned(),
+        result: result.into(),
+        error,
+        created_ms: workflow.created_ms,
+        finished_ms: workflow.finished_ms.unwrap_or(0),
+        fence: workflow.fence,
+        parent: workflow
+            .parent
+            .as_ref()
+            .map(|(parent, _)| parent.clone())
+            .unwrap_or_default(),
+        journal: if journal {
+            workflow
+                .journal
+                .iter()
+                .zip(0u32..)
+                .map(|(entry, seq)| entry_info(seq, &entry.kind, &entry.state))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        journal_len: u32::try_from(workflow.journal.len()).unwrap_or(u32::MAX),
+    }
+}
+
+impl WorkflowService {
+    /// The service of the node `proposer` proposes on, reading `machine`.
+    pub fn new(proposer: Proposer, machine: SchedulerMachine) -> Self {
+        Self { proposer, machine }
+    }
+
+    async fn propose(&self, command: Command, client: Option<(u64, u64)>) -> Result<Answer, Status> {
+        match self.proposer.propose(command, client).await? {
+            Answer::Rejected(rejection) => Err(rejected(&rejection)),
+            answer => Ok(answer),
+        }
+    }
+
+    async fn propose_done(&self, command: Command, client: Option<(u64, u64)>) -> Result<Response<pb::Empty>, Status> {
+        match self.propose(command, client).await? {
+            Answer::Done => Ok(Response::new(pb::Empty {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits up to `wait` for workflow `id` to finish; its info then (or now).
+    async fn info_after(&self, id: &str, wait: Duration, journal: bool) -> Result<pb::WorkflowInfo, Status> {
+        let deadline = tokio::time::Instant::now() + wait.min(GET_WAIT_MAX);
+        let waiter = self.machine.waiter(id);
+        loop {
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.machine.read();
+                let workflow = state
+                    .workflow(id)
+                    .ok_or_else(|| rejected(&Rejection::UnknownWorkflow(id.to_owned())))?;
+                if workflow.is_finished() || tokio::time::Instant::now() >= deadline {
+                    return Ok(workflow_info(id, workflow, journal));
+                }
+            }
+            // Woken by a change, or at the deadline to answer with the workflow as it is.
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+}
+
+type FireStream = Pin<Box<dyn Stream<Item = Result<pb::TimerFire, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Workflows for WorkflowService {
+    async fn start(&self, request: Request<pb::StartRequest>) -> Result<Response<pb::StartResponse>, Status> {
+        let request = request.into_inner();
+        too_large("workflow input", request.input.len(), PAYLOAD_MAX_BYTES)?;
+        too_large("workflow id", request.id.len(), NAME_MAX_BYTES)?;
+        let command = Command::Start {
+            id: request.id,
+            kind: request.kind,
+            input: request.input.to_vec(),
+        };
+        match self.propose(command, None).await? {
+            Answer::Started { created, status, .. } => Ok(Response::new(pb::StartResponse {
+                created,
+                status: status.as_str().to_owned(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::WorkflowInfo>, Status> {
+        let request = request.into_inner();
+        self.proposer.service().linearize().await?;
+        let info = self
+            .info_after(&request.id, Duration::from_millis(request.wait_ms), request.journal)
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn signal(&self, request: Request<pb::SignalRequest>) -> Result<Response<pb::Empty>, Status> {
+        let request = request.into_inner();
+        too_large("signal payload", request.payload.len(), PAYLOAD_MAX_BYTES)?;
+        let client = (request.client_id != 0).then_some((request.client_id, request.seq));
+        let command = Command::Signal {
+            workflow: request.id,
+            signal: request.name,
+            payload: request.payload.to_vec(),
+        };
+        self.propose_done(command, client).await
+    }
+
+    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::Empty>, Status> {
+        let request = request.into_inner();
+        let command = Command::Cancel {
+            workflow: request.id,
+            reason: request.reason,
+        };
+        self.propose_done(command, None).await
+    }
+
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let request = request.into_inner();
+        let status = match request.status.as_str() {
+            "" => None,
+            name => Some(WorkflowStatus::parse(name).ok_or_else(|| {
+                rejected(&Rejection::Invalid {
+                    what: "status".to_owned(),
+                    reason: format!("{name:?} is not running, completed, failed or cancelled"),
+                })
+            })?),
+        };
+        let limit = match request.limit {
+            0 => LIST_MAX,
+            n => (n as usize).min(LIST_MAX),
+        };
+        self.proposer.service().linearize().await?;
+        let state = self.machine.read();
+        let kind = (!request.kind.is_empty()).then_some(request.kind.as_str());
+        let after = (!request.after.is_empty()).then_some(request.after.as_str());
+        let workflows = state
+            .list(kind, status, after, limit)
+            .map(|(id, w)| workflow_info(id, w, false))
+            .collect();
+        Ok(Response::new(pb::ListResponse { workflows }))
+    }
+
+    async fn schedule_timer(
+        &self,
+        request: Request<pb::ScheduleTimerRequest>,
+    ) -> Result<Response<pb::ScheduleTimerResponse>, Status> {
+        let request = request.into_inner();
+        too_large("timer payload", request.payload.len(), PAYLOAD_MAX_BYTES)?;
+        let due = match request.due {
+            Some(pb::schedule_timer_request::Due::DelayMs(delay_ms)) => Due::After { delay_ms },
+            Some(pb::schedule_timer_request::Due::AtMs(at_ms)) => Due::At { at_ms },
+            None => {
+                return Err(rejected(&Rejection::Invalid {
+                    what: "timer".to_owned(),
+                    reason: "a delay or a time is required".to_owned(),
+                }));
+            }
+        };
+        let command = Command::ScheduleTimer {
+            name: request.name,
+            due,
+            payload: request.payload.to_vec(),
+        };
+        match self.propose(command, None).await? {
+            Answer::Timer { id, due_ms, created } => Ok(Response::new(pb::ScheduleTimerResponse {
+                id,
+                due_ms,
+                created,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get_timer(&self, request: Request<pb::GetTimerRequest>) -> Result<Response<pb::TimerInfo>, Status> {
+        let name = request.into_inner().name;
+        self.proposer.service().linearize().await?;
+        let state = self.machine.read();
+        let info = match state.named_timer(&name) {
+            Some(Ok(due_ms)) => pb::TimerInfo {
+                name,
+                due_ms,
+                ..pb::TimerInfo::default()
+            },
+            Some(Err(record)) => pb::TimerInfo {
+                name,
+                fired: true,
+                due_ms: record.due_ms,
+                fire_term: record.term,
+                fire_index: record.index,
+                fired_ms: record.fired_ms,
+            },
+            None => {
+                return Err(rejected(&Rejection::Invalid {
+                    what: "timer".to_owned(),
+                    reason: format!("no timer named {name:?}"),
+                }));
+            }
+        };
+        Ok(Response::new(info))
+    }
+
+    type WatchFiresStream = FireStream;
+
+    async fn watch_fires(&self, _request: Request<pb::Empty>) -> Result<Response<FireStream>, Status> {
+        let mut fires = self.machine.watch_fires();
+        let stream = async_stream(move |sender| async move {
+            loop {
+                let item = match fires.recv().await {
+                    Ok(fire) => Ok(pb::TimerFire {
+                        name: fire.name,
+                        payload: fire.payload.into(),
+                        term: fire.record.term,
+                        index: fire.record.index,
+                        due_ms: fire.record.due_ms,
+                        fired_ms: fire.record.fired_ms,
+                    }),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => Err(status(
+                        WriteErrorKind::Unavailable,
+                        format!("this watcher fell behind and missed {missed} fires; read them with GetTimer"),
+                    )),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if sender.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn register_schedule(
+        &self,
+        request: Request<pb::RegisterScheduleRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let request = request.into_inner();
+        too_large("workflow input", request.input.len(), PAYLOAD_MAX_BYTES)?;
+        let command = Command::RegisterSchedule {
+            name: request.name,
+            cron: request.cron,
+            kind: request.kind,
+            input: request.input.to_vec(),
+        };
+        self.propose_done(command, None).await
+    }
+}
+
+/// A stream fed by a task running `produce` with the sending half of a channel.
+fn async_stream<F, Fut>(produce: F) -> FireStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::TimerFire, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(produce(sender));
+    Box::pin(futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    }))
+}
