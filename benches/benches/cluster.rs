@@ -74,9 +74,13 @@ fn run_node(config: &Path) {
     let settings = keel_scheduler::ConfigFile::load(config).expect("node config");
     let runtime = settings.build_runtime().expect("runtime");
     runtime.block_on(async {
-        let node = keel_scheduler::Node::start(settings.node)
-            .await
-            .expect("node starts");
+        let node = keel_scheduler::Node::start(
+            settings.node,
+            keel_scheduler::builtin::registry(),
+            settings.engine,
+        )
+        .await
+        .expect("node starts");
         node.stopped().await;
     });
 }

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::application::{AppliedAt, Application};
+use crate::application::{Application, AppliedAt};
 use crate::plain_log::PlainLog;
 
 /// Which application a command is for: its first byte.
@@ -123,7 +123,10 @@ impl Application for Multiplex {
 
     fn digest(&self) -> u64 {
         let extension = self.extension.as_ref().map_or(0, |app| app.digest());
-        self.plain.digest() ^ extension.rotate_left(32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        self.plain.digest()
+            ^ extension
+                .rotate_left(32)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 }
 
@@ -182,7 +185,10 @@ mod tests {
             PlainLog::new(Retention::default()),
             Some(Box::<Counter>::default()),
         );
-        mux.apply(AT, &tagged(AppTag::PlainLog, &encode_append(1, &[Bytes::from("x")])));
+        mux.apply(
+            AT,
+            &tagged(AppTag::PlainLog, &encode_append(1, &[Bytes::from("x")])),
+        );
         mux.apply(AT, &tagged(AppTag::Extension, b"abcd"));
         let mut bytes = Vec::new();
         mux.write_snapshot(&mut bytes).expect("writes");

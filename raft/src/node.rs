@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::application::Application;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::log_store::LogStore;
-use crate::application::Application;
 use crate::metrics::NodeMetrics;
 use crate::multiplex::Multiplex;
 use crate::network::client::Network;
@@ -200,7 +200,7 @@ impl std::fmt::Debug for LeaderWatch {
         f.debug_struct("LeaderWatch")
             .field("node_id", &self.node_id)
             .field("leading", &self.leading())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,7 +229,9 @@ pub struct Extension {
 
 impl std::fmt::Debug for Extension {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Extension").field("app", &self.app).finish_non_exhaustive()
+        f.debug_struct("Extension")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
     }
 }
 
@@ -259,17 +261,8 @@ impl RaftNode {
     pub async fn start_with(config: NodeConfig, extension: Option<Extension>) -> Result<Self> {
         config.validate()?;
         let raft_config = Arc::new(config.raft_config()?);
-        std::fs::create_dir_all(&config.data_dir).map_err(Error::io("create", &config.data_dir))?;
-        repair::check_not_marked(&config.data_dir)?;
-        let identity = identity::open_or_create(&config.data_dir, config.node_id, &config.cluster)?;
         let metrics = Arc::new(NodeMetrics::default());
-        let log_options = keel_log::Options {
-            segment_size_bytes: config.segment_size_bytes,
-            sync: config.sync,
-            ..keel_log::Options::default()
-        };
-        let store = LogStore::open(&config.data_dir.join("log"), log_options, &config.data_dir)?
-            .with_metrics(Arc::clone(&metrics));
+        let (identity, store) = open_storage(&config, &metrics)?;
         let log = PlainLog::new(config.retention);
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
         let (app, services) = match extension {
@@ -367,6 +360,21 @@ impl RaftNode {
             task.abort();
         }
     }
+}
+
+/// Verifies the data directory (repair marker, identity) and opens the Raft log in it.
+fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Identity, LogStore)> {
+    std::fs::create_dir_all(&config.data_dir).map_err(Error::io("create", &config.data_dir))?;
+    repair::check_not_marked(&config.data_dir)?;
+    let identity = identity::open_or_create(&config.data_dir, config.node_id, &config.cluster)?;
+    let log_options = keel_log::Options {
+        segment_size_bytes: config.segment_size_bytes,
+        sync: config.sync,
+        ..keel_log::Options::default()
+    };
+    let store = LogStore::open(&config.data_dir.join("log"), log_options, &config.data_dir)?
+        .with_metrics(Arc::clone(metrics));
+    Ok((identity, store))
 }
 
 /// Logs leader changes and terms readably; stops the node on a fatal Raft error.

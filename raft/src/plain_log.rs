@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
 
-use crate::application::{AppliedAt, Application};
+use crate::application::{Application, AppliedAt};
 
 /// What the plain log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,7 +324,8 @@ mod tests {
             .iter()
             .map(|r| Bytes::copy_from_slice(r.as_bytes()))
             .collect();
-        decode_append_answer(&log.apply(AT, &encode_append(stamp, &records))).expect("append answer")
+        decode_append_answer(&log.apply(AT, &encode_append(stamp, &records)))
+            .expect("append answer")
     }
 
     #[test]

@@ -15,7 +15,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
-use crate::application::{AppliedAt, Application};
+use crate::application::{Application, AppliedAt};
 use crate::record::StoredMembershipConfig;
 use crate::snapshot::{SnapshotDir, SnapshotFile, SnapshotHeader, open_body};
 use crate::types::{
@@ -236,15 +236,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
                         answer: Bytes::new(),
                         index: entry.log_id.index,
                     },
-                    EntryPayload::Normal(request) => {
-                        state.apply_request(
-                            AppliedAt {
-                                term: entry.log_id.leader_id.term,
-                                index: entry.log_id.index,
-                            },
-                            request,
-                        )
-                    }
+                    EntryPayload::Normal(request) => state.apply_request(
+                        AppliedAt {
+                            term: entry.log_id.leader_id.term,
+                            index: entry.log_id.index,
+                        },
+                        request,
+                    ),
                     EntryPayload::Membership(membership) => {
                         state.membership =
                             StoredMembership::new(Some(entry.log_id), membership.clone());

@@ -52,9 +52,13 @@ async fn research_agent(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowErr
         })
         .await?;
     ctx.sleep(DEMO_SLEEP).await?;
-    let approval = ctx.wait_signal("approve", Some(DEMO_APPROVAL_TIMEOUT)).await?;
+    let approval = ctx
+        .wait_signal("approve", Some(DEMO_APPROVAL_TIMEOUT))
+        .await?;
     let Some(approver) = approval else {
-        return Err(WorkflowError::failed("nobody approved the research in time"));
+        return Err(WorkflowError::failed(
+            "nobody approved the research in time",
+        ));
     };
     let summary = ctx.call("summarize", pages).await?;
     let report = format!(
@@ -69,8 +73,10 @@ async fn research_agent(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowErr
 /// `summarize`: one step that condenses its input.
 async fn summarize(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
     let source = text(&input)?.to_owned();
-    ctx.step("condense", |_| work(format!("summary of {} bytes of sources", source.len())))
-        .await
+    ctx.step("condense", |_| {
+        work(format!("summary of {} bytes of sources", source.len()))
+    })
+    .await
 }
 
 /// `steps`: runs the input's number of trivial steps; returns how many ran.
@@ -96,14 +102,19 @@ async fn sleep(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
 /// its payload, or "timeout".
 async fn await_signal(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
     let ms = number(&input)?;
-    let payload = ctx.wait_signal("go", Some(Duration::from_millis(ms))).await?;
+    let payload = ctx
+        .wait_signal("go", Some(Duration::from_millis(ms)))
+        .await?;
     Ok(payload.unwrap_or_else(|| Bytes::from_static(b"timeout")))
 }
 
 /// `call-sleep`: calls a `sleep` child with its input; returns the child's result.
 async fn call_sleep(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
     let result = ctx.call("sleep", input).await?;
-    Ok(Bytes::from(format!("child: {}", String::from_utf8_lossy(&result))))
+    Ok(Bytes::from(format!(
+        "child: {}",
+        String::from_utf8_lossy(&result)
+    )))
 }
 
 /// `flaky`: a step that fails its first attempts (as many as the input says) and then

@@ -102,7 +102,12 @@ impl WorkflowClient {
     /// # Errors
     /// [`WorkflowClientError::Rejected`] for an unknown kind, a bad id or an input over the
     /// limit; [`WorkflowClientError::Cluster`] when no leader answered.
-    pub async fn start(&mut self, id: &str, kind: &str, input: Bytes) -> Result<bool, WorkflowClientError> {
+    pub async fn start(
+        &mut self,
+        id: &str,
+        kind: &str,
+        input: Bytes,
+    ) -> Result<bool, WorkflowClientError> {
         let request = pb::StartRequest {
             id: id.to_owned(),
             kind: kind.to_owned(),
@@ -115,7 +120,11 @@ impl WorkflowClient {
     ///
     /// # Errors
     /// [`RejectionKind::UnknownWorkflow`] for an unknown id; cluster errors.
-    pub async fn get(&mut self, id: &str, journal: bool) -> Result<WorkflowInfo, WorkflowClientError> {
+    pub async fn get(
+        &mut self,
+        id: &str,
+        journal: bool,
+    ) -> Result<WorkflowInfo, WorkflowClientError> {
         self.get_after(id, Duration::ZERO, journal).await
     }
 
@@ -141,7 +150,12 @@ impl WorkflowClient {
     ///
     /// # Errors
     /// [`RejectionKind::UnknownWorkflow`], [`RejectionKind::Finished`]; cluster errors.
-    pub async fn signal(&mut self, id: &str, name: &str, payload: Bytes) -> Result<(), WorkflowClientError> {
+    pub async fn signal(
+        &mut self,
+        id: &str,
+        name: &str,
+        payload: Bytes,
+    ) -> Result<(), WorkflowClientError> {
         let request = pb::SignalRequest {
             id: id.to_owned(),
             name: name.to_owned(),
@@ -260,10 +274,14 @@ impl WorkflowClient {
                 message: status.message().to_owned(),
             })?
             .into_inner();
-        while let Some(fire) = stream.message().await.map_err(|status| ClientError::Refused {
-            kind: keel_raft::wire_error::WriteErrorKind::Unavailable,
-            message: status.message().to_owned(),
-        })? {
+        while let Some(fire) = stream
+            .message()
+            .await
+            .map_err(|status| ClientError::Refused {
+                kind: keel_raft::wire_error::WriteErrorKind::Unavailable,
+                message: status.message().to_owned(),
+            })?
+        {
             if !each(fire) {
                 break;
             }

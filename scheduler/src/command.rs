@@ -400,8 +400,12 @@ pub enum Answer {
 pub(crate) fn encode<T>(value: &T) -> Vec<u8>
 where
     T: for<'a> Serialize<
-            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
         >,
+    >,
 {
     rkyv::to_bytes::<rancor::Error>(value)
         .expect("serializing into memory does not fail")
@@ -449,7 +453,10 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        assert_eq!(decode::<Stamped>(b"not a command"), Err(Rejection::Malformed));
+        assert_eq!(
+            decode::<Stamped>(b"not a command"),
+            Err(Rejection::Malformed)
+        );
         assert_eq!(decode::<Answer>(&[]), Err(Rejection::Malformed));
     }
 

@@ -188,7 +188,8 @@ impl Default for SchedulerSettings {
     fn default() -> Self {
         let defaults = EngineSettings::default();
         Self {
-            max_clock_skew_ms: u64::try_from(defaults.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            max_clock_skew_ms: u64::try_from(defaults.max_clock_skew.as_millis())
+                .unwrap_or(u64::MAX),
             retention_ms: u64::try_from(defaults.retention.as_millis()).unwrap_or(u64::MAX),
         }
     }

@@ -11,9 +11,9 @@
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
-mod command;
 pub mod builtin;
 pub mod client;
+mod command;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -25,10 +25,16 @@ pub mod service;
 pub mod state;
 pub mod wire;
 
-pub use config::{ConfigFile, NodeSettings};
-pub use error::{Error, Result};
-pub use node::Node;
 pub use command::{
     Answer, Command, Due, EntryState, Outcome, Owner, Rejection, Stamped, StepRecord,
     WorkflowStatus,
 };
+pub use config::{ConfigFile, NodeSettings};
+pub use error::{Error, Result};
+pub use node::Node;
+
+/// The bytes of a stamped command, as the scheduler's state machine decodes them (for
+/// tools and tests that feed a [`machine::SchedulerMachine`] directly).
+pub fn encode_command(stamped: &Stamped) -> Vec<u8> {
+    command::encode(stamped)
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use keel_raft::application::{AppliedAt, Application};
+use keel_raft::application::{Application, AppliedAt};
 use rkyv::{Archive, Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
 
@@ -117,6 +117,9 @@ impl SchedulerMachine {
     }
 
     /// Reads the state.
+    ///
+    /// # Panics
+    /// If an apply panicked while holding the lock (the node is broken then).
     pub fn read(&self) -> RwLockReadGuard<'_, SchedulerState> {
         self.shared
             .state
@@ -138,12 +141,7 @@ impl SchedulerMachine {
 
     /// The notifier of changes to `workflow` (an entry resolved, a claim, its end).
     pub fn waiter(&self, workflow: &str) -> Arc<Notify> {
-        let waiter = Arc::clone(
-            self.local()
-                .waiters
-                .entry(workflow.to_owned())
-                .or_default(),
-        );
+        let waiter = Arc::clone(self.local().waiters.entry(workflow.to_owned()).or_default());
         // Its end may have been applied before the waiter was registered: forget it then,
         // as the end would have.
         let ended = self
@@ -268,10 +266,17 @@ impl Application for SchedulerMachine {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
         let body = command::decode::<SnapshotBody>(&bytes).map_err(|_: Rejection| {
-            io::Error::new(io::ErrorKind::InvalidData, "scheduler snapshot does not decode")
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "scheduler snapshot does not decode",
+            )
         })?;
         body.state.assert_consistent();
-        *self.shared.state.write().expect("scheduler state lock poisoned") = body.state;
+        *self
+            .shared
+            .state
+            .write()
+            .expect("scheduler state lock poisoned") = body.state;
         *self.shared.digest.lock().expect("digest lock poisoned") = body.digest;
         {
             let mut local = self.local();

@@ -38,8 +38,7 @@ impl Node {
         let extension = Extension {
             app: Box::new(machine.clone()),
             services: Box::new(move |shared, routes| {
-                let service =
-                    WorkflowService::new(Proposer::new(shared.clone()), service_machine);
+                let service = WorkflowService::new(Proposer::new(shared.clone()), service_machine);
                 routes.add_service(
                     WorkflowsServer::new(service)
                         .max_decoding_message_size(keel_raft::limits::MESSAGE_MAX_BYTES)

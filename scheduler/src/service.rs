@@ -67,18 +67,18 @@ fn entry_info(seq: u32, kind: &EntryKind, state: &EntryState) -> pb::JournalEntr
     };
     match state {
         EntryState::Pending { attempts } => {
-            entry.state = "pending".to_owned();
+            "pending".clone_into(&mut entry.state);
             entry.attempts = *attempts;
         }
         EntryState::Done(Outcome::Ok(value)) => {
-            entry.state = "done".to_owned();
+            "done".clone_into(&mut entry.state);
             entry.value = value.clone().into();
         }
         EntryState::Done(Outcome::Err(error)) => {
-            entry.state = "failed".to_owned();
+            "failed".clone_into(&mut entry.state);
             entry.error.clone_from(error);
         }
-        EntryState::TimedOut => entry.state = "timed-out".to_owned(),
+        EntryState::TimedOut => "timed-out".clone_into(&mut entry.state),
     }
     entry
 }
@@ -125,14 +125,22 @@ impl WorkflowService {
         Self { proposer, machine }
     }
 
-    async fn propose(&self, command: Command, client: Option<(u64, u64)>) -> Result<Answer, Status> {
+    async fn propose(
+        &self,
+        command: Command,
+        client: Option<(u64, u64)>,
+    ) -> Result<Answer, Status> {
         match self.proposer.propose(command, client).await? {
             Answer::Rejected(rejection) => Err(rejected(&rejection)),
             answer => Ok(answer),
         }
     }
 
-    async fn propose_done(&self, command: Command, client: Option<(u64, u64)>) -> Result<Response<pb::Empty>, Status> {
+    async fn propose_done(
+        &self,
+        command: Command,
+        client: Option<(u64, u64)>,
+    ) -> Result<Response<pb::Empty>, Status> {
         match self.propose(command, client).await? {
             Answer::Done => Ok(Response::new(pb::Empty {})),
             other => Err(unexpected(&other)),
@@ -140,7 +148,12 @@ impl WorkflowService {
     }
 
     /// Waits up to `wait` for workflow `id` to finish; its info then (or now).
-    async fn info_after(&self, id: &str, wait: Duration, journal: bool) -> Result<pb::WorkflowInfo, Status> {
+    async fn info_after(
+        &self,
+        id: &str,
+        wait: Duration,
+        journal: bool,
+    ) -> Result<pb::WorkflowInfo, Status> {
         let deadline = tokio::time::Instant::now() + wait.min(GET_WAIT_MAX);
         let waiter = self.machine.waiter(id);
         loop {
@@ -166,7 +179,10 @@ type FireStream = Pin<Box<dyn Stream<Item = Result<pb::TimerFire, Status>> + Sen
 
 #[tonic::async_trait]
 impl Workflows for WorkflowService {
-    async fn start(&self, request: Request<pb::StartRequest>) -> Result<Response<pb::StartResponse>, Status> {
+    async fn start(
+        &self,
+        request: Request<pb::StartRequest>,
+    ) -> Result<Response<pb::StartResponse>, Status> {
         let request = request.into_inner();
         too_large("workflow input", request.input.len(), PAYLOAD_MAX_BYTES)?;
         too_large("workflow id", request.id.len(), NAME_MAX_BYTES)?;
@@ -176,7 +192,9 @@ impl Workflows for WorkflowService {
             input: request.input.to_vec(),
         };
         match self.propose(command, None).await? {
-            Answer::Started { created, status, .. } => Ok(Response::new(pb::StartResponse {
+            Answer::Started {
+                created, status, ..
+            } => Ok(Response::new(pb::StartResponse {
                 created,
                 status: status.as_str().to_owned(),
             })),
@@ -184,16 +202,26 @@ impl Workflows for WorkflowService {
         }
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::WorkflowInfo>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::WorkflowInfo>, Status> {
         let request = request.into_inner();
         self.proposer.service().linearize().await?;
         let info = self
-            .info_after(&request.id, Duration::from_millis(request.wait_ms), request.journal)
+            .info_after(
+                &request.id,
+                Duration::from_millis(request.wait_ms),
+                request.journal,
+            )
             .await?;
         Ok(Response::new(info))
     }
 
-    async fn signal(&self, request: Request<pb::SignalRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn signal(
+        &self,
+        request: Request<pb::SignalRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let request = request.into_inner();
         too_large("signal payload", request.payload.len(), PAYLOAD_MAX_BYTES)?;
         let client = (request.client_id != 0).then_some((request.client_id, request.seq));
@@ -205,7 +233,10 @@ impl Workflows for WorkflowService {
         self.propose_done(command, client).await
     }
 
-    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let request = request.into_inner();
         let command = Command::Cancel {
             workflow: request.id,
@@ -214,7 +245,10 @@ impl Workflows for WorkflowService {
         self.propose_done(command, None).await
     }
 
-    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let request = request.into_inner();
         let status = match request.status.as_str() {
             "" => None,
@@ -262,7 +296,11 @@ impl Workflows for WorkflowService {
             payload: request.payload.to_vec(),
         };
         match self.propose(command, None).await? {
-            Answer::Timer { id, due_ms, created } => Ok(Response::new(pb::ScheduleTimerResponse {
+            Answer::Timer {
+                id,
+                due_ms,
+                created,
+            } => Ok(Response::new(pb::ScheduleTimerResponse {
                 id,
                 due_ms,
                 created,
@@ -271,7 +309,10 @@ impl Workflows for WorkflowService {
         }
     }
 
-    async fn get_timer(&self, request: Request<pb::GetTimerRequest>) -> Result<Response<pb::TimerInfo>, Status> {
+    async fn get_timer(
+        &self,
+        request: Request<pb::GetTimerRequest>,
+    ) -> Result<Response<pb::TimerInfo>, Status> {
         let name = request.into_inner().name;
         self.proposer.service().linearize().await?;
         let state = self.machine.read();
@@ -301,7 +342,10 @@ impl Workflows for WorkflowService {
 
     type WatchFiresStream = FireStream;
 
-    async fn watch_fires(&self, _request: Request<pb::Empty>) -> Result<Response<FireStream>, Status> {
+    async fn watch_fires(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<FireStream>, Status> {
         let mut fires = self.machine.watch_fires();
         let stream = async_stream(move |sender| async move {
             loop {
@@ -316,7 +360,9 @@ impl Workflows for WorkflowService {
                     }),
                     Err(broadcast::error::RecvError::Lagged(missed)) => Err(status(
                         WriteErrorKind::Unavailable,
-                        format!("this watcher fell behind and missed {missed} fires; read them with GetTimer"),
+                        format!(
+                            "this watcher fell behind and missed {missed} fires; read them with GetTimer"
+                        ),
                     )),
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
@@ -353,7 +399,8 @@ where
 {
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     tokio::spawn(produce(sender));
-    Box::pin(futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    }))
+    Box::pin(futures::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+    ))
 }

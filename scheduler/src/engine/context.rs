@@ -187,14 +187,19 @@ impl Context {
     async fn journal(&self, command: Command) -> Result<EntryState, WorkflowError> {
         match self.run.port.propose(command).await? {
             Answer::Entry(state) => Ok(state),
-            other => Err(WorkflowError::Journal(format!("unexpected answer {other:?}"))),
+            other => Err(WorkflowError::Journal(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 
     /// Waits for entry `seq` if `state` is pending.
     async fn resolved(&self, seq: u32, state: EntryState) -> Result<EntryState, WorkflowError> {
         if matches!(state, EntryState::Pending { .. }) {
-            self.run.port.wait(&self.run.workflow, self.run.fence, seq).await
+            self.run
+                .port
+                .wait(&self.run.workflow, self.run.fence, seq)
+                .await
         } else {
             Ok(state)
         }
@@ -390,8 +395,12 @@ impl Context {
         };
         match self.resolved(seq, state).await? {
             EntryState::Done(Outcome::Ok(value)) => Ok(Bytes::from(value)),
-            EntryState::Done(Outcome::Err(error)) => Err(WorkflowError::ChildFailed { child, error }),
-            other => Err(WorkflowError::Journal(format!("call {seq} resolved as {other:?}"))),
+            EntryState::Done(Outcome::Err(error)) => {
+                Err(WorkflowError::ChildFailed { child, error })
+            }
+            other => Err(WorkflowError::Journal(format!(
+                "call {seq} resolved as {other:?}"
+            ))),
         }
     }
 
@@ -402,9 +411,7 @@ impl Context {
     pub async fn now(&self) -> Result<SystemTime, WorkflowError> {
         let value = self
             .step_with(NOW_STEP, RetryPolicy::once(), |_| async {
-                let ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let ms = keel_raft::clock::now_ms();
                 Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&ms.to_le_bytes()))
             })
             .await?;

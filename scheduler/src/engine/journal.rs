@@ -44,7 +44,9 @@ fn refused(rejection: Rejection) -> Result<Answer, WorkflowError> {
         Rejection::StaleFence { .. } | Rejection::Finished(_) | Rejection::UnknownWorkflow(_) => {
             Err(WorkflowError::Superseded)
         }
-        Rejection::NonDeterminism { .. } => Err(WorkflowError::NonDeterminism(rejection.to_string())),
+        Rejection::NonDeterminism { .. } => {
+            Err(WorkflowError::NonDeterminism(rejection.to_string()))
+        }
         Rejection::OutOfOrder { .. } => Err(WorkflowError::Replay),
         Rejection::UnknownKind(_)
         | Rejection::Malformed

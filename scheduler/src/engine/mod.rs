@@ -192,7 +192,11 @@ impl Inner {
     /// running workflows it can run.
     async fn take_over(self: Arc<Self>, term: u64) {
         while let Err(status) = self.proposer.service().linearize().await {
-            tracing::debug!(term, error = status.message(), "catching up before running workflows");
+            tracing::debug!(
+                term,
+                error = status.message(),
+                "catching up before running workflows"
+            );
             tokio::time::sleep(RUN_RETRY_PAUSE / 10).await;
         }
         self.active.send_replace(term);
@@ -227,7 +231,11 @@ impl Inner {
                 .map(|(id, _)| id.clone())
                 .collect()
         };
-        tracing::info!(term, workflows = claimable.len(), "running workflows as leader");
+        tracing::info!(
+            term,
+            workflows = claimable.len(),
+            "running workflows as leader"
+        );
         let owner = Owner::Leader {
             node: self.shared.node_id,
             term,
@@ -236,7 +244,13 @@ impl Inner {
             .for_each_concurrent(CLAIMS_IN_FLIGHT, |workflow| {
                 let journal = Arc::clone(&self.journal);
                 async move {
-                    if let Err(error) = journal.propose(Command::Claim { workflow: workflow.clone(), owner }).await {
+                    if let Err(error) = journal
+                        .propose(Command::Claim {
+                            workflow: workflow.clone(),
+                            owner,
+                        })
+                        .await
+                    {
                         tracing::debug!(%workflow, %error, "claim refused");
                     }
                 }
@@ -323,7 +337,9 @@ impl Inner {
         let outcome = match (kind.function)(context, input).await {
             Ok(value) => Outcome::Ok(value.to_vec()),
             Err(
-                error @ (WorkflowError::Superseded | WorkflowError::Replay | WorkflowError::Journal(_)),
+                error @ (WorkflowError::Superseded
+                | WorkflowError::Replay
+                | WorkflowError::Journal(_)),
             ) => return Err(error),
             Err(error) => Outcome::Err(error.to_string()),
         };
@@ -351,11 +367,18 @@ impl Inner {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let (wall_ms, mono) = timer_driver::wall_now();
-            let pass = timer_driver::due_pass(&self.machine, wall_ms, mono, self.settings.max_clock_skew);
+            let pass =
+                timer_driver::due_pass(&self.machine, wall_ms, mono, self.settings.max_clock_skew);
             if !pass.ready.is_empty() {
-                match self.proposer.propose(Command::FireTimers { ids: pass.ready }, None).await {
+                match self
+                    .proposer
+                    .propose(Command::FireTimers { ids: pass.ready }, None)
+                    .await
+                {
                     Ok(Answer::Fired { .. }) => {}
-                    Ok(other) => tracing::warn!(answer = ?other, "unexpected answer to a timer fire"),
+                    Ok(other) => {
+                        tracing::warn!(answer = ?other, "unexpected answer to a timer fire");
+                    }
                     Err(status) => {
                         tracing::debug!(error = status.message(), "timer fire not committed");
                         tokio::time::sleep(FIRE_RETRY_PAUSE).await;
@@ -387,7 +410,10 @@ impl Inner {
                     .any(|(_, w)| w.finished_ms.is_some_and(|f| f <= cutoff))
             };
             if due
-                && let Err(status) = self.proposer.propose(Command::Expire { retention_ms }, None).await
+                && let Err(status) = self
+                    .proposer
+                    .propose(Command::Expire { retention_ms }, None)
+                    .await
             {
                 tracing::debug!(error = status.message(), "expiry not committed");
             }

@@ -51,15 +51,19 @@ impl Proposer {
             command: tagged(AppTag::Extension, &command::encode(&stamped)),
         };
         match self.service.propose(request).await? {
-            ClientResponse::Applied { answer, .. } => command::decode::<Answer>(&answer).map_err(|_| {
-                status(
-                    WriteErrorKind::Invalid,
-                    "this cluster's state machine runs no scheduler",
-                )
-            }),
+            ClientResponse::Applied { answer, .. } => {
+                command::decode::<Answer>(&answer).map_err(|_| {
+                    status(
+                        WriteErrorKind::Invalid,
+                        "this cluster's state machine runs no scheduler",
+                    )
+                })
+            }
             ClientResponse::StaleSequence { last_applied_seq } => Err(status(
                 WriteErrorKind::StaleSequence,
-                format!("sequence {seq} is older than this client's last applied {last_applied_seq}"),
+                format!(
+                    "sequence {seq} is older than this client's last applied {last_applied_seq}"
+                ),
             )),
         }
     }

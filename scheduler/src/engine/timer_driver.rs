@@ -76,8 +76,9 @@ pub(crate) fn due_pass(
 
 /// How long to sleep before the next pass.
 pub(crate) fn idle(pass: &DuePass, now: Instant) -> Duration {
-    pass.wake
-        .map_or(IDLE_MAX, |wake| wake.saturating_duration_since(now).min(IDLE_MAX))
+    pass.wake.map_or(IDLE_MAX, |wake| {
+        wake.saturating_duration_since(now).min(IDLE_MAX)
+    })
 }
 
 /// The wall clock now, for a pass.
@@ -88,7 +89,7 @@ pub(crate) fn wall_now() -> (u64, Instant) {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use keel_raft::application::{AppliedAt, Application};
+    use keel_raft::application::{Application, AppliedAt};
 
     use super::*;
     use crate::command::{self, Command, Due, Stamped};
@@ -102,7 +103,10 @@ mod tests {
                 payload: Vec::new(),
             },
         };
-        machine.apply(AppliedAt { term: 1, index: 1 }, &Bytes::from(command::encode(&command)));
+        machine.apply(
+            AppliedAt { term: 1, index: 1 },
+            &Bytes::from(command::encode(&command)),
+        );
     }
 
     #[test]
@@ -117,10 +121,17 @@ mod tests {
         // for its monotonic delay.
         let pass = due_pass(&machine, base + 10_000, applied, skew);
         assert_eq!(pass.ready, [2]);
-        assert!(pass.wake.is_some_and(|w| w >= applied + Duration::from_millis(100) - Duration::from_millis(5)));
+        assert!(
+            pass.wake.is_some_and(
+                |w| w + Duration::from_millis(5) >= applied + Duration::from_millis(100)
+            )
+        );
         // Monotonic delay elapsed but the wall clock is behind: nothing fires.
         let later = applied + Duration::from_millis(200);
-        assert_eq!(due_pass(&machine, base + 50, later, skew).ready, Vec::<u64>::new());
+        assert_eq!(
+            due_pass(&machine, base + 50, later, skew).ready,
+            Vec::<u64>::new()
+        );
         // Both agree.
         let both = due_pass(&machine, base + 100, later, skew);
         assert_eq!(both.ready, [1, 2]);

@@ -54,7 +54,10 @@ mod tests {
         // 2026-01-01T00:00:00Z
         let midnight = 1_767_225_600_000;
         assert_eq!(next_after(&every_five, midnight), Some(midnight + 300_000));
-        assert_eq!(next_after(&every_five, midnight + 1), Some(midnight + 300_000));
+        assert_eq!(
+            next_after(&every_five, midnight + 1),
+            Some(midnight + 300_000)
+        );
     }
 
     #[test]

@@ -181,21 +181,21 @@ impl SchedulerState {
                 fence,
                 seq,
                 due,
-            } => self.sleep(apply, workflow, fence, seq, due),
+            } => self.sleep(apply, &workflow, fence, seq, due),
             Command::WaitSignal {
                 workflow,
                 fence,
                 seq,
                 signal,
                 timeout_ms,
-            } => self.wait_signal(apply, workflow, fence, seq, signal, timeout_ms),
+            } => self.wait_signal(apply, &workflow, fence, seq, signal, timeout_ms),
             Command::Call {
                 workflow,
                 fence,
                 seq,
                 kind,
                 input,
-            } => self.call(apply, workflow, fence, seq, kind, input),
+            } => self.call(apply, &workflow, fence, seq, kind, input),
             Command::Finish {
                 workflow,
                 fence,
@@ -338,7 +338,9 @@ impl SchedulerState {
         let Some(entry) = existing_entry(workflow, seq, &kind)? else {
             let state = match record {
                 StepRecord::Done(outcome) => EntryState::Done(outcome),
-                StepRecord::AttemptFailed { attempt, .. } => EntryState::Pending { attempts: attempt },
+                StepRecord::AttemptFailed { attempt, .. } => {
+                    EntryState::Pending { attempts: attempt }
+                }
             };
             workflow.journal.push(JournalEntry {
                 kind,
@@ -367,20 +369,24 @@ impl SchedulerState {
     fn sleep(
         &mut self,
         apply: &mut Apply<'_>,
-        id: String,
+        id: &str,
         fence: u64,
         seq: u32,
         due: Due,
     ) -> Result<Answer, Rejection> {
-        let workflow = self.fenced(&id, fence)?;
+        let workflow = self.fenced(id, fence)?;
         if let Some(entry) = existing_entry(workflow, seq, &EntryKind::Sleep { timer: 0 })? {
             return Ok(Answer::Entry(entry.state.clone()));
         }
-        let timer = self.add_timer(apply, due, TimerTarget::Entry {
-            workflow: id.clone(),
-            seq,
-        });
-        self.running(&id)?.journal.push(JournalEntry {
+        let timer = self.add_timer(
+            apply,
+            due,
+            TimerTarget::Entry {
+                workflow: id.to_owned(),
+                seq,
+            },
+        );
+        self.running(id)?.journal.push(JournalEntry {
             kind: EntryKind::Sleep { timer },
             state: EntryState::Pending { attempts: 0 },
         });
@@ -410,14 +416,14 @@ impl SchedulerState {
     fn wait_signal(
         &mut self,
         apply: &mut Apply<'_>,
-        id: String,
+        id: &str,
         fence: u64,
         seq: u32,
         signal: String,
         timeout_ms: Option<u64>,
     ) -> Result<Answer, Rejection> {
         check_name("signal name", &signal)?;
-        let workflow = self.fenced(&id, fence)?;
+        let workflow = self.fenced(id, fence)?;
         let kind = EntryKind::Signal {
             name: signal.clone(),
             timer: None,
@@ -425,10 +431,10 @@ impl SchedulerState {
         if let Some(entry) = existing_entry(workflow, seq, &kind)? {
             return Ok(Answer::Entry(entry.state.clone()));
         }
-        let buffered = workflow.signals.get_mut(&signal).and_then(|queue| {
-            let first = (!queue.is_empty()).then(|| queue.remove(0));
-            first
-        });
+        let buffered = workflow
+            .signals
+            .get_mut(&signal)
+            .and_then(|queue| (!queue.is_empty()).then(|| queue.remove(0)));
         if workflow.signals.get(&signal).is_some_and(Vec::is_empty) {
             workflow.signals.remove(&signal);
         }
@@ -441,12 +447,16 @@ impl SchedulerState {
             return Ok(Answer::Entry(state));
         }
         let timer = timeout_ms.map(|delay_ms| {
-            self.add_timer(apply, Due::After { delay_ms }, TimerTarget::Entry {
-                workflow: id.clone(),
-                seq,
-            })
+            self.add_timer(
+                apply,
+                Due::After { delay_ms },
+                TimerTarget::Entry {
+                    workflow: id.to_owned(),
+                    seq,
+                },
+            )
         });
-        self.running(&id)?.journal.push(JournalEntry {
+        self.running(id)?.journal.push(JournalEntry {
             kind: EntryKind::Signal {
                 name: signal,
                 timer,
@@ -459,7 +469,7 @@ impl SchedulerState {
     fn call(
         &mut self,
         apply: &mut Apply<'_>,
-        id: String,
+        id: &str,
         fence: u64,
         seq: u32,
         kind: String,
@@ -471,20 +481,29 @@ impl SchedulerState {
             child: child.clone(),
             kind: kind.clone(),
         };
-        if let Some(entry) = existing_entry(self.fenced(&id, fence)?, seq, &entry_kind)? {
+        if let Some(entry) = existing_entry(self.fenced(id, fence)?, seq, &entry_kind)? {
             return Ok(Answer::Entry(entry.state.clone()));
         }
         let version = self.version_of(&kind)?;
         check_len("workflow id", child.len(), NAME_MAX_BYTES)?;
-        let workflow = Workflow::new(kind, version, input, Some((id.clone(), seq)), apply.stamp_ms);
+        let workflow = Workflow::new(
+            kind,
+            version,
+            input,
+            Some((id.to_owned(), seq)),
+            apply.stamp_ms,
+        );
         apply.effects.push(Effect::Runnable {
             workflow: child.clone(),
             fence: workflow.fence,
             term: apply.at.term,
         });
         let replaced = self.workflows.insert(child, workflow);
-        assert!(replaced.is_none(), "a child id is taken only by its own call entry");
-        self.running(&id)?.journal.push(JournalEntry {
+        assert!(
+            replaced.is_none(),
+            "a child id is taken only by its own call entry"
+        );
+        self.running(id)?.journal.push(JournalEntry {
             kind: entry_kind,
             state: EntryState::Pending { attempts: 0 },
         });
@@ -576,7 +595,12 @@ impl SchedulerState {
         Ok(Answer::Done)
     }
 
-    fn cancel(&mut self, apply: &mut Apply<'_>, id: &str, reason: &str) -> Result<Answer, Rejection> {
+    fn cancel(
+        &mut self,
+        apply: &mut Apply<'_>,
+        id: &str,
+        reason: &str,
+    ) -> Result<Answer, Rejection> {
         check_len("cancel reason", reason.len(), PAYLOAD_MAX_BYTES)?;
         self.running(id)?;
         let mut pending = vec![id.to_owned()];
@@ -593,7 +617,12 @@ impl SchedulerState {
             } else {
                 format!("cancelled with its parent: {reason}")
             };
-            self.end(apply, &next, WorkflowStatus::Cancelled, Outcome::Err(message));
+            self.end(
+                apply,
+                &next,
+                WorkflowStatus::Cancelled,
+                Outcome::Err(message),
+            );
         }
         Ok(Answer::Done)
     }
@@ -608,7 +637,11 @@ impl SchedulerState {
         check_name("timer name", &name)?;
         check_len("timer payload", payload.len(), PAYLOAD_MAX_BYTES)?;
         if let Some(&id) = self.named.get(&name) {
-            let due_ms = self.timers.get(id).expect("named timers are pending").due_ms;
+            let due_ms = self
+                .timers
+                .get(id)
+                .expect("named timers are pending")
+                .due_ms;
             return Ok(Answer::Timer {
                 id,
                 due_ms,
@@ -622,10 +655,14 @@ impl SchedulerState {
                 created: false,
             });
         }
-        let id = self.add_timer(apply, due, TimerTarget::Named {
-            name: name.clone(),
-            payload,
-        });
+        let id = self.add_timer(
+            apply,
+            due,
+            TimerTarget::Named {
+                name: name.clone(),
+                payload,
+            },
+        );
         self.named.insert(name, id);
         let due_ms = self.timers.get(id).expect("just added").due_ms;
         Ok(Answer::Timer {
@@ -662,7 +699,9 @@ impl SchedulerState {
                     .and_then(|w| w.journal.get_mut(seq as usize))
                     .expect("a pending entry timer belongs to a running workflow's entry");
                 match &mut entry.kind {
-                    EntryKind::Sleep { .. } => entry.state = EntryState::Done(Outcome::Ok(Vec::new())),
+                    EntryKind::Sleep { .. } => {
+                        entry.state = EntryState::Done(Outcome::Ok(Vec::new()));
+                    }
                     EntryKind::Signal { timer, .. } => {
                         *timer = None;
                         entry.state = EntryState::TimedOut;
@@ -689,23 +728,31 @@ impl SchedulerState {
                     record,
                 });
             }
-            TimerTarget::Schedule { name } => self.fire_schedule(apply, name, timer.due_ms),
+            TimerTarget::Schedule { name } => self.fire_schedule(apply, &name, timer.due_ms),
         }
     }
 
-    fn fire_schedule(&mut self, apply: &mut Apply<'_>, name: String, due_ms: u64) {
-        let schedule = self.schedules.get(&name).expect("a schedule timer's schedule exists").clone();
+    fn fire_schedule(&mut self, apply: &mut Apply<'_>, name: &str, due_ms: u64) {
+        let schedule = self
+            .schedules
+            .get(name)
+            .expect("a schedule timer's schedule exists")
+            .clone();
         let id = format!("{name}@{due_ms}");
         // A kind no executor declares any more starts nothing; the schedule goes on.
         let _ = self.start(apply, id, schedule.kind.clone(), schedule.input.clone());
         let cron = cron::parse(&schedule.cron).expect("registered schedules parse");
         if let Some(next) = cron::next_after(&cron, due_ms.max(apply.stamp_ms)) {
-            let timer = self.add_timer(apply, Due::At { at_ms: next }, TimerTarget::Schedule {
-                name: name.clone(),
-            });
-            self.schedules.get_mut(&name).expect("exists").timer = timer;
+            let timer = self.add_timer(
+                apply,
+                Due::At { at_ms: next },
+                TimerTarget::Schedule {
+                    name: name.to_owned(),
+                },
+            );
+            self.schedules.get_mut(name).expect("exists").timer = timer;
         } else {
-            self.schedules.remove(&name);
+            self.schedules.remove(name);
         }
     }
 
@@ -737,15 +784,20 @@ impl SchedulerState {
         if let Some(old) = self.schedules.remove(&name) {
             self.remove_timer(apply, old.timer);
         }
-        let timer = self.add_timer(apply, Due::At { at_ms: next }, TimerTarget::Schedule {
-            name: name.clone(),
-        });
-        self.schedules.insert(name, Schedule {
-            cron: expression,
-            kind,
-            input,
-            timer,
-        });
+        let timer = self.add_timer(
+            apply,
+            Due::At { at_ms: next },
+            TimerTarget::Schedule { name: name.clone() },
+        );
+        self.schedules.insert(
+            name,
+            Schedule {
+                cron: expression,
+                kind,
+                input,
+                timer,
+            },
+        );
         Ok(Answer::Done)
     }
 
@@ -797,9 +849,16 @@ impl SchedulerState {
     }
 
     /// A named timer: pending (`Ok(due ms)`) or fired (`Err(record)`).
+    ///
+    /// # Panics
+    /// If the name index points at a timer that is not pending (a bug).
     pub fn named_timer(&self, name: &str) -> Option<Result<u64, FireRecord>> {
         if let Some(&id) = self.named.get(name) {
-            return Some(Ok(self.timers.get(id).expect("named timers are pending").due_ms));
+            return Some(Ok(self
+                .timers
+                .get(id)
+                .expect("named timers are pending")
+                .due_ms));
         }
         self.fired.get(name).map(|record| Err(*record))
     }
@@ -831,7 +890,11 @@ impl SchedulerState {
                 if workflow.is_finished() {
                     continue;
                 }
-                let target = &self.timers.get(timer).expect("an entry's timer is pending").target;
+                let target = &self
+                    .timers
+                    .get(timer)
+                    .expect("an entry's timer is pending")
+                    .target;
                 assert!(
                     matches!(target, TimerTarget::Entry { workflow, .. } if workflow == id),
                     "timer {timer} belongs to workflow {id}"
@@ -873,3 +936,6 @@ fn existing_entry<'w>(
     }
     Ok(Some(entry))
 }
+
+#[cfg(test)]
+mod tests;

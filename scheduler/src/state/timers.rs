@@ -64,6 +64,9 @@ impl TimerQueue {
     }
 
     /// Removes timer `id` (fired or cancelled); `None` if it is not pending.
+    ///
+    /// # Panics
+    /// If the due index lost the timer (a bug).
     pub fn remove(&mut self, id: u64) -> Option<Timer> {
         let timer = self.timers.remove(&id)?;
         let removed = self.by_due.remove(&(timer.due_ms, id));

@@ -131,16 +131,18 @@ impl Workflow {
 
     /// Timers its pending entries hold (a finished workflow's are cancelled).
     pub fn pending_timers(&self) -> impl Iterator<Item = u64> + '_ {
-        self.journal.iter().filter_map(|entry| match (&entry.kind, &entry.state) {
-            (EntryKind::Sleep { timer }, EntryState::Pending { .. })
-            | (
-                EntryKind::Signal {
-                    timer: Some(timer), ..
-                },
-                EntryState::Pending { .. },
-            ) => Some(*timer),
-            _ => None,
-        })
+        self.journal
+            .iter()
+            .filter_map(|entry| match (&entry.kind, &entry.state) {
+                (EntryKind::Sleep { timer }, EntryState::Pending { .. })
+                | (
+                    EntryKind::Signal {
+                        timer: Some(timer), ..
+                    },
+                    EntryState::Pending { .. },
+                ) => Some(*timer),
+                _ => None,
+            })
     }
 
     /// Children still running (their pending call entries).
@@ -148,9 +150,7 @@ impl Workflow {
         self.journal
             .iter()
             .filter_map(|entry| match (&entry.kind, &entry.state) {
-                (EntryKind::Call { child, .. }, EntryState::Pending { .. }) => {
-                    Some(child.as_str())
-                }
+                (EntryKind::Call { child, .. }, EntryState::Pending { .. }) => Some(child.as_str()),
                 _ => None,
             })
     }

@@ -148,7 +148,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     let mut raft = KeelClient::new(&cluster.endpoints(), 0)?;
     wait_until_serving(&mut raft, deadline).await?;
-    raft.init(&cluster.addrs).await.context("forming the cluster")?;
+    raft.init(&cluster.addrs)
+        .await
+        .context("forming the cluster")?;
     let first_leader = wait_for_leader(&mut raft, deadline).await?;
     progress.say(&format!("node {first_leader} is the leader"));
     let mut client = WorkflowClient::new(&cluster.endpoints())?;
@@ -243,7 +245,9 @@ async fn follow(
         if info.status != "running" {
             if let Some(victim) = killed {
                 cluster.spawn(victim)?;
-                progress.say(&format!("restarted node {victim}; it catches up from the others"));
+                progress.say(&format!(
+                    "restarted node {victim}; it catches up from the others"
+                ));
                 wait_caught_up(raft, deadline, progress).await?;
             }
             return Ok(info);
@@ -254,7 +258,11 @@ async fn follow(
 }
 
 /// Waits until every node applied the same index with the same state digest.
-async fn wait_caught_up(raft: &mut KeelClient, deadline: Instant, progress: &Progress) -> anyhow::Result<()> {
+async fn wait_caught_up(
+    raft: &mut KeelClient,
+    deadline: Instant,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         let statuses: Vec<_> = raft
             .statuses()
@@ -263,9 +271,9 @@ async fn wait_caught_up(raft: &mut KeelClient, deadline: Instant, progress: &Pro
             .filter_map(|(_, s)| s.ok())
             .collect();
         let agreed = statuses.len() == 3
-            && statuses
-                .windows(2)
-                .all(|w| w[0].applied_index == w[1].applied_index && w[0].state_digest == w[1].state_digest);
+            && statuses.windows(2).all(|w| {
+                w[0].applied_index == w[1].applied_index && w[0].state_digest == w[1].state_digest
+            });
         if agreed {
             progress.say(&format!(
                 "all three nodes applied index {} with equal state digests ({:016x})",
@@ -280,8 +288,16 @@ async fn wait_caught_up(raft: &mut KeelClient, deadline: Instant, progress: &Pro
 }
 
 /// Prints the result and checks every step was recorded once.
-async fn report(client: &mut WorkflowClient, info: &WorkflowInfo, progress: &Progress) -> anyhow::Result<()> {
-    progress.say(&format!("workflow {WORKFLOW_ID} {}: {}", info.status, outcome(info)));
+async fn report(
+    client: &mut WorkflowClient,
+    info: &WorkflowInfo,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    progress.say(&format!(
+        "workflow {WORKFLOW_ID} {}: {}",
+        info.status,
+        outcome(info)
+    ));
     let names: Vec<String> = info
         .journal
         .iter()

@@ -111,11 +111,17 @@ pub(crate) async fn start(args: StartArgs) -> anyhow::Result<()> {
         .await?;
     println!(
         "workflow {id} {}",
-        if created { "started" } else { "already existed" }
+        if created {
+            "started"
+        } else {
+            "already existed"
+        }
     );
     if args.wait {
         loop {
-            let info = client.get_after(&id, Duration::from_secs(60), false).await?;
+            let info = client
+                .get_after(&id, Duration::from_secs(60), false)
+                .await?;
             if info.status != "running" {
                 println!("{}: {}", info.status, outcome(&info));
                 break;
@@ -152,7 +158,10 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
             args.limit,
         )
         .await?;
-    println!("{:<32} {:<16} {:<10} {:>7}", "ID", "KIND", "STATUS", "ENTRIES");
+    println!(
+        "{:<32} {:<16} {:<10} {:>7}",
+        "ID", "KIND", "STATUS", "ENTRIES"
+    );
     for info in &workflows {
         println!(
             "{:<32} {:<16} {:<10} {:>7}",

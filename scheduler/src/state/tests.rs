@@ -1,0 +1,463 @@
+//! Unit tests of the scheduler's transition function.
+
+use super::*;
+
+const KIND: &str = "agent";
+
+/// A state with kinds declared and a helper to apply commands at increasing indexes.
+struct Harness {
+    state: SchedulerState,
+    index: u64,
+    effects: Vec<Effect>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut harness = Self {
+            state: SchedulerState::default(),
+            index: 0,
+            effects: Vec::new(),
+        };
+        harness.apply(
+            0,
+            Command::DeclareKinds {
+                kinds: vec![(KIND.into(), "v1".into()), ("child".into(), "v1".into())],
+            },
+        );
+        harness
+    }
+
+    fn apply(&mut self, stamp_ms: u64, command: Command) -> Answer {
+        self.index += 1;
+        self.effects.clear();
+        let answer = self.state.apply(
+            AppliedAt {
+                term: 3,
+                index: self.index,
+            },
+            Stamped { stamp_ms, command },
+            &mut self.effects,
+        );
+        self.state.assert_consistent();
+        answer
+    }
+
+    fn start(&mut self, id: &str) -> Answer {
+        self.apply(
+            100,
+            Command::Start {
+                id: id.into(),
+                kind: KIND.into(),
+                input: b"in".to_vec(),
+            },
+        )
+    }
+
+    fn step(&mut self, id: &str, fence: u64, seq: u32, name: &str, value: &str) -> Answer {
+        self.apply(
+            200,
+            Command::Step {
+                workflow: id.into(),
+                fence,
+                seq,
+                name: name.into(),
+                record: StepRecord::Done(Outcome::Ok(value.as_bytes().to_vec())),
+            },
+        )
+    }
+
+    fn journal(&self, id: &str) -> &[JournalEntry] {
+        &self.state.workflow(id).expect("workflow").journal
+    }
+
+    fn fire_all(&mut self, stamp_ms: u64) -> Vec<u64> {
+        let ids: Vec<u64> = self
+            .state
+            .timers()
+            .in_due_order()
+            .map(|(_, id)| id)
+            .collect();
+        match self.apply(stamp_ms, Command::FireTimers { ids }) {
+            Answer::Fired { ids } => ids,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+fn done(value: &str) -> EntryState {
+    EntryState::Done(Outcome::Ok(value.as_bytes().to_vec()))
+}
+
+#[test]
+fn start_is_idempotent_by_id_and_refuses_unknown_kinds_and_big_inputs() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.start("w"),
+        Answer::Started {
+            fence: 1,
+            created: true,
+            status: WorkflowStatus::Running
+        }
+    );
+    assert!(matches!(
+        h.effects[..],
+        [Effect::Runnable {
+            fence: 1,
+            term: 3,
+            ..
+        }]
+    ));
+    assert_eq!(
+        h.start("w"),
+        Answer::Started {
+            fence: 1,
+            created: false,
+            status: WorkflowStatus::Running
+        }
+    );
+    let unknown = h.apply(
+        1,
+        Command::Start {
+            id: "x".into(),
+            kind: "nope".into(),
+            input: Vec::new(),
+        },
+    );
+    assert_eq!(
+        unknown,
+        Answer::Rejected(Rejection::UnknownKind("nope".into()))
+    );
+    let big = h.apply(
+        1,
+        Command::Start {
+            id: "y".into(),
+            kind: KIND.into(),
+            input: vec![0; PAYLOAD_MAX_BYTES + 1],
+        },
+    );
+    assert!(matches!(big, Answer::Rejected(Rejection::TooLarge { .. })));
+    let slash = h.apply(
+        1,
+        Command::Start {
+            id: "a/b".into(),
+            kind: KIND.into(),
+            input: Vec::new(),
+        },
+    );
+    assert!(matches!(slash, Answer::Rejected(Rejection::Invalid { .. })));
+    assert!(h.state.workflow("x").is_none() && h.state.workflow("y").is_none());
+}
+
+#[test]
+fn the_first_step_record_wins_and_a_second_is_rejected_with_it() {
+    let mut h = Harness::new();
+    h.start("w");
+    assert_eq!(
+        h.step("w", 1, 0, "fetch", "first"),
+        Answer::Entry(done("first"))
+    );
+    assert_eq!(
+        h.step("w", 1, 0, "fetch", "second"),
+        Answer::Rejected(Rejection::AlreadyRecorded {
+            seq: 0,
+            outcome: Outcome::Ok(b"first".to_vec())
+        })
+    );
+    assert_eq!(h.journal("w")[0].state, done("first"));
+}
+
+#[test]
+fn stale_fences_non_determinism_and_gaps_are_rejected() {
+    let mut h = Harness::new();
+    h.start("w");
+    let claimed = h.apply(
+        150,
+        Command::Claim {
+            workflow: "w".into(),
+            owner: Owner::Leader { node: 2, term: 4 },
+        },
+    );
+    assert_eq!(claimed, Answer::Claimed { fence: 2 });
+    assert_eq!(
+        h.step("w", 1, 0, "fetch", "old run"),
+        Answer::Rejected(Rejection::StaleFence {
+            fence: 1,
+            current: 2
+        })
+    );
+    h.step("w", 2, 0, "fetch", "page");
+    assert!(matches!(
+        h.step("w", 2, 0, "parse", "x"),
+        Answer::Rejected(Rejection::NonDeterminism { seq: 0, .. })
+    ));
+    assert_eq!(
+        h.step("w", 2, 5, "later", "x"),
+        Answer::Rejected(Rejection::OutOfOrder {
+            seq: 5,
+            expected: 1
+        })
+    );
+    assert_eq!(h.journal("w").len(), 1);
+}
+
+#[test]
+fn failed_attempts_are_counted_then_the_outcome_recorded() {
+    let mut h = Harness::new();
+    h.start("w");
+    let attempt = |attempt| Command::Step {
+        workflow: "w".into(),
+        fence: 1,
+        seq: 0,
+        name: "call-api".into(),
+        record: StepRecord::AttemptFailed {
+            attempt,
+            error: "503".into(),
+        },
+    };
+    assert_eq!(
+        h.apply(1, attempt(1)),
+        Answer::Entry(EntryState::Pending { attempts: 1 })
+    );
+    assert_eq!(
+        h.apply(1, attempt(2)),
+        Answer::Entry(EntryState::Pending { attempts: 2 })
+    );
+    assert_eq!(
+        h.apply(1, attempt(1)),
+        Answer::Entry(EntryState::Pending { attempts: 2 })
+    );
+    assert_eq!(
+        h.step("w", 1, 0, "call-api", "ok"),
+        Answer::Entry(done("ok"))
+    );
+}
+
+#[test]
+fn a_sleep_fires_once_and_never_before_due() {
+    let mut h = Harness::new();
+    h.start("w");
+    let slept = h.apply(
+        1_000,
+        Command::Sleep {
+            workflow: "w".into(),
+            fence: 1,
+            seq: 0,
+            due: Due::After { delay_ms: 500 },
+        },
+    );
+    assert_eq!(slept, Answer::Entry(EntryState::Pending { attempts: 0 }));
+    assert!(h.effects.contains(&Effect::TimerAdded {
+        id: 1,
+        relative: true
+    }));
+    assert!(h.fire_all(1_499).is_empty(), "not due before 1500");
+    assert_eq!(h.journal("w")[0].state, EntryState::Pending { attempts: 0 });
+    assert_eq!(h.fire_all(1_500), [1]);
+    assert_eq!(h.journal("w")[0].state, done(""));
+    assert_eq!(
+        h.apply(2_000, Command::FireTimers { ids: vec![1] }),
+        Answer::Fired { ids: Vec::new() },
+        "a timer fires once"
+    );
+}
+
+#[test]
+fn signals_sent_before_the_wait_are_buffered_and_timeouts_resolve_waits() {
+    let mut h = Harness::new();
+    h.start("w");
+    let signal = |payload: &str| Command::Signal {
+        workflow: "w".into(),
+        signal: "approve".into(),
+        payload: payload.as_bytes().to_vec(),
+    };
+    assert_eq!(h.apply(1, signal("early")), Answer::Done);
+    let wait = |seq, timeout_ms| Command::WaitSignal {
+        workflow: "w".into(),
+        fence: 1,
+        seq,
+        signal: "approve".into(),
+        timeout_ms,
+    };
+    assert_eq!(h.apply(2, wait(0, None)), Answer::Entry(done("early")));
+    assert_eq!(
+        h.apply(3, wait(1, Some(100))),
+        Answer::Entry(EntryState::Pending { attempts: 0 })
+    );
+    assert_eq!(h.apply(4, signal("late")), Answer::Done);
+    assert_eq!(h.journal("w")[1].state, done("late"));
+    assert!(h.state.timers().is_empty(), "the timeout timer is gone");
+    h.apply(5, wait(2, Some(100)));
+    assert_eq!(h.fire_all(105).len(), 1);
+    assert_eq!(h.journal("w")[2].state, EntryState::TimedOut);
+    let unknown = h.apply(
+        6,
+        Command::Signal {
+            workflow: "ghost".into(),
+            signal: "approve".into(),
+            payload: Vec::new(),
+        },
+    );
+    assert_eq!(
+        unknown,
+        Answer::Rejected(Rejection::UnknownWorkflow("ghost".into()))
+    );
+}
+
+#[test]
+fn a_child_result_resolves_the_parent_call_and_cancel_cascades() {
+    let mut h = Harness::new();
+    h.start("p");
+    let call = |seq| Command::Call {
+        workflow: "p".into(),
+        fence: 1,
+        seq,
+        kind: "child".into(),
+        input: b"x".to_vec(),
+    };
+    assert_eq!(
+        h.apply(1, call(0)),
+        Answer::Entry(EntryState::Pending { attempts: 0 })
+    );
+    assert!(h.effects.contains(&Effect::Runnable {
+        workflow: "p/0".into(),
+        fence: 1,
+        term: 3
+    }));
+    h.apply(
+        2,
+        Command::Finish {
+            workflow: "p/0".into(),
+            fence: 1,
+            outcome: Outcome::Ok(b"child result".to_vec()),
+        },
+    );
+    assert_eq!(h.journal("p")[0].state, done("child result"));
+    h.apply(3, call(1));
+    assert_eq!(
+        h.apply(
+            4,
+            Command::Cancel {
+                workflow: "p".into(),
+                reason: "stop".into()
+            }
+        ),
+        Answer::Done
+    );
+    assert_eq!(
+        h.state.workflow("p/1").map(|w| w.status),
+        Some(WorkflowStatus::Cancelled),
+        "the running child is cancelled with its parent"
+    );
+    assert_eq!(
+        h.apply(
+            5,
+            Command::Cancel {
+                workflow: "p".into(),
+                reason: "again".into()
+            }
+        ),
+        Answer::Rejected(Rejection::Finished(WorkflowStatus::Cancelled))
+    );
+}
+
+#[test]
+fn named_timers_are_idempotent_by_name_and_record_their_fence_token() {
+    let mut h = Harness::new();
+    let schedule = |name: &str| Command::ScheduleTimer {
+        name: name.into(),
+        due: Due::At { at_ms: 5_000 },
+        payload: b"p".to_vec(),
+    };
+    assert_eq!(
+        h.apply(1, schedule("t")),
+        Answer::Timer {
+            id: 1,
+            due_ms: 5_000,
+            created: true
+        }
+    );
+    assert_eq!(
+        h.apply(2, schedule("t")),
+        Answer::Timer {
+            id: 1,
+            due_ms: 5_000,
+            created: false
+        }
+    );
+    h.fire_all(5_000);
+    let fired_at = h.index;
+    assert!(matches!(
+        &h.effects[..],
+        [Effect::TimerRemoved { id: 1 }, Effect::NamedFired { record, .. }] if record.index == fired_at && record.term == 3
+    ));
+    assert!(matches!(h.state.named_timer("t"), Some(Err(record)) if record.fired_ms == 5_000));
+    assert!(matches!(
+        h.apply(6_000, schedule("t")),
+        Answer::Timer { created: false, .. }
+    ));
+    assert!(
+        h.state.timers().is_empty(),
+        "a fired name is not rescheduled"
+    );
+}
+
+#[test]
+fn cron_schedules_start_workflows_and_refuse_bad_expressions() {
+    let mut h = Harness::new();
+    let register = |cron: &str| Command::RegisterSchedule {
+        name: "nightly".into(),
+        cron: cron.into(),
+        kind: KIND.into(),
+        input: Vec::new(),
+    };
+    assert!(matches!(
+        h.apply(0, register("every night")),
+        Answer::Rejected(Rejection::InvalidCron { .. })
+    ));
+    // 2026-01-01T00:00:00Z, every minute.
+    let midnight = 1_767_225_600_000;
+    assert_eq!(h.apply(midnight, register("* * * * *")), Answer::Done);
+    assert!(h.fire_all(midnight + 59_999).is_empty());
+    assert_eq!(h.fire_all(midnight + 60_000).len(), 1);
+    let id = format!("nightly@{}", midnight + 60_000);
+    assert!(
+        h.state.workflow(&id).is_some(),
+        "the occurrence started {id}"
+    );
+    let next: Vec<u64> = h
+        .state
+        .timers()
+        .in_due_order()
+        .map(|(due, _)| due)
+        .collect();
+    assert_eq!(next, [midnight + 120_000]);
+}
+
+#[test]
+fn expiry_forgets_only_workflows_finished_before_the_retention() {
+    let mut h = Harness::new();
+    h.start("old");
+    h.start("new");
+    h.start("running");
+    let finish = |id: &str| Command::Finish {
+        workflow: id.into(),
+        fence: 1,
+        outcome: Outcome::Ok(Vec::new()),
+    };
+    h.apply(1_000, finish("old"));
+    h.apply(5_000, finish("new"));
+    assert_eq!(
+        h.apply(
+            6_000,
+            Command::Expire {
+                retention_ms: 2_000
+            }
+        ),
+        Answer::Expired {
+            workflows: 1,
+            fires: 0
+        }
+    );
+    assert!(h.state.workflow("old").is_none());
+    assert!(h.state.workflow("new").is_some() && h.state.workflow("running").is_some());
+}
