@@ -108,6 +108,15 @@ async fn await_signal(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError
     Ok(payload.unwrap_or_else(|| Bytes::from_static(b"timeout")))
 }
 
+/// `late-signal`: sleeps durably for the input's number of milliseconds, then waits for
+/// signal "go" (which may have arrived during the sleep) and returns its payload.
+async fn late_signal(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let ms = number(&input)?;
+    ctx.sleep(Duration::from_millis(ms)).await?;
+    let payload = ctx.wait_signal("go", None).await?;
+    Ok(payload.unwrap_or_default())
+}
+
 /// `call-sleep`: calls a `sleep` child with its input; returns the child's result.
 async fn call_sleep(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
     let result = ctx.call("sleep", input).await?;
@@ -144,6 +153,7 @@ pub fn registry() -> Registry {
         .register("steps", VERSION, steps)
         .register("sleep", VERSION, sleep)
         .register("await-signal", VERSION, await_signal)
+        .register("late-signal", VERSION, late_signal)
         .register("call-sleep", VERSION, call_sleep)
         .register("flaky", VERSION, flaky)
 }

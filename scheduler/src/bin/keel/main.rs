@@ -77,7 +77,7 @@ enum Command {
         workflow: Option<String>,
     },
     /// Start a workflow (built-in kinds: research-agent, summarize, steps, sleep,
-    /// await-signal, call-sleep, flaky).
+    /// await-signal, late-signal, call-sleep, flaky).
     Start(workflows::StartArgs),
     /// List workflows.
     List(workflows::ListArgs),

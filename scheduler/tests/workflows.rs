@@ -1,0 +1,228 @@
+//! Durable workflows and timers on three real `keel node` processes, across leader kills.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Cluster, leader, poll};
+use keel_scheduler::client::{TimerDue, WorkflowClient, WorkflowInfo};
+use keel_scheduler::wire::RejectionKind;
+
+fn workflows(cluster: &Cluster) -> WorkflowClient {
+    WorkflowClient::new(&cluster.addrs()).expect("client")
+}
+
+/// Waits for workflow `id` to finish.
+async fn finished(client: &mut WorkflowClient, id: &str) -> WorkflowInfo {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = client
+            .get_after(id, Duration::from_secs(5), true)
+            .await
+            .expect("get");
+        if info.status != "running" {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "{id} did not finish: {info:?}");
+    }
+}
+
+/// Waits until workflow `id`'s journal has a pending entry of `kind`.
+async fn pending(client: &WorkflowClient, id: &str, kind: &str) {
+    poll(&format!("{id} has a pending {kind}"), || {
+        let mut client = client.clone();
+        async move {
+            client.get(id, true).await.is_ok_and(|info| {
+                info.journal
+                    .iter()
+                    .any(|e| e.kind == kind && e.state == "pending")
+            })
+        }
+    })
+    .await;
+}
+
+async fn kill_leader(cluster: &mut Cluster) -> u64 {
+    let mut raft = cluster.client(0);
+    let old = leader(&mut raft).await.expect("leader").node_id;
+    cluster.node(old).kill();
+    old
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleep_spanning_a_leader_kill_completes_and_survives_a_full_restart() {
+    let mut cluster = Cluster::start(3, "runtime_threads = 1");
+    cluster.init().await;
+    let mut client = workflows(&cluster);
+    let started = Instant::now();
+    assert!(client.start("sleeper", "sleep", Bytes::from("2000")).await.expect("start"));
+    assert!(
+        !client.start("sleeper", "sleep", Bytes::from("1")).await.expect("start again"),
+        "starting an existing id returns the existing workflow"
+    );
+    client.start("early", "late-signal", Bytes::from("1500")).await.expect("start");
+    pending(&client, "sleeper", "sleep").await;
+    client.signal("early", "go", Bytes::from("sent during the sleep")).await.expect("signal");
+    let old = kill_leader(&mut cluster).await;
+
+    let info = finished(&mut client, "sleeper").await;
+    assert_eq!(info.status, "completed", "{info:?}");
+    assert_eq!(info.result, "slept 2000 ms");
+    assert!(started.elapsed() >= Duration::from_millis(2000), "never early");
+    assert_eq!(info.journal.len(), 1);
+    assert!(info.fence >= 2, "the new leader claimed the workflow with a new fence");
+    let early = finished(&mut client, "early").await;
+    assert_eq!(early.result, "sent during the sleep", "a signal sent before the wait is received");
+
+    cluster.node(old).start();
+    for id in [1, 2, 3] {
+        cluster.node(id).kill();
+    }
+    for id in [1, 2, 3] {
+        cluster.node(id).start();
+    }
+    let again = finished(&mut client, "sleeper").await;
+    assert_eq!((again.status.as_str(), again.journal.len()), ("completed", 1));
+    assert_eq!(again.result, info.result);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_outlives_a_failover_returns_its_result_to_the_parent() {
+    let mut cluster = Cluster::start(3, "runtime_threads = 1");
+    cluster.init().await;
+    let mut client = workflows(&cluster);
+    client.start("parent", "call-sleep", Bytes::from("1500")).await.expect("start");
+    pending(&client, "parent/0", "sleep").await;
+    kill_leader(&mut cluster).await;
+    let parent = finished(&mut client, "parent").await;
+    assert_eq!(parent.status, "completed", "{parent:?}");
+    assert_eq!(parent.result, "child: slept 1500 ms");
+    let child = client.get("parent/0", true).await.expect("child");
+    assert_eq!((child.status.as_str(), child.parent.as_str()), ("completed", "parent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_timers_across_a_leader_kill_fire_exactly_once_and_never_early() {
+    const TIMERS: usize = 10_000;
+    let mut cluster = Cluster::start(3, "runtime_threads = 1");
+    cluster.init().await;
+    let client = workflows(&cluster);
+    let mut raft = cluster.client(0);
+    let leader_id = leader(&mut raft).await.expect("leader").node_id;
+    let watched = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id != leader_id)
+        .expect("a follower")
+        .addr
+        .clone();
+    let fires: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let watcher = {
+        let fires = Arc::clone(&fires);
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .watch_fires(&watched, |fire| {
+                    fires.lock().expect("fires").push((fire.name, Instant::now()));
+                    true
+                })
+                .await
+        })
+    };
+    // Each timer: its delay, and when its scheduling was invoked (its due time by the
+    // test's clock is no earlier than that plus the delay).
+    let scheduled: Arc<Mutex<Vec<(String, Instant, Duration)>>> = Arc::default();
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let mut client = client.clone();
+            let scheduled = Arc::clone(&scheduled);
+            tokio::spawn(async move {
+                for i in (task..TIMERS).step_by(32) {
+                    let name = format!("timer-{i}");
+                    let delay = Duration::from_millis(1500 + (i as u64 % 2000));
+                    let invoked = Instant::now();
+                    let (_, created) = client
+                        .schedule_timer(&name, TimerDue::After(delay), Bytes::new())
+                        .await
+                        .expect("schedule");
+                    assert!(created);
+                    scheduled.lock().expect("scheduled").push((name, invoked, delay));
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let old = kill_leader(&mut cluster).await;
+    assert_ne!(old, 0);
+    for task in tasks {
+        task.await.expect("scheduling task");
+    }
+    poll("every timer fired on the watched node", || {
+        let fires = Arc::clone(&fires);
+        async move { fires.lock().expect("fires").len() >= TIMERS }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watcher.abort();
+    let fires = fires.lock().expect("fires").clone();
+    let scheduled = scheduled.lock().expect("scheduled").clone();
+    assert_eq!(fires.len(), TIMERS, "each timer fired once, no repeats");
+    let names: HashSet<&str> = fires.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), TIMERS);
+    let fired_at: std::collections::HashMap<&str, Instant> =
+        fires.iter().map(|(n, at)| (n.as_str(), *at)).collect();
+    for (name, invoked, delay) in &scheduled {
+        let at = fired_at[name.as_str()];
+        assert!(at >= *invoked + *delay, "{name} fired {:?} early", (*invoked + *delay) - at);
+    }
+    let mut client = client;
+    let info = client.timer("timer-7").await.expect("timer");
+    assert!(info.fired && info.fire_index > 0 && info.fire_term > 0);
+    assert!(info.fired_ms >= info.due_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_typed_errors_and_lose_nothing() {
+    let cluster = Cluster::start(3, "runtime_threads = 1");
+    cluster.init().await;
+    let mut client = workflows(&cluster);
+    let rejected = |result: Result<_, keel_scheduler::client::WorkflowClientError>| match result {
+        Err(keel_scheduler::client::WorkflowClientError::Rejected { kind, .. }) => kind,
+        other => panic!("expected a typed refusal, got {other:?}"),
+    };
+    assert_eq!(
+        rejected(client.start("x", "no-such-kind", Bytes::new()).await.map(|_| ())),
+        RejectionKind::UnknownKind
+    );
+    assert_eq!(
+        rejected(client.start("big", "sleep", Bytes::from(vec![b'1'; 2 << 20])).await.map(|_| ())),
+        RejectionKind::TooLarge
+    );
+    assert_eq!(
+        rejected(client.signal("ghost", "go", Bytes::new()).await),
+        RejectionKind::UnknownWorkflow
+    );
+    assert_eq!(
+        rejected(client.register_schedule("s", "not cron", "sleep", Bytes::new()).await),
+        RejectionKind::InvalidCron
+    );
+    client.start("done", "sleep", Bytes::from("1")).await.expect("start");
+    assert_eq!(finished(&mut client, "done").await.status, "completed");
+    assert_eq!(
+        rejected(client.cancel("done", "too late").await),
+        RejectionKind::Finished
+    );
+    client.start("failing", "sleep", Bytes::from("not a number")).await.expect("start");
+    let failed = finished(&mut client, "failing").await;
+    assert_eq!(failed.status, "failed");
+    assert!(failed.error.contains("not a number"), "{failed:?}");
+    client.start("retried", "flaky", Bytes::from("2")).await.expect("start");
+    let retried = finished(&mut client, "retried").await;
+    assert_eq!((retried.status.as_str(), retried.result.as_ref()), ("completed", b"3".as_ref()));
+    let listed = client.list(Some("sleep"), None, None, 100).await.expect("list");
+    let ids: Vec<&str> = listed.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["done", "failing"], "nothing refused was created");
+}
