@@ -35,10 +35,15 @@ impl Node {
     ) -> Result<Self> {
         let machine = SchedulerMachine::new();
         let service_machine = machine.clone();
+        let declarations = registry.declarations();
         let extension = Extension {
             app: Box::new(machine.clone()),
             services: Box::new(move |shared, routes| {
-                let service = WorkflowService::new(Proposer::new(shared.clone()), service_machine);
+                let service = WorkflowService::new(
+                    Proposer::new(shared.clone()),
+                    service_machine,
+                    declarations,
+                );
                 routes.add_service(
                     WorkflowsServer::new(service)
                         .max_decoding_message_size(keel_raft::limits::MESSAGE_MAX_BYTES)
@@ -68,6 +73,11 @@ impl Node {
     /// The scheduler's replicated state on this node.
     pub fn scheduler(&self) -> &SchedulerMachine {
         &self.machine
+    }
+
+    /// A proposer of scheduler commands on this node (effective while it leads).
+    pub fn proposer(&self) -> Proposer {
+        Proposer::new(self.inner.shared().clone())
     }
 
     /// The node's execution engine.

@@ -31,6 +31,8 @@ const LIST_MAX: usize = 10_000;
 pub struct WorkflowService {
     proposer: Proposer,
     machine: SchedulerMachine,
+    /// This node's workflow kinds and versions.
+    declarations: Vec<(String, String)>,
 }
 
 fn too_large(what: &str, len: usize, max: usize) -> Result<(), Status> {
@@ -120,9 +122,31 @@ pub(crate) fn workflow_info(id: &str, workflow: &Workflow, journal: bool) -> pb:
 }
 
 impl WorkflowService {
-    /// The service of the node `proposer` proposes on, reading `machine`.
-    pub fn new(proposer: Proposer, machine: SchedulerMachine) -> Self {
-        Self { proposer, machine }
+    /// The service of the node `proposer` proposes on, reading `machine`; the node runs
+    /// the workflow kinds `declarations` (`(kind, version)`).
+    pub fn new(
+        proposer: Proposer,
+        machine: SchedulerMachine,
+        declarations: Vec<(String, String)>,
+    ) -> Self {
+        Self {
+            proposer,
+            machine,
+            declarations,
+        }
+    }
+
+    /// Declares this node's kinds if `kind` is one of them and the cluster does not know it
+    /// yet (a leader declares its kinds when it takes over; a start may come first).
+    async fn declare_if_unknown(&self, kind: &str) -> Result<(), Status> {
+        let ours = self.declarations.iter().any(|(k, _)| k == kind);
+        if !ours || self.machine.read().kinds().contains_key(kind) {
+            return Ok(());
+        }
+        let command = Command::DeclareKinds {
+            kinds: self.declarations.clone(),
+        };
+        self.propose(command, None).await.map(|_| ())
     }
 
     async fn propose(
@@ -186,6 +210,7 @@ impl Workflows for WorkflowService {
         let request = request.into_inner();
         too_large("workflow input", request.input.len(), PAYLOAD_MAX_BYTES)?;
         too_large("workflow id", request.id.len(), NAME_MAX_BYTES)?;
+        self.declare_if_unknown(&request.kind).await?;
         let command = Command::Start {
             id: request.id,
             kind: request.kind,
@@ -381,6 +406,7 @@ impl Workflows for WorkflowService {
     ) -> Result<Response<pb::Empty>, Status> {
         let request = request.into_inner();
         too_large("workflow input", request.input.len(), PAYLOAD_MAX_BYTES)?;
+        self.declare_if_unknown(&request.kind).await?;
         let command = Command::RegisterSchedule {
             name: request.name,
             cron: request.cron,

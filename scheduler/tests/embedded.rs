@@ -1,0 +1,280 @@
+//! Three embedded nodes in this process, running workflow kinds this test registers: the
+//! Rust workflow API, replay after a new fence, non-determinism, duplicate step records.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_raft::client::KeelClient;
+use keel_raft::node::NodeConfig;
+use keel_scheduler::Node;
+use keel_scheduler::client::{WorkflowClient, WorkflowInfo};
+use keel_scheduler::engine::EngineSettings;
+use keel_scheduler::engine::context::{Context, WorkflowError};
+use keel_scheduler::engine::registry::Registry;
+use keel_scheduler::{Answer, Command, EntryState, Outcome, Owner, Rejection, StepRecord};
+
+static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
+static SHIFTED: AtomicBool = AtomicBool::new(false);
+
+fn never_fails(value: &'static str) -> std::future::Ready<Result<Bytes, std::convert::Infallible>> {
+    std::future::ready(Ok(Bytes::from_static(value.as_bytes())))
+}
+
+/// Two steps around a signal wait; counts how often step bodies run.
+async fn counted(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
+    let first = ctx
+        .step("first", |_| async {
+            COUNTED_RUNS.fetch_add(1, Ordering::SeqCst);
+            never_fails("one").await
+        })
+        .await?;
+    ctx.wait_signal("next", None).await?;
+    let second = ctx
+        .step("second", |_| async {
+            COUNTED_RUNS.fetch_add(1, Ordering::SeqCst);
+            never_fails("two").await
+        })
+        .await?;
+    ctx.now().await?;
+    let random = ctx.random().await?;
+    Ok(Bytes::from(format!(
+        "{}+{} ({random} drawn)",
+        String::from_utf8_lossy(&first),
+        String::from_utf8_lossy(&second)
+    )))
+}
+
+/// A step whose name depends on the code's "version", then a wait that never ends.
+async fn shifty(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
+    let name = if SHIFTED.load(Ordering::SeqCst) {
+        "renamed"
+    } else {
+        "original"
+    };
+    ctx.step(name, |_| never_fails("x")).await?;
+    ctx.wait_signal("never", None).await?;
+    Ok(Bytes::new())
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .register("counted", "v1", counted)
+        .register("shifty", "v1", shifty)
+}
+
+struct Embedded {
+    nodes: Vec<Node>,
+    addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_cluster() -> Embedded {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3 {
+        let mut config = NodeConfig::new(
+            id,
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.path().join(format!("node-{id}")),
+        );
+        config.segment_size_bytes = 8 << 20;
+        let node = Node::start(config, registry(), EngineSettings::default())
+            .await
+            .expect("node");
+        members.insert(id, node.addr().to_string());
+        nodes.push(node);
+    }
+    let addrs: Vec<String> = members.values().cloned().collect();
+    KeelClient::new(&addrs, 0)
+        .expect("client")
+        .init(&members)
+        .await
+        .expect("init");
+    Embedded {
+        nodes,
+        addrs,
+        _dir: dir,
+    }
+}
+
+impl Embedded {
+    async fn leader(&self) -> &Node {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(node) = self
+                .nodes
+                .iter()
+                .find(|n| n.engine().active_term().is_some())
+            {
+                return node;
+            }
+            assert!(Instant::now() < deadline, "no node runs workflows");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        client: &mut WorkflowClient,
+        id: &str,
+        what: &str,
+        mut done: impl FnMut(&WorkflowInfo) -> bool,
+    ) -> WorkflowInfo {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info = client.get(id, true).await.expect("get");
+            if done(&info) {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: timed out waiting for {what}: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn waiting_for_signal(info: &WorkflowInfo) -> bool {
+    info.journal
+        .iter()
+        .any(|e| e.kind == "signal" && e.state == "pending")
+}
+
+/// Every node applied workflow `c`'s end with step 0's first outcome.
+async fn every_node_agrees_on_c(cluster: &Embedded) {
+    for node in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node
+            .scheduler()
+            .read()
+            .workflow("c")
+            .is_none_or(|w| !w.is_finished())
+        {
+            assert!(Instant::now() < deadline, "node did not apply the end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let state = node.scheduler().read();
+        let journal = &state.workflow("c").expect("c").journal;
+        assert_eq!(
+            journal[0].state,
+            EntryState::Done(Outcome::Ok(b"one".to_vec()))
+        );
+        assert_eq!(journal.len(), 5, "first, signal, second, now, random");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_run_returns_journaled_steps_without_running_them_and_a_duplicate_record_is_rejected()
+ {
+    let cluster = start_cluster().await;
+    let mut client = WorkflowClient::new(&cluster.addrs).expect("client");
+    client
+        .start("c", "counted", Bytes::new())
+        .await
+        .expect("start");
+    cluster
+        .wait_for(&mut client, "c", "the signal wait", waiting_for_signal)
+        .await;
+    assert_eq!(COUNTED_RUNS.load(Ordering::SeqCst), 1);
+
+    // A second completion of step 0 is refused with the first outcome, on every node alike.
+    let leader = cluster.leader().await;
+    let fence = leader.scheduler().read().workflow("c").expect("c").fence;
+    let duplicate = leader
+        .proposer()
+        .propose(
+            Command::Step {
+                workflow: "c".into(),
+                fence,
+                seq: 0,
+                name: "first".into(),
+                record: StepRecord::Done(Outcome::Ok(b"forged".to_vec())),
+            },
+            None,
+        )
+        .await
+        .expect("proposed");
+    assert_eq!(
+        duplicate,
+        Answer::Rejected(Rejection::AlreadyRecorded {
+            seq: 0,
+            outcome: Outcome::Ok(b"one".to_vec())
+        })
+    );
+
+    // A new fence makes the engine replay the workflow from the top.
+    let claimed = leader
+        .proposer()
+        .propose(
+            Command::Claim {
+                workflow: "c".into(),
+                owner: Owner::Worker { worker: 7 },
+            },
+            None,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed, Answer::Claimed { fence: fence + 1 });
+    client
+        .signal("c", "next", Bytes::new())
+        .await
+        .expect("signal");
+    let info = cluster
+        .wait_for(&mut client, "c", "completion", |i| i.status != "running")
+        .await;
+    assert_eq!(info.status, "completed", "{info:?}");
+    assert!(String::from_utf8_lossy(&info.result).starts_with("one+two"));
+    assert_eq!(
+        COUNTED_RUNS.load(Ordering::SeqCst),
+        2,
+        "the replay returned step 0's journaled outcome without running its body"
+    );
+    every_node_agrees_on_c(&cluster).await;
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_that_no_longer_matches_its_journal_fails_with_a_non_determinism_error() {
+    let cluster = start_cluster().await;
+    let mut client = WorkflowClient::new(&cluster.addrs).expect("client");
+    client
+        .start("s", "shifty", Bytes::new())
+        .await
+        .expect("start");
+    cluster
+        .wait_for(&mut client, "s", "the signal wait", waiting_for_signal)
+        .await;
+    SHIFTED.store(true, Ordering::SeqCst);
+    let leader = cluster.leader().await;
+    leader
+        .proposer()
+        .propose(
+            Command::Claim {
+                workflow: "s".into(),
+                owner: Owner::Worker { worker: 7 },
+            },
+            None,
+        )
+        .await
+        .expect("claim");
+    let info = cluster
+        .wait_for(&mut client, "s", "the failure", |i| i.status != "running")
+        .await;
+    assert_eq!(info.status, "failed");
+    assert!(
+        info.error.contains("non-determinism")
+            && info.error.contains("\"original\"")
+            && info.error.contains("\"renamed\""),
+        "{}",
+        info.error
+    );
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
