@@ -14,23 +14,20 @@
 //! NATS `JetStream` ≈ 1.5 k/s with per-message fsync and ≈ 38 k/s acknowledging from memory;
 //! failover etcd 1.0–3.0 s, `JetStream` 4–8 s.
 
+mod common;
+
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{BenchCluster, leader, report_latency, run_as_node, wait_until, wanted};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use keel_raft::client::KeelClient;
-use keel_raft::pb::client::{StatusRequest, StatusResponse};
+use keel_raft::pb::client::StatusRequest;
 
-/// Environment variable that turns this binary into a node running the named config.
-const NODE_ENV: &str = "KEEL_BENCH_NODE_CONFIG";
 const CLIENTS: [usize; 4] = [1, 16, 64, 256];
 const PAYLOADS: [(usize, &str); 2] = [(100, "100B"), (1024, "1KiB")];
-/// Deadline for a cluster condition to hold.
-const WAIT_DEADLINE: Duration = Duration::from_secs(60);
 /// Size of the log the restart benchmark fills (a small one when run as a test, without
 /// `--bench`), and of each append batch filling it.
 const RESTART_LOG_BYTES: usize = 1 << 30;
@@ -38,8 +35,7 @@ const RESTART_LOG_BYTES_TEST: usize = 8 << 20;
 const FILL_BATCH_BYTES: usize = 256 * 1024;
 
 fn main() {
-    if let Ok(config) = std::env::var(NODE_ENV) {
-        run_node(Path::new(&config));
+    if run_as_node() {
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
@@ -60,152 +56,6 @@ fn main() {
         bench_restart(&mut criterion, &runtime);
     }
     criterion.final_summary();
-}
-
-/// Whether a group runs: `KEEL_BENCH_GROUPS` (comma-separated substrings) limits the groups
-/// whose clusters are started at all; criterion's own filter then picks benchmarks.
-fn wanted(group: &str) -> bool {
-    std::env::var("KEEL_BENCH_GROUPS")
-        .map_or(true, |groups| groups.split(',').any(|g| group.contains(g)))
-}
-
-/// Runs a node the way `keel node` does: its configured runtime, then the node.
-fn run_node(config: &Path) {
-    let settings = keel_scheduler::ConfigFile::load(config).expect("node config");
-    let runtime = settings.build_runtime().expect("runtime");
-    runtime.block_on(async {
-        let node = keel_scheduler::Node::start(
-            settings.node,
-            keel_scheduler::builtin::registry(),
-            settings.engine,
-        )
-        .await
-        .expect("node starts");
-        node.stopped().await;
-    });
-}
-
-/// Node processes of one benchmark cluster, killed by PID when dropped.
-struct BenchCluster {
-    nodes: Vec<(u64, String, PathBuf, Option<Child>)>,
-    /// Each node's Prometheus endpoint.
-    metrics: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl BenchCluster {
-    fn start(relaxed: bool) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut nodes = Vec::new();
-        let mut metrics = Vec::new();
-        for id in 1..=3u64 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("bind")
-                .local_addr()
-                .expect("addr")
-                .port();
-            let addr = format!("127.0.0.1:{port}");
-            let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("bind")
-                .local_addr()
-                .expect("addr")
-                .port();
-            let config = dir.path().join(format!("node-{id}.toml"));
-            let sync = if relaxed { "relaxed" } else { "durable" };
-            let text = format!(
-                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n[retention]\nmax_bytes = 268435456\n"
-            );
-            std::fs::write(&config, text).expect("config");
-            nodes.push((id, addr, config, None));
-            metrics.push(format!("127.0.0.1:{metrics_port}"));
-        }
-        let mut cluster = Self {
-            nodes,
-            metrics,
-            _dir: dir,
-        };
-        for index in 0..3 {
-            cluster.spawn(index);
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, index: usize) {
-        let exe = std::env::current_exe().expect("current exe");
-        let node = &mut self.nodes[index];
-        let child = Command::new(exe)
-            .env(NODE_ENV, &node.2)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn node");
-        node.3 = Some(child);
-    }
-
-    fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.nodes[index].3.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.1.clone()).collect()
-    }
-
-    fn index_of(&self, node_id: u64) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.0 == node_id)
-            .expect("known node")
-    }
-
-    async fn init(&self) {
-        let mut client = KeelClient::new(&self.addrs(), 0).expect("client");
-        wait_until("all nodes answer", || {
-            let mut client = client.clone();
-            async move { client.statuses().await.iter().all(|(_, s)| s.is_ok()) }
-        })
-        .await;
-        let members = self.nodes.iter().map(|n| (n.0, n.1.clone())).collect();
-        client.init(&members).await.expect("init");
-        client
-            .append(vec![Bytes::from_static(b"ready")])
-            .await
-            .expect("first append");
-    }
-}
-
-impl Drop for BenchCluster {
-    fn drop(&mut self) {
-        for index in 0..self.nodes.len() {
-            self.kill(index);
-        }
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT_DEADLINE;
-    while Instant::now() < deadline {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-async fn leader(client: &mut KeelClient) -> Option<StatusResponse> {
-    client
-        .statuses()
-        .await
-        .into_iter()
-        .find_map(|(_, s)| s.ok().filter(|s| s.role == "leader"))
 }
 
 /// Runs `per_client` appends on each of `clients` concurrent clients; returns the elapsed
@@ -242,20 +92,6 @@ async fn run_clients(
     (started.elapsed(), latencies)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a short vector"
-    )]
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index]
-}
-
 /// Mean Raft log flush (append to durable) latency per node, from each node's metrics.
 fn flush_means(cluster: &BenchCluster) -> String {
     let mut out = Vec::new();
@@ -283,30 +119,6 @@ fn flush_means(cluster: &BenchCluster) -> String {
         }
     }
     out.join("/")
-}
-
-fn report_latency(label: &str, mut latencies: Vec<Duration>) {
-    if latencies.is_empty() {
-        return;
-    }
-    latencies.sort_unstable();
-    let line = format!(
-        "{label}: n={} p50={:.2?} p99={:.2?}",
-        latencies.len(),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99)
-    );
-    eprintln!("{line}");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keel-bench");
-    if std::env::args().any(|a| a == "--bench")
-        && std::fs::create_dir_all(&dir).is_ok()
-        && let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("cluster_latency.txt"))
-    {
-        let _ = writeln!(file, "{line}");
-    }
 }
 
 fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, relaxed: bool) {
@@ -348,7 +160,7 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, re
                     flush_means(&cluster)
                 );
             }
-            report_latency(&label, measured);
+            report_latency("cluster_latency.txt", &label, measured);
         }
     }
     group.finish();
@@ -387,23 +199,7 @@ async fn one_failover(cluster: &mut BenchCluster) -> Duration {
         .await
         .expect("append after failover");
     let elapsed = killed.elapsed();
-    cluster.spawn(index);
-    let addr = cluster.nodes[index].1.clone();
-    wait_until("the killed node caught up", || {
-        let mut client = client.clone();
-        let addr = addr.clone();
-        async move {
-            let Some(leader) = leader(&mut client).await else {
-                return false;
-            };
-            let Ok(mut node) = client.node(&addr) else {
-                return false;
-            };
-            let status = node.status(StatusRequest {}).await.map(tonic_inner);
-            status.is_ok_and(|s| s.applied_index >= leader.committed_index && s.admitted)
-        }
-    })
-    .await;
+    cluster.respawn_and_catch_up(index).await;
     elapsed
 }
 

@@ -151,7 +151,10 @@ fn watch(client: &WorkflowClient, addr: String) -> (Seen, tokio::task::JoinHandl
                     true
                 })
                 .await;
-            watched.expect("watching fires");
+            // The stream ends when the watched node stops; missed fires fail the count.
+            if let Err(error) = watched {
+                eprintln!("fire watcher stopped: {error}");
+            }
         })
     };
     (seen, task)
@@ -172,11 +175,12 @@ fn schedule(
                     let name = format!("timer-{i}");
                     let delay = Duration::from_millis(1500 + (i as u64 % 2000));
                     let invoked = Instant::now();
-                    let (_, created) = client
+                    // A retry across the leader kill may find its first attempt applied
+                    // (`created` false then): scheduling is idempotent by name.
+                    client
                         .schedule_timer(&name, TimerDue::After(delay), Bytes::new())
                         .await
                         .expect("schedule");
-                    assert!(created);
                     scheduled.push((name, invoked, delay));
                 }
                 scheduled

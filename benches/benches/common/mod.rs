@@ -1,0 +1,247 @@
+//! What the cluster benchmarks share: node processes of this binary on loopback, waits,
+//! percentiles and the latency report.
+
+#![allow(
+    dead_code,
+    reason = "each benchmark binary uses a different part of this module"
+)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_raft::client::KeelClient;
+use keel_raft::pb::client::StatusResponse;
+
+/// Environment variable that turns a benchmark binary into a node running the named config.
+pub(crate) const NODE_ENV: &str = "KEEL_BENCH_NODE_CONFIG";
+/// Deadline for a cluster condition to hold.
+pub(crate) const WAIT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs this process as a node if it was started as one; true then.
+pub(crate) fn run_as_node() -> bool {
+    let Ok(config) = std::env::var(NODE_ENV) else {
+        return false;
+    };
+    run_node(Path::new(&config));
+    true
+}
+
+/// Whether this run measures (`cargo bench`) rather than checks the benchmarks once.
+pub(crate) fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// Whether a group runs: `KEEL_BENCH_GROUPS` (comma-separated substrings) limits the groups
+/// whose clusters are started at all; criterion's own filter then picks benchmarks.
+pub(crate) fn wanted(group: &str) -> bool {
+    std::env::var("KEEL_BENCH_GROUPS")
+        .map_or(true, |groups| groups.split(',').any(|g| group.contains(g)))
+}
+
+/// Runs a node the way `keel node` does: its configured runtime, then the node.
+fn run_node(config: &Path) {
+    let settings = keel_scheduler::ConfigFile::load(config).expect("node config");
+    let runtime = settings.build_runtime().expect("runtime");
+    runtime.block_on(async {
+        let node = keel_scheduler::Node::start(
+            settings.node,
+            keel_scheduler::builtin::registry(),
+            settings.engine,
+        )
+        .await
+        .expect("node starts");
+        node.stopped().await;
+    });
+}
+
+/// Node processes of one benchmark cluster, killed by PID when dropped.
+pub(crate) struct BenchCluster {
+    pub(crate) nodes: Vec<(u64, String, PathBuf, Option<Child>)>,
+    /// Each node's Prometheus endpoint.
+    pub(crate) metrics: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchCluster {
+    pub(crate) fn start(relaxed: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        let mut metrics = Vec::new();
+        for id in 1..=3u64 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port();
+            let config = dir.path().join(format!("node-{id}.toml"));
+            let sync = if relaxed { "relaxed" } else { "durable" };
+            let text = format!(
+                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n[retention]\nmax_bytes = 268435456\n"
+            );
+            std::fs::write(&config, text).expect("config");
+            nodes.push((id, addr, config, None));
+            metrics.push(format!("127.0.0.1:{metrics_port}"));
+        }
+        let mut cluster = Self {
+            nodes,
+            metrics,
+            _dir: dir,
+        };
+        for index in 0..3 {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    pub(crate) fn spawn(&mut self, index: usize) {
+        let exe = std::env::current_exe().expect("current exe");
+        let node = &mut self.nodes[index];
+        let child = Command::new(exe)
+            .env(NODE_ENV, &node.2)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn node");
+        node.3 = Some(child);
+    }
+
+    pub(crate) fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].3.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.1.clone()).collect()
+    }
+
+    pub(crate) fn index_of(&self, node_id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.0 == node_id)
+            .expect("known node")
+    }
+
+    /// Restarts the node at `index` and waits (untimed) until it has applied everything the
+    /// leader committed.
+    pub(crate) async fn respawn_and_catch_up(&mut self, index: usize) {
+        self.spawn(index);
+        let client = KeelClient::new(&self.addrs(), 0).expect("client");
+        let addr = self.nodes[index].1.clone();
+        wait_until("the restarted node caught up", || {
+            let mut client = client.clone();
+            let addr = addr.clone();
+            async move {
+                let Some(leader) = leader(&mut client).await else {
+                    return false;
+                };
+                let Ok(mut node) = client.node(&addr) else {
+                    return false;
+                };
+                let status = node
+                    .status(keel_raft::pb::client::StatusRequest {})
+                    .await
+                    .map(tonic::Response::into_inner);
+                status.is_ok_and(|s| s.applied_index >= leader.committed_index && s.admitted)
+            }
+        })
+        .await;
+    }
+
+    pub(crate) async fn init(&self) {
+        let mut client = KeelClient::new(&self.addrs(), 0).expect("client");
+        wait_until("all nodes answer", || {
+            let mut client = client.clone();
+            async move { client.statuses().await.iter().all(|(_, s)| s.is_ok()) }
+        })
+        .await;
+        let members = self.nodes.iter().map(|n| (n.0, n.1.clone())).collect();
+        client.init(&members).await.expect("init");
+        client
+            .append(vec![Bytes::from_static(b"ready")])
+            .await
+            .expect("first append");
+    }
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    while Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+pub(crate) async fn leader(client: &mut KeelClient) -> Option<StatusResponse> {
+    client
+        .statuses()
+        .await
+        .into_iter()
+        .find_map(|(_, s)| s.ok().filter(|s| s.role == "leader"))
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a short vector"
+    )]
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+/// Prints `label`'s latency percentiles, and appends them to `target/keel-bench/<file>` when
+/// measuring.
+pub(crate) fn report_latency(file: &str, label: &str, mut latencies: Vec<Duration>) {
+    if latencies.is_empty() {
+        return;
+    }
+    latencies.sort_unstable();
+    let line = format!(
+        "{label}: n={} p50={:.2?} p99={:.2?}",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99)
+    );
+    eprintln!("{line}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keel-bench");
+    if measuring()
+        && std::fs::create_dir_all(&dir).is_ok()
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(file))
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
