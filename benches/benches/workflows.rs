@@ -173,7 +173,7 @@ fn bench_lateness(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) 
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(10));
+        .measurement_time(Duration::from_secs(30));
     group.bench_function(format!("{}k_pending", pending / 1000), |b| {
         b.iter_custom(|iters| runtime.block_on(probe(&client, &fires, &next, iters, &lateness)));
     });
@@ -345,6 +345,7 @@ fn report_timer_memory() {
     for i in 0..count {
         let command = Stamped {
             stamp_ms: 1_000,
+            mono: None,
             command: Command::ScheduleTimer {
                 name: format!("timer-{i:07}"),
                 due: Due::After {

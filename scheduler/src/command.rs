@@ -16,6 +16,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 pub struct Stamped {
     /// The proposing leader's wall clock, ms since the Unix epoch.
     pub stamp_ms: u64,
+    /// The proposing leader's monotonic clock (meaningful to that process only; never
+    /// part of the replicated state).
+    pub mono: Option<crate::mono::MonoStamp>,
     /// The command.
     pub command: Command,
 }
@@ -435,6 +438,7 @@ mod tests {
     fn commands_and_answers_round_trip() {
         let command = Stamped {
             stamp_ms: 17,
+            mono: Some(crate::mono::now()),
             command: Command::Step {
                 workflow: "w".into(),
                 fence: 3,

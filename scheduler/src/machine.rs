@@ -202,9 +202,16 @@ impl SchedulerMachine {
                         waiter.notify_waiters();
                     }
                 }
-                Effect::TimerAdded { id, relative } => {
+                Effect::TimerAdded {
+                    id,
+                    relative,
+                    proposed,
+                } => {
                     if relative {
-                        local.armed.insert(id, Instant::now());
+                        // From the proposer's reading when this process took it (never
+                        // later than now), so the commit does not delay the timer.
+                        let armed = proposed.and_then(crate::mono::instant);
+                        local.armed.insert(id, armed.unwrap_or_else(Instant::now));
                     }
                     timers_changed = true;
                 }

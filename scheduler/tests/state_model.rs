@@ -98,7 +98,11 @@ fn history() -> impl Strategy<Value = Vec<Stamped>> {
             .into_iter()
             .map(|(advance, command)| {
                 stamp_ms += advance;
-                Stamped { stamp_ms, command }
+                Stamped {
+                    stamp_ms,
+                    mono: None,
+                    command,
+                }
             })
             .collect()
     })
@@ -114,6 +118,7 @@ fn machine() -> SchedulerMachine {
     let mut machine = SchedulerMachine::new();
     let declare = Stamped {
         stamp_ms: 0,
+        mono: None,
         command: Command::DeclareKinds {
             kinds: vec![("k".into(), "v".into())],
         },
@@ -252,6 +257,7 @@ proptest! {
 fn a_corrupt_snapshot_is_refused() {
     let machine = run(&[Stamped {
         stamp_ms: 1,
+        mono: None,
         command: Command::Start {
             id: "w0".into(),
             kind: "k".into(),

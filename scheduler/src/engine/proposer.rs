@@ -42,6 +42,7 @@ impl Proposer {
     ) -> Result<Answer, Status> {
         let stamped = Stamped {
             stamp_ms: now_ms(),
+            mono: Some(crate::mono::now()),
             command,
         };
         let (client_id, seq) = client.unwrap_or((0, 0));

@@ -95,8 +95,19 @@ mod tests {
     use crate::command::{self, Command, Due, Stamped};
 
     fn schedule(machine: &mut SchedulerMachine, name: &str, stamp_ms: u64, due: Due) {
+        schedule_from(machine, name, stamp_ms, due, None);
+    }
+
+    fn schedule_from(
+        machine: &mut SchedulerMachine,
+        name: &str,
+        stamp_ms: u64,
+        due: Due,
+        mono: Option<crate::mono::MonoStamp>,
+    ) {
         let command = Stamped {
             stamp_ms,
+            mono,
             command: Command::ScheduleTimer {
                 name: name.into(),
                 due,
@@ -135,5 +146,36 @@ mod tests {
         // Both agree.
         let both = due_pass(&machine, base + 100, later, skew);
         assert_eq!(both.ready, [1, 2]);
+    }
+
+    #[test]
+    fn a_timer_this_process_proposed_is_armed_from_the_proposal() {
+        let mut machine = SchedulerMachine::new();
+        let proposed = crate::mono::now();
+        std::thread::sleep(Duration::from_millis(20));
+        schedule_from(
+            &mut machine,
+            "mine",
+            1,
+            Due::After { delay_ms: 5 },
+            Some(proposed),
+        );
+        let foreign = crate::mono::MonoStamp {
+            boot: proposed.boot ^ 2,
+            ..proposed
+        };
+        let before_apply = Instant::now();
+        schedule_from(
+            &mut machine,
+            "theirs",
+            1,
+            Due::After { delay_ms: 5 },
+            Some(foreign),
+        );
+        assert_eq!(
+            machine.armed(1),
+            Armed::Applied(crate::mono::instant(proposed).expect("own reading"))
+        );
+        assert!(matches!(machine.armed(2), Armed::Applied(at) if at >= before_apply));
     }
 }

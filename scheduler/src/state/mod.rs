@@ -29,6 +29,7 @@ use crate::command::{
     WorkflowStatus,
 };
 use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
+use crate::mono::MonoStamp;
 
 /// A named timer's committed fire: the fence token its effects carry.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +70,15 @@ pub enum Effect {
         /// The workflow.
         workflow: String,
     },
-    /// A timer was scheduled; for a relative one the node starts its monotonic wait now.
+    /// A timer was scheduled; for a relative one the node starts its monotonic wait from
+    /// the proposing leader's reading if it took it, else now.
     TimerAdded {
         /// The timer.
         id: u64,
         /// Whether it is relative.
         relative: bool,
+        /// The proposer's monotonic reading.
+        proposed: Option<MonoStamp>,
     },
     /// A timer left the queue (fired or cancelled).
     TimerRemoved {
@@ -111,6 +115,7 @@ pub struct SchedulerState {
 struct Apply<'a> {
     at: AppliedAt,
     stamp_ms: u64,
+    mono: Option<MonoStamp>,
     effects: &'a mut Vec<Effect>,
 }
 
@@ -155,6 +160,7 @@ impl SchedulerState {
         let mut apply = Apply {
             at,
             stamp_ms: stamped.stamp_ms,
+            mono: stamped.mono,
             effects,
         };
         let answer = self
@@ -403,6 +409,7 @@ impl SchedulerState {
         apply.effects.push(Effect::TimerAdded {
             id,
             relative: delay_ms.is_some(),
+            proposed: apply.mono,
         });
         id
     }

@@ -35,7 +35,11 @@ impl Harness {
                 term: 3,
                 index: self.index,
             },
-            Stamped { stamp_ms, command },
+            Stamped {
+                stamp_ms,
+                mono: None,
+                command,
+            },
             &mut self.effects,
         );
         self.state.assert_consistent();
@@ -248,7 +252,8 @@ fn a_sleep_fires_once_and_never_before_due() {
     assert_eq!(slept, Answer::Entry(EntryState::Pending { attempts: 0 }));
     assert!(h.effects.contains(&Effect::TimerAdded {
         id: 1,
-        relative: true
+        relative: true,
+        proposed: None
     }));
     assert!(h.fire_all(1_499).is_empty(), "not due before 1500");
     assert_eq!(h.journal("w")[0].state, EntryState::Pending { attempts: 0 });
