@@ -117,6 +117,25 @@ async fn late_signal(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError>
     Ok(payload.unwrap_or_default())
 }
 
+/// `slow-step`: a quick step, then a step whose body works for the input's number of
+/// milliseconds (not durably: a crash mid-body re-runs it) and returns which process ran it.
+async fn slow_step(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let ms = number(&input)?;
+    ctx.step("quick", |_| async {
+        Ok::<_, std::convert::Infallible>(Bytes::from("quick"))
+    })
+    .await?;
+    ctx.step_with("slow", RetryPolicy::once(), |step| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!(
+            "slow done by process {}, attempt {}",
+            std::process::id(),
+            step.attempt
+        )))
+    })
+    .await
+}
+
 /// `call-sleep`: calls a `sleep` child with its input; returns the child's result.
 async fn call_sleep(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
     let result = ctx.call("sleep", input).await?;
@@ -155,5 +174,6 @@ pub fn registry() -> Registry {
         .register("await-signal", VERSION, await_signal)
         .register("late-signal", VERSION, late_signal)
         .register("call-sleep", VERSION, call_sleep)
+        .register("slow-step", VERSION, slow_step)
         .register("flaky", VERSION, flaky)
 }

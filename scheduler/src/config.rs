@@ -26,6 +26,7 @@
 //! [scheduler]
 //! max_clock_skew_ms = 500           # how far wall clocks may disagree (timers)
 //! retention_ms = 604800000          # keep finished workflows this long
+//! run_workflows = true              # false: leave every kind to remote workers (`keel worker`)
 //!
 //! [peers]                           # optional: reach peers here instead (a proxy)
 //! 2 = "127.0.0.1:7202"
@@ -92,6 +93,8 @@ pub struct NodeSettings {
     pub runtime_threads: usize,
     /// The workflow engine's settings.
     pub engine: EngineSettings,
+    /// Whether the node runs the built-in workflow kinds itself.
+    pub run_workflows: bool,
 }
 
 impl NodeSettings {
@@ -132,7 +135,7 @@ pub enum SyncMode {
 
 /// Raft timeouts in milliseconds.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Leader heartbeat interval.
     pub heartbeat_ms: u64,
@@ -154,7 +157,7 @@ impl Default for Timeouts {
 
 /// Snapshot policy.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SnapshotSettings {
     /// Entries between snapshots.
     pub every_entries: u64,
@@ -176,12 +179,15 @@ impl Default for SnapshotSettings {
 
 /// Workflow engine settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SchedulerSettings {
     /// How far nodes' wall clocks may disagree, in ms.
     pub max_clock_skew_ms: u64,
     /// How long finished workflows and timer fires are kept, in ms.
     pub retention_ms: u64,
+    /// Whether this node runs the built-in workflow kinds itself when it leads (otherwise
+    /// remote workers run them).
+    pub run_workflows: bool,
 }
 
 impl Default for SchedulerSettings {
@@ -191,13 +197,14 @@ impl Default for SchedulerSettings {
             max_clock_skew_ms: u64::try_from(defaults.max_clock_skew.as_millis())
                 .unwrap_or(u64::MAX),
             retention_ms: u64::try_from(defaults.retention.as_millis()).unwrap_or(u64::MAX),
+            run_workflows: true,
         }
     }
 }
 
 /// Plain log retention.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetentionSettings {
     /// Most bytes of records kept.
     pub max_bytes: u64,
@@ -280,6 +287,7 @@ impl ConfigFile {
             node: config,
             runtime_threads,
             engine,
+            run_workflows: self.scheduler.run_workflows,
         })
     }
 }
@@ -304,12 +312,18 @@ mod tests {
     #[test]
     fn full_file_sets_everything() {
         let text = format!(
-            "{MINIMAL}runtime_threads = 1\ncluster = \"prod\"\nsync = \"relaxed\"\n[timeouts]\nheartbeat_ms = 20\nelection_min_ms = 100\nelection_max_ms = 200\n[scheduler]\nmax_clock_skew_ms = 250\nretention_ms = 1000\n[peers]\n3 = \"127.0.0.1:9999\"\n"
+            "{MINIMAL}runtime_threads = 1\ncluster = \"prod\"\nsync = \"relaxed\"\n[timeouts]\nheartbeat_ms = 20\nelection_min_ms = 100\nelection_max_ms = 200\n[scheduler]\nmax_clock_skew_ms = 250\nretention_ms = 1000\n[snapshot]\nevery_entries = 10\n[peers]\n3 = \"127.0.0.1:9999\"\n"
         );
         let settings = ConfigFile::parse(&text, Path::new("/")).expect("valid");
         assert_eq!(settings.runtime_threads, 1);
         assert_eq!(settings.engine.max_clock_skew, Duration::from_millis(250));
         assert_eq!(settings.engine.retention, Duration::from_secs(1));
+        assert!(
+            settings.run_workflows,
+            "a partial table keeps the other defaults"
+        );
+        assert_eq!(settings.node.keep_behind_snapshot, 10_000);
+        assert_eq!(settings.node.snapshot_every_entries, 10);
         let config = settings.node;
         assert_eq!(config.cluster, "prod");
         assert_eq!(config.sync, SyncPolicy::Relaxed);

@@ -89,6 +89,8 @@ mod pb;
 pub mod service;
 pub mod state;
 pub mod wire;
+pub mod worker;
+pub mod workers_service;
 
 pub use command::{
     Answer, Command, Due, EntryState, Outcome, Owner, Rejection, Stamped, StepRecord,

@@ -8,15 +8,19 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_raft::application::{Application, AppliedAt};
 use rkyv::{Archive, Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
 
-use crate::command::{self, Answer, Rejection, Stamped};
+use crate::command::{self, Answer, EntryState, Rejection, Stamped};
 use crate::state::{Effect, FireRecord, SchedulerState};
+
+/// A run's fence is no longer current, or its workflow finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superseded;
 
 /// A run the engine may start: granted by a command of `term`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +156,59 @@ impl SchedulerMachine {
             self.local().waiters.remove(workflow);
         }
         waiter
+    }
+
+    /// Where journal entry `seq` of the run of `workflow` under `fence` stands:
+    /// `Some(state)` once resolved, `None` while pending.
+    ///
+    /// # Errors
+    /// [`Superseded`] when the fence is no longer current, the workflow finished, or the
+    /// entry does not exist (a run waits only on entries it journaled).
+    pub fn entry(
+        &self,
+        workflow: &str,
+        fence: u64,
+        seq: u32,
+    ) -> Result<Option<EntryState>, Superseded> {
+        let state = self.read();
+        let current = state
+            .workflow(workflow)
+            .filter(|w| !w.is_finished() && w.fence == fence)
+            .ok_or(Superseded)?;
+        let entry = current.journal.get(seq as usize).ok_or(Superseded)?;
+        Ok((!matches!(entry.state, EntryState::Pending { .. })).then(|| entry.state.clone()))
+    }
+
+    /// Waits until [`SchedulerMachine::entry`] is resolved, at most `timeout` (`None`: no
+    /// limit); `Ok(None)` when the time ran out.
+    ///
+    /// # Errors
+    /// [`Superseded`] as [`SchedulerMachine::entry`].
+    pub async fn wait_entry(
+        &self,
+        workflow: &str,
+        fence: u64,
+        seq: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Option<EntryState>, Superseded> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let waiter = self.waiter(workflow);
+        loop {
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(state) = self.entry(workflow, fence, seq)? {
+                return Ok(Some(state));
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Ok(None);
+                    }
+                }
+                None => notified.await,
+            }
+        }
     }
 
     /// Notified whenever the timer queue changes.

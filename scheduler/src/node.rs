@@ -2,17 +2,23 @@
 //! the plain log, the workflow scheduler with its engine, and the gRPC server.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keel_raft::limits::MESSAGE_MAX_BYTES;
 
 use keel_raft::node::{Extension, NodeConfig, RaftNode};
 use keel_raft::plain_log::PlainLog;
 
+use crate::engine::dispatch::Dispatcher;
 use crate::engine::proposer::Proposer;
 use crate::engine::registry::Registry;
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Result;
 use crate::machine::SchedulerMachine;
+use crate::pb::workers_server::WorkersServer;
 use crate::pb::workflows_server::WorkflowsServer;
 use crate::service::WorkflowService;
+use crate::workers_service::WorkersService;
 
 /// A running Keel node.
 #[derive(Debug)]
@@ -36,23 +42,39 @@ impl Node {
         let machine = SchedulerMachine::new();
         let service_machine = machine.clone();
         let declarations = registry.declarations();
+        let dispatcher = Arc::new(Dispatcher::default());
+        let service_dispatcher = Arc::clone(&dispatcher);
         let extension = Extension {
             app: Box::new(machine.clone()),
             services: Box::new(move |shared, routes| {
-                let service = WorkflowService::new(
-                    Proposer::new(shared.clone()),
-                    service_machine,
-                    declarations,
+                let proposer = Proposer::new(shared.clone());
+                let workers = WorkersService::new(
+                    proposer.clone(),
+                    service_machine.clone(),
+                    service_dispatcher,
                 );
-                routes.add_service(
-                    WorkflowsServer::new(service)
-                        .max_decoding_message_size(keel_raft::limits::MESSAGE_MAX_BYTES)
-                        .max_encoding_message_size(keel_raft::limits::MESSAGE_MAX_BYTES),
-                )
+                let service = WorkflowService::new(proposer, service_machine, declarations);
+                routes
+                    .add_service(
+                        WorkflowsServer::new(service)
+                            .max_decoding_message_size(MESSAGE_MAX_BYTES)
+                            .max_encoding_message_size(MESSAGE_MAX_BYTES),
+                    )
+                    .add_service(
+                        WorkersServer::new(workers)
+                            .max_decoding_message_size(MESSAGE_MAX_BYTES)
+                            .max_encoding_message_size(MESSAGE_MAX_BYTES),
+                    )
             }),
         };
         let inner = RaftNode::start_with(config, Some(extension)).await?;
-        let engine = Engine::start(inner.shared().clone(), machine.clone(), registry, settings);
+        let engine = Engine::start(
+            inner.shared().clone(),
+            machine.clone(),
+            registry,
+            settings,
+            dispatcher,
+        );
         Ok(Self {
             engine,
             machine,

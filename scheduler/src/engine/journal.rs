@@ -38,7 +38,7 @@ pub(crate) struct LocalJournal {
 }
 
 /// What a run does about a refusal.
-fn refused(rejection: Rejection) -> Result<Answer, WorkflowError> {
+pub(crate) fn refused(rejection: Rejection) -> Result<Answer, WorkflowError> {
     match rejection {
         Rejection::AlreadyRecorded { outcome, .. } => Ok(Answer::Entry(EntryState::Done(outcome))),
         Rejection::StaleFence { .. } | Rejection::Finished(_) | Rejection::UnknownWorkflow(_) => {
@@ -85,26 +85,10 @@ impl LocalJournal {
         fence: u64,
         seq: u32,
     ) -> Result<EntryState, WorkflowError> {
-        let waiter = self.machine.waiter(workflow);
-        loop {
-            let notified = waiter.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let state = self.machine.read();
-                let current = state
-                    .workflow(workflow)
-                    .filter(|w| !w.is_finished() && w.fence == fence)
-                    .ok_or(WorkflowError::Superseded)?;
-                let entry = current
-                    .journal
-                    .get(seq as usize)
-                    .expect("a run waits only on entries it journaled");
-                if !matches!(entry.state, EntryState::Pending { .. }) {
-                    return Ok(entry.state.clone());
-                }
-            }
-            notified.await;
+        match self.machine.wait_entry(workflow, fence, seq, None).await {
+            Ok(Some(state)) => Ok(state),
+            Ok(None) => unreachable!("a wait without a deadline ends resolved or superseded"),
+            Err(_) => Err(WorkflowError::Superseded),
         }
     }
 }

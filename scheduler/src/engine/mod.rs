@@ -9,9 +9,11 @@
 //! leading, every run is aborted.
 
 pub mod context;
-mod journal;
+pub mod dispatch;
+pub(crate) mod journal;
 pub mod proposer;
 pub mod registry;
+pub(crate) mod run;
 pub(crate) mod timer_driver;
 
 use std::collections::HashMap;
@@ -23,11 +25,14 @@ use keel_raft::node::NodeShared;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use self::context::{Context, WorkflowError};
+use self::context::WorkflowError;
+use self::dispatch::Dispatcher;
 use self::journal::{JournalPort, LocalJournal};
 use self::proposer::Proposer;
-use self::registry::Registry;
-use crate::command::{Answer, Command, Outcome, Owner};
+use self::registry::{Kind, Registry};
+use bytes::Bytes;
+
+use crate::command::{Answer, Command, Owner};
 use crate::machine::{Runnable, SchedulerMachine};
 
 /// How the engine behaves.
@@ -40,6 +45,8 @@ pub struct EngineSettings {
     pub retention: Duration,
     /// How often the leader expires finished workflows.
     pub expire_every: Duration,
+    /// How long a remote worker's lease lasts without a heartbeat.
+    pub worker_lease: Duration,
 }
 
 impl Default for EngineSettings {
@@ -48,14 +55,17 @@ impl Default for EngineSettings {
             max_clock_skew: Duration::from_millis(500),
             retention: Duration::from_secs(7 * 24 * 3600),
             expire_every: Duration::from_secs(60),
+            worker_lease: Duration::from_secs(3),
         }
     }
 }
 
+/// How often the leader looks for workflows to lease to remote workers.
+const DISPATCH_EVERY: Duration = Duration::from_millis(250);
 /// Claims proposed at once when a node takes over.
 const CLAIMS_IN_FLIGHT: usize = 64;
-/// Pause before a run retries after its journal was unreachable.
-const RUN_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Pause between attempts to catch up when taking over.
+const TAKEOVER_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Pause before retrying a failed timer fire proposal.
 const FIRE_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
@@ -72,6 +82,7 @@ struct Inner {
     journal: Arc<dyn JournalPort>,
     registry: Registry,
     settings: EngineSettings,
+    dispatcher: Arc<Dispatcher>,
     /// The term this node leads and runs workflows in; 0 when it does not.
     active: watch::Sender<u64>,
     runs: Mutex<HashMap<String, RunSlot>>,
@@ -103,12 +114,14 @@ impl Drop for Engine {
 }
 
 impl Engine {
-    /// Starts the engine of the node `shared`, whose scheduler state is `machine`.
+    /// Starts the engine of the node `shared`, whose scheduler state is `machine`; it runs
+    /// the kinds of `registry` itself and leases others to the workers of `dispatcher`.
     pub fn start(
         shared: NodeShared,
         machine: SchedulerMachine,
         registry: Registry,
         settings: EngineSettings,
+        dispatcher: Arc<Dispatcher>,
     ) -> Self {
         let proposer = Proposer::new(shared.clone());
         let journal: Arc<dyn JournalPort> = Arc::new(LocalJournal {
@@ -124,6 +137,7 @@ impl Engine {
             journal,
             registry,
             settings,
+            dispatcher,
             active: watch::channel(0).0,
             runs: Mutex::new(HashMap::new()),
         });
@@ -132,6 +146,7 @@ impl Engine {
             tokio::spawn(Arc::clone(&inner).start_runnable(runnable_rx)),
             tokio::spawn(Arc::clone(&inner).drive_timers()),
             tokio::spawn(Arc::clone(&inner).expire()),
+            tokio::spawn(Arc::clone(&inner).dispatch()),
         ];
         Self { inner, tasks }
     }
@@ -197,7 +212,7 @@ impl Inner {
                 error = status.message(),
                 "catching up before running workflows"
             );
-            tokio::time::sleep(RUN_RETRY_PAUSE / 10).await;
+            tokio::time::sleep(TAKEOVER_RETRY_PAUSE).await;
         }
         self.active.send_replace(term);
         if !self.registry.is_empty() {
@@ -265,8 +280,13 @@ impl Inner {
             term,
         }) = runnable.recv().await
         {
-            if term == self.active_term() {
+            if term != self.active_term() {
+                continue;
+            }
+            if self.local_kind(&workflow).is_some() {
                 Arc::clone(&self).spawn_run(workflow, fence);
+            } else {
+                self.dispatcher.woken().notify_one();
             }
         }
     }
@@ -291,15 +311,16 @@ impl Inner {
 
     /// Runs `workflow` under `fence` until it finishes or the run is superseded.
     async fn run(self: Arc<Self>, workflow: String, fence: u64) {
-        loop {
-            match self.run_once(&workflow, fence).await {
-                Ok(()) | Err(WorkflowError::Superseded) => break,
-                Err(WorkflowError::Replay) => {}
-                Err(error) => {
-                    tracing::warn!(%workflow, %error, "workflow run interrupted; retrying");
-                    tokio::time::sleep(RUN_RETRY_PAUSE).await;
-                }
-            }
+        if let Some(kind) = self.local_kind(&workflow) {
+            let load = || async {
+                let state = self.machine.read();
+                let current = state
+                    .workflow(&workflow)
+                    .filter(|w| !w.is_finished() && w.fence == fence)
+                    .ok_or(WorkflowError::Superseded)?;
+                Ok((Bytes::from(current.input.clone()), current.journal.clone()))
+            };
+            run::run_to_end(&kind, &self.journal, &workflow, fence, load).await;
         }
         let mut runs = self.runs();
         if runs.get(&workflow).is_some_and(|slot| slot.fence == fence) {
@@ -307,50 +328,16 @@ impl Inner {
         }
     }
 
-    /// One run from the top: replays the journal, runs the rest, records the outcome.
-    async fn run_once(&self, workflow: &str, fence: u64) -> Result<(), WorkflowError> {
-        let (kind, input, journal) = {
-            let state = self.machine.read();
-            let current = state
-                .workflow(workflow)
-                .filter(|w| !w.is_finished() && w.fence == fence)
-                .ok_or(WorkflowError::Superseded)?;
-            let Some(kind) = self.registry.get(&current.kind) else {
-                return Err(WorkflowError::Superseded);
-            };
-            if kind.version != current.version {
-                tracing::warn!(%workflow, journaled = %current.version, registered = %kind.version, "workflow code version differs from the journal's; not running it here");
-                return Err(WorkflowError::Superseded);
-            }
-            (
-                kind.clone(),
-                bytes::Bytes::from(current.input.clone()),
-                current.journal.clone(),
-            )
-        };
-        let context = Context::new(
-            workflow.to_owned(),
-            fence,
-            journal,
-            Arc::clone(&self.journal),
-        );
-        let outcome = match (kind.function)(context, input).await {
-            Ok(value) => Outcome::Ok(value.to_vec()),
-            Err(
-                error @ (WorkflowError::Superseded
-                | WorkflowError::Replay
-                | WorkflowError::Journal(_)),
-            ) => return Err(error),
-            Err(error) => Outcome::Err(error.to_string()),
-        };
-        self.journal
-            .propose(Command::Finish {
-                workflow: workflow.to_owned(),
-                fence,
-                outcome,
-            })
-            .await
-            .map(|_| ())
+    /// The registered kind of `workflow` if this node runs it (same code version).
+    fn local_kind(&self, workflow: &str) -> Option<Kind> {
+        let state = self.machine.read();
+        let current = state.workflow(workflow)?;
+        let kind = self.registry.get(&current.kind)?;
+        if kind.version != current.version {
+            tracing::warn!(%workflow, journaled = %current.version, registered = %kind.version, "workflow code version differs from the journal's; not running it here");
+            return None;
+        }
+        Some(kind.clone())
     }
 
     async fn drive_timers(self: Arc<Self>) {
@@ -393,6 +380,89 @@ impl Inner {
                 _ = active.changed() => {}
             }
         }
+    }
+
+    /// Leases workflows of kinds this node does not run to remote workers, while leading.
+    async fn dispatch(self: Arc<Self>) {
+        let mut active = self.active.subscribe();
+        loop {
+            let term = *active.borrow_and_update();
+            self.dispatcher.set_term(term);
+            if term == 0 {
+                if active.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let woken = self.dispatcher.woken().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            self.dispatch_pass(term).await;
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(DISPATCH_EVERY) => {}
+                _ = active.changed() => {}
+            }
+        }
+    }
+
+    /// Expires silent workers, then claims and leases every running workflow that some
+    /// connected worker can run and none holds under its current fence.
+    async fn dispatch_pass(&self, term: u64) {
+        let dispatcher = &self.dispatcher;
+        dispatcher.expire(self.settings.worker_lease);
+        let todo: Vec<(String, String, String)> = {
+            let state = self.machine.read();
+            dispatcher.retain_leases(|workflow, lease| {
+                state
+                    .workflow(workflow)
+                    .is_some_and(|w| !w.is_finished() && w.fence == lease.fence)
+            });
+            state
+                .running_workflows()
+                .filter(|(_, w)| {
+                    self.registry
+                        .get(&w.kind)
+                        .is_none_or(|kind| kind.version != w.version)
+                })
+                .filter(|(id, w)| {
+                    !dispatcher.leased(id, w.fence) && dispatcher.can_run(&w.kind, &w.version)
+                })
+                .map(|(id, w)| (id.clone(), w.kind.clone(), w.version.clone()))
+                .collect()
+        };
+        futures::stream::iter(todo)
+            .for_each_concurrent(CLAIMS_IN_FLIGHT, |(workflow, kind, version)| async move {
+                if self.active_term() != term {
+                    return;
+                }
+                let Some(worker) = dispatcher.pick(&kind, &version) else {
+                    return;
+                };
+                let claim = Command::Claim {
+                    workflow: workflow.clone(),
+                    owner: Owner::Worker { worker },
+                };
+                let Ok(Answer::Claimed { fence }) = self.journal.propose(claim).await else {
+                    return;
+                };
+                let task = self.task(&workflow, fence);
+                if let Some(task) = task
+                    && dispatcher.lease(worker, task)
+                {
+                    tracing::debug!(%workflow, worker, fence, "leased to a worker");
+                }
+            })
+            .await;
+    }
+
+    /// The task of `workflow` under `fence`, if that fence is current.
+    fn task(&self, workflow: &str, fence: u64) -> Option<crate::pb::Task> {
+        let state = self.machine.read();
+        let current = state
+            .workflow(workflow)
+            .filter(|w| !w.is_finished() && w.fence == fence)?;
+        Some(crate::workers_service::task(workflow, fence, current))
     }
 
     async fn expire(self: Arc<Self>) {

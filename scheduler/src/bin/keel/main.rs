@@ -77,7 +77,7 @@ enum Command {
         workflow: Option<String>,
     },
     /// Start a workflow (built-in kinds: research-agent, summarize, steps, sleep,
-    /// await-signal, late-signal, call-sleep, flaky).
+    /// await-signal, late-signal, call-sleep, slow-step, flaky).
     Start(workflows::StartArgs),
     /// List workflows.
     List(workflows::ListArgs),
@@ -85,6 +85,14 @@ enum Command {
     Signal(workflows::SignalArgs),
     /// Cancel a workflow and its running children.
     Cancel(workflows::CancelArgs),
+    /// Run a remote worker of the built-in workflow kinds until Ctrl-C.
+    Worker {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The worker's id (unique among workers).
+        #[arg(long)]
+        id: u64,
+    },
     /// Run the demo: a three-node cluster of `keel node` processes runs a research-agent
     /// workflow while its leader is killed.
     Demo(demo::DemoArgs),
@@ -189,7 +197,12 @@ fn main() -> anyhow::Result<()> {
         let runtime = settings
             .build_runtime()
             .context("starting the async runtime")?;
-        return runtime.block_on(run_node(settings.node, settings.engine));
+        let registry = if settings.run_workflows {
+            builtin::registry()
+        } else {
+            keel_scheduler::engine::registry::Registry::new()
+        };
+        return runtime.block_on(run_node(settings.node, registry, settings.engine));
     }
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
@@ -218,6 +231,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Signal(args) => workflows::signal(args).await,
         Command::Cancel(args) => workflows::cancel(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Worker { cluster, id } => run_worker(&cluster, id).await,
         Command::Append {
             cluster,
             client_id,
@@ -250,8 +264,12 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn run_node(config: NodeConfig, engine: EngineSettings) -> anyhow::Result<()> {
-    let node = Node::start(config, builtin::registry(), engine)
+async fn run_node(
+    config: NodeConfig,
+    registry: keel_scheduler::engine::registry::Registry,
+    engine: EngineSettings,
+) -> anyhow::Result<()> {
+    let node = Node::start(config, registry, engine)
         .await
         .context("node failed to start")?;
     tracing::info!(addr = %node.addr(), "serving; Ctrl-C or SIGTERM stops");
@@ -271,6 +289,19 @@ async fn wait_for_stop(node: &Node) -> anyhow::Result<bool> {
         _ = terminate.recv() => false,
         () = node.stopped() => true,
     })
+}
+
+async fn run_worker(cluster: &ClusterArgs, id: u64) -> anyhow::Result<()> {
+    if id == 0 {
+        bail!("worker ids start at 1");
+    }
+    init_tracing();
+    let worker = keel_scheduler::worker::Worker::new(&endpoints(cluster), id, builtin::registry())?;
+    tracing::info!(worker = id, "working; Ctrl-C stops");
+    tokio::select! {
+        () = worker.run() => Ok(()),
+        result = tokio::signal::ctrl_c() => Ok(result?),
+    }
 }
 
 async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Result<()> {

@@ -1,0 +1,211 @@
+//! The `Workers` gRPC service: remote workers' sessions with the leader, their journal
+//! commands, and their waits for journal entries.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use keel_raft::wire_error::not_leader;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::command::{self, Answer, Command, Rejection};
+use crate::engine::dispatch::Dispatcher;
+use crate::engine::proposer::Proposer;
+use crate::machine::SchedulerMachine;
+use crate::pb::{self, workers_server::Workers};
+use crate::state::Workflow;
+use crate::wire::rejected;
+
+/// Tasks queued to one worker before the leader stops leasing it more.
+const TASK_QUEUE: usize = 1024;
+/// Longest `WaitEntry` wait.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The task of running `workflow` (id `id`) under `fence`.
+pub(crate) fn task(id: &str, fence: u64, workflow: &Workflow) -> pb::Task {
+    pb::Task {
+        workflow: id.to_owned(),
+        fence,
+        kind: workflow.kind.clone(),
+        input: workflow.input.clone().into(),
+        journal: command::encode(&workflow.journal).into(),
+    }
+}
+
+/// The `Workers` service of one node.
+#[derive(Debug, Clone)]
+pub struct WorkersService {
+    proposer: Proposer,
+    machine: SchedulerMachine,
+    dispatcher: Arc<Dispatcher>,
+}
+
+type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
+
+fn invalid(message: impl Into<String>) -> Status {
+    rejected(&Rejection::Invalid {
+        what: "worker request".to_owned(),
+        reason: message.into(),
+    })
+}
+
+impl WorkersService {
+    /// The service of the node `proposer` proposes on, reading `machine`, leasing through
+    /// `dispatcher`.
+    pub fn new(proposer: Proposer, machine: SchedulerMachine, dispatcher: Arc<Dispatcher>) -> Self {
+        Self {
+            proposer,
+            machine,
+            dispatcher,
+        }
+    }
+
+    /// Declares the kinds of `kinds` the cluster does not know yet.
+    async fn declare(&self, kinds: &BTreeMap<String, String>) -> Result<(), Status> {
+        let unknown: Vec<(String, String)> = {
+            let state = self.machine.read();
+            kinds
+                .iter()
+                .filter(|(kind, _)| !state.kinds().contains_key(*kind))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        match self
+            .proposer
+            .propose(Command::DeclareKinds { kinds: unknown }, None)
+            .await?
+        {
+            Answer::Rejected(rejection) => Err(rejected(&rejection)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersService {
+    type WorkStream = TaskStream;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<TaskStream>, Status> {
+        let mut incoming = request.into_inner();
+        let Some(pb::WorkerMessage {
+            message: Some(pb::worker_message::Message::Hello(hello)),
+        }) = incoming.message().await?
+        else {
+            return Err(invalid("a work session starts with a hello"));
+        };
+        if hello.worker_id == 0 {
+            return Err(invalid("worker ids start at 1"));
+        }
+        let kinds: BTreeMap<String, String> = hello
+            .kinds
+            .into_iter()
+            .map(|k| (k.kind, k.version))
+            .collect();
+        self.declare(&kinds).await?;
+        let (tasks, queued) = tokio::sync::mpsc::channel(TASK_QUEUE);
+        let worker = hello.worker_id;
+        let connection = self
+            .dispatcher
+            .connect(worker, kinds, tasks)
+            .ok_or_else(|| not_leader(None))?;
+        tracing::info!(worker, "worker connected");
+        let dispatcher = Arc::clone(&self.dispatcher);
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = incoming.message().await {
+                if let Some(pb::worker_message::Message::Heartbeat(_)) = message.message {
+                    dispatcher.heartbeat(worker, connection);
+                }
+            }
+            dispatcher.disconnect(worker, connection);
+            tracing::info!(worker, "worker disconnected");
+        });
+        let stream = futures::stream::unfold(queued, |mut queued| async move {
+            queued.recv().await.map(|task| (task, queued))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn journal(
+        &self,
+        request: Request<pb::JournalRequest>,
+    ) -> Result<Response<pb::JournalResponse>, Status> {
+        let command = command::decode::<Command>(&request.into_inner().command)
+            .map_err(|rejection| rejected(&rejection))?;
+        if !matches!(
+            command,
+            Command::Step { .. }
+                | Command::Sleep { .. }
+                | Command::WaitSignal { .. }
+                | Command::Call { .. }
+                | Command::Finish { .. }
+        ) {
+            return Err(invalid("only a run's journal commands go through Journal"));
+        }
+        let answer = self.proposer.propose(command, None).await?;
+        Ok(Response::new(pb::JournalResponse {
+            answer: command::encode(&answer).into(),
+        }))
+    }
+
+    async fn current(
+        &self,
+        request: Request<pb::CurrentRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        if !self.dispatcher.leading() {
+            return Err(not_leader(None));
+        }
+        let request = request.into_inner();
+        let state = self.machine.read();
+        let workflow = state
+            .workflow(&request.workflow)
+            .filter(|w| !w.is_finished() && w.fence == request.fence)
+            .ok_or_else(|| {
+                rejected(&Rejection::StaleFence {
+                    fence: request.fence,
+                    current: 0,
+                })
+            })?;
+        Ok(Response::new(task(
+            &request.workflow,
+            request.fence,
+            workflow,
+        )))
+    }
+
+    async fn wait_entry(
+        &self,
+        request: Request<pb::WaitEntryRequest>,
+    ) -> Result<Response<pb::WaitEntryResponse>, Status> {
+        let request = request.into_inner();
+        // The leader has applied every entry it answered a journal command for.
+        if !self.dispatcher.leading() {
+            return Err(not_leader(None));
+        }
+        let wait = Duration::from_millis(request.wait_ms).min(WAIT_MAX);
+        let response = match self
+            .machine
+            .wait_entry(&request.workflow, request.fence, request.seq, Some(wait))
+            .await
+        {
+            Ok(Some(state)) => pb::WaitEntryResponse {
+                resolved: true,
+                state: command::encode(&state).into(),
+                superseded: false,
+            },
+            Ok(None) => pb::WaitEntryResponse::default(),
+            Err(_) => pb::WaitEntryResponse {
+                superseded: true,
+                ..pb::WaitEntryResponse::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
