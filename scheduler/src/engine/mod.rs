@@ -411,6 +411,9 @@ impl Inner {
     async fn dispatch_pass(&self, term: u64) {
         let dispatcher = &self.dispatcher;
         dispatcher.expire(self.settings.worker_lease);
+        if dispatcher.workers() == 0 {
+            return;
+        }
         let todo: Vec<(String, String, String)> = {
             let state = self.machine.read();
             dispatcher.retain_leases(|workflow, lease| {
