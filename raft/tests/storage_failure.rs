@@ -21,6 +21,9 @@ fn open(dir: &std::path::Path, fs: &FaultyFs) -> LogStore {
     let options = keel_log::Options {
         segment_size_bytes: 1 << 20,
         record_size_max_bytes: 64 * 1024,
+        // No background segment preparation: an injected fault must hit the append's own
+        // write, not the preparer's.
+        prepare_ahead: false,
         ..keel_log::Options::default()
     };
     LogStore::open_with_fs(&dir.join("log"), options, dir, Arc::new(fs.clone())).expect("open")
