@@ -48,7 +48,8 @@
 //! # Embedding
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use bytes::Bytes;
 //! use keel_raft::node::NodeConfig;
 //! use keel_scheduler::engine::EngineSettings;
@@ -57,9 +58,11 @@
 //!
 //! async fn greet(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
 //!     let name = ctx
-//!         .step("lookup", |step| async move {
-//!             // `step.idempotency_key` is stable across re-runs of this step.
-//!             Ok::<_, std::io::Error>(input.clone())
+//!         .step("lookup", |step| {
+//!             // Stable across re-runs of this step: hand it to the outside world.
+//!             let _key = step.idempotency_key;
+//!             let input = input.clone();
+//!             async move { Ok::<_, std::io::Error>(input) }
 //!         })
 //!         .await?;
 //!     ctx.sleep(std::time::Duration::from_secs(3600)).await?;
@@ -69,6 +72,7 @@
 //! let config = NodeConfig::new(1, "127.0.0.1:7101".parse()?, "./data");
 //! let registry = Registry::new().register("greet", "v1", greet);
 //! let node = keel_scheduler::Node::start(config, registry, EngineSettings::default()).await?;
+//! node.stopped().await;
 //! # Ok(())
 //! # }
 //! ```
