@@ -49,16 +49,25 @@ fn workflows(channel: Channel) -> WorkflowsClient<Channel> {
 /// When a named timer is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimerDue {
-    /// This long after the leader applies it (never early).
+    /// This long after the leader stamps it (never early).
     After(Duration),
     /// At this wall-clock time, ms since the Unix epoch.
     AtMs(u64),
 }
 
-/// A workflow client of one cluster; clones share connections.
-#[derive(Debug, Clone)]
+/// A workflow client of one cluster; clones share connections. Each clone writes as its
+/// own client id (signals are deduplicated per id and sequence number).
+#[derive(Debug)]
 pub struct WorkflowClient {
     cluster: KeelClient,
+}
+
+impl Clone for WorkflowClient {
+    fn clone(&self) -> Self {
+        Self {
+            cluster: self.cluster.for_writer(rand::random::<u64>() | 1),
+        }
+    }
 }
 
 /// Runs one request on the leader, keeping the statuses seen so a refusal can be typed.

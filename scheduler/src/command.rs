@@ -215,6 +215,31 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The workflow and fence of a run's journal command (step, sleep, wait, call,
+    /// finish); `None` for every other command.
+    pub fn run_fence(&self) -> Option<(&str, u64)> {
+        match self {
+            Self::Step {
+                workflow, fence, ..
+            }
+            | Self::Sleep {
+                workflow, fence, ..
+            }
+            | Self::WaitSignal {
+                workflow, fence, ..
+            }
+            | Self::Call {
+                workflow, fence, ..
+            }
+            | Self::Finish {
+                workflow, fence, ..
+            } => Some((workflow, *fence)),
+            _ => None,
+        }
+    }
+}
+
 /// A workflow's status.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]

@@ -25,8 +25,9 @@
 //!   Its *body* runs at least once: a crash between running it and recording it re-runs it,
 //!   so each step gets a stable idempotency key (`workflow_id/step_seq`) to hand to the
 //!   outside world.
-//! - **Fencing:** each run of a workflow holds a fence granted through the log (a start
-//!   grants 1; a new leader claims every running workflow, each claim a new fence). Journal
+//! - **Fencing:** each run of a workflow holds a fence granted through the log: the Raft
+//!   index of the start, call or claim that granted it, so fences never repeat (a new
+//!   leader claims every running workflow; a remote worker's lease is a claim). Journal
 //!   records and completions carry it, and the state machine refuses a stale one, so a
 //!   paused old leader can never mix its records into a journal. A leader stops its runs
 //!   when it loses leadership; a run whose record is refused stops or replays.
@@ -35,15 +36,17 @@
 //!   carry its token `(term, index)`. A *relative* timer (`sleep`, a signal timeout, a named
 //!   `After` timer) is never early, even when clocks disagree: the leader fires it only once
 //!   its stamped due time has passed on its wall clock **and** its monotonic clock shows the
-//!   delay elapsed since it applied the timer (a node that restarted since counts from its
-//!   restart, waiting at most until due + `max_clock_skew` by its wall clock). An *absolute*
+//!   delay elapsed since it proposed the timer (or applied it, when another leader proposed
+//!   it); a node that restarted since counts from its restart, waiting at most until due +
+//!   `max_clock_skew` by its wall clock. An *absolute*
 //!   time (`sleep_until`, cron, a named `At` timer) follows the wall clock and may be early by
 //!   at most `max_clock_skew` when clocks disagree by less than that. A new leader fires
 //!   every due timer right after its election.
 //! - **Honest answers:** refusals are typed ([`wire::RejectionKind`]); writes that may or may
-//!   not have been applied say so, and every scheduler command is idempotent (by workflow
-//!   id, journal sequence, timer name, or the client's `(id, seq)` for signals), so a retry
-//!   is safe.
+//!   not have been applied say so. Starts, journal records, timers and schedules are
+//!   idempotent (by workflow id, journal sequence, timer name, schedule name) and signals
+//!   are deduplicated by the client's `(id, seq)`, so retrying them is safe; a retried
+//!   cancel that had been applied answers "finished".
 //!
 //! # Embedding
 //!

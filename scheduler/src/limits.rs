@@ -5,3 +5,5 @@
 pub const NAME_MAX_BYTES: usize = 256;
 /// Largest input, step result, signal payload, timer payload or error message, in bytes.
 pub const PAYLOAD_MAX_BYTES: usize = 1024 * 1024;
+/// Most signals of one name buffered for a workflow that has not waited for them yet.
+pub const SIGNALS_BUFFERED_MAX: usize = 1024;

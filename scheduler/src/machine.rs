@@ -22,7 +22,8 @@ use crate::state::{Effect, FireRecord, SchedulerState};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Superseded;
 
-/// A run the engine may start: granted by a command of `term`.
+/// A run the engine may start: granted by a command of `term` to `owner` (`None`: the
+/// leader of that term).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runnable {
     /// The workflow.
@@ -31,6 +32,8 @@ pub struct Runnable {
     pub fence: u64,
     /// The granting command's term.
     pub term: u64,
+    /// Who the fence was granted to.
+    pub owner: Option<crate::command::Owner>,
 }
 
 /// A named timer's fire, as delivered to watchers.
@@ -62,6 +65,9 @@ struct Local {
     armed: HashMap<u64, Instant>,
     /// When the state was last loaded from a snapshot (or the node started).
     restarted: Instant,
+    /// The wall clock when this process started: a relative timer stamped before it is
+    /// being replayed after a restart.
+    started_ms: u64,
     waiters: HashMap<String, Arc<Notify>>,
     runnable: Option<mpsc::UnboundedSender<Runnable>>,
 }
@@ -96,6 +102,9 @@ struct SnapshotBody {
     digest: u64,
 }
 
+/// The scheduler snapshot's first bytes; a CRC32C of the rkyv bytes follows them at the end.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH1";
+
 fn mix(digest: u64, command: &[u8], answer: &[u8]) -> u64 {
     let crc = u64::from(crc32c::crc32c(command)) << 32 | u64::from(crc32c::crc32c(answer));
     (digest.rotate_left(17) ^ crc).wrapping_mul(0xFF51_AFD7_ED55_8CCD)
@@ -111,6 +120,7 @@ impl SchedulerMachine {
                 local: Mutex::new(Local {
                     armed: HashMap::new(),
                     restarted: Instant::now(),
+                    started_ms: keel_raft::clock::now_ms(),
                     waiters: HashMap::new(),
                     runnable: None,
                 }),
@@ -239,6 +249,7 @@ impl SchedulerMachine {
                     workflow,
                     fence,
                     term,
+                    owner,
                 } => {
                     if let Some(sender) = &local.runnable {
                         // A closed receiver means the engine stopped: nothing to run.
@@ -246,6 +257,7 @@ impl SchedulerMachine {
                             workflow,
                             fence,
                             term,
+                            owner,
                         });
                     }
                 }
@@ -263,12 +275,19 @@ impl SchedulerMachine {
                     id,
                     relative,
                     proposed,
+                    stamp_ms,
                 } => {
-                    if relative {
-                        // From the proposer's reading when this process took it (never
-                        // later than now), so the commit does not delay the timer.
-                        let armed = proposed.and_then(crate::mono::instant);
-                        local.armed.insert(id, armed.unwrap_or_else(Instant::now));
+                    // From the proposer's reading when this process took it (never later
+                    // than now), so the commit does not delay the timer; from now when it
+                    // was proposed elsewhere since this process started; from the restart
+                    // (capped, see `Armed::Restarted`) when it is a replay of older history.
+                    let armed = match proposed.and_then(crate::mono::instant) {
+                        Some(at) => Some(at),
+                        None if stamp_ms >= local.started_ms => Some(Instant::now()),
+                        None => None,
+                    };
+                    if relative && let Some(at) = armed {
+                        local.armed.insert(id, at);
                     }
                     timers_changed = true;
                 }
@@ -323,19 +342,42 @@ impl Application for SchedulerMachine {
             state: self.read().clone(),
             digest: self.digest(),
         };
-        out.write_all(&command::encode(&body))
+        let bytes = command::encode(&body);
+        out.write_all(SNAPSHOT_MAGIC)?;
+        out.write_all(&bytes)?;
+        out.write_all(&crc32c::crc32c(&bytes).to_le_bytes())
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let body = command::decode::<SnapshotBody>(&bytes).map_err(|_: Rejection| {
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("scheduler snapshot: {what}"),
+            )
+        };
+        let body = bytes
+            .strip_prefix(SNAPSHOT_MAGIC)
+            .ok_or_else(|| bad("not a scheduler snapshot"))?;
+        let (body, crc) = body
+            .split_last_chunk::<4>()
+            .ok_or_else(|| bad("too short"))?;
+        if crc32c::crc32c(body).to_le_bytes() != *crc {
+            return Err(bad("checksum mismatch"));
+        }
+        let body = command::decode::<SnapshotBody>(body).map_err(|_: Rejection| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 "scheduler snapshot does not decode",
             )
         })?;
-        body.state.assert_consistent();
+        body.state.consistency().map_err(|problem| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("scheduler snapshot is inconsistent: {problem}"),
+            )
+        })?;
         *self
             .shared
             .state

@@ -51,6 +51,7 @@ pub struct Worker {
 #[derive(Debug, Clone)]
 struct RemoteJournal {
     cluster: KeelClient,
+    worker: u64,
 }
 
 fn journal_error(error: &ClientError) -> WorkflowError {
@@ -61,6 +62,7 @@ impl RemoteJournal {
     async fn propose_command(&self, command: Command) -> Result<Answer, WorkflowError> {
         let request = pb::JournalRequest {
             command: command::encode(&command).into(),
+            worker_id: self.worker,
         };
         let mut cluster = self.cluster.clone();
         let answer = cluster
@@ -256,6 +258,7 @@ impl Worker {
         let key = task.workflow.clone();
         let journal = RemoteJournal {
             cluster: self.cluster.clone(),
+            worker: self.id,
         };
         let port: Arc<dyn JournalPort> = Arc::new(journal.clone());
         let workflow = task.workflow.clone();

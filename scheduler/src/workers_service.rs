@@ -137,17 +137,18 @@ impl Workers for WorkersService {
         &self,
         request: Request<pb::JournalRequest>,
     ) -> Result<Response<pb::JournalResponse>, Status> {
-        let command = command::decode::<Command>(&request.into_inner().command)
+        let request = request.into_inner();
+        let command = command::decode::<Command>(&request.command)
             .map_err(|rejection| rejected(&rejection))?;
-        if !matches!(
-            command,
-            Command::Step { .. }
-                | Command::Sleep { .. }
-                | Command::WaitSignal { .. }
-                | Command::Call { .. }
-                | Command::Finish { .. }
-        ) {
+        let Some((workflow, fence)) = command.run_fence() else {
             return Err(invalid("only a run's journal commands go through Journal"));
+        };
+        if !self.dispatcher.leading() {
+            return Err(not_leader(None));
+        }
+        if !self.dispatcher.holds(request.worker_id, workflow, fence) {
+            // The lease moved on (or never was this worker's): the run must stop.
+            return Err(rejected(&Rejection::StaleFence { fence, current: 0 }));
         }
         let answer = self.proposer.propose(command, None).await?;
         Ok(Response::new(pb::JournalResponse {

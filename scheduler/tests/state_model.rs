@@ -19,20 +19,13 @@ fn workflow() -> impl Strategy<Value = String> {
     prop::sample::select(&WORKFLOWS[..]).prop_map(str::to_owned)
 }
 
-fn command() -> impl Strategy<Value = Command> {
+/// A run's journal command; its `fence` is still to be resolved against the state: 0 means
+/// the workflow's current fence, anything else a stale one.
+fn journal_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        workflow().prop_map(|id| Command::Start {
-            id,
-            kind: "k".into(),
-            input: Vec::new(),
-        }),
-        workflow().prop_map(|workflow| Command::Claim {
-            workflow,
-            owner: Owner::Worker { worker: 1 },
-        }),
         (
             workflow(),
-            1u64..4,
+            0u64..2,
             0u32..4,
             prop::sample::select(vec!["a", "b"]),
             any::<u8>()
@@ -44,7 +37,7 @@ fn command() -> impl Strategy<Value = Command> {
                 name: name.into(),
                 record: StepRecord::Done(Outcome::Ok(vec![value])),
             }),
-        (workflow(), 1u64..4, 0u32..4, 0u64..60).prop_map(|(workflow, fence, seq, delay_ms)| {
+        (workflow(), 0u64..2, 0u32..4, 0u64..60).prop_map(|(workflow, fence, seq, delay_ms)| {
             Command::Sleep {
                 workflow,
                 fence,
@@ -52,7 +45,7 @@ fn command() -> impl Strategy<Value = Command> {
                 due: Due::After { delay_ms },
             }
         }),
-        (workflow(), 1u64..4, 0u32..4, prop::option::of(0u64..60)).prop_map(
+        (workflow(), 0u64..2, 0u32..4, prop::option::of(0u64..60)).prop_map(
             |(workflow, fence, seq, timeout_ms)| Command::WaitSignal {
                 workflow,
                 fence,
@@ -61,16 +54,51 @@ fn command() -> impl Strategy<Value = Command> {
                 timeout_ms,
             }
         ),
+        (workflow(), 0u64..2, 0u32..4, 1u32..3).prop_map(|(workflow, fence, seq, attempt)| {
+            Command::Step {
+                workflow,
+                fence,
+                seq,
+                name: "a".into(),
+                record: StepRecord::AttemptFailed {
+                    attempt,
+                    error: "e".into(),
+                },
+            }
+        }),
+        (workflow(), 0u64..2, 0u32..4).prop_map(|(workflow, fence, seq)| Command::Call {
+            workflow,
+            fence,
+            seq,
+            kind: "k".into(),
+            input: Vec::new(),
+        }),
+        (workflow(), 0u64..2).prop_map(|(workflow, fence)| Command::Finish {
+            workflow,
+            fence,
+            outcome: Outcome::Ok(Vec::new()),
+        }),
+    ]
+}
+
+/// A command that is not a run's journal command.
+fn other_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        workflow().prop_map(|id| Command::Start {
+            id,
+            kind: "k".into(),
+            input: Vec::new(),
+        }),
+        workflow().prop_map(|workflow| Command::Claim {
+            workflow,
+            owner: Owner::Worker { worker: 1 },
+        }),
         (workflow(), any::<u8>()).prop_map(|(workflow, p)| Command::Signal {
             workflow,
             signal: "s".into(),
             payload: vec![p],
         }),
-        (workflow(), 1u64..4).prop_map(|(workflow, fence)| Command::Finish {
-            workflow,
-            fence,
-            outcome: Outcome::Ok(Vec::new()),
-        }),
+        (0u64..200).prop_map(|retention_ms| Command::Expire { retention_ms }),
         workflow().prop_map(|workflow| Command::Cancel {
             workflow,
             reason: "test".into(),
@@ -88,6 +116,10 @@ fn command() -> impl Strategy<Value = Command> {
         ),
         prop::collection::vec(1u64..30, 0..8).prop_map(|ids| Command::FireTimers { ids }),
     ]
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![journal_command(), other_command()]
 }
 
 /// Commands with stamps that never go backwards (as one leader's clock would stamp them).
@@ -143,6 +175,10 @@ impl Model {
         let state = machine.read();
         for id in WORKFLOWS {
             let Some(workflow) = state.workflow(id) else {
+                // Expired (or never started): a later start is a new workflow.
+                self.journal_lens.remove(id);
+                self.outcomes.retain(|(w, _), _| w != id);
+                self.sleeps.retain(|(w, _), _| w != id);
                 continue;
             };
             let len = self.journal_lens.entry(id.to_owned()).or_default();
@@ -188,6 +224,12 @@ impl Model {
         }
     }
 
+    /// Forgets fired names whose fire record expired (the name may be scheduled anew).
+    fn forget_expired_fires(&mut self, machine: &SchedulerMachine) {
+        let state = machine.read();
+        self.fired.retain(|name| state.named_timer(name).is_some());
+    }
+
     fn observe_fires(
         &mut self,
         fires: &mut tokio::sync::broadcast::Receiver<keel_scheduler::machine::NamedFire>,
@@ -209,6 +251,27 @@ impl Model {
     }
 }
 
+/// `stamped` with its journal command's fence choice resolved against `machine`'s state.
+fn resolve(machine: &SchedulerMachine, stamped: &Stamped) -> Stamped {
+    let mut stamped = stamped.clone();
+    let current = stamped
+        .command
+        .run_fence()
+        .and_then(|(workflow, _)| machine.read().workflow(workflow).map(|w| w.fence));
+    if let (
+        Some(current),
+        Command::Step { fence, .. }
+        | Command::Sleep { fence, .. }
+        | Command::WaitSignal { fence, .. }
+        | Command::Call { fence, .. }
+        | Command::Finish { fence, .. },
+    ) = (current, &mut stamped.command)
+    {
+        *fence = current.saturating_sub(*fence);
+    }
+    stamped
+}
+
 fn run(history: &[Stamped]) -> SchedulerMachine {
     let mut machine = machine();
     for (i, stamped) in history.iter().enumerate() {
@@ -216,7 +279,8 @@ fn run(history: &[Stamped]) -> SchedulerMachine {
             term: 1,
             index: i as u64 + 2,
         };
-        machine.apply(at, &encode(stamped));
+        let stamped = resolve(&machine, stamped);
+        machine.apply(at, &encode(&stamped));
     }
     machine
 }
@@ -231,9 +295,11 @@ proptest! {
         let mut model = Model::default();
         for (i, stamped) in history.iter().enumerate() {
             let at = AppliedAt { term: 1, index: i as u64 + 2 };
-            machine.apply(at, &encode(stamped));
+            let stamped = resolve(&machine, stamped);
+            machine.apply(at, &encode(&stamped));
             machine.read().assert_consistent();
-            model.observe(&machine, stamped);
+            model.observe(&machine, &stamped);
+            model.forget_expired_fires(&machine);
             model.observe_fires(&mut fires);
         }
     }

@@ -169,5 +169,4 @@ async fn a_paused_worker_loses_its_lease_and_its_late_records_are_refused() {
         format!("slow done by process {}, attempt 1", other.0.id()).as_bytes(),
         "the step is recorded by the worker holding the lease, not the paused one"
     );
-    assert!(info.fence >= 2);
 }

@@ -297,7 +297,8 @@ impl Context {
     /// # Errors
     /// The engine's errors.
     pub async fn sleep(&self, duration: Duration) -> Result<(), WorkflowError> {
-        let delay_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        // Rounded up: never less than asked.
+        let delay_ms = u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         self.sleep_due(Due::After { delay_ms }).await
     }
 

@@ -73,6 +73,8 @@ impl Dispatcher {
         if table.term == 0 {
             return None;
         }
+        // A reconnecting worker stopped its runs when its old session ended.
+        table.leases.retain(|_, lease| lease.worker != worker);
         table.workers.insert(
             worker,
             WorkerSlot {
@@ -105,6 +107,7 @@ impl Dispatcher {
             .is_some_and(|slot| slot.connection == connection)
         {
             table.workers.remove(&worker);
+            table.leases.retain(|_, lease| lease.worker != worker);
             drop(table);
             self.wake.notify_one();
         }
@@ -137,6 +140,10 @@ impl Dispatcher {
         table
             .workers
             .retain(|_, slot| slot.last_seen.elapsed() <= lease);
+        let Table {
+            workers, leases, ..
+        } = &mut *table;
+        leases.retain(|_, lease| workers.contains_key(&lease.worker));
         if table.workers.len() != before {
             tracing::info!(
                 expired = before - table.workers.len(),
@@ -152,6 +159,13 @@ impl Dispatcher {
             .leases
             .get(workflow)
             .is_some_and(|lease| lease.fence == fence && table.workers.contains_key(&lease.worker))
+    }
+
+    /// Whether connected worker `worker` holds the lease of `workflow` under `fence`.
+    pub(crate) fn holds(&self, worker: u64, workflow: &str, fence: u64) -> bool {
+        let table = self.table();
+        table.workers.contains_key(&worker)
+            && table.leases.get(workflow) == Some(&Lease { worker, fence })
     }
 
     /// Whether any connected worker runs `kind` at `version`.

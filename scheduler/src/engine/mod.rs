@@ -60,6 +60,8 @@ impl Default for EngineSettings {
     }
 }
 
+/// How often the leader looks for workflows of its own that lost their run.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// How often the leader looks for workflows to lease to remote workers.
 const DISPATCH_EVERY: Duration = Duration::from_millis(250);
 /// Claims proposed at once when a node takes over.
@@ -94,6 +96,16 @@ impl std::fmt::Debug for Inner {
             .field("node", &self.shared.node_id)
             .field("active", &*self.active.borrow())
             .finish_non_exhaustive()
+    }
+}
+
+/// A task aborted when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -181,17 +193,17 @@ impl Inner {
     async fn follow_leadership(self: Arc<Self>) {
         let mut watch = self.shared.leader_watch();
         let mut leading = None;
-        let mut takeover: Option<JoinHandle<()>> = None;
+        // Aborted when replaced, and when this task ends or is aborted.
+        let mut takeover: Option<AbortOnDrop> = None;
         loop {
             let now = watch.leading();
             if now != leading {
-                if let Some(task) = takeover.take() {
-                    task.abort();
-                }
+                drop(takeover.take());
                 self.active.send_replace(0);
                 self.abort_runs();
                 if let Some(term) = now {
-                    takeover = Some(tokio::spawn(Arc::clone(&self).take_over(term)));
+                    let task = tokio::spawn(Arc::clone(&self).take_over(term));
+                    takeover.get_or_insert(AbortOnDrop(task));
                 }
                 leading = now;
             }
@@ -278,9 +290,10 @@ impl Inner {
             workflow,
             fence,
             term,
+            owner,
         }) = runnable.recv().await
         {
-            if term != self.active_term() {
+            if term != self.active_term() || !self.owns(owner) {
                 continue;
             }
             if self.local_kind(&workflow).is_some() {
@@ -328,6 +341,38 @@ impl Inner {
         }
     }
 
+    /// Whether a fence granted to `owner` (in this node's term) is this node's to run.
+    fn owns(&self, owner: Option<Owner>) -> bool {
+        match owner {
+            None => true,
+            Some(Owner::Leader { node, .. }) => node == self.shared.node_id,
+            Some(Owner::Worker { .. }) => false,
+        }
+    }
+
+    /// Starts a run for every workflow whose current fence is this node's (granted in its
+    /// term) and that has none: a run that ended without finishing its workflow (its
+    /// journal was unreachable for long, or it panicked) is started again.
+    fn reconcile(self: &Arc<Self>, term: u64) {
+        let orphans: Vec<(String, u64)> = {
+            let state = self.machine.read();
+            let runs = self.runs();
+            state
+                .running_workflows()
+                .filter(|(id, w)| {
+                    w.granted_term == term && self.owns(w.owner) && !runs.contains_key(*id)
+                })
+                .map(|(id, w)| (id.clone(), w.fence))
+                .collect()
+        };
+        for (workflow, fence) in orphans {
+            if self.local_kind(&workflow).is_some() {
+                tracing::info!(%workflow, fence, "restarting a workflow run that ended early");
+                Arc::clone(self).spawn_run(workflow, fence);
+            }
+        }
+    }
+
     /// The registered kind of `workflow` if this node runs it (same code version).
     fn local_kind(&self, workflow: &str) -> Option<Kind> {
         let state = self.machine.read();
@@ -362,7 +407,9 @@ impl Inner {
                     .propose(Command::FireTimers { ids: pass.ready }, None)
                     .await
                 {
-                    Ok(Answer::Fired { .. }) => {}
+                    Ok(Answer::Fired { ids }) if !ids.is_empty() => {}
+                    // None was due by the stamp: this clock stepped back since the pass.
+                    Ok(Answer::Fired { .. }) => tokio::time::sleep(FIRE_RETRY_PAUSE).await,
                     Ok(other) => {
                         tracing::warn!(answer = ?other, "unexpected answer to a timer fire");
                     }
@@ -385,6 +432,7 @@ impl Inner {
     /// Leases workflows of kinds this node does not run to remote workers, while leading.
     async fn dispatch(self: Arc<Self>) {
         let mut active = self.active.subscribe();
+        let mut reconciled = tokio::time::Instant::now();
         loop {
             let term = *active.borrow_and_update();
             self.dispatcher.set_term(term);
@@ -398,6 +446,10 @@ impl Inner {
             tokio::pin!(woken);
             woken.as_mut().enable();
             self.dispatch_pass(term).await;
+            if reconciled.elapsed() >= RECONCILE_EVERY {
+                self.reconcile(term);
+                reconciled = tokio::time::Instant::now();
+            }
             tokio::select! {
                 () = &mut woken => {}
                 () = tokio::time::sleep(DISPATCH_EVERY) => {}

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
+use std::panic::AssertUnwindSafe;
 
 use super::context::{Context, WorkflowError};
 use super::journal::JournalPort;
@@ -55,7 +57,21 @@ async fn run_once(
     journal: Vec<JournalEntry>,
 ) -> Result<(), WorkflowError> {
     let context = Context::new(workflow.to_owned(), fence, journal, Arc::clone(port));
-    let outcome = match (kind.function)(context, input).await {
+    // A panic in the workflow's code is that workflow's failure, not the engine's.
+    let result = AssertUnwindSafe((kind.function)(context, input))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(WorkflowError::Failed(format!(
+                "the workflow panicked: {message}"
+            )))
+        });
+    let outcome = match result {
         Ok(value) => Outcome::Ok(value.to_vec()),
         Err(
             error @ (WorkflowError::Superseded | WorkflowError::Replay | WorkflowError::Journal(_)),

@@ -4,9 +4,10 @@
 //! - absolute (`sleep_until`, cron, named `At` timers): its due time has passed on the wall
 //!   clock;
 //! - relative (`sleep`, signal timeouts, named `After` timers): its stamped due time has
-//!   passed on the wall clock **and** the monotonic clock shows its delay elapsed since this
-//!   node applied it. A node that restarted (or restored a snapshot) since counts from then,
-//!   but waits no longer than due + `max_clock_skew` by its wall clock.
+//!   passed on the wall clock **and** the monotonic clock shows its delay elapsed since the
+//!   timer was proposed (when this process proposed it) or since this node applied it. A
+//!   node that restarted (or restored a snapshot) since counts from then, but waits no
+//!   longer than due + `max_clock_skew` by its wall clock.
 //!
 //! The state machine refuses a fire stamped before the due time, and fires each timer once.
 
@@ -93,6 +94,7 @@ mod tests {
 
     use super::*;
     use crate::command::{self, Command, Due, Stamped};
+    use keel_raft::clock::now_ms;
 
     fn schedule(machine: &mut SchedulerMachine, name: &str, stamp_ms: u64, due: Due) {
         schedule_from(machine, name, stamp_ms, due, None);
@@ -123,7 +125,7 @@ mod tests {
     #[test]
     fn relative_timers_wait_on_both_clocks_absolute_on_the_wall_clock() {
         let mut machine = SchedulerMachine::new();
-        let base = 1_000_000;
+        let base = now_ms();
         schedule(&mut machine, "rel", base, Due::After { delay_ms: 100 });
         schedule(&mut machine, "abs", base, Due::At { at_ms: base + 100 });
         let applied = Instant::now();
@@ -153,10 +155,11 @@ mod tests {
         let mut machine = SchedulerMachine::new();
         let proposed = crate::mono::now();
         std::thread::sleep(Duration::from_millis(20));
+        let stamp = now_ms();
         schedule_from(
             &mut machine,
             "mine",
-            1,
+            stamp,
             Due::After { delay_ms: 5 },
             Some(proposed),
         );
@@ -168,7 +171,7 @@ mod tests {
         schedule_from(
             &mut machine,
             "theirs",
-            1,
+            stamp,
             Due::After { delay_ms: 5 },
             Some(foreign),
         );
@@ -177,5 +180,29 @@ mod tests {
             Armed::Applied(crate::mono::instant(proposed).expect("own reading"))
         );
         assert!(matches!(machine.armed(2), Armed::Applied(at) if at >= before_apply));
+    }
+
+    #[test]
+    fn a_replayed_timer_counts_from_the_restart_capped_at_due_plus_skew() {
+        let mut machine = SchedulerMachine::new();
+        // Stamped an hour before this process started: a replay of older history.
+        let stamped = now_ms() - 3_600_000;
+        schedule(
+            &mut machine,
+            "old",
+            stamped,
+            Due::After {
+                delay_ms: 3_600_500,
+            },
+        );
+        let now = Instant::now();
+        assert!(matches!(machine.armed(1), Armed::Restarted(_)));
+        let skew = Duration::from_millis(50);
+        let due = stamped + 3_600_500;
+        // Due by the wall clock, but neither the restart-relative delay nor the cap passed.
+        assert!(due_pass(&machine, due, now, skew).ready.is_empty());
+        // The cap: due + skew by the wall clock, although the delay since the restart has not
+        // elapsed.
+        assert_eq!(due_pass(&machine, due + 50, now, skew).ready, [1]);
     }
 }

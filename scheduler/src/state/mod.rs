@@ -28,8 +28,11 @@ use crate::command::{
     Answer, Command, Due, EntryState, Outcome, Owner, Rejection, Stamped, StepRecord,
     WorkflowStatus,
 };
-use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
+use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES, SIGNALS_BUFFERED_MAX};
 use crate::mono::MonoStamp;
+
+/// Longest `@<due ms>` suffix of a scheduled workflow's id.
+const SCHEDULE_SUFFIX_MAX: usize = 21;
 
 /// A named timer's committed fire: the fence token its effects carry.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +54,7 @@ pub struct FireRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// A run of `workflow` under `fence` may start (a new workflow, or a claim), granted
-    /// by a command of `term`: only the leader of that term may start it.
+    /// by a command of `term` to `owner` (`None`: the leader of that term).
     Runnable {
         /// The workflow.
         workflow: String,
@@ -59,6 +62,8 @@ pub enum Effect {
         fence: u64,
         /// The granting command's term.
         term: u64,
+        /// Who the fence was granted to.
+        owner: Option<Owner>,
     },
     /// Something a run of `workflow` may wait for changed (an entry resolved, a claim).
     Changed {
@@ -79,6 +84,9 @@ pub enum Effect {
         relative: bool,
         /// The proposer's monotonic reading.
         proposed: Option<MonoStamp>,
+        /// The proposer's wall clock (a command stamped before this node started is being
+        /// replayed: its wait counts from the restart).
+        stamp_ms: u64,
     },
     /// A timer left the queue (fired or cancelled).
     TimerRemoved {
@@ -266,15 +274,17 @@ impl SchedulerState {
         }
         check_len("workflow input", input.len(), PAYLOAD_MAX_BYTES)?;
         let version = self.version_of(&kind)?;
-        let workflow = Workflow::new(kind, version, input, None, apply.stamp_ms);
+        let workflow = Workflow::new(kind, version, input, None, apply.stamp_ms, apply.at);
+        let fence = workflow.fence;
         apply.effects.push(Effect::Runnable {
             workflow: id.clone(),
-            fence: workflow.fence,
+            fence,
             term: apply.at.term,
+            owner: None,
         });
         self.workflows.insert(id, workflow);
         Ok(Answer::Started {
-            fence: 1,
+            fence,
             created: true,
             status: WorkflowStatus::Running,
         })
@@ -310,13 +320,19 @@ impl SchedulerState {
         owner: Owner,
     ) -> Result<Answer, Rejection> {
         let workflow = self.running(id)?;
-        workflow.fence += 1;
+        assert!(
+            apply.at.index > workflow.fence,
+            "fences are Raft indexes: a later grant is larger"
+        );
+        workflow.fence = apply.at.index;
+        workflow.granted_term = apply.at.term;
         workflow.owner = Some(owner);
         let fence = workflow.fence;
         apply.effects.push(Effect::Runnable {
             workflow: id.to_owned(),
             fence,
             term: apply.at.term,
+            owner: Some(owner),
         });
         apply.effects.push(Effect::Changed {
             workflow: id.to_owned(),
@@ -410,6 +426,7 @@ impl SchedulerState {
             id,
             relative: delay_ms.is_some(),
             proposed: apply.mono,
+            stamp_ms: apply.stamp_ms,
         });
         id
     }
@@ -493,23 +510,28 @@ impl SchedulerState {
         }
         let version = self.version_of(&kind)?;
         check_len("workflow id", child.len(), NAME_MAX_BYTES)?;
+        if self.workflows.contains_key(&child) {
+            // A finished child of an earlier workflow of this id, not expired yet.
+            return Err(Rejection::Invalid {
+                what: "child workflow id".to_owned(),
+                reason: format!("{child} still exists; retry after it expires"),
+            });
+        }
         let workflow = Workflow::new(
             kind,
             version,
             input,
             Some((id.to_owned(), seq)),
             apply.stamp_ms,
+            apply.at,
         );
         apply.effects.push(Effect::Runnable {
             workflow: child.clone(),
             fence: workflow.fence,
             term: apply.at.term,
+            owner: None,
         });
-        let replaced = self.workflows.insert(child, workflow);
-        assert!(
-            replaced.is_none(),
-            "a child id is taken only by its own call entry"
-        );
+        self.workflows.insert(child, workflow);
         self.running(id)?.journal.push(JournalEntry {
             kind: entry_kind,
             state: EntryState::Pending { attempts: 0 },
@@ -542,9 +564,23 @@ impl SchedulerState {
         workflow.outcome = Some(outcome.clone());
         workflow.finished_ms = Some(apply.stamp_ms);
         let timers: Vec<u64> = workflow.pending_timers().collect();
+        let children: Vec<String> = workflow.pending_children().map(str::to_owned).collect();
         let parent = workflow.parent.clone();
         for timer in timers {
             self.remove_timer(apply, timer);
+        }
+        // A child never outlives its parent: its result would have nowhere to go, and its
+        // id must be free when the parent's id is reused after expiry.
+        for child in children {
+            if self.workflows.get(&child).is_some_and(|c| !c.is_finished()) {
+                let message = format!("cancelled: its parent {id} ended");
+                self.end(
+                    apply,
+                    &child,
+                    WorkflowStatus::Cancelled,
+                    Outcome::Err(message),
+                );
+            }
         }
         apply.effects.push(Effect::Finished {
             workflow: id.to_owned(),
@@ -558,12 +594,12 @@ impl SchedulerState {
         let Some(parent_workflow) = self.workflows.get_mut(&parent) else {
             return;
         };
+        let parent_finished = parent_workflow.is_finished();
         let Some(entry) = parent_workflow.journal.get_mut(seq as usize) else {
             return;
         };
-        if !parent_workflow.status.eq(&WorkflowStatus::Running)
-            || !matches!(entry.state, EntryState::Pending { .. })
-        {
+        let resolves_this = matches!(&entry.kind, EntryKind::Call { child, .. } if child == id);
+        if parent_finished || !resolves_this || !matches!(entry.state, EntryState::Pending { .. }) {
             return;
         }
         entry.state = EntryState::Done(outcome);
@@ -585,7 +621,15 @@ impl SchedulerState {
                 && matches!(entry.state, EntryState::Pending { .. })
         });
         let Some(entry) = waiting else {
-            workflow.signals.entry(signal).or_default().push(payload);
+            let buffered = workflow.signals.entry(signal).or_default();
+            if buffered.len() >= SIGNALS_BUFFERED_MAX {
+                return Err(Rejection::TooLarge {
+                    what: "signals buffered for one name".to_owned(),
+                    len: buffered.len() as u64 + 1,
+                    max: SIGNALS_BUFFERED_MAX as u64,
+                });
+            }
+            buffered.push(payload);
             return Ok(Answer::Done);
         };
         entry.state = EntryState::Done(Outcome::Ok(payload));
@@ -610,27 +654,13 @@ impl SchedulerState {
     ) -> Result<Answer, Rejection> {
         check_len("cancel reason", reason.len(), PAYLOAD_MAX_BYTES)?;
         self.running(id)?;
-        let mut pending = vec![id.to_owned()];
-        while let Some(next) = pending.pop() {
-            let Some(workflow) = self.workflows.get(&next) else {
-                continue;
-            };
-            if workflow.is_finished() {
-                continue;
-            }
-            pending.extend(workflow.pending_children().map(str::to_owned));
-            let message = if next == id {
-                format!("cancelled: {reason}")
-            } else {
-                format!("cancelled with its parent: {reason}")
-            };
-            self.end(
-                apply,
-                &next,
-                WorkflowStatus::Cancelled,
-                Outcome::Err(message),
-            );
-        }
+        // Ending it cancels its running children, and theirs.
+        self.end(
+            apply,
+            id,
+            WorkflowStatus::Cancelled,
+            Outcome::Err(format!("cancelled: {reason}")),
+        );
         Ok(Answer::Done)
     }
 
@@ -746,7 +776,8 @@ impl SchedulerState {
             .expect("a schedule timer's schedule exists")
             .clone();
         let id = format!("{name}@{due_ms}");
-        // A kind no executor declares any more starts nothing; the schedule goes on.
+        // An occurrence whose id is taken (an earlier start of it, not expired) starts
+        // nothing new; the names were checked at registration and kinds stay declared.
         let _ = self.start(apply, id, schedule.kind.clone(), schedule.input.clone());
         let cron = cron::parse(&schedule.cron).expect("registered schedules parse");
         if let Some(next) = cron::next_after(&cron, due_ms.max(apply.stamp_ms)) {
@@ -772,6 +803,12 @@ impl SchedulerState {
         input: Vec<u8>,
     ) -> Result<Answer, Rejection> {
         check_name("schedule name", &name)?;
+        // Its workflows are named `<name>@<due ms>`: room for the suffix.
+        check_len(
+            "schedule name",
+            name.len(),
+            NAME_MAX_BYTES - SCHEDULE_SUFFIX_MAX,
+        )?;
         check_len("cron expression", expression.len(), NAME_MAX_BYTES)?;
         check_len("workflow input", input.len(), PAYLOAD_MAX_BYTES)?;
         if name.contains('/') {
@@ -892,28 +929,41 @@ impl SchedulerState {
     /// # Panics
     /// When they are inconsistent.
     pub fn assert_consistent(&self) {
-        for (id, workflow) in &self.workflows {
+        if let Err(problem) = self.consistency() {
+            panic!("inconsistent scheduler state: {problem}");
+        }
+    }
+
+    /// Checks the cross-references between workflows, timers and names (a restored
+    /// snapshot must pass it before it is served).
+    ///
+    /// # Errors
+    /// The first inconsistency found.
+    pub fn consistency(&self) -> Result<(), String> {
+        for (id, workflow) in self.workflows.iter().filter(|(_, w)| !w.is_finished()) {
             for timer in workflow.pending_timers() {
-                if workflow.is_finished() {
-                    continue;
-                }
-                let target = &self
-                    .timers
-                    .get(timer)
-                    .expect("an entry's timer is pending")
-                    .target;
-                assert!(
-                    matches!(target, TimerTarget::Entry { workflow, .. } if workflow == id),
-                    "timer {timer} belongs to workflow {id}"
+                let belongs = self.timers.get(timer).is_some_and(
+                    |t| matches!(&t.target, TimerTarget::Entry { workflow, .. } if workflow == id),
                 );
+                if !belongs {
+                    return Err(format!(
+                        "timer {timer} of workflow {id} is not its pending timer"
+                    ));
+                }
             }
         }
         for (name, &id) in &self.named {
-            assert!(
-                matches!(&self.timers.get(id).expect("named timers are pending").target, TimerTarget::Named { name: n, .. } if n == name),
-                "named timer {name} is timer {id}"
+            let named = self.timers.get(id).is_some_and(
+                |t| matches!(&t.target, TimerTarget::Named { name: n, .. } if n == name),
             );
+            if !named {
+                return Err(format!("named timer {name} is not pending timer {id}"));
+            }
         }
+        if self.timers.len() != self.timers.in_due_order().count() {
+            return Err("the due index and the timers differ".to_owned());
+        }
+        Ok(())
     }
 }
 

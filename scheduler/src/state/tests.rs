@@ -70,6 +70,10 @@ impl Harness {
         )
     }
 
+    fn fence(&self, id: &str) -> u64 {
+        self.state.workflow(id).expect("workflow").fence
+    }
+
     fn journal(&self, id: &str) -> &[JournalEntry] {
         &self.state.workflow(id).expect("workflow").journal
     }
@@ -98,7 +102,7 @@ fn start_is_idempotent_by_id_and_refuses_unknown_kinds_and_big_inputs() {
     assert_eq!(
         h.start("w"),
         Answer::Started {
-            fence: 1,
+            fence: 2,
             created: true,
             status: WorkflowStatus::Running
         }
@@ -106,7 +110,7 @@ fn start_is_idempotent_by_id_and_refuses_unknown_kinds_and_big_inputs() {
     assert!(matches!(
         h.effects[..],
         [Effect::Runnable {
-            fence: 1,
+            fence: 2,
             term: 3,
             ..
         }]
@@ -114,7 +118,7 @@ fn start_is_idempotent_by_id_and_refuses_unknown_kinds_and_big_inputs() {
     assert_eq!(
         h.start("w"),
         Answer::Started {
-            fence: 1,
+            fence: 2,
             created: false,
             status: WorkflowStatus::Running
         }
@@ -157,11 +161,11 @@ fn the_first_step_record_wins_and_a_second_is_rejected_with_it() {
     let mut h = Harness::new();
     h.start("w");
     assert_eq!(
-        h.step("w", 1, 0, "fetch", "first"),
+        h.step("w", 2, 0, "fetch", "first"),
         Answer::Entry(done("first"))
     );
     assert_eq!(
-        h.step("w", 1, 0, "fetch", "second"),
+        h.step("w", 2, 0, "fetch", "second"),
         Answer::Rejected(Rejection::AlreadyRecorded {
             seq: 0,
             outcome: Outcome::Ok(b"first".to_vec())
@@ -181,21 +185,21 @@ fn stale_fences_non_determinism_and_gaps_are_rejected() {
             owner: Owner::Leader { node: 2, term: 4 },
         },
     );
-    assert_eq!(claimed, Answer::Claimed { fence: 2 });
+    assert_eq!(claimed, Answer::Claimed { fence: 3 });
     assert_eq!(
-        h.step("w", 1, 0, "fetch", "old run"),
+        h.step("w", 2, 0, "fetch", "old run"),
         Answer::Rejected(Rejection::StaleFence {
-            fence: 1,
-            current: 2
+            fence: 2,
+            current: 3
         })
     );
-    h.step("w", 2, 0, "fetch", "page");
+    h.step("w", 3, 0, "fetch", "page");
     assert!(matches!(
-        h.step("w", 2, 0, "parse", "x"),
+        h.step("w", 3, 0, "parse", "x"),
         Answer::Rejected(Rejection::NonDeterminism { seq: 0, .. })
     ));
     assert_eq!(
-        h.step("w", 2, 5, "later", "x"),
+        h.step("w", 3, 5, "later", "x"),
         Answer::Rejected(Rejection::OutOfOrder {
             seq: 5,
             expected: 1
@@ -210,7 +214,7 @@ fn failed_attempts_are_counted_then_the_outcome_recorded() {
     h.start("w");
     let attempt = |attempt| Command::Step {
         workflow: "w".into(),
-        fence: 1,
+        fence: 2,
         seq: 0,
         name: "call-api".into(),
         record: StepRecord::AttemptFailed {
@@ -231,7 +235,7 @@ fn failed_attempts_are_counted_then_the_outcome_recorded() {
         Answer::Entry(EntryState::Pending { attempts: 2 })
     );
     assert_eq!(
-        h.step("w", 1, 0, "call-api", "ok"),
+        h.step("w", 2, 0, "call-api", "ok"),
         Answer::Entry(done("ok"))
     );
 }
@@ -244,7 +248,7 @@ fn a_sleep_fires_once_and_never_before_due() {
         1_000,
         Command::Sleep {
             workflow: "w".into(),
-            fence: 1,
+            fence: 2,
             seq: 0,
             due: Due::After { delay_ms: 500 },
         },
@@ -253,7 +257,8 @@ fn a_sleep_fires_once_and_never_before_due() {
     assert!(h.effects.contains(&Effect::TimerAdded {
         id: 1,
         relative: true,
-        proposed: None
+        proposed: None,
+        stamp_ms: 1_000
     }));
     assert!(h.fire_all(1_499).is_empty(), "not due before 1500");
     assert_eq!(h.journal("w")[0].state, EntryState::Pending { attempts: 0 });
@@ -278,7 +283,7 @@ fn signals_sent_before_the_wait_are_buffered_and_timeouts_resolve_waits() {
     assert_eq!(h.apply(1, signal("early")), Answer::Done);
     let wait = |seq, timeout_ms| Command::WaitSignal {
         workflow: "w".into(),
-        fence: 1,
+        fence: 2,
         seq,
         signal: "approve".into(),
         timeout_ms,
@@ -314,7 +319,7 @@ fn a_child_result_resolves_the_parent_call_and_cancel_cascades() {
     h.start("p");
     let call = |seq| Command::Call {
         workflow: "p".into(),
-        fence: 1,
+        fence: 2,
         seq,
         kind: "child".into(),
         input: b"x".to_vec(),
@@ -325,14 +330,15 @@ fn a_child_result_resolves_the_parent_call_and_cancel_cascades() {
     );
     assert!(h.effects.contains(&Effect::Runnable {
         workflow: "p/0".into(),
-        fence: 1,
-        term: 3
+        fence: 3,
+        term: 3,
+        owner: None
     }));
     h.apply(
         2,
         Command::Finish {
             workflow: "p/0".into(),
-            fence: 1,
+            fence: h.fence("p/0"),
             outcome: Outcome::Ok(b"child result".to_vec()),
         },
     );
@@ -444,13 +450,14 @@ fn expiry_forgets_only_workflows_finished_before_the_retention() {
     h.start("old");
     h.start("new");
     h.start("running");
-    let finish = |id: &str| Command::Finish {
+    let finish = |id: &str, fence| Command::Finish {
         workflow: id.into(),
-        fence: 1,
+        fence,
         outcome: Outcome::Ok(Vec::new()),
     };
-    h.apply(1_000, finish("old"));
-    h.apply(5_000, finish("new"));
+    let (old, new) = (h.fence("old"), h.fence("new"));
+    h.apply(1_000, finish("old", old));
+    h.apply(5_000, finish("new", new));
     assert_eq!(
         h.apply(
             6_000,

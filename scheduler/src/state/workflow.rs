@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use keel_raft::application::AppliedAt;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::command::{EntryState, Outcome, Owner, WorkflowStatus};
@@ -89,8 +90,12 @@ pub struct Workflow {
     pub created_ms: u64,
     /// When it finished.
     pub finished_ms: Option<u64>,
-    /// The current run's fence: records carrying another are rejected.
+    /// The current run's fence: records carrying another are rejected. It is the Raft
+    /// index of the command that granted it, so fences never repeat, not even across an
+    /// expiry and a restart of the same id.
     pub fence: u64,
+    /// The term of the command that granted the fence.
+    pub granted_term: u64,
     /// Who holds the fence.
     pub owner: Option<Owner>,
     /// The journal, by sequence number.
@@ -100,13 +105,14 @@ pub struct Workflow {
 }
 
 impl Workflow {
-    /// A new running workflow with fence 1 and an empty journal.
+    /// A new running workflow with an empty journal, its first fence granted at `granted`.
     pub fn new(
         kind: String,
         version: String,
         input: Vec<u8>,
         parent: Option<(String, u32)>,
         created_ms: u64,
+        granted: AppliedAt,
     ) -> Self {
         Self {
             kind,
@@ -117,7 +123,8 @@ impl Workflow {
             outcome: None,
             created_ms,
             finished_ms: None,
-            fence: 1,
+            fence: granted.index,
+            granted_term: granted.term,
             owner: None,
             journal: Vec::new(),
             signals: BTreeMap::new(),
