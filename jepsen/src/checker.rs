@@ -1,0 +1,442 @@
+//! The log checker: a pure function of a history and the nodes' final logs.
+//!
+//! What it checks, with the plain log's dense offsets:
+//! - every acknowledged append is in the final log, at the offset it was acknowledged with
+//!   (else *lost* or *two values at one offset*);
+//! - no value appears twice (*duplicate*), no value appears that was never appended
+//!   (*phantom*), no append that certainly failed appears (*failed append applied*);
+//! - the final log has no gaps;
+//! - *realtime order*: an append acknowledged before another began has the lower offset;
+//! - every acknowledged read returned records of the final log at their offsets, and saw
+//!   every append acknowledged before it began (*stale read*: linearizability);
+//! - the nodes' final logs are equal, and nodes at the same applied index have the same
+//!   state digest (*divergence*).
+//!
+//! "Outcome unknown" appends (`info`) may or may not be in the final log, at most once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{Call, Op, OpType};
+
+/// A node's final state: its log and its state digest at its applied index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalNode {
+    /// The node.
+    pub node: u64,
+    /// Its retained log: `(offset, value)`, in order.
+    pub log: Vec<(u64, String)>,
+    /// Its applied Raft index.
+    pub applied_index: u64,
+    /// Its state digest there.
+    pub digest: u64,
+}
+
+/// One anomaly found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Its kind: `lost`, `duplicate`, `phantom`, `failed-append-applied`,
+    /// `two-values-at-one-offset`, `gap`, `realtime-order`, `bad-read`, `stale-read`,
+    /// `divergence`.
+    pub kind: String,
+    /// What exactly.
+    pub detail: String,
+}
+
+/// Counts of what the history holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Appends acknowledged.
+    pub appends_ok: u64,
+    /// Appends that certainly failed.
+    pub appends_failed: u64,
+    /// Appends with unknown outcome.
+    pub appends_unknown: u64,
+    /// Unknown appends found in the final log.
+    pub unknown_applied: u64,
+    /// Reads acknowledged.
+    pub reads_ok: u64,
+    /// Reads not acknowledged.
+    pub reads_not_ok: u64,
+    /// Records in the final log.
+    pub final_records: u64,
+}
+
+/// The verdict on a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validity {
+    /// No anomaly.
+    Valid,
+    /// At least one anomaly.
+    Invalid,
+    /// The checker could not decide (no final state).
+    Unknown,
+}
+
+/// The log checker's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogVerdict {
+    /// The verdict.
+    pub validity: Validity,
+    /// The anomalies, at most [`ANOMALIES_SHOWN`] of each kind.
+    pub anomalies: Vec<Anomaly>,
+    /// Anomalies per kind, in all.
+    pub counts: BTreeMap<String, u64>,
+    /// What the history holds.
+    pub stats: Stats,
+}
+
+/// Most anomalies of one kind listed in a verdict (all are counted).
+pub const ANOMALIES_SHOWN: u64 = 20;
+
+/// A completed client operation: its invocation time, completion time and result.
+#[derive(Debug, Clone)]
+struct Finished<'a> {
+    invoked_ns: u64,
+    completed_ns: u64,
+    kind: OpType,
+    call: &'a Call,
+    invoked: &'a Call,
+}
+
+/// Pairs each client invocation with its completion (a process has one operation at a
+/// time); an invocation without completion counts as `info`.
+fn completed(history: &[Op]) -> Vec<Finished<'_>> {
+    let mut open: HashMap<u64, &Op> = HashMap::new();
+    let mut out = Vec::new();
+    for op in history
+        .iter()
+        .filter(|op| op.process != crate::history::NEMESIS)
+    {
+        if op.kind == OpType::Invoke {
+            open.insert(op.process, op);
+        } else if let Some(invoke) = open.remove(&op.process) {
+            out.push(Finished {
+                invoked_ns: invoke.time_ns,
+                completed_ns: op.time_ns,
+                kind: op.kind,
+                call: &op.call,
+                invoked: &invoke.call,
+            });
+        }
+    }
+    for invoke in open.into_values() {
+        out.push(Finished {
+            invoked_ns: invoke.time_ns,
+            completed_ns: u64::MAX,
+            kind: OpType::Info,
+            call: &invoke.call,
+            invoked: &invoke.call,
+        });
+    }
+    out
+}
+
+struct Findings {
+    anomalies: Vec<Anomaly>,
+    counts: BTreeMap<String, u64>,
+}
+
+impl Findings {
+    fn add(&mut self, kind: &str, detail: String) {
+        let count = self.counts.entry(kind.to_owned()).or_default();
+        *count += 1;
+        if *count <= ANOMALIES_SHOWN {
+            self.anomalies.push(Anomaly {
+                kind: kind.to_owned(),
+                detail,
+            });
+        }
+    }
+}
+
+/// For each of `queries` (sorted by time), the largest offset among `events` whose time is
+/// before the query's: a sweep over both sorted lists.
+fn max_before(events: &mut [(u64, u64)], queries: &[(u64, usize)]) -> Vec<Option<u64>> {
+    events.sort_unstable();
+    let mut out = vec![None; queries.len()];
+    let mut best: Option<u64> = None;
+    let mut next = 0;
+    for &(time, slot) in queries {
+        while next < events.len() && events[next].0 < time {
+            best = Some(best.map_or(events[next].1, |b| b.max(events[next].1)));
+            next += 1;
+        }
+        out[slot] = best;
+    }
+    out
+}
+
+/// Checks a log workload's history against the nodes' final states.
+pub fn check_log(history: &[Op], finals: &[FinalNode]) -> LogVerdict {
+    let mut findings = Findings {
+        anomalies: Vec::new(),
+        counts: BTreeMap::new(),
+    };
+    let mut stats = Stats::default();
+    let Some(reference) = finals.iter().max_by_key(|f| f.log.len()) else {
+        return LogVerdict {
+            validity: Validity::Unknown,
+            anomalies: vec![Anomaly {
+                kind: "no-final-state".into(),
+                detail: "no node could be read at the end".into(),
+            }],
+            counts: BTreeMap::new(),
+            stats,
+        };
+    };
+    check_nodes_agree(finals, reference, &mut findings);
+    let final_log = &reference.log;
+    stats.final_records = final_log.len() as u64;
+    let mut at: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (i, (offset, value)) in final_log.iter().enumerate() {
+        let expected = final_log[0].0 + i as u64;
+        if *offset != expected {
+            findings.add("gap", format!("offset {offset} where {expected} was next"));
+        }
+        at.entry(value.as_str()).or_default().push(*offset);
+    }
+    let value_at: HashMap<u64, &str> = final_log.iter().map(|(o, v)| (*o, v.as_str())).collect();
+    for (value, offsets) in &at {
+        if offsets.len() > 1 {
+            findings.add("duplicate", format!("{value:?} at offsets {offsets:?}"));
+        }
+    }
+    let ops = completed(history);
+    check_appends(&ops, &at, &value_at, &mut findings, &mut stats);
+    check_order_and_reads(&ops, &value_at, &mut findings, &mut stats);
+    let validity = if findings.anomalies.is_empty() {
+        Validity::Valid
+    } else {
+        Validity::Invalid
+    };
+    LogVerdict {
+        validity,
+        anomalies: findings.anomalies,
+        counts: findings.counts,
+        stats,
+    }
+}
+
+fn check_nodes_agree(finals: &[FinalNode], reference: &FinalNode, findings: &mut Findings) {
+    for node in finals {
+        let common = node.log.len().min(reference.log.len());
+        if node.log[..common] != reference.log[..common] || node.log.len() != reference.log.len() {
+            findings.add(
+                "divergence",
+                format!(
+                    "node {} holds {} records, node {} {}; they differ",
+                    node.node,
+                    node.log.len(),
+                    reference.node,
+                    reference.log.len()
+                ),
+            );
+        }
+        for other in finals {
+            if other.node > node.node
+                && other.applied_index == node.applied_index
+                && other.digest != node.digest
+            {
+                findings.add(
+                    "divergence",
+                    format!(
+                        "nodes {} and {} applied index {} with digests {:016x} and {:016x}",
+                        node.node, other.node, node.applied_index, node.digest, other.digest
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_appends(
+    ops: &[Finished<'_>],
+    at: &HashMap<&str, Vec<u64>>,
+    value_at: &HashMap<u64, &str>,
+    findings: &mut Findings,
+    stats: &mut Stats,
+) {
+    let mut invoked: HashMap<&str, OpType> = HashMap::new();
+    let mut acked_offsets: HashMap<u64, &str> = HashMap::new();
+    for op in ops {
+        let Call::Append { value, .. } = op.invoked else {
+            continue;
+        };
+        invoked.insert(value.as_str(), op.kind);
+        let found = at.get(value.as_str());
+        match (op.kind, op.call) {
+            (OpType::Ok, Call::Append { offset, .. }) => {
+                stats.appends_ok += 1;
+                let Some(offset) = offset else {
+                    findings.add(
+                        "bad-ack",
+                        format!("append {value:?} acknowledged without an offset"),
+                    );
+                    continue;
+                };
+                if let Some(other) = acked_offsets.insert(*offset, value.as_str()) {
+                    findings.add(
+                        "two-values-at-one-offset",
+                        format!("{other:?} and {value:?} both acknowledged at {offset}"),
+                    );
+                }
+                match (found, value_at.get(offset)) {
+                    (None, _) => findings.add("lost", format!("{value:?} acknowledged at offset {offset} is not in the final log")),
+                    (Some(_), Some(v)) if *v == value.as_str() => {}
+                    (Some(offsets), held) => findings.add(
+                        "two-values-at-one-offset",
+                        format!("{value:?} acknowledged at {offset} but found at {offsets:?}; {offset} holds {held:?}"),
+                    ),
+                }
+            }
+            (OpType::Fail, _) => {
+                stats.appends_failed += 1;
+                if found.is_some() {
+                    findings.add(
+                        "failed-append-applied",
+                        format!("{value:?} was refused yet is in the final log"),
+                    );
+                }
+            }
+            _ => {
+                stats.appends_unknown += 1;
+                if found.is_some() {
+                    stats.unknown_applied += 1;
+                }
+            }
+        }
+    }
+    for value in at.keys() {
+        if !invoked.contains_key(value) {
+            findings.add(
+                "phantom",
+                format!("{value:?} is in the final log but was never appended"),
+            );
+        }
+    }
+}
+
+fn check_order_and_reads(
+    ops: &[Finished<'_>],
+    value_at: &HashMap<u64, &str>,
+    findings: &mut Findings,
+    stats: &mut Stats,
+) {
+    // Acknowledged appends: (completion time, offset).
+    let mut acked: Vec<(u64, u64)> = ops
+        .iter()
+        .filter_map(|op| match (op.kind, op.call) {
+            (
+                OpType::Ok,
+                Call::Append {
+                    offset: Some(o), ..
+                },
+            ) => Some((op.completed_ns, *o)),
+            _ => None,
+        })
+        .collect();
+    // Queries: every acknowledged append and read, by invocation time.
+    let mut queries: Vec<(u64, usize)> = Vec::new();
+    let relevant: Vec<&Finished<'_>> = ops
+        .iter()
+        .filter(|op| {
+            op.kind == OpType::Ok
+                && matches!(
+                    op.call,
+                    Call::Append {
+                        offset: Some(_),
+                        ..
+                    } | Call::Read { .. }
+                )
+        })
+        .collect();
+    for (slot, op) in relevant.iter().enumerate() {
+        queries.push((op.invoked_ns, slot));
+    }
+    queries.sort_unstable();
+    let before = max_before(&mut acked, &queries);
+    for (op, seen_before) in relevant.iter().zip(before) {
+        match op.call {
+            Call::Append {
+                value,
+                offset: Some(offset),
+            } => {
+                if let Some(earlier) = seen_before
+                    && earlier >= *offset
+                {
+                    findings.add(
+                        "realtime-order",
+                        format!("{value:?} got offset {offset}, yet offset {earlier} was acknowledged before it began"),
+                    );
+                }
+            }
+            Call::Read {
+                node,
+                from,
+                records,
+                next_offset,
+            } => {
+                stats.reads_ok += 1;
+                check_read(
+                    *node,
+                    *from,
+                    records,
+                    *next_offset,
+                    seen_before,
+                    value_at,
+                    findings,
+                );
+            }
+            Call::Append { .. } | Call::Fault { .. } => {}
+        }
+    }
+    stats.reads_not_ok = ops
+        .iter()
+        .filter(|op| op.kind != OpType::Ok && matches!(op.invoked, Call::Read { .. }))
+        .count() as u64;
+}
+
+fn check_read(
+    node: u64,
+    from: u64,
+    records: &[(u64, String)],
+    next_offset: Option<u64>,
+    seen_before: Option<u64>,
+    value_at: &HashMap<u64, &str>,
+    findings: &mut Findings,
+) {
+    for (i, (offset, value)) in records.iter().enumerate() {
+        if *offset != from + i as u64 {
+            findings.add(
+                "bad-read",
+                format!(
+                    "a read of node {node} from {from} returned offset {offset} at position {i}"
+                ),
+            );
+        }
+        if value_at.get(offset) != Some(&value.as_str()) {
+            findings.add(
+                "bad-read",
+                format!(
+                    "a read of node {node} saw {value:?} at {offset}; the final log holds {:?}",
+                    value_at.get(offset)
+                ),
+            );
+        }
+    }
+    let next = next_offset.unwrap_or(from + records.len() as u64);
+    if let Some(earlier) = seen_before
+        && next <= earlier
+    {
+        findings.add(
+            "stale-read",
+            format!("a read of node {node} ended at offset {next}, yet offset {earlier} was acknowledged before it began"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

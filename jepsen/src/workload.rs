@@ -1,0 +1,191 @@
+//! The log workload: clients append unique values to the plain log and read it back
+//! linearizably from random nodes, each operation recorded as invoke and completion.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_raft::client::{ClientError, KeelClient};
+use keel_raft::wire_error::WriteErrorKind;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::history::{Call, OpType, Recorder};
+
+/// Longest an operation may take before it is recorded as unknown.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Records a read asks for.
+const READ_MAX: u32 = 100;
+/// How far behind the highest acknowledged offset a read starts.
+const READ_BACK: u64 = 50;
+
+/// What an error means for an operation: certainly not applied (`fail`) or unknown.
+pub fn classify(error: &ClientError) -> OpType {
+    match error {
+        ClientError::Refused { kind, .. } if kind.is_safe_to_retry() => OpType::Fail,
+        ClientError::Refused {
+            kind: WriteErrorKind::Invalid | WriteErrorKind::StaleSequence,
+            ..
+        }
+        | ClientError::Endpoint { .. } => OpType::Fail,
+        _ => OpType::Info,
+    }
+}
+
+/// One client process of the log workload.
+#[derive(Debug)]
+pub struct LogClient {
+    /// Its process number (from 1).
+    pub process: u64,
+    /// Its connection, writing as a unique client id.
+    pub client: KeelClient,
+    /// The nodes' addresses, by position (node `i + 1`).
+    pub addrs: Vec<String>,
+    /// Its generator.
+    pub rng: StdRng,
+    /// The highest offset any client saw acknowledged.
+    pub high: Arc<AtomicU64>,
+}
+
+impl LogClient {
+    /// A client `process` of the cluster at `addrs`, writing as `client_id`, seeded by
+    /// `seed`.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn new(
+        process: u64,
+        client_id: u64,
+        addrs: Vec<String>,
+        seed: u64,
+        high: Arc<AtomicU64>,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            process,
+            client: KeelClient::new(&addrs, client_id)?,
+            addrs,
+            rng: StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            high,
+        })
+    }
+
+    /// Runs operations until `deadline`.
+    pub async fn run(mut self, history: Recorder, deadline: Instant) {
+        let mut counter = 0u64;
+        while Instant::now() < deadline {
+            if self.rng.random_bool(0.8) {
+                let value = format!("{}:{counter}", self.process);
+                counter += 1;
+                self.append(&history, value).await;
+            } else {
+                self.read(&history).await;
+            }
+        }
+    }
+
+    async fn append(&mut self, history: &Recorder, value: String) {
+        let call = Call::Append {
+            value: value.clone(),
+            offset: None,
+        };
+        history.record(self.process, OpType::Invoke, call, None);
+        let result = tokio::time::timeout(
+            OP_TIMEOUT,
+            self.client.append(vec![Bytes::from(value.clone())]),
+        )
+        .await;
+        let (kind, offset, error) = match result {
+            Ok(Ok(appended)) => {
+                self.high
+                    .fetch_max(appended.first_offset, Ordering::Relaxed);
+                (OpType::Ok, Some(appended.first_offset), None)
+            }
+            Ok(Err(error)) => (classify(&error), None, Some(error.to_string())),
+            Err(_) => (
+                OpType::Info,
+                None,
+                Some(format!("no answer within {OP_TIMEOUT:?}")),
+            ),
+        };
+        history.record(self.process, kind, Call::Append { value, offset }, error);
+    }
+
+    async fn read(&mut self, history: &Recorder) {
+        let index = self.rng.random_range(0..self.addrs.len());
+        let node = index as u64 + 1;
+        let from = self.high.load(Ordering::Relaxed).saturating_sub(READ_BACK);
+        history.record(
+            self.process,
+            OpType::Invoke,
+            Call::Read {
+                node,
+                from,
+                records: Vec::new(),
+                next_offset: None,
+            },
+            None,
+        );
+        let addr = self.addrs[index].clone();
+        let result =
+            tokio::time::timeout(OP_TIMEOUT, self.client.read_at(&addr, from, READ_MAX, true))
+                .await;
+        let (kind, records, next_offset, error) = match result {
+            Ok(Ok(read)) => {
+                let records = read
+                    .records
+                    .into_iter()
+                    .map(|r| (r.offset, String::from_utf8_lossy(&r.data).into_owned()))
+                    .collect();
+                (OpType::Ok, records, Some(read.next_offset), None)
+            }
+            // A read changes nothing: whatever went wrong, it did not happen.
+            Ok(Err(error)) => (OpType::Fail, Vec::new(), None, Some(error.to_string())),
+            Err(_) => (
+                OpType::Info,
+                Vec::new(),
+                None,
+                Some(format!("no answer within {OP_TIMEOUT:?}")),
+            ),
+        };
+        history.record(
+            self.process,
+            kind,
+            Call::Read {
+                node,
+                from,
+                records,
+                next_offset,
+            },
+            error,
+        );
+    }
+}
+
+/// Reads node `addr`'s whole retained log (locally: the node has caught up).
+///
+/// # Errors
+/// The client's error.
+pub async fn read_all(
+    client: &mut KeelClient,
+    addr: &str,
+) -> Result<Vec<(u64, String)>, ClientError> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let read = client.read_at(addr, from, 10_000, false).await?;
+        if read.records.is_empty() {
+            return Ok(out);
+        }
+        for record in read.records {
+            from = record.offset + 1;
+            out.push((
+                record.offset,
+                String::from_utf8_lossy(&record.data).into_owned(),
+            ));
+        }
+        if from >= read.next_offset {
+            return Ok(out);
+        }
+    }
+}
