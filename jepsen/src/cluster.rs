@@ -151,6 +151,19 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to node `id`'s process, if it runs.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let Some(child) = self.nodes.get(&id).and_then(|n| n.child.as_ref()) else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        if !sent.is_ok_and(|s| s.success()) {
+            tracing::error!(node = id, signal, "could not signal the node");
+        }
+    }
+
     /// Every node's address.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.values().map(|n| n.addr.clone()).collect()

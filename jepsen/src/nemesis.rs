@@ -19,6 +19,9 @@ pub enum NemesisKind {
     None,
     /// SIGKILL one node, the leader, or every node; restart after a while.
     Kill,
+    /// SIGSTOP one node or the leader; SIGCONT after a while (a paused old leader resumes
+    /// after a new election).
+    Pause,
 }
 
 /// Who a kill hits.
@@ -40,7 +43,8 @@ pub async fn run(
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
     match kind {
         NemesisKind::None => tokio::time::sleep_until(deadline.into()).await,
-        NemesisKind::Kill => kills(cluster, history, &mut rng, deadline).await,
+        NemesisKind::Kill => faults(Fault::Kill, cluster, history, &mut rng, deadline).await,
+        NemesisKind::Pause => faults(Fault::Pause, cluster, history, &mut rng, deadline).await,
     }
     heal(cluster, history);
 }
@@ -50,13 +54,35 @@ async fn pause(rng: &mut StdRng, from_ms: u64, to_ms: u64, deadline: Instant) {
     tokio::time::sleep_until((Instant::now() + wait).min(deadline).into()).await;
 }
 
-async fn kills(cluster: &mut Cluster, history: &Recorder, rng: &mut StdRng, deadline: Instant) {
+/// What a fault does to its victims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Pause,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Pause => "pause",
+        }
+    }
+}
+
+async fn faults(
+    fault: Fault,
+    cluster: &mut Cluster,
+    history: &Recorder,
+    rng: &mut StdRng,
+    deadline: Instant,
+) {
     pause(rng, 1_000, 3_000, deadline).await;
     while Instant::now() + Duration::from_secs(2) < deadline {
-        let target = match rng.random_range(0..10) {
-            0..5 => Target::Leader,
-            5..9 => Target::Random,
-            _ => Target::All,
+        let target = match (fault, rng.random_range(0..10)) {
+            (_, 0..5) => Target::Leader,
+            (Fault::Pause, _) | (Fault::Kill, 5..9) => Target::Random,
+            (Fault::Kill, _) => Target::All,
         };
         let victims: Vec<u64> = match target {
             Target::Leader => cluster.leader().await.into_iter().collect(),
@@ -75,25 +101,35 @@ async fn kills(cluster: &mut Cluster, history: &Recorder, rng: &mut StdRng, dead
             NEMESIS,
             OpType::Invoke,
             Call::Fault {
-                fault: "kill".into(),
+                fault: fault.name().into(),
                 detail: detail.clone(),
             },
             None,
         );
         for id in &victims {
-            cluster.kill(*id);
+            match fault {
+                Fault::Kill => cluster.kill(*id),
+                Fault::Pause => cluster.signal(*id, "-STOP"),
+            }
         }
         pause(rng, 1_000, 3_000, deadline).await;
         for id in &victims {
-            if let Err(error) = cluster.restart(*id) {
-                tracing::error!(node = id, %error, "restart failed");
+            let healed = match fault {
+                Fault::Kill => cluster.restart(*id),
+                Fault::Pause => {
+                    cluster.signal(*id, "-CONT");
+                    Ok(())
+                }
+            };
+            if let Err(error) = healed {
+                tracing::error!(node = id, %error, "healing failed");
             }
         }
         history.record(
             NEMESIS,
             OpType::Ok,
             Call::Fault {
-                fault: "kill".into(),
+                fault: fault.name().into(),
                 detail,
             },
             None,
@@ -102,8 +138,11 @@ async fn kills(cluster: &mut Cluster, history: &Recorder, rng: &mut StdRng, dead
     }
 }
 
-/// Restarts every node that is down.
+/// Resumes every paused node and restarts every node that is down.
 fn heal(cluster: &mut Cluster, history: &Recorder) {
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.signal(id, "-CONT");
+    }
     let down: Vec<u64> = cluster
         .nodes
         .values()

@@ -68,3 +68,15 @@ async fn a_run_with_kills_is_valid() {
     );
     assert!(outcome.verdict.stats.appends_ok > 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_pauses_is_valid() {
+    let outcome = short_run(NemesisKind::Pause, 12, 11).await;
+    assert_eq!(
+        outcome.verdict.validity,
+        Validity::Valid,
+        "{:?}",
+        outcome.verdict
+    );
+    assert!(outcome.verdict.stats.appends_ok > 10);
+}

@@ -327,10 +327,19 @@ async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
         .await
         .expect("append after the change");
     wait_applied(&mut client, &fourth_addr, 201).await;
-    let read = client
-        .read_at(&fourth_addr, 195, 0, true)
-        .await
-        .expect("read on the new voter");
+    // Right after the change the new voter may not know the leader yet ("unavailable",
+    // safe to retry): a client retries.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let read = loop {
+        match client.read_at(&fourth_addr, 195, 0, true).await {
+            Ok(read) => break read,
+            Err(error) if std::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "read on the new voter; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("read on the new voter: {error}"),
+        }
+    };
     assert_eq!(
         data(&read),
         ["r195", "r196", "r197", "r198", "r199", "after"]
