@@ -93,17 +93,17 @@ pub const ANOMALIES_SHOWN: u64 = 20;
 
 /// A completed client operation: its invocation time, completion time and result.
 #[derive(Debug, Clone)]
-struct Finished<'a> {
-    invoked_ns: u64,
-    completed_ns: u64,
-    kind: OpType,
-    call: &'a Call,
-    invoked: &'a Call,
+pub(crate) struct Finished<'a> {
+    pub(crate) invoked_ns: u64,
+    pub(crate) completed_ns: u64,
+    pub(crate) kind: OpType,
+    pub(crate) call: &'a Call,
+    pub(crate) invoked: &'a Call,
 }
 
 /// Pairs each client invocation with its completion (a process has one operation at a
 /// time); an invocation without completion counts as `info`.
-fn completed(history: &[Op]) -> Vec<Finished<'_>> {
+pub(crate) fn completed(history: &[Op]) -> Vec<Finished<'_>> {
     let mut open: HashMap<u64, &Op> = HashMap::new();
     let mut out = Vec::new();
     for op in history
@@ -134,13 +134,14 @@ fn completed(history: &[Op]) -> Vec<Finished<'_>> {
     out
 }
 
-struct Findings {
-    anomalies: Vec<Anomaly>,
-    counts: BTreeMap<String, u64>,
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    pub(crate) anomalies: Vec<Anomaly>,
+    pub(crate) counts: BTreeMap<String, u64>,
 }
 
 impl Findings {
-    fn add(&mut self, kind: &str, detail: String) {
+    pub(crate) fn add(&mut self, kind: &str, detail: String) {
         let count = self.counts.entry(kind.to_owned()).or_default();
         *count += 1;
         if *count <= ANOMALIES_SHOWN {
@@ -207,6 +208,10 @@ pub fn check_log(history: &[Op], finals: &[FinalNode]) -> LogVerdict {
     let ops = completed(history);
     check_appends(&ops, &at, &value_at, &mut findings, &mut stats);
     check_order_and_reads(&ops, &value_at, &mut findings, &mut stats);
+    stats.reads_not_ok = ops
+        .iter()
+        .filter(|op| op.kind != OpType::Ok && matches!(op.invoked, Call::Read { .. }))
+        .count() as u64;
     let validity = if findings.anomalies.is_empty() {
         Validity::Valid
     } else {
@@ -390,13 +395,12 @@ fn check_order_and_reads(
                     findings,
                 );
             }
-            Call::Append { .. } | Call::Fault { .. } => {}
+            Call::Append { .. }
+            | Call::Fault { .. }
+            | Call::Schedule { .. }
+            | Call::Fire { .. } => {}
         }
     }
-    stats.reads_not_ok = ops
-        .iter()
-        .filter(|op| op.kind != OpType::Ok && matches!(op.invoked, Call::Read { .. }))
-        .count() as u64;
 }
 
 fn check_read(
@@ -437,6 +441,8 @@ fn check_read(
         );
     }
 }
+
+pub mod timers;
 
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// The process number of the nemesis; clients are numbered from 1.
 pub const NEMESIS: u64 = 0;
+/// Process numbers of fire watchers: this plus the watched node's id.
+pub const WATCHERS: u64 = 1_000;
 
 /// Invocation or completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +54,28 @@ pub enum Call {
         /// The node's next offset at the read (on `ok`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next_offset: Option<u64>,
+    },
+    /// Schedules a named timer due `delay_ms` after the leader stamps it.
+    Schedule {
+        /// The timer's name.
+        name: String,
+        /// Its delay.
+        delay_ms: u64,
+        /// Its due time by the leader's clock (on `ok`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_ms: Option<u64>,
+    },
+    /// A timer's fire as a node delivered it to the harness's watcher (recorded `ok` on
+    /// arrival), with the fire's token.
+    Fire {
+        /// The delivering node.
+        node: u64,
+        /// The timer's name.
+        name: String,
+        /// The token's term.
+        term: u64,
+        /// The token's index.
+        index: u64,
     },
     /// A fault begins (`invoke`) or is healed (`ok`).
     Fault {

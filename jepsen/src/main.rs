@@ -87,7 +87,7 @@ fn main() {
                     let summary = std::fs::read_to_string(outcome.dir.join("summary.txt"));
                     print!("{}", summary.unwrap_or_default());
                     println!("report: {}", outcome.dir.display());
-                    exit_code(outcome.verdict.validity)
+                    exit_code(outcome.checked.validity)
                 }
                 Err(error) => {
                     eprintln!("keel-jepsen: harness failure: {error:#}");

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::checker::LogVerdict;
+use std::collections::BTreeMap;
+
+use crate::checker::{Anomaly, Validity};
 use crate::history::{Call, NEMESIS, Op, OpType, write_jsonl};
-use crate::run::RunConfig;
+use crate::run::{Checked, RunConfig};
 
 /// Creates `<store>/<test>/<timestamp>/` and points `<store>/<test>/latest` at it.
 ///
@@ -45,12 +47,7 @@ fn git_revision() -> String {
 ///
 /// # Errors
 /// A file error.
-pub fn write(
-    dir: &Path,
-    config: &RunConfig,
-    ops: &[Op],
-    verdict: &LogVerdict,
-) -> anyhow::Result<()> {
+pub fn write(dir: &Path, config: &RunConfig, ops: &[Op], checked: &Checked) -> anyhow::Result<()> {
     let test = serde_json::json!({
         "test": config.test_name(),
         "config": config,
@@ -60,49 +57,51 @@ pub fn write(
     let mut history = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
     write_jsonl(ops, &mut history)?;
     history.flush()?;
-    let results = serde_json::json!({ "log": verdict });
     std::fs::write(
         dir.join("results.json"),
-        serde_json::to_vec_pretty(&results)?,
+        serde_json::to_vec_pretty(&checked.results)?,
     )?;
-    std::fs::write(dir.join("summary.txt"), summary(config, ops, verdict))?;
+    std::fs::write(dir.join("summary.txt"), summary(config, ops, checked))?;
     Ok(())
 }
 
 /// The readable summary of a run.
-pub fn summary(config: &RunConfig, ops: &[Op], verdict: &LogVerdict) -> String {
-    let mut out = String::new();
+pub fn summary(config: &RunConfig, ops: &[Op], checked: &Checked) -> String {
     let faults = ops
         .iter()
         .filter(|op| op.process == NEMESIS && op.kind == OpType::Invoke)
         .filter(|op| matches!(op.call, Call::Fault { .. }))
         .count();
-    let _ = writeln!(
-        out,
-        "test {} · seed {} · {:?} · {} clients · {} faults injected",
+    format!(
+        "test {} · seed {} · {:?} · {} clients · {} faults injected\nverdict: {:?}\n{}",
         config.test_name(),
         config.seed,
         config.time_limit,
         config.clients,
-        faults
-    );
-    let s = &verdict.stats;
-    let _ = writeln!(
-        out,
-        "appends: {} ok, {} failed, {} unknown ({} of them applied) · reads: {} ok, {} not · final log: {} records",
-        s.appends_ok,
-        s.appends_failed,
-        s.appends_unknown,
-        s.unknown_applied,
-        s.reads_ok,
-        s.reads_not_ok,
-        s.final_records
-    );
-    let _ = writeln!(out, "log checker: {:?}", verdict.validity);
-    for (kind, count) in &verdict.counts {
+        faults,
+        checked.validity,
+        checked.summary
+    )
+}
+
+/// A checker's lines of the summary: its verdict, its counts, its anomalies.
+pub fn verdict_lines(
+    checker: &str,
+    validity: Validity,
+    stats: &serde_json::Value,
+    counts: &BTreeMap<String, u64>,
+    anomalies: &[Anomaly],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{checker} checker: {validity:?}");
+    if let Some(stats) = stats.as_object() {
+        let line: Vec<String> = stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(out, "  {}", line.join(" · "));
+    }
+    for (kind, count) in counts {
         let _ = writeln!(out, "  {count} × {kind}");
     }
-    for anomaly in &verdict.anomalies {
+    for anomaly in anomalies {
         let _ = writeln!(out, "  - {}: {}", anomaly.kind, anomaly.detail);
     }
     out

@@ -8,12 +8,21 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::checker::{FinalNode, LogVerdict, Validity, check_log};
+use std::collections::{BTreeMap, BTreeSet};
+
+use keel_scheduler::client::{WorkflowClient, WorkflowClientError};
+
+use crate::checker::timers::{FinalTimer, check_timers};
+use crate::checker::{FinalNode, Validity, check_log};
 use crate::cluster::Cluster;
-use crate::history::Recorder;
+use crate::history::{Call, Op, Recorder};
 use crate::nemesis::{self, NemesisKind};
 use crate::report;
-use crate::workload::{LogClient, read_all};
+use crate::workload::log::{LogClient, read_all};
+use crate::workload::timers::{self, TimerClient};
+
+/// Time allowed after the last timer is due for its fire to commit everywhere.
+const TIMERS_GRACE: Duration = Duration::from_secs(2);
 
 /// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -21,6 +30,8 @@ use crate::workload::{LogClient, read_all};
 pub enum Workload {
     /// Unique appends and linearizable reads of the plain log.
     Log,
+    /// Named relative timers, their fires delivered to watchers on every node.
+    Timers,
 }
 
 /// What a run does.
@@ -42,11 +53,22 @@ pub struct RunConfig {
     pub store: PathBuf,
 }
 
+/// A checker's result, ready for the report.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The verdict.
+    pub validity: Validity,
+    /// `results.json`.
+    pub results: serde_json::Value,
+    /// The verdict's lines of `summary.txt`.
+    pub summary: String,
+}
+
 /// A run's outcome.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
-    /// The verdict.
-    pub verdict: LogVerdict,
+    /// The checked result.
+    pub checked: Checked,
     /// The report directory.
     pub dir: PathBuf,
 }
@@ -54,16 +76,11 @@ pub struct RunOutcome {
 impl RunConfig {
     /// The test's name: workload and nemesis.
     pub fn test_name(&self) -> String {
+        let name = |value: serde_json::Value| value.as_str().map(str::to_owned).unwrap_or_default();
         format!(
             "{}-{}",
-            serde_json::to_value(self.workload)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            serde_json::to_value(self.nemesis)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+            name(serde_json::to_value(self.workload).unwrap_or_default()),
+            name(serde_json::to_value(self.nemesis).unwrap_or_default())
         )
     }
 }
@@ -79,6 +96,26 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     cluster.init().await?;
     let history = Recorder::new();
     let deadline = Instant::now() + config.time_limit;
+    let checked = match config.workload {
+        Workload::Log => run_log(config, &mut cluster, &history, deadline).await?,
+        Workload::Timers => run_timers(config, &mut cluster, &history, deadline).await?,
+    };
+    cluster.keep_logs(&dir)?;
+    drop(cluster);
+    report::write(&dir, config, &history.ops(), &checked)?;
+    // The nodes' data directories are kept only when something is wrong.
+    if checked.validity == Validity::Valid {
+        std::fs::remove_dir_all(dir.join("cluster"))?;
+    }
+    Ok(RunOutcome { checked, dir })
+}
+
+async fn run_log(
+    config: &RunConfig,
+    cluster: &mut Cluster,
+    history: &Recorder,
+    deadline: Instant,
+) -> anyhow::Result<Checked> {
     let high = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for process in 1..=config.clients {
@@ -91,33 +128,134 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
         )?;
         clients.push(tokio::spawn(client.run(history.clone(), deadline)));
     }
-    nemesis::run(
-        config.nemesis,
-        &mut cluster,
-        &history,
-        config.seed,
-        deadline,
-    )
-    .await;
+    nemesis::run(config.nemesis, cluster, history, config.seed, deadline).await;
     for client in clients {
         client.await?;
     }
-    let finals = final_state(&cluster).await;
-    let verdict = match &finals {
-        Ok(finals) => check_log(&history.ops(), finals),
+    let verdict = match final_state(cluster).await {
+        Ok(finals) => check_log(&history.ops(), &finals),
         Err(error) => {
             tracing::error!(%error, "reading the final state");
             check_log(&history.ops(), &[])
         }
     };
-    cluster.keep_logs(&dir)?;
-    drop(cluster);
-    report::write(&dir, config, &history.ops(), &verdict)?;
-    // The nodes' data directories are kept only when something is wrong.
-    if verdict.validity == Validity::Valid {
-        std::fs::remove_dir_all(dir.join("cluster"))?;
+    Ok(Checked {
+        validity: verdict.validity,
+        results: serde_json::json!({ "log": verdict }),
+        summary: report::verdict_lines(
+            "log",
+            verdict.validity,
+            &serde_json::to_value(&verdict.stats)?,
+            &verdict.counts,
+            &verdict.anomalies,
+        ),
+    })
+}
+
+async fn run_timers(
+    config: &RunConfig,
+    cluster: &mut Cluster,
+    history: &Recorder,
+    deadline: Instant,
+) -> anyhow::Result<Checked> {
+    let watchers: Vec<_> = cluster
+        .nodes
+        .values()
+        .map(|node| {
+            let client = WorkflowClient::new(&cluster.addrs())?;
+            Ok(tokio::spawn(timers::watch(
+                node.id,
+                node.addr.clone(),
+                client,
+                history.clone(),
+            )))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut clients = Vec::new();
+    for process in 1..=config.clients {
+        let client = TimerClient::new(process, &cluster.addrs(), config.seed)?;
+        clients.push(tokio::spawn(client.run(history.clone(), deadline)));
     }
-    Ok(RunOutcome { verdict, dir })
+    nemesis::run(config.nemesis, cluster, history, config.seed, deadline).await;
+    for client in clients {
+        client.await?;
+    }
+    // Every timer is due by now plus the longest delay; then the cluster settles.
+    tokio::time::sleep(Duration::from_millis(timers::DELAY_MS.end) + TIMERS_GRACE).await;
+    let finals = match cluster.settle().await {
+        Ok(_) => Some(final_timers(cluster, &history.ops()).await?),
+        Err(error) => {
+            tracing::error!(%error, "the cluster did not settle");
+            None
+        }
+    };
+    // Deliveries still arriving now are checked like the others.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for watcher in watchers {
+        watcher.abort();
+    }
+    let (validity, results, summary) = match finals {
+        Some(finals) => {
+            let verdict = check_timers(&history.ops(), &finals);
+            let summary = report::verdict_lines(
+                "timers",
+                verdict.validity,
+                &serde_json::to_value(&verdict.stats)?,
+                &verdict.counts,
+                &verdict.anomalies,
+            );
+            (
+                verdict.validity,
+                serde_json::json!({ "timers": verdict }),
+                summary,
+            )
+        }
+        None => (
+            Validity::Unknown,
+            serde_json::json!({ "timers": "unknown: no final state" }),
+            "timers checker: Unknown (the cluster did not settle)\n".to_owned(),
+        ),
+    };
+    Ok(Checked {
+        validity,
+        results,
+        summary,
+    })
+}
+
+/// The final record of every timer the history scheduled (those that exist).
+async fn final_timers(
+    cluster: &Cluster,
+    ops: &[Op],
+) -> anyhow::Result<BTreeMap<String, FinalTimer>> {
+    let mut client = WorkflowClient::new(&cluster.addrs())?;
+    let names: BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|op| match &op.call {
+            Call::Schedule { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut finals = BTreeMap::new();
+    for name in names {
+        match client.timer(name).await {
+            Ok(info) => {
+                finals.insert(
+                    name.to_owned(),
+                    FinalTimer {
+                        fired: info.fired,
+                        due_ms: info.due_ms,
+                        term: info.fire_term,
+                        index: info.fire_index,
+                        fired_ms: info.fired_ms,
+                    },
+                );
+            }
+            Err(WorkflowClientError::Rejected { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(finals)
 }
 
 /// Waits for every node to catch up, then reads each one's log and digest.

@@ -1,17 +1,28 @@
-//! Short runs against real node processes: without faults and with kills, the log checker
-//! finds the history valid. (The `keel` binary must be built: `cargo test --workspace`
-//! builds it.)
+//! Short runs against real node processes: without faults, with kills and with pauses, the
+//! checkers find the histories valid. (The `keel` binary must be built: `cargo test
+//! --workspace` builds it.)
 
 use std::time::Duration;
 
 use keel_jepsen::checker::Validity;
 use keel_jepsen::nemesis::NemesisKind;
-use keel_jepsen::run::{RunConfig, Workload, run};
+use keel_jepsen::run::{RunConfig, RunOutcome, Workload, run};
 
-async fn short_run(nemesis: NemesisKind, seconds: u64, seed: u64) -> keel_jepsen::run::RunOutcome {
+fn stat(outcome: &RunOutcome, checker: &str, name: &str) -> u64 {
+    outcome.checked.results[checker]["stats"][name]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn short_run(
+    workload: Workload,
+    nemesis: NemesisKind,
+    seconds: u64,
+    seed: u64,
+) -> RunOutcome {
     let store = tempfile::tempdir().expect("tempdir");
     let config = RunConfig {
-        workload: Workload::Log,
+        workload,
         nemesis,
         time_limit: Duration::from_secs(seconds),
         seed,
@@ -37,46 +48,61 @@ async fn short_run(nemesis: NemesisKind, seconds: u64, seed: u64) -> keel_jepsen
             .join("latest")
             .exists()
     );
+    assert_eq!(
+        outcome.checked.validity,
+        Validity::Valid,
+        "{}",
+        outcome.checked.summary
+    );
     outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_without_faults_is_valid() {
-    let outcome = short_run(NemesisKind::None, 4, 1).await;
-    assert_eq!(
-        outcome.verdict.validity,
-        Validity::Valid,
-        "{:?}",
-        outcome.verdict
+async fn a_log_run_without_faults_is_valid() {
+    let outcome = short_run(Workload::Log, NemesisKind::None, 4, 1).await;
+    assert!(
+        stat(&outcome, "log", "appends_ok") > 10,
+        "{}",
+        outcome.checked.summary
     );
     assert!(
-        outcome.verdict.stats.appends_ok > 10,
-        "{:?}",
-        outcome.verdict.stats
+        stat(&outcome, "log", "reads_ok") > 0,
+        "{}",
+        outcome.checked.summary
     );
-    assert!(outcome.verdict.stats.reads_ok > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_with_kills_is_valid() {
-    let outcome = short_run(NemesisKind::Kill, 12, 7).await;
-    assert_eq!(
-        outcome.verdict.validity,
-        Validity::Valid,
-        "{:?}",
-        outcome.verdict
+async fn a_log_run_with_kills_is_valid() {
+    let outcome = short_run(Workload::Log, NemesisKind::Kill, 12, 7).await;
+    assert!(
+        stat(&outcome, "log", "appends_ok") > 10,
+        "{}",
+        outcome.checked.summary
     );
-    assert!(outcome.verdict.stats.appends_ok > 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_with_pauses_is_valid() {
-    let outcome = short_run(NemesisKind::Pause, 12, 11).await;
-    assert_eq!(
-        outcome.verdict.validity,
-        Validity::Valid,
-        "{:?}",
-        outcome.verdict
+async fn a_log_run_with_pauses_is_valid() {
+    let outcome = short_run(Workload::Log, NemesisKind::Pause, 12, 11).await;
+    assert!(
+        stat(&outcome, "log", "appends_ok") > 10,
+        "{}",
+        outcome.checked.summary
     );
-    assert!(outcome.verdict.stats.appends_ok > 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timers_run_with_kills_fires_every_timer_once_never_early() {
+    let outcome = short_run(Workload::Timers, NemesisKind::Kill, 10, 5).await;
+    assert!(
+        stat(&outcome, "timers", "scheduled_ok") > 10,
+        "{}",
+        outcome.checked.summary
+    );
+    assert!(
+        stat(&outcome, "timers", "deliveries") > 10,
+        "{}",
+        outcome.checked.summary
+    );
 }

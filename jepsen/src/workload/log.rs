@@ -3,35 +3,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use keel_raft::client::{ClientError, KeelClient};
-use keel_raft::wire_error::WriteErrorKind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::{OP_TIMEOUT, classify};
 use crate::history::{Call, OpType, Recorder};
 
-/// Longest an operation may take before it is recorded as unknown.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records a read asks for.
 const READ_MAX: u32 = 100;
 /// How far behind the highest acknowledged offset a read starts.
 const READ_BACK: u64 = 50;
-
-/// What an error means for an operation: certainly not applied (`fail`) or unknown.
-pub fn classify(error: &ClientError) -> OpType {
-    match error {
-        ClientError::Refused { kind, .. } if kind.is_safe_to_retry() => OpType::Fail,
-        ClientError::Refused {
-            kind: WriteErrorKind::Invalid | WriteErrorKind::StaleSequence,
-            ..
-        }
-        | ClientError::Endpoint { .. } => OpType::Fail,
-        _ => OpType::Info,
-    }
-}
 
 /// One client process of the log workload.
 #[derive(Debug)]

@@ -1,0 +1,112 @@
+//! The timers workload: clients schedule named relative timers; a watcher on every node
+//! records each fire the node delivers, with its token, on the harness's clock.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_scheduler::client::{TimerDue, WorkflowClient, WorkflowClientError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{OP_TIMEOUT, classify};
+use crate::history::{Call, OpType, Recorder, WATCHERS};
+
+/// Delays of scheduled timers, in ms.
+pub const DELAY_MS: std::ops::Range<u64> = 100..3_000;
+/// Pause before a watcher reconnects to its node.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// Pause between a client's schedules.
+const THINK: Duration = Duration::from_millis(20);
+
+/// What a workflow-client error means for an operation.
+pub fn classify_workflow(error: &WorkflowClientError) -> OpType {
+    match error {
+        WorkflowClientError::Rejected { .. } => OpType::Fail,
+        WorkflowClientError::Cluster(error) => classify(error),
+    }
+}
+
+/// One client process of the timers workload.
+#[derive(Debug)]
+pub struct TimerClient {
+    /// Its process number (from 1).
+    pub process: u64,
+    /// Its connection.
+    pub client: WorkflowClient,
+    /// Its generator.
+    pub rng: StdRng,
+}
+
+impl TimerClient {
+    /// Client `process` of the cluster at `addrs`, seeded by `seed`.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn new(process: u64, addrs: &[String], seed: u64) -> Result<Self, WorkflowClientError> {
+        Ok(Self {
+            process,
+            client: WorkflowClient::new(addrs)?,
+            rng: StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x7469),
+        })
+    }
+
+    /// Schedules timers until `deadline`.
+    pub async fn run(mut self, history: Recorder, deadline: Instant) {
+        let mut counter = 0u64;
+        while Instant::now() < deadline {
+            let name = format!("t{}-{counter}", self.process);
+            counter += 1;
+            let delay_ms = self.rng.random_range(DELAY_MS);
+            let call = |due_ms| Call::Schedule {
+                name: name.clone(),
+                delay_ms,
+                due_ms,
+            };
+            history.record(self.process, OpType::Invoke, call(None), None);
+            let scheduled = self.client.schedule_timer(
+                &name,
+                TimerDue::After(Duration::from_millis(delay_ms)),
+                Bytes::new(),
+            );
+            let (kind, due_ms, error) = match tokio::time::timeout(OP_TIMEOUT, scheduled).await {
+                Ok(Ok((due_ms, _))) => (OpType::Ok, Some(due_ms), None),
+                Ok(Err(error)) => (classify_workflow(&error), None, Some(error.to_string())),
+                Err(_) => (
+                    OpType::Info,
+                    None,
+                    Some(format!("no answer within {OP_TIMEOUT:?}")),
+                ),
+            };
+            history.record(self.process, kind, call(due_ms), error);
+            tokio::time::sleep(THINK).await;
+        }
+    }
+}
+
+/// Records every fire node `node` (at `addr`) delivers until the task is dropped,
+/// reconnecting while the node is down.
+pub async fn watch(node: u64, addr: String, client: WorkflowClient, history: Recorder) {
+    let mut client = client;
+    loop {
+        let history = history.clone();
+        // The stream ends or fails when the node stops; a fire missed meanwhile is still
+        // in the node's state and checked at the end.
+        let _ = client
+            .watch_fires(&addr, |fire| {
+                history.record(
+                    WATCHERS + node,
+                    OpType::Ok,
+                    Call::Fire {
+                        node,
+                        name: fire.name,
+                        term: fire.term,
+                        index: fire.index,
+                    },
+                    None,
+                );
+                true
+            })
+            .await;
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
