@@ -31,6 +31,8 @@ pub struct NodeProc {
 #[derive(Debug)]
 pub struct Cluster {
     keel: PathBuf,
+    /// The deliberate fault the nodes run with (sabotage builds only).
+    sabotage: Option<String>,
     /// The nodes, by id.
     pub nodes: BTreeMap<u64, NodeProc>,
 }
@@ -86,7 +88,12 @@ impl Cluster {
     ///
     /// # Errors
     /// A file or process error.
-    pub fn start(keel: &Path, dir: &Path, count: u64) -> anyhow::Result<Self> {
+    pub fn start(
+        keel: &Path,
+        dir: &Path,
+        count: u64,
+        sabotage: Option<&str>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut nodes = BTreeMap::new();
         for id in 1..=count {
@@ -109,6 +116,7 @@ impl Cluster {
         }
         let mut cluster = Self {
             keel: keel.to_owned(),
+            sabotage: sabotage.map(str::to_owned),
             nodes,
         };
         for id in 1..=count {
@@ -130,7 +138,11 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&node.log)?;
-        let child = Command::new(&self.keel)
+        let mut command = Command::new(&self.keel);
+        if let Some(fault) = &self.sabotage {
+            command.env("KEEL_SABOTAGE", fault);
+        }
+        let child = command
             .arg("node")
             .arg("--config")
             .arg(&node.config)
@@ -233,6 +245,13 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether a node announced a deliberate fault in its log.
+    pub fn announced_sabotage(&self) -> bool {
+        self.nodes.values().any(|node| {
+            std::fs::read_to_string(&node.log).is_ok_and(|log| log.contains("SABOTAGE"))
+        })
     }
 
     /// Copies the node logs into `dir`.

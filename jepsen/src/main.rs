@@ -40,6 +40,13 @@ enum Command {
         /// Where reports go.
         #[arg(long, default_value = "store")]
         store: PathBuf,
+        /// The `keel` binary (default: the one of this build).
+        #[arg(long)]
+        keel: Option<PathBuf>,
+        /// A deliberate fault for the nodes of a sabotage build: `stale-reads` or
+        /// `unfenced-fires`.
+        #[arg(long)]
+        sabotage: Option<String>,
     },
 }
 
@@ -58,10 +65,12 @@ fn main() {
         seed,
         clients,
         store,
+        keel,
+        sabotage,
     } = Cli::parse().command;
     let code = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(async {
-            let keel = match keel_jepsen::cluster::find_keel() {
+            let keel = match keel.map_or_else(keel_jepsen::cluster::find_keel, Ok) {
                 Ok(keel) => keel,
                 Err(error) => {
                     eprintln!("keel-jepsen: {error:#}");
@@ -76,6 +85,7 @@ fn main() {
                 clients,
                 keel,
                 store,
+                sabotage,
             };
             println!(
                 "keel-jepsen: {} seed {} for {time_limit} s",

@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub keel: PathBuf,
     /// Where reports go (`<store>/<test>/<timestamp>/`).
     pub store: PathBuf,
+    /// A deliberate fault for the nodes (`KEEL_SABOTAGE`; only a sabotage build has any).
+    pub sabotage: Option<String>,
 }
 
 /// A checker's result, ready for the report.
@@ -92,14 +94,25 @@ impl RunConfig {
 /// are not errors but the verdict.
 pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     let dir = report::create_dir(&config.store, &config.test_name())?;
-    let mut cluster = Cluster::start(&config.keel, &dir.join("cluster"), 3)?;
+    let mut cluster = Cluster::start(
+        &config.keel,
+        &dir.join("cluster"),
+        3,
+        config.sabotage.as_deref(),
+    )?;
     cluster.init().await?;
     let history = Recorder::new();
     let deadline = Instant::now() + config.time_limit;
-    let checked = match config.workload {
+    let mut checked = match config.workload {
         Workload::Log => run_log(config, &mut cluster, &history, deadline).await?,
         Workload::Timers => run_timers(config, &mut cluster, &history, deadline).await?,
     };
+    if cluster.announced_sabotage() {
+        checked.validity = Validity::Invalid;
+        checked
+            .summary
+            .push_str("a node announced a deliberate fault (SABOTAGE): the run cannot be valid\n");
+    }
     cluster.keep_logs(&dir)?;
     drop(cluster);
     report::write(&dir, config, &history.ops(), &checked)?;

@@ -29,6 +29,7 @@ async fn short_run(
         clients: 4,
         keel: keel_jepsen::cluster::find_keel().expect("the keel binary of this build"),
         store: store.path().to_owned(),
+        sabotage: None,
     };
     let outcome = run(&config).await.expect("the harness runs");
     for file in [

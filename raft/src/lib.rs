@@ -63,6 +63,8 @@ pub mod pb;
 pub mod plain_log;
 mod record;
 pub mod repair;
+#[cfg(feature = "sabotage")]
+pub mod sabotage;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -315,6 +315,8 @@ impl RaftNode {
                 stopped,
             )));
         }
+        #[cfg(feature = "sabotage")]
+        crate::sabotage::announce();
         tracing::info!(node = config.node_id, %addr, incarnation = format!("{:016x}", shared.identity.incarnation), "node started");
         Ok(Self {
             shared,

@@ -231,6 +231,31 @@ impl SchedulerMachine {
         self.shared.fires.subscribe()
     }
 
+    /// Sabotage (`unfenced-fires`): delivers the named timers among `ids` to watchers now,
+    /// before any fire committed, with a token that never commits (`index` 0).
+    #[cfg(feature = "sabotage")]
+    pub fn deliver_unfenced(&self, term: u64, ids: &[u64]) {
+        let state = self.read();
+        for &id in ids {
+            let Some(timer) = state.timers().get(id) else {
+                continue;
+            };
+            if let crate::state::TimerTarget::Named { name, payload } = &timer.target {
+                let _ = self.shared.fires.send(NamedFire {
+                    name: name.clone(),
+                    payload: payload.clone(),
+                    record: FireRecord {
+                        id,
+                        term,
+                        index: 0,
+                        due_ms: timer.due_ms,
+                        fired_ms: keel_raft::clock::now_ms(),
+                    },
+                });
+            }
+        }
+    }
+
     /// Since when this node waits for relative timer `id`.
     pub fn armed(&self, id: u64) -> Armed {
         let local = self.local();

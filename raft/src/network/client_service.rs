@@ -463,7 +463,11 @@ impl KeelLog for ClientService {
         request: Request<api::ReadRequest>,
     ) -> Result<Response<api::ReadResponse>, Status> {
         let request = request.into_inner();
-        if request.linearizable {
+        #[cfg(feature = "sabotage")]
+        let sabotaged = crate::sabotage::on(crate::sabotage::Fault::StaleReads);
+        #[cfg(not(feature = "sabotage"))]
+        let sabotaged = false;
+        if request.linearizable && !sabotaged {
             self.linearize().await?;
         }
         self.check_retained(request.from_offset)?;

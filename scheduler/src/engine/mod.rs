@@ -402,6 +402,10 @@ impl Inner {
             let pass =
                 timer_driver::due_pass(&self.machine, wall_ms, mono, self.settings.max_clock_skew);
             if !pass.ready.is_empty() {
+                #[cfg(feature = "sabotage")]
+                if keel_raft::sabotage::on(keel_raft::sabotage::Fault::UnfencedFires) {
+                    self.machine.deliver_unfenced(term, &pass.ready);
+                }
                 match self
                     .proposer
                     .propose(Command::FireTimers { ids: pass.ready }, None)

@@ -1,0 +1,41 @@
+//! Deliberate faults, compiled only into the sabotage build (cargo feature `sabotage`, built
+//! in its own target directory) so that the failure harness can prove its checkers fail.
+//! The fault is chosen at run time by the environment variable [`ENV`] and announced in the
+//! node's log at start ([`announce`]); the real build has none of this code.
+
+use std::sync::OnceLock;
+
+/// The environment variable naming the fault.
+pub const ENV: &str = "KEEL_SABOTAGE";
+
+/// The faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Linearizable reads are served from the local state without a read index.
+    StaleReads,
+    /// The timer driver delivers fires to watchers when it proposes them, with a token that
+    /// never committed.
+    UnfencedFires,
+}
+
+/// The fault this process runs with, if any.
+pub fn fault() -> Option<Fault> {
+    static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+    *FAULT.get_or_init(|| match std::env::var(ENV).as_deref() {
+        Ok("stale-reads") => Some(Fault::StaleReads),
+        Ok("unfenced-fires") => Some(Fault::UnfencedFires),
+        _ => None,
+    })
+}
+
+/// Whether `fault` is on.
+pub fn on(fault: Fault) -> bool {
+    self::fault() == Some(fault)
+}
+
+/// Logs the fault loudly (the harness refuses to call a run valid after this line).
+pub fn announce() {
+    if let Some(fault) = fault() {
+        tracing::error!(?fault, "SABOTAGE: this node runs with a deliberate fault");
+    }
+}
