@@ -168,11 +168,6 @@ impl Engine {
         let term = *self.inner.active.borrow();
         (term != 0).then_some(term)
     }
-
-    /// Workflows running on this node now.
-    pub fn running(&self) -> usize {
-        self.inner.runs().len()
-    }
 }
 
 impl Inner {

@@ -912,11 +912,6 @@ impl SchedulerState {
         &self.kinds
     }
 
-    /// Registered schedules.
-    pub fn schedules(&self) -> &BTreeMap<String, Schedule> {
-        &self.schedules
-    }
-
     /// Checks the cross-references between workflows and timers (debug builds).
     pub fn check_invariants(&self) {
         if cfg!(debug_assertions) {
