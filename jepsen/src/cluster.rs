@@ -1,8 +1,13 @@
 //! Three real `keel node` processes on loopback, each with its own data directory, port and
 //! log file; started, killed (SIGKILL, by PID) and restarted by the harness, and killed
 //! when the cluster is dropped.
+//!
+//! Nodes reach each other through the harness's link proxies (their `[peers]` config), so
+//! the nemesis can partition them; with `fake_clock`, each node runs under libfaketime with
+//! its own offset file, so the nemesis can skew its wall clock (monotonic clocks stay real).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,8 +17,35 @@ use anyhow::{Context as _, bail};
 use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusResponse;
 
+use crate::proxy::Proxies;
+
 /// How long the cluster may take to form or to catch up at the end.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Where Debian's libfaketime package puts the library.
+const LIBFAKETIME: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+];
+
+/// How the cluster is built.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Nodes, numbered from 1.
+    pub count: u64,
+    /// A deliberate fault for the nodes (`KEEL_SABOTAGE`; only a sabotage build has any).
+    pub sabotage: Option<String>,
+    /// Run each node under libfaketime, its wall-clock offset set by [`Cluster::skew_clock`].
+    pub fake_clock: bool,
+    /// Seeds the proxies' random connection resets.
+    pub seed: u64,
+}
+
+/// The libfaketime library, if installed (`apt-get install libfaketime`).
+pub fn libfaketime() -> Option<PathBuf> {
+    LIBFAKETIME.iter().map(PathBuf::from).find(|p| p.is_file())
+}
 
 /// One node process.
 #[derive(Debug)]
@@ -22,8 +54,11 @@ pub struct NodeProc {
     pub id: u64,
     /// Its gRPC address.
     pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    clock: PathBuf,
     child: Option<Child>,
 }
 
@@ -33,8 +68,11 @@ pub struct Cluster {
     keel: PathBuf,
     /// The deliberate fault the nodes run with (sabotage builds only).
     sabotage: Option<String>,
+    libfaketime: Option<PathBuf>,
     /// The nodes, by id.
     pub nodes: BTreeMap<u64, NodeProc>,
+    /// The proxies of the links between nodes.
+    pub proxies: Proxies,
 }
 
 impl Drop for Cluster {
@@ -83,43 +121,68 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Node `id`'s config: short timeouts, frequent snapshots (so a node cut off for seconds
+/// falls behind the purged log and needs a snapshot), peers through the proxies.
+fn node_config(id: u64, addr: &str, addrs: &BTreeMap<u64, String>, proxies: &Proxies) -> String {
+    let mut text = format!(
+        "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n\
+         [snapshot]\nevery_entries = 1000\nkeep_behind = 200\n[peers]\n"
+    );
+    for &peer in addrs.keys().filter(|&&peer| peer != id) {
+        if let Some(proxy) = proxies.addr(id, peer) {
+            let _ = writeln!(text, "{peer} = \"{proxy}\"");
+        }
+    }
+    text
+}
+
 impl Cluster {
-    /// Writes configs for nodes 1..=`count` under `dir` and starts them.
+    /// Writes configs for nodes 1..=`options.count` under `dir`, starts the link proxies
+    /// and the nodes. Must be called inside a tokio runtime (the proxies run on it).
     ///
     /// # Errors
-    /// A file or process error.
-    pub fn start(
-        keel: &Path,
-        dir: &Path,
-        count: u64,
-        sabotage: Option<&str>,
-    ) -> anyhow::Result<Self> {
+    /// A file or process error; `fake_clock` without libfaketime installed.
+    pub fn start(keel: &Path, dir: &Path, options: &ClusterOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let libfaketime =
+            if options.fake_clock {
+                Some(libfaketime().context(
+                    "clock faults need libfaketime (Debian: apt-get install libfaketime)",
+                )?)
+            } else {
+                None
+            };
+        let addrs: BTreeMap<u64, String> = (1..=options.count)
+            .map(|id| Ok((id, format!("127.0.0.1:{}", free_port()?))))
+            .collect::<anyhow::Result<_>>()?;
+        let proxies = Proxies::start(&addrs, options.seed)?;
         let mut nodes = BTreeMap::new();
-        for id in 1..=count {
-            let addr = format!("127.0.0.1:{}", free_port()?);
+        for (&id, addr) in &addrs {
             let config = dir.join(format!("node-{id}.toml"));
-            let text = format!(
-                "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n"
-            );
-            std::fs::write(&config, text)?;
+            std::fs::write(&config, node_config(id, addr, &addrs, &proxies))?;
+            let clock = dir.join(format!("node-{id}.faketime"));
+            std::fs::write(&clock, "+0\n")?;
             nodes.insert(
                 id,
                 NodeProc {
                     id,
-                    addr,
+                    addr: addr.clone(),
+                    data_dir: dir.join(format!("node-{id}")),
                     config,
                     log: dir.join(format!("node-{id}.log")),
+                    clock,
                     child: None,
                 },
             );
         }
         let mut cluster = Self {
             keel: keel.to_owned(),
-            sabotage: sabotage.map(str::to_owned),
+            sabotage: options.sabotage.clone(),
+            libfaketime,
             nodes,
+            proxies,
         };
-        for id in 1..=count {
+        for id in 1..=options.count {
             cluster.restart(id)?;
         }
         Ok(cluster)
@@ -142,6 +205,15 @@ impl Cluster {
         if let Some(fault) = &self.sabotage {
             command.env("KEEL_SABOTAGE", fault);
         }
+        if let Some(library) = &self.libfaketime {
+            // Wall clock only: a faked monotonic clock hangs tokio. The offset file is
+            // re-read at most once a second.
+            command
+                .env("LD_PRELOAD", library)
+                .env("FAKETIME_TIMESTAMP_FILE", &node.clock)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         let child = command
             .arg("node")
             .arg("--config")
@@ -161,6 +233,98 @@ impl Cluster {
         if let Some(node) = self.nodes.get_mut(&id) {
             node.kill();
         }
+    }
+
+    /// Whether node `id`'s process ended by itself (it then counts as not running).
+    pub fn exited(&mut self, id: u64) -> bool {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return false;
+        };
+        let ended = node
+            .child
+            .as_mut()
+            .is_some_and(|child| !matches!(child.try_wait(), Ok(None)));
+        if ended {
+            node.child = None;
+        }
+        ended
+    }
+
+    /// Kills node `id` and removes its data directory.
+    ///
+    /// # Errors
+    /// A file error.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id);
+        let node = self.nodes.get(&id).context("no such node")?;
+        if node.data_dir.exists() {
+            std::fs::remove_dir_all(&node.data_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Re-admits node `id` after a wipe, the documented way: `keel repair`.
+    ///
+    /// # Errors
+    /// The command failed.
+    pub async fn repair(&self, id: u64) -> anyhow::Result<()> {
+        let node = self.nodes.get(&id).context("no such node")?;
+        // The restarted node needs a moment to listen.
+        let mut client = self.client(0)?;
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        while !client
+            .statuses()
+            .await
+            .iter()
+            .any(|(addr, s)| *addr == node.addr && s.is_ok())
+        {
+            if Instant::now() > deadline {
+                bail!("node {id} did not start after the wipe");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let output = tokio::process::Command::new(&self.keel)
+            .arg("repair")
+            .arg("--cluster")
+            .arg(self.addrs().join(","))
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--addr")
+            .arg(&node.addr)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running keel repair")?;
+        if !output.status.success() {
+            bail!(
+                "keel repair of node {id} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the nodes run under libfaketime.
+    pub fn fake_clock(&self) -> bool {
+        self.libfaketime.is_some()
+    }
+
+    /// Sets node `id`'s wall-clock offset (libfaketime; takes effect within a second).
+    ///
+    /// # Errors
+    /// The cluster runs without fake clocks, or the file could not be written.
+    pub fn skew_clock(&self, id: u64, offset_ms: i64) -> anyhow::Result<()> {
+        if self.libfaketime.is_none() {
+            bail!("the cluster runs without fake clocks");
+        }
+        let node = self.nodes.get(&id).context("no such node")?;
+        let sign = if offset_ms < 0 { '-' } else { '+' };
+        let abs = offset_ms.unsigned_abs();
+        std::fs::write(
+            &node.clock,
+            format!("{sign}{}.{:03}\n", abs / 1000, abs % 1000),
+        )?;
+        Ok(())
     }
 
     /// Sends `signal` (`-STOP`, `-CONT`) to node `id`'s process, if it runs.

@@ -14,7 +14,7 @@ use keel_scheduler::client::{WorkflowClient, WorkflowClientError};
 
 use crate::checker::timers::{FinalTimer, check_timers};
 use crate::checker::{FinalNode, Validity, check_log};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Call, Op, Recorder};
 use crate::nemesis::{self, NemesisKind};
 use crate::report;
@@ -97,8 +97,12 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     let mut cluster = Cluster::start(
         &config.keel,
         &dir.join("cluster"),
-        3,
-        config.sabotage.as_deref(),
+        &ClusterOptions {
+            count: 3,
+            sabotage: config.sabotage.clone(),
+            fake_clock: config.nemesis.needs_fake_clock(),
+            seed: config.seed,
+        },
     )?;
     cluster.init().await?;
     let history = Recorder::new();
