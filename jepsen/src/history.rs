@@ -17,7 +17,7 @@ pub const NEMESIS: u64 = 0;
 pub const WATCHERS: u64 = 1_000;
 
 /// Invocation or completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OpType {
     /// The operation begins.
@@ -139,6 +139,28 @@ impl Recorder {
             error,
         });
         time_ns
+    }
+
+    /// How many operations were recorded so far.
+    ///
+    /// # Panics
+    /// If a recording task panicked while holding the history.
+    pub fn len(&self) -> usize {
+        self.ops.lock().expect("history lock poisoned").len()
+    }
+
+    /// The operations recorded from position `start` on.
+    ///
+    /// # Panics
+    /// If a recording task panicked while holding the history.
+    pub fn ops_from(&self, start: usize) -> Vec<Op> {
+        let ops = self.ops.lock().expect("history lock poisoned");
+        ops.get(start..).map(<[Op]>::to_vec).unwrap_or_default()
+    }
+
+    /// Whether nothing was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The history so far.

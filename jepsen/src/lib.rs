@@ -21,6 +21,7 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod profile;
 pub mod proxy;
 pub mod report;
 pub mod run;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use keel_jepsen::nemesis::NemesisKind;
+use keel_jepsen::profile::{Profile, ProfileConfig, run_profile};
 use keel_jepsen::run::{RunConfig, Workload, exit_code, run};
 
 #[derive(Debug, Parser)]
@@ -20,21 +21,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// One run: clients and a nemesis for a time, then heal, read every node, check.
+    /// One run (clients and a nemesis for a time, then heal, read every node, check), or
+    /// with `--profile` a planned sequence of runs.
     Run {
+        /// A planned sequence instead of one run: `ci` (fixed seed, every nemesis, negative
+        /// controls) or `soak` (every nemesis in rotation, random seeds, until the time
+        /// limit).
+        #[arg(long, value_enum)]
+        profile: Option<Profile>,
         /// The workload.
         #[arg(long, value_enum, default_value = "log")]
         workload: Workload,
         /// The faults.
         #[arg(long, value_enum, default_value = "kill")]
         nemesis: NemesisKind,
-        /// Seconds of clients and faults.
+        /// Seconds of clients and faults (a soak: its whole length).
         #[arg(long, default_value_t = 30)]
         time_limit: u64,
         /// The seed (default: drawn at random and recorded).
         #[arg(long)]
         seed: Option<u64>,
-        /// Concurrent clients.
+        /// Concurrent clients (per workload).
         #[arg(long, default_value_t = 5)]
         clients: u64,
         /// Where reports go.
@@ -47,7 +54,20 @@ enum Command {
         /// `unfenced-fires`.
         #[arg(long)]
         sabotage: Option<String>,
+        /// The sabotage build's `keel`, for the ci profile's negative controls (default:
+        /// `target/sabotage/debug/keel` above the working directory, if built).
+        #[arg(long)]
+        sabotage_keel: Option<PathBuf>,
     },
+}
+
+/// The sabotage build's `keel` where `cargo build --features sabotage --target-dir
+/// target/sabotage` puts it, looked for from the working directory upwards.
+fn default_sabotage_keel() -> Option<PathBuf> {
+    let here = std::env::current_dir().ok()?;
+    here.ancestors()
+        .map(|dir| dir.join("target/sabotage/debug/keel"))
+        .find(|path| path.is_file())
 }
 
 fn main() {
@@ -59,6 +79,7 @@ fn main() {
         .with_target(false)
         .init();
     let Command::Run {
+        profile,
         workload,
         nemesis,
         time_limit,
@@ -67,6 +88,7 @@ fn main() {
         store,
         keel,
         sabotage,
+        sabotage_keel,
     } = Cli::parse().command;
     let code = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(async {
@@ -77,6 +99,17 @@ fn main() {
                     return 2;
                 }
             };
+            if let Some(profile) = profile {
+                let config = ProfileConfig {
+                    profile,
+                    time_limit: Duration::from_secs(time_limit),
+                    keel,
+                    sabotage_keel: sabotage_keel.or_else(default_sabotage_keel),
+                    store,
+                    clients,
+                };
+                return run_profile_and_report(&config).await;
+            }
             let config = RunConfig {
                 workload,
                 nemesis,
@@ -86,24 +119,9 @@ fn main() {
                 keel,
                 store,
                 sabotage,
+                progress: true,
             };
-            println!(
-                "keel-jepsen: {} seed {} for {time_limit} s",
-                config.test_name(),
-                config.seed
-            );
-            match run(&config).await {
-                Ok(outcome) => {
-                    let summary = std::fs::read_to_string(outcome.dir.join("summary.txt"));
-                    print!("{}", summary.unwrap_or_default());
-                    println!("report: {}", outcome.dir.display());
-                    exit_code(outcome.checked.validity)
-                }
-                Err(error) => {
-                    eprintln!("keel-jepsen: harness failure: {error:#}");
-                    2
-                }
-            }
+            run_and_report(&config).await
         }),
         Err(error) => {
             eprintln!("keel-jepsen: starting the runtime: {error}");
@@ -111,4 +129,44 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Runs once; exit code 0 valid, 1 invalid, 2 unknown or harness failure.
+async fn run_and_report(config: &RunConfig) -> i32 {
+    println!(
+        "keel-jepsen: {} seed {} for {} s",
+        config.test_name(),
+        config.seed,
+        config.time_limit.as_secs()
+    );
+    match run(config).await {
+        Ok(outcome) => {
+            let summary = std::fs::read_to_string(outcome.dir.join("summary.txt"));
+            print!("{}", summary.unwrap_or_default());
+            println!("report: {}", outcome.dir.join("index.html").display());
+            exit_code(outcome.checked.validity)
+        }
+        Err(error) => {
+            eprintln!("keel-jepsen: harness failure: {error:#}");
+            2
+        }
+    }
+}
+
+/// Runs a profile; exit code 0 when every run came out as expected, 1 when one did not,
+/// 2 on a harness failure.
+async fn run_profile_and_report(config: &ProfileConfig) -> i32 {
+    println!("keel-jepsen: profile {:?}", config.profile);
+    match run_profile(config, |run| println!("{}", run.line())).await {
+        Ok(outcome) => {
+            let summary = std::fs::read_to_string(outcome.dir.join("summary.txt"));
+            print!("{}", summary.unwrap_or_default());
+            println!("profile report: {}", outcome.dir.display());
+            i32::from(!outcome.passed())
+        }
+        Err(error) => {
+            eprintln!("keel-jepsen: harness failure: {error:#}");
+            2
+        }
+    }
 }

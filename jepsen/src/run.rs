@@ -15,7 +15,7 @@ use keel_scheduler::client::{WorkflowClient, WorkflowClientError};
 use crate::checker::timers::{FinalTimer, check_timers};
 use crate::checker::{FinalNode, Validity, check_log};
 use crate::cluster::{Cluster, ClusterOptions};
-use crate::history::{Call, Op, Recorder};
+use crate::history::{Call, NEMESIS, Op, OpType, Recorder};
 use crate::nemesis::{self, NemesisKind};
 use crate::report;
 use crate::workload::log::{LogClient, read_all};
@@ -32,6 +32,20 @@ pub enum Workload {
     Log,
     /// Named relative timers, their fires delivered to watchers on every node.
     Timers,
+    /// Both at once, on the same cluster.
+    Mixed,
+}
+
+impl Workload {
+    /// Whether the run drives the log workload.
+    pub fn has_log(self) -> bool {
+        matches!(self, Self::Log | Self::Mixed)
+    }
+
+    /// Whether the run drives the timers workload.
+    pub fn has_timers(self) -> bool {
+        matches!(self, Self::Timers | Self::Mixed)
+    }
 }
 
 /// What a run does.
@@ -53,6 +67,9 @@ pub struct RunConfig {
     pub store: PathBuf,
     /// A deliberate fault for the nodes (`KEEL_SABOTAGE`; only a sabotage build has any).
     pub sabotage: Option<String>,
+    /// Show a progress bar on standard error (when it is a terminal).
+    #[serde(skip)]
+    pub progress: bool,
 }
 
 /// A checker's result, ready for the report.
@@ -64,6 +81,35 @@ pub struct Checked {
     pub results: serde_json::Value,
     /// The verdict's lines of `summary.txt`.
     pub summary: String,
+}
+
+impl Checked {
+    /// The results of several checkers as one: the worst verdict (invalid over unknown
+    /// over valid), their results side by side, their summaries in turn.
+    pub fn combine(parts: Vec<Checked>) -> Checked {
+        let rank = |v: Validity| match v {
+            Validity::Valid => 0,
+            Validity::Unknown => 1,
+            Validity::Invalid => 2,
+        };
+        let mut results = serde_json::Map::new();
+        let mut summary = String::new();
+        let mut validity = Validity::Valid;
+        for part in parts {
+            if rank(part.validity) > rank(validity) {
+                validity = part.validity;
+            }
+            if let serde_json::Value::Object(map) = part.results {
+                results.extend(map);
+            }
+            summary.push_str(&part.summary);
+        }
+        Checked {
+            validity,
+            results: serde_json::Value::Object(results),
+            summary,
+        }
+    }
 }
 
 /// A run's outcome.
@@ -107,10 +153,14 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     cluster.init().await?;
     let history = Recorder::new();
     let deadline = Instant::now() + config.time_limit;
-    let mut checked = match config.workload {
-        Workload::Log => run_log(config, &mut cluster, &history, deadline).await?,
-        Workload::Timers => run_timers(config, &mut cluster, &history, deadline).await?,
-    };
+    let progress = config
+        .progress
+        .then(|| tokio::spawn(show_progress(history.clone(), config.time_limit)));
+    let checked = drive_and_check(config, &mut cluster, &history, deadline).await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let mut checked = checked?;
     if cluster.announced_sabotage() {
         checked.validity = Validity::Invalid;
         checked
@@ -127,28 +177,96 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     Ok(RunOutcome { checked, dir })
 }
 
-async fn run_log(
+/// A progress bar of the run's time, with the operations and faults so far.
+async fn show_progress(history: Recorder, time_limit: Duration) {
+    let bar = indicatif::ProgressBar::new(time_limit.as_secs());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:40}] {pos}/{len} s · {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let (mut seen, mut faults) = (0, 0);
+    loop {
+        bar.set_position(started.elapsed().as_secs().min(time_limit.as_secs()));
+        let new = history.ops_from(seen);
+        seen += new.len();
+        faults += new
+            .iter()
+            .filter(|op| op.process == NEMESIS && op.kind == OpType::Invoke)
+            .count();
+        let phase = if started.elapsed() < time_limit {
+            "running"
+        } else {
+            "healing, reading, checking"
+        };
+        bar.set_message(format!("{seen} operations · {faults} faults · {phase}"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Starts the workload's clients (and fire watchers), runs the nemesis until `deadline`,
+/// heals, reads the final state and checks the history.
+async fn drive_and_check(
     config: &RunConfig,
     cluster: &mut Cluster,
     history: &Recorder,
     deadline: Instant,
 ) -> anyhow::Result<Checked> {
-    let high = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
-    for process in 1..=config.clients {
-        let client = LogClient::new(
-            process,
-            config.seed.rotate_left(16) ^ process,
-            cluster.addrs(),
-            config.seed,
-            Arc::clone(&high),
-        )?;
-        clients.push(tokio::spawn(client.run(history.clone(), deadline)));
+    let mut watchers = Vec::new();
+    if config.workload.has_log() {
+        let high = Arc::new(AtomicU64::new(0));
+        for process in 1..=config.clients {
+            let client = LogClient::new(
+                process,
+                config.seed.rotate_left(16) ^ process,
+                cluster.addrs(),
+                config.seed,
+                Arc::clone(&high),
+            )?;
+            clients.push(tokio::spawn(client.run(history.clone(), deadline)));
+        }
+    }
+    if config.workload.has_timers() {
+        for node in cluster.nodes.values() {
+            let client = WorkflowClient::new(&cluster.addrs())?;
+            watchers.push(tokio::spawn(timers::watch(
+                node.id,
+                node.addr.clone(),
+                client,
+                history.clone(),
+            )));
+        }
+        // Process numbers after the log clients', so every client has its own.
+        for process in config.clients + 1..=2 * config.clients {
+            let client = TimerClient::new(process, &cluster.addrs(), config.seed)?;
+            clients.push(tokio::spawn(client.run(history.clone(), deadline)));
+        }
     }
     nemesis::run(config.nemesis, cluster, history, config.seed, deadline).await;
     for client in clients {
         client.await?;
     }
+    if config.workload.has_timers() {
+        // Every timer is due by now plus the longest delay; then the cluster settles.
+        tokio::time::sleep(Duration::from_millis(timers::DELAY_MS.end) + TIMERS_GRACE).await;
+    }
+    let mut parts = Vec::new();
+    if config.workload.has_log() {
+        parts.push(check_log_part(cluster, history).await?);
+    }
+    if config.workload.has_timers() {
+        parts.push(check_timers_part(cluster, history).await?);
+        // Deliveries still arriving now were checked like the others.
+        for watcher in watchers {
+            watcher.abort();
+        }
+    }
+    Ok(Checked::combine(parts))
+}
+
+async fn check_log_part(cluster: &Cluster, history: &Recorder) -> anyhow::Result<Checked> {
     let verdict = match final_state(cluster).await {
         Ok(finals) => check_log(&history.ops(), &finals),
         Err(error) => {
@@ -169,36 +287,7 @@ async fn run_log(
     })
 }
 
-async fn run_timers(
-    config: &RunConfig,
-    cluster: &mut Cluster,
-    history: &Recorder,
-    deadline: Instant,
-) -> anyhow::Result<Checked> {
-    let watchers: Vec<_> = cluster
-        .nodes
-        .values()
-        .map(|node| {
-            let client = WorkflowClient::new(&cluster.addrs())?;
-            Ok(tokio::spawn(timers::watch(
-                node.id,
-                node.addr.clone(),
-                client,
-                history.clone(),
-            )))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut clients = Vec::new();
-    for process in 1..=config.clients {
-        let client = TimerClient::new(process, &cluster.addrs(), config.seed)?;
-        clients.push(tokio::spawn(client.run(history.clone(), deadline)));
-    }
-    nemesis::run(config.nemesis, cluster, history, config.seed, deadline).await;
-    for client in clients {
-        client.await?;
-    }
-    // Every timer is due by now plus the longest delay; then the cluster settles.
-    tokio::time::sleep(Duration::from_millis(timers::DELAY_MS.end) + TIMERS_GRACE).await;
+async fn check_timers_part(cluster: &Cluster, history: &Recorder) -> anyhow::Result<Checked> {
     let finals = match cluster.settle().await {
         Ok(_) => Some(final_timers(cluster, &history.ops()).await?),
         Err(error) => {
@@ -208,35 +297,24 @@ async fn run_timers(
     };
     // Deliveries still arriving now are checked like the others.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for watcher in watchers {
-        watcher.abort();
-    }
-    let (validity, results, summary) = match finals {
-        Some(finals) => {
-            let verdict = check_timers(&history.ops(), &finals);
-            let summary = report::verdict_lines(
-                "timers",
-                verdict.validity,
-                &serde_json::to_value(&verdict.stats)?,
-                &verdict.counts,
-                &verdict.anomalies,
-            );
-            (
-                verdict.validity,
-                serde_json::json!({ "timers": verdict }),
-                summary,
-            )
-        }
-        None => (
-            Validity::Unknown,
-            serde_json::json!({ "timers": "unknown: no final state" }),
-            "timers checker: Unknown (the cluster did not settle)\n".to_owned(),
-        ),
+    let Some(finals) = finals else {
+        return Ok(Checked {
+            validity: Validity::Unknown,
+            results: serde_json::json!({ "timers": "unknown: no final state" }),
+            summary: "timers checker: Unknown (the cluster did not settle)\n".to_owned(),
+        });
     };
+    let verdict = check_timers(&history.ops(), &finals);
     Ok(Checked {
-        validity,
-        results,
-        summary,
+        validity: verdict.validity,
+        results: serde_json::json!({ "timers": verdict }),
+        summary: report::verdict_lines(
+            "timers",
+            verdict.validity,
+            &serde_json::to_value(&verdict.stats)?,
+            &verdict.counts,
+            &verdict.anomalies,
+        ),
     })
 }
 

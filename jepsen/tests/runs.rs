@@ -30,6 +30,7 @@ async fn short_run(
         keel: keel_jepsen::cluster::find_keel().expect("the keel binary of this build"),
         store: store.path().to_owned(),
         sabotage: None,
+        progress: false,
     };
     let outcome = run(&config).await.expect("the harness runs");
     for file in [

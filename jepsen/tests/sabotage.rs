@@ -35,6 +35,7 @@ async fn sabotaged(keel: &Path, workload: Workload, fault: &str, seconds: u64) -
         keel: keel.to_owned(),
         store: store.path().to_owned(),
         sabotage: Some(fault.to_owned()),
+        progress: false,
     };
     run(&config).await.expect("the harness runs")
 }

@@ -1,6 +1,9 @@
 //! The report of a run, in `<store>/<test>/<timestamp>/` with a `latest` link beside:
 //! `test.json` (configuration, seed, git revision), `history.jsonl`, `results.json` (the
-//! verdict), `summary.txt`, and the node logs.
+//! verdict), `summary.txt`, the plots `latency.png` and `rate.png` (faults shaded), an
+//! `index.html` that shows them, and the node logs.
+
+pub mod plot;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -61,8 +64,42 @@ pub fn write(dir: &Path, config: &RunConfig, ops: &[Op], checked: &Checked) -> a
         dir.join("results.json"),
         serde_json::to_vec_pretty(&checked.results)?,
     )?;
-    std::fs::write(dir.join("summary.txt"), summary(config, ops, checked))?;
+    let summary = summary(config, ops, checked);
+    std::fs::write(dir.join("summary.txt"), &summary)?;
+    let plots = plot::draw(dir, &plot::Timeline::of(ops)).map_err(|error| format!("{error:#}"));
+    std::fs::write(dir.join("index.html"), index_html(config, &summary, &plots))?;
     Ok(())
+}
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The report's page: the summary, the plots (or why there are none), links to the files.
+fn index_html(config: &RunConfig, summary: &str, plots: &Result<(), String>) -> String {
+    let plots = match plots {
+        Ok(()) => "<img src=\"latency.png\" alt=\"latency over time\">\n\
+                   <img src=\"rate.png\" alt=\"completions per second\">"
+            .to_owned(),
+        Err(why) => format!("<p>No plots: {}</p>", escape(why)),
+    };
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{test} · seed {seed}</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em}}img{{max-width:100%;display:block;margin:1em 0}}</style>\n\
+         </head><body>\n<h1>{test} · seed {seed}</h1>\n<pre>{summary}</pre>\n{plots}\n\
+         <p>Shaded: each fault from its start to its heal.</p>\n<ul>\n\
+         <li><a href=\"test.json\">test.json</a> (configuration, seed, git revision)</li>\n\
+         <li><a href=\"history.jsonl\">history.jsonl</a></li>\n\
+         <li><a href=\"results.json\">results.json</a></li>\n\
+         <li>node logs: <a href=\"node-1.log\">1</a> <a href=\"node-2.log\">2</a> <a href=\"node-3.log\">3</a></li>\n\
+         </ul>\n</body></html>\n",
+        test = escape(&config.test_name()),
+        seed = config.seed,
+        summary = escape(summary),
+    )
 }
 
 /// The readable summary of a run.

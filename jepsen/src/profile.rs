@@ -1,0 +1,352 @@
+//! Profiles: planned sequences of runs with one verdict.
+//!
+//! - **ci**: a fixed seed, the mixed workload, 30 s against each nemesis in turn, then the
+//!   negative controls: short runs of the sabotage build against each of its faults, each
+//!   of which must come out invalid. Passes when every real run is valid and every control
+//!   is caught.
+//! - **soak**: rotates every nemesis (and `all`) with fresh random seeds, the mixed
+//!   workload, a minute each, until the time limit; every seed is recorded so any run can
+//!   be repeated alone. Passes when every run is valid.
+//!
+//! The profile writes `runs.jsonl` (one line per run: workload, nemesis, seed, expected and
+//! actual verdict, report directory) and `summary.txt` under `<store>/profile-<name>/<ts>/`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::checker::Validity;
+use crate::nemesis::NemesisKind;
+use crate::report;
+use crate::run::{RunConfig, Workload, run};
+
+/// The seed of every run of the ci profile.
+pub const CI_SEED: u64 = 20_261_128;
+/// How long the ci profile runs against each nemesis.
+const CI_SECONDS: u64 = 30;
+/// The nemeses of the ci profile, in order.
+const CI_NEMESES: [NemesisKind; 6] = [
+    NemesisKind::Kill,
+    NemesisKind::Pause,
+    NemesisKind::Partition,
+    NemesisKind::Clock,
+    NemesisKind::Membership,
+    NemesisKind::Corrupt,
+];
+/// The soak's rotation.
+const SOAK_NEMESES: [NemesisKind; 7] = [
+    NemesisKind::Kill,
+    NemesisKind::Pause,
+    NemesisKind::Partition,
+    NemesisKind::Clock,
+    NemesisKind::Membership,
+    NemesisKind::Corrupt,
+    NemesisKind::All,
+];
+/// How long each soak run lasts (the last may be shorter).
+const SOAK_RUN_SECONDS: u64 = 60;
+/// A soak run shorter than this is not started.
+const SOAK_MIN_RUN_SECONDS: u64 = 20;
+
+/// The profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Fixed seed, every nemesis 30 s, and the negative controls.
+    Ci,
+    /// Every nemesis in rotation with random seeds until the time limit.
+    Soak,
+}
+
+/// What a profile run needs.
+#[derive(Debug, Clone)]
+pub struct ProfileConfig {
+    /// Which profile.
+    pub profile: Profile,
+    /// The soak's total time (the ci profile's length is fixed).
+    pub time_limit: Duration,
+    /// The `keel` binary of the real runs.
+    pub keel: PathBuf,
+    /// The sabotage build's `keel` (the ci profile's negative controls).
+    pub sabotage_keel: Option<PathBuf>,
+    /// Where reports go.
+    pub store: PathBuf,
+    /// Concurrent clients per workload.
+    pub clients: u64,
+}
+
+/// One run of a profile and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileRun {
+    /// The workload.
+    pub workload: Workload,
+    /// The nemesis.
+    pub nemesis: NemesisKind,
+    /// The seed (repeat with `keel-jepsen run --seed`).
+    pub seed: u64,
+    /// Seconds of clients and faults.
+    pub seconds: u64,
+    /// The deliberate fault, for a negative control.
+    pub sabotage: Option<String>,
+    /// The verdict that passes: valid for a real run, invalid for a control.
+    pub expected: Validity,
+    /// The verdict.
+    pub actual: Validity,
+    /// The run's report.
+    pub report: PathBuf,
+}
+
+impl ProfileRun {
+    /// One readable line: pass or FAIL, what ran, the seed, the verdict, the report.
+    pub fn line(&self) -> String {
+        let control = self
+            .sabotage
+            .as_deref()
+            .map(|fault| format!(" sabotage {fault}"))
+            .unwrap_or_default();
+        format!(
+            "{} {:?} {:?}{control} seed {} {} s: {:?} (expected {:?}) · {}",
+            if self.passed() { "pass" } else { "FAIL" },
+            self.workload,
+            self.nemesis,
+            self.seed,
+            self.seconds,
+            self.actual,
+            self.expected,
+            self.report.display()
+        )
+    }
+
+    /// Whether the run came out as expected.
+    pub fn passed(&self) -> bool {
+        self.actual == self.expected
+    }
+}
+
+/// A profile's outcome.
+#[derive(Debug)]
+pub struct ProfileOutcome {
+    /// Every run, in order.
+    pub runs: Vec<ProfileRun>,
+    /// The profile's report directory.
+    pub dir: PathBuf,
+}
+
+impl ProfileOutcome {
+    /// Whether every run came out as expected.
+    pub fn passed(&self) -> bool {
+        !self.runs.is_empty() && self.runs.iter().all(ProfileRun::passed)
+    }
+}
+
+/// A run the profile plans.
+struct Planned {
+    workload: Workload,
+    nemesis: NemesisKind,
+    seconds: u64,
+    seed: u64,
+    sabotage: Option<&'static str>,
+}
+
+/// The negative controls: each deliberate fault, the workload whose checker must catch it.
+const CONTROLS: [(&str, Workload, u64); 2] = [
+    ("stale-reads", Workload::Log, 10),
+    ("unfenced-fires", Workload::Timers, 8),
+];
+
+fn ci_plan() -> Vec<Planned> {
+    let real = CI_NEMESES.iter().map(|&nemesis| Planned {
+        workload: Workload::Mixed,
+        nemesis,
+        seconds: CI_SECONDS,
+        seed: CI_SEED,
+        sabotage: None,
+    });
+    let controls = CONTROLS.iter().map(|&(fault, workload, seconds)| Planned {
+        workload,
+        nemesis: NemesisKind::None,
+        seconds,
+        seed: CI_SEED,
+        sabotage: Some(fault),
+    });
+    real.chain(controls).collect()
+}
+
+/// Runs the profile, calling `on_run` as each run ends.
+///
+/// # Errors
+/// A harness failure, or the ci profile without a sabotage build.
+pub async fn run_profile(
+    config: &ProfileConfig,
+    mut on_run: impl FnMut(&ProfileRun),
+) -> anyhow::Result<ProfileOutcome> {
+    let name = match config.profile {
+        Profile::Ci => "profile-ci",
+        Profile::Soak => "profile-soak",
+    };
+    let dir = report::create_dir(&config.store, name)?;
+    let mut runs_file = std::fs::File::create(dir.join("runs.jsonl"))?;
+    let mut runs = Vec::new();
+    let started = Instant::now();
+    let mut planned = match config.profile {
+        Profile::Ci => {
+            anyhow::ensure!(
+                config.sabotage_keel.is_some(),
+                "the ci profile's negative controls need the sabotage build: \
+                 cargo build --bin keel --features sabotage --target-dir target/sabotage, \
+                 then --sabotage-keel target/sabotage/debug/keel"
+            );
+            ci_plan().into_iter()
+        }
+        Profile::Soak => Vec::new().into_iter(),
+    };
+    let mut rotation = 0usize;
+    loop {
+        let next = match config.profile {
+            Profile::Ci => planned.next(),
+            Profile::Soak => {
+                let left = config
+                    .time_limit
+                    .saturating_sub(started.elapsed())
+                    .as_secs();
+                (left >= SOAK_MIN_RUN_SECONDS).then(|| {
+                    let nemesis = SOAK_NEMESES[rotation % SOAK_NEMESES.len()];
+                    rotation += 1;
+                    Planned {
+                        workload: Workload::Mixed,
+                        nemesis,
+                        seconds: left.min(SOAK_RUN_SECONDS),
+                        seed: rand::random(),
+                        sabotage: None,
+                    }
+                })
+            }
+        };
+        let Some(plan) = next else { break };
+        let outcome = run_planned(config, &dir, &plan).await?;
+        on_run(&outcome);
+        serde_json::to_writer(&mut runs_file, &outcome)?;
+        runs_file.write_all(b"\n")?;
+        runs.push(outcome);
+    }
+    let outcome = ProfileOutcome { runs, dir };
+    std::fs::write(
+        outcome.dir.join("summary.txt"),
+        summary(config, &outcome, started.elapsed()),
+    )?;
+    Ok(outcome)
+}
+
+async fn run_planned(
+    config: &ProfileConfig,
+    dir: &std::path::Path,
+    plan: &Planned,
+) -> anyhow::Result<ProfileRun> {
+    let keel = match plan.sabotage {
+        Some(_) => config
+            .sabotage_keel
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no sabotage build"))?,
+        None => config.keel.clone(),
+    };
+    let run_config = RunConfig {
+        workload: plan.workload,
+        nemesis: plan.nemesis,
+        time_limit: Duration::from_secs(plan.seconds),
+        seed: plan.seed,
+        clients: config.clients,
+        keel,
+        store: dir.to_owned(),
+        sabotage: plan.sabotage.map(str::to_owned),
+        progress: false,
+    };
+    let outcome = run(&run_config).await?;
+    Ok(ProfileRun {
+        workload: plan.workload,
+        nemesis: plan.nemesis,
+        seed: plan.seed,
+        seconds: plan.seconds,
+        sabotage: run_config.sabotage,
+        expected: if plan.sabotage.is_some() {
+            Validity::Invalid
+        } else {
+            Validity::Valid
+        },
+        actual: outcome.checked.validity,
+        report: outcome.dir,
+    })
+}
+
+fn summary(config: &ProfileConfig, outcome: &ProfileOutcome, took: Duration) -> String {
+    let mut text = format!(
+        "profile {:?} · {} run(s) in {} s · {}\n",
+        config.profile,
+        outcome.runs.len(),
+        took.as_secs(),
+        if outcome.passed() { "PASSED" } else { "FAILED" }
+    );
+    for run in &outcome.runs {
+        let _ = writeln!(text, "{}", run.line());
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ci_plan_covers_every_nemesis_with_one_seed_then_every_control() {
+        let plan = ci_plan();
+        let real: Vec<NemesisKind> = plan
+            .iter()
+            .filter(|p| p.sabotage.is_none())
+            .map(|p| p.nemesis)
+            .collect();
+        assert_eq!(real, CI_NEMESES);
+        assert!(plan.iter().all(|p| p.seed == CI_SEED));
+        assert!(
+            plan.iter()
+                .filter(|p| p.sabotage.is_none())
+                .all(|p| p.workload == Workload::Mixed)
+        );
+        let controls: Vec<&str> = plan.iter().filter_map(|p| p.sabotage).collect();
+        assert_eq!(controls, ["stale-reads", "unfenced-fires"]);
+        let seconds: u64 = plan.iter().map(|p| p.seconds).sum();
+        assert!(seconds <= 4 * 60, "{seconds} s of runs");
+    }
+
+    fn profile_run(expected: Validity, actual: Validity) -> ProfileRun {
+        ProfileRun {
+            workload: Workload::Mixed,
+            nemesis: NemesisKind::Kill,
+            seed: 1,
+            seconds: 1,
+            sabotage: None,
+            expected,
+            actual,
+            report: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn a_profile_passes_only_when_every_run_comes_out_as_expected() {
+        let outcome = |runs| ProfileOutcome {
+            runs,
+            dir: PathBuf::new(),
+        };
+        assert!(!outcome(vec![]).passed());
+        assert!(
+            outcome(vec![
+                profile_run(Validity::Valid, Validity::Valid),
+                profile_run(Validity::Invalid, Validity::Invalid),
+            ])
+            .passed()
+        );
+        assert!(!outcome(vec![profile_run(Validity::Valid, Validity::Unknown)]).passed());
+        assert!(!outcome(vec![profile_run(Validity::Invalid, Validity::Valid)]).passed());
+    }
+}
