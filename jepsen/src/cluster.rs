@@ -38,6 +38,9 @@ pub struct ClusterOptions {
     pub sabotage: Option<String>,
     /// Run each node under libfaketime, its wall-clock offset set by [`Cluster::skew_clock`].
     pub fake_clock: bool,
+    /// Each node journals its log's writes and syncs (`node-N.journal`), so a power loss can
+    /// be simulated after a kill.
+    pub sync_journal: bool,
     /// Seeds the proxies' random connection resets.
     pub seed: u64,
 }
@@ -56,6 +59,8 @@ pub struct NodeProc {
     pub addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Its sync journal (used when the cluster journals).
+    pub journal: PathBuf,
     config: PathBuf,
     log: PathBuf,
     clock: PathBuf,
@@ -159,7 +164,12 @@ impl Cluster {
         let mut nodes = BTreeMap::new();
         for (&id, addr) in &addrs {
             let config = dir.join(format!("node-{id}.toml"));
-            std::fs::write(&config, node_config(id, addr, &addrs, &proxies))?;
+            let journal = dir.join(format!("node-{id}.journal"));
+            let mut text = node_config(id, addr, &addrs, &proxies);
+            if options.sync_journal {
+                text = format!("sync_journal = \"node-{id}.journal\"\n{text}");
+            }
+            std::fs::write(&config, text)?;
             let clock = dir.join(format!("node-{id}.faketime"));
             std::fs::write(&clock, "+0\n")?;
             nodes.insert(
@@ -168,6 +178,7 @@ impl Cluster {
                     id,
                     addr: addr.clone(),
                     data_dir: dir.join(format!("node-{id}")),
+                    journal,
                     config,
                     log: dir.join(format!("node-{id}.log")),
                     clock,
@@ -260,6 +271,10 @@ impl Cluster {
         if node.data_dir.exists() {
             std::fs::remove_dir_all(&node.data_dir)?;
         }
+        // The journal's paths name files that are gone.
+        if node.journal.exists() {
+            std::fs::write(&node.journal, "")?;
+        }
         Ok(())
     }
 
@@ -280,6 +295,13 @@ impl Cluster {
         {
             if Instant::now() > deadline {
                 bail!("node {id} did not start after the wipe");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The repair goes through the leader: there must be one.
+        while self.leader().await.is_none() {
+            if Instant::now() > deadline {
+                bail!("no leader to repair node {id} with");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use keel_jepsen::nemesis::NemesisKind;
+use keel_jepsen::nemesis::scenario::Scenario;
 use keel_jepsen::profile::{Profile, ProfileConfig, run_profile};
 use keel_jepsen::run::{RunConfig, Workload, exit_code, run};
 
@@ -29,6 +30,10 @@ enum Command {
         /// limit).
         #[arg(long, value_enum)]
         profile: Option<Profile>,
+        /// A regression scenario (a fixed fault schedule and its workload) instead of
+        /// `--nemesis` and `--workload`.
+        #[arg(long, value_enum, conflicts_with_all = ["profile", "nemesis", "workload"])]
+        scenario: Option<Scenario>,
         /// The workload.
         #[arg(long, value_enum, default_value = "log")]
         workload: Workload,
@@ -80,6 +85,7 @@ fn main() {
         .init();
     let Command::Run {
         profile,
+        scenario,
         workload,
         nemesis,
         time_limit,
@@ -111,8 +117,12 @@ fn main() {
                 return run_profile_and_report(&config).await;
             }
             let config = RunConfig {
-                workload,
-                nemesis,
+                workload: scenario.map_or(workload, Scenario::workload),
+                nemesis: if scenario.is_some() {
+                    NemesisKind::None
+                } else {
+                    nemesis
+                },
                 time_limit: Duration::from_secs(time_limit),
                 seed: seed.unwrap_or_else(rand::random),
                 clients,
@@ -120,6 +130,7 @@ fn main() {
                 store,
                 sabotage,
                 progress: true,
+                scenario,
             };
             run_and_report(&config).await
         }),

@@ -262,6 +262,7 @@ async fn run_planned(
         store: dir.to_owned(),
         sabotage: plan.sabotage.map(str::to_owned),
         progress: false,
+        scenario: None,
     };
     let outcome = run(&run_config).await?;
     Ok(ProfileRun {

@@ -1,6 +1,7 @@
 //! One run: start the cluster, drive clients and the nemesis, heal, read every node, check,
 //! and write the report.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -16,6 +17,7 @@ use crate::checker::timers::{FinalTimer, check_timers};
 use crate::checker::{FinalNode, Validity, check_log};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Call, NEMESIS, Op, OpType, Recorder};
+use crate::nemesis::scenario::Scenario;
 use crate::nemesis::{self, NemesisKind};
 use crate::report;
 use crate::workload::log::{LogClient, read_all};
@@ -70,6 +72,8 @@ pub struct RunConfig {
     /// Show a progress bar on standard error (when it is a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// A regression scenario instead of the nemesis.
+    pub scenario: Option<Scenario>,
 }
 
 /// A checker's result, ready for the report.
@@ -122,9 +126,15 @@ pub struct RunOutcome {
 }
 
 impl RunConfig {
-    /// The test's name: workload and nemesis.
+    /// The test's name: workload and nemesis, or the scenario.
     pub fn test_name(&self) -> String {
         let name = |value: serde_json::Value| value.as_str().map(str::to_owned).unwrap_or_default();
+        if let Some(scenario) = self.scenario {
+            return format!(
+                "scenario-{}",
+                name(serde_json::to_value(scenario).unwrap_or_default())
+            );
+        }
         format!(
             "{}-{}",
             name(serde_json::to_value(self.workload).unwrap_or_default()),
@@ -147,6 +157,8 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
             count: 3,
             sabotage: config.sabotage.clone(),
             fake_clock: config.nemesis.needs_fake_clock(),
+            sync_journal: config.nemesis.needs_sync_journal()
+                || config.scenario.is_some_and(Scenario::needs_sync_journal),
             seed: config.seed,
         },
     )?;
@@ -170,6 +182,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     cluster.keep_logs(&dir)?;
     drop(cluster);
     report::write(&dir, config, &history.ops(), &checked)?;
+    tracing::info!(dir = %dir.display(), "report written");
     // The nodes' data directories are kept only when something is wrong.
     if checked.validity == Validity::Valid {
         std::fs::remove_dir_all(dir.join("cluster"))?;
@@ -244,26 +257,68 @@ async fn drive_and_check(
             clients.push(tokio::spawn(client.run(history.clone(), deadline)));
         }
     }
-    nemesis::run(config.nemesis, cluster, history, config.seed, deadline).await;
+    let nemesis_report = match config.scenario {
+        Some(scenario) => {
+            nemesis::run_scenario(scenario, cluster, history, config.seed, deadline).await
+        }
+        None => nemesis::run(config.nemesis, cluster, history, config.seed, deadline).await,
+    };
     for client in clients {
         client.await?;
     }
+    tracing::info!("clients done and faults healed; checking");
     if config.workload.has_timers() {
         // Every timer is due by now plus the longest delay; then the cluster settles.
         tokio::time::sleep(Duration::from_millis(timers::DELAY_MS.end) + TIMERS_GRACE).await;
     }
     let mut parts = Vec::new();
+    if !nemesis_report.is_clean() {
+        parts.push(nemesis_part(&nemesis_report));
+    }
     if config.workload.has_log() {
         parts.push(check_log_part(cluster, history).await?);
+        tracing::info!("log checked");
     }
     if config.workload.has_timers() {
         parts.push(check_timers_part(cluster, history).await?);
+        tracing::info!("timers checked");
         // Deliveries still arriving now were checked like the others.
         for watcher in watchers {
             watcher.abort();
         }
     }
     Ok(Checked::combine(parts))
+}
+
+/// What the nemesis saw that is itself an anomaly: nodes that refused their data after a
+/// simulated power loss, leaders elected with a wiped node's vote.
+fn nemesis_part(report: &nemesis::NemesisReport) -> Checked {
+    let anomalies: Vec<(&str, u64, &String)> = report
+        .refused_after_power_loss
+        .iter()
+        .map(|(node, fault)| ("refused-after-power-loss", *node, fault))
+        .chain(
+            report
+                .elected_with_wiped_voter
+                .iter()
+                .map(|(node, fault)| ("elected-with-wiped-voter", *node, fault)),
+        )
+        .collect();
+    let mut summary = "nemesis checker: Invalid\n".to_owned();
+    for (kind, node, fault) in &anomalies {
+        let _ = writeln!(summary, "  - {kind}: node {node} after {fault}");
+    }
+    let results: Vec<serde_json::Value> = anomalies
+        .iter()
+        .map(
+            |(kind, node, fault)| serde_json::json!({ "kind": kind, "node": node, "fault": fault }),
+        )
+        .collect();
+    Checked {
+        validity: Validity::Invalid,
+        results: serde_json::json!({ "nemesis": { "validity": "invalid", "anomalies": results } }),
+        summary,
+    }
 }
 
 async fn check_log_part(cluster: &Cluster, history: &Recorder) -> anyhow::Result<Checked> {
@@ -318,37 +373,53 @@ async fn check_timers_part(cluster: &Cluster, history: &Recorder) -> anyhow::Res
     })
 }
 
-/// The final record of every timer the history scheduled (those that exist).
+/// How many timer reads run at once at the end.
+const FINAL_READERS: usize = 8;
+
+/// The final record of every timer the history scheduled (those that exist), read by
+/// [`FINAL_READERS`] clients at once.
 async fn final_timers(
     cluster: &Cluster,
     ops: &[Op],
 ) -> anyhow::Result<BTreeMap<String, FinalTimer>> {
-    let mut client = WorkflowClient::new(&cluster.addrs())?;
-    let names: BTreeSet<&str> = ops
+    let client = WorkflowClient::new(&cluster.addrs())?;
+    let names: Vec<String> = ops
         .iter()
         .filter_map(|op| match &op.call {
-            Call::Schedule { name, .. } => Some(name.as_str()),
+            Call::Schedule { name, .. } => Some(name.clone()),
             _ => None,
         })
+        .collect::<BTreeSet<String>>()
+        .into_iter()
         .collect();
-    let mut finals = BTreeMap::new();
-    for name in names {
-        match client.timer(name).await {
-            Ok(info) => {
-                finals.insert(
-                    name.to_owned(),
-                    FinalTimer {
-                        fired: info.fired,
-                        due_ms: info.due_ms,
-                        term: info.fire_term,
-                        index: info.fire_index,
-                        fired_ms: info.fired_ms,
-                    },
-                );
+    let mut readers = tokio::task::JoinSet::new();
+    for chunk in names.chunks(names.len().div_ceil(FINAL_READERS).max(1)) {
+        let mut client = client.clone();
+        let chunk = chunk.to_vec();
+        readers.spawn(async move {
+            let mut finals = Vec::new();
+            for name in chunk {
+                match client.timer(&name).await {
+                    Ok(info) => finals.push((
+                        name,
+                        FinalTimer {
+                            fired: info.fired,
+                            due_ms: info.due_ms,
+                            term: info.fire_term,
+                            index: info.fire_index,
+                            fired_ms: info.fired_ms,
+                        },
+                    )),
+                    Err(WorkflowClientError::Rejected { .. }) => {}
+                    Err(error) => return Err(error),
+                }
             }
-            Err(WorkflowClientError::Rejected { .. }) => {}
-            Err(error) => return Err(error.into()),
-        }
+            Ok(finals)
+        });
+    }
+    let mut finals = BTreeMap::new();
+    while let Some(read) = readers.join_next().await {
+        finals.extend(read??);
     }
     Ok(finals)
 }

@@ -31,6 +31,7 @@ async fn short_run(
         store: store.path().to_owned(),
         sabotage: None,
         progress: false,
+        scenario: None,
     };
     let outcome = run(&config).await.expect("the harness runs");
     for file in [

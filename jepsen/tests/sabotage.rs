@@ -36,6 +36,7 @@ async fn sabotaged(keel: &Path, workload: Workload, fault: &str, seconds: u64) -
         store: store.path().to_owned(),
         sabotage: Some(fault.to_owned()),
         progress: false,
+        scenario: None,
     };
     run(&config).await.expect("the harness runs")
 }

@@ -63,6 +63,9 @@ pub struct NodeConfig {
     pub retention: Retention,
     /// keel-log segment size.
     pub segment_size_bytes: u64,
+    /// Testing: journal the log's writes and syncs here, so a harness can simulate a power
+    /// loss after killing the node ([`keel_log::fs::journaled`]). `None` in production.
+    pub sync_journal: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -83,6 +86,7 @@ impl NodeConfig {
             install_snapshot_timeout: Duration::from_secs(60),
             retention: Retention::default(),
             segment_size_bytes: 64 * 1024 * 1024,
+            sync_journal: None,
         }
     }
 
@@ -374,8 +378,17 @@ fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Iden
         sync: config.sync,
         ..keel_log::Options::default()
     };
-    let store = LogStore::open(&config.data_dir.join("log"), log_options, &config.data_dir)?
-        .with_metrics(Arc::clone(metrics));
+    let log_dir = config.data_dir.join("log");
+    let store = match &config.sync_journal {
+        None => LogStore::open(&log_dir, log_options, &config.data_dir)?,
+        Some(journal) => {
+            let fs = keel_log::fs::journaled::JournaledFs::new(journal)
+                .map_err(Error::io("open the sync journal", journal))?;
+            tracing::warn!(journal = %journal.display(), "journaling writes and syncs for simulated power loss (testing)");
+            LogStore::open_with_fs(&log_dir, log_options, &config.data_dir, Arc::new(fs))?
+        }
+    }
+    .with_metrics(Arc::clone(metrics));
     Ok((identity, store))
 }
 
@@ -384,7 +397,21 @@ async fn watch_raft(shared: NodeShared, stop: watch::Sender<bool>) {
     let mut metrics = shared.raft.metrics();
     let mut leader = None;
     let mut state = ServerState::Learner;
+    let mut may_campaign = None;
     loop {
+        // A node whose data directory the membership does not admit (new or wiped) must not
+        // campaign either: its vote for itself could repeat a vote it forgot.
+        let admitted = shared.admitted();
+        if may_campaign != Some(admitted) {
+            shared.raft.runtime_config().elect(admitted);
+            if !admitted {
+                tracing::info!(
+                    node = shared.node_id,
+                    "not an admitted voter: elections off until the membership admits this data directory"
+                );
+            }
+            may_campaign = Some(admitted);
+        }
         let (current_leader, current_state, term, fatal) = {
             let m = metrics.borrow_and_update();
             let fatal = match &m.running_state {

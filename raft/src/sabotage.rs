@@ -16,6 +16,9 @@ pub enum Fault {
     /// The timer driver delivers fires to watchers when it proposes them, with a token that
     /// never committed.
     UnfencedFires,
+    /// The log store acknowledges appends to openraft at once and never asks for their
+    /// `fdatasync`: they stay in the page cache until the kernel writes them back.
+    AckBeforeFsync,
 }
 
 /// The fault this process runs with, if any.
@@ -24,6 +27,7 @@ pub fn fault() -> Option<Fault> {
     *FAULT.get_or_init(|| match std::env::var(ENV).as_deref() {
         Ok("stale-reads") => Some(Fault::StaleReads),
         Ok("unfenced-fires") => Some(Fault::UnfencedFires),
+        Ok("ack-before-fsync") => Some(Fault::AckBeforeFsync),
         _ => None,
     })
 }

@@ -8,6 +8,7 @@
 //! data_dir = "/var/lib/keel/1"
 //! sync = "durable"                  # or "relaxed": page cache only, non-durable
 //! runtime_threads = 0               # 0: one per CPU; 1: a single-threaded runtime
+//! sync_journal = "node-1.journal"   # testing only: record writes and syncs (power-loss tests)
 //!
 //! [timeouts]
 //! heartbeat_ms = 50
@@ -82,6 +83,9 @@ pub struct ConfigFile {
     /// runtime (best when nodes share few cores: fewer cross-thread wake-ups).
     #[serde(default)]
     pub runtime_threads: usize,
+    /// Testing only: journal the log's writes and syncs to this file so a harness can
+    /// simulate a power loss (keel-jepsen's `lose-unsynced` nemesis).
+    pub sync_journal: Option<PathBuf>,
 }
 
 /// A loaded configuration: the node's, and how the `keel` program runs it.
@@ -253,6 +257,13 @@ impl ConfigFile {
         let mut config = NodeConfig::new(self.node_id, self.listen, data_dir);
         config.cluster = self.cluster;
         config.metrics_listen = self.metrics_listen;
+        config.sync_journal = self.sync_journal.map(|journal| {
+            if journal.is_absolute() {
+                journal
+            } else {
+                base_dir.join(journal)
+            }
+        });
         config.sync = match self.sync {
             SyncMode::Durable => SyncPolicy::Durable,
             SyncMode::Relaxed => SyncPolicy::Relaxed,

@@ -1,5 +1,6 @@
-//! Damage to a stopped node's data files: bit flips inside the written part of a file, or
-//! a truncation. Which file and where come from the run's seed.
+//! What the disk nemeses do to a stopped node's files: bit flips inside the written part of
+//! a file, or a truncation (which file and where come from the run's seed); and a power
+//! loss, which undoes what the node's sync journal shows no sync covered.
 
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -55,13 +56,22 @@ fn written_len(bytes: &[u8]) -> usize {
         .map_or(0, |last| last + 1)
 }
 
-/// Damages one file of `data_dir` chosen by `rng`; returns what it did.
+/// Damages one file of `data_dir` (one of its log segments, with `segments_only`) chosen by
+/// `rng`; returns what it did.
 ///
 /// # Errors
 /// No file with written bytes, or an I/O error.
-pub(super) fn damage(data_dir: &Path, damage: Damage, rng: &mut StdRng) -> anyhow::Result<String> {
+pub(super) fn damage(
+    data_dir: &Path,
+    damage: Damage,
+    segments_only: bool,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
     let mut candidates = Vec::new();
     for path in files(data_dir)? {
+        if segments_only && path.extension().is_none_or(|ext| ext != "seg") {
+            continue;
+        }
         let mut bytes = Vec::new();
         std::fs::File::open(&path)?.read_to_end(&mut bytes)?;
         let written = written_len(&bytes);
@@ -111,6 +121,53 @@ pub(super) fn damage(data_dir: &Path, damage: Damage, rng: &mut StdRng) -> anyho
     }
 }
 
+/// Simulates a power cut of a node killed with SIGKILL: from its sync journal, zeroes the
+/// writes no `fdatasync` covered, removes files created since their directory's last sync,
+/// undoes renames since then (newest first), and empties the journal for the next life.
+/// Returns what it undid.
+///
+/// # Errors
+/// An unreadable or malformed journal, or an I/O error.
+pub(super) fn power_loss(journal: &Path) -> anyhow::Result<String> {
+    let text = match std::fs::read_to_string(journal) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(error.into()),
+    };
+    let lost = keel_log::fs::journaled::unsynced(&text)?;
+    let mut zeroed = 0u64;
+    for (path, offset, len) in &lost.writes {
+        let Ok(mut file) = std::fs::File::options().write(true).open(path) else {
+            continue;
+        };
+        let end = file.metadata()?.len().min(offset + len);
+        if end <= *offset {
+            continue;
+        }
+        file.seek(SeekFrom::Start(*offset))?;
+        let zeros = vec![0u8; usize::try_from(end - offset)?];
+        file.write_all(&zeros)?;
+        file.sync_all()?;
+        zeroed += end - offset;
+    }
+    for path in &lost.created {
+        // Already gone is what a power cut would leave too.
+        let _ = std::fs::remove_file(path);
+    }
+    for (from, to) in lost.renamed.iter().rev() {
+        if to.exists() {
+            std::fs::rename(to, from)?;
+        }
+    }
+    std::fs::write(journal, "")?;
+    Ok(format!(
+        "{} unsynced write(s) ({zeroed} bytes) zeroed, {} unsynced create(s) removed, {} unsynced rename(s) undone",
+        lost.writes.len(),
+        lost.created.len(),
+        lost.renamed.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -132,7 +189,7 @@ mod tests {
     fn bit_flips_land_in_the_written_bytes_of_a_written_file() {
         let (dir, path, before) = dir_with_one_written_file();
         let mut rng = StdRng::seed_from_u64(3);
-        let done = damage(dir.path(), Damage::FlipBits(3), &mut rng).expect("damage");
+        let done = damage(dir.path(), Damage::FlipBits(3), true, &mut rng).expect("damage");
         assert!(done.contains("log/0001.seg"), "{done}");
         let after = std::fs::read(&path).expect("read");
         assert_eq!(after.len(), before.len());
@@ -150,8 +207,30 @@ mod tests {
     fn truncation_cuts_inside_the_written_bytes() {
         let (dir, path, _) = dir_with_one_written_file();
         let mut rng = StdRng::seed_from_u64(5);
-        damage(dir.path(), Damage::Truncate, &mut rng).expect("damage");
+        damage(dir.path(), Damage::Truncate, false, &mut rng).expect("damage");
         assert!(std::fs::metadata(&path).expect("stat").len() < 200);
+    }
+
+    #[test]
+    fn power_loss_zeroes_unsynced_writes_and_undoes_unsynced_creates() {
+        use keel_log::fs::{Fs, journaled::JournaledFs};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = dir.path().join("journal");
+        let fs = JournaledFs::new(&journal).expect("journal");
+        let kept = fs.create_new(&dir.path().join("kept")).expect("create");
+        fs.sync_dir(dir.path()).expect("sync dir");
+        kept.write_all_at(b"durable", 0).expect("write");
+        kept.sync_data().expect("sync");
+        kept.write_all_at(b"volatile", 7).expect("write");
+        fs.create_new(&dir.path().join("new")).expect("create");
+        let done = power_loss(&journal).expect("power loss");
+        assert!(done.starts_with("1 unsynced write(s) (8 bytes)"), "{done}");
+        assert_eq!(
+            std::fs::read(dir.path().join("kept")).expect("read"),
+            b"durable\0\0\0\0\0\0\0\0"
+        );
+        assert!(!dir.path().join("new").exists());
+        assert_eq!(std::fs::read_to_string(&journal).expect("read"), "");
     }
 
     #[test]
@@ -159,6 +238,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("zeros"), [0u8; 16]).expect("write");
         let mut rng = StdRng::seed_from_u64(1);
-        assert!(damage(dir.path(), Damage::Truncate, &mut rng).is_err());
+        assert!(damage(dir.path(), Damage::Truncate, false, &mut rng).is_err());
     }
 }

@@ -29,6 +29,7 @@ pub(super) enum Menu {
     Clock,
     Membership,
     Corrupt,
+    LoseUnsynced,
 }
 
 /// Who a process fault hits.
@@ -55,21 +56,46 @@ pub(super) enum Shape {
 /// A chosen fault.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Fault {
-    Kill { target: Target, victims: Vec<u64> },
-    Pause { target: Target, victims: Vec<u64> },
-    Partition { shape: Shape, cuts: Vec<(u64, u64)> },
+    Kill {
+        target: Target,
+        victims: Vec<u64>,
+    },
+    Pause {
+        target: Target,
+        victims: Vec<u64>,
+    },
+    Partition {
+        shape: Shape,
+        cuts: Vec<(u64, u64)>,
+    },
     Links(LinkFault),
-    SnapshotInstall { node: u64 },
-    Clock { offsets: Vec<(u64, i64)> },
-    Membership { node: u64 },
-    Corrupt { node: u64, damage: Damage },
+    SnapshotInstall {
+        node: u64,
+    },
+    Clock {
+        offsets: Vec<(u64, i64)>,
+    },
+    Membership {
+        node: u64,
+    },
+    Corrupt {
+        node: u64,
+        damage: Damage,
+        segments_only: bool,
+    },
+    PowerLoss {
+        target: Target,
+        victims: Vec<u64>,
+    },
 }
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let lower = |value: &dyn fmt::Debug| format!("{value:?}").to_lowercase();
         match self {
-            Self::Kill { target, victims } | Self::Pause { target, victims } => {
+            Self::Kill { target, victims }
+            | Self::Pause { target, victims }
+            | Self::PowerLoss { target, victims } => {
                 write!(f, "{} {victims:?}", lower(target))
             }
             Self::Partition { shape, cuts } => write!(f, "{} cuts {cuts:?}", lower(shape)),
@@ -86,7 +112,18 @@ impl fmt::Display for Fault {
             }
             Self::Clock { offsets } => write!(f, "wall-clock offsets (node, ms) {offsets:?}"),
             Self::Membership { node } => write!(f, "remove voter {node}, then re-add it"),
-            Self::Corrupt { node, damage } => write!(f, "{damage} in a data file of node {node}"),
+            Self::Corrupt {
+                node,
+                damage,
+                segments_only,
+            } => {
+                let files = if *segments_only {
+                    "a log segment"
+                } else {
+                    "a data file"
+                };
+                write!(f, "{damage} in {files} of node {node}")
+            }
         }
     }
 }
@@ -111,6 +148,7 @@ impl Fault {
             Self::Clock { .. } => "clock",
             Self::Membership { .. } => "membership",
             Self::Corrupt { .. } => "corrupt",
+            Self::PowerLoss { .. } => "lose-unsynced",
         }
     }
 
@@ -119,10 +157,10 @@ impl Fault {
     pub(super) async fn choose(menu: Menu, cluster: &Cluster, rng: &mut StdRng) -> Option<Self> {
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
         let fault = match menu {
-            Menu::Kill | Menu::Pause => {
+            Menu::Kill | Menu::Pause | Menu::LoseUnsynced => {
                 let target = match (menu, rng.random_range(0..10)) {
-                    (_, 0..5) => Target::Leader,
-                    (Menu::Kill, 9) => Target::All,
+                    (Menu::LoseUnsynced, 0..5) | (Menu::Kill, 9) => Target::All,
+                    (_, 0..5) | (Menu::LoseUnsynced, 5..8) => Target::Leader,
                     _ => Target::Random,
                 };
                 let victims = match target {
@@ -130,10 +168,10 @@ impl Fault {
                     Target::Random => vec![pick(rng, &ids)],
                     Target::All => ids,
                 };
-                if menu == Menu::Kill {
-                    Self::Kill { target, victims }
-                } else {
-                    Self::Pause { target, victims }
+                match menu {
+                    Menu::Kill => Self::Kill { target, victims },
+                    Menu::Pause => Self::Pause { target, victims },
+                    _ => Self::PowerLoss { target, victims },
                 }
             }
             Menu::Partition => partition(cluster, &ids, rng).await?,
@@ -174,6 +212,7 @@ impl Fault {
                 } else {
                     Damage::Truncate
                 },
+                segments_only: false,
             },
         };
         Some(fault)
@@ -233,10 +272,15 @@ impl Fault {
                     .await
                     .context("removing the voter")?;
             }
-            Self::Corrupt { node, damage } => {
+            Self::PowerLoss { victims, .. } => return power_loss(cluster, victims),
+            Self::Corrupt {
+                node,
+                damage,
+                segments_only,
+            } => {
                 cluster.kill(*node);
                 let data_dir = cluster.nodes[node].data_dir.clone();
-                return disk::damage(&data_dir, *damage, rng);
+                return disk::damage(&data_dir, *damage, *segments_only, rng);
             }
         }
         Ok(String::new())
@@ -258,12 +302,30 @@ impl Fault {
     }
 
     /// Heals the fault; returns what it took.
-    pub(super) async fn heal(&self, cluster: &mut Cluster) -> anyhow::Result<String> {
+    pub(super) async fn heal(&self, cluster: &mut Cluster) -> anyhow::Result<Healed> {
         match self {
             Self::Kill { victims, .. } => {
                 for &id in victims {
                     cluster.restart(id)?;
                 }
+            }
+            Self::PowerLoss { victims, .. } => {
+                // A node must come back from a power loss by itself; if it refuses its
+                // data, the note says so and the repair lets the run go on.
+                for &id in victims {
+                    cluster.restart(id)?;
+                }
+                let mut healed = Healed::default();
+                let mut notes = Vec::new();
+                for &id in victims {
+                    let restarted = restart_or_repair(cluster, id).await?;
+                    if restarted != Restarted::Running {
+                        healed.refused_after_power_loss.push(id);
+                    }
+                    notes.push(restarted_note(id, &restarted));
+                }
+                healed.note = notes.join("; ");
+                return Ok(healed);
             }
             Self::Pause { victims, .. } => {
                 for &id in victims {
@@ -278,10 +340,13 @@ impl Fault {
                     cluster.skew_clock(id, 0)?;
                 }
             }
-            Self::Membership { node } => return readmit(cluster, &[*node]).await,
-            Self::Corrupt { node, .. } => return restart_or_repair(cluster, *node).await,
+            Self::Membership { node } => return Ok(readmit(cluster, &[*node]).await?.into()),
+            Self::Corrupt { node, .. } => {
+                let restarted = restart_or_repair(cluster, *node).await?;
+                return Ok(restarted_note(*node, &restarted).into());
+            }
         }
-        Ok("healed".to_owned())
+        Ok(String::from("healed").into())
     }
 }
 
@@ -338,6 +403,19 @@ fn clock_offsets(ids: &[u64], rng: &mut StdRng) -> Fault {
         ));
     }
     Fault::Clock { offsets }
+}
+
+/// Kills `victims` at once, then undoes what their sync journals show unsynced.
+fn power_loss(cluster: &mut Cluster, victims: &[u64]) -> anyhow::Result<String> {
+    for &id in victims {
+        cluster.kill(id);
+    }
+    let mut undone = Vec::new();
+    for &id in victims {
+        let journal = cluster.nodes[&id].journal.clone();
+        undone.push(format!("node {id}: {}", disk::power_loss(&journal)?));
+    }
+    Ok(undone.join("; "))
 }
 
 /// The voters the leader reports.
@@ -407,20 +485,59 @@ async fn readmit(cluster: &Cluster, nodes: &[u64]) -> anyhow::Result<String> {
     Ok(format!("re-admitted {readmitted:?}"))
 }
 
+/// What healing a fault took.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Healed {
+    /// What it did.
+    pub(super) note: String,
+    /// Nodes that would not take their data back after a power loss. Only unsynced writes
+    /// were undone, so a node that did not acknowledge anything before its sync never
+    /// refuses: each is an anomaly.
+    pub(super) refused_after_power_loss: Vec<u64>,
+}
+
+impl From<String> for Healed {
+    fn from(note: String) -> Self {
+        Self {
+            note,
+            refused_after_power_loss: Vec::new(),
+        }
+    }
+}
+
+/// How a restarted node took its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Restarted {
+    /// It kept running.
+    Running,
+    /// It refused its data (exited); it was wiped, and the repair's outcome.
+    Refused(Result<(), String>),
+}
+
 /// Restarts `node`; if it refuses its data, wipes it and repairs it with `keel repair`.
-async fn restart_or_repair(cluster: &mut Cluster, node: u64) -> anyhow::Result<String> {
+async fn restart_or_repair(cluster: &mut Cluster, node: u64) -> anyhow::Result<Restarted> {
     cluster.restart(node)?;
     let deadline = Instant::now() + REFUSAL_WAIT;
     while Instant::now() < deadline {
         if cluster.exited(node) {
             cluster.wipe(node)?;
             cluster.restart(node)?;
-            cluster.repair(node).await?;
-            return Ok(format!("node {node} refused its data; wiped and repaired"));
+            let repaired = cluster.repair(node).await.map_err(|e| format!("{e:#}"));
+            return Ok(Restarted::Refused(repaired));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(format!("node {node} restarted on its damaged data"))
+    Ok(Restarted::Running)
+}
+
+fn restarted_note(node: u64, restarted: &Restarted) -> String {
+    match restarted {
+        Restarted::Running => format!("node {node} restarted and kept running"),
+        Restarted::Refused(Ok(())) => format!("node {node} refused its data; wiped and repaired"),
+        Restarted::Refused(Err(error)) => {
+            format!("node {node} refused its data; wiped, but the repair failed: {error}")
+        }
+    }
 }
 
 /// Heals everything: see [`super::heal_all`].
@@ -435,7 +552,8 @@ pub(super) async fn heal_all(cluster: &mut Cluster) -> anyhow::Result<String> {
             cluster.skew_clock(id, 0)?;
         }
         if !cluster.nodes[&id].running() {
-            notes.push(restart_or_repair(cluster, id).await?);
+            let restarted = restart_or_repair(cluster, id).await?;
+            notes.push(restarted_note(id, &restarted));
         }
     }
     notes.push(readmit(cluster, &ids).await?);

@@ -6,6 +6,7 @@
 
 mod disk;
 mod fault;
+pub mod scenario;
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,9 @@ pub enum NemesisKind {
     /// Bit flips and truncation in a stopped node's data files; a node that refuses its
     /// data is repaired through `keel repair`.
     Corrupt,
+    /// Power loss of one node, the leader, or every node at once: SIGKILL, then every write
+    /// no `fdatasync` covered (per the node's sync journal) is undone before the restart.
+    LoseUnsynced,
     /// Every fault above, rotating.
     All,
 }
@@ -46,6 +50,11 @@ impl NemesisKind {
     /// Whether the nodes must run under libfaketime.
     pub fn needs_fake_clock(self) -> bool {
         matches!(self, Self::Clock | Self::All)
+    }
+
+    /// Whether the nodes must journal their writes and syncs.
+    pub fn needs_sync_journal(self) -> bool {
+        matches!(self, Self::LoseUnsynced | Self::All)
     }
 
     fn menu(self) -> &'static [Menu] {
@@ -57,6 +66,7 @@ impl NemesisKind {
             Self::Clock => &[Menu::Clock],
             Self::Membership => &[Menu::Membership],
             Self::Corrupt => &[Menu::Corrupt],
+            Self::LoseUnsynced => &[Menu::LoseUnsynced],
             Self::All => &[
                 Menu::Kill,
                 Menu::Pause,
@@ -66,9 +76,21 @@ impl NemesisKind {
                 Menu::Clock,
                 Menu::Membership,
                 Menu::Corrupt,
+                Menu::LoseUnsynced,
             ],
         }
     }
+}
+
+/// What the nemesis saw that is itself an anomaly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NemesisReport {
+    /// Nodes that refused their data after a simulated power loss, with the fault's
+    /// description: a node that synced before acknowledging has nothing to refuse.
+    pub refused_after_power_loss: Vec<(u64, String)>,
+    /// Leaders elected while only a wiped, unrepaired node could complete their majority,
+    /// with the scenario's description.
+    pub elected_with_wiped_voter: Vec<(u64, String)>,
 }
 
 /// Runs `kind` against `cluster` until `deadline`, then heals everything.
@@ -78,15 +100,39 @@ pub async fn run(
     history: &Recorder,
     seed: u64,
     deadline: Instant,
-) {
+) -> NemesisReport {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
     let menu = kind.menu();
+    let mut report = NemesisReport::default();
     if menu.is_empty() {
         tokio::time::sleep_until(deadline.into()).await;
     } else {
-        faults(menu, cluster, history, &mut rng, deadline).await;
+        faults(menu, cluster, history, &mut rng, deadline, &mut report).await;
     }
     heal_all(cluster, history).await;
+    report
+}
+
+/// Runs a regression scenario against `cluster` until `deadline`, then heals everything.
+pub async fn run_scenario(
+    scenario: scenario::Scenario,
+    cluster: &mut Cluster,
+    history: &Recorder,
+    seed: u64,
+    deadline: Instant,
+) -> NemesisReport {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7363_656e_6172_696f);
+    let mut report = NemesisReport::default();
+    let mut injection = Injection {
+        cluster,
+        history,
+        rng: &mut rng,
+        deadline,
+        report: &mut report,
+    };
+    scenario::run(scenario, &mut injection).await;
+    heal_all(cluster, history).await;
+    report
 }
 
 /// Waits a random time in `from_ms..to_ms`, but not past `deadline`.
@@ -113,6 +159,7 @@ async fn faults(
     history: &Recorder,
     rng: &mut StdRng,
     deadline: Instant,
+    report: &mut NemesisReport,
 ) {
     rest(rng, 1_000, 3_000, deadline).await;
     while Instant::now() + Duration::from_secs(2) < deadline {
@@ -121,32 +168,93 @@ async fn faults(
             rest(rng, 200, 500, deadline).await;
             continue;
         };
+        let mut run = Injection {
+            cluster,
+            history,
+            rng,
+            deadline,
+            report,
+        };
+        run.inject(&fault, Hold::AsTheFaultSays).await;
+        rest(rng, 2_000, 5_000, deadline).await;
+    }
+}
+
+/// How long a fault is kept.
+#[derive(Debug, Clone, Copy)]
+enum Hold {
+    /// The fault's own hold ([`Fault::hold`]).
+    AsTheFaultSays,
+    /// This long.
+    For(Duration),
+    /// Until a node other than `old` leads (at most `at_most`), then a little longer.
+    UntilNewLeader { old: u64, at_most: Duration },
+}
+
+/// What injecting a fault needs.
+struct Injection<'a> {
+    cluster: &'a mut Cluster,
+    history: &'a Recorder,
+    rng: &'a mut StdRng,
+    deadline: Instant,
+    report: &'a mut NemesisReport,
+}
+
+impl Injection<'_> {
+    /// Records the fault's start, applies it, keeps it, heals it, records the heal with
+    /// everything that happened; anomalies the nemesis saw go into the report.
+    async fn inject(&mut self, fault: &Fault, hold: Hold) {
         let name = fault.name();
         let detail = fault.to_string();
-        record(history, OpType::Invoke, name, &detail);
-        let applied = match fault.apply(cluster, rng).await {
+        record(self.history, OpType::Invoke, name, &detail);
+        let applied = match fault.apply(self.cluster, self.rng).await {
             Ok(note) => note,
             Err(error) => {
                 tracing::warn!(fault = name, %error, "the fault could not be applied fully");
                 format!("not applied fully: {error:#}")
             }
         };
-        let held = fault.hold(cluster, rng, deadline).await;
-        let healed = match fault.heal(cluster).await {
-            Ok(note) => note,
+        let meanwhile = match hold {
+            Hold::AsTheFaultSays => fault.hold(self.cluster, self.rng, self.deadline).await,
+            Hold::For(time) => {
+                tokio::time::sleep(time).await;
+                String::new()
+            }
+            Hold::UntilNewLeader { old, at_most } => {
+                let until = Instant::now() + at_most;
+                let mut new = None;
+                while Instant::now() < until && new.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    new = self.cluster.leader().await.filter(|&leader| leader != old);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                new.map_or_else(
+                    || format!("no new leader within {at_most:?}"),
+                    |leader| format!("node {leader} elected meanwhile"),
+                )
+            }
+        };
+        let healed = match fault.heal(self.cluster).await {
+            Ok(healed) => {
+                for &node in &healed.refused_after_power_loss {
+                    self.report
+                        .refused_after_power_loss
+                        .push((node, detail.clone()));
+                }
+                healed.note
+            }
             Err(error) => {
                 tracing::error!(fault = name, %error, "healing failed");
                 format!("healing failed: {error:#}")
             }
         };
-        let outcome = [&detail, &applied, &held, &healed]
+        let outcome = [&detail, &applied, &meanwhile, &healed]
             .into_iter()
             .filter(|part| !part.is_empty())
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join("; ");
-        record(history, OpType::Ok, name, &outcome);
-        rest(rng, 2_000, 5_000, deadline).await;
+        record(self.history, OpType::Ok, name, &outcome);
     }
 }
 

@@ -1,7 +1,9 @@
 //! The file-system operations the log's write path makes, behind a trait so tests can
-//! inject faults ([`faulty::FaultyFs`]) while reads still go through real files and maps.
+//! inject faults ([`faulty::FaultyFs`]) or journal what a power cut would lose
+//! ([`journaled::JournaledFs`]) while reads still go through real files and maps.
 
 pub mod faulty;
+pub mod journaled;
 
 use std::{
     fmt,

@@ -1,0 +1,186 @@
+//! Regression scenarios: fixed fault schedules aimed at known bugs of Raft logs, each a
+//! named, seeded run (`keel-jepsen run --scenario NAME --seed N`) checked like any other.
+
+use std::time::{Duration, Instant};
+
+use super::fault::{Fault, Target};
+use super::{Hold, Injection, NemesisReport, disk::Damage, record};
+use crate::cluster::leader_status;
+use crate::history::OpType;
+use crate::run::Workload;
+
+/// The scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Each newly elected leader loses power at once, with its unsynced writes: nothing it
+    /// acknowledged may be lost.
+    LeaderKillUnsynced,
+    /// One node at a time is killed and restarted: it re-applies committed entries on
+    /// restart, and its timers come back without firing twice or early.
+    RestartReapplies,
+    /// The leader is paused past a new election and resumes: as a deposed leader it must
+    /// neither fire timers nor serve linearizable reads.
+    PausedLeader,
+    /// Bit flips in the log segments of one node at a time: acknowledged entries survive.
+    MinorityBitFlips,
+    /// A node's data directory is wiped and it restarts without repair; then another node
+    /// dies, so only the wiped node's vote could elect a leader. It must not give it (no
+    /// leader may be elected); then the dead node returns and the wiped one is repaired.
+    WipedVoter,
+}
+
+impl Scenario {
+    /// The workload whose checker watches for the bug.
+    pub fn workload(self) -> Workload {
+        match self {
+            Self::LeaderKillUnsynced | Self::MinorityBitFlips | Self::WipedVoter => Workload::Log,
+            Self::RestartReapplies => Workload::Timers,
+            Self::PausedLeader => Workload::Mixed,
+        }
+    }
+
+    /// Whether the nodes must journal their writes and syncs.
+    pub fn needs_sync_journal(self) -> bool {
+        self == Self::LeaderKillUnsynced
+    }
+}
+
+/// Runs `scenario` until `deadline` (the caller heals everything after).
+pub(super) async fn run(scenario: Scenario, run: &mut Injection<'_>) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ids: Vec<u64> = run.cluster.nodes.keys().copied().collect();
+    let mut round = 0usize;
+    while Instant::now() + Duration::from_secs(3) < run.deadline {
+        let node = ids[round % ids.len()];
+        round += 1;
+        match scenario {
+            Scenario::LeaderKillUnsynced => {
+                if let Some(leader) = wait_for_leader(run).await {
+                    let fault = Fault::PowerLoss {
+                        target: Target::Leader,
+                        victims: vec![leader],
+                    };
+                    run.inject(&fault, Hold::For(Duration::from_millis(300)))
+                        .await;
+                }
+            }
+            Scenario::RestartReapplies => {
+                let fault = Fault::Kill {
+                    target: Target::Random,
+                    victims: vec![node],
+                };
+                run.inject(&fault, Hold::For(Duration::from_millis(300)))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+            }
+            Scenario::PausedLeader => {
+                if let Some(leader) = wait_for_leader(run).await {
+                    let fault = Fault::Pause {
+                        target: Target::Leader,
+                        victims: vec![leader],
+                    };
+                    let hold = Hold::UntilNewLeader {
+                        old: leader,
+                        at_most: Duration::from_secs(5),
+                    };
+                    run.inject(&fault, hold).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+            Scenario::MinorityBitFlips => {
+                let fault = Fault::Corrupt {
+                    node,
+                    damage: Damage::FlipBits(u32::try_from(round % 3 + 1).unwrap_or(1)),
+                    segments_only: true,
+                };
+                run.inject(&fault, Hold::For(Duration::from_millis(500)))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Scenario::WipedVoter => wiped_voter(run, node).await,
+        }
+    }
+}
+
+/// The highest term the running nodes report.
+async fn max_term(client: &mut keel_raft::client::KeelClient) -> u64 {
+    client
+        .statuses()
+        .await
+        .into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .map(|status| status.term)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The leader, once there is one (at most 5 s).
+async fn wait_for_leader(run: &Injection<'_>) -> Option<u64> {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if let Some(leader) = run.cluster.leader().await {
+            return Some(leader);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Wipes `node` and restarts it without repair; kills another node; checks that no leader
+/// is elected while only the wiped node could complete a majority; then restores both.
+async fn wiped_voter(run: &mut Injection<'_>, node: u64) {
+    let Some(other) = run.cluster.nodes.keys().copied().find(|&id| id != node) else {
+        return;
+    };
+    let detail = format!("wipe node {node} and restart it unrepaired, then kill node {other}");
+    record(run.history, OpType::Invoke, "wiped-voter", &detail);
+    let mut notes = Vec::new();
+    let steps = async {
+        run.cluster.wipe(node)?;
+        run.cluster.restart(node)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        run.cluster.kill(other);
+        let mut client = run.cluster.client(0)?;
+        let term_at_kill = max_term(&mut client).await;
+        // Several election timeouts: a leader elected now could only have the wiped node's
+        // vote (a leader of an earlier term may linger until it notices).
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            if let Some(leader) = leader_status(&mut client).await
+                && leader.term > term_at_kill
+            {
+                run.report
+                    .elected_with_wiped_voter
+                    .push((leader.node_id, detail.clone()));
+                notes.push(format!(
+                    "node {} was elected in term {} with the wiped node's vote",
+                    leader.node_id, leader.term
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        run.cluster.restart(other)?;
+        run.cluster.repair(node).await?;
+        anyhow::Ok(())
+    };
+    match steps.await {
+        Ok(()) => notes.push(format!("node {node} repaired")),
+        Err(error) => notes.push(format!("failed: {error:#}")),
+    }
+    record(
+        run.history,
+        OpType::Ok,
+        "wiped-voter",
+        &format!("{detail}; {}", notes.join("; ")),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+impl NemesisReport {
+    /// Whether the nemesis saw no anomaly itself.
+    pub fn is_clean(&self) -> bool {
+        self.refused_after_power_loss.is_empty() && self.elected_with_wiped_voter.is_empty()
+    }
+}
