@@ -395,10 +395,7 @@ fn check_order_and_reads(
                     findings,
                 );
             }
-            Call::Append { .. }
-            | Call::Fault { .. }
-            | Call::Schedule { .. }
-            | Call::Fire { .. } => {}
+            _ => {}
         }
     }
 }
@@ -443,6 +440,7 @@ fn check_read(
 }
 
 pub mod timers;
+pub mod workflows;
 
 #[cfg(test)]
 mod tests;

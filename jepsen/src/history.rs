@@ -77,6 +77,23 @@ pub enum Call {
         /// The token's index.
         index: u64,
     },
+    /// Starts a workflow with a unique id (its kind and input say what it must do).
+    StartWorkflow {
+        /// The workflow's id.
+        id: String,
+        /// Its kind.
+        kind: String,
+        /// Its input.
+        input: String,
+    },
+    /// Waits for a workflow to finish; on `ok`, how it ended.
+    AwaitWorkflow {
+        /// The workflow's id.
+        id: String,
+        /// `completed`, `failed` or `cancelled` (on `ok`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+    },
     /// A fault begins (`invoke`) or is healed (`ok`).
     Fault {
         /// The nemesis.

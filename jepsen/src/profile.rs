@@ -1,9 +1,9 @@
 //! Profiles: planned sequences of runs with one verdict.
 //!
-//! - **ci**: a fixed seed, the mixed workload, 30 s against each nemesis in turn, then the
-//!   negative controls: short runs of the sabotage build against each of its faults, each
-//!   of which must come out invalid. Passes when every real run is valid and every control
-//!   is caught.
+//! - **ci**: a fixed seed, the mixed workload, 30 s against each nemesis in turn, the
+//!   `wiped-voter` regression scenario, then the negative controls: short runs of the
+//!   sabotage build against each of its faults, each of which must come out invalid.
+//!   Passes when every real run is valid and every control is caught.
 //! - **soak**: rotates every nemesis (and `all`) with fresh random seeds, the mixed
 //!   workload, a minute each, until the time limit; every seed is recorded so any run can
 //!   be repeated alone. Passes when every run is valid.
@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::checker::Validity;
 use crate::nemesis::NemesisKind;
+use crate::nemesis::scenario::Scenario;
 use crate::report;
 use crate::run::{RunConfig, Workload, run};
 
@@ -28,22 +29,26 @@ pub const CI_SEED: u64 = 20_261_128;
 /// How long the ci profile runs against each nemesis.
 const CI_SECONDS: u64 = 30;
 /// The nemeses of the ci profile, in order.
-const CI_NEMESES: [NemesisKind; 6] = [
+const CI_NEMESES: [NemesisKind; 7] = [
     NemesisKind::Kill,
     NemesisKind::Pause,
     NemesisKind::Partition,
     NemesisKind::Clock,
     NemesisKind::Membership,
     NemesisKind::Corrupt,
+    NemesisKind::LoseUnsynced,
 ];
+/// The regression scenario the ci profile runs, and how long: the one that found a bug.
+const CI_SCENARIO: (Scenario, u64) = (Scenario::WipedVoter, 20);
 /// The soak's rotation.
-const SOAK_NEMESES: [NemesisKind; 7] = [
+const SOAK_NEMESES: [NemesisKind; 8] = [
     NemesisKind::Kill,
     NemesisKind::Pause,
     NemesisKind::Partition,
     NemesisKind::Clock,
     NemesisKind::Membership,
     NemesisKind::Corrupt,
+    NemesisKind::LoseUnsynced,
     NemesisKind::All,
 ];
 /// How long each soak run lasts (the last may be shorter).
@@ -85,6 +90,8 @@ pub struct ProfileRun {
     pub workload: Workload,
     /// The nemesis.
     pub nemesis: NemesisKind,
+    /// The regression scenario, if the run is one.
+    pub scenario: Option<Scenario>,
     /// The seed (repeat with `keel-jepsen run --seed`).
     pub seed: u64,
     /// Seconds of clients and faults.
@@ -107,11 +114,14 @@ impl ProfileRun {
             .as_deref()
             .map(|fault| format!(" sabotage {fault}"))
             .unwrap_or_default();
+        let faults = self.scenario.map_or_else(
+            || format!("{:?}", self.nemesis),
+            |s| format!("scenario {s:?}"),
+        );
         format!(
-            "{} {:?} {:?}{control} seed {} {} s: {:?} (expected {:?}) · {}",
+            "{} {:?} {faults}{control} seed {} {} s: {:?} (expected {:?}) · {}",
             if self.passed() { "pass" } else { "FAIL" },
             self.workload,
-            self.nemesis,
             self.seed,
             self.seconds,
             self.actual,
@@ -146,33 +156,54 @@ impl ProfileOutcome {
 struct Planned {
     workload: Workload,
     nemesis: NemesisKind,
+    scenario: Option<Scenario>,
     seconds: u64,
     seed: u64,
     sabotage: Option<&'static str>,
 }
 
-/// The negative controls: each deliberate fault, the workload whose checker must catch it.
-const CONTROLS: [(&str, Workload, u64); 2] = [
-    ("stale-reads", Workload::Log, 10),
-    ("unfenced-fires", Workload::Timers, 8),
+/// The negative controls: each deliberate fault, the scenario that exposes it (none: no
+/// fault), the workload whose checker must catch it, and how long.
+const CONTROLS: [(&str, Option<Scenario>, Workload, u64); 3] = [
+    ("stale-reads", None, Workload::Log, 10),
+    ("unfenced-fires", None, Workload::Timers, 8),
+    (
+        "ack-before-fsync",
+        Some(Scenario::LeaderKillUnsynced),
+        Workload::Log,
+        8,
+    ),
 ];
 
 fn ci_plan() -> Vec<Planned> {
     let real = CI_NEMESES.iter().map(|&nemesis| Planned {
         workload: Workload::Mixed,
         nemesis,
+        scenario: None,
         seconds: CI_SECONDS,
         seed: CI_SEED,
         sabotage: None,
     });
-    let controls = CONTROLS.iter().map(|&(fault, workload, seconds)| Planned {
-        workload,
+    let (scenario, seconds) = CI_SCENARIO;
+    let regression = std::iter::once(Planned {
+        workload: scenario.workload(),
         nemesis: NemesisKind::None,
+        scenario: Some(scenario),
         seconds,
         seed: CI_SEED,
-        sabotage: Some(fault),
+        sabotage: None,
     });
-    real.chain(controls).collect()
+    let controls = CONTROLS
+        .iter()
+        .map(|&(fault, scenario, workload, seconds)| Planned {
+            workload,
+            nemesis: NemesisKind::None,
+            scenario,
+            seconds,
+            seed: CI_SEED,
+            sabotage: Some(fault),
+        });
+    real.chain(regression).chain(controls).collect()
 }
 
 /// Runs the profile, calling `on_run` as each run ends.
@@ -218,6 +249,7 @@ pub async fn run_profile(
                     Planned {
                         workload: Workload::Mixed,
                         nemesis,
+                        scenario: None,
                         seconds: left.min(SOAK_RUN_SECONDS),
                         seed: rand::random(),
                         sabotage: None,
@@ -262,12 +294,13 @@ async fn run_planned(
         store: dir.to_owned(),
         sabotage: plan.sabotage.map(str::to_owned),
         progress: false,
-        scenario: None,
+        scenario: plan.scenario,
     };
     let outcome = run(&run_config).await?;
     Ok(ProfileRun {
         workload: plan.workload,
         nemesis: plan.nemesis,
+        scenario: plan.scenario,
         seed: plan.seed,
         seconds: plan.seconds,
         sabotage: run_config.sabotage,
@@ -304,26 +337,34 @@ mod tests {
         let plan = ci_plan();
         let real: Vec<NemesisKind> = plan
             .iter()
-            .filter(|p| p.sabotage.is_none())
+            .filter(|p| p.sabotage.is_none() && p.scenario.is_none())
             .map(|p| p.nemesis)
             .collect();
         assert_eq!(real, CI_NEMESES);
+        assert!(
+            plan.iter()
+                .any(|p| p.sabotage.is_none() && p.scenario == Some(Scenario::WipedVoter))
+        );
         assert!(plan.iter().all(|p| p.seed == CI_SEED));
         assert!(
             plan.iter()
-                .filter(|p| p.sabotage.is_none())
+                .filter(|p| p.sabotage.is_none() && p.scenario.is_none())
                 .all(|p| p.workload == Workload::Mixed)
         );
         let controls: Vec<&str> = plan.iter().filter_map(|p| p.sabotage).collect();
-        assert_eq!(controls, ["stale-reads", "unfenced-fires"]);
+        assert_eq!(
+            controls,
+            ["stale-reads", "unfenced-fires", "ack-before-fsync"]
+        );
         let seconds: u64 = plan.iter().map(|p| p.seconds).sum();
-        assert!(seconds <= 4 * 60, "{seconds} s of runs");
+        assert!(seconds <= 5 * 60, "{seconds} s of runs");
     }
 
     fn profile_run(expected: Validity, actual: Validity) -> ProfileRun {
         ProfileRun {
             workload: Workload::Mixed,
             nemesis: NemesisKind::Kill,
+            scenario: None,
             seed: 1,
             seconds: 1,
             sabotage: None,

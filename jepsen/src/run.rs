@@ -11,9 +11,11 @@ use serde::Serialize;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use keel_raft::pb::client::StatusResponse;
 use keel_scheduler::client::{WorkflowClient, WorkflowClientError};
 
 use crate::checker::timers::{FinalTimer, check_timers};
+use crate::checker::workflows::check_workflows;
 use crate::checker::{FinalNode, Validity, check_log};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Call, NEMESIS, Op, OpType, Recorder};
@@ -22,6 +24,7 @@ use crate::nemesis::{self, NemesisKind};
 use crate::report;
 use crate::workload::log::{LogClient, read_all};
 use crate::workload::timers::{self, TimerClient};
+use crate::workload::workflows::{WorkflowsClient, final_workflows};
 
 /// Time allowed after the last timer is due for its fire to commit everywhere.
 const TIMERS_GRACE: Duration = Duration::from_secs(2);
@@ -34,7 +37,9 @@ pub enum Workload {
     Log,
     /// Named relative timers, their fires delivered to watchers on every node.
     Timers,
-    /// Both at once, on the same cluster.
+    /// Workflows of the built-in kinds (steps, a durable sleep, a child call), each awaited.
+    Workflows,
+    /// All three at once, on the same cluster.
     Mixed,
 }
 
@@ -47,6 +52,11 @@ impl Workload {
     /// Whether the run drives the timers workload.
     pub fn has_timers(self) -> bool {
         matches!(self, Self::Timers | Self::Mixed)
+    }
+
+    /// Whether the run drives the workflows workload.
+    pub fn has_workflows(self) -> bool {
+        matches!(self, Self::Workflows | Self::Mixed)
     }
 }
 
@@ -218,14 +228,16 @@ async fn show_progress(history: Recorder, time_limit: Duration) {
     }
 }
 
-/// Starts the workload's clients (and fire watchers), runs the nemesis until `deadline`,
-/// heals, reads the final state and checks the history.
-async fn drive_and_check(
+/// Client and fire-watcher tasks.
+type Tasks = Vec<tokio::task::JoinHandle<()>>;
+
+/// Starts the workload's clients (until `deadline`) and, for timers, a fire watcher per node.
+fn start_clients(
     config: &RunConfig,
-    cluster: &mut Cluster,
+    cluster: &Cluster,
     history: &Recorder,
     deadline: Instant,
-) -> anyhow::Result<Checked> {
+) -> anyhow::Result<(Tasks, Tasks)> {
     let mut clients = Vec::new();
     let mut watchers = Vec::new();
     if config.workload.has_log() {
@@ -257,6 +269,25 @@ async fn drive_and_check(
             clients.push(tokio::spawn(client.run(history.clone(), deadline)));
         }
     }
+    if config.workload.has_workflows() {
+        // Process numbers after the log and timer clients'.
+        for process in 2 * config.clients + 1..=3 * config.clients {
+            let client = WorkflowsClient::new(process, &cluster.addrs(), config.seed)?;
+            clients.push(tokio::spawn(client.run(history.clone(), deadline)));
+        }
+    }
+    Ok((clients, watchers))
+}
+
+/// Starts the workload's clients (and fire watchers), runs the nemesis until `deadline`,
+/// heals, reads the final state and checks the history.
+async fn drive_and_check(
+    config: &RunConfig,
+    cluster: &mut Cluster,
+    history: &Recorder,
+    deadline: Instant,
+) -> anyhow::Result<Checked> {
+    let (clients, watchers) = start_clients(config, cluster, history, deadline)?;
     let nemesis_report = match config.scenario {
         Some(scenario) => {
             nemesis::run_scenario(scenario, cluster, history, config.seed, deadline).await
@@ -271,16 +302,27 @@ async fn drive_and_check(
         // Every timer is due by now plus the longest delay; then the cluster settles.
         tokio::time::sleep(Duration::from_millis(timers::DELAY_MS.end) + TIMERS_GRACE).await;
     }
+    // A little time for the last commits to reach every node after the heal; then every
+    // checker reads the settled cluster (or, if it never settles, gives up at once).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = cluster.settle().await.map_err(|error| {
+        tracing::error!(%error, "the cluster did not settle");
+        format!("{error:#}")
+    });
     let mut parts = Vec::new();
     if !nemesis_report.is_clean() {
         parts.push(nemesis_part(&nemesis_report));
     }
     if config.workload.has_log() {
-        parts.push(check_log_part(cluster, history).await?);
+        parts.push(check_log_part(cluster, history, &settled).await?);
         tracing::info!("log checked");
     }
+    if config.workload.has_workflows() {
+        parts.push(check_workflows_part(cluster, history, &settled).await?);
+        tracing::info!("workflows checked");
+    }
     if config.workload.has_timers() {
-        parts.push(check_timers_part(cluster, history).await?);
+        parts.push(check_timers_part(cluster, history, &settled).await?);
         tracing::info!("timers checked");
         // Deliveries still arriving now were checked like the others.
         for watcher in watchers {
@@ -321,8 +363,19 @@ fn nemesis_part(report: &nemesis::NemesisReport) -> Checked {
     }
 }
 
-async fn check_log_part(cluster: &Cluster, history: &Recorder) -> anyhow::Result<Checked> {
-    let verdict = match final_state(cluster).await {
+/// Whether the cluster settled after the heal: its statuses, or why not.
+type Settled = Result<Vec<StatusResponse>, String>;
+
+async fn check_log_part(
+    cluster: &Cluster,
+    history: &Recorder,
+    settled: &Settled,
+) -> anyhow::Result<Checked> {
+    let finals = match settled {
+        Ok(statuses) => final_state(cluster, statuses).await,
+        Err(why) => Err(anyhow::anyhow!("{why}")),
+    };
+    let verdict = match finals {
         Ok(finals) => check_log(&history.ops(), &finals),
         Err(error) => {
             tracing::error!(%error, "reading the final state");
@@ -342,13 +395,45 @@ async fn check_log_part(cluster: &Cluster, history: &Recorder) -> anyhow::Result
     })
 }
 
-async fn check_timers_part(cluster: &Cluster, history: &Recorder) -> anyhow::Result<Checked> {
-    let finals = match cluster.settle().await {
+async fn check_workflows_part(
+    cluster: &Cluster,
+    history: &Recorder,
+    settled: &Settled,
+) -> anyhow::Result<Checked> {
+    let client = WorkflowClient::new(&cluster.addrs())?;
+    let finals = match settled {
+        Ok(_) => Some(final_workflows(&client, &history.ops()).await?),
+        Err(_) => None,
+    };
+    let Some(finals) = finals else {
+        return Ok(Checked {
+            validity: Validity::Unknown,
+            results: serde_json::json!({ "workflows": "unknown: no final state" }),
+            summary: "workflows checker: Unknown (the cluster did not settle)\n".to_owned(),
+        });
+    };
+    let verdict = check_workflows(&history.ops(), &finals);
+    Ok(Checked {
+        validity: verdict.validity,
+        results: serde_json::json!({ "workflows": verdict }),
+        summary: report::verdict_lines(
+            "workflows",
+            verdict.validity,
+            &serde_json::to_value(&verdict.stats)?,
+            &verdict.counts,
+            &verdict.anomalies,
+        ),
+    })
+}
+
+async fn check_timers_part(
+    cluster: &Cluster,
+    history: &Recorder,
+    settled: &Settled,
+) -> anyhow::Result<Checked> {
+    let finals = match settled {
         Ok(_) => Some(final_timers(cluster, &history.ops()).await?),
-        Err(error) => {
-            tracing::error!(%error, "the cluster did not settle");
-            None
-        }
+        Err(_) => None,
     };
     // Deliveries still arriving now are checked like the others.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -424,11 +509,11 @@ async fn final_timers(
     Ok(finals)
 }
 
-/// Waits for every node to catch up, then reads each one's log and digest.
-async fn final_state(cluster: &Cluster) -> anyhow::Result<Vec<FinalNode>> {
-    // A little time for the last commits to reach every node after the heal.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let statuses = cluster.settle().await?;
+/// Reads each node's log and digest once the cluster settled (`statuses`).
+async fn final_state(
+    cluster: &Cluster,
+    statuses: &[StatusResponse],
+) -> anyhow::Result<Vec<FinalNode>> {
     let mut client = cluster.client(0)?;
     let mut finals = Vec::new();
     for node in cluster.nodes.values() {

@@ -1,7 +1,8 @@
 //! A data directory's identity: which node and cluster it belongs to, and its incarnation.
 //!
-//! Written once when the directory is created (synced, via rename). A node refuses a
-//! directory of another node or cluster, so a misplaced directory loses nothing.
+//! Written once when the directory is created (synced, via rename), with a CRC32C of its
+//! lines, so a damaged identity is refused rather than read as another incarnation. A node
+//! refuses a directory of another node or cluster, so a misplaced directory loses nothing.
 
 use std::collections::hash_map::RandomState;
 use std::fs;
@@ -28,14 +29,26 @@ pub struct Identity {
 
 impl Identity {
     fn render(&self) -> String {
-        format!(
+        let body = format!(
             "{HEADER}\nnode_id = {}\ncluster = {}\nincarnation = {:016x}\n",
             self.node_id, self.cluster, self.incarnation
-        )
+        );
+        let checksum = crc32c::crc32c(body.as_bytes());
+        format!("{body}checksum = {checksum:08x}\n")
     }
 
+    /// The identity in `text`; `None` unless it is well formed and its checksum matches.
     fn parse(text: &str) -> Option<Self> {
-        let mut lines = text.lines();
+        let (before_checksum, checksum_line) = text.strip_suffix('\n')?.rsplit_once('\n')?;
+        // The body with its final newline, as rendered.
+        let body = &text[..=before_checksum.len()];
+        let hex = checksum_line.strip_prefix("checksum = ")?;
+        let checksum = u32::from_str_radix(hex, 16).ok()?;
+        // Exactly as rendered: `from_str_radix` would also take upper case and a sign.
+        if format!("{checksum:08x}") != hex || crc32c::crc32c(body.as_bytes()) != checksum {
+            return None;
+        }
+        let mut lines = body.lines();
         if lines.next()? != HEADER {
             return None;
         }
@@ -47,6 +60,9 @@ impl Identity {
         let node_id = field("node_id")?.parse().ok()?;
         let cluster = field("cluster")?;
         let incarnation = u64::from_str_radix(&field("incarnation")?, 16).ok()?;
+        if lines.next().is_some() {
+            return None;
+        }
         Some(Self {
             node_id,
             cluster,
@@ -75,7 +91,10 @@ pub fn open_or_create(data_dir: &Path, node_id: NodeId, cluster: &str) -> Result
         Ok(text) => {
             let identity = Identity::parse(&text).ok_or_else(|| Error::Invalid {
                 what: "data directory identity",
-                reason: format!("{} is not a Keel identity file", path.display()),
+                reason: format!(
+                    "{} is not a Keel identity file or is damaged (its checksum does not match): repair the node (`keel repair`)",
+                    path.display()
+                ),
             })?;
             if identity.node_id != node_id || identity.cluster != cluster {
                 return Err(Error::ForeignDataDir {
@@ -147,6 +166,24 @@ mod tests {
             open_or_create(dir.path(), 3, "staging"),
             Err(Error::ForeignDataDir { .. })
         ));
+    }
+
+    #[test]
+    fn every_single_bit_flip_of_an_identity_is_refused() {
+        let text = Identity {
+            node_id: 2,
+            cluster: "keel".to_owned(),
+            incarnation: 0x2000_031f_e50f_87f4,
+        }
+        .render();
+        assert!(Identity::parse(&text).is_some());
+        let bytes = text.as_bytes();
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.to_vec();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            let parsed = std::str::from_utf8(&flipped).ok().and_then(Identity::parse);
+            assert!(parsed.is_none(), "flip of bit {bit} accepted: {parsed:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod log;
 pub mod timers;
+pub mod workflows;
 
 use std::time::Duration;
 

@@ -1,0 +1,440 @@
+//! The workflows checker: a pure function of a history and the workflows' final records.
+//!
+//! For every workflow the history started (its kind and input fix what it must do):
+//! - an acknowledged start exists at the end (*lost-workflow*), a start that certainly
+//!   failed does not (*failed-start-exists*);
+//! - it completed (*stuck-workflow* if still running after the final wait,
+//!   *workflow-failed* if it failed or was cancelled) with the result its kind computes
+//!   from its input (*wrong-result*);
+//! - its journal holds exactly the entries its code makes, in order, each recorded once
+//!   and done (*bad-journal*): `steps n` → `step-0` … `step-(n-1)`; `sleep` → one sleep;
+//!   `call-sleep` → one call of child `<id>/0`, which itself completed its sleep;
+//! - a sleep is never cut short: the workflow is seen finished no sooner than its start was
+//!   invoked plus the sleep, on the harness's clock, with no tolerance (*sleep-cut-short*).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Anomaly, Findings, Validity};
+use crate::history::{Call, Op, OpType};
+
+/// One journal entry of a final record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalEntry {
+    /// Its position.
+    pub seq: u32,
+    /// `step`, `sleep`, `signal` or `call`.
+    pub kind: String,
+    /// The step's name or the child's id.
+    pub name: String,
+    /// `pending`, `done`, `failed` or `timed-out`.
+    pub state: String,
+}
+
+/// A workflow's final record, read from the cluster after the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalWorkflow {
+    /// `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// Its result (completed).
+    pub result: String,
+    /// Its error (failed).
+    pub error: String,
+    /// Its journal.
+    pub journal: Vec<FinalEntry>,
+}
+
+/// Counts of what the history holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowStats {
+    /// Starts acknowledged.
+    pub started_ok: u64,
+    /// Starts that certainly failed.
+    pub started_failed: u64,
+    /// Starts with unknown outcome.
+    pub started_unknown: u64,
+    /// Workflows found completed at the end.
+    pub completed: u64,
+    /// Workflows a client saw finish while the run went on.
+    pub seen_finished: u64,
+}
+
+/// The workflows checker's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowsVerdict {
+    /// Valid or invalid.
+    pub validity: Validity,
+    /// The first anomalies of each kind.
+    pub anomalies: Vec<Anomaly>,
+    /// How many of each kind.
+    pub counts: BTreeMap<String, u64>,
+    /// What the history holds.
+    pub stats: WorkflowStats,
+}
+
+/// What a workflow of `kind` with `input` must leave behind.
+struct Expected {
+    result: String,
+    journal: Vec<(&'static str, String)>,
+    sleep_ms: u64,
+}
+
+fn expected(id: &str, kind: &str, input: &str) -> Option<Expected> {
+    let n: u64 = input.parse().ok()?;
+    Some(match kind {
+        "steps" => Expected {
+            result: n.to_string(),
+            journal: (0..n).map(|i| ("step", format!("step-{i}"))).collect(),
+            sleep_ms: 0,
+        },
+        "sleep" => Expected {
+            result: format!("slept {n} ms"),
+            journal: vec![("sleep", String::new())],
+            sleep_ms: n,
+        },
+        "call-sleep" => Expected {
+            result: format!("child: slept {n} ms"),
+            journal: vec![("call", format!("{id}/0"))],
+            sleep_ms: n,
+        },
+        _ => return None,
+    })
+}
+
+/// Whether `journal` is exactly `expected`, every entry done, in order.
+fn journal_matches(journal: &[FinalEntry], expected: &[(&str, String)]) -> bool {
+    journal.len() == expected.len()
+        && journal
+            .iter()
+            .zip(expected)
+            .enumerate()
+            .all(|(i, (entry, (kind, name)))| {
+                u32::try_from(i).is_ok_and(|seq| entry.seq == seq)
+                    && entry.kind == *kind
+                    && entry.name == *name
+                    && entry.state == "done"
+            })
+}
+
+/// Checks a workflows workload's history against the final records (`id` → record; an id
+/// missing from it does not exist in the cluster).
+pub fn check_workflows(
+    history: &[Op],
+    finals: &BTreeMap<String, FinalWorkflow>,
+) -> WorkflowsVerdict {
+    let mut findings = Findings::default();
+    let mut stats = WorkflowStats::default();
+    let mut first_seen_finished: HashMap<&str, u64> = HashMap::new();
+    for op in history {
+        if let (OpType::Ok, Call::AwaitWorkflow { id, .. }) = (op.kind, &op.call) {
+            first_seen_finished.entry(id.as_str()).or_insert(op.time_ns);
+        }
+    }
+    stats.seen_finished = first_seen_finished.len() as u64;
+    for finished in super::completed(history) {
+        let Call::StartWorkflow { id, kind, input } = finished.invoked else {
+            continue;
+        };
+        let exists = finals.get(id);
+        match (finished.kind, exists) {
+            (OpType::Fail, None) => {
+                stats.started_failed += 1;
+                continue;
+            }
+            (OpType::Fail, Some(_)) => {
+                stats.started_failed += 1;
+                findings.add(
+                    "failed-start-exists",
+                    format!("{id}: its start certainly failed, yet it exists"),
+                );
+                continue;
+            }
+            (OpType::Ok, None) => {
+                stats.started_ok += 1;
+                findings.add(
+                    "lost-workflow",
+                    format!("{id} ({kind} {input}): started, acknowledged, gone"),
+                );
+                continue;
+            }
+            (_, None) => {
+                stats.started_unknown += 1;
+                continue;
+            }
+            (OpType::Ok, Some(_)) => stats.started_ok += 1,
+            (_, Some(_)) => stats.started_unknown += 1,
+        }
+        let Some(workflow) = exists else { continue };
+        check_one(id, kind, input, workflow, finals, &mut findings, &mut stats);
+        if let (Some(expected), Some(&seen)) = (
+            expected(id, kind, input),
+            first_seen_finished.get(id.as_str()),
+        ) {
+            let earliest = finished.invoked_ns + expected.sleep_ms * 1_000_000;
+            if seen < earliest {
+                findings.add(
+                    "sleep-cut-short",
+                    format!(
+                        "{id} ({kind} {input}) was seen finished {} ms after its start was invoked",
+                        seen.saturating_sub(finished.invoked_ns) / 1_000_000
+                    ),
+                );
+            }
+        }
+    }
+    let validity = if findings.anomalies.is_empty() {
+        Validity::Valid
+    } else {
+        Validity::Invalid
+    };
+    WorkflowsVerdict {
+        validity,
+        anomalies: findings.anomalies,
+        counts: findings.counts,
+        stats,
+    }
+}
+
+/// Checks one existing workflow's end, result and journal.
+fn check_one(
+    id: &str,
+    kind: &str,
+    input: &str,
+    workflow: &FinalWorkflow,
+    finals: &BTreeMap<String, FinalWorkflow>,
+    findings: &mut Findings,
+    stats: &mut WorkflowStats,
+) {
+    match workflow.status.as_str() {
+        "completed" => stats.completed += 1,
+        "running" => {
+            findings.add(
+                "stuck-workflow",
+                format!("{id} ({kind} {input}) still runs"),
+            );
+            return;
+        }
+        ended => {
+            findings.add(
+                "workflow-failed",
+                format!("{id} ({kind} {input}) {ended}: {}", workflow.error),
+            );
+            return;
+        }
+    }
+    let Some(expected) = expected(id, kind, input) else {
+        findings.add(
+            "bad-journal",
+            format!("{id}: unknown kind {kind} or input {input:?}"),
+        );
+        return;
+    };
+    if workflow.result != expected.result {
+        findings.add(
+            "wrong-result",
+            format!(
+                "{id}: result {:?}, expected {:?}",
+                workflow.result, expected.result
+            ),
+        );
+    }
+    if !journal_matches(&workflow.journal, &expected.journal) {
+        findings.add(
+            "bad-journal",
+            format!("{id} ({kind} {input}): journal {:?}", workflow.journal),
+        );
+    }
+    if kind == "call-sleep" {
+        let child = format!("{id}/0");
+        let child_ok = finals.get(&child).is_some_and(|c| {
+            c.status == "completed" && journal_matches(&c.journal, &[("sleep", String::new())])
+        });
+        if !child_ok {
+            findings.add(
+                "bad-journal",
+                format!("{id}: child {child} is {:?}", finals.get(&child)),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(time_ms: u64, process: u64, kind: OpType, call: Call) -> Op {
+        Op {
+            index: 0,
+            time_ns: time_ms * 1_000_000,
+            process,
+            kind,
+            call,
+            error: None,
+        }
+    }
+
+    fn start(id: &str, kind: &str, input: &str) -> Call {
+        Call::StartWorkflow {
+            id: id.into(),
+            kind: kind.into(),
+            input: input.into(),
+        }
+    }
+
+    fn seen(id: &str) -> Call {
+        Call::AwaitWorkflow {
+            id: id.into(),
+            status: Some("completed".into()),
+        }
+    }
+
+    fn entry(seq: u32, kind: &str, name: &str) -> FinalEntry {
+        FinalEntry {
+            seq,
+            kind: kind.into(),
+            name: name.into(),
+            state: "done".into(),
+        }
+    }
+
+    fn completed(result: &str, journal: Vec<FinalEntry>) -> FinalWorkflow {
+        FinalWorkflow {
+            status: "completed".into(),
+            result: result.into(),
+            error: String::new(),
+            journal,
+        }
+    }
+
+    /// A valid run: `a` steps 2, `b` sleeps 500 ms, `c` calls a sleeping child.
+    fn valid() -> (Vec<Op>, BTreeMap<String, FinalWorkflow>) {
+        let history = vec![
+            op(0, 1, OpType::Invoke, start("a", "steps", "2")),
+            op(5, 1, OpType::Ok, start("a", "steps", "2")),
+            op(10, 2, OpType::Invoke, start("b", "sleep", "500")),
+            op(20, 2, OpType::Ok, start("b", "sleep", "500")),
+            op(20, 2, OpType::Invoke, seen("b")),
+            op(600, 2, OpType::Ok, seen("b")),
+            op(30, 3, OpType::Invoke, start("c", "call-sleep", "100")),
+            op(40, 3, OpType::Ok, start("c", "call-sleep", "100")),
+        ];
+        let finals = BTreeMap::from([
+            (
+                "a".to_owned(),
+                completed(
+                    "2",
+                    vec![entry(0, "step", "step-0"), entry(1, "step", "step-1")],
+                ),
+            ),
+            (
+                "b".to_owned(),
+                completed("slept 500 ms", vec![entry(0, "sleep", "")]),
+            ),
+            (
+                "c".to_owned(),
+                completed("child: slept 100 ms", vec![entry(0, "call", "c/0")]),
+            ),
+            (
+                "c/0".to_owned(),
+                completed("slept 100 ms", vec![entry(0, "sleep", "")]),
+            ),
+        ]);
+        (history, finals)
+    }
+
+    fn kinds(verdict: &WorkflowsVerdict) -> Vec<String> {
+        verdict.counts.keys().cloned().collect()
+    }
+
+    #[test]
+    fn a_valid_history_is_valid() {
+        let (history, finals) = valid();
+        let verdict = check_workflows(&history, &finals);
+        assert_eq!(verdict.validity, Validity::Valid, "{:?}", verdict.anomalies);
+        assert_eq!(verdict.stats.started_ok, 3);
+        assert_eq!(verdict.stats.completed, 3);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_workflow_is_found() {
+        let (history, mut finals) = valid();
+        finals.remove("a");
+        assert_eq!(
+            kinds(&check_workflows(&history, &finals)),
+            ["lost-workflow"]
+        );
+    }
+
+    #[test]
+    fn a_step_recorded_twice_or_out_of_order_is_a_bad_journal() {
+        let (history, mut finals) = valid();
+        finals.insert(
+            "a".into(),
+            completed(
+                "2",
+                vec![
+                    entry(0, "step", "step-0"),
+                    entry(1, "step", "step-0"),
+                    entry(2, "step", "step-1"),
+                ],
+            ),
+        );
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["bad-journal"]);
+        finals.insert(
+            "a".into(),
+            completed(
+                "2",
+                vec![entry(0, "step", "step-1"), entry(1, "step", "step-0")],
+            ),
+        );
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["bad-journal"]);
+    }
+
+    #[test]
+    fn a_sleep_seen_finished_too_soon_is_cut_short() {
+        let (mut history, finals) = valid();
+        // Seen finished 499 ms after the start's invocation (at 10 ms): 1 ms too soon.
+        history[5] = op(509, 2, OpType::Ok, seen("b"));
+        assert_eq!(
+            kinds(&check_workflows(&history, &finals)),
+            ["sleep-cut-short"]
+        );
+    }
+
+    #[test]
+    fn stuck_failed_wrong_and_childless_workflows_are_found() {
+        let (history, mut finals) = valid();
+        let mut stuck = finals["a"].clone();
+        "running".clone_into(&mut stuck.status);
+        finals.insert("a".into(), stuck);
+        let mut failed = finals["b"].clone();
+        "failed".clone_into(&mut failed.status);
+        finals.insert("b".into(), failed);
+        finals.remove("c/0");
+        let verdict = check_workflows(&history, &finals);
+        assert_eq!(
+            kinds(&verdict),
+            ["bad-journal", "stuck-workflow", "workflow-failed"]
+        );
+        let (history, mut finals) = valid();
+        finals.get_mut("a").expect("a").result = "3".into();
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["wrong-result"]);
+    }
+
+    #[test]
+    fn a_failed_start_must_not_exist_and_unknown_ones_may() {
+        let (mut history, finals) = valid();
+        history[1] = op(5, 1, OpType::Fail, start("a", "steps", "2"));
+        assert_eq!(
+            kinds(&check_workflows(&history, &finals)),
+            ["failed-start-exists"]
+        );
+        let (mut history, mut finals) = valid();
+        history[1] = op(5, 1, OpType::Info, start("a", "steps", "2"));
+        finals.remove("a");
+        let verdict = check_workflows(&history, &finals);
+        assert_eq!(verdict.validity, Validity::Valid, "{:?}", verdict.anomalies);
+        assert_eq!(verdict.stats.started_unknown, 1);
+    }
+}

@@ -1,0 +1,159 @@
+//! The workflows workload: clients start workflows of the built-in kinds (`steps`, `sleep`,
+//! `call-sleep`: a parent whose child sleeps) with unique ids, then wait for each to
+//! finish; at the end every started workflow is read back with its journal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_scheduler::client::{WorkflowClient, WorkflowClientError, WorkflowInfo};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::OP_TIMEOUT;
+use super::timers::classify_workflow;
+use crate::checker::workflows::{FinalEntry, FinalWorkflow};
+use crate::history::{Call, Op, OpType, Recorder};
+
+/// How long a client waits for its workflow to finish before starting the next.
+const AWAIT: Duration = Duration::from_secs(8);
+/// How long the final read waits for a workflow still running.
+const FINAL_WAIT: Duration = Duration::from_secs(20);
+/// How many final reads run at once.
+const FINAL_READERS: usize = 8;
+
+/// One client process of the workflows workload.
+#[derive(Debug)]
+pub struct WorkflowsClient {
+    process: u64,
+    client: WorkflowClient,
+    rng: StdRng,
+}
+
+impl WorkflowsClient {
+    /// Client `process` of the cluster at `addrs`, seeded by `seed`.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn new(process: u64, addrs: &[String], seed: u64) -> Result<Self, WorkflowClientError> {
+        Ok(Self {
+            process,
+            client: WorkflowClient::new(addrs)?,
+            rng: StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x7766),
+        })
+    }
+
+    /// Starts workflows and waits for each, until `deadline`.
+    pub async fn run(mut self, history: Recorder, deadline: Instant) {
+        let mut counter = 0u64;
+        while Instant::now() < deadline {
+            let id = format!("w{}-{counter}", self.process);
+            counter += 1;
+            let (kind, input) = match self.rng.random_range(0..3) {
+                0 => ("steps", self.rng.random_range(2..7u64)),
+                1 => ("sleep", self.rng.random_range(100..1_500u64)),
+                _ => ("call-sleep", self.rng.random_range(100..1_500u64)),
+            };
+            let call = Call::StartWorkflow {
+                id: id.clone(),
+                kind: kind.to_owned(),
+                input: input.to_string(),
+            };
+            history.record(self.process, OpType::Invoke, call.clone(), None);
+            let started = self.client.start(&id, kind, Bytes::from(input.to_string()));
+            let (outcome, error) = match tokio::time::timeout(OP_TIMEOUT, started).await {
+                Ok(Ok(_)) => (OpType::Ok, None),
+                Ok(Err(error)) => (classify_workflow(&error), Some(error.to_string())),
+                Err(_) => (
+                    OpType::Info,
+                    Some(format!("no answer within {OP_TIMEOUT:?}")),
+                ),
+            };
+            history.record(self.process, outcome, call, error);
+            if outcome != OpType::Fail {
+                self.await_end(&history, &id).await;
+            }
+        }
+    }
+
+    /// Waits for workflow `id` to finish, recording when it was seen finished.
+    async fn await_end(&mut self, history: &Recorder, id: &str) {
+        let call = |status| Call::AwaitWorkflow {
+            id: id.to_owned(),
+            status,
+        };
+        history.record(self.process, OpType::Invoke, call(None), None);
+        let waited = self.client.get_after(id, AWAIT, false);
+        let (outcome, status, error) = match tokio::time::timeout(AWAIT + OP_TIMEOUT, waited).await
+        {
+            Ok(Ok(info)) if info.status != "running" => (OpType::Ok, Some(info.status), None),
+            Ok(Ok(_)) => (OpType::Info, None, Some("still running".to_owned())),
+            Ok(Err(error)) => (OpType::Info, None, Some(error.to_string())),
+            Err(_) => (OpType::Info, None, Some("no answer".to_owned())),
+        };
+        history.record(self.process, outcome, call(status), error);
+    }
+}
+
+fn final_workflow(info: &WorkflowInfo) -> FinalWorkflow {
+    FinalWorkflow {
+        status: info.status.clone(),
+        result: String::from_utf8_lossy(&info.result).into_owned(),
+        error: info.error.clone(),
+        journal: info
+            .journal
+            .iter()
+            .map(|entry| FinalEntry {
+                seq: entry.seq,
+                kind: entry.kind.clone(),
+                name: entry.name.clone(),
+                state: entry.state.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The final record of every workflow the history started (those that exist), waiting
+/// for running ones to finish, and of each call's child.
+///
+/// # Errors
+/// A cluster error.
+pub async fn final_workflows(
+    client: &WorkflowClient,
+    ops: &[Op],
+) -> anyhow::Result<BTreeMap<String, FinalWorkflow>> {
+    let ids: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match &op.call {
+            Call::StartWorkflow { id, kind, .. } if kind == "call-sleep" => {
+                Some([id.clone(), format!("{id}/0")])
+            }
+            Call::StartWorkflow { id, .. } => Some([id.clone(), id.clone()]),
+            _ => None,
+        })
+        .flatten()
+        .collect::<BTreeSet<String>>()
+        .into_iter()
+        .collect();
+    let mut readers = tokio::task::JoinSet::new();
+    for chunk in ids.chunks(ids.len().div_ceil(FINAL_READERS).max(1)) {
+        let mut client = client.clone();
+        let chunk = chunk.to_vec();
+        readers.spawn(async move {
+            let mut finals = Vec::new();
+            for id in chunk {
+                match client.get_after(&id, FINAL_WAIT, true).await {
+                    Ok(info) => finals.push((id, final_workflow(&info))),
+                    Err(WorkflowClientError::Rejected { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(finals)
+        });
+    }
+    let mut finals = BTreeMap::new();
+    while let Some(read) = readers.join_next().await {
+        finals.extend(read??);
+    }
+    Ok(finals)
+}
