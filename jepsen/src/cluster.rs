@@ -122,10 +122,6 @@ pub fn find_keel() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Node `id`'s config: short timeouts, frequent snapshots (so a node cut off for seconds
 /// falls behind the purged log and needs a snapshot), peers through the proxies.
 fn node_config(id: u64, addr: &str, addrs: &BTreeMap<u64, String>, proxies: &Proxies) -> String {
@@ -157,10 +153,16 @@ impl Cluster {
             } else {
                 None
             };
+        // The nodes' ports stay bound until the proxies have theirs, so no proxy takes one.
+        let reserved: Vec<TcpListener> = (1..=options.count)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<_>>()?;
         let addrs: BTreeMap<u64, String> = (1..=options.count)
-            .map(|id| Ok((id, format!("127.0.0.1:{}", free_port()?))))
+            .zip(&reserved)
+            .map(|(id, listener)| Ok((id, listener.local_addr()?.to_string())))
             .collect::<anyhow::Result<_>>()?;
         let proxies = Proxies::start(&addrs, options.seed)?;
+        drop(reserved);
         let mut nodes = BTreeMap::new();
         for (&id, addr) in &addrs {
             let config = dir.join(format!("node-{id}.toml"));
