@@ -88,6 +88,44 @@ pub struct LogVerdict {
     pub stats: Stats,
 }
 
+/// What every checker's verdict tells the report.
+pub trait Verdict: Serialize {
+    /// The verdict.
+    fn validity(&self) -> Validity;
+    /// Anomalies per kind, in all.
+    fn counts(&self) -> &BTreeMap<String, u64>;
+    /// The anomalies listed.
+    fn anomalies(&self) -> &[Anomaly];
+    /// What the history holds, as JSON.
+    fn stats(&self) -> serde_json::Value;
+}
+
+/// Implements [`Verdict`] for a verdict struct with the usual fields.
+macro_rules! impl_verdict {
+    ($($verdict:ty),*) => {$(
+        impl Verdict for $verdict {
+            fn validity(&self) -> Validity {
+                self.validity
+            }
+            fn counts(&self) -> &BTreeMap<String, u64> {
+                &self.counts
+            }
+            fn anomalies(&self) -> &[Anomaly] {
+                &self.anomalies
+            }
+            fn stats(&self) -> serde_json::Value {
+                serde_json::to_value(&self.stats).unwrap_or_default()
+            }
+        }
+    )*};
+}
+
+impl_verdict!(
+    LogVerdict,
+    timers::TimersVerdict,
+    workflows::WorkflowsVerdict
+);
+
 /// Most anomalies of one kind listed in a verdict (all are counted).
 pub const ANOMALIES_SHOWN: u64 = 20;
 

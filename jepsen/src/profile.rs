@@ -40,17 +40,13 @@ const CI_NEMESES: [NemesisKind; 7] = [
 ];
 /// The regression scenario the ci profile runs, and how long: the one that found a bug.
 const CI_SCENARIO: (Scenario, u64) = (Scenario::WipedVoter, 20);
-/// The soak's rotation.
-const SOAK_NEMESES: [NemesisKind; 8] = [
-    NemesisKind::Kill,
-    NemesisKind::Pause,
-    NemesisKind::Partition,
-    NemesisKind::Clock,
-    NemesisKind::Membership,
-    NemesisKind::Corrupt,
-    NemesisKind::LoseUnsynced,
-    NemesisKind::All,
-];
+/// The soak's rotation: every nemesis of the ci profile, then all of them together.
+fn soak_nemesis(turn: usize) -> NemesisKind {
+    CI_NEMESES
+        .get(turn % (CI_NEMESES.len() + 1))
+        .copied()
+        .unwrap_or(NemesisKind::All)
+}
 /// How long each soak run lasts (the last may be shorter).
 const SOAK_RUN_SECONDS: u64 = 60;
 /// A soak run shorter than this is not started.
@@ -244,7 +240,7 @@ pub async fn run_profile(
                     .saturating_sub(started.elapsed())
                     .as_secs();
                 (left >= SOAK_MIN_RUN_SECONDS).then(|| {
-                    let nemesis = SOAK_NEMESES[rotation % SOAK_NEMESES.len()];
+                    let nemesis = soak_nemesis(rotation);
                     rotation += 1;
                     Planned {
                         workload: Workload::Mixed,
@@ -331,6 +327,14 @@ fn summary(config: &ProfileConfig, outcome: &ProfileOutcome, took: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_soak_rotates_every_nemesis_then_all() {
+        let turns: Vec<NemesisKind> = (0..=CI_NEMESES.len() + 1).map(soak_nemesis).collect();
+        assert_eq!(&turns[..CI_NEMESES.len()], CI_NEMESES);
+        assert_eq!(turns[CI_NEMESES.len()], NemesisKind::All);
+        assert_eq!(turns[CI_NEMESES.len() + 1], CI_NEMESES[0]);
+    }
 
     #[test]
     fn the_ci_plan_covers_every_nemesis_with_one_seed_then_every_control() {

@@ -12,17 +12,18 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use keel_raft::pb::client::StatusResponse;
-use keel_scheduler::client::{WorkflowClient, WorkflowClientError};
+use keel_scheduler::client::WorkflowClient;
 
 use crate::checker::timers::{FinalTimer, check_timers};
 use crate::checker::workflows::check_workflows;
-use crate::checker::{FinalNode, Validity, check_log};
+use crate::checker::{FinalNode, Validity, Verdict, check_log};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Call, NEMESIS, Op, OpType, Recorder};
 use crate::nemesis::scenario::Scenario;
 use crate::nemesis::{self, NemesisKind};
 use crate::report;
 use crate::workload::log::{LogClient, read_all};
+use crate::workload::read_concurrently;
 use crate::workload::timers::{self, TimerClient};
 use crate::workload::workflows::{WorkflowsClient, final_workflows};
 
@@ -98,6 +99,30 @@ pub struct Checked {
 }
 
 impl Checked {
+    /// One checker's verdict, ready for the report.
+    pub fn of(checker: &str, verdict: &impl Verdict) -> Self {
+        Checked {
+            validity: verdict.validity(),
+            results: serde_json::json!({ checker: verdict }),
+            summary: report::verdict_lines(
+                checker,
+                verdict.validity(),
+                &verdict.stats(),
+                verdict.counts(),
+                verdict.anomalies(),
+            ),
+        }
+    }
+
+    /// A checker that could not read the final state.
+    pub fn unknown(checker: &str, why: &str) -> Self {
+        Checked {
+            validity: Validity::Unknown,
+            results: serde_json::json!({ checker: format!("unknown: {why}") }),
+            summary: format!("{checker} checker: Unknown ({why})\n"),
+        }
+    }
+
     /// The results of several checkers as one: the worst verdict (invalid over unknown
     /// over valid), their results side by side, their summaries in turn.
     pub fn combine(parts: Vec<Checked>) -> Checked {
@@ -382,17 +407,7 @@ async fn check_log_part(
             check_log(&history.ops(), &[])
         }
     };
-    Ok(Checked {
-        validity: verdict.validity,
-        results: serde_json::json!({ "log": verdict }),
-        summary: report::verdict_lines(
-            "log",
-            verdict.validity,
-            &serde_json::to_value(&verdict.stats)?,
-            &verdict.counts,
-            &verdict.anomalies,
-        ),
-    })
+    Ok(Checked::of("log", &verdict))
 }
 
 async fn check_workflows_part(
@@ -405,25 +420,10 @@ async fn check_workflows_part(
         Ok(_) => Some(final_workflows(&client, &history.ops()).await?),
         Err(_) => None,
     };
-    let Some(finals) = finals else {
-        return Ok(Checked {
-            validity: Validity::Unknown,
-            results: serde_json::json!({ "workflows": "unknown: no final state" }),
-            summary: "workflows checker: Unknown (the cluster did not settle)\n".to_owned(),
-        });
-    };
-    let verdict = check_workflows(&history.ops(), &finals);
-    Ok(Checked {
-        validity: verdict.validity,
-        results: serde_json::json!({ "workflows": verdict }),
-        summary: report::verdict_lines(
-            "workflows",
-            verdict.validity,
-            &serde_json::to_value(&verdict.stats)?,
-            &verdict.counts,
-            &verdict.anomalies,
-        ),
-    })
+    Ok(finals.map_or_else(
+        || Checked::unknown("workflows", "the cluster did not settle"),
+        |finals| Checked::of("workflows", &check_workflows(&history.ops(), &finals)),
+    ))
 }
 
 async fn check_timers_part(
@@ -437,32 +437,13 @@ async fn check_timers_part(
     };
     // Deliveries still arriving now are checked like the others.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let Some(finals) = finals else {
-        return Ok(Checked {
-            validity: Validity::Unknown,
-            results: serde_json::json!({ "timers": "unknown: no final state" }),
-            summary: "timers checker: Unknown (the cluster did not settle)\n".to_owned(),
-        });
-    };
-    let verdict = check_timers(&history.ops(), &finals);
-    Ok(Checked {
-        validity: verdict.validity,
-        results: serde_json::json!({ "timers": verdict }),
-        summary: report::verdict_lines(
-            "timers",
-            verdict.validity,
-            &serde_json::to_value(&verdict.stats)?,
-            &verdict.counts,
-            &verdict.anomalies,
-        ),
-    })
+    Ok(finals.map_or_else(
+        || Checked::unknown("timers", "the cluster did not settle"),
+        |finals| Checked::of("timers", &check_timers(&history.ops(), &finals)),
+    ))
 }
 
-/// How many timer reads run at once at the end.
-const FINAL_READERS: usize = 8;
-
-/// The final record of every timer the history scheduled (those that exist), read by
-/// [`FINAL_READERS`] clients at once.
+/// The final record of every timer the history scheduled (those that exist).
 async fn final_timers(
     cluster: &Cluster,
     ops: &[Op],
@@ -477,36 +458,17 @@ async fn final_timers(
         .collect::<BTreeSet<String>>()
         .into_iter()
         .collect();
-    let mut readers = tokio::task::JoinSet::new();
-    for chunk in names.chunks(names.len().div_ceil(FINAL_READERS).max(1)) {
-        let mut client = client.clone();
-        let chunk = chunk.to_vec();
-        readers.spawn(async move {
-            let mut finals = Vec::new();
-            for name in chunk {
-                match client.timer(&name).await {
-                    Ok(info) => finals.push((
-                        name,
-                        FinalTimer {
-                            fired: info.fired,
-                            due_ms: info.due_ms,
-                            term: info.fire_term,
-                            index: info.fire_index,
-                            fired_ms: info.fired_ms,
-                        },
-                    )),
-                    Err(WorkflowClientError::Rejected { .. }) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(finals)
-        });
-    }
-    let mut finals = BTreeMap::new();
-    while let Some(read) = readers.join_next().await {
-        finals.extend(read??);
-    }
-    Ok(finals)
+    Ok(read_concurrently(&client, &names, async |client, name| {
+        let info = client.timer(name).await?;
+        Ok(FinalTimer {
+            fired: info.fired,
+            due_ms: info.due_ms,
+            term: info.fire_term,
+            index: info.fire_index,
+            fired_ms: info.fired_ms,
+        })
+    })
+    .await?)
 }
 
 /// Reads each node's log and digest once the cluster settled (`statuses`).

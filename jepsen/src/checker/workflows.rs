@@ -171,16 +171,15 @@ pub fn check_workflows(
             expected(id, kind, input),
             first_seen_finished.get(id.as_str()),
         ) {
-            let earliest = finished.invoked_ns + expected.sleep_ms * 1_000_000;
-            if seen < earliest {
-                findings.add(
-                    "sleep-cut-short",
-                    format!(
-                        "{id} ({kind} {input}) was seen finished {} ms after its start was invoked",
-                        seen.saturating_sub(finished.invoked_ns) / 1_000_000
-                    ),
-                );
-            }
+            check_sleep(
+                id,
+                kind,
+                input,
+                finished.invoked_ns,
+                &expected,
+                seen,
+                &mut findings,
+            );
         }
     }
     let validity = if findings.anomalies.is_empty() {
@@ -193,6 +192,28 @@ pub fn check_workflows(
         anomalies: findings.anomalies,
         counts: findings.counts,
         stats,
+    }
+}
+
+/// A workflow seen finished at `seen_ns` must have started (`invoked_ns`) at least its
+/// sleep earlier.
+fn check_sleep(
+    id: &str,
+    kind: &str,
+    input: &str,
+    invoked_ns: u64,
+    expected: &Expected,
+    seen_ns: u64,
+    findings: &mut Findings,
+) {
+    if seen_ns < invoked_ns + expected.sleep_ms * 1_000_000 {
+        findings.add(
+            "sleep-cut-short",
+            format!(
+                "{id} ({kind} {input}) was seen finished {} ms after its start was invoked",
+                seen_ns.saturating_sub(invoked_ns) / 1_000_000
+            ),
+        );
     }
 }
 

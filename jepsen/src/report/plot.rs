@@ -186,21 +186,44 @@ where
                 [(fault.from_s, low), (fault.to_s, high)],
                 FAULT_SHADE.mix(0.18).filled(),
             )))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(drawing)?;
         chart
             .draw_series(std::iter::once(Text::new(
                 fault.name.clone(),
                 (fault.from_s, high),
                 ("sans-serif", 13).into_font().color(&FAULT_SHADE),
             )))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(drawing)?;
     }
     Ok(())
 }
 
+/// Draws the legend and writes the file.
+fn finish<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(drawing)?;
+    root.present().map_err(drawing)?;
+    Ok(())
+}
+
+/// A drawing error, as the harness reports errors.
+fn drawing(error: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing a plot: {error}")
+}
+
 fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(drawing)?;
     let max_ms = timeline
         .completions
         .iter()
@@ -213,13 +236,13 @@ fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
         .x_label_area_size(36)
         .y_label_area_size(64)
         .build_cartesian_2d(0f64..timeline.end_s.max(1.0), (0.1f64..max_ms).log_scale())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(drawing)?;
     chart
         .configure_mesh()
         .x_desc("time (s)")
         .y_desc("latency (ms)")
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(drawing)?;
     shade_faults(&mut chart, &timeline.faults, (0.1, max_ms))?;
     for (outcome, color) in OUTCOMES {
         chart
@@ -230,18 +253,11 @@ fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
                     .filter(|c| c.outcome == outcome)
                     .map(|c| Circle::new((c.at_s, c.latency_ms.max(0.1)), 2, color.filled())),
             )
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map_err(drawing)?
             .label(format!("{outcome:?}").to_lowercase())
             .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    finish(&mut chart, &root)
 }
 
 fn draw_rate(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
@@ -252,20 +268,20 @@ fn draw_rate(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
     )]
     let max_rate = rates.values().copied().max().unwrap_or(1) as f64 * 1.2;
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(drawing)?;
     let mut chart = ChartBuilder::on(&root)
         .caption("completions per second", ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
         .build_cartesian_2d(0f64..timeline.end_s.max(1.0), 0f64..max_rate)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(drawing)?;
     chart
         .configure_mesh()
         .x_desc("time (s)")
         .y_desc("operations / s")
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(drawing)?;
     shade_faults(&mut chart, &timeline.faults, (0.0, max_rate))?;
     #[expect(
         clippy::cast_precision_loss,
@@ -281,18 +297,11 @@ fn draw_rate(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
         });
         chart
             .draw_series(LineSeries::new(series, color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map_err(drawing)?
             .label(format!("{outcome:?}").to_lowercase())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    finish(&mut chart, &root)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use keel_scheduler::client::{WorkflowClient, WorkflowClientError, WorkflowInfo};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::OP_TIMEOUT;
 use super::timers::classify_workflow;
+use super::{OP_TIMEOUT, read_concurrently};
 use crate::checker::workflows::{FinalEntry, FinalWorkflow};
 use crate::history::{Call, Op, OpType, Recorder};
 
@@ -19,8 +19,6 @@ use crate::history::{Call, Op, OpType, Recorder};
 const AWAIT: Duration = Duration::from_secs(8);
 /// How long the final read waits for a workflow still running.
 const FINAL_WAIT: Duration = Duration::from_secs(20);
-/// How many final reads run at once.
-const FINAL_READERS: usize = 8;
 
 /// One client process of the workflows workload.
 #[derive(Debug)]
@@ -135,25 +133,10 @@ pub async fn final_workflows(
         .collect::<BTreeSet<String>>()
         .into_iter()
         .collect();
-    let mut readers = tokio::task::JoinSet::new();
-    for chunk in ids.chunks(ids.len().div_ceil(FINAL_READERS).max(1)) {
-        let mut client = client.clone();
-        let chunk = chunk.to_vec();
-        readers.spawn(async move {
-            let mut finals = Vec::new();
-            for id in chunk {
-                match client.get_after(&id, FINAL_WAIT, true).await {
-                    Ok(info) => finals.push((id, final_workflow(&info))),
-                    Err(WorkflowClientError::Rejected { .. }) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(finals)
-        });
-    }
-    let mut finals = BTreeMap::new();
-    while let Some(read) = readers.join_next().await {
-        finals.extend(read??);
-    }
-    Ok(finals)
+    Ok(read_concurrently(client, &ids, async |client, id| {
+        Ok(final_workflow(
+            &client.get_after(id, FINAL_WAIT, true).await?,
+        ))
+    })
+    .await?)
 }
