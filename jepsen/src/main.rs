@@ -30,13 +30,13 @@ enum Command {
         /// limit).
         #[arg(long, value_enum)]
         profile: Option<Profile>,
-        /// A regression scenario (a fixed fault schedule and its workload) instead of
-        /// `--nemesis` and `--workload`.
-        #[arg(long, value_enum, conflicts_with_all = ["profile", "nemesis", "workload"])]
+        /// A regression scenario (a fixed fault schedule, with its own workload unless
+        /// `--workload` says otherwise) instead of `--nemesis`.
+        #[arg(long, value_enum, conflicts_with_all = ["profile", "nemesis"])]
         scenario: Option<Scenario>,
-        /// The workload.
-        #[arg(long, value_enum, default_value = "log")]
-        workload: Workload,
+        /// The workload (default: `log`, or the scenario's).
+        #[arg(long, value_enum)]
+        workload: Option<Workload>,
         /// The faults.
         #[arg(long, value_enum, default_value = "kill")]
         nemesis: NemesisKind,
@@ -117,7 +117,9 @@ fn main() {
                 return run_profile_and_report(&config).await;
             }
             let config = RunConfig {
-                workload: scenario.map_or(workload, Scenario::workload),
+                workload: workload
+                    .or(scenario.map(Scenario::workload))
+                    .unwrap_or(Workload::Log),
                 nemesis: if scenario.is_some() {
                     NemesisKind::None
                 } else {

@@ -156,6 +156,9 @@ impl Checked {
 pub struct RunOutcome {
     /// The checked result.
     pub checked: Checked,
+    /// What the checkers (and the nemesis) alone found, before a node's announcement of a
+    /// deliberate fault made the run invalid: a negative control must be caught here.
+    pub found: Validity,
     /// The report directory.
     pub dir: PathBuf,
 }
@@ -208,6 +211,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
         progress.abort();
     }
     let mut checked = checked?;
+    let found = checked.validity;
     if cluster.announced_sabotage() {
         checked.validity = Validity::Invalid;
         checked
@@ -222,7 +226,11 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     if checked.validity == Validity::Valid {
         std::fs::remove_dir_all(dir.join("cluster"))?;
     }
-    Ok(RunOutcome { checked, dir })
+    Ok(RunOutcome {
+        checked,
+        found,
+        dir,
+    })
 }
 
 /// A progress bar of the run's time, with the operations and faults so far.
@@ -253,8 +261,31 @@ async fn show_progress(history: Recorder, time_limit: Duration) {
     }
 }
 
-/// Client and fire-watcher tasks.
-type Tasks = Vec<tokio::task::JoinHandle<()>>;
+/// Client or fire-watcher tasks, aborted when dropped (so an error leaves none behind).
+#[derive(Debug, Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    fn push(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.0.push(task);
+    }
+
+    /// Waits for every task to end by itself.
+    async fn join(mut self) -> anyhow::Result<()> {
+        for task in std::mem::take(&mut self.0) {
+            task.await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
 
 /// Starts the workload's clients (until `deadline`) and, for timers, a fire watcher per node.
 fn start_clients(
@@ -263,8 +294,8 @@ fn start_clients(
     history: &Recorder,
     deadline: Instant,
 ) -> anyhow::Result<(Tasks, Tasks)> {
-    let mut clients = Vec::new();
-    let mut watchers = Vec::new();
+    let mut clients = Tasks::default();
+    let mut watchers = Tasks::default();
     if config.workload.has_log() {
         let high = Arc::new(AtomicU64::new(0));
         for process in 1..=config.clients {
@@ -319,13 +350,16 @@ async fn drive_and_check(
         }
         None => nemesis::run(config.nemesis, cluster, history, config.seed, deadline).await,
     };
-    for client in clients {
-        client.await?;
-    }
+    clients.join().await?;
     tracing::info!("clients done and faults healed; checking");
     if config.workload.has_timers() {
-        // Every timer is due by now plus the longest delay; then the cluster settles.
-        tokio::time::sleep(Duration::from_millis(timers::DELAY_MS.end) + TIMERS_GRACE).await;
+        // Every timer is due by now plus the longest delay (and the largest clock jump a
+        // leader may have stamped its due time with); then the cluster settles.
+        let mut grace = Duration::from_millis(timers::DELAY_MS.end) + TIMERS_GRACE;
+        if config.nemesis.needs_fake_clock() {
+            grace += nemesis::MAX_CLOCK_JUMP;
+        }
+        tokio::time::sleep(grace).await;
     }
     // A little time for the last commits to reach every node after the heal; then every
     // checker reads the settled cluster (or, if it never settles, gives up at once).
@@ -343,37 +377,44 @@ async fn drive_and_check(
         tracing::info!("log checked");
     }
     if config.workload.has_workflows() {
-        parts.push(check_workflows_part(cluster, history, &settled).await?);
+        parts.push(check_workflows_part(cluster, history, &settled).await);
         tracing::info!("workflows checked");
     }
     if config.workload.has_timers() {
-        parts.push(check_timers_part(cluster, history, &settled).await?);
+        // The watchers stop before the final records are read, so every delivery they
+        // recorded carries a token committed by then.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(watchers);
+        parts.push(check_timers_part(cluster, history, &settled).await);
         tracing::info!("timers checked");
-        // Deliveries still arriving now were checked like the others.
-        for watcher in watchers {
-            watcher.abort();
-        }
     }
     Ok(Checked::combine(parts))
 }
 
 /// What the nemesis saw that is itself an anomaly: nodes that refused their data after a
-/// simulated power loss, leaders elected with a wiped node's vote.
+/// kill or a simulated power loss, leaders elected with a wiped node's vote, node
+/// processes that ended by themselves.
 fn nemesis_part(report: &nemesis::NemesisReport) -> Checked {
     let anomalies: Vec<(&str, u64, &String)> = report
-        .refused_after_power_loss
+        .refused_after_restart
         .iter()
-        .map(|(node, fault)| ("refused-after-power-loss", *node, fault))
+        .map(|(node, fault)| ("refused-after-restart", *node, fault))
         .chain(
             report
                 .elected_with_wiped_voter
                 .iter()
                 .map(|(node, fault)| ("elected-with-wiped-voter", *node, fault)),
         )
+        .chain(
+            report
+                .crashed
+                .iter()
+                .map(|(node, when)| ("node-crashed", *node, when)),
+        )
         .collect();
     let mut summary = "nemesis checker: Invalid\n".to_owned();
     for (kind, node, fault) in &anomalies {
-        let _ = writeln!(summary, "  - {kind}: node {node} after {fault}");
+        let _ = writeln!(summary, "  - {kind}: node {node}: {fault}");
     }
     let results: Vec<serde_json::Value> = anomalies
         .iter()
@@ -410,37 +451,28 @@ async fn check_log_part(
     Ok(Checked::of("log", &verdict))
 }
 
-async fn check_workflows_part(
-    cluster: &Cluster,
-    history: &Recorder,
-    settled: &Settled,
-) -> anyhow::Result<Checked> {
-    let client = WorkflowClient::new(&cluster.addrs())?;
-    let finals = match settled {
-        Ok(_) => Some(final_workflows(&client, &history.ops()).await?),
-        Err(_) => None,
+async fn check_workflows_part(cluster: &Cluster, history: &Recorder, settled: &Settled) -> Checked {
+    if let Err(why) = settled {
+        return Checked::unknown("workflows", why);
+    }
+    let finals = match WorkflowClient::new(&cluster.addrs()) {
+        Ok(client) => final_workflows(&client, &history.ops()).await,
+        Err(error) => Err(error.into()),
     };
-    Ok(finals.map_or_else(
-        || Checked::unknown("workflows", "the cluster did not settle"),
-        |finals| Checked::of("workflows", &check_workflows(&history.ops(), &finals)),
-    ))
+    match finals {
+        Ok(finals) => Checked::of("workflows", &check_workflows(&history.ops(), &finals)),
+        Err(error) => Checked::unknown("workflows", &format!("reading the final state: {error:#}")),
+    }
 }
 
-async fn check_timers_part(
-    cluster: &Cluster,
-    history: &Recorder,
-    settled: &Settled,
-) -> anyhow::Result<Checked> {
-    let finals = match settled {
-        Ok(_) => Some(final_timers(cluster, &history.ops()).await?),
-        Err(_) => None,
-    };
-    // Deliveries still arriving now are checked like the others.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(finals.map_or_else(
-        || Checked::unknown("timers", "the cluster did not settle"),
-        |finals| Checked::of("timers", &check_timers(&history.ops(), &finals)),
-    ))
+async fn check_timers_part(cluster: &Cluster, history: &Recorder, settled: &Settled) -> Checked {
+    if let Err(why) = settled {
+        return Checked::unknown("timers", why);
+    }
+    match final_timers(cluster, &history.ops()).await {
+        Ok(finals) => Checked::of("timers", &check_timers(&history.ops(), &finals)),
+        Err(error) => Checked::unknown("timers", &format!("reading the final state: {error:#}")),
+    }
 }
 
 /// The final record of every timer the history scheduled (those that exist).

@@ -262,6 +262,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
+        #[cfg(feature = "sabotage")]
+        let from = crate::sabotage::truncation_start(from);
         let state = self.log.state().map_err(to_io)?;
         let from = state.first_index.map_or(from, |first| from.max(first));
         self.log

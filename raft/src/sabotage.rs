@@ -19,6 +19,9 @@ pub enum Fault {
     /// The log store acknowledges appends to openraft at once and never asks for their
     /// `fdatasync`: they stay in the page cache until the kernel writes them back.
     AckBeforeFsync,
+    /// A conflict truncation starts one entry early: the last entry that matched the
+    /// leader is removed with the conflicting ones.
+    OffByOneTruncation,
 }
 
 /// The fault this process runs with, if any.
@@ -28,6 +31,7 @@ pub fn fault() -> Option<Fault> {
         Ok("stale-reads") => Some(Fault::StaleReads),
         Ok("unfenced-fires") => Some(Fault::UnfencedFires),
         Ok("ack-before-fsync") => Some(Fault::AckBeforeFsync),
+        Ok("off-by-one-truncation") => Some(Fault::OffByOneTruncation),
         _ => None,
     })
 }
@@ -35,6 +39,16 @@ pub fn fault() -> Option<Fault> {
 /// Whether `fault` is on.
 pub fn on(fault: Fault) -> bool {
     self::fault() == Some(fault)
+}
+
+/// Where a conflict truncation starts: under [`Fault::OffByOneTruncation`] one entry too
+/// early, so the last matching entry goes too.
+pub fn truncation_start(from: u64) -> u64 {
+    if on(Fault::OffByOneTruncation) {
+        from.saturating_sub(1)
+    } else {
+        from
+    }
 }
 
 /// Logs the fault loudly (the harness refuses to call a run valid after this line).

@@ -128,7 +128,7 @@ impl fmt::Display for Fault {
     }
 }
 
-fn cut_both(a: u64, b: u64) -> [(u64, u64); 2] {
+pub(super) fn cut_both(a: u64, b: u64) -> [(u64, u64); 2] {
     [(a, b), (b, a)]
 }
 
@@ -304,23 +304,14 @@ impl Fault {
     /// Heals the fault; returns what it took.
     pub(super) async fn heal(&self, cluster: &mut Cluster) -> anyhow::Result<Healed> {
         match self {
-            Self::Kill { victims, .. } => {
-                for &id in victims {
-                    cluster.restart(id)?;
-                }
-            }
-            Self::PowerLoss { victims, .. } => {
-                // A node must come back from a power loss by itself; if it refuses its
-                // data, the note says so and the repair lets the run go on.
-                for &id in victims {
-                    cluster.restart(id)?;
-                }
+            Self::Kill { victims, .. } | Self::PowerLoss { victims, .. } => {
+                // A node must come back from a crash or a power loss by itself; if it
+                // refuses its data, that is an anomaly, and the repair lets the run go on.
                 let mut healed = Healed::default();
                 let mut notes = Vec::new();
-                for &id in victims {
-                    let restarted = restart_or_repair(cluster, id).await?;
+                for (id, restarted) in restart_or_repair(cluster, victims).await? {
                     if restarted != Restarted::Running {
-                        healed.refused_after_power_loss.push(id);
+                        healed.refused_after_restart.push(id);
                     }
                     notes.push(restarted_note(id, &restarted));
                 }
@@ -342,8 +333,12 @@ impl Fault {
             }
             Self::Membership { node } => return Ok(readmit(cluster, &[*node]).await?.into()),
             Self::Corrupt { node, .. } => {
-                let restarted = restart_or_repair(cluster, *node).await?;
-                return Ok(restarted_note(*node, &restarted).into());
+                let notes: Vec<String> = restart_or_repair(cluster, &[*node])
+                    .await?
+                    .iter()
+                    .map(|(id, restarted)| restarted_note(*id, restarted))
+                    .collect();
+                return Ok(notes.join("; ").into());
             }
         }
         Ok(String::from("healed").into())
@@ -391,7 +386,9 @@ fn clock_offsets(ids: &[u64], rng: &mut StdRng) -> Fault {
         let magnitude = if rng.random_bool(0.5) {
             rng.random_range(1..400)
         } else {
-            rng.random_range(1_000..10_000)
+            rng.random_range(
+                1_000..i64::try_from(super::MAX_CLOCK_JUMP.as_millis()).unwrap_or(10_000),
+            )
         };
         offsets.push((
             id,
@@ -490,17 +487,17 @@ async fn readmit(cluster: &Cluster, nodes: &[u64]) -> anyhow::Result<String> {
 pub(super) struct Healed {
     /// What it did.
     pub(super) note: String,
-    /// Nodes that would not take their data back after a power loss. Only unsynced writes
-    /// were undone, so a node that did not acknowledge anything before its sync never
-    /// refuses: each is an anomaly.
-    pub(super) refused_after_power_loss: Vec<u64>,
+    /// Nodes that would not take their data back after a crash or a power loss. A kill
+    /// keeps the page cache and a power loss undoes only unsynced writes, so a node that
+    /// acknowledged nothing before its sync never refuses: each is an anomaly.
+    pub(super) refused_after_restart: Vec<u64>,
 }
 
 impl From<String> for Healed {
     fn from(note: String) -> Self {
         Self {
             note,
-            refused_after_power_loss: Vec::new(),
+            refused_after_restart: Vec::new(),
         }
     }
 }
@@ -514,20 +511,37 @@ pub(super) enum Restarted {
     Refused(Result<(), String>),
 }
 
-/// Restarts `node`; if it refuses its data, wipes it and repairs it with `keel repair`.
-async fn restart_or_repair(cluster: &mut Cluster, node: u64) -> anyhow::Result<Restarted> {
-    cluster.restart(node)?;
+/// Restarts `nodes` at once; each that refuses its data within [`REFUSAL_WAIT`] is wiped
+/// and repaired with `keel repair`.
+async fn restart_or_repair(
+    cluster: &mut Cluster,
+    nodes: &[u64],
+) -> anyhow::Result<Vec<(u64, Restarted)>> {
+    for &node in nodes {
+        cluster.restart(node)?;
+    }
+    let mut refused = Vec::new();
     let deadline = Instant::now() + REFUSAL_WAIT;
-    while Instant::now() < deadline {
-        if cluster.exited(node) {
-            cluster.wipe(node)?;
-            cluster.restart(node)?;
-            let repaired = cluster.repair(node).await.map_err(|e| format!("{e:#}"));
-            return Ok(Restarted::Refused(repaired));
+    while Instant::now() < deadline && refused.len() < nodes.len() {
+        for &node in nodes {
+            if !refused.contains(&node) && cluster.exited(node) {
+                refused.push(node);
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Restarted::Running)
+    let mut outcomes = Vec::new();
+    for &node in nodes {
+        if refused.contains(&node) {
+            cluster.wipe(node)?;
+            cluster.restart(node)?;
+            let repaired = cluster.repair(node).await.map_err(|e| format!("{e:#}"));
+            outcomes.push((node, Restarted::Refused(repaired)));
+        } else {
+            outcomes.push((node, Restarted::Running));
+        }
+    }
+    Ok(outcomes)
 }
 
 fn restarted_note(node: u64, restarted: &Restarted) -> String {
@@ -552,8 +566,9 @@ pub(super) async fn heal_all(cluster: &mut Cluster) -> anyhow::Result<String> {
             cluster.skew_clock(id, 0)?;
         }
         if !cluster.nodes[&id].running() {
-            let restarted = restart_or_repair(cluster, id).await?;
-            notes.push(restarted_note(id, &restarted));
+            for (id, restarted) in restart_or_repair(cluster, &[id]).await? {
+                notes.push(restarted_note(id, &restarted));
+            }
         }
     }
     notes.push(readmit(cluster, &ids).await?);

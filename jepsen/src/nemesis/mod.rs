@@ -17,6 +17,10 @@ use crate::cluster::Cluster;
 use crate::history::{Call, NEMESIS, OpType, Recorder};
 use fault::{Fault, Menu};
 
+/// The largest wall-clock offset the clock nemesis gives a node: a timer a leader stamped
+/// then may come due this much later in real time.
+pub const MAX_CLOCK_JUMP: Duration = Duration::from_secs(10);
+
 /// The faults a run may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -85,12 +89,33 @@ impl NemesisKind {
 /// What the nemesis saw that is itself an anomaly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NemesisReport {
-    /// Nodes that refused their data after a simulated power loss, with the fault's
-    /// description: a node that synced before acknowledging has nothing to refuse.
-    pub refused_after_power_loss: Vec<(u64, String)>,
+    /// Nodes that refused their data after a kill or a simulated power loss, with the
+    /// fault's description: a node that synced before acknowledging has nothing to refuse.
+    pub refused_after_restart: Vec<(u64, String)>,
     /// Leaders elected while only a wiped, unrepaired node could complete their majority,
     /// with the scenario's description.
     pub elected_with_wiped_voter: Vec<(u64, String)>,
+    /// Nodes whose process ended by itself (no nemesis killed it), with when it was seen.
+    pub crashed: Vec<(u64, String)>,
+}
+
+impl NemesisReport {
+    /// Whether the nemesis saw no anomaly itself.
+    pub fn is_clean(&self) -> bool {
+        self.refused_after_restart.is_empty()
+            && self.elected_with_wiped_voter.is_empty()
+            && self.crashed.is_empty()
+    }
+
+    /// Records every node whose process ended by itself since the last look.
+    fn note_crashes(&mut self, cluster: &mut Cluster, when: &str) {
+        for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+            if cluster.exited(id) {
+                tracing::error!(node = id, when, "a node process ended by itself");
+                self.crashed.push((id, when.to_owned()));
+            }
+        }
+    }
 }
 
 /// Runs `kind` against `cluster` until `deadline`, then heals everything.
@@ -109,6 +134,7 @@ pub async fn run(
     } else {
         faults(menu, cluster, history, &mut rng, deadline, &mut report).await;
     }
+    report.note_crashes(cluster, "at the final heal");
     heal_all(cluster, history).await;
     report
 }
@@ -131,6 +157,7 @@ pub async fn run_scenario(
         report: &mut report,
     };
     scenario::run(scenario, &mut injection).await;
+    report.note_crashes(cluster, "at the final heal");
     heal_all(cluster, history).await;
     report
 }
@@ -206,6 +233,8 @@ impl Injection<'_> {
     async fn inject(&mut self, fault: &Fault, hold: Hold) {
         let name = fault.name();
         let detail = fault.to_string();
+        self.report
+            .note_crashes(self.cluster, &format!("before the fault {detail}"));
         record(self.history, OpType::Invoke, name, &detail);
         let applied = match fault.apply(self.cluster, self.rng).await {
             Ok(note) => note,
@@ -236,9 +265,9 @@ impl Injection<'_> {
         };
         let healed = match fault.heal(self.cluster).await {
             Ok(healed) => {
-                for &node in &healed.refused_after_power_loss {
+                for &node in &healed.refused_after_restart {
                     self.report
-                        .refused_after_power_loss
+                        .refused_after_restart
                         .push((node, detail.clone()));
                 }
                 healed.note

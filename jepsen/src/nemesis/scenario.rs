@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::fault::{Fault, Target};
-use super::{Hold, Injection, NemesisReport, disk::Damage, record};
+use super::fault::{Fault, Shape, Target, cut_both};
+use super::{Hold, Injection, disk::Damage, record};
 use crate::cluster::leader_status;
 use crate::history::OpType;
 use crate::run::Workload;
@@ -22,8 +22,15 @@ pub enum Scenario {
     /// The leader is paused past a new election and resumes: as a deposed leader it must
     /// neither fire timers nor serve linearizable reads.
     PausedLeader,
+    /// The leader is cut off from both followers (it keeps taking writes it cannot commit),
+    /// then the partition heals: its uncommitted tail must be truncated exactly, nothing
+    /// acknowledged lost.
+    LeaderInMinority,
     /// Bit flips in the log segments of one node at a time: acknowledged entries survive.
     MinorityBitFlips,
+    /// Every node is killed at once and restarted, again and again: no acknowledged entry,
+    /// timer or workflow may be lost, and every node must take its data back.
+    AllCrash,
     /// A node's data directory is wiped and it restarts without repair; then another node
     /// dies, so only the wiped node's vote could elect a leader. It must not give it (no
     /// leader may be elected); then the dead node returns and the wiped one is repaired.
@@ -34,9 +41,12 @@ impl Scenario {
     /// The workload whose checker watches for the bug.
     pub fn workload(self) -> Workload {
         match self {
-            Self::LeaderKillUnsynced | Self::MinorityBitFlips | Self::WipedVoter => Workload::Log,
+            Self::LeaderKillUnsynced
+            | Self::LeaderInMinority
+            | Self::MinorityBitFlips
+            | Self::WipedVoter => Workload::Log,
             Self::RestartReapplies => Workload::Timers,
-            Self::PausedLeader => Workload::Mixed,
+            Self::PausedLeader | Self::AllCrash => Workload::Mixed,
         }
     }
 
@@ -74,20 +84,8 @@ pub(super) async fn run(scenario: Scenario, run: &mut Injection<'_>) {
                     .await;
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
             }
-            Scenario::PausedLeader => {
-                if let Some(leader) = wait_for_leader(run).await {
-                    let fault = Fault::Pause {
-                        target: Target::Leader,
-                        victims: vec![leader],
-                    };
-                    let hold = Hold::UntilNewLeader {
-                        old: leader,
-                        at_most: Duration::from_secs(5),
-                    };
-                    run.inject(&fault, hold).await;
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            }
+            Scenario::PausedLeader => paused_leader(run).await,
+            Scenario::LeaderInMinority => leader_in_minority(run, &ids).await,
             Scenario::MinorityBitFlips => {
                 let fault = Fault::Corrupt {
                     node,
@@ -98,8 +96,50 @@ pub(super) async fn run(scenario: Scenario, run: &mut Injection<'_>) {
                     .await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
+            Scenario::AllCrash => {
+                let fault = Fault::Kill {
+                    target: Target::All,
+                    victims: ids.clone(),
+                };
+                run.inject(&fault, Hold::For(Duration::from_millis(300)))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             Scenario::WipedVoter => wiped_voter(run, node).await,
         }
+    }
+}
+
+/// Pauses the leader until another node leads, then resumes it.
+async fn paused_leader(run: &mut Injection<'_>) {
+    if let Some(leader) = wait_for_leader(run).await {
+        let fault = Fault::Pause {
+            target: Target::Leader,
+            victims: vec![leader],
+        };
+        let hold = Hold::UntilNewLeader {
+            old: leader,
+            at_most: Duration::from_secs(5),
+        };
+        run.inject(&fault, hold).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Cuts the leader off from every other node for a while.
+async fn leader_in_minority(run: &mut Injection<'_>, ids: &[u64]) {
+    if let Some(leader) = wait_for_leader(run).await {
+        let cuts = ids
+            .iter()
+            .filter(|&&id| id != leader)
+            .flat_map(|&other| cut_both(leader, other))
+            .collect();
+        let fault = Fault::Partition {
+            shape: Shape::IsolateLeader,
+            cuts,
+        };
+        run.inject(&fault, Hold::For(Duration::from_secs(3))).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -176,11 +216,4 @@ async fn wiped_voter(run: &mut Injection<'_>, node: u64) {
         &format!("{detail}; {}", notes.join("; ")),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-}
-
-impl NemesisReport {
-    /// Whether the nemesis saw no anomaly itself.
-    pub fn is_clean(&self) -> bool {
-        self.refused_after_power_loss.is_empty() && self.elected_with_wiped_voter.is_empty()
-    }
 }

@@ -152,80 +152,109 @@ fn parent(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// The journal replayed so far.
+#[derive(Debug, Default)]
+struct Replay {
+    paths: HashMap<u64, PathBuf>,
+    pending: HashMap<u64, Vec<(u64, u64)>>,
+    created: Vec<PathBuf>,
+    renamed: Vec<(PathBuf, PathBuf)>,
+}
+
+fn bad(line: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("bad journal line {line:?}"),
+    )
+}
+
+/// `key rest-of-line`.
+fn key_and<'a>(line: &str, rest: &'a str) -> io::Result<(u64, &'a str)> {
+    let (key, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    Ok((key.parse().map_err(|_| bad(line))?, tail))
+}
+
+impl Replay {
+    fn line(&mut self, line: &str) -> io::Result<()> {
+        let (verb, rest) = line.split_once(' ').ok_or_else(|| bad(line))?;
+        match verb {
+            "C" | "O" => {
+                let (key, path) = key_and(line, rest)?;
+                if verb == "C" {
+                    self.created.push(PathBuf::from(path));
+                }
+                self.paths.insert(key, PathBuf::from(path));
+            }
+            "W" => {
+                let (key, tail) = key_and(line, rest)?;
+                let (offset, len) = tail.split_once(' ').ok_or_else(|| bad(line))?;
+                let offset = offset.parse().map_err(|_| bad(line))?;
+                let len = len.parse().map_err(|_| bad(line))?;
+                self.pending.entry(key).or_default().push((offset, len));
+            }
+            "S" => {
+                // `fdatasync` makes the file durable, whichever handle (or earlier life of
+                // the process) wrote to it.
+                let key = key_and(line, rest)?.0;
+                if let Some(path) = self.paths.get(&key) {
+                    let paths = &self.paths;
+                    self.pending
+                        .retain(|other, _| paths.get(other) != Some(path));
+                }
+                self.pending.remove(&key);
+            }
+            "R" => {
+                let (from, to) = rest.split_once('\t').ok_or_else(|| bad(line))?;
+                let (from, to) = (PathBuf::from(from), PathBuf::from(to));
+                for path in self.paths.values_mut().chain(&mut self.created) {
+                    if *path == from {
+                        path.clone_from(&to);
+                    }
+                }
+                self.renamed.push((from, to));
+            }
+            "X" => {
+                let path = PathBuf::from(rest);
+                self.created.retain(|p| *p != path);
+                self.paths.retain(|_, p| *p != path);
+            }
+            "D" => {
+                let dir = PathBuf::from(rest);
+                self.created.retain(|p| parent(p) != dir);
+                self.renamed.retain(|(_, to)| parent(to) != dir);
+            }
+            _ => return Err(bad(line)),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Unsynced {
+        let paths = self.paths;
+        let mut writes: Vec<(PathBuf, u64, u64)> = self
+            .pending
+            .into_iter()
+            .filter_map(|(key, ranges)| Some((paths.get(&key)?.clone(), ranges)))
+            .flat_map(|(path, ranges)| ranges.into_iter().map(move |(o, l)| (path.clone(), o, l)))
+            .collect();
+        writes.sort();
+        Unsynced {
+            writes,
+            created: self.created,
+            renamed: self.renamed,
+        }
+    }
+}
+
 /// Replays `journal` (its text) into what a power cut would undo.
 ///
 /// # Errors
 /// A malformed line.
 pub fn unsynced(journal: &str) -> io::Result<Unsynced> {
-    let bad = |line: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad journal line {line:?}"),
-        )
-    };
-    let mut paths: HashMap<u64, PathBuf> = HashMap::new();
-    let mut pending: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
-    let mut created: Vec<PathBuf> = Vec::new();
-    let mut renamed: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut replay = Replay::default();
     for line in journal.lines() {
-        let (verb, rest) = line.split_once(' ').ok_or_else(|| bad(line))?;
-        let key_and = |rest: &str| -> io::Result<(u64, String)> {
-            let (key, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            Ok((key.parse().map_err(|_| bad(line))?, tail.to_owned()))
-        };
-        match verb {
-            "C" | "O" => {
-                let (key, path) = key_and(rest)?;
-                if verb == "C" {
-                    created.push(PathBuf::from(&path));
-                }
-                paths.insert(key, PathBuf::from(path));
-            }
-            "W" => {
-                let (key, tail) = key_and(rest)?;
-                let (offset, len) = tail.split_once(' ').ok_or_else(|| bad(line))?;
-                let offset = offset.parse().map_err(|_| bad(line))?;
-                let len = len.parse().map_err(|_| bad(line))?;
-                pending.entry(key).or_default().push((offset, len));
-            }
-            "S" => {
-                pending.remove(&key_and(rest)?.0);
-            }
-            "R" => {
-                let (from, to) = rest.split_once('\t').ok_or_else(|| bad(line))?;
-                let (from, to) = (PathBuf::from(from), PathBuf::from(to));
-                for path in paths.values_mut().filter(|p| **p == from) {
-                    path.clone_from(&to);
-                }
-                for path in created.iter_mut().filter(|p| **p == from) {
-                    path.clone_from(&to);
-                }
-                renamed.push((from, to));
-            }
-            "X" => {
-                let path = PathBuf::from(rest);
-                created.retain(|p| *p != path);
-                paths.retain(|_, p| *p != path);
-            }
-            "D" => {
-                let dir = PathBuf::from(rest);
-                created.retain(|p| parent(p) != dir);
-                renamed.retain(|(_, to)| parent(to) != dir);
-            }
-            _ => return Err(bad(line)),
-        }
+        replay.line(line)?;
     }
-    let mut writes: Vec<(PathBuf, u64, u64)> = pending
-        .into_iter()
-        .filter_map(|(key, ranges)| Some((paths.get(&key)?.clone(), ranges)))
-        .flat_map(|(path, ranges)| ranges.into_iter().map(move |(o, l)| (path.clone(), o, l)))
-        .collect();
-    writes.sort();
-    Ok(Unsynced {
-        writes,
-        created,
-        renamed,
-    })
+    Ok(replay.finish())
 }
 
 #[cfg(test)]
@@ -277,6 +306,24 @@ mod tests {
         kept.sync_data().unwrap();
         let found = unsynced(&std::fs::read_to_string(&journal).unwrap()).unwrap();
         assert_eq!(found.created, vec![dir.path().join("kept")]);
+        assert!(found.writes.is_empty(), "{:?}", found.writes);
+    }
+
+    #[test]
+    fn a_sync_covers_writes_of_every_handle_and_earlier_life_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        let path = dir.path().join("seg");
+        let fs = JournaledFs::new(&journal).unwrap();
+        let first = fs.create_new(&path).unwrap();
+        fs.sync_dir(dir.path()).unwrap();
+        first.write_all_at(b"earlier life", 0).unwrap();
+        // A later life (another journal key) opens the file again and syncs it.
+        let later = JournaledFs::new(&journal).unwrap();
+        let reopened = later.open(&path).unwrap();
+        reopened.write_all_at(b"!", 12).unwrap();
+        reopened.sync_data().unwrap();
+        let found = unsynced(&std::fs::read_to_string(&journal).unwrap()).unwrap();
         assert!(found.writes.is_empty(), "{:?}", found.writes);
     }
 
