@@ -370,7 +370,12 @@ mod tests {
         let controls: Vec<&str> = plan.iter().filter_map(|p| p.sabotage).collect();
         assert_eq!(
             controls,
-            ["stale-reads", "unfenced-fires", "ack-before-fsync"]
+            [
+                "stale-reads",
+                "unfenced-fires",
+                "ack-before-fsync",
+                "off-by-one-truncation"
+            ]
         );
         let seconds: u64 = plan.iter().map(|p| p.seconds).sum();
         assert!(seconds <= 5 * 60, "{seconds} s of runs");
