@@ -399,7 +399,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// The leader's id, if the running nodes agree on one.
+    /// The id of a node that says it leads (the first found; a deposed leader that has not
+    /// noticed yet may still say so).
     pub async fn leader(&self) -> Option<u64> {
         let mut client = self.client(0).ok()?;
         leader_status(&mut client).await.map(|s| s.node_id)

@@ -7,12 +7,17 @@
 //! report. One seed reproduces the schedule of faults and operations.
 //!
 //! ```text
-//!  run ─► Cluster (3 × keel node) ─► init
-//!     ├─► LogClient × N ──append/read──► cluster      ─┐
-//!     ├─► nemesis (kill …) ──SIGKILL/restart──► nodes  ├─► Recorder (history.jsonl)
-//!     └─► heal ─► settle ─► final logs + digests ─────┘
-//!                              └─► check_log ─► report (test.json, results.json, summary.txt)
+//!  run ─► Proxies (every link) ─► Cluster (3 × keel node, peers via proxies) ─► init
+//!     ├─► clients: log · timers (+ fire watchers) · workflows ─► cluster ─┐
+//!     ├─► nemesis or scenario ──kill/pause/cut/skew/flip/power-cut──► nodes├─► Recorder
+//!     └─► heal ─► settle ─► final logs, digests, timers, workflows ───────┘  (history)
+//!           └─► check_log · check_timers · check_workflows · nemesis anomalies
+//!                 └─► report (test.json, history.jsonl, results.json, summary.txt,
+//!                             latency.png, rate.png, index.html, node logs)
 //! ```
+//!
+//! A profile (`profile`) runs planned sequences: `ci` (fixed seed, every nemesis, a
+//! regression scenario, negative controls on the sabotage build) and `soak`.
 //!
 //! Exit codes of `keel-jepsen run`: 0 valid, 1 invalid, 2 unknown or harness failure.
 #![forbid(unsafe_code)]

@@ -55,8 +55,8 @@ enum Command {
         /// The `keel` binary (default: the one of this build).
         #[arg(long)]
         keel: Option<PathBuf>,
-        /// A deliberate fault for the nodes of a sabotage build: `stale-reads` or
-        /// `unfenced-fires`.
+        /// A deliberate fault for the nodes of a sabotage build: `stale-reads`,
+        /// `unfenced-fires`, `ack-before-fsync` or `off-by-one-truncation`.
         #[arg(long)]
         sabotage: Option<String>,
         /// The sabotage build's `keel`, for the ci profile's negative controls (default:

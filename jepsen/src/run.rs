@@ -27,6 +27,9 @@ use crate::workload::read_concurrently;
 use crate::workload::timers::{self, TimerClient};
 use crate::workload::workflows::{WorkflowsClient, final_workflows};
 
+/// Most rounds of reading every node's final log.
+const FINAL_READ_ROUNDS: usize = 4;
+
 /// Time allowed after the last timer is due for its fire to commit everywhere.
 const TIMERS_GRACE: Duration = Duration::from_secs(2);
 
@@ -517,23 +520,39 @@ async fn final_state(
             .ok_or_else(|| anyhow::anyhow!("node {} gave no status", node.id))?;
         finals.push(FinalNode {
             node: node.id,
-            log: read_all(&mut client, &node.addr).await?,
+            log: Vec::new(),
             applied_index: status.applied_index.unwrap_or(0),
             digest: status.state_digest,
         });
     }
-    // The digests were read before the logs; read them again so they match a moment when
-    // nothing is being written (the clients stopped).
-    for status in client
-        .statuses()
-        .await
-        .into_iter()
-        .filter_map(|(_, s)| s.ok())
-    {
-        if let Some(final_node) = finals.iter_mut().find(|f| f.node == status.node_id) {
-            final_node.applied_index = status.applied_index.unwrap_or(0);
-            final_node.digest = status.state_digest;
+    // An append a timed-out client left in flight may still commit while the nodes are
+    // read one after another: read until two rounds agree (a few at most), so a difference
+    // left over is the nodes', not the reading's.
+    for round in 0..FINAL_READ_ROUNDS {
+        let mut changed = false;
+        for final_node in &mut finals {
+            let addr = &cluster.nodes[&final_node.node].addr;
+            let log = read_all(&mut client, addr).await?;
+            changed |= log != final_node.log;
+            final_node.log = log;
         }
+        // Digests at a moment when nothing is being written (the clients stopped).
+        for status in client
+            .statuses()
+            .await
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+        {
+            if let Some(final_node) = finals.iter_mut().find(|f| f.node == status.node_id) {
+                changed |= final_node.applied_index != status.applied_index.unwrap_or(0);
+                final_node.applied_index = status.applied_index.unwrap_or(0);
+                final_node.digest = status.state_digest;
+            }
+        }
+        if !changed && round > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     Ok(finals)
 }

@@ -57,6 +57,9 @@ pub enum ClientError {
     },
 }
 
+/// How long [`KeelClient::statuses`] waits for each node.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Answers awaited on one append stream, by request id.
 type Waiting =
     Arc<Mutex<HashMap<u64, oneshot::Sender<Result<api::AppendResponse, tonic::Status>>>>>;
@@ -352,21 +355,40 @@ impl KeelClient {
         .await
     }
 
-    /// Status of every endpoint that answers: `(address, status or error)`.
+    /// Status of every endpoint, asked all at once: `(address, status or error)`. A node
+    /// that does not answer within [`STATUS_TIMEOUT`] (a stopped process still accepts
+    /// connections) gets a deadline error.
     pub async fn statuses(&mut self) -> Vec<(String, Result<api::StatusResponse, ClientError>)> {
-        let mut out = Vec::new();
-        for addr in self.endpoints.clone() {
-            let status = match self.channel(&addr) {
-                Ok(mut client) => client
-                    .status(api::StatusRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(ClientError::from),
-                Err(error) => Err(error),
-            };
-            out.push((addr, status));
-        }
-        out
+        let asked: Vec<_> = self
+            .endpoints
+            .clone()
+            .into_iter()
+            .map(|addr| {
+                let client = self.channel(&addr);
+                async move {
+                    let status = match client {
+                        Ok(mut client) => {
+                            match tokio::time::timeout(
+                                STATUS_TIMEOUT,
+                                client.status(api::StatusRequest {}),
+                            )
+                            .await
+                            {
+                                Ok(answer) => answer
+                                    .map(tonic::Response::into_inner)
+                                    .map_err(ClientError::from),
+                                Err(_) => Err(ClientError::Rpc(tonic::Status::deadline_exceeded(
+                                    format!("no status from {addr} within {STATUS_TIMEOUT:?}"),
+                                ))),
+                            }
+                        }
+                        Err(error) => Err(error),
+                    };
+                    (addr, status)
+                }
+            })
+            .collect();
+        futures::future::join_all(asked).await
     }
 
     /// Forms a cluster of the nodes at `members` (`node id → address`): reads each node's

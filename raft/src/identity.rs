@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::types::NodeId;
 
 const FILE: &str = "IDENTITY";
-const HEADER: &str = "keel data directory v1";
+const HEADER: &str = "keel data directory v2";
+/// The first format, without a checksum: read once and rewritten as the current one.
+const HEADER_V1: &str = "keel data directory v1";
 
 /// Who a data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,17 @@ impl Identity {
         format!("{body}checksum = {checksum:08x}\n")
     }
 
+    /// The identity in a first-format file (four lines, no checksum).
+    fn parse_v1(text: &str) -> Option<Self> {
+        let body = text.strip_prefix(HEADER_V1)?;
+        let identity = Self::parse_fields(&mut body.lines().skip(1))?;
+        let rendered = format!(
+            "{HEADER_V1}\nnode_id = {}\ncluster = {}\nincarnation = {:016x}\n",
+            identity.node_id, identity.cluster, identity.incarnation
+        );
+        (rendered == text).then_some(identity)
+    }
+
     /// The identity in `text`; `None` unless it is well formed and its checksum matches.
     fn parse(text: &str) -> Option<Self> {
         let (before_checksum, checksum_line) = text.strip_suffix('\n')?.rsplit_once('\n')?;
@@ -52,6 +65,11 @@ impl Identity {
         if lines.next()? != HEADER {
             return None;
         }
+        Self::parse_fields(&mut lines)
+    }
+
+    /// The three `key = value` lines, and nothing after them.
+    fn parse_fields<'a>(lines: &mut impl Iterator<Item = &'a str>) -> Option<Self> {
         let mut field = |name: &str| {
             let line = lines.next()?;
             let (key, value) = line.split_once(" = ")?;
@@ -78,7 +96,23 @@ fn random_incarnation() -> u64 {
     hasher.finish().max(1)
 }
 
-/// Reads `data_dir`'s identity, creating it for a new directory; refuses another node's or
+/// Writes `identity` durably: a temporary file, synced, renamed over `IDENTITY`, the
+/// directory synced.
+fn write(data_dir: &Path, identity: &Identity) -> Result<()> {
+    let temp = data_dir.join("IDENTITY.tmp");
+    let written = fs::File::create(&temp).and_then(|mut file| {
+        file.write_all(identity.render().as_bytes())?;
+        file.sync_all()
+    });
+    written.map_err(Error::io("write", &temp))?;
+    fs::rename(&temp, data_dir.join(FILE)).map_err(Error::io("rename", &temp))?;
+    fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(Error::io("sync directory", data_dir))
+}
+
+/// Reads `data_dir`'s identity (a first-format file is rewritten with a checksum), creating
+/// it for a new directory; refuses another node's or
 /// cluster's directory.
 ///
 /// # Errors
@@ -89,7 +123,11 @@ pub fn open_or_create(data_dir: &Path, node_id: NodeId, cluster: &str) -> Result
     let expected = format!("node {node_id} of cluster {cluster:?}");
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let identity = Identity::parse(&text).ok_or_else(|| Error::Invalid {
+            let upgraded = Identity::parse_v1(&text);
+            if let Some(identity) = &upgraded {
+                write(data_dir, identity)?;
+            }
+            let identity = upgraded.or_else(|| Identity::parse(&text)).ok_or_else(|| Error::Invalid {
                 what: "data directory identity",
                 reason: format!(
                     "{} is not a Keel identity file or is damaged (its checksum does not match): repair the node (`keel repair`)",
@@ -125,16 +163,7 @@ pub fn open_or_create(data_dir: &Path, node_id: NodeId, cluster: &str) -> Result
                 cluster: cluster.to_owned(),
                 incarnation: random_incarnation(),
             };
-            let temp = data_dir.join("IDENTITY.tmp");
-            let written = fs::File::create(&temp).and_then(|mut file| {
-                file.write_all(identity.render().as_bytes())?;
-                file.sync_all()
-            });
-            written.map_err(Error::io("write", &temp))?;
-            fs::rename(&temp, &path).map_err(Error::io("rename", &temp))?;
-            fs::File::open(data_dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(Error::io("sync directory", data_dir))?;
+            write(data_dir, &identity)?;
             Ok(identity)
         }
         Err(error) => Err(Error::io("read", path)(error)),
@@ -184,6 +213,28 @@ mod tests {
             let parsed = std::str::from_utf8(&flipped).ok().and_then(Identity::parse);
             assert!(parsed.is_none(), "flip of bit {bit} accepted: {parsed:?}");
         }
+    }
+
+    #[test]
+    fn a_first_format_identity_is_kept_and_rewritten_with_a_checksum() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v1 =
+            "keel data directory v1\nnode_id = 3\ncluster = prod\nincarnation = 00000000000000ab\n";
+        fs::write(dir.path().join(FILE), v1).expect("write");
+        let identity = open_or_create(dir.path(), 3, "prod").expect("upgraded");
+        assert_eq!(identity.incarnation, 0xab);
+        let text = fs::read_to_string(dir.path().join(FILE)).expect("read");
+        assert!(
+            text.starts_with(HEADER) && text.contains("checksum = "),
+            "{text}"
+        );
+        assert_eq!(
+            open_or_create(dir.path(), 3, "prod").expect("reopened"),
+            identity
+        );
+        // A damaged first-format file is not taken for one.
+        fs::write(dir.path().join(FILE), v1.replace("ab", "aB")).expect("write");
+        assert!(open_or_create(dir.path(), 3, "prod").is_err());
     }
 
     #[test]
