@@ -20,7 +20,7 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many final reads run at once.
 const FINAL_READERS: usize = 8;
 
-/// Reads every key with `read`, [`FINAL_READERS`] at once (each reader a clone of
+/// Reads every key with `read`, `FINAL_READERS` at once (each reader a clone of
 /// `client`); a key `read` finds refused (it does not exist) is left out.
 ///
 /// # Errors
