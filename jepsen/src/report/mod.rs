@@ -66,7 +66,10 @@ pub fn write(dir: &Path, config: &RunConfig, ops: &[Op], checked: &Checked) -> a
     )?;
     let summary = summary(config, ops, checked);
     std::fs::write(dir.join("summary.txt"), &summary)?;
-    let plots = plot::draw(dir, &plot::Timeline::of(ops)).map_err(|error| format!("{error:#}"));
+    let timeline = plot::Timeline::of(ops);
+    let plots = plot::draw(dir, &timeline)
+        .map(|()| !timeline.lateness.is_empty())
+        .map_err(|error| format!("{error:#}"));
     std::fs::write(dir.join("index.html"), index_html(config, &summary, &plots))?;
     Ok(())
 }
@@ -79,11 +82,18 @@ fn escape(text: &str) -> String {
 }
 
 /// The report's page: the summary, the plots (or why there are none), links to the files.
-fn index_html(config: &RunConfig, summary: &str, plots: &Result<(), String>) -> String {
+/// `plots`: whether the timer-lateness plot was drawn too, or why there are no plots.
+fn index_html(config: &RunConfig, summary: &str, plots: &Result<bool, String>) -> String {
     let plots = match plots {
-        Ok(()) => "<img src=\"latency.png\" alt=\"latency over time\">\n\
-                   <img src=\"rate.png\" alt=\"completions per second\">"
-            .to_owned(),
+        Ok(lateness) => {
+            let mut images = "<img src=\"latency.png\" alt=\"latency over time\">\n\
+                              <img src=\"rate.png\" alt=\"completions per second\">"
+                .to_owned();
+            if *lateness {
+                images.push_str("\n<img src=\"lateness.png\" alt=\"timer lateness\">");
+            }
+            images
+        }
         Err(why) => format!("<p>No plots: {}</p>", escape(why)),
     };
     format!(

@@ -1,6 +1,7 @@
 //! The report's plots: `latency.png` (every client operation's latency over time, by
-//! outcome) and `rate.png` (completions per second, by outcome), with each fault's active
-//! period shaded and named.
+//! outcome), `rate.png` (completions per second, by outcome) and, when timers ran,
+//! `lateness.png` (each timer's first delivery after its earliest allowed moment), with
+//! each fault's active period shaded and named.
 //!
 //! Text needs a TrueType font, read at run time (Debian: `fonts-dejavu-core`), so no
 //! system font library is linked.
@@ -57,6 +58,9 @@ pub struct Timeline {
     pub completions: Vec<Completion>,
     /// Every fault.
     pub faults: Vec<FaultWindow>,
+    /// Each acknowledged timer's first delivery: `(when, ms after its schedule's invocation
+    /// plus its delay)`.
+    pub lateness: Vec<(f64, f64)>,
     /// The history's last moment, in seconds.
     pub end_s: f64,
 }
@@ -122,6 +126,7 @@ impl Timeline {
                 to_s: timeline.end_s,
             });
         }
+        timeline.lateness = lateness(ops);
         timeline
     }
 
@@ -139,6 +144,37 @@ impl Timeline {
         }
         rates
     }
+}
+
+/// Each acknowledged timer's first delivery and how late it came after the earliest moment
+/// it was allowed: its schedule's invocation plus its delay, on the harness's clock.
+fn lateness(ops: &[Op]) -> Vec<(f64, f64)> {
+    let mut invoked: BTreeMap<(u64, &str), u64> = BTreeMap::new();
+    let mut earliest: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut delivered: BTreeMap<&str, u64> = BTreeMap::new();
+    for op in ops {
+        match (&op.call, op.kind) {
+            (Call::Schedule { name, .. }, OpType::Invoke) => {
+                invoked.insert((op.process, name.as_str()), op.time_ns);
+            }
+            (Call::Schedule { name, delay_ms, .. }, OpType::Ok) => {
+                if let Some(at) = invoked.get(&(op.process, name.as_str())) {
+                    earliest.insert(name, at + delay_ms * 1_000_000);
+                }
+            }
+            (Call::Fire { name, .. }, _) => {
+                delivered.entry(name).or_insert(op.time_ns);
+            }
+            _ => {}
+        }
+    }
+    delivered
+        .into_iter()
+        .filter_map(|(name, at)| {
+            let due = earliest.get(name)?;
+            Some((seconds(at), seconds(at.saturating_sub(*due)) * 1e3))
+        })
+        .collect()
 }
 
 /// Registers the font once; `None` if no font file is installed.
@@ -165,6 +201,9 @@ pub fn draw(dir: &Path, timeline: &Timeline) -> anyhow::Result<()> {
     );
     draw_latency(&dir.join("latency.png"), timeline)?;
     draw_rate(&dir.join("rate.png"), timeline)?;
+    if !timeline.lateness.is_empty() {
+        draw_lateness(&dir.join("lateness.png"), timeline)?;
+    }
     Ok(())
 }
 
@@ -257,6 +296,46 @@ fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
             .label(format!("{outcome:?}").to_lowercase())
             .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
     }
+    finish(&mut chart, &root)
+}
+
+fn draw_lateness(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(drawing)?;
+    let max_ms = timeline
+        .lateness
+        .iter()
+        .map(|&(_, ms)| ms)
+        .fold(10.0, f64::max)
+        * 1.5;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "timer lateness (first delivery after invoke + delay)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..timeline.end_s.max(1.0), (0.1f64..max_ms).log_scale())
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("lateness (ms)")
+        .draw()
+        .map_err(drawing)?;
+    shade_faults(&mut chart, &timeline.faults, (0.1, max_ms))?;
+    let color = OUTCOMES[0].1;
+    chart
+        .draw_series(
+            timeline
+                .lateness
+                .iter()
+                .map(|&(at, ms)| Circle::new((at, ms.max(0.1)), 2, color.filled())),
+        )
+        .map_err(drawing)?
+        .label("timer")
+        .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
     finish(&mut chart, &root)
 }
 
@@ -384,6 +463,28 @@ mod tests {
             timeline.rates(),
             BTreeMap::from([((0, OpType::Ok), 1), ((1, OpType::Info), 1)])
         );
+    }
+
+    #[test]
+    fn lateness_counts_from_the_schedules_invocation_plus_its_delay() {
+        let schedule = |due_ms| Call::Schedule {
+            name: "t".into(),
+            delay_ms: 100,
+            due_ms,
+        };
+        let fire = Call::Fire {
+            node: 1,
+            name: "t".into(),
+            term: 1,
+            index: 9,
+        };
+        let ops = vec![
+            op(0, 1_000, 1, OpType::Invoke, schedule(None)),
+            op(1, 1_010, 1, OpType::Ok, schedule(Some(5))),
+            op(2, 1_150, WATCHERS + 1, OpType::Ok, fire.clone()),
+            op(3, 1_400, WATCHERS + 2, OpType::Ok, fire),
+        ];
+        assert_eq!(Timeline::of(&ops).lateness, vec![(1.15, 50.0)]);
     }
 
     #[test]
