@@ -1,14 +1,14 @@
-//! Three real `keel node` processes on loopback, each with its own data directory, port and
-//! log file; started, killed (SIGKILL, by PID) and restarted by the harness, and killed
-//! when the cluster is dropped.
+//! Three real `keel node` processes, each with its own data directory, address and log
+//! file; started, killed (SIGKILL, by PID) and restarted by the harness, and killed when
+//! the cluster is dropped.
 //!
-//! Nodes reach each other through the harness's link proxies (their `[peers]` config), so
-//! the nemesis can partition them; with `fake_clock`, each node runs under libfaketime with
-//! its own offset file, so the nemesis can skew its wall clock (monotonic clocks stay real).
+//! Nodes reach each other over the harness's [`Network`] (link proxies on loopback, or a
+//! network namespace each), so the nemesis can partition them; with `fake_clock`, each node
+//! runs under libfaketime with its own offset file, so the nemesis can skew its wall clock
+//! (monotonic clocks stay real).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusResponse;
 
-use crate::proxy::Proxies;
+use crate::network::{NetKind, Network};
 
 /// How long the cluster may take to form or to catch up at the end.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
@@ -41,7 +41,9 @@ pub struct ClusterOptions {
     /// Each node journals its log's writes and syncs (`node-N.journal`), so a power loss can
     /// be simulated after a kill.
     pub sync_journal: bool,
-    /// Seeds the proxies' random connection resets.
+    /// How the links between the nodes are built.
+    pub net: NetKind,
+    /// Seeds the proxies' loss draws.
     pub seed: u64,
 }
 
@@ -76,8 +78,8 @@ pub struct Cluster {
     libfaketime: Option<PathBuf>,
     /// The nodes, by id.
     pub nodes: BTreeMap<u64, NodeProc>,
-    /// The proxies of the links between nodes.
-    pub proxies: Proxies,
+    /// The links between the nodes.
+    pub network: Network,
 }
 
 impl Drop for Cluster {
@@ -123,23 +125,23 @@ pub fn find_keel() -> anyhow::Result<PathBuf> {
 }
 
 /// Node `id`'s config: short timeouts, frequent snapshots (so a node cut off for seconds
-/// falls behind the purged log and needs a snapshot), peers through the proxies.
-fn node_config(id: u64, addr: &str, addrs: &BTreeMap<u64, String>, proxies: &Proxies) -> String {
+/// falls behind the purged log and needs a snapshot), peers over the network.
+fn node_config(id: u64, addr: &str, count: u64, network: &Network) -> String {
     let mut text = format!(
         "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n\
          [snapshot]\nevery_entries = 1000\nkeep_behind = 200\n[peers]\n"
     );
-    for &peer in addrs.keys().filter(|&&peer| peer != id) {
-        if let Some(proxy) = proxies.addr(id, peer) {
-            let _ = writeln!(text, "{peer} = \"{proxy}\"");
+    for peer in (1..=count).filter(|&peer| peer != id) {
+        if let Some(peer_addr) = network.peer_addr(id, peer) {
+            let _ = writeln!(text, "{peer} = \"{peer_addr}\"");
         }
     }
     text
 }
 
 impl Cluster {
-    /// Writes configs for nodes 1..=`options.count` under `dir`, starts the link proxies
-    /// and the nodes. Must be called inside a tokio runtime (the proxies run on it).
+    /// Builds the network, writes configs for nodes 1..=`options.count` under `dir`, and
+    /// starts the nodes. Must be called inside a tokio runtime (proxies run on it).
     ///
     /// # Errors
     /// A file or process error; `fake_clock` without libfaketime installed.
@@ -153,21 +155,15 @@ impl Cluster {
             } else {
                 None
             };
-        // The nodes' ports stay bound until the proxies have theirs, so no proxy takes one.
-        let reserved: Vec<TcpListener> = (1..=options.count)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<std::io::Result<_>>()?;
-        let addrs: BTreeMap<u64, String> = (1..=options.count)
-            .zip(&reserved)
-            .map(|(id, listener)| Ok((id, listener.local_addr()?.to_string())))
-            .collect::<anyhow::Result<_>>()?;
-        let proxies = Proxies::start(&addrs, options.seed)?;
-        drop(reserved);
+        let network = Network::start(options.net, options.count, options.seed)?;
         let mut nodes = BTreeMap::new();
-        for (&id, addr) in &addrs {
+        for id in 1..=options.count {
+            let addr = network
+                .listen_addr(id)
+                .context("the network has no such node")?;
             let config = dir.join(format!("node-{id}.toml"));
             let journal = dir.join(format!("node-{id}.journal"));
-            let mut text = node_config(id, addr, &addrs, &proxies);
+            let mut text = node_config(id, &addr, options.count, &network);
             if options.sync_journal {
                 text = format!("sync_journal = \"node-{id}.journal\"\n{text}");
             }
@@ -178,7 +174,7 @@ impl Cluster {
                 id,
                 NodeProc {
                     id,
-                    addr: addr.clone(),
+                    addr,
                     data_dir: dir.join(format!("node-{id}")),
                     journal,
                     config,
@@ -193,7 +189,7 @@ impl Cluster {
             sabotage: options.sabotage.clone(),
             libfaketime,
             nodes,
-            proxies,
+            network,
         };
         for id in 1..=options.count {
             cluster.restart(id)?;
@@ -214,7 +210,7 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&node.log)?;
-        let mut command = Command::new(&self.keel);
+        let mut command = self.network.command(id, &self.keel);
         if let Some(fault) = &self.sabotage {
             command.env("KEEL_SABOTAGE", fault);
         }

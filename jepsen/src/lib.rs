@@ -1,13 +1,13 @@
 //! keel-jepsen: Keel's failure-injection harness.
 //!
-//! A run starts three real `keel node` processes on loopback (the `keel` binary of the same
-//! build), drives seeded client processes and a seeded nemesis against them, records every
-//! operation as a history (JSON lines, on the harness's monotonic clock), heals every
-//! fault, reads every node's final state, checks the history against it, and writes a
-//! report. One seed reproduces the schedule of faults and operations.
+//! A run starts three real `keel node` processes (the `keel` binary of the same build), on
+//! loopback behind link proxies or, as root, in a network namespace each; drives seeded
+//! client processes and a seeded nemesis against them, records every operation as a
+//! history (JSON lines, on the harness's monotonic clock), heals every fault, reads every
+//! node's final state, checks the history against it, and writes a report. One seed reproduces the schedule of faults and operations.
 //!
 //! ```text
-//!  run ─► Proxies (every link) ─► Cluster (3 × keel node, peers via proxies) ─► init
+//!  run ─► Network (proxies or namespaces) ─► Cluster (3 × keel node) ─► init
 //!     ├─► clients: log · timers (+ fire watchers) · workflows ─► cluster ─┐
 //!     ├─► nemesis or scenario ──kill/pause/cut/skew/flip/power-cut──► nodes├─► Recorder
 //!     └─► heal ─► settle ─► final logs, digests, timers, workflows ───────┘  (history)
@@ -26,8 +26,8 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod network;
 pub mod profile;
-pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod workload;

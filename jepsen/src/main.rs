@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use keel_jepsen::nemesis::NemesisKind;
 use keel_jepsen::nemesis::scenario::Scenario;
+use keel_jepsen::network::{NetKind, enter_own_namespace};
 use keel_jepsen::profile::{Profile, ProfileConfig, run_profile};
 use keel_jepsen::run::{RunConfig, Workload, exit_code, run};
 
@@ -52,6 +53,11 @@ enum Command {
         /// Where reports go.
         #[arg(long, default_value = "store")]
         store: PathBuf,
+        /// How the links between nodes are built: `netns` (root: a network namespace per
+        /// node, partitions by nftables), `proxy` (a TCP proxy per link), or `auto` (netns
+        /// when it can be built). With `--profile`, `proxy` keeps every run on proxies.
+        #[arg(long, value_enum, default_value = "auto")]
+        net: NetKind,
         /// The `keel` binary (default: the one of this build).
         #[arg(long)]
         keel: Option<PathBuf>,
@@ -75,7 +81,8 @@ fn default_sabotage_keel() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-fn main() {
+/// Logs to standard error, `RUST_LOG` filtering (default: warnings).
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -83,6 +90,10 @@ fn main() {
         )
         .with_target(false)
         .init();
+}
+
+fn main() {
+    init_tracing();
     let Command::Run {
         profile,
         scenario,
@@ -92,10 +103,16 @@ fn main() {
         seed,
         clients,
         store,
+        net,
         keel,
         sabotage,
         sabotage_keel,
     } = Cli::parse().command;
+    // Before any thread starts: this may re-execute the program in a namespace of its own.
+    if let Err(error) = enter_own_namespace(net) {
+        eprintln!("keel-jepsen: {error:#}");
+        std::process::exit(2);
+    }
     let code = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(async {
             let keel = match keel.map_or_else(keel_jepsen::cluster::find_keel, Ok) {
@@ -133,6 +150,7 @@ fn main() {
                 sabotage,
                 progress: true,
                 scenario,
+                net,
             };
             run_and_report(&config).await
         }),

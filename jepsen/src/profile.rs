@@ -1,12 +1,15 @@
 //! Profiles: planned sequences of runs with one verdict.
 //!
-//! - **ci**: a fixed seed, the mixed workload, 30 s against each nemesis in turn, the
-//!   `wiped-voter` regression scenario, then the negative controls: short runs of the
-//!   sabotage build against each of its faults, each of which must come out invalid.
-//!   Passes when every real run is valid and every control is caught.
+//! - **ci**: a fixed seed, the mixed workload, 30 s against each nemesis in turn (the
+//!   partitions in network namespaces when the harness runs in its own, through the link
+//!   proxies otherwise; everything else through the proxies), the `wiped-voter` regression
+//!   scenario, then the negative controls: short runs of the sabotage build against each
+//!   of its faults, each of which must come out invalid. Passes when every real run is
+//!   valid and every control is caught.
 //! - **soak**: rotates every nemesis (and `all`) with fresh random seeds, the mixed
-//!   workload, a minute each, until the time limit; every seed is recorded so any run can
-//!   be repeated alone. Passes when every run is valid.
+//!   workload, a minute each, until the time limit, alternating namespaces (when there are)
+//!   and proxies by rotation; every seed is recorded so any run can be repeated alone.
+//!   Passes when every run is valid.
 //!
 //! The profile writes `runs.jsonl` (one line per run: workload, nemesis, seed, expected and
 //! actual verdict, report directory) and `summary.txt` under `<store>/profile-<name>/<ts>/`.
@@ -21,6 +24,7 @@ use serde::Serialize;
 use crate::checker::Validity;
 use crate::nemesis::NemesisKind;
 use crate::nemesis::scenario::Scenario;
+use crate::network::NetKind;
 use crate::report;
 use crate::run::{RunConfig, Workload, run};
 
@@ -40,12 +44,28 @@ const CI_NEMESES: [NemesisKind; 7] = [
 ];
 /// The regression scenario the ci profile runs, and how long: the one that found a bug.
 const CI_SCENARIO: (Scenario, u64) = (Scenario::WipedVoter, 20);
-/// The soak's rotation: every nemesis of the ci profile, then all of them together.
-fn soak_nemesis(turn: usize) -> NemesisKind {
-    CI_NEMESES
-        .get(turn % (CI_NEMESES.len() + 1))
+/// The soak's rotation: every nemesis of the ci profile, then all of them together; every
+/// other rotation in network namespaces (when the harness runs in its own).
+fn soak_turn(turn: usize) -> (NemesisKind, NetKind) {
+    let rotation = CI_NEMESES.len() + 1;
+    let nemesis = CI_NEMESES
+        .get(turn % rotation)
         .copied()
-        .unwrap_or(NemesisKind::All)
+        .unwrap_or(NemesisKind::All);
+    let net = if (turn / rotation).is_multiple_of(2) {
+        NetKind::Auto
+    } else {
+        NetKind::Proxy
+    };
+    (nemesis, net)
+}
+/// How the ci profile builds a real run's network: partitions in namespaces when it can.
+fn ci_net(nemesis: NemesisKind) -> NetKind {
+    if nemesis == NemesisKind::Partition {
+        NetKind::Auto
+    } else {
+        NetKind::Proxy
+    }
 }
 /// How long each soak run lasts (the last may be shorter).
 const SOAK_RUN_SECONDS: u64 = 60;
@@ -88,6 +108,8 @@ pub struct ProfileRun {
     pub nemesis: NemesisKind,
     /// The regression scenario, if the run is one.
     pub scenario: Option<Scenario>,
+    /// How the links were built.
+    pub net: NetKind,
     /// The seed (repeat with `keel-jepsen run --seed`).
     pub seed: u64,
     /// Seconds of clients and faults.
@@ -115,9 +137,10 @@ impl ProfileRun {
             |s| format!("scenario {s:?}"),
         );
         format!(
-            "{} {:?} {faults}{control} seed {} {} s: {:?} (expected {:?}) · {}",
+            "{} {:?} {faults}{control} net {:?} seed {} {} s: {:?} (expected {:?}) · {}",
             if self.passed() { "pass" } else { "FAIL" },
             self.workload,
+            self.net,
             self.seed,
             self.seconds,
             self.actual,
@@ -153,6 +176,7 @@ struct Planned {
     workload: Workload,
     nemesis: NemesisKind,
     scenario: Option<Scenario>,
+    net: NetKind,
     seconds: u64,
     seed: u64,
     sabotage: Option<&'static str>,
@@ -182,6 +206,7 @@ fn ci_plan() -> Vec<Planned> {
         workload: Workload::Mixed,
         nemesis,
         scenario: None,
+        net: ci_net(nemesis),
         seconds: CI_SECONDS,
         seed: CI_SEED,
         sabotage: None,
@@ -191,6 +216,7 @@ fn ci_plan() -> Vec<Planned> {
         workload: scenario.workload(),
         nemesis: NemesisKind::None,
         scenario: Some(scenario),
+        net: NetKind::Proxy,
         seconds,
         seed: CI_SEED,
         sabotage: None,
@@ -201,6 +227,7 @@ fn ci_plan() -> Vec<Planned> {
             workload,
             nemesis: NemesisKind::None,
             scenario,
+            net: NetKind::Proxy,
             seconds,
             seed: CI_SEED,
             sabotage: Some(fault),
@@ -246,12 +273,13 @@ pub async fn run_profile(
                     .saturating_sub(started.elapsed())
                     .as_secs();
                 (left >= SOAK_MIN_RUN_SECONDS).then(|| {
-                    let nemesis = soak_nemesis(rotation);
+                    let (nemesis, net) = soak_turn(rotation);
                     rotation += 1;
                     Planned {
                         workload: Workload::Mixed,
                         nemesis,
                         scenario: None,
+                        net,
                         seconds: left.min(SOAK_RUN_SECONDS),
                         seed: rand::random(),
                         sabotage: None,
@@ -286,6 +314,7 @@ async fn run_planned(
             .ok_or_else(|| anyhow::anyhow!("no sabotage build"))?,
         None => config.keel.clone(),
     };
+    let net = plan.net.resolve()?;
     let run_config = RunConfig {
         workload: plan.workload,
         nemesis: plan.nemesis,
@@ -297,12 +326,14 @@ async fn run_planned(
         sabotage: plan.sabotage.map(str::to_owned),
         progress: false,
         scenario: plan.scenario,
+        net,
     };
     let outcome = run(&run_config).await?;
     Ok(ProfileRun {
         workload: plan.workload,
         nemesis: plan.nemesis,
         scenario: plan.scenario,
+        net,
         seed: plan.seed,
         seconds: plan.seconds,
         sabotage: run_config.sabotage,
@@ -341,11 +372,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_soak_rotates_every_nemesis_then_all() {
-        let turns: Vec<NemesisKind> = (0..=CI_NEMESES.len() + 1).map(soak_nemesis).collect();
-        assert_eq!(&turns[..CI_NEMESES.len()], CI_NEMESES);
-        assert_eq!(turns[CI_NEMESES.len()], NemesisKind::All);
-        assert_eq!(turns[CI_NEMESES.len() + 1], CI_NEMESES[0]);
+    fn the_soak_rotates_every_nemesis_then_all_alternating_networks() {
+        let rotation = CI_NEMESES.len() + 1;
+        let turns: Vec<(NemesisKind, NetKind)> = (0..=rotation).map(soak_turn).collect();
+        let nemeses: Vec<NemesisKind> = turns.iter().map(|&(nemesis, _)| nemesis).collect();
+        assert_eq!(&nemeses[..CI_NEMESES.len()], CI_NEMESES);
+        assert_eq!(nemeses[CI_NEMESES.len()], NemesisKind::All);
+        assert_eq!(turns[rotation], (CI_NEMESES[0], NetKind::Proxy));
+        assert!(
+            turns[..rotation]
+                .iter()
+                .all(|&(_, net)| net == NetKind::Auto)
+        );
     }
 
     #[test]
@@ -367,6 +405,12 @@ mod tests {
                 .filter(|p| p.sabotage.is_none() && p.scenario.is_none())
                 .all(|p| p.workload == Workload::Mixed)
         );
+        let namespaced: Vec<NemesisKind> = plan
+            .iter()
+            .filter(|p| p.net == NetKind::Auto)
+            .map(|p| p.nemesis)
+            .collect();
+        assert_eq!(namespaced, [NemesisKind::Partition]);
         let controls: Vec<&str> = plan.iter().filter_map(|p| p.sabotage).collect();
         assert_eq!(
             controls,
@@ -386,6 +430,7 @@ mod tests {
             workload: Workload::Mixed,
             nemesis: NemesisKind::Kill,
             scenario: None,
+            net: NetKind::Proxy,
             seed: 1,
             seconds: 1,
             sabotage: None,

@@ -21,6 +21,7 @@ use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{Call, NEMESIS, Op, OpType, Recorder};
 use crate::nemesis::scenario::Scenario;
 use crate::nemesis::{self, NemesisKind};
+use crate::network::NetKind;
 use crate::report;
 use crate::workload::log::{LogClient, read_all};
 use crate::workload::read_concurrently;
@@ -88,6 +89,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// A regression scenario instead of the nemesis.
     pub scenario: Option<Scenario>,
+    /// How the links between the nodes are built (`test.json` records the kind used).
+    pub net: NetKind,
 }
 
 /// A checker's result, ready for the report.
@@ -190,6 +193,10 @@ impl RunConfig {
 /// A harness failure (the cluster would not start, a file could not be written); anomalies
 /// are not errors but the verdict.
 pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
+    let config = &RunConfig {
+        net: config.net.resolve()?,
+        ..config.clone()
+    };
     let dir = report::create_dir(&config.store, &config.test_name())?;
     let mut cluster = Cluster::start(
         &config.keel,
@@ -200,6 +207,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
             fake_clock: config.nemesis.needs_fake_clock(),
             sync_journal: config.nemesis.needs_sync_journal()
                 || config.scenario.is_some_and(Scenario::needs_sync_journal),
+            net: config.net,
             seed: config.seed,
         },
     )?;

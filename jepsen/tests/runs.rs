@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use keel_jepsen::checker::Validity;
 use keel_jepsen::nemesis::NemesisKind;
+use keel_jepsen::network::NetKind;
 use keel_jepsen::run::{RunConfig, RunOutcome, Workload, run};
 
 fn stat(outcome: &RunOutcome, checker: &str, name: &str) -> u64 {
@@ -33,6 +34,7 @@ async fn short_run(
         sabotage: None,
         progress: false,
         scenario: None,
+        net: NetKind::Proxy,
     };
     let outcome = run(&config).await.expect("the harness runs");
     for file in [
@@ -105,4 +107,71 @@ async fn a_timers_run_with_kills_fires_every_timer_once_never_early() {
         "{}",
         outcome.checked.summary
     );
+}
+
+/// As root with `ip`, `nft` and `unshare`, the program moves itself into a network
+/// namespace of its own, runs each node in another, partitions them with nftables, and
+/// leaves no namespace behind; elsewhere, asking for namespaces is refused (exit code 2).
+#[test]
+fn partitions_run_in_network_namespaces_when_root() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_keel-jepsen"))
+        .args([
+            "run",
+            "--net",
+            "netns",
+            "--nemesis",
+            "partition",
+            "--workload",
+            "log",
+        ])
+        .args([
+            "--time-limit",
+            "10",
+            "--seed",
+            "11",
+            "--clients",
+            "3",
+            "--store",
+        ])
+        .arg(store.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start keel-jepsen");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("keel-jepsen ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if let Some(why) = keel_jepsen::network::unavailable() {
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&why), "{stderr}");
+        return;
+    }
+    assert!(output.status.success(), "{stderr}");
+    let dir = store.path().join("log-partition/latest");
+    let test: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("test.json")).expect("test.json"))
+            .expect("test.json is JSON");
+    assert_eq!(test["config"]["net"], "netns", "{test}");
+    let node_log = std::fs::read_to_string(dir.join("node-1.log")).expect("node log");
+    assert!(
+        node_log.contains("10.77.1.2:7000"),
+        "node 1 listens in its namespace"
+    );
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).expect("history");
+    assert!(
+        history.contains(r#""f":"fault","fault":"partition""#)
+            || history.contains(r#""f":"fault","fault":"links""#),
+        "a link fault was injected"
+    );
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&format!("keel-jepsen-{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use keel_jepsen::checker::Validity;
 use keel_jepsen::nemesis::NemesisKind;
+use keel_jepsen::network::NetKind;
 use keel_jepsen::run::{RunConfig, RunOutcome, Workload, run};
 
 /// Builds the sabotage `keel` (once per test binary run; cargo reuses the build).
@@ -37,6 +38,7 @@ async fn sabotaged(keel: &Path, workload: Workload, fault: &str, seconds: u64) -
         sabotage: Some(fault.to_owned()),
         progress: false,
         scenario: None,
+        net: NetKind::Proxy,
     };
     run(&config).await.expect("the harness runs")
 }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use super::disk::{self, Damage};
 use super::rest;
 use crate::cluster::{Cluster, leader_status};
-use crate::proxy::LinkFault;
+use crate::network::LinkFault;
 
 /// How long a cut-off follower waits at most for the leader to purge past it.
 const PURGE_WAIT: Duration = Duration::from_secs(15);
@@ -99,11 +99,9 @@ impl fmt::Display for Fault {
                 write!(f, "{} {victims:?}", lower(target))
             }
             Self::Partition { shape, cuts } => write!(f, "{} cuts {cuts:?}", lower(shape)),
-            Self::Links(fault) if fault.reset_per_mille > 0 => write!(
-                f,
-                "every link: {}‰ of chunks reset their connection",
-                fault.reset_per_mille
-            ),
+            Self::Links(fault) if fault.loss_per_mille > 0 => {
+                write!(f, "every link: {}‰ loss", fault.loss_per_mille)
+            }
             Self::Links(fault) => {
                 write!(f, "every link: {} ms delay", fault.delay.as_millis())
             }
@@ -175,14 +173,14 @@ impl Fault {
                 }
             }
             Menu::Partition => partition(cluster, &ids, rng).await?,
-            Menu::Links => Self::Links(if rng.random_bool(0.5) {
+            Menu::Links => Self::Links(if cluster.network.can_delay() && rng.random_bool(0.5) {
                 LinkFault {
                     delay: Duration::from_millis(rng.random_range(5..60)),
                     ..LinkFault::default()
                 }
             } else {
                 LinkFault {
-                    reset_per_mille: rng.random_range(5..50),
+                    loss_per_mille: rng.random_range(5..50),
                     ..LinkFault::default()
                 }
             }),
@@ -240,18 +238,16 @@ impl Fault {
                     cut: true,
                     ..LinkFault::default()
                 };
-                for &(from, to) in cuts {
-                    cluster.proxies.set(from, to, cut);
-                }
+                cluster.network.set_many(cuts, cut)?;
             }
-            Self::Links(fault) => cluster.proxies.set_all(*fault),
+            Self::Links(fault) => cluster.network.set_all(*fault)?,
             Self::SnapshotInstall { node } => {
                 let cut = LinkFault {
                     cut: true,
                     ..LinkFault::default()
                 };
                 for &other in cluster.nodes.keys().filter(|&id| id != node) {
-                    cluster.proxies.set_both(*node, other, cut);
+                    cluster.network.set_both(*node, other, cut)?;
                 }
             }
             Self::Clock { offsets } => {
@@ -324,7 +320,7 @@ impl Fault {
                 }
             }
             Self::Partition { .. } | Self::Links(_) | Self::SnapshotInstall { .. } => {
-                cluster.proxies.set_all(LinkFault::default());
+                cluster.network.set_all(LinkFault::default())?;
             }
             Self::Clock { offsets } => {
                 for &(id, _) in offsets {
@@ -557,7 +553,7 @@ fn restarted_note(node: u64, restarted: &Restarted) -> String {
 /// Heals everything: see [`super::heal_all`].
 pub(super) async fn heal_all(cluster: &mut Cluster) -> anyhow::Result<String> {
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-    cluster.proxies.set_all(LinkFault::default());
+    cluster.network.set_all(LinkFault::default())?;
     let mut notes = Vec::new();
     for &id in &ids {
         cluster.exited(id);

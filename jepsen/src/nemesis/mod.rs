@@ -32,9 +32,10 @@ pub enum NemesisKind {
     /// SIGSTOP one node or the leader; SIGCONT after a while (a paused old leader resumes
     /// after a new election).
     Pause,
-    /// Partitions through the link proxies (isolate a node or the leader, bridge, one-way),
-    /// slow and lossy links, and a follower cut off until the leader purged past it (it
-    /// must catch up by snapshot).
+    /// Partitions (isolate a node or the leader, bridge, one-way) through the link proxies
+    /// or nftables between network namespaces, slow links (proxies only) and lossy links,
+    /// and a follower cut off until the leader purged past it (it must catch up by
+    /// snapshot).
     Partition,
     /// Wall-clock skew and jumps per node (libfaketime; monotonic clocks stay real).
     Clock,

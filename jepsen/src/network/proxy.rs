@@ -1,6 +1,6 @@
 //! A TCP proxy on every directed link between nodes, so the harness can cut, slow and break
-//! the links without root: each node's `[peers]` config points at the proxies of its
-//! outgoing links instead of the other nodes.
+//! the links without root: each node listens on a free loopback port, and its `[peers]`
+//! config points at the proxies of its outgoing links instead of the other nodes.
 //!
 //! A link `from → to` carries every connection `from` opens to `to` (requests one way,
 //! answers the other). Its fault applies to both directions of those connections:
@@ -8,14 +8,13 @@
 //!   one-way partition (cut `a → b`, keep `b → a`) means `a` cannot send to `b` while `b`
 //!   still reaches `a`;
 //! - **delay**: every chunk waits this long before it is forwarded;
-//! - **reset**: each forwarded chunk drops its connection with this probability (a TCP
+//! - **loss**: each forwarded chunk drops its connection with this probability (a TCP
 //!   proxy cannot lose single packets without breaking the stream; a lossy network looks
 //!   to gRPC like connections that break and must be re-established).
 //!
 //! Clients reach the nodes directly; only node-to-node traffic crosses the proxies.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -24,19 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::LinkFault;
+
 /// The most bytes a proxy forwards per chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
-
-/// The fault on one link.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkFault {
-    /// Nothing passes.
-    pub cut: bool,
-    /// Every chunk waits this long.
-    pub delay: Duration,
-    /// Each chunk breaks its connection with this probability, in thousandths.
-    pub reset_per_mille: u32,
-}
 
 /// One directed link's proxy.
 #[derive(Debug)]
@@ -49,6 +39,8 @@ struct Link {
 /// The proxies of every directed link between the nodes; stopped when dropped.
 #[derive(Debug)]
 pub struct Proxies {
+    /// Where each node listens.
+    nodes: BTreeMap<u64, String>,
     links: BTreeMap<(u64, u64), Link>,
 }
 
@@ -61,15 +53,31 @@ impl Drop for Proxies {
 }
 
 impl Proxies {
-    /// Starts a proxy for every ordered pair of `nodes` (id → address), on free loopback
-    /// ports. Must be called inside a tokio runtime.
+    /// Picks a free loopback port for each of nodes `1..=count` and starts a proxy for
+    /// every ordered pair of them, on free loopback ports. Must be called inside a tokio
+    /// runtime.
     ///
     /// # Errors
     /// A port could not be bound.
-    pub fn start(nodes: &BTreeMap<u64, String>, seed: u64) -> anyhow::Result<Self> {
+    pub fn start(count: u64, seed: u64) -> anyhow::Result<Self> {
+        // The nodes' ports stay bound until the proxies have theirs, so no proxy takes one.
+        let reserved: Vec<std::net::TcpListener> = (1..=count)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<_>>()?;
+        let nodes: BTreeMap<u64, String> = (1..=count)
+            .zip(&reserved)
+            .map(|(id, listener)| Ok((id, listener.local_addr()?.to_string())))
+            .collect::<std::io::Result<_>>()?;
+        let proxies = Self::between(nodes, seed);
+        drop(reserved);
+        proxies
+    }
+
+    /// Starts a proxy for every ordered pair of `nodes` (id → address).
+    fn between(nodes: BTreeMap<u64, String>, seed: u64) -> anyhow::Result<Self> {
         let mut links = BTreeMap::new();
         for &from in nodes.keys() {
-            for (&to, target) in nodes {
+            for (&to, target) in &nodes {
                 if from == to {
                     continue;
                 }
@@ -83,7 +91,17 @@ impl Proxies {
                 links.insert((from, to), Link { addr, fault, task });
             }
         }
-        Ok(Self { links })
+        Ok(Self { nodes, links })
+    }
+
+    /// Where node `id` listens.
+    pub fn node_addr(&self, id: u64) -> Option<&str> {
+        self.nodes.get(&id).map(String::as_str)
+    }
+
+    /// The nodes' ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
     }
 
     /// The address `from` dials to reach `to`.
@@ -98,25 +116,12 @@ impl Proxies {
         }
     }
 
-    /// Sets the fault of both directions between `a` and `b`.
-    pub fn set_both(&self, a: u64, b: u64, fault: LinkFault) {
-        self.set(a, b, fault);
-        self.set(b, a, fault);
-    }
-
-    /// Sets the fault of every link.
-    pub fn set_all(&self, fault: LinkFault) {
-        for link in self.links.values() {
-            link.fault.send_replace(fault);
-        }
-    }
-
-    /// Every link with a fault: `(from, to, fault)`.
-    pub fn faults(&self) -> Vec<(u64, u64, LinkFault)> {
+    /// Every link with a fault.
+    pub fn faults(&self) -> BTreeMap<(u64, u64), LinkFault> {
         self.links
             .iter()
-            .map(|(&(from, to), link)| (from, to, *link.fault.borrow()))
-            .filter(|(_, _, fault)| *fault != LinkFault::default())
+            .map(|(&link, proxy)| (link, *proxy.fault.borrow()))
+            .filter(|(_, fault)| *fault != LinkFault::default())
             .collect()
     }
 }
@@ -190,9 +195,9 @@ async fn copy(
         if fault.cut {
             return Ok(());
         }
-        if fault.reset_per_mille > 0 {
+        if fault.loss_per_mille > 0 {
             let draw = rng.lock().map_or(0, |mut rng| rng.random_range(0..1000u32));
-            if draw < fault.reset_per_mille {
+            if draw < fault.loss_per_mille {
                 return Ok(());
             }
         }
@@ -205,6 +210,8 @@ async fn copy(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     async fn echo_server() -> String {
@@ -241,8 +248,8 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_and_cuts_one_direction_only() {
-        let proxies =
-            Proxies::start(&two_nodes(echo_server().await, echo_server().await), 7).expect("start");
+        let proxies = Proxies::between(two_nodes(echo_server().await, echo_server().await), 7)
+            .expect("start");
         let one_to_two = proxies.addr(1, 2).expect("link").to_owned();
         let two_to_one = proxies.addr(2, 1).expect("link").to_owned();
         assert_eq!(round_trip(&one_to_two).await.expect("open link"), b"ping");
@@ -274,15 +281,15 @@ mod tests {
         assert!(round_trip(&one_to_two).await.is_err(), "cut link refuses");
         assert_eq!(round_trip(&two_to_one).await.expect("other way"), b"ping");
         assert_eq!(proxies.faults().len(), 1);
-        proxies.set_all(LinkFault::default());
+        proxies.set(1, 2, LinkFault::default());
         assert_eq!(round_trip(&one_to_two).await.expect("healed"), b"ping");
         assert!(proxies.faults().is_empty());
     }
 
     #[tokio::test]
     async fn delays_every_chunk() {
-        let proxies =
-            Proxies::start(&two_nodes(echo_server().await, echo_server().await), 7).expect("start");
+        let proxies = Proxies::between(two_nodes(echo_server().await, echo_server().await), 7)
+            .expect("start");
         let addr = proxies.addr(1, 2).expect("link").to_owned();
         proxies.set(
             1,
@@ -302,17 +309,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn certain_reset_breaks_every_connection() {
-        let proxies =
-            Proxies::start(&two_nodes(echo_server().await, echo_server().await), 7).expect("start");
-        proxies.set_both(
-            1,
-            2,
-            LinkFault {
-                reset_per_mille: 1000,
-                ..LinkFault::default()
-            },
-        );
+    async fn certain_loss_breaks_every_connection() {
+        let proxies = Proxies::between(two_nodes(echo_server().await, echo_server().await), 7)
+            .expect("start");
+        let loss = LinkFault {
+            loss_per_mille: 1000,
+            ..LinkFault::default()
+        };
+        proxies.set(1, 2, loss);
+        proxies.set(2, 1, loss);
         assert!(round_trip(proxies.addr(1, 2).expect("link")).await.is_err());
         assert!(round_trip(proxies.addr(2, 1).expect("link")).await.is_err());
     }
