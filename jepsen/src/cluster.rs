@@ -19,6 +19,10 @@ use keel_raft::pb::client::StatusResponse;
 
 use crate::network::{NetKind, Network};
 
+/// The nodes' `max_clock_skew`: how early an absolute timer may fire when wall clocks
+/// disagree by less. The clock nemesis's small skews stay below it.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_millis(500);
+
 /// How long the cluster may take to form or to catch up at the end.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -125,11 +129,14 @@ pub fn find_keel() -> anyhow::Result<PathBuf> {
 }
 
 /// Node `id`'s config: short timeouts, frequent snapshots (so a node cut off for seconds
-/// falls behind the purged log and needs a snapshot), peers over the network.
+/// falls behind the purged log and needs a snapshot), the clock-skew tolerance the timers
+/// checker holds absolute timers to, peers over the network.
 fn node_config(id: u64, addr: &str, count: u64, network: &Network) -> String {
     let mut text = format!(
         "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n\
-         [snapshot]\nevery_entries = 1000\nkeep_behind = 200\n[peers]\n"
+         [snapshot]\nevery_entries = 1000\nkeep_behind = 200\n\
+         [scheduler]\nmax_clock_skew_ms = {}\n[peers]\n",
+        MAX_CLOCK_SKEW.as_millis()
     );
     for peer in (1..=count).filter(|&peer| peer != id) {
         if let Some(peer_addr) = network.peer_addr(id, peer) {

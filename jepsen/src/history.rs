@@ -55,12 +55,17 @@ pub enum Call {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next_offset: Option<u64>,
     },
-    /// Schedules a named timer due `delay_ms` after the leader stamps it.
+    /// Schedules a named timer due `delay_ms` after the leader stamps it (relative), or at
+    /// the wall-clock time `at_ms`, `delay_ms` after the harness's wall clock when it was
+    /// invoked (absolute).
     Schedule {
         /// The timer's name.
         name: String,
         /// Its delay.
         delay_ms: u64,
+        /// Its due time, ms since the Unix epoch, for an absolute timer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
         /// Its due time by the leader's clock (on `ok`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due_ms: Option<u64>,
@@ -100,6 +105,9 @@ pub enum Call {
         fault: String,
         /// Its target, readably.
         detail: String,
+        /// The largest wall-clock offset the fault gives a node, in ms (clock faults).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clock_offset_ms: Option<u64>,
     },
 }
 
@@ -252,6 +260,7 @@ mod tests {
             Call::Fault {
                 fault: "kill".into(),
                 detail: "node 2".into(),
+                clock_offset_ms: None,
             },
             Some("x".into()),
         );

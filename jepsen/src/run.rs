@@ -17,7 +17,7 @@ use keel_scheduler::client::WorkflowClient;
 use crate::checker::timers::{FinalTimer, check_timers};
 use crate::checker::workflows::check_workflows;
 use crate::checker::{FinalNode, Validity, Verdict, check_log};
-use crate::cluster::{Cluster, ClusterOptions};
+use crate::cluster::{self, Cluster, ClusterOptions};
 use crate::history::{Call, NEMESIS, Op, OpType, Recorder};
 use crate::nemesis::scenario::Scenario;
 use crate::nemesis::{self, NemesisKind};
@@ -481,7 +481,10 @@ async fn check_timers_part(cluster: &Cluster, history: &Recorder, settled: &Sett
         return Checked::unknown("timers", why);
     }
     match final_timers(cluster, &history.ops()).await {
-        Ok(finals) => Checked::of("timers", &check_timers(&history.ops(), &finals)),
+        Ok(finals) => Checked::of(
+            "timers",
+            &check_timers(&history.ops(), &finals, cluster::MAX_CLOCK_SKEW),
+        ),
         Err(error) => Checked::unknown("timers", &format!("reading the final state: {error:#}")),
     }
 }

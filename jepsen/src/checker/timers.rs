@@ -7,14 +7,24 @@
 //!   repeat of that token is fine, any other token never committed (*zombie-fire*);
 //! - never early: the first delivery of an acknowledged relative timer arrives no sooner
 //!   than its scheduling was invoked plus its delay, on the harness's clock, with no
-//!   tolerance; and the committed fire is stamped no sooner than its due time (*early-fire*).
+//!   tolerance; an absolute timer (due at a wall-clock time the harness chose, its delay
+//!   after the harness's wall clock at the invocation) no sooner than that less the nodes'
+//!   `max_clock_skew` — checked only when no node's clock was off by more than that between
+//!   its scheduling and its delivery (a clock fault's recorded offset; healed offsets count
+//!   until [`CLOCK_HEAL_LAG`] later); and the committed fire is stamped no sooner than its
+//!   due time (*early-fire*).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Anomaly, Findings, Validity, completed};
 use crate::history::{Call, Op, OpType};
+
+/// How long a node may still run on a healed clock offset: libfaketime re-reads its offset
+/// file at most once a second.
+pub const CLOCK_HEAL_LAG: Duration = Duration::from_secs(2);
 
 /// A timer's final record, read from the cluster after the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +56,11 @@ pub struct TimerStats {
     pub deliveries: u64,
     /// Latest first delivery after due, in ms (a lateness bound, harness clock).
     pub max_lateness_ms: u64,
+    /// Acknowledged absolute timers (the rest are relative).
+    pub absolute_ok: u64,
+    /// Absolute timers whose earliness was not checked: a node's clock was off by more than
+    /// the tolerance while they were pending.
+    pub absolute_unchecked: u64,
 }
 
 /// The timers checker's result.
@@ -62,12 +77,24 @@ pub struct TimersVerdict {
 }
 
 /// Checks a timers workload's history against the final records (`name` → record; a
-/// name missing from it does not exist in the cluster).
-pub fn check_timers(history: &[Op], finals: &BTreeMap<String, FinalTimer>) -> TimersVerdict {
+/// name missing from it does not exist in the cluster); `max_clock_skew` is the nodes'
+/// setting, the tolerance of absolute timers.
+pub fn check_timers(
+    history: &[Op],
+    finals: &BTreeMap<String, FinalTimer>,
+    max_clock_skew: Duration,
+) -> TimersVerdict {
     let mut findings = Findings::default();
     let mut stats = TimerStats::default();
     let first_delivery = check_deliveries(history, finals, &mut findings, &mut stats);
-    check_schedules(history, finals, &first_delivery, &mut findings, &mut stats);
+    let skewed = clock_beyond(history, max_clock_skew);
+    let schedules = Schedules {
+        finals,
+        first_delivery: &first_delivery,
+        skewed: &skewed,
+        tolerance_ns: nanos(max_clock_skew),
+    };
+    schedules.check(history, &mut findings, &mut stats);
     let validity = if findings.anomalies.is_empty() {
         Validity::Valid
     } else {
@@ -116,69 +143,154 @@ fn check_deliveries<'a>(
     first_delivery
 }
 
-/// Checks every schedule against its final record and its first delivery.
-fn check_schedules(
-    history: &[Op],
-    finals: &BTreeMap<String, FinalTimer>,
-    first_delivery: &HashMap<&str, u64>,
-    findings: &mut Findings,
-    stats: &mut TimerStats,
-) {
-    for op in completed(history) {
-        let Call::Schedule { name, delay_ms, .. } = op.invoked else {
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The periods (harness clock, ns) when a clock fault had some node's wall clock off by
+/// more than `tolerance`, each extended by [`CLOCK_HEAL_LAG`]; one never healed lasts.
+fn clock_beyond(history: &[Op], tolerance: Duration) -> Vec<(u64, u64)> {
+    let tolerance_ms = u64::try_from(tolerance.as_millis()).unwrap_or(u64::MAX);
+    let mut periods = Vec::new();
+    let mut open = None;
+    for op in history {
+        let Call::Fault {
+            clock_offset_ms: Some(offset),
+            ..
+        } = op.call
+        else {
             continue;
         };
-        let last = finals.get(name);
-        match op.kind {
-            OpType::Ok => {
-                stats.scheduled_ok += 1;
-                match last {
-                    Some(record) if record.fired => {
-                        stats.fired += 1;
-                        if record.fired_ms < record.due_ms {
-                            findings.add(
-                                "early-fire",
-                                format!(
-                                    "{name:?} fired at {} before its due time {}",
-                                    record.fired_ms, record.due_ms
-                                ),
-                            );
-                        }
-                    }
-                    _ => findings.add(
-                        "lost-timer",
-                        format!("{name:?} was acknowledged but never fired"),
-                    ),
-                }
-                if let Some(&delivered) = first_delivery.get(name.as_str()) {
-                    let earliest = op.invoked_ns + delay_ms * 1_000_000;
-                    if delivered < earliest {
+        if offset <= tolerance_ms {
+            continue;
+        }
+        if op.kind == OpType::Invoke {
+            open = Some(op.time_ns);
+        } else if let Some(start) = open.take() {
+            periods.push((start, op.time_ns.saturating_add(nanos(CLOCK_HEAL_LAG))));
+        }
+    }
+    if let Some(start) = open {
+        periods.push((start, u64::MAX));
+    }
+    periods
+}
+
+/// What checking the schedules needs.
+struct Schedules<'a> {
+    finals: &'a BTreeMap<String, FinalTimer>,
+    first_delivery: &'a HashMap<&'a str, u64>,
+    /// Periods when absolute timers cannot be held to the tolerance.
+    skewed: &'a [(u64, u64)],
+    /// How early an absolute timer may be delivered.
+    tolerance_ns: u64,
+}
+
+impl Schedules<'_> {
+    /// Checks every schedule against its final record and its first delivery.
+    fn check(&self, history: &[Op], findings: &mut Findings, stats: &mut TimerStats) {
+        for op in completed(history) {
+            let Call::Schedule { name, .. } = op.invoked else {
+                continue;
+            };
+            let last = self.finals.get(name);
+            match op.kind {
+                OpType::Ok => self.check_acknowledged(op.invoked, op.invoked_ns, findings, stats),
+                OpType::Fail => {
+                    stats.scheduled_failed += 1;
+                    if last.is_some() {
                         findings.add(
-                            "early-fire",
-                            format!("{name:?} delivered {} µs before its delay since the schedule began", (earliest - delivered) / 1_000),
+                            "failed-timer-scheduled",
+                            format!("{name:?} was refused yet exists"),
                         );
-                    } else {
-                        stats.max_lateness_ms = stats
-                            .max_lateness_ms
-                            .max((delivered - earliest) / 1_000_000);
+                    }
+                }
+                OpType::Info | OpType::Invoke => {
+                    stats.scheduled_unknown += 1;
+                    if last.is_some_and(|r| r.fired) {
+                        stats.fired += 1;
                     }
                 }
             }
-            OpType::Fail => {
-                stats.scheduled_failed += 1;
-                if last.is_some() {
+        }
+    }
+
+    /// An acknowledged schedule (`invoked` at `invoked_ns`): fired once, never early.
+    fn check_acknowledged(
+        &self,
+        invoked: &Call,
+        invoked_ns: u64,
+        findings: &mut Findings,
+        stats: &mut TimerStats,
+    ) {
+        let Call::Schedule {
+            name,
+            delay_ms,
+            at_ms,
+            ..
+        } = invoked
+        else {
+            return;
+        };
+        stats.scheduled_ok += 1;
+        stats.absolute_ok += u64::from(at_ms.is_some());
+        match self.finals.get(name) {
+            Some(record) if record.fired => {
+                stats.fired += 1;
+                if record.fired_ms < record.due_ms {
                     findings.add(
-                        "failed-timer-scheduled",
-                        format!("{name:?} was refused yet exists"),
+                        "early-fire",
+                        format!(
+                            "{name:?} fired at {} before its due time {}",
+                            record.fired_ms, record.due_ms
+                        ),
                     );
                 }
             }
-            OpType::Info | OpType::Invoke => {
-                stats.scheduled_unknown += 1;
-                if last.is_some_and(|r| r.fired) {
-                    stats.fired += 1;
-                }
-            }
+            _ => findings.add(
+                "lost-timer",
+                format!("{name:?} was acknowledged but never fired"),
+            ),
+        }
+        let Some(&delivered) = self.first_delivery.get(name.as_str()) else {
+            return;
+        };
+        let earliest = invoked_ns + delay_ms * 1_000_000;
+        stats.max_lateness_ms = stats
+            .max_lateness_ms
+            .max(delivered.saturating_sub(earliest) / 1_000_000);
+        let tolerance = if at_ms.is_some() {
+            self.tolerance(invoked_ns, delivered, stats)
+        } else {
+            Some(0)
+        };
+        if let Some(tolerance) = tolerance
+            && delivered + tolerance < earliest
+        {
+            findings.add(
+                "early-fire",
+                format!(
+                    "{name:?} delivered {} µs before its delay since the schedule began \
+                     (tolerance {} ms)",
+                    (earliest - delivered) / 1_000,
+                    tolerance / 1_000_000
+                ),
+            );
+        }
+    }
+
+    /// How early an absolute timer pending from `invoked` to `delivered` may be delivered;
+    /// `None` (counted as unchecked) when a clock fault beyond the tolerance overlapped.
+    fn tolerance(&self, invoked: u64, delivered: u64, stats: &mut TimerStats) -> Option<u64> {
+        let overlapped = self
+            .skewed
+            .iter()
+            .any(|&(start, end)| start <= delivered && invoked <= end);
+        if overlapped {
+            stats.absolute_unchecked += 1;
+            None
+        } else {
+            Some(self.tolerance_ns)
         }
     }
 }
@@ -202,6 +314,7 @@ mod tests {
         Call::Schedule {
             name: name.into(),
             delay_ms,
+            at_ms: None,
             due_ms: None,
         }
     }
@@ -216,6 +329,8 @@ mod tests {
     }
 
     const MS: u64 = 1_000_000;
+    /// The nodes' `max_clock_skew`.
+    const SKEW: Duration = Duration::from_millis(500);
 
     /// `t` scheduled at 0 ms with a 100 ms delay, acknowledged at 5 ms.
     fn scheduled(kind: OpType) -> Vec<Op> {
@@ -248,7 +363,7 @@ mod tests {
         let mut history = scheduled(OpType::Ok);
         history.push(op(101 * MS, 1_001, OpType::Ok, fire("t", 9)));
         history.push(op(103 * MS, 1_002, OpType::Ok, fire("t", 9)));
-        let verdict = check_timers(&history, &fired(9));
+        let verdict = check_timers(&history, &fired(9), SKEW);
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
         assert_eq!(verdict.stats.deliveries, 2);
         assert_eq!(verdict.stats.max_lateness_ms, 1);
@@ -256,18 +371,24 @@ mod tests {
 
     #[test]
     fn lost_early_and_zombie_fires_are_found() {
-        let lost = check_timers(&scheduled(OpType::Ok), &BTreeMap::new());
+        let lost = check_timers(&scheduled(OpType::Ok), &BTreeMap::new(), SKEW);
         assert_eq!(kinds(&lost), ["lost-timer"]);
         let mut early = scheduled(OpType::Ok);
         early.push(op(99 * MS, 1_001, OpType::Ok, fire("t", 9)));
-        assert_eq!(kinds(&check_timers(&early, &fired(9))), ["early-fire"]);
+        assert_eq!(
+            kinds(&check_timers(&early, &fired(9), SKEW)),
+            ["early-fire"]
+        );
         let mut zombie = scheduled(OpType::Ok);
         zombie.push(op(150 * MS, 1_003, OpType::Ok, fire("t", 8)));
-        assert_eq!(kinds(&check_timers(&zombie, &fired(9))), ["zombie-fire"]);
+        assert_eq!(
+            kinds(&check_timers(&zombie, &fired(9), SKEW)),
+            ["zombie-fire"]
+        );
         let mut stamped_early = fired(9);
         stamped_early.get_mut("t").expect("t").fired_ms = 1_000;
         assert_eq!(
-            kinds(&check_timers(&scheduled(OpType::Ok), &stamped_early)),
+            kinds(&check_timers(&scheduled(OpType::Ok), &stamped_early, SKEW)),
             ["early-fire"]
         );
     }
@@ -275,20 +396,94 @@ mod tests {
     #[test]
     fn failed_schedules_must_not_exist_and_unknown_ones_may() {
         assert_eq!(
-            kinds(&check_timers(&scheduled(OpType::Fail), &fired(9))),
+            kinds(&check_timers(&scheduled(OpType::Fail), &fired(9), SKEW)),
             ["failed-timer-scheduled"]
         );
         assert_eq!(
-            check_timers(&scheduled(OpType::Fail), &BTreeMap::new()).validity,
+            check_timers(&scheduled(OpType::Fail), &BTreeMap::new(), SKEW).validity,
             Validity::Valid
         );
         assert_eq!(
-            check_timers(&scheduled(OpType::Info), &BTreeMap::new()).validity,
+            check_timers(&scheduled(OpType::Info), &BTreeMap::new(), SKEW).validity,
             Validity::Valid
         );
         assert_eq!(
-            check_timers(&scheduled(OpType::Info), &fired(9)).validity,
+            check_timers(&scheduled(OpType::Info), &fired(9), SKEW).validity,
             Validity::Valid
+        );
+    }
+
+    /// `t` scheduled at 0 ms as an absolute timer 1000 ms ahead, acknowledged at 5 ms, first
+    /// delivered at `delivered_ms`; `clock` is a clock fault (offset, from, to in ms).
+    fn absolute(delivered_ms: u64, clock: Option<(u64, u64, u64)>) -> TimersVerdict {
+        let call = Call::Schedule {
+            name: "t".into(),
+            delay_ms: 1_000,
+            at_ms: Some(1_700_000_001_000),
+            due_ms: None,
+        };
+        let mut history = vec![
+            op(0, 1, OpType::Invoke, call.clone()),
+            op(5 * MS, 1, OpType::Ok, call),
+            op(delivered_ms * MS, 1_001, OpType::Ok, fire("t", 9)),
+        ];
+        if let Some((offset, from, to)) = clock {
+            let fault = Call::Fault {
+                fault: "clock".into(),
+                detail: String::new(),
+                clock_offset_ms: Some(offset),
+            };
+            history.push(op(from * MS, 0, OpType::Invoke, fault.clone()));
+            history.push(op(to * MS, 0, OpType::Ok, fault));
+        }
+        history.sort_by_key(|op| op.time_ns);
+        check_timers(&history, &fired(9), SKEW)
+    }
+
+    #[test]
+    fn an_absolute_timer_may_be_early_by_the_clock_skew_tolerance_only() {
+        let within = absolute(700, None);
+        assert_eq!(within.validity, Validity::Valid, "{within:?}");
+        assert_eq!(within.stats.absolute_ok, 1);
+        assert_eq!(within.stats.absolute_unchecked, 0);
+        assert_eq!(kinds(&absolute(400, None)), ["early-fire"]);
+        // A small skew (within the tolerance) does not excuse more.
+        assert_eq!(kinds(&absolute(400, Some((300, 100, 900)))), ["early-fire"]);
+    }
+
+    #[test]
+    fn a_clock_jump_beyond_the_tolerance_leaves_absolute_timers_unchecked_meanwhile() {
+        let jumped = absolute(100, Some((3_000, 50, 80)));
+        assert_eq!(jumped.validity, Validity::Valid, "{jumped:?}");
+        assert_eq!(jumped.stats.absolute_unchecked, 1);
+        // A healed offset lingers for CLOCK_HEAL_LAG.
+        assert_eq!(
+            absolute(100, Some((3_000, 10, 20)))
+                .stats
+                .absolute_unchecked,
+            1
+        );
+        // A jump that begins after the delivery excuses nothing.
+        assert_eq!(
+            kinds(&absolute(400, Some((3_000, 500, 600)))),
+            ["early-fire"]
+        );
+    }
+
+    #[test]
+    fn a_relative_timer_has_no_tolerance_even_when_clocks_jump() {
+        let mut history = scheduled(OpType::Ok);
+        let fault = Call::Fault {
+            fault: "clock".into(),
+            detail: String::new(),
+            clock_offset_ms: Some(5_000),
+        };
+        history.insert(0, op(0, 0, OpType::Invoke, fault.clone()));
+        history.push(op(99 * MS, 1_001, OpType::Ok, fire("t", 9)));
+        history.push(op(200 * MS, 0, OpType::Ok, fault));
+        assert_eq!(
+            kinds(&check_timers(&history, &fired(9), SKEW)),
+            ["early-fire"]
         );
     }
 }

@@ -150,6 +150,17 @@ impl Fault {
         }
     }
 
+    /// The largest wall-clock offset the fault gives a node, in ms (clock faults only).
+    pub(super) fn clock_offset_ms(&self) -> Option<u64> {
+        match self {
+            Self::Clock { offsets } => offsets
+                .iter()
+                .map(|&(_, offset)| offset.unsigned_abs())
+                .max(),
+            _ => None,
+        }
+    }
+
     /// Picks a fault of `menu` for the cluster as it is now; `None` when the cluster is in
     /// no state for it (no leader, a node down).
     pub(super) async fn choose(menu: Menu, cluster: &Cluster, rng: &mut StdRng) -> Option<Self> {
@@ -379,6 +390,7 @@ fn clock_offsets(ids: &[u64], rng: &mut StdRng) -> Fault {
         if rng.random_bool(0.3) {
             continue;
         }
+        // Small skews stay below the nodes' tolerance, jumps go far beyond it.
         let magnitude = if rng.random_bool(0.5) {
             rng.random_range(1..400)
         } else {

@@ -169,13 +169,14 @@ async fn rest(rng: &mut StdRng, from_ms: u64, to_ms: u64, deadline: Instant) {
     tokio::time::sleep_until((Instant::now() + wait).min(deadline).into()).await;
 }
 
-fn record(history: &Recorder, kind: OpType, fault: &str, detail: &str) {
+fn record(history: &Recorder, kind: OpType, fault: &str, detail: &str, offset: Option<u64>) {
     history.record(
         NEMESIS,
         kind,
         Call::Fault {
             fault: fault.to_owned(),
             detail: detail.to_owned(),
+            clock_offset_ms: offset,
         },
         None,
     );
@@ -236,7 +237,8 @@ impl Injection<'_> {
         let detail = fault.to_string();
         self.report
             .note_crashes(self.cluster, &format!("before the fault {detail}"));
-        record(self.history, OpType::Invoke, name, &detail);
+        let offset = fault.clock_offset_ms();
+        record(self.history, OpType::Invoke, name, &detail, offset);
         let applied = match fault.apply(self.cluster, self.rng).await {
             Ok(note) => note,
             Err(error) => {
@@ -284,7 +286,7 @@ impl Injection<'_> {
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join("; ");
-        record(self.history, OpType::Ok, name, &outcome);
+        record(self.history, OpType::Ok, name, &outcome, offset);
     }
 }
 
@@ -298,5 +300,5 @@ async fn heal_all(cluster: &mut Cluster, history: &Recorder) {
             format!("failed: {error:#}")
         }
     };
-    record(history, OpType::Ok, "heal", &note);
+    record(history, OpType::Ok, "heal", &note, None);
 }

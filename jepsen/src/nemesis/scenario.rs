@@ -174,7 +174,7 @@ async fn wiped_voter(run: &mut Injection<'_>, node: u64) {
         return;
     };
     let detail = format!("wipe node {node} and restart it unrepaired, then kill node {other}");
-    record(run.history, OpType::Invoke, "wiped-voter", &detail);
+    record(run.history, OpType::Invoke, "wiped-voter", &detail, None);
     let mut notes = Vec::new();
     let steps = async {
         run.cluster.wipe(node)?;
@@ -214,6 +214,7 @@ async fn wiped_voter(run: &mut Injection<'_>, node: u64) {
         OpType::Ok,
         "wiped-voter",
         &format!("{detail}; {}", notes.join("; ")),
+        None,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 }

@@ -409,6 +409,7 @@ mod tests {
         Call::Fault {
             fault: name.into(),
             detail: String::new(),
+            clock_offset_ms: None,
         }
     }
 
@@ -468,6 +469,7 @@ mod tests {
     #[test]
     fn lateness_counts_from_the_schedules_invocation_plus_its_delay() {
         let schedule = |due_ms| Call::Schedule {
+            at_ms: None,
             name: "t".into(),
             delay_ms: 100,
             due_ms,

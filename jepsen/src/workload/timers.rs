@@ -1,9 +1,12 @@
-//! The timers workload: clients schedule named relative timers; a watcher on every node
-//! records each fire the node delivers, with its token, on the harness's clock.
+//! The timers workload: clients schedule named timers, relative (due a delay after the
+//! leader stamps them) or absolute (due at a wall-clock time: the harness's wall clock plus
+//! a delay), half each; a watcher on every node records each fire the node delivers, with
+//! its token, on the harness's clock.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use keel_raft::clock::now_ms;
 use keel_scheduler::client::{TimerDue, WorkflowClient, WorkflowClientError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -57,17 +60,19 @@ impl TimerClient {
             let name = format!("t{}-{counter}", self.process);
             counter += 1;
             let delay_ms = self.rng.random_range(DELAY_MS);
+            // The harness's wall clock is real (only the nodes run under libfaketime).
+            let at_ms = self.rng.random_bool(0.5).then(|| now_ms() + delay_ms);
             let call = |due_ms| Call::Schedule {
                 name: name.clone(),
                 delay_ms,
+                at_ms,
                 due_ms,
             };
             history.record(self.process, OpType::Invoke, call(None), None);
-            let scheduled = self.client.schedule_timer(
-                &name,
-                TimerDue::After(Duration::from_millis(delay_ms)),
-                Bytes::new(),
-            );
+            let due = at_ms.map_or(TimerDue::After(Duration::from_millis(delay_ms)), |at| {
+                TimerDue::AtMs(at)
+            });
+            let scheduled = self.client.schedule_timer(&name, due, Bytes::new());
             let (kind, due_ms, error) = match tokio::time::timeout(OP_TIMEOUT, scheduled).await {
                 Ok(Ok((due_ms, _))) => (OpType::Ok, Some(due_ms), None),
                 Ok(Err(error)) => (classify_workflow(&error), None, Some(error.to_string())),
