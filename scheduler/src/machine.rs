@@ -103,7 +103,10 @@ struct SnapshotBody {
 }
 
 /// The scheduler snapshot's first bytes; a CRC32C of the rkyv bytes follows them at the end.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH1";
+/// Format 2 records each journal entry's fence.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH2";
+/// Format 1 (no journal fences), written before any release; never read.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"KEELSCH1";
 
 fn mix(digest: u64, command: &[u8], answer: &[u8]) -> u64 {
     let crc = u64::from(crc32c::crc32c(command)) << 32 | u64::from(crc32c::crc32c(answer));
@@ -382,6 +385,12 @@ impl Application for SchedulerMachine {
                 format!("scheduler snapshot: {what}"),
             )
         };
+        if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
+            return Err(bad(
+                "format 1, from a development build without journal fences; \
+                 repair this node from its cluster (`keel repair`)",
+            ));
+        }
         let body = bytes
             .strip_prefix(SNAPSHOT_MAGIC)
             .ok_or_else(|| bad("not a scheduler snapshot"))?;

@@ -18,7 +18,7 @@ use crate::engine::proposer::Proposer;
 use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
 use crate::machine::SchedulerMachine;
 use crate::pb::{self, workflows_server::Workflows};
-use crate::state::{EntryKind, Workflow};
+use crate::state::{EntryKind, JournalEntry, Workflow};
 use crate::wire::rejected;
 
 /// Longest a `Get` may wait for a workflow to finish.
@@ -54,17 +54,19 @@ fn unexpected(answer: &Answer) -> Status {
 }
 
 /// The wire form of journal entry `seq`.
-fn entry_info(seq: u32, kind: &EntryKind, state: &EntryState) -> pb::JournalEntry {
-    let (kind, name) = match kind {
+fn entry_info(seq: u32, entry: &JournalEntry) -> pb::JournalEntry {
+    let (kind, name) = match &entry.kind {
         EntryKind::Step { name } => ("step", name.clone()),
         EntryKind::Sleep { .. } => ("sleep", String::new()),
         EntryKind::Signal { name, .. } => ("signal", name.clone()),
         EntryKind::Call { child, .. } => ("call", child.clone()),
     };
+    let state = &entry.state;
     let mut entry = pb::JournalEntry {
         seq,
         kind: kind.to_owned(),
         name,
+        fence: entry.fence,
         ..pb::JournalEntry::default()
     };
     match state {
@@ -112,7 +114,7 @@ pub(crate) fn workflow_info(id: &str, workflow: &Workflow, journal: bool) -> pb:
                 .journal
                 .iter()
                 .zip(0u32..)
-                .map(|(entry, seq)| entry_info(seq, &entry.kind, &entry.state))
+                .map(|(entry, seq)| entry_info(seq, entry))
                 .collect()
         } else {
             Vec::new()

@@ -9,6 +9,10 @@
 //! - its journal holds exactly the entries its code makes, in order, each recorded once
 //!   and done (*bad-journal*): `steps n` → `step-0` … `step-(n-1)`; `sleep` → one sleep;
 //!   `call-sleep` → one call of child `<id>/0`, which itself completed its sleep;
+//! - each entry was recorded by one run: its fence (the run's, which the state machine
+//!   checks on every record) is at most the workflow's, and fences never go back along the
+//!   journal — a run that lost the workflow to another recorded nothing after it
+//!   (*stale-run-recorded*);
 //! - a sleep is never cut short: the workflow is seen finished no sooner than its start was
 //!   invoked plus the sleep, on the harness's clock, with no tolerance (*sleep-cut-short*).
 
@@ -30,6 +34,8 @@ pub struct FinalEntry {
     pub name: String,
     /// `pending`, `done`, `failed` or `timed-out`.
     pub state: String,
+    /// The fence of the run that last recorded it.
+    pub fence: u64,
 }
 
 /// A workflow's final record, read from the cluster after the run.
@@ -41,6 +47,8 @@ pub struct FinalWorkflow {
     pub result: String,
     /// Its error (failed).
     pub error: String,
+    /// Its current fence.
+    pub fence: u64,
     /// Its journal.
     pub journal: Vec<FinalEntry>,
 }
@@ -58,6 +66,8 @@ pub struct WorkflowStats {
     pub completed: u64,
     /// Workflows a client saw finish while the run went on.
     pub seen_finished: u64,
+    /// Completed workflows whose journal more than one run recorded (a run took over).
+    pub taken_over: u64,
 }
 
 /// The workflows checker's verdict.
@@ -266,6 +276,7 @@ fn check_one(
             format!("{id} ({kind} {input}): journal {:?}", workflow.journal),
         );
     }
+    check_fences(id, workflow, findings, stats);
     if kind == "call-sleep" {
         let child = format!("{id}/0");
         let child_ok = finals.get(&child).is_some_and(|c| {
@@ -277,6 +288,33 @@ fn check_one(
                 format!("{id}: child {child} is {:?}", finals.get(&child)),
             );
         }
+    }
+}
+
+/// Every entry recorded by one run: fences at most the workflow's, never going back.
+fn check_fences(
+    id: &str,
+    workflow: &FinalWorkflow,
+    findings: &mut Findings,
+    stats: &mut WorkflowStats,
+) {
+    let fences: Vec<u64> = workflow.journal.iter().map(|e| e.fence).collect();
+    let ordered = fences.windows(2).all(|pair| pair[0] <= pair[1]);
+    if !ordered
+        || fences
+            .iter()
+            .any(|&fence| fence == 0 || fence > workflow.fence)
+    {
+        findings.add(
+            "stale-run-recorded",
+            format!(
+                "{id}: journal fences {fences:?}, the workflow's fence {}",
+                workflow.fence
+            ),
+        );
+    }
+    if fences.first() != fences.last() {
+        stats.taken_over += 1;
     }
 }
 
@@ -310,12 +348,16 @@ mod tests {
         }
     }
 
+    /// The fence of every run in these histories but a takeover's.
+    const FENCE: u64 = 7;
+
     fn entry(seq: u32, kind: &str, name: &str) -> FinalEntry {
         FinalEntry {
             seq,
             kind: kind.into(),
             name: name.into(),
             state: "done".into(),
+            fence: FENCE,
         }
     }
 
@@ -324,6 +366,7 @@ mod tests {
             status: "completed".into(),
             result: result.into(),
             error: String::new(),
+            fence: FENCE,
             journal,
         }
     }
@@ -410,6 +453,33 @@ mod tests {
             ),
         );
         assert_eq!(kinds(&check_workflows(&history, &finals)), ["bad-journal"]);
+    }
+
+    #[test]
+    fn a_journal_is_recorded_by_one_run_at_a_time() {
+        let (history, mut finals) = valid();
+        // A takeover: the new run (fence 9) recorded step-1.
+        let a = finals.get_mut("a").expect("a");
+        a.fence = 9;
+        a.journal[1].fence = 9;
+        let verdict = check_workflows(&history, &finals);
+        assert_eq!(verdict.validity, Validity::Valid, "{:?}", verdict.anomalies);
+        assert_eq!(verdict.stats.taken_over, 1);
+        // The old run recorded step-1 after the new one recorded step-0.
+        let a = finals.get_mut("a").expect("a");
+        a.journal[0].fence = 9;
+        a.journal[1].fence = FENCE;
+        assert_eq!(
+            kinds(&check_workflows(&history, &finals)),
+            ["stale-run-recorded"]
+        );
+        // A fence the workflow never granted.
+        let (history, mut finals) = valid();
+        finals.get_mut("b").expect("b").journal[0].fence = FENCE + 1;
+        assert_eq!(
+            kinds(&check_workflows(&history, &finals)),
+            ["stale-run-recorded"]
+        );
     }
 
     #[test]

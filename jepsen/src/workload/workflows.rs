@@ -98,6 +98,7 @@ fn final_workflow(info: &WorkflowInfo) -> FinalWorkflow {
         status: info.status.clone(),
         result: String::from_utf8_lossy(&info.result).into_owned(),
         error: info.error.clone(),
+        fence: info.fence,
         journal: info
             .journal
             .iter()
@@ -106,6 +107,7 @@ fn final_workflow(info: &WorkflowInfo) -> FinalWorkflow {
                 kind: entry.kind.clone(),
                 name: entry.name.clone(),
                 state: entry.state.clone(),
+                fence: entry.fence,
             })
             .collect(),
     }

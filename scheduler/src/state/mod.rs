@@ -367,15 +367,18 @@ impl SchedulerState {
             workflow.journal.push(JournalEntry {
                 kind,
                 state: state.clone(),
+                fence,
             });
             return Ok(Answer::Entry(state));
         };
         match (&mut entry.state, record) {
             (EntryState::Pending { .. }, StepRecord::Done(outcome)) => {
                 entry.state = EntryState::Done(outcome);
+                entry.fence = fence;
             }
             (EntryState::Pending { attempts }, StepRecord::AttemptFailed { attempt, .. }) => {
                 *attempts = (*attempts).max(attempt);
+                entry.fence = fence;
             }
             (EntryState::Done(outcome), _) => {
                 return Err(Rejection::AlreadyRecorded {
@@ -411,6 +414,7 @@ impl SchedulerState {
         self.running(id)?.journal.push(JournalEntry {
             kind: EntryKind::Sleep { timer },
             state: EntryState::Pending { attempts: 0 },
+            fence,
         });
         Ok(Answer::Entry(EntryState::Pending { attempts: 0 }))
     }
@@ -467,6 +471,7 @@ impl SchedulerState {
             workflow.journal.push(JournalEntry {
                 kind,
                 state: state.clone(),
+                fence,
             });
             return Ok(Answer::Entry(state));
         }
@@ -486,6 +491,7 @@ impl SchedulerState {
                 timer,
             },
             state: EntryState::Pending { attempts: 0 },
+            fence,
         });
         Ok(Answer::Entry(EntryState::Pending { attempts: 0 }))
     }
@@ -535,6 +541,7 @@ impl SchedulerState {
         self.running(id)?.journal.push(JournalEntry {
             kind: entry_kind,
             state: EntryState::Pending { attempts: 0 },
+            fence,
         });
         Ok(Answer::Entry(EntryState::Pending { attempts: 0 }))
     }
@@ -935,6 +942,16 @@ impl SchedulerState {
     /// # Errors
     /// The first inconsistency found.
     pub fn consistency(&self) -> Result<(), String> {
+        for (id, workflow) in &self.workflows {
+            let fences = workflow.journal.iter().map(|entry| entry.fence);
+            if fences.clone().any(|fence| fence > workflow.fence)
+                || fences.clone().zip(fences.skip(1)).any(|(a, b)| a > b)
+            {
+                return Err(format!(
+                    "workflow {id}'s journal fences are not ordered up to its fence"
+                ));
+            }
+        }
         for (id, workflow) in self.workflows.iter().filter(|(_, w)| !w.is_finished()) {
             for timer in workflow.pending_timers() {
                 let belongs = self.timers.get(timer).is_some_and(

@@ -68,6 +68,9 @@ pub struct JournalEntry {
     pub kind: EntryKind,
     /// Where it stands.
     pub state: EntryState,
+    /// The fence of the run that last recorded it (created it, or recorded a step's attempt
+    /// or result); a timer's fire, a signal or a child's result leave it as it was.
+    pub fence: u64,
 }
 
 /// A workflow.
