@@ -260,17 +260,26 @@ fn drawing(error: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {error}")
 }
 
-fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
+/// One labelled set of points of a scatter plot.
+struct Series<'a> {
+    label: String,
+    color: RGBColor,
+    points: Box<dyn Iterator<Item = (f64, f64)> + 'a>,
+}
+
+/// A scatter plot of milliseconds (log scale) over the run's time, faults shaded.
+fn draw_scatter(
+    path: &Path,
+    timeline: &Timeline,
+    (caption, y_desc): (&str, &str),
+    sets: Vec<Series<'_>>,
+    max_ms: f64,
+) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(drawing)?;
-    let max_ms = timeline
-        .completions
-        .iter()
-        .map(|c| c.latency_ms)
-        .fold(10.0, f64::max)
-        * 1.5;
+    let max_ms = max_ms.max(10.0) * 1.5;
     let mut chart = ChartBuilder::on(&root)
-        .caption("operation latency", ("sans-serif", 20))
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
@@ -279,64 +288,70 @@ fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .x_desc("time (s)")
-        .y_desc("latency (ms)")
+        .y_desc(y_desc)
         .draw()
         .map_err(drawing)?;
     shade_faults(&mut chart, &timeline.faults, (0.1, max_ms))?;
-    for (outcome, color) in OUTCOMES {
+    for set in sets {
+        let color = set.color;
         chart
             .draw_series(
-                timeline
-                    .completions
-                    .iter()
-                    .filter(|c| c.outcome == outcome)
-                    .map(|c| Circle::new((c.at_s, c.latency_ms.max(0.1)), 2, color.filled())),
+                set.points
+                    .map(|(at, ms)| Circle::new((at, ms.max(0.1)), 2, color.filled())),
             )
             .map_err(drawing)?
-            .label(format!("{outcome:?}").to_lowercase())
+            .label(set.label)
             .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
     }
     finish(&mut chart, &root)
 }
 
-fn draw_lateness(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(drawing)?;
+fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
     let max_ms = timeline
-        .lateness
+        .completions
         .iter()
-        .map(|&(_, ms)| ms)
-        .fold(10.0, f64::max)
-        * 1.5;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
+        .map(|c| c.latency_ms)
+        .fold(0.0, f64::max);
+    let sets = OUTCOMES
+        .iter()
+        .map(|&(outcome, color)| Series {
+            label: format!("{outcome:?}").to_lowercase(),
+            color,
+            points: Box::new(
+                timeline
+                    .completions
+                    .iter()
+                    .filter(move |c| c.outcome == outcome)
+                    .map(|c| (c.at_s, c.latency_ms)),
+            ),
+        })
+        .collect();
+    draw_scatter(
+        path,
+        timeline,
+        ("operation latency", "latency (ms)"),
+        sets,
+        max_ms,
+    )
+}
+
+fn draw_lateness(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
+    let max_ms = timeline.lateness.iter().map(|&(_, ms)| ms).fold(0.0, f64::max);
+    let timers = Series {
+        label: "timer".to_owned(),
+        color: OUTCOMES[0].1,
+        points: Box::new(timeline.lateness.iter().copied()),
+    };
+    draw_scatter(
+        path,
+        timeline,
+        (
             "timer lateness (first delivery after invoke + delay)",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..timeline.end_s.max(1.0), (0.1f64..max_ms).log_scale())
-        .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("lateness (ms)")
-        .draw()
-        .map_err(drawing)?;
-    shade_faults(&mut chart, &timeline.faults, (0.1, max_ms))?;
-    let color = OUTCOMES[0].1;
-    chart
-        .draw_series(
-            timeline
-                .lateness
-                .iter()
-                .map(|&(at, ms)| Circle::new((at, ms.max(0.1)), 2, color.filled())),
-        )
-        .map_err(drawing)?
-        .label("timer")
-        .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
-    finish(&mut chart, &root)
+            "lateness (ms)",
+        ),
+        vec![timers],
+        max_ms,
+    )
 }
 
 fn draw_rate(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
