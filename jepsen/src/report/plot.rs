@@ -336,7 +336,11 @@ fn draw_latency(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
 }
 
 fn draw_lateness(path: &Path, timeline: &Timeline) -> anyhow::Result<()> {
-    let max_ms = timeline.lateness.iter().map(|&(_, ms)| ms).fold(0.0, f64::max);
+    let max_ms = timeline
+        .lateness
+        .iter()
+        .map(|&(_, ms)| ms)
+        .fold(0.0, f64::max);
     let timers = Series {
         label: "timer".to_owned(),
         color: OUTCOMES[0].1,
