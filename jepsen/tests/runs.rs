@@ -142,9 +142,9 @@ fn partitions_run_in_network_namespaces_when_root() {
     let pid = child.id();
     let output = child.wait_with_output().expect("keel-jepsen ends");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if let Some(why) = keel_jepsen::network::unavailable() {
+    if keel_jepsen::network::unavailable().is_some() {
         assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(&why), "{stderr}");
+        assert!(stderr.contains("network namespaces: "), "{stderr}");
         return;
     }
     assert!(output.status.success(), "{stderr}");

@@ -102,16 +102,29 @@ pub fn enter_own_namespace(want: NetKind) -> anyhow::Result<()> {
     Err(error).context("re-executing under `unshare --net`")
 }
 
-/// Why namespaces cannot be built here, if they cannot: not root, or a tool missing.
+/// Why namespaces cannot be built here, if they cannot: not root, a tool missing, or the
+/// kernel or a container refuses them (probed: a fresh namespace with an nftables table,
+/// and a named namespace made and deleted).
 pub fn unavailable() -> Option<String> {
     let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     if !root {
         return Some("this process is not root".to_owned());
     }
-    TOOLS
-        .iter()
-        .find(|tool| on_path(tool).is_none())
-        .map(|tool| format!("no `{tool}` on PATH (Debian: iproute2, nftables, util-linux)"))
+    if let Some(tool) = TOOLS.iter().find(|tool| on_path(tool).is_none()) {
+        return Some(format!(
+            "no `{tool}` on PATH (Debian: iproute2, nftables, util-linux)"
+        ));
+    }
+    let probe = format!("{PREFIX}{}-probe", std::process::id());
+    let refused = run(
+        "unshare",
+        ["--net", "--", "nft", "add", "table", "inet", TABLE],
+    )
+    .and_then(|()| run("ip", ["netns", "add", &probe]))
+    .and_then(|()| run("ip", ["netns", "del", &probe]));
+    refused
+        .err()
+        .map(|error| format!("refused here: {error:#}"))
 }
 
 /// Where `program` is on `PATH`.
