@@ -6,8 +6,15 @@ use std::time::{Duration, Instant};
 use super::fault::{Fault, Shape, Target, cut_both};
 use super::{Hold, Injection, disk::Damage, record};
 use crate::cluster::leader_status;
-use crate::history::OpType;
+use crate::history::{Call, OpType, Recorder};
 use crate::run::Workload;
+
+/// Writes sent straight to a leader cut off in the minority, each as its own process
+/// (numbered from [`MINORITY_WRITERS`] + 1): they can only be appended to its log
+/// uncommitted, so healing must truncate them.
+const MINORITY_WRITES: u64 = 5;
+/// Process numbers of the minority writes, above every client's.
+pub const MINORITY_WRITERS: u64 = 900;
 
 /// The scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -138,9 +145,58 @@ async fn leader_in_minority(run: &mut Injection<'_>, ids: &[u64]) {
             shape: Shape::IsolateLeader,
             cuts,
         };
+        // The clients' own writes in flight at the cut may already sit on the followers;
+        // these cannot, so the deposed leader surely holds a tail to truncate.
+        let addr = run.cluster.nodes[&leader].addr.clone();
+        let writes = tokio::spawn(write_to_minority(addr, run.history.clone()));
         run.inject(&fault, Hold::For(Duration::from_secs(3))).await;
+        let _ = writes.await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Sends [`MINORITY_WRITES`] appends to the leader at `addr` once it is cut off, without
+/// retries or deduplication; each is recorded, and is `info` unless it was acknowledged.
+async fn write_to_minority(addr: String, history: Recorder) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = (1..=MINORITY_WRITES).map(|k| {
+        let addr = addr.clone();
+        let history = history.clone();
+        async move {
+            let process = MINORITY_WRITERS + k;
+            let value = format!("{process}:0");
+            let call = |offset| Call::Append {
+                value: value.clone(),
+                offset,
+            };
+            history.record(process, OpType::Invoke, call(None), None);
+            let append = async {
+                let mut client = keel_raft::pb::client::keel_log_client::KeelLogClient::connect(
+                    format!("http://{addr}"),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let request = keel_raft::pb::client::AppendRequest {
+                    client_id: 0,
+                    seq: 0,
+                    records: vec![value.clone().into()],
+                };
+                client
+                    .append(request)
+                    .await
+                    .map(|r| r.into_inner().first_offset)
+                    .map_err(|e| e.to_string())
+            };
+            let (kind, offset, error) =
+                match tokio::time::timeout(Duration::from_secs(2), append).await {
+                    Ok(Ok(offset)) => (OpType::Ok, Some(offset), None),
+                    Ok(Err(error)) => (OpType::Info, None, Some(error)),
+                    Err(_) => (OpType::Info, None, Some("no answer within 2 s".to_owned())),
+                };
+            history.record(process, kind, call(offset), error);
+        }
+    });
+    futures::future::join_all(writes).await;
 }
 
 /// The highest term the running nodes report.
