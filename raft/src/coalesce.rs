@@ -93,7 +93,11 @@ mod tests {
 
     #[test]
     fn a_batch_round_trips_and_is_recognised() {
-        let writes = vec![write(7, 1, b"\x00abc"), write(0, 0, b""), write(9, 4, b"\x00x")];
+        let writes = vec![
+            write(7, 1, b"\x00abc"),
+            write(0, 0, b""),
+            write(9, 4, b"\x00x"),
+        ];
         let batch = encode_batch(&writes);
         assert!(is_batch(&batch));
         assert!(!is_batch(b"\x00abc"));

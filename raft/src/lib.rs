@@ -51,6 +51,7 @@
 pub mod application;
 pub mod client;
 pub mod clock;
+pub mod coalesce;
 pub mod error;
 pub mod identity;
 pub mod limits;

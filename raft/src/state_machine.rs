@@ -2,11 +2,12 @@
 //!
 //! The host keeps what every application needs: the last applied log id, the membership, and
 //! per-client sessions that make writes exactly-once (a retried `(client id, seq)` gets its
-//! first answer back instead of being applied twice). Snapshots are files (see
+//! first answer back instead of being applied twice), also for each write of a coalesced
+//! batch ([`crate::coalesce`]). Snapshots are files (see
 //! [`crate::snapshot`]); the host builds them from a copy of the state serialized under its
 //! lock, then writes and fsyncs the file off that lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,6 +17,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::application::{Application, AppliedAt};
+use crate::coalesce::{decode_batch, is_batch};
 use crate::record::StoredMembershipConfig;
 use crate::snapshot::{SnapshotDir, SnapshotFile, SnapshotHeader, open_body};
 use crate::types::{
@@ -43,8 +45,9 @@ struct HostState {
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: HashMap<u64, Session>,
-    /// `index → client id`, to evict the least recently written session.
-    session_order: BTreeMap<u64, u64>,
+    /// `(index, client id)` of every session, to evict the least recently written one (the
+    /// writes of one batch share an index; the client id orders them the same everywhere).
+    session_order: BTreeSet<(u64, u64)>,
 }
 
 /// What `Status` reports of a state machine: where it stands and a digest of its state there.
@@ -76,7 +79,7 @@ impl StateMachineHost {
                 applied: None,
                 membership: StoredMembership::default(),
                 sessions: HashMap::new(),
-                session_order: BTreeMap::new(),
+                session_order: BTreeSet::new(),
             })),
             snapshots,
         };
@@ -127,7 +130,7 @@ impl StateMachineHost {
                     index,
                 },
             );
-            state.session_order.insert(index, client);
+            state.session_order.insert((index, client));
         }
         Ok(())
     }
@@ -142,6 +145,22 @@ fn header_membership(header: &SnapshotHeader) -> crate::Result<StoredMembership>
 }
 
 impl HostState {
+    /// Applies an entry's request: one write, or each write of a batch in order.
+    fn apply_entry(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
+        if request.client_id != 0 || !is_batch(&request.command) {
+            return self.apply_request(at, request);
+        }
+        // Only a leader's service makes batches; one that does not decode applies nothing,
+        // the same on every replica.
+        let writes = decode_batch(&request.command).unwrap_or_default();
+        ClientResponse::Batch(
+            writes
+                .iter()
+                .map(|write| self.apply_request(at, write))
+                .collect(),
+        )
+    }
+
     fn apply_request(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
         let index = at.index;
         if request.client_id == 0 {
@@ -172,9 +191,9 @@ impl HostState {
                 index,
             },
         ) {
-            self.session_order.remove(&old.index);
+            self.session_order.remove(&(old.index, request.client_id));
         }
-        self.session_order.insert(index, request.client_id);
+        self.session_order.insert((index, request.client_id));
         while self.sessions.len() > SESSIONS_MAX {
             let (_, client) = self
                 .session_order
@@ -236,7 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
                         answer: Bytes::new(),
                         index: entry.log_id.index,
                     },
-                    EntryPayload::Normal(request) => state.apply_request(
+                    EntryPayload::Normal(request) => state.apply_entry(
                         AppliedAt {
                             term: entry.log_id.leader_id.term,
                             index: entry.log_id.index,
@@ -328,5 +347,95 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
             meta,
             snapshot: file,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coalesce::encode_batch;
+    use crate::multiplex::{AppTag, Multiplex, tagged};
+    use crate::plain_log::{PlainLog, Retention, decode_append_answer, encode_append};
+
+    fn host() -> HostState {
+        HostState {
+            app: Box::new(Multiplex::new(PlainLog::new(Retention::default()), None)),
+            applied: None,
+            membership: StoredMembership::default(),
+            sessions: HashMap::new(),
+            session_order: BTreeSet::new(),
+        }
+    }
+
+    fn append(client_id: u64, seq: u64, record: &'static str) -> ClientRequest {
+        ClientRequest {
+            client_id,
+            seq,
+            command: tagged(
+                AppTag::PlainLog,
+                &encode_append(1, &[Bytes::from_static(record.as_bytes())]),
+            ),
+        }
+    }
+
+    fn offset(response: &ClientResponse) -> Option<u64> {
+        match response {
+            ClientResponse::Applied { answer, .. } => decode_append_answer(answer).map(|(o, _)| o),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_each_write_once_with_its_own_session() {
+        let mut host = host();
+        let at = |index| AppliedAt { term: 1, index };
+        let first = host.apply_entry(at(1), &append(1, 1, "a"));
+        assert_eq!(offset(&first), Some(0));
+        let batch = ClientRequest {
+            client_id: 0,
+            seq: 0,
+            command: encode_batch(&[
+                append(2, 1, "b"),
+                // A retry of client 1's applied write: its first answer, not a new record.
+                append(1, 1, "a"),
+                append(3, 5, "c"),
+                // Client 2 again in the same batch, next sequence.
+                append(2, 2, "d"),
+            ]),
+        };
+        let ClientResponse::Batch(answers) = host.apply_entry(at(2), &batch) else {
+            panic!("a batch is answered as one");
+        };
+        let offsets: Vec<Option<u64>> = answers.iter().map(offset).collect();
+        assert_eq!(offsets, [Some(1), Some(0), Some(2), Some(3)]);
+        assert_eq!(
+            answers[1],
+            ClientResponse::Applied {
+                answer: match &first {
+                    ClientResponse::Applied { answer, .. } => answer.clone(),
+                    _ => unreachable!(),
+                },
+                index: 1
+            }
+        );
+        // A stale sequence inside a batch is refused, the others applied.
+        let stale = ClientRequest {
+            client_id: 0,
+            seq: 0,
+            command: encode_batch(&[append(2, 1, "old"), append(4, 1, "e")]),
+        };
+        let ClientResponse::Batch(answers) = host.apply_entry(at(3), &stale) else {
+            panic!("a batch is answered as one");
+        };
+        assert_eq!(
+            answers[0],
+            ClientResponse::StaleSequence {
+                last_applied_seq: 2
+            }
+        );
+        assert_eq!(offset(&answers[1]), Some(4));
+        assert_eq!(host.sessions.len(), 4);
+        assert_eq!(host.session_order.len(), 4);
+        assert!(host.session_order.contains(&(2, 2)) && host.session_order.contains(&(2, 3)));
     }
 }

@@ -83,6 +83,8 @@ pub enum ClientResponse {
         /// The client's last applied sequence.
         last_applied_seq: u64,
     },
+    /// A coalesced batch's answers, one per write, in order ([`crate::coalesce`]).
+    Batch(Vec<ClientResponse>),
 }
 
 openraft::declare_raft_types!(

@@ -163,6 +163,59 @@ async fn a_retried_sequence_is_applied_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_coalesced_into_fewer_entries_each_applied_once() {
+    const WRITERS: u64 = 64;
+    const ROUNDS: u64 = 8;
+    let cluster = Cluster::start(3, |_| {}).await;
+    let mut client = cluster.client(0);
+    client.init(&cluster.members()).await.expect("init");
+    client.append(records(&["warm-up"])).await.expect("append");
+    let leader = leader_addr(&mut client).await;
+    let raw = client.node(&leader).expect("leader client");
+    let writers: Vec<_> = (1..=WRITERS)
+        .map(|writer| {
+            let mut raw = raw.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for seq in 1..=ROUNDS {
+                    let request = api::AppendRequest {
+                        client_id: writer,
+                        seq,
+                        records: records(&[&format!("{writer}:{seq}")]),
+                    };
+                    let first = raw.append(request.clone()).await.expect("append");
+                    // A retry, perhaps in another batch: the first answer again.
+                    let retry = raw.append(request).await.expect("retry");
+                    assert_eq!(first.get_ref(), retry.get_ref());
+                    answers.push(first.into_inner());
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut offsets = std::collections::BTreeSet::new();
+    let mut entries = std::collections::BTreeSet::new();
+    for writer in writers {
+        for answer in writer.await.expect("writer") {
+            assert!(offsets.insert(answer.first_offset), "one offset per write");
+            entries.insert(answer.raft_index);
+        }
+    }
+    let total = usize::try_from(WRITERS * ROUNDS).expect("small");
+    assert_eq!(offsets.len(), total);
+    assert!(
+        entries.len() < total,
+        "{total} writes in {} entries: none coalesced",
+        entries.len()
+    );
+    let read = client.read(0, 0).await.expect("read");
+    assert_eq!(data(&read).len(), total + 1, "each write applied once");
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_writes_are_refused_and_append_nothing() {
     let cluster = Cluster::start(3, |_| {}).await;
     let mut client = cluster.client(0);

@@ -66,6 +66,10 @@ impl Proposer {
                     "sequence {seq} is older than this client's last applied {last_applied_seq}"
                 ),
             )),
+            ClientResponse::Batch(_) => Err(status(
+                WriteErrorKind::Invalid,
+                "a single scheduler command was answered as a batch",
+            )),
         }
     }
 }
