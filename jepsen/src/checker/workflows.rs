@@ -34,7 +34,7 @@ pub struct FinalEntry {
     pub name: String,
     /// `pending`, `done`, `failed` or `timed-out`.
     pub state: String,
-    /// The fence of the run that last recorded it.
+    /// The fence of the run that created it.
     pub fence: u64,
 }
 

@@ -374,11 +374,9 @@ impl SchedulerState {
         match (&mut entry.state, record) {
             (EntryState::Pending { .. }, StepRecord::Done(outcome)) => {
                 entry.state = EntryState::Done(outcome);
-                entry.fence = fence;
             }
             (EntryState::Pending { attempts }, StepRecord::AttemptFailed { attempt, .. }) => {
                 *attempts = (*attempts).max(attempt);
-                entry.fence = fence;
             }
             (EntryState::Done(outcome), _) => {
                 return Err(Rejection::AlreadyRecorded {

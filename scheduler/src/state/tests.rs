@@ -209,7 +209,7 @@ fn stale_fences_non_determinism_and_gaps_are_rejected() {
 }
 
 #[test]
-fn each_journal_entry_records_the_fence_of_the_run_that_last_recorded_it() {
+fn each_journal_entry_records_the_fence_of_the_run_that_created_it() {
     let mut h = Harness::new();
     h.start("w");
     h.step("w", 2, 0, "fetch", "page");
@@ -231,7 +231,8 @@ fn each_journal_entry_records_the_fence_of_the_run_that_last_recorded_it() {
     let Answer::Claimed { fence } = h.apply(160, claim) else {
         panic!("claim refused");
     };
-    // The new run finishes the step the old one began; the old run can record nothing more.
+    // The new run finishes the step the old one began (the entry keeps its creator's
+    // fence); the old run can record nothing more.
     h.step("w", fence, 1, "parse", "tree");
     assert!(matches!(
         h.step("w", 2, 2, "store", "x"),
@@ -239,15 +240,15 @@ fn each_journal_entry_records_the_fence_of_the_run_that_last_recorded_it() {
     ));
     h.step("w", fence, 2, "store", "ok");
     let fences: Vec<u64> = h.journal("w").iter().map(|entry| entry.fence).collect();
-    assert_eq!(fences, [2, fence, fence]);
+    assert_eq!(fences, [2, 2, fence]);
 
     // A journal whose fences go back, or beyond the workflow's, is inconsistent.
     let mut state = h.state.clone();
     let workflow = state.workflows.get_mut("w").expect("w");
-    workflow.journal[2].fence = 2;
+    workflow.journal[0].fence = fence;
     assert!(state.consistency().is_err());
     let mut state = h.state.clone();
-    state.workflows.get_mut("w").expect("w").journal[0].fence = fence + 1;
+    state.workflows.get_mut("w").expect("w").journal[2].fence = fence + 1;
     assert!(state.consistency().is_err());
 }
 

@@ -68,8 +68,9 @@ pub struct JournalEntry {
     pub kind: EntryKind,
     /// Where it stands.
     pub state: EntryState,
-    /// The fence of the run that last recorded it (created it, or recorded a step's attempt
-    /// or result); a timer's fire, a signal or a child's result leave it as it was.
+    /// The fence of the run that created it. Entries are created in order under the
+    /// current fence, which only grows, so fences never go back along a journal (a later
+    /// run may finish a step an earlier one began; the fence stays the creator's).
     pub fence: u64,
 }
 
