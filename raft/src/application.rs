@@ -7,9 +7,11 @@ use bytes::Bytes;
 
 /// Where a command is applied: its Raft log id.
 ///
-/// The pair is unique cluster-wide and the same on every replica, so it serves as a fence
-/// token for effects of the command (a timer fire, say): a token with a term and index that
-/// never committed marks an effect nobody should have seen.
+/// The pair is the same on every replica, and unique cluster-wide to the entry, so it serves
+/// as a fence token for effects of the command (a timer fire, say): a token with a term and
+/// index that never committed marks an effect nobody should have seen. The plain log's
+/// appends, coalesced into one entry (see [`crate::coalesce`]), share its pair; commands
+/// of other applications are never coalesced, so the pair is theirs alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AppliedAt {
     /// The term of the leader that proposed the command.
