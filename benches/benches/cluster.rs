@@ -10,9 +10,7 @@
 //! - `cluster_restart_1gib`: SIGKILL a follower holding a 1 GiB Raft log and time its restart
 //!   until it serves (answers status having applied everything committed before the kill).
 //!
-//! Peers measured on this machine class (issue #3): etcd 3.4 ≈ 6.4 k puts/s at 64 clients,
-//! NATS `JetStream` ≈ 1.5 k/s with per-message fsync and ≈ 38 k/s acknowledging from memory;
-//! failover etcd 1.0–3.0 s, `JetStream` 4–8 s.
+//! The `peers` benchmark runs etcd 3.4 and NATS `JetStream` beside Keel under the same load.
 
 mod common;
 
@@ -21,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BenchCluster, leader, report_latency, run_as_node, wait_until, wanted};
+use common::{BenchCluster, leader, report_latency, run_as_node, run_clients, wait_until, wanted};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusRequest;
@@ -56,40 +54,6 @@ fn main() {
         bench_restart(&mut criterion, &runtime);
     }
     criterion.final_summary();
-}
-
-/// Runs `per_client` appends on each of `clients` concurrent clients; returns the elapsed
-/// time and every request's latency.
-async fn run_clients(
-    addrs: &[String],
-    clients: usize,
-    per_client: u64,
-    payload: usize,
-    next_id: &mut u64,
-) -> (Duration, Vec<Duration>) {
-    let record = Bytes::from(vec![b'k'; payload]);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    let shared = KeelClient::new(addrs, 0).expect("client");
-    for _ in 0..clients {
-        *next_id += 1;
-        let mut client = shared.for_writer(*next_id);
-        let record = record.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(usize::try_from(per_client).unwrap_or(0));
-            for _ in 0..per_client {
-                let sent = Instant::now();
-                client.append(vec![record.clone()]).await.expect("append");
-                latencies.push(sent.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("client task"));
-    }
-    (started.elapsed(), latencies)
 }
 
 /// Mean Raft log flush (append to durable) latency per node, from each node's metrics.
@@ -178,29 +142,12 @@ fn bench_failover(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) 
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                total += runtime.block_on(one_failover(&mut cluster));
+                total += runtime.block_on(cluster.failover_once());
             }
             total
         });
     });
     group.finish();
-}
-
-/// Kills the leader, times the first acknowledged append, then restarts the killed node and
-/// waits (untimed) until it has caught up.
-async fn one_failover(cluster: &mut BenchCluster) -> Duration {
-    let mut client = KeelClient::new(&cluster.addrs(), 0).expect("client");
-    let leader_id = leader(&mut client).await.expect("a leader").node_id;
-    let index = cluster.index_of(leader_id);
-    let killed = Instant::now();
-    cluster.kill(index);
-    client
-        .append(vec![Bytes::from_static(b"after failover")])
-        .await
-        .expect("append after failover");
-    let elapsed = killed.elapsed();
-    cluster.respawn_and_catch_up(index).await;
-    elapsed
 }
 
 fn tonic_inner<T>(response: tonic::Response<T>) -> T {

@@ -17,6 +17,8 @@ use keel_raft::pb::client::StatusResponse;
 
 /// Environment variable that turns a benchmark binary into a node running the named config.
 pub(crate) const NODE_ENV: &str = "KEEL_BENCH_NODE_CONFIG";
+/// First client id of the failover benchmark's writers, above every load writer's.
+const FAILOVER_CLIENT_IDS: u64 = 1 << 40;
 /// Deadline for a cluster condition to hold.
 pub(crate) const WAIT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -62,6 +64,8 @@ pub(crate) struct BenchCluster {
     pub(crate) nodes: Vec<(u64, String, PathBuf, Option<Child>)>,
     /// Each node's Prometheus endpoint.
     pub(crate) metrics: Vec<String>,
+    /// Failovers run so far, numbering their clients.
+    failovers: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -71,17 +75,8 @@ impl BenchCluster {
         let mut nodes = Vec::new();
         let mut metrics = Vec::new();
         for id in 1..=3u64 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("bind")
-                .local_addr()
-                .expect("addr")
-                .port();
-            let addr = format!("127.0.0.1:{port}");
-            let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("bind")
-                .local_addr()
-                .expect("addr")
-                .port();
+            let addr = format!("127.0.0.1:{}", free_port());
+            let metrics_port = free_port();
             let config = dir.path().join(format!("node-{id}.toml"));
             let sync = if relaxed { "relaxed" } else { "durable" };
             let text = format!(
@@ -94,6 +89,7 @@ impl BenchCluster {
         let mut cluster = Self {
             nodes,
             metrics,
+            failovers: 0,
             _dir: dir,
         };
         for index in 0..3 {
@@ -159,6 +155,28 @@ impl BenchCluster {
         .await;
     }
 
+    /// Kills the leader, times the first acknowledged append, then restarts the killed node
+    /// and waits (untimed) until it has caught up.
+    ///
+    /// The append is idempotent (a client id of its own), so the client retries it when
+    /// its outcome is unknown — as when it reached the leader's connection as it died.
+    pub(crate) async fn failover_once(&mut self) -> Duration {
+        self.failovers += 1;
+        let mut client =
+            KeelClient::new(&self.addrs(), FAILOVER_CLIENT_IDS + self.failovers).expect("client");
+        let leader_id = leader(&mut client).await.expect("a leader").node_id;
+        let index = self.index_of(leader_id);
+        let killed = Instant::now();
+        self.kill(index);
+        client
+            .append(vec![Bytes::from_static(b"after failover")])
+            .await
+            .expect("append after failover");
+        let elapsed = killed.elapsed();
+        self.respawn_and_catch_up(index).await;
+        elapsed
+    }
+
     pub(crate) async fn init(&self) {
         let mut client = KeelClient::new(&self.addrs(), 0).expect("client");
         wait_until("all nodes answer", || {
@@ -181,6 +199,96 @@ impl Drop for BenchCluster {
             self.kill(index);
         }
     }
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One writer of a closed-loop load: sends one write and waits for its acknowledgement.
+pub(crate) trait Writer: Send + 'static {
+    fn write(&mut self) -> impl Future<Output = ()> + Send + '_;
+}
+
+/// Runs `per_writer` writes on each writer, all writers at once; returns the elapsed time
+/// and every write's latency.
+pub(crate) async fn closed_loop<W: Writer>(
+    writers: Vec<W>,
+    per_writer: u64,
+) -> (Duration, Vec<Duration>) {
+    let started = Instant::now();
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|mut writer| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(usize::try_from(per_writer).unwrap_or(0));
+                for _ in 0..per_writer {
+                    let sent = Instant::now();
+                    writer.write().await;
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("writer task"));
+    }
+    (started.elapsed(), latencies)
+}
+
+/// A client appending one record per write.
+pub(crate) struct KeelWriter {
+    client: KeelClient,
+    record: Bytes,
+}
+
+impl Writer for KeelWriter {
+    async fn write(&mut self) {
+        self.client
+            .append(vec![self.record.clone()])
+            .await
+            .expect("append");
+    }
+}
+
+/// `count` writers on `shared`'s connections, each a new client id from `next_id`,
+/// appending `record`.
+pub(crate) fn keel_writers(
+    shared: &KeelClient,
+    count: usize,
+    record: &Bytes,
+    next_id: &mut u64,
+) -> Vec<KeelWriter> {
+    (0..count)
+        .map(|_| {
+            *next_id += 1;
+            KeelWriter {
+                client: shared.for_writer(*next_id),
+                record: record.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Runs `per_client` appends on each of `clients` concurrent clients; returns the elapsed
+/// time and every request's latency.
+pub(crate) async fn run_clients(
+    addrs: &[String],
+    clients: usize,
+    per_client: u64,
+    payload: usize,
+    next_id: &mut u64,
+) -> (Duration, Vec<Duration>) {
+    let record = Bytes::from(vec![b'k'; payload]);
+    let shared = KeelClient::new(addrs, 0).expect("client");
+    closed_loop(keel_writers(&shared, clients, &record, next_id), per_client).await
 }
 
 pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)
@@ -233,6 +341,11 @@ pub(crate) fn report_latency(file: &str, label: &str, mut latencies: Vec<Duratio
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99)
     );
+    record(file, &line);
+}
+
+/// Prints `line`, and appends it to `target/keel-bench/<file>` when measuring.
+pub(crate) fn record(file: &str, line: &str) {
     eprintln!("{line}");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keel-bench");
     if measuring()
