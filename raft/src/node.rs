@@ -137,6 +137,13 @@ impl NodeConfig {
             // A wiped follower's log reverts; the leader must resend it rather than panic.
             // Safe here because a wiped node cannot vote until re-admitted (see `NodeAddr`).
             allow_log_reversion: Some(true),
+            // A restarted leader must win a new election, in a higher term. openraft would
+            // otherwise resume leading in its old term; but a leader replicates entries before
+            // its own fsync, so after a power cut it may have lost entries a follower holds,
+            // and resuming would propose different entries under the same (term, index):
+            // divergent replicas and reused fencing tokens (found by keel-jepsen's
+            // `lose-unsynced` nemesis).
+            enable_leader_restore: Some(false),
             ..Config::default()
         };
         config.validate().map_err(|e| Error::Invalid {

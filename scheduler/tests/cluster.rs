@@ -95,6 +95,32 @@ async fn restart_all_and_check(cluster: &mut Cluster, acknowledged: &[String]) {
     }
 }
 
+/// A leader replicates entries before its own fsync, so after a power cut it may lack
+/// entries a follower holds: it must never lead again in the term it led before its restart,
+/// where it would propose other entries under the same (term, index).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_leads_again_only_in_a_higher_term() {
+    let mut cluster = Cluster::start(1, "");
+    cluster.init().await;
+    let mut client = cluster.client(7);
+    client.append(record("before")).await.expect("append");
+    let before = leader(&mut client).await.expect("a leader");
+    cluster.node(1).kill();
+    cluster.node(1).start();
+    let mut client = cluster.client(8);
+    client
+        .append(record("after"))
+        .await
+        .expect("append after the restart");
+    let after = leader(&mut client).await.expect("a leader");
+    assert!(
+        after.term > before.term,
+        "led term {} before the restart and term {} after",
+        before.term,
+        after.term
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
     let mut cluster = Cluster::start(
