@@ -115,6 +115,44 @@ async fn three_nodes_elect_replicate_and_serve_reads_everywhere() {
     }
 }
 
+/// An embedded node can be stopped and opened again in the same process while a client
+/// holds a stream open (the append stream): shutdown ends every connection, which releases
+/// the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_under_an_open_stream_reopens_in_the_same_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, "127.0.0.1:0".parse().expect("addr"), dir.path());
+    config.segment_size_bytes = 8 << 20;
+    let node = RaftNode::start(config.clone()).await.expect("node starts");
+    config.listen = node.addr();
+    let addrs = [node.addr().to_string()];
+    let mut client = KeelClient::new(&addrs, 7).expect("client");
+    client
+        .init(&BTreeMap::from([(1, addrs[0].clone())]))
+        .await
+        .expect("init");
+    client.append(records(&["before"])).await.expect("append");
+    node.shutdown().await;
+
+    let node = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match RaftNode::start(config.clone()).await {
+                Ok(node) => return node,
+                Err(keel_raft::Error::Log(keel_log::Error::Locked { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("the node reopens: {error}"),
+            }
+        }
+    })
+    .await
+    .expect("the data directory is released within 2 s of shutdown");
+    client.append(records(&["after"])).await.expect("append");
+    let read = client.read_at(&addrs[0], 0, 0, true).await.expect("read");
+    assert_eq!(data(&read), ["before", "after"]);
+    node.shutdown().await;
+}
+
 async fn leader_addr(client: &mut KeelClient) -> String {
     client
         .statuses()

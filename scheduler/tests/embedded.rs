@@ -58,10 +58,16 @@ async fn shifty(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
     Ok(Bytes::new())
 }
 
+/// Waits for signal "go", then answers with its payload.
+async fn awaits_go(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
+    Ok(ctx.wait_signal("go", None).await?.unwrap_or_default())
+}
+
 fn registry() -> Registry {
     Registry::new()
         .register("counted", "v1", counted)
         .register("shifty", "v1", shifty)
+        .register("awaits-go", "v1", awaits_go)
 }
 
 struct Embedded {
@@ -282,4 +288,64 @@ async fn code_that_no_longer_matches_its_journal_fails_with_a_non_determinism_er
     for node in cluster.nodes {
         node.shutdown().await;
     }
+}
+
+/// An embedding application can stop its node and open it again in the same process while
+/// a client holds a stream open (the log client's append stream): the data directory is
+/// released, and a waiting workflow resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_under_an_open_stream_reopens_in_process_and_resumes_its_workflows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, "127.0.0.1:0".parse().expect("addr"), dir.path());
+    config.segment_size_bytes = 8 << 20;
+    let node = Node::start(config.clone(), registry(), EngineSettings::default())
+        .await
+        .expect("node");
+    config.listen = node.addr();
+    let addrs = vec![node.addr().to_string()];
+    let mut log_client = KeelClient::new(&addrs, 7).expect("client");
+    log_client
+        .init(&BTreeMap::from([(1, addrs[0].clone())]))
+        .await
+        .expect("init");
+    log_client
+        .append(vec![Bytes::from_static(b"opens the append stream")])
+        .await
+        .expect("append");
+    let mut client = WorkflowClient::new(&addrs).expect("client");
+    client
+        .start("r", "awaits-go", Bytes::new())
+        .await
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !waiting_for_signal(&client.get("r", true).await.expect("get")) {
+        assert!(Instant::now() < deadline, "the workflow never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.shutdown().await;
+
+    let node = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match Node::start(config.clone(), registry(), EngineSettings::default()).await {
+                Ok(node) => return node,
+                Err(error) if error.to_string().contains("locked") => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("the node reopens: {error}"),
+            }
+        }
+    })
+    .await
+    .expect("the data directory is released within 2 s of shutdown");
+    client
+        .signal("r", "go", Bytes::from_static(b"resumed"))
+        .await
+        .expect("signal");
+    let info = client
+        .get_after("r", Duration::from_secs(10), false)
+        .await
+        .expect("get");
+    assert_eq!(info.status, "completed", "{info:?}");
+    assert_eq!(info.result.as_ref(), b"resumed");
+    node.shutdown().await;
 }

@@ -4,3 +4,4 @@
 pub mod client;
 pub mod client_service;
 pub mod server;
+mod stoppable;

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::limits::MESSAGE_MAX_BYTES;
 use crate::network::client_service::ClientService;
+use crate::network::stoppable::StoppableIo;
 use crate::node::NodeShared;
 use crate::pb::client::keel_log_server::KeelLogServer;
 use crate::pb::raft::raft_server::{Raft as RaftRpc, RaftServer};
@@ -41,7 +42,10 @@ pub async fn serve(
     let client = KeelLogServer::new(ClientService::new(shared.clone()))
         .max_decoding_message_size(MESSAGE_MAX_BYTES)
         .max_encoding_message_size(MESSAGE_MAX_BYTES);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let connection_stop = stop.clone();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|io| StoppableIo::new(io, connection_stop.clone())));
     let stopped = async move {
         while !*stop.borrow_and_update() {
             if stop.changed().await.is_err() {
