@@ -68,8 +68,6 @@ const DISPATCH_EVERY: Duration = Duration::from_millis(250);
 const CLAIMS_IN_FLIGHT: usize = 64;
 /// Pause between attempts to catch up when taking over.
 const TAKEOVER_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Pause before retrying a failed timer fire proposal.
-const FIRE_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug)]
 struct RunSlot {
@@ -156,7 +154,12 @@ impl Engine {
         let tasks = vec![
             tokio::spawn(Arc::clone(&inner).follow_leadership()),
             tokio::spawn(Arc::clone(&inner).start_runnable(runnable_rx)),
-            tokio::spawn(Arc::clone(&inner).drive_timers()),
+            tokio::spawn(timer_driver::run(
+                inner.machine.clone(),
+                inner.proposer.clone(),
+                inner.active.subscribe(),
+                inner.settings.max_clock_skew,
+            )),
             tokio::spawn(Arc::clone(&inner).expire()),
             tokio::spawn(Arc::clone(&inner).dispatch()),
         ];
@@ -378,54 +381,6 @@ impl Inner {
             return None;
         }
         Some(kind.clone())
-    }
-
-    async fn drive_timers(self: Arc<Self>) {
-        let mut active = self.active.subscribe();
-        loop {
-            let term = *active.borrow_and_update();
-            if term == 0 {
-                if active.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            let changed = self.machine.timers_changed().notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let (wall_ms, mono) = timer_driver::wall_now();
-            let pass =
-                timer_driver::due_pass(&self.machine, wall_ms, mono, self.settings.max_clock_skew);
-            if !pass.ready.is_empty() {
-                #[cfg(feature = "sabotage")]
-                if keel_raft::sabotage::on(keel_raft::sabotage::Fault::UnfencedFires) {
-                    self.machine.deliver_unfenced(term, &pass.ready);
-                }
-                match self
-                    .proposer
-                    .propose(Command::FireTimers { ids: pass.ready }, None)
-                    .await
-                {
-                    Ok(Answer::Fired { ids }) if !ids.is_empty() => {}
-                    // None was due by the stamp: this clock stepped back since the pass.
-                    Ok(Answer::Fired { .. }) => tokio::time::sleep(FIRE_RETRY_PAUSE).await,
-                    Ok(other) => {
-                        tracing::warn!(answer = ?other, "unexpected answer to a timer fire");
-                    }
-                    Err(status) => {
-                        tracing::debug!(error = status.message(), "timer fire not committed");
-                        tokio::time::sleep(FIRE_RETRY_PAUSE).await;
-                    }
-                }
-                continue;
-            }
-            let idle = timer_driver::idle(&pass, mono);
-            tokio::select! {
-                () = &mut changed => {}
-                () = tokio::time::sleep(idle) => {}
-                _ = active.changed() => {}
-            }
-        }
     }
 
     /// Leases workflows of kinds this node does not run to remote workers, while leading.

@@ -10,19 +10,139 @@
 //!   longer than due + `max_clock_skew` by its wall clock.
 //!
 //! The state machine refuses a fire stamped before the due time, and fires each timer once.
+//!
+//! Fires are pipelined: a timer that comes due while an earlier fire is committing is
+//! proposed at once in a fire of its own (up to [`FIRES_IN_FLIGHT_MAX`] at a time), rather
+//! than waiting a commit behind it. Passes skip the timers of fires in flight; should one
+//! be proposed twice anyway, the state machine fires it once.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use keel_raft::clock::now_ms;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use keel_raft::clock::since_epoch;
+use tokio::sync::watch;
+use tonic::Status;
 
+use super::proposer::Proposer;
+use crate::command::{Answer, Command};
 use crate::machine::{Armed, SchedulerMachine};
 
 /// Most timers one fire command carries.
 pub(crate) const FIRE_BATCH_MAX: usize = 4096;
+/// Most fire commands proposed and not yet answered.
+const FIRES_IN_FLIGHT_MAX: usize = 8;
 /// Most due-by-wall-clock timers examined per pass (the rest wait for the next pass).
 const SCAN_MAX: usize = 16 * 1024;
 /// Longest sleep between passes: wall-clock jumps are noticed at least this often.
 const IDLE_MAX: Duration = Duration::from_secs(1);
+/// Pause before retrying a failed timer fire proposal.
+const FIRE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// The last stretch of a wait slept by a thread rather than tokio's timer, whose wheel
+/// rounds every deadline up to its next millisecond tick.
+const PRECISE_WAIT: Duration = Duration::from_millis(2);
+
+/// Fires timers while this node leads: `active` holds the term it leads in (0: not
+/// leading). Returns when `active`'s sender is gone.
+pub(crate) async fn run(
+    machine: SchedulerMachine,
+    proposer: Proposer,
+    mut active: watch::Receiver<u64>,
+    max_clock_skew: Duration,
+) {
+    let mut in_flight = HashSet::new();
+    let mut fires = FuturesUnordered::new();
+    loop {
+        let term = *active.borrow_and_update();
+        if term == 0 && fires.is_empty() {
+            in_flight.clear();
+            if active.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let changed = machine.timers_changed().notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let (wall, mono) = wall_now();
+        let pass = if term == 0 {
+            DuePass::default()
+        } else {
+            due_pass(&machine, wall, mono, max_clock_skew, &in_flight)
+        };
+        if !pass.ready.is_empty() && fires.len() < FIRES_IN_FLIGHT_MAX {
+            #[cfg(feature = "sabotage")]
+            if keel_raft::sabotage::on(keel_raft::sabotage::Fault::UnfencedFires) {
+                machine.deliver_unfenced(term, &pass.ready);
+            }
+            in_flight.extend(pass.ready.iter().copied());
+            let proposer = proposer.clone();
+            fires.push(async move {
+                let answer = proposer
+                    .propose(
+                        Command::FireTimers {
+                            ids: pass.ready.clone(),
+                        },
+                        None,
+                    )
+                    .await;
+                (pass.ready, answer)
+            });
+            continue;
+        }
+        let idle = if pass.ready.is_empty() {
+            idle(&pass, mono)
+        } else {
+            IDLE_MAX
+        };
+        tokio::select! {
+            Some((ids, answer)) = fires.next(), if !fires.is_empty() => {
+                for id in &ids {
+                    in_flight.remove(id);
+                }
+                if !fired(answer) {
+                    tokio::time::sleep(FIRE_RETRY_PAUSE).await;
+                }
+            }
+            () = &mut changed => {}
+            () = sleep_precisely(idle) => {}
+            _ = active.changed() => {}
+        }
+    }
+}
+
+/// Sleeps `idle`, the last [`PRECISE_WAIT`] of it on a blocking-pool thread (`nanosleep`
+/// keeps to tens of microseconds where tokio's timer may add a millisecond or two). Dropping
+/// the future mid-wait leaves that thread to finish its short sleep alone.
+async fn sleep_precisely(idle: Duration) {
+    let deadline = Instant::now() + idle;
+    let coarse = idle.saturating_sub(PRECISE_WAIT);
+    if !coarse.is_zero() {
+        tokio::time::sleep(coarse).await;
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
+}
+
+/// Whether a fire's answer fired something (otherwise the driver pauses before retrying).
+fn fired(answer: Result<Answer, Status>) -> bool {
+    match answer {
+        Ok(Answer::Fired { ids }) if !ids.is_empty() => true,
+        // None was due by the stamp: this clock stepped back since the pass.
+        Ok(Answer::Fired { .. }) => false,
+        Ok(other) => {
+            tracing::warn!(answer = ?other, "unexpected answer to a timer fire");
+            false
+        }
+        Err(status) => {
+            tracing::debug!(error = status.message(), "timer fire not committed");
+            false
+        }
+    }
+}
 
 /// Timers ready to fire now, and when to look again.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -33,23 +153,28 @@ pub(crate) struct DuePass {
     pub(crate) wake: Option<Instant>,
 }
 
-/// Finds the timers ready at wall time `wall_ms` and monotonic time `mono`.
+/// Finds the timers ready at wall time `wall` (since the Unix epoch) and monotonic time
+/// `mono`, skipping those `in_flight`.
 pub(crate) fn due_pass(
     machine: &SchedulerMachine,
-    wall_ms: u64,
+    wall: Duration,
     mono: Instant,
     max_clock_skew: Duration,
+    in_flight: &HashSet<u64>,
 ) -> DuePass {
-    let skew_ms = u64::try_from(max_clock_skew.as_millis()).unwrap_or(u64::MAX);
     let mut pass = DuePass::default();
     let wake_at = |at: Instant, pass: &mut DuePass| {
         pass.wake = Some(pass.wake.map_or(at, |w| w.min(at)));
     };
     let state = machine.read();
     for (due_ms, id) in state.timers().in_due_order().take(SCAN_MAX) {
-        if due_ms > wall_ms {
-            wake_at(mono + Duration::from_millis(due_ms - wall_ms), &mut pass);
+        let due = Duration::from_millis(due_ms);
+        if let Some(ahead) = due.checked_sub(wall).filter(|ahead| !ahead.is_zero()) {
+            wake_at(mono + ahead, &mut pass);
             break;
+        }
+        if in_flight.contains(&id) {
+            continue;
         }
         let timer = state.timers().get(id).expect("listed timers are pending");
         let ready_at = timer.delay_ms.map(|delay_ms| {
@@ -57,8 +182,8 @@ pub(crate) fn due_pass(
             match machine.armed(id) {
                 Armed::Applied(at) => at + delay,
                 Armed::Restarted(at) => {
-                    let cap = due_ms.saturating_add(skew_ms).saturating_sub(wall_ms);
-                    (at + delay).min(mono + Duration::from_millis(cap))
+                    let cap = (due + max_clock_skew).saturating_sub(wall);
+                    (at + delay).min(mono + cap)
                 }
             }
         });
@@ -82,9 +207,9 @@ pub(crate) fn idle(pass: &DuePass, now: Instant) -> Duration {
     })
 }
 
-/// The wall clock now, for a pass.
-pub(crate) fn wall_now() -> (u64, Instant) {
-    (now_ms(), Instant::now())
+/// The wall clock (since the Unix epoch, full resolution) and the monotonic clock now.
+pub(crate) fn wall_now() -> (Duration, Instant) {
+    (since_epoch(), Instant::now())
 }
 
 #[cfg(test)]
@@ -95,6 +220,16 @@ mod tests {
     use super::*;
     use crate::command::{self, Command, Due, Stamped};
     use keel_raft::clock::now_ms;
+
+    fn pass_at(machine: &SchedulerMachine, wall_ms: u64, mono: Instant, skew: Duration) -> DuePass {
+        due_pass(
+            machine,
+            Duration::from_millis(wall_ms),
+            mono,
+            skew,
+            &HashSet::new(),
+        )
+    }
 
     fn schedule(machine: &mut SchedulerMachine, name: &str, stamp_ms: u64, due: Due) {
         schedule_from(machine, name, stamp_ms, due, None);
@@ -132,7 +267,7 @@ mod tests {
         let skew = Duration::from_millis(50);
         // The wall clock jumped ahead: the absolute timer is due, the relative one waits
         // for its monotonic delay.
-        let pass = due_pass(&machine, base + 10_000, applied, skew);
+        let pass = pass_at(&machine, base + 10_000, applied, skew);
         assert_eq!(pass.ready, [2]);
         assert!(
             pass.wake.is_some_and(
@@ -142,11 +277,11 @@ mod tests {
         // Monotonic delay elapsed but the wall clock is behind: nothing fires.
         let later = applied + Duration::from_millis(200);
         assert_eq!(
-            due_pass(&machine, base + 50, later, skew).ready,
+            pass_at(&machine, base + 50, later, skew).ready,
             Vec::<u64>::new()
         );
         // Both agree.
-        let both = due_pass(&machine, base + 100, later, skew);
+        let both = pass_at(&machine, base + 100, later, skew);
         assert_eq!(both.ready, [1, 2]);
     }
 
@@ -200,9 +335,43 @@ mod tests {
         let skew = Duration::from_millis(50);
         let due = stamped + 3_600_500;
         // Due by the wall clock, but neither the restart-relative delay nor the cap passed.
-        assert!(due_pass(&machine, due, now, skew).ready.is_empty());
+        assert!(pass_at(&machine, due, now, skew).ready.is_empty());
         // The cap: due + skew by the wall clock, although the delay since the restart has not
         // elapsed.
-        assert_eq!(due_pass(&machine, due + 50, now, skew).ready, [1]);
+        assert_eq!(pass_at(&machine, due + 50, now, skew).ready, [1]);
+    }
+
+    #[test]
+    fn the_wake_up_is_computed_below_the_millisecond() {
+        let mut machine = SchedulerMachine::new();
+        let base = now_ms();
+        schedule(&mut machine, "abs", base, Due::At { at_ms: base + 100 });
+        let mono = Instant::now();
+        let wall = Duration::from_millis(base + 99) + Duration::from_micros(400);
+        let pass = due_pass(
+            &machine,
+            wall,
+            mono,
+            Duration::from_millis(50),
+            &HashSet::new(),
+        );
+        assert!(pass.ready.is_empty());
+        assert_eq!(pass.wake, Some(mono + Duration::from_micros(600)));
+    }
+
+    #[test]
+    fn a_pass_skips_timers_whose_fire_is_in_flight() {
+        let mut machine = SchedulerMachine::new();
+        let base = now_ms();
+        schedule(&mut machine, "first", base, Due::At { at_ms: base });
+        schedule(&mut machine, "second", base, Due::At { at_ms: base + 1 });
+        let wall = Duration::from_millis(base + 10);
+        let skew = Duration::from_millis(50);
+        let in_flight = HashSet::from([1]);
+        let pass = due_pass(&machine, wall, Instant::now(), skew, &in_flight);
+        assert_eq!(pass.ready, [2]);
+        let both_in_flight = HashSet::from([1, 2]);
+        let pass = due_pass(&machine, wall, Instant::now(), skew, &both_in_flight);
+        assert_eq!(pass, DuePass::default());
     }
 }
