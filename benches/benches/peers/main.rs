@@ -1,8 +1,9 @@
 //! Keel beside its peers, in one run on one machine, under the same load.
 //!
-//! Each system runs as three server processes on loopback, started fresh for its benchmark
-//! and killed by PID afterwards: Keel (this binary re-executed as nodes), NATS `JetStream`
-//! (Debian's `nats-server`) and etcd 3.4 (Debian's `etcd`).
+//! Each system runs as server processes on loopback, started fresh for its benchmark and
+//! killed by PID afterwards: Keel (this binary re-executed as three nodes), NATS `JetStream`
+//! (Debian's `nats-server`) and etcd 3.4 (Debian's `etcd`), three servers each; for the
+//! workflow group, DBOS on one PostgreSQL server and one Restate server (see `steps`).
 //!
 //! - `peers_append_64w_100B`: 64 writers in a closed loop, each sending one 100 B record
 //!   and waiting for its acknowledgement, against the leader:
@@ -14,6 +15,8 @@
 //! - `peers_failover`: SIGKILL the leader (for NATS, the stream leader), then time until the
 //!   first acknowledged write; the killed server is restarted and caught up, untimed.
 //!
+//! - `peers_steps10_32`: durable workflows, 10 steps each, 32 drivers: Keel, DBOS, Restate.
+//!
 //! After each pair the ratio is printed and appended to `target/keel-bench/peers.txt`:
 //! Keel's throughput over the peer's (over every call criterion made, warm-up included), and
 //! the peer's mean failover time over Keel's — above 1, Keel is ahead;
@@ -21,10 +24,15 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod dbos;
+mod driver;
 mod etcd;
 mod failover;
 mod nats;
+mod postgres;
 mod process;
+mod restate;
+mod steps;
 
 use std::time::Duration;
 
@@ -56,6 +64,9 @@ fn main() {
     }
     if wanted(FAILOVER_GROUP) {
         bench_failover(&mut criterion, &runtime);
+    }
+    if wanted(steps::GROUP) {
+        steps::bench(&mut criterion, &runtime);
     }
     criterion.final_summary();
 }

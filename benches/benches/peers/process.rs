@@ -1,40 +1,62 @@
-//! A peer's server process: started from a program on `PATH` with fixed arguments, killed
+//! A peer's server process: started with fixed arguments (as another user if asked), killed
 //! by PID (SIGKILL) when asked or dropped, restartable with the same arguments.
 
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+/// How to get the peers' programs, for the panic when one is missing.
+pub(crate) const INSTALL_HINT: &str = "the peer benchmark needs Debian's nats-server, \
+     etcd-server and postgresql packages, DBOS in target/peers-venv and Restate in \
+     benches/peers/restate/node_modules (.ci/run installs them all)";
+
 pub(crate) struct PeerProcess {
-    program: &'static str,
+    program: PathBuf,
     args: Vec<String>,
+    /// User and group ids to run as (`None`: this process's own).
+    user: Option<(u32, u32)>,
     child: Option<Child>,
 }
 
 impl PeerProcess {
     /// A process of `program` with `args`, not yet started.
-    pub(crate) fn new(program: &'static str, args: Vec<String>) -> Self {
+    pub(crate) fn new(program: impl Into<PathBuf>, args: Vec<String>) -> Self {
         Self {
-            program,
+            program: program.into(),
             args,
+            user: None,
             child: None,
         }
     }
 
+    /// Runs the process as the user and group `user` (for servers that refuse root).
+    pub(crate) fn run_as(mut self, user: Option<(u32, u32)>) -> Self {
+        self.user = user;
+        self
+    }
+
     /// Starts the process; panics with how to install the program if it is missing.
     pub(crate) fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.program);
-        let child = Command::new(self.program)
+        assert!(
+            self.child.is_none(),
+            "{} is already running",
+            self.program.display()
+        );
+        let mut command = Command::new(&self.program);
+        command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start `{}` ({error}): the peer benchmark needs Debian's \
-                     nats-server and etcd-server packages (.ci/run installs them)",
-                    self.program
-                )
-            });
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        let child = command.spawn().unwrap_or_else(|error| {
+            panic!(
+                "cannot start `{}` ({error}): {INSTALL_HINT}",
+                self.program.display()
+            )
+        });
         self.child = Some(child);
     }
 
