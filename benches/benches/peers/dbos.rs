@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use super::driver::{Driver, run_split};
 use super::postgres::Postgres;
+use super::process::peers_dir;
 
+/// DBOS's driver processes and their PostgreSQL.
 pub(crate) struct Dbos {
     drivers: Vec<Driver>,
     _postgres: Postgres,
@@ -21,7 +23,9 @@ impl Dbos {
     /// Starts PostgreSQL and driver processes with `concurrency` threads between them.
     pub(crate) fn start(concurrency: usize) -> Self {
         let postgres = Postgres::start();
-        let processes = std::thread::available_parallelism().map_or(1, usize::from);
+        let processes = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(concurrency);
         let url = postgres.url("keel_peer_steps10");
         let drivers = (0..processes)
             .map(|i| {
@@ -46,11 +50,6 @@ impl Dbos {
     pub(crate) fn run(&mut self, count: u64) -> Duration {
         run_split(&mut self.drivers, count)
     }
-}
-
-/// `benches/peers`: the peers' own programs and their pinned dependencies.
-pub(crate) fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
 /// The Python with DBOS installed (`.ci/run` makes this virtual environment).

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::process::INSTALL_HINT;
 
+/// A running driver process.
 pub(crate) struct Driver {
     child: Child,
     stdin: ChildStdin,

@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 use super::common::{WAIT_DEADLINE, free_port};
 use super::process::{INSTALL_HINT, PeerProcess};
 
+/// A running PostgreSQL server; stopped (fast shutdown, then SIGKILL) when dropped.
 pub(crate) struct Postgres {
     port: u16,
-    _server: PeerProcess,
-    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    data: PathBuf,
+    user: Option<(u32, u32)>,
+    server: PeerProcess,
+    dir: tempfile::TempDir,
 }
 
 impl Postgres {
@@ -26,12 +30,18 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
         }
         let data = dir.path().join("data");
-        run_as(
+        run_tool_as(
             user,
             Command::new(bin.join("initdb"))
-                .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
+                .args([
+                    "--auth=trust",
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                ])
                 .arg("-D")
-                .arg(&data),
+                .arg(&data)
+                .current_dir(dir.path()),
         );
         let port = free_port();
         let mut server = PeerProcess::new(
@@ -49,23 +59,49 @@ impl Postgres {
                 "max_connections=200".into(),
             ],
         )
-        .run_as(user);
+        .with_user(user, dir.path())
+        .with_log(&dir.path().join("server.log"));
         server.spawn();
         let deadline = Instant::now() + WAIT_DEADLINE;
         while !ready(&bin, port) {
-            assert!(Instant::now() < deadline, "PostgreSQL never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL never became ready (its log: {})",
+                dir.path().join("server.log").display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Self {
             port,
-            _server: server,
-            _dir: dir,
+            bin,
+            data,
+            user,
+            server,
+            dir,
         }
     }
 
     /// The URL of database `name` (DBOS creates it if missing).
     pub(crate) fn url(&self, name: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // A fast shutdown ends the server's backends too, before the directory goes.
+        let mut stop = Command::new(self.bin.join("pg_ctl"));
+        stop.args(["stop", "-m", "fast", "-w", "-D"])
+            .arg(&self.data)
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt as _;
+            stop.uid(uid).gid(gid);
+        }
+        let _ = stop.status();
+        self.server.kill();
     }
 }
 
@@ -99,7 +135,8 @@ fn postgres_user() -> Option<(u32, u32)> {
     (String::from_utf8_lossy(&me.stdout).trim() == "0").then(|| (id("-u"), id("-g")))
 }
 
-fn run_as(user: Option<(u32, u32)>, command: &mut Command) {
+/// Runs a PostgreSQL tool to completion as `user`; panics with its output if it fails.
+fn run_tool_as(user: Option<(u32, u32)>, command: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     if let Some((uid, gid)) = user {
         command.uid(uid).gid(gid);

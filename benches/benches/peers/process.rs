@@ -2,7 +2,7 @@
 //! by PID (SIGKILL) when asked or dropped, restartable with the same arguments.
 
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// How to get the peers' programs, for the panic when one is missing.
@@ -10,11 +10,21 @@ pub(crate) const INSTALL_HINT: &str = "the peer benchmark needs Debian's nats-se
      etcd-server and postgresql packages, DBOS in target/peers-venv and Restate in \
      benches/peers/restate/node_modules (.ci/run installs them all)";
 
+/// `benches/peers`: the peers' own programs and their pinned dependencies.
+pub(crate) fn peers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
+}
+
+/// One server process of a peer.
 pub(crate) struct PeerProcess {
     program: PathBuf,
     args: Vec<String>,
     /// User and group ids to run as (`None`: this process's own).
     user: Option<(u32, u32)>,
+    /// Working directory (`None`: this process's own).
+    dir: Option<PathBuf>,
+    /// File for the server's standard error (`None`: discarded).
+    log: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -25,13 +35,23 @@ impl PeerProcess {
             program: program.into(),
             args,
             user: None,
+            dir: None,
+            log: None,
             child: None,
         }
     }
 
-    /// Runs the process as the user and group `user` (for servers that refuse root).
-    pub(crate) fn run_as(mut self, user: Option<(u32, u32)>) -> Self {
+    /// Runs the process as the user and group `user` (for servers that refuse root), in
+    /// `dir` (which that user can read).
+    pub(crate) fn with_user(mut self, user: Option<(u32, u32)>, dir: &Path) -> Self {
         self.user = user;
+        self.dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Appends the server's standard error to `log`, to tell why a start failed.
+    pub(crate) fn with_log(mut self, log: &Path) -> Self {
+        self.log = Some(log.to_owned());
         self
     }
 
@@ -43,13 +63,23 @@ impl PeerProcess {
             self.program.display()
         );
         let mut command = Command::new(&self.program);
+        let stderr = self.log.as_ref().map_or_else(Stdio::null, |log| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_or_else(|_| Stdio::null(), Stdio::from)
+        });
         command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         if let Some((uid, gid)) = self.user {
             command.uid(uid).gid(gid);
+        }
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
         }
         let child = command.spawn().unwrap_or_else(|error| {
             panic!(

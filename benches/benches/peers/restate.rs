@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::common::free_port;
-use super::dbos::peers_dir;
 use super::driver::{Driver, run_split};
-use super::process::PeerProcess;
+use super::process::{PeerProcess, peers_dir};
 
+/// A Restate server, the service it calls, and the driver.
 pub(crate) struct Restate {
     driver: Driver,
     _service: PeerProcess,
@@ -41,7 +41,8 @@ impl Restate {
                 config.display().to_string(),
                 "--no-logo".into(),
             ],
-        );
+        )
+        .with_log(&dir.path().join("server.log"));
         server.spawn();
         let restate_dir = peers_dir().join("restate");
         let mut service_process = PeerProcess::new(
@@ -50,7 +51,8 @@ impl Restate {
                 restate_dir.join("service.mjs").display().to_string(),
                 service.to_string(),
             ],
-        );
+        )
+        .with_log(&dir.path().join("service.log"));
         service_process.spawn();
         let driver = Driver::start(
             &PathBuf::from("node"),

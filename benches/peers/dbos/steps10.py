@@ -28,6 +28,8 @@ DBOS(
         # One connection per thread and a few for DBOS's own work: no pool waits.
         "sys_db_pool_size": CONCURRENCY + 8,
         "log_level": "WARNING",
+        # Its admin server would listen on every interface, one port for all processes.
+        "run_admin_server": False,
     }
 )
 

@@ -19,10 +19,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use keel_raft::clock::since_epoch;
 use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 use tonic::Status;
 
 use super::proposer::Proposer;
@@ -30,7 +29,7 @@ use crate::command::{Answer, Command};
 use crate::machine::{Armed, SchedulerMachine};
 
 /// Most timers one fire command carries.
-pub(crate) const FIRE_BATCH_MAX: usize = 4096;
+const FIRE_BATCH_MAX: usize = 4096;
 /// Most fire commands proposed and not yet answered.
 const FIRES_IN_FLIGHT_MAX: usize = 8;
 /// Most due-by-wall-clock timers examined per pass (the rest wait for the next pass).
@@ -51,12 +50,14 @@ pub(crate) async fn run(
     mut active: watch::Receiver<u64>,
     max_clock_skew: Duration,
 ) {
-    let mut in_flight = HashSet::new();
-    let mut fires = FuturesUnordered::new();
+    let mut fires = Fires::default();
+    let mut sleeper = PreciseSleep::default();
+    // No fire is proposed before this (set after one failed).
+    let mut paused_until = Instant::now();
     loop {
         let term = *active.borrow_and_update();
-        if term == 0 && fires.is_empty() {
-            in_flight.clear();
+        fires.enter_term(term);
+        if term == 0 {
             if active.changed().await.is_err() {
                 return;
             }
@@ -66,72 +67,126 @@ pub(crate) async fn run(
         tokio::pin!(changed);
         changed.as_mut().enable();
         let (wall, mono) = wall_now();
-        let pass = if term == 0 {
-            DuePass::default()
-        } else {
-            due_pass(&machine, wall, mono, max_clock_skew, &in_flight)
-        };
-        if !pass.ready.is_empty() && fires.len() < FIRES_IN_FLIGHT_MAX {
+        let pass = due_pass(&machine, wall, mono, max_clock_skew, &fires.in_flight);
+        let may_propose = fires.tasks.len() < FIRES_IN_FLIGHT_MAX && mono >= paused_until;
+        if !pass.ready.is_empty() && may_propose {
             #[cfg(feature = "sabotage")]
             if keel_raft::sabotage::on(keel_raft::sabotage::Fault::UnfencedFires) {
                 machine.deliver_unfenced(term, &pass.ready);
             }
-            in_flight.extend(pass.ready.iter().copied());
-            let proposer = proposer.clone();
-            fires.push(async move {
-                let answer = proposer
-                    .propose(
-                        Command::FireTimers {
-                            ids: pass.ready.clone(),
-                        },
-                        None,
-                    )
-                    .await;
-                (pass.ready, answer)
-            });
+            fires.propose(&proposer, pass.ready);
             continue;
         }
-        let idle = if pass.ready.is_empty() {
-            idle(&pass, mono)
+        let wake = if pass.ready.is_empty() {
+            pass.wake
+        } else if mono < paused_until {
+            Some(paused_until)
         } else {
-            IDLE_MAX
+            // At the in-flight limit: an answer wakes the loop.
+            None
         };
+        let deadline = wake.map_or(mono + IDLE_MAX, |wake| wake.min(mono + IDLE_MAX));
         tokio::select! {
-            Some((ids, answer)) = fires.next(), if !fires.is_empty() => {
-                for id in &ids {
-                    in_flight.remove(id);
-                }
-                if !fired(answer) {
-                    tokio::time::sleep(FIRE_RETRY_PAUSE).await;
+            Some(joined) = fires.tasks.join_next(), if !fires.tasks.is_empty() => {
+                if let Ok((ids, answer)) = joined {
+                    for id in &ids {
+                        fires.in_flight.remove(id);
+                    }
+                    if !fired(answer) {
+                        paused_until = Instant::now() + FIRE_RETRY_PAUSE;
+                    }
                 }
             }
             () = &mut changed => {}
-            () = sleep_precisely(idle) => {}
-            _ = active.changed() => {}
+            () = sleeper.until(deadline) => {}
+            changed = active.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Sleeps `idle`, the last [`PRECISE_WAIT`] of it on a blocking-pool thread (`nanosleep`
-/// keeps to tens of microseconds where tokio's timer may add a millisecond or two). Dropping
-/// the future mid-wait leaves that thread to finish its short sleep alone.
-async fn sleep_precisely(idle: Duration) {
-    let deadline = Instant::now() + idle;
-    let coarse = idle.saturating_sub(PRECISE_WAIT);
-    if !coarse.is_zero() {
-        tokio::time::sleep(coarse).await;
+/// Fire proposals in flight, each its own task, and the timers they carry.
+#[derive(Default)]
+struct Fires {
+    tasks: JoinSet<(Vec<u64>, Result<Answer, Status>)>,
+    in_flight: HashSet<u64>,
+    /// The term the proposals in flight were made in.
+    term: u64,
+}
+
+impl Fires {
+    /// Drops the proposals of an earlier term (their timers are looked at afresh; the
+    /// state machine fires each timer once however often it is proposed).
+    fn enter_term(&mut self, term: u64) {
+        if term != self.term {
+            // Dropping a join set aborts its tasks.
+            self.tasks = JoinSet::new();
+            self.in_flight.clear();
+            self.term = term;
+        }
     }
-    let rest = deadline.saturating_duration_since(Instant::now());
-    if !rest.is_zero() {
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+
+    fn propose(&mut self, proposer: &Proposer, ids: Vec<u64>) {
+        self.in_flight.extend(ids.iter().copied());
+        let proposer = proposer.clone();
+        self.tasks.spawn(async move {
+            let answer = proposer
+                .propose(Command::FireTimers { ids: ids.clone() }, None)
+                .await;
+            (ids, answer)
+        });
     }
 }
 
-/// Whether a fire's answer fired something (otherwise the driver pauses before retrying).
+/// Sleeps until a deadline, the last [`PRECISE_WAIT`] of it on a blocking-pool thread
+/// (`nanosleep` keeps to tens of microseconds where tokio's timer may add a millisecond or
+/// two). The thread outlives a cancelled wait and serves the next one if that one's
+/// deadline is no earlier, so passes woken by other events do not start a thread each.
+#[derive(Default)]
+struct PreciseSleep {
+    thread: Option<(Instant, JoinHandle<()>)>,
+}
+
+/// How much later than a sleeping thread's deadline a new deadline may be and still be
+/// served by it (the pass then finds the timer not quite due and sleeps the rest).
+const REUSE_SLACK: Duration = Duration::from_micros(100);
+
+impl PreciseSleep {
+    async fn until(&mut self, deadline: Instant) {
+        if let Some(coarse) = deadline.checked_sub(PRECISE_WAIT)
+            && coarse > Instant::now()
+        {
+            tokio::time::sleep_until(coarse.into()).await;
+        }
+        let reusable = self
+            .thread
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= deadline + REUSE_SLACK && *at + REUSE_SLACK >= deadline);
+        if !reusable {
+            let rest = deadline.saturating_duration_since(Instant::now());
+            if rest.is_zero() {
+                return;
+            }
+            let thread = tokio::task::spawn_blocking(move || std::thread::sleep(rest));
+            self.thread = Some((deadline, thread));
+        }
+        if let Some((_, thread)) = self.thread.as_mut() {
+            let _ = thread.await;
+        }
+        self.thread = None;
+    }
+}
+
+/// Whether a fire's answer fired something (otherwise the driver pauses before proposing
+/// again).
 fn fired(answer: Result<Answer, Status>) -> bool {
     match answer {
         Ok(Answer::Fired { ids }) if !ids.is_empty() => true,
-        // None was due by the stamp: this clock stepped back since the pass.
+        // None was pending and due by the stamp: the clock stepped back since the pass, or
+        // the timers were cancelled while their fire committed.
         Ok(Answer::Fired { .. }) => false,
         Ok(other) => {
             tracing::warn!(answer = ?other, "unexpected answer to a timer fire");
@@ -146,16 +201,16 @@ fn fired(answer: Result<Answer, Status>) -> bool {
 
 /// Timers ready to fire now, and when to look again.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct DuePass {
+struct DuePass {
     /// Timer ids ready to fire.
-    pub(crate) ready: Vec<u64>,
+    ready: Vec<u64>,
     /// When the next timer may become ready (`None`: none pending).
-    pub(crate) wake: Option<Instant>,
+    wake: Option<Instant>,
 }
 
 /// Finds the timers ready at wall time `wall` (since the Unix epoch) and monotonic time
 /// `mono`, skipping those `in_flight`.
-pub(crate) fn due_pass(
+fn due_pass(
     machine: &SchedulerMachine,
     wall: Duration,
     mono: Instant,
@@ -167,14 +222,17 @@ pub(crate) fn due_pass(
         pass.wake = Some(pass.wake.map_or(at, |w| w.min(at)));
     };
     let state = machine.read();
-    for (due_ms, id) in state.timers().in_due_order().take(SCAN_MAX) {
+    let not_in_flight = |(_, id): &(u64, u64)| !in_flight.contains(id);
+    for (due_ms, id) in state
+        .timers()
+        .in_due_order()
+        .filter(not_in_flight)
+        .take(SCAN_MAX)
+    {
         let due = Duration::from_millis(due_ms);
         if let Some(ahead) = due.checked_sub(wall).filter(|ahead| !ahead.is_zero()) {
             wake_at(mono + ahead, &mut pass);
             break;
-        }
-        if in_flight.contains(&id) {
-            continue;
         }
         let timer = state.timers().get(id).expect("listed timers are pending");
         let ready_at = timer.delay_ms.map(|delay_ms| {
@@ -200,15 +258,8 @@ pub(crate) fn due_pass(
     pass
 }
 
-/// How long to sleep before the next pass.
-pub(crate) fn idle(pass: &DuePass, now: Instant) -> Duration {
-    pass.wake.map_or(IDLE_MAX, |wake| {
-        wake.saturating_duration_since(now).min(IDLE_MAX)
-    })
-}
-
 /// The wall clock (since the Unix epoch, full resolution) and the monotonic clock now.
-pub(crate) fn wall_now() -> (Duration, Instant) {
+fn wall_now() -> (Duration, Instant) {
     (since_epoch(), Instant::now())
 }
 
