@@ -95,7 +95,6 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, re
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    let mut next_id = if relaxed { 1_000_000 } else { 0 };
     for (payload, payload_name) in PAYLOADS {
         for clients in CLIENTS {
             let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -104,13 +103,8 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, re
                 BenchmarkId::new(payload_name, format!("{clients}_clients")),
                 |b| {
                     b.iter_custom(|iters| {
-                        let (elapsed, measured) = runtime.block_on(run_clients(
-                            &addrs,
-                            clients,
-                            iters,
-                            payload,
-                            &mut next_id,
-                        ));
+                        let (elapsed, measured) =
+                            runtime.block_on(run_clients(&addrs, clients, iters, payload));
                         latencies.lock().expect("latencies").extend(measured);
                         elapsed
                     });
@@ -158,7 +152,7 @@ fn bench_restart(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let mut cluster = BenchCluster::start(true);
     runtime.block_on(async {
         cluster.init().await;
-        let mut client = KeelClient::new(&cluster.addrs(), 0).expect("client");
+        let mut client = KeelClient::new(&cluster.addrs()).expect("client");
         let batch: Vec<Bytes> = (0..FILL_BATCH_BYTES / 1024)
             .map(|_| Bytes::from(vec![b'g'; 1024]))
             .collect();
@@ -189,7 +183,7 @@ fn bench_restart(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
 }
 
 async fn one_restart(cluster: &mut BenchCluster) -> Duration {
-    let mut client = KeelClient::new(&cluster.addrs(), 0).expect("client");
+    let mut client = KeelClient::new(&cluster.addrs()).expect("client");
     let leader = leader(&mut client).await.expect("a leader");
     let index = cluster
         .nodes

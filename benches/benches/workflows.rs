@@ -173,7 +173,7 @@ fn bench_lateness(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, 
     let client = WorkflowClient::new(&cluster.addrs()).expect("client");
     let commit_latencies = runtime.block_on(fill_pending(&client, pending));
     let leader_addr = runtime.block_on(async {
-        let mut raft = KeelClient::new(&cluster.addrs(), 0).expect("client");
+        let mut raft = KeelClient::new(&cluster.addrs()).expect("client");
         let id = leader(&mut raft).await.expect("leader").node_id;
         cluster.nodes[cluster.index_of(id)].1.clone()
     });
@@ -372,7 +372,7 @@ fn bench_wake(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
 async fn one_wake(cluster: &mut BenchCluster, n: u64) -> Duration {
     const SLEEP: Duration = Duration::from_millis(1500);
     let mut client = WorkflowClient::new(&cluster.addrs()).expect("client");
-    let mut raft = KeelClient::new(&cluster.addrs(), 0).expect("client");
+    let mut raft = KeelClient::new(&cluster.addrs()).expect("client");
     let id = format!("sleeper-{n}");
     let old = leader(&mut raft).await.expect("leader").node_id;
     let started = Instant::now();

@@ -5,6 +5,9 @@
 //!   (else *lost* or *two values at one offset*);
 //! - no value appears twice (*duplicate*), no value appears that was never appended
 //!   (*phantom*), no append that certainly failed appears (*failed append applied*);
+//! - a replay (an acknowledged append re-sent under its original session and sequence) that
+//!   was acknowledged names the value's one offset in the final log (*replay applied
+//!   again*; a replay applied again also shows as a duplicate);
 //! - the final log has no gaps;
 //! - *realtime order*: an append acknowledged before another began has the lower offset;
 //! - every acknowledged read returned records of the final log at their offsets, and saw
@@ -37,6 +40,7 @@ pub struct FinalNode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Anomaly {
     /// Its kind: `lost`, `duplicate`, `phantom`, `failed-append-applied`,
+    /// `replay-applied-again`,
     /// `two-values-at-one-offset`, `gap`, `realtime-order`, `bad-read`, `stale-read`,
     /// `divergence`.
     pub kind: String,
@@ -61,6 +65,15 @@ pub struct Stats {
     pub reads_not_ok: u64,
     /// Records in the final log.
     pub final_records: u64,
+    /// Replays answered with their first answer.
+    #[serde(default)]
+    pub replays_ok: u64,
+    /// Replays refused (older sequence, expired session).
+    #[serde(default)]
+    pub replays_refused: u64,
+    /// Replays with unknown outcome.
+    #[serde(default)]
+    pub replays_unknown: u64,
 }
 
 /// The verdict on a run.
@@ -245,6 +258,7 @@ pub fn check_log(history: &[Op], finals: &[FinalNode]) -> LogVerdict {
     }
     let ops = completed(history);
     check_appends(&ops, &at, &value_at, &mut findings, &mut stats);
+    check_replays(&ops, &at, &mut findings, &mut stats);
     check_order_and_reads(&ops, &value_at, &mut findings, &mut stats);
     stats.reads_not_ok = ops
         .iter()
@@ -358,6 +372,35 @@ fn check_appends(
                 "phantom",
                 format!("{value:?} is in the final log but was never appended"),
             );
+        }
+    }
+}
+
+fn check_replays(
+    ops: &[Finished<'_>],
+    at: &HashMap<&str, Vec<u64>>,
+    findings: &mut Findings,
+    stats: &mut Stats,
+) {
+    for op in ops {
+        let Call::Replay { value, .. } = op.invoked else {
+            continue;
+        };
+        match (op.kind, op.call) {
+            (OpType::Ok, Call::Replay { offset, .. }) => {
+                stats.replays_ok += 1;
+                let found = at.get(value.as_str()).map_or(&[][..], Vec::as_slice);
+                if offset.is_none_or(|offset| found != [offset]) {
+                    findings.add(
+                        "replay-applied-again",
+                        format!(
+                            "a replay of {value:?} was acknowledged at {offset:?}; the final log holds it at {found:?}"
+                        ),
+                    );
+                }
+            }
+            (OpType::Fail, _) => stats.replays_refused += 1,
+            _ => stats.replays_unknown += 1,
         }
     }
 }

@@ -128,12 +128,18 @@ pub fn find_keel() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Client sessions the nodes keep: fewer than the log workload's default five writers, so
+/// sessions expire during every run and late retries of expired sessions' writes are tried
+/// (see the log workload's replays).
+pub const SESSIONS_MAX: u64 = 4;
+
 /// Node `id`'s config: short timeouts, frequent snapshots (so a node cut off for seconds
-/// falls behind the purged log and needs a snapshot), the clock-skew tolerance the timers
-/// checker holds absolute timers to, peers over the network.
+/// falls behind the purged log and needs a snapshot), few client sessions, the clock-skew
+/// tolerance the timers checker holds absolute timers to, peers over the network.
 fn node_config(id: u64, addr: &str, count: u64, network: &Network) -> String {
     let mut text = format!(
         "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n\
+         sessions_max = {SESSIONS_MAX}\n\
          [snapshot]\nevery_entries = 1000\nkeep_behind = 200\n\
          [scheduler]\nmax_clock_skew_ms = {}\n[peers]\n",
         MAX_CLOCK_SKEW.as_millis()
@@ -290,7 +296,7 @@ impl Cluster {
     pub async fn repair(&self, id: u64) -> anyhow::Result<()> {
         let node = self.nodes.get(&id).context("no such node")?;
         // The restarted node needs a moment to listen.
-        let mut client = self.client(0)?;
+        let mut client = self.client()?;
         let deadline = Instant::now() + SETTLE_DEADLINE;
         while !client
             .statuses()
@@ -376,8 +382,8 @@ impl Cluster {
     ///
     /// # Errors
     /// A bad address.
-    pub fn client(&self, client_id: u64) -> anyhow::Result<KeelClient> {
-        Ok(KeelClient::new(&self.addrs(), client_id)?)
+    pub fn client(&self) -> anyhow::Result<KeelClient> {
+        Ok(KeelClient::new(&self.addrs())?)
     }
 
     /// Forms the cluster once every node answers.
@@ -385,7 +391,7 @@ impl Cluster {
     /// # Errors
     /// Nodes that do not answer, or a failed init.
     pub async fn init(&self) -> anyhow::Result<()> {
-        let mut client = self.client(0)?;
+        let mut client = self.client()?;
         let deadline = Instant::now() + SETTLE_DEADLINE;
         while !client.statuses().await.iter().all(|(_, s)| s.is_ok()) {
             if Instant::now() > deadline {
@@ -405,7 +411,7 @@ impl Cluster {
     /// The id of a node that says it leads (the first found; a deposed leader that has not
     /// noticed yet may still say so).
     pub async fn leader(&self) -> Option<u64> {
-        let mut client = self.client(0).ok()?;
+        let mut client = self.client().ok()?;
         leader_status(&mut client).await.map(|s| s.node_id)
     }
 
@@ -414,7 +420,7 @@ impl Cluster {
     /// # Errors
     /// When they do not within the deadline.
     pub async fn settle(&self) -> anyhow::Result<Vec<StatusResponse>> {
-        let mut client = self.client(0)?;
+        let mut client = self.client()?;
         let deadline = Instant::now() + SETTLE_DEADLINE;
         loop {
             let statuses: Vec<StatusResponse> = client

@@ -42,6 +42,17 @@ pub enum Call {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
     },
+    /// Re-sends an acknowledged append of this process under its original `(session, seq)`,
+    /// as a delayed duplicate of the request would arrive: `ok` when answered with its first
+    /// answer (which must be its first offset), `fail` when refused (an older sequence, or
+    /// an expired session). It must never append the value again.
+    Replay {
+        /// The value.
+        value: String,
+        /// The offset the answer names (on `ok`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
     /// Reads the plain log linearizably at one node from an offset.
     Read {
         /// The node read.

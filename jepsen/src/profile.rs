@@ -184,8 +184,9 @@ struct Planned {
 
 /// The negative controls: each deliberate fault, the scenario that exposes it (none: no
 /// fault), the workload whose checker must catch it, and how long.
-const CONTROLS: [(&str, Option<Scenario>, Workload, u64); 4] = [
+const CONTROLS: [(&str, Option<Scenario>, Workload, u64); 5] = [
     ("stale-reads", None, Workload::Log, 10),
+    ("forgetful-sessions", None, Workload::Log, 10),
     ("unfenced-fires", None, Workload::Timers, 8),
     (
         "ack-before-fsync",
@@ -416,6 +417,7 @@ mod tests {
             controls,
             [
                 "stale-reads",
+                "forgetful-sessions",
                 "unfenced-fires",
                 "ack-before-fsync",
                 "off-by-one-truncation"

@@ -310,13 +310,7 @@ fn start_clients(
     if config.workload.has_log() {
         let high = Arc::new(AtomicU64::new(0));
         for process in 1..=config.clients {
-            let client = LogClient::new(
-                process,
-                config.seed.rotate_left(16) ^ process,
-                cluster.addrs(),
-                config.seed,
-                Arc::clone(&high),
-            )?;
+            let client = LogClient::new(process, cluster.addrs(), config.seed, Arc::clone(&high))?;
             clients.push(tokio::spawn(client.run(history.clone(), deadline)));
         }
     }
@@ -522,7 +516,7 @@ async fn final_state(
     cluster: &Cluster,
     statuses: &[StatusResponse],
 ) -> anyhow::Result<Vec<FinalNode>> {
-    let mut client = cluster.client(0)?;
+    let mut client = cluster.client()?;
     let mut finals = Vec::new();
     for node in cluster.nodes.values() {
         let status = statuses

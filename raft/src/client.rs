@@ -1,9 +1,12 @@
 //! A Rust client of a Keel cluster's client service: finds the leader, follows redirects,
-//! and makes appends exactly-once with a `(client id, seq)` pair.
+//! and makes writes exactly-once in a session the cluster assigns ([`crate::session`]).
 //!
-//! An append answered "outcome unknown" is retried with the same sequence, so it is applied
-//! at most once and its first answer is returned; an append answered "not proposed" is
-//! retried anywhere. Retries are bounded by [`RETRY_DEADLINE`].
+//! A client registers its session on its first write and numbers its writes from 1. A write
+//! answered "outcome unknown" is retried with the same sequence, so it is applied at most
+//! once and its first answer is returned; a write answered "not proposed" is retried
+//! anywhere. A write whose session expired is reported [`ClientError::SessionExpired`]
+//! (outcome unknown) and never re-sent under another session; the next write registers a
+//! new one. Retries are bounded by [`RETRY_DEADLINE`], each attempt by [`CALL_DEADLINE`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +28,10 @@ pub const RETRY_DEADLINE: Duration = Duration::from_secs(15);
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 /// Redirects followed at once before pausing (views of the leader may disagree briefly).
 const REDIRECTS_WITHOUT_PAUSE: u32 = 3;
+/// How long one attempt of a write may wait for its answer; past it, its outcome is
+/// unknown. Above the server's own deadline for a proposed write (10 s), so a live server
+/// answers first.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +53,21 @@ pub enum ClientError {
     GaveUp {
         /// The last error seen.
         last: String,
+    },
+    /// The write's session expired (or was never registered) while the write was in
+    /// flight: it was not applied by the last attempt, and whether an earlier attempt
+    /// applied it cannot be known. The outcome is unknown; the write must not be re-sent
+    /// under another session.
+    #[error(
+        "outcome unknown: session {session} expired before write {seq} was answered ({message})"
+    )]
+    SessionExpired {
+        /// The expired session.
+        session: u64,
+        /// The write's sequence in it.
+        seq: u64,
+        /// The server's message.
+        message: String,
     },
     /// A bad endpoint address.
     #[error("invalid endpoint {addr}: {reason}")]
@@ -87,8 +109,25 @@ pub struct KeelClient {
     streams: AppendStreams,
     /// Index into `endpoints` (or a learned leader address) to try first.
     preferred: Option<String>,
-    client_id: u64,
-    next_seq: u64,
+    writes: Writes,
+}
+
+/// How a client's writes are deduplicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// In a session the cluster assigns (`None` until the first write registers one).
+    ExactlyOnce(Option<WriteId>),
+    /// Without a session: a write whose outcome is unknown is not retried.
+    AtMostOnce,
+}
+
+/// One write's place in its session: `(session, seq)`; `(0, 0)` for a write without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteId {
+    /// The session, as the cluster assigned it (0: none).
+    pub session: u64,
+    /// The write's sequence in the session, from 1.
+    pub seq: u64,
 }
 
 /// The result of an append.
@@ -103,12 +142,12 @@ pub struct Appended {
 }
 
 impl KeelClient {
-    /// A client of the cluster reachable at `endpoints` (`host:port` each), writing as
-    /// `client_id` (0: no deduplication) from sequence 1.
+    /// A client of the cluster reachable at `endpoints` (`host:port` each), writing
+    /// exactly-once in a session it registers on its first write.
     ///
     /// # Errors
     /// [`ClientError::Endpoint`] for an address that is not a valid `host:port`.
-    pub fn new(endpoints: &[String], client_id: u64) -> Result<Self, ClientError> {
+    pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
         let mut channels = HashMap::new();
         for addr in endpoints {
             let channel = endpoint(addr)
@@ -124,37 +163,156 @@ impl KeelClient {
             channels,
             streams: AppendStreams::default(),
             preferred: None,
-            client_id,
-            next_seq: 1,
+            writes: Writes::ExactlyOnce(None),
         })
     }
 
-    /// Another writer on this client's connections and append streams: concurrent writers
-    /// of one process share one HTTP/2 connection per node, as gRPC intends.
+    /// This client, writing without a session: a write whose outcome is unknown is reported
+    /// so and not retried (a retry could apply it twice).
     #[must_use]
-    pub fn for_writer(&self, client_id: u64) -> Self {
+    pub fn at_most_once(mut self) -> Self {
+        self.writes = Writes::AtMostOnce;
+        self
+    }
+
+    /// Another writer on this client's connections and append streams (concurrent writers
+    /// of one process share one HTTP/2 connection per node, as gRPC intends), with its own
+    /// session, registered on its first write.
+    #[must_use]
+    pub fn for_writer(&self) -> Self {
+        let writes = match self.writes {
+            Writes::ExactlyOnce(_) => Writes::ExactlyOnce(None),
+            Writes::AtMostOnce => Writes::AtMostOnce,
+        };
         Self {
-            client_id,
-            next_seq: 1,
+            writes,
             ..self.clone()
         }
     }
 
-    /// This client's id.
-    pub fn client_id(&self) -> u64 {
-        self.client_id
+    /// Continues session `session` (registered earlier) at sequence `next_seq`: a retry of
+    /// a write whose outcome was unknown re-sends it with its own `(session, seq)`.
+    pub fn resume_session(&mut self, session: u64, next_seq: u64) {
+        self.writes = Writes::ExactlyOnce(Some(WriteId {
+            session,
+            seq: next_seq,
+        }));
     }
 
-    /// The sequence number for this client's next write, consumed.
-    pub fn take_seq(&mut self) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        seq
+    /// The session and the sequence of the next write, once a session is registered.
+    pub fn session(&self) -> Option<WriteId> {
+        match self.writes {
+            Writes::ExactlyOnce(next) => next,
+            Writes::AtMostOnce => None,
+        }
     }
 
-    /// Continues numbering writes from `seq`.
-    pub fn set_next_seq(&mut self, seq: u64) {
-        self.next_seq = seq;
+    /// Registers a new exactly-once session through the log; its id. Later writes use it.
+    ///
+    /// # Errors
+    /// [`ClientError::GaveUp`] if no leader registered it in time.
+    pub async fn register_session(&mut self) -> Result<u64, ClientError> {
+        let session = self
+            .on_leader(
+                WriteErrorKind::is_safe_to_retry,
+                |_, mut client| async move {
+                    let mut request = tonic::Request::new(api::RegisterSessionRequest {});
+                    request.set_timeout(CALL_DEADLINE);
+                    client
+                        .register_session(request)
+                        .await
+                        .map(|r| r.into_inner().session)
+                },
+            )
+            .await?;
+        self.writes = Writes::ExactlyOnce(Some(WriteId { session, seq: 1 }));
+        Ok(session)
+    }
+
+    /// Runs the write `call` on the leader under this client's next [`WriteId`]: exactly
+    /// once in its session (registered first if needed), retrying an unknown outcome with
+    /// the same id; or, at most once, without a session. For services beside the log's
+    /// whose writes carry a `(session, seq)`.
+    ///
+    /// # Errors
+    /// [`ClientError::SessionExpired`] when the session expired under the write after an
+    /// attempt whose fate is unknown (so is the write's); [`ClientError::Refused`] for a
+    /// refusal, with kind [`WriteErrorKind::UnknownSession`] when the session had expired
+    /// before any attempt could apply the write (either way the next write registers a new
+    /// session); [`ClientError::GaveUp`] at the deadline (outcome unknown; the next write
+    /// takes the next sequence).
+    pub async fn write<T, F, Fut>(&mut self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(WriteId, String, Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        if self.writes == Writes::AtMostOnce {
+            let id = WriteId { session: 0, seq: 0 };
+            return self
+                .on_leader_channel(WriteErrorKind::is_safe_to_retry, |addr, channel| {
+                    call(id, addr, channel)
+                })
+                .await;
+        }
+        let id = match self.session() {
+            Some(id) => id,
+            None => WriteId {
+                session: self.register_session().await?,
+                seq: 1,
+            },
+        };
+        self.writes = Writes::ExactlyOnce(Some(WriteId {
+            seq: id.seq + 1,
+            ..id
+        }));
+        // Whether an earlier attempt may have been applied: then a refusal of the session
+        // leaves the write's outcome unknown; otherwise it certainly was not applied.
+        let maybe_applied = Arc::new(AtomicBool::new(false));
+        let result = self
+            .on_leader_channel(retry_any_but_invalid, |addr, channel| {
+                let attempt = call(id, addr, channel);
+                let maybe_applied = Arc::clone(&maybe_applied);
+                async move {
+                    let result = attempt.await;
+                    if let Err(status) = &result
+                        && !matches!(
+                            kind_of(status),
+                            WriteErrorKind::NotLeader
+                                | WriteErrorKind::Overloaded
+                                | WriteErrorKind::Unavailable
+                                | WriteErrorKind::Invalid
+                                | WriteErrorKind::UnknownSession
+                        )
+                    {
+                        maybe_applied.store(true, Ordering::Relaxed);
+                    }
+                    result
+                }
+            })
+            .await;
+        match result {
+            Err(ClientError::Refused {
+                kind: WriteErrorKind::UnknownSession,
+                message,
+            }) => {
+                if self.session().is_some_and(|now| now.session == id.session) {
+                    self.writes = Writes::ExactlyOnce(None);
+                }
+                if maybe_applied.load(Ordering::Relaxed) {
+                    Err(ClientError::SessionExpired {
+                        session: id.session,
+                        seq: id.seq,
+                        message,
+                    })
+                } else {
+                    Err(ClientError::Refused {
+                        kind: WriteErrorKind::UnknownSession,
+                        message,
+                    })
+                }
+            }
+            other => other,
+        }
     }
 
     /// The (lazily connected, shared) channel to `addr`.
@@ -242,14 +400,8 @@ impl KeelClient {
                     }
                     Err(status) => status,
                 };
-                let (kind, leader) = wire_error::parse(&status);
-                // Without Keel's kind the error came from the transport: a refused
-                // connection sent nothing; anything else may have been delivered.
-                let kind = kind.unwrap_or(if status.code() == tonic::Code::Unavailable {
-                    WriteErrorKind::Unavailable
-                } else {
-                    WriteErrorKind::OutcomeUnknown
-                });
+                let kind = kind_of(&status);
+                let (_, leader) = wire_error::parse(&status);
                 last = format!("{addr}: {}", status.message());
                 if !retry_on(kind) {
                     return Err(ClientError::Refused {
@@ -274,31 +426,23 @@ impl KeelClient {
         Err(ClientError::GaveUp { last })
     }
 
-    /// Appends `records` as one batch, exactly once.
+    /// Appends `records` as one batch: exactly once in this client's session, or at most
+    /// once without one ([`KeelClient::at_most_once`]).
     ///
     /// # Errors
-    /// [`ClientError::Refused`] for an invalid batch, [`ClientError::GaveUp`] if no leader
-    /// answered in time (the batch may then be applied or not; a later append with this
-    /// client continues with the next sequence).
+    /// As [`KeelClient::write`]: [`ClientError::Refused`] for an invalid batch,
+    /// [`ClientError::SessionExpired`] or [`ClientError::GaveUp`] when its outcome is unknown.
     pub async fn append(&mut self, records: Vec<Bytes>) -> Result<Appended, ClientError> {
-        let seq = self.take_seq();
-        let request = api::AppendRequest {
-            client_id: self.client_id,
-            seq,
-            records,
-        };
-        let retry_unknown = self.client_id != 0;
-        let retry_on = if retry_unknown {
-            retry_any_but_invalid
-        } else {
-            WriteErrorKind::is_safe_to_retry
-        };
         let streams = Arc::clone(&self.streams);
         let response = self
-            .on_leader(retry_on, |addr, client| {
-                let request = request.clone();
+            .write(|id, addr, channel| {
+                let request = api::AppendRequest {
+                    session: id.session,
+                    seq: id.seq,
+                    records: records.clone(),
+                };
                 let streams = Arc::clone(&streams);
-                async move { stream_append(&streams, &addr, client, request).await }
+                async move { stream_append(&streams, &addr, log_client(channel), request).await }
             })
             .await?;
         Ok(Appended {
@@ -518,7 +662,8 @@ impl KeelClient {
 }
 
 /// Sends `request` on the append stream to `addr` (opening it if needed) and waits for its
-/// answer. A stream that breaks after the request went out answers "outcome unknown".
+/// answer, at most [`CALL_DEADLINE`]. A stream that breaks after the request went out, or
+/// an answer that does not come in time, answers "outcome unknown".
 async fn stream_append(
     streams: &AppendStreams,
     addr: &str,
@@ -536,30 +681,74 @@ async fn stream_append(
             }
         }
     };
+    send_on(&stream, request).await
+}
+
+/// Sends `request` on `stream` and waits for its answer, at most [`CALL_DEADLINE`].
+async fn send_on(
+    stream: &AppendStream,
+    request: api::AppendRequest,
+) -> Result<api::AppendResponse, tonic::Status> {
     let request_id = stream.next_id.fetch_add(1, Ordering::Relaxed);
     let (answer, answered) = oneshot::channel();
-    stream
-        .waiting
-        .lock()
-        .expect("waiting lock poisoned")
-        .insert(request_id, answer);
+    let waiter = Waiter::insert(&stream.waiting, request_id, answer);
+    // The reader marks the stream closed before it answers every waiter it finds; a waiter
+    // inserted after that would never be answered, and sees the mark here.
+    if stream.closed.load(Ordering::Acquire) {
+        return Err(tonic::Status::unavailable(
+            "append stream closed before sending",
+        ));
+    }
     let message = api::StreamAppendRequest {
         request_id,
         append: Some(request),
     };
     if stream.requests.clone().send(message).await.is_err() {
-        stream
-            .waiting
-            .lock()
-            .expect("waiting lock poisoned")
-            .remove(&request_id);
         return Err(tonic::Status::unavailable(
             "append stream closed before sending",
         ));
     }
-    answered
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::unknown("append stream closed after sending")))
+    let answer = tokio::time::timeout(CALL_DEADLINE, answered).await;
+    drop(waiter);
+    match answer {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(tonic::Status::unknown("append stream closed after sending")),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {CALL_DEADLINE:?} after sending; the outcome is unknown"
+        ))),
+    }
+}
+
+/// A waiter's place in its stream's table, removed when the call ends however it ends.
+struct Waiter<'a> {
+    waiting: &'a Waiting,
+    request_id: u64,
+}
+
+impl<'a> Waiter<'a> {
+    fn insert(
+        waiting: &'a Waiting,
+        request_id: u64,
+        answer: oneshot::Sender<Result<api::AppendResponse, tonic::Status>>,
+    ) -> Self {
+        waiting
+            .lock()
+            .expect("waiting lock poisoned")
+            .insert(request_id, answer);
+        Self {
+            waiting,
+            request_id,
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .expect("waiting lock poisoned")
+            .remove(&self.request_id);
+    }
 }
 
 async fn open_append_stream(
@@ -620,6 +809,18 @@ async fn open_append_stream(
     })
 }
 
+/// What an error status says of its request. Without Keel's kind the error came from the
+/// transport: a refused connection sent nothing; anything else may have been delivered.
+fn kind_of(status: &tonic::Status) -> WriteErrorKind {
+    wire_error::parse(status)
+        .0
+        .unwrap_or(if status.code() == tonic::Code::Unavailable {
+            WriteErrorKind::Unavailable
+        } else {
+            WriteErrorKind::OutcomeUnknown
+        })
+}
+
 fn log_client(channel: Channel) -> KeelLogClient<Channel> {
     KeelLogClient::new(channel)
         .max_decoding_message_size(crate::limits::MESSAGE_MAX_BYTES)
@@ -627,10 +828,66 @@ fn log_client(channel: Channel) -> KeelLogClient<Channel> {
 }
 
 /// Whether to retry a write that failed with `kind`: anything but a refusal of the request
-/// itself.
+/// itself or of its session.
 pub fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {
     !matches!(
         kind,
-        WriteErrorKind::Invalid | WriteErrorKind::StaleSequence
+        WriteErrorKind::Invalid | WriteErrorKind::StaleSequence | WriteErrorKind::UnknownSession
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream whose reader is gone (nobody will answer) but whose request queue still
+    /// accepts: `closed` as given. The receiver is returned to keep the queue open.
+    fn silent_stream(closed: bool) -> (AppendStream, mpsc::Receiver<api::StreamAppendRequest>) {
+        let (requests, queued) = mpsc::channel(APPEND_STREAM_QUEUE);
+        let stream = AppendStream {
+            requests,
+            waiting: Waiting::default(),
+            next_id: AtomicU64::new(0),
+            closed: Arc::new(AtomicBool::new(closed)),
+        };
+        (stream, queued)
+    }
+
+    fn request() -> api::AppendRequest {
+        api::AppendRequest {
+            session: 3,
+            seq: 1,
+            records: vec![Bytes::from_static(b"r")],
+        }
+    }
+
+    /// The race: the reader drained its waiters and closed the stream between the caller's
+    /// look at `closed` and the insertion of its waiter. The call must end at once, as not
+    /// sent, instead of waiting for an answer nobody will give.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_on_a_stream_closed_under_it_ends_at_once_unsent() {
+        let (stream, _queued) = silent_stream(true);
+        let started = tokio::time::Instant::now();
+        let error = send_on(&stream, request()).await.expect_err("closed");
+        assert_eq!(error.code(), tonic::Code::Unavailable, "{error:?}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(stream.waiting.lock().expect("lock").is_empty());
+    }
+
+    /// A sent request that is never answered ends at its deadline, outcome unknown, and
+    /// leaves no waiter behind.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_an_answer_ends_at_its_deadline() {
+        let (stream, mut queued) = silent_stream(false);
+        let started = tokio::time::Instant::now();
+        let error = send_on(&stream, request()).await.expect_err("no answer");
+        assert_eq!(error.code(), tonic::Code::DeadlineExceeded, "{error:?}");
+        assert_eq!(started.elapsed(), CALL_DEADLINE);
+        assert_eq!(kind_of(&error), WriteErrorKind::OutcomeUnknown);
+        assert!(stream.waiting.lock().expect("lock").is_empty());
+        assert!(
+            queued.try_next().is_ok_and(|sent| sent.is_some()),
+            "it was sent"
+        );
+    }
 }

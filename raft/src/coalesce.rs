@@ -4,10 +4,10 @@
 //! in an `AppendEntries`, a commit, an apply and a response on every node) once per write.
 //! The client service instead queues plain-log appends and proposes whatever is queued as
 //! one entry whose command is a [batch](encode_batch); each write inside keeps its own
-//! `(client id, seq)` session, so exactly-once holds per write, and gets its own answer.
+//! `(session, seq)`, so exactly-once holds per write, and gets its own answer.
 //!
 //! A batch command: the byte [`BATCH_TAG`] (no application's tag), `count: u32`, then per
-//! write `client_id: u64`, `seq: u64`, `len: u32` and `len` command bytes, all little
+//! write `session: u64`, `seq: u64`, `len: u32` and `len` command bytes, all little
 //! endian. Every node applies the writes in order, each as if it were its own entry at the
 //! batch's index.
 
@@ -42,7 +42,7 @@ pub fn encode_batch(writes: &[ClientRequest]) -> Bytes {
     out.put_u8(BATCH_TAG);
     out.put_u32_le(u32::try_from(writes.len()).expect("a batch's writes are bounded"));
     for write in writes {
-        out.put_u64_le(write.client_id);
+        out.put_u64_le(write.session);
         out.put_u64_le(write.seq);
         out.put_u32_le(u32::try_from(write.command.len()).expect("a command is bounded"));
         out.put_slice(&write.command);
@@ -62,14 +62,14 @@ pub fn decode_batch(command: &Bytes) -> Option<Vec<ClientRequest>> {
         if rest.remaining() < BATCH_WRITE_OVERHEAD_BYTES {
             return None;
         }
-        let client_id = rest.get_u64_le();
+        let session = rest.get_u64_le();
         let seq = rest.get_u64_le();
         let len = usize::try_from(rest.get_u32_le()).ok()?;
         if rest.remaining() < len {
             return None;
         }
         writes.push(ClientRequest {
-            client_id,
+            session,
             seq,
             command: rest.split_to(len),
         });
@@ -83,9 +83,9 @@ mod tests {
 
     use super::*;
 
-    fn write(client_id: u64, seq: u64, command: &[u8]) -> ClientRequest {
+    fn write(session: u64, seq: u64, command: &[u8]) -> ClientRequest {
         ClientRequest {
-            client_id,
+            session,
             seq,
             command: Bytes::copy_from_slice(command),
         }

@@ -14,9 +14,11 @@ use crate::error::{Error, Result};
 use crate::types::NodeId;
 
 const FILE: &str = "IDENTITY";
-const HEADER: &str = "keel data directory v2";
-/// The first format, without a checksum: read once and rewritten as the current one.
-const HEADER_V1: &str = "keel data directory v1";
+const HEADER: &str = "keel data directory v3";
+/// Earlier formats: v1 (no checksum) and v2, both from before cluster-assigned client
+/// sessions. Refused: their logs' deduplicated writes name client-chosen ids, which this
+/// version would apply differently (see [`crate::session`]).
+const HEADERS_BEFORE_SESSIONS: [&str; 2] = ["keel data directory v1", "keel data directory v2"];
 
 /// Who a data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +39,6 @@ impl Identity {
         );
         let checksum = crc32c::crc32c(body.as_bytes());
         format!("{body}checksum = {checksum:08x}\n")
-    }
-
-    /// The identity in a first-format file (four lines, no checksum).
-    fn parse_v1(text: &str) -> Option<Self> {
-        let body = text.strip_prefix(HEADER_V1)?;
-        let identity = Self::parse_fields(&mut body.lines().skip(1))?;
-        let rendered = format!(
-            "{HEADER_V1}\nnode_id = {}\ncluster = {}\nincarnation = {:016x}\n",
-            identity.node_id, identity.cluster, identity.incarnation
-        );
-        (rendered == text).then_some(identity)
     }
 
     /// The identity in `text`; `None` unless it is well formed and its checksum matches.
@@ -123,11 +114,19 @@ pub fn open_or_create(data_dir: &Path, node_id: NodeId, cluster: &str) -> Result
     let expected = format!("node {node_id} of cluster {cluster:?}");
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let upgraded = Identity::parse_v1(&text);
-            if let Some(identity) = &upgraded {
-                write(data_dir, identity)?;
+            if let Some(header) = HEADERS_BEFORE_SESSIONS
+                .iter()
+                .find(|header| text.lines().next() == Some(**header))
+            {
+                return Err(Error::Invalid {
+                    what: "data directory format",
+                    reason: format!(
+                        "{} says {header:?}: a directory written before cluster-assigned client sessions (format 3), whose log this version would apply differently. Move it aside, start the node with an empty directory and `keel repair` it, or form a new cluster",
+                        path.display()
+                    ),
+                });
             }
-            let identity = upgraded.or_else(|| Identity::parse(&text)).ok_or_else(|| Error::Invalid {
+            let identity = Identity::parse(&text).ok_or_else(|| Error::Invalid {
                 what: "data directory identity",
                 reason: format!(
                     "{} is not a Keel identity file or is damaged (its checksum does not match): repair the node (`keel repair`)",
@@ -216,25 +215,32 @@ mod tests {
     }
 
     #[test]
-    fn a_first_format_identity_is_kept_and_rewritten_with_a_checksum() {
+    fn directories_of_formats_before_sessions_are_refused_naming_their_format() {
         let dir = tempfile::tempdir().expect("tempdir");
         let v1 =
             "keel data directory v1\nnode_id = 3\ncluster = prod\nincarnation = 00000000000000ab\n";
-        fs::write(dir.path().join(FILE), v1).expect("write");
-        let identity = open_or_create(dir.path(), 3, "prod").expect("upgraded");
-        assert_eq!(identity.incarnation, 0xab);
-        let text = fs::read_to_string(dir.path().join(FILE)).expect("read");
-        assert!(
-            text.starts_with(HEADER) && text.contains("checksum = "),
-            "{text}"
-        );
-        assert_eq!(
-            open_or_create(dir.path(), 3, "prod").expect("reopened"),
-            identity
-        );
-        // A damaged first-format file is not taken for one.
-        fs::write(dir.path().join(FILE), v1.replace("ab", "aB")).expect("write");
-        assert!(open_or_create(dir.path(), 3, "prod").is_err());
+        let v2 = Identity {
+            node_id: 3,
+            cluster: "prod".to_owned(),
+            incarnation: 0xab,
+        }
+        .render()
+        .replace(HEADER, "keel data directory v2");
+        for (text, format) in [(v1.to_owned(), "v1"), (v2, "v2")] {
+            fs::write(dir.path().join(FILE), &text).expect("write");
+            let error = open_or_create(dir.path(), 3, "prod").expect_err("refused");
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("keel data directory {format}"))
+                    && message.contains("client sessions"),
+                "{message}"
+            );
+            // Nothing was rewritten.
+            assert_eq!(
+                fs::read_to_string(dir.path().join(FILE)).expect("read"),
+                text
+            );
+        }
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! What it guarantees:
 //! - A client write is acknowledged only after its entry is durable (`fdatasync`ed by
 //!   keel-log) on a majority and applied; recovery never loses an acknowledged entry.
-//! - Writes are exactly-once per `(client id, seq)`: the state machine host answers a
-//!   retried sequence with its first answer. Errors say whether a write was certainly not
+//! - Writes are exactly-once per `(session, seq)`, in sessions the cluster registers through
+//!   the log and expires by one rule on every replica ([`session`]): the state machine host
+//!   answers a retried sequence with its first answer and refuses a write of an unknown or
+//!   expired session, never applying it. Errors say whether a write was certainly not
 //!   proposed (safe to retry anywhere) or its outcome is unknown (retry with the same
 //!   sequence); the server never re-proposes a write by itself.
 //! - A storage error stops the node and marks its data directory as needing repair; a node
@@ -35,7 +37,7 @@
 //! config.segment_size_bytes = 8 << 20;
 //! let node = RaftNode::start(config).await?;
 //! let addr = node.addr().to_string();
-//! let mut client = KeelClient::new(&[addr.clone()], 7)?;
+//! let mut client = KeelClient::new(&[addr.clone()])?;
 //! client.init(&[(1, addr)].into_iter().collect()).await?;
 //! let appended = client.append(vec!["hello".into()]).await?;
 //! assert_eq!(appended.first_offset, 0);
@@ -66,6 +68,7 @@ mod record;
 pub mod repair;
 #[cfg(feature = "sabotage")]
 pub mod sabotage;
+pub mod session;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

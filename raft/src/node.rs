@@ -63,6 +63,10 @@ pub struct NodeConfig {
     pub retention: Retention,
     /// keel-log segment size.
     pub segment_size_bytes: u64,
+    /// Client sessions the cluster keeps while this node leads: each registration it
+    /// proposes carries this limit, and applying it expires the least recently written
+    /// sessions beyond it, the same on every replica ([`crate::session`]).
+    pub sessions_max: u64,
     /// Testing: journal the log's writes and syncs here, so a harness can simulate a power
     /// loss after killing the node ([`keel_log::fs::journaled`]). `None` in production.
     pub sync_journal: Option<PathBuf>,
@@ -86,6 +90,7 @@ impl NodeConfig {
             install_snapshot_timeout: Duration::from_secs(60),
             retention: Retention::default(),
             segment_size_bytes: 64 * 1024 * 1024,
+            sessions_max: crate::session::SESSIONS_MAX_DEFAULT,
             sync_journal: None,
         }
     }
@@ -116,6 +121,9 @@ impl NodeConfig {
         }
         if self.snapshot_every_entries == 0 {
             return invalid("snapshot_every_entries", "must be at least 1");
+        }
+        if self.sessions_max == 0 {
+            return invalid("sessions_max", "must be at least 1");
         }
         if self.peers.contains_key(&0) {
             return invalid("peers", "node id 0 is not valid");
@@ -174,6 +182,8 @@ pub struct NodeShared {
     pub network: Network,
     /// Metrics.
     pub metrics: Arc<NodeMetrics>,
+    /// The session limit this node's registrations carry.
+    pub sessions_max: u64,
 }
 
 impl NodeShared {
@@ -307,6 +317,7 @@ impl RaftNode {
             store,
             network,
             metrics,
+            sessions_max: config.sessions_max,
         };
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::serve(

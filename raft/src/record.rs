@@ -22,7 +22,7 @@ pub(crate) enum StoredPayload {
     /// A client write.
     Normal {
         /// The writer's id.
-        client_id: u64,
+        session: u64,
         /// The writer's sequence number.
         seq: u64,
         /// The application command.
@@ -47,7 +47,7 @@ impl StoredPayload {
         match payload {
             EntryPayload::Blank => Self::Blank,
             EntryPayload::Normal(request) => Self::Normal {
-                client_id: request.client_id,
+                session: request.session,
                 seq: request.seq,
                 command: request.command.to_vec(),
             },
@@ -148,13 +148,13 @@ pub(crate) fn entry_from_record(
 ) -> Result<Entry, DecodeError> {
     let id = from_keel_id(record.id());
     match &*record {
-        ArchivedStoredPayload::Normal { client_id, seq, .. } => {
-            let (client_id, seq) = (client_id.to_native(), seq.to_native());
+        ArchivedStoredPayload::Normal { session, seq, .. } => {
+            let (session, seq) = (session.to_native(), seq.to_native());
             let command = Bytes::from_owner(MappedCommand(record));
             Ok(Entry {
                 log_id: id,
                 payload: EntryPayload::Normal(ClientRequest {
-                    client_id,
+                    session,
                     seq,
                     command,
                 }),
@@ -173,11 +173,11 @@ impl ArchivedStoredPayload {
         let payload = match self {
             Self::Blank => EntryPayload::Blank,
             Self::Normal {
-                client_id,
+                session,
                 seq,
                 command,
             } => EntryPayload::Normal(ClientRequest {
-                client_id: client_id.to_native(),
+                session: session.to_native(),
                 seq: seq.to_native(),
                 command: Bytes::copy_from_slice(command.as_slice()),
             }),

@@ -22,6 +22,10 @@ pub enum Fault {
     /// A conflict truncation starts one entry early: the last entry that matched the
     /// leader is removed with the conflicting ones.
     OffByOneTruncation,
+    /// A write of a session the state machine does not hold is applied as if the session
+    /// were new, as a table that silently forgot expired clients did: a late retry of an
+    /// expired session's write is applied a second time.
+    ForgetfulSessions,
 }
 
 /// The fault this process runs with, if any.
@@ -32,6 +36,7 @@ pub fn fault() -> Option<Fault> {
         Ok("unfenced-fires") => Some(Fault::UnfencedFires),
         Ok("ack-before-fsync") => Some(Fault::AckBeforeFsync),
         Ok("off-by-one-truncation") => Some(Fault::OffByOneTruncation),
+        Ok("forgetful-sessions") => Some(Fault::ForgetfulSessions),
         _ => None,
     })
 }

@@ -2,7 +2,7 @@
 //! into place, so a snapshot either exists complete or not at all.
 //!
 //! ```text
-//! offset 0   "KEELSNP1"                      magic and format version
+//! offset 0   "KEELSNP2"                      magic and format version
 //!        8   u32 LE header length H
 //!       12   header (rkyv SnapshotHeader)    last log id, membership, client sessions
 //!   12 + H   application bytes               Application::write_snapshot
@@ -18,7 +18,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::error::{DecodeError, Error, Result};
 use crate::record::StoredMembershipConfig;
 
-const MAGIC: &[u8; 8] = b"KEELSNP1";
+const MAGIC: &[u8; 8] = b"KEELSNP2";
+/// Format 1: sessions under ids the clients chose. Refused: its sessions cannot be carried
+/// into cluster-assigned ones (see [`crate::session`]).
+const MAGIC_V1: &[u8; 8] = b"KEELSNP1";
 const TRAILER_LEN: u64 = 12;
 /// Largest snapshot header accepted: sessions and membership, never the application state.
 pub const HEADER_MAX_BYTES: u32 = 64 * 1024 * 1024;
@@ -34,8 +37,9 @@ pub(crate) struct SnapshotHeader {
     pub(crate) membership_log_id: Option<(u64, u64)>,
     /// The membership at `last_log_id`.
     pub(crate) membership: StoredMembershipConfig,
-    /// Client sessions: `(client id, last applied seq, its response, index it was applied at)`.
-    pub(crate) sessions: Vec<(u64, u64, Vec<u8>, u64)>,
+    /// Client sessions ([`crate::session`]): `(session id, last applied seq (0: none), its
+    /// response, index of that write (of the registration before any))`.
+    pub(crate) sessions: Vec<crate::session::StoredSession>,
 }
 
 /// A complete snapshot file on disk (the data openraft moves between state machines).
@@ -278,6 +282,12 @@ pub(crate) fn open_body(path: &Path) -> Result<(SnapshotHeader, impl Read)> {
     reader
         .read_exact(&mut fixed)
         .map_err(Error::io("read", path))?;
+    if &fixed[..8] == MAGIC_V1 {
+        return Err(malformed(format!(
+            "{} is a format 1 snapshot (client-chosen session ids), written by a Keel before cluster-assigned sessions; this version refuses it: move the data directory aside, start the node empty and `keel repair` it",
+            path.display()
+        )));
+    }
     if &fixed[..8] != MAGIC {
         return Err(malformed(format!(
             "{} has no snapshot magic",
@@ -300,4 +310,62 @@ pub(crate) fn open_body(path: &Path) -> Result<(SnapshotHeader, impl Read)> {
     let header = rkyv::from_bytes::<SnapshotHeader, rkyv::rancor::Error>(&header_bytes)
         .map_err(|e| malformed(format!("{}: header: {e}", path.display())))?;
     Ok((header, reader.take(size - TRAILER_LEN - app_start)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> SnapshotHeader {
+        SnapshotHeader {
+            last_log_id: Some((2, 9)),
+            membership_log_id: None,
+            membership: StoredMembershipConfig {
+                configs: Vec::new(),
+                nodes: Vec::new(),
+            },
+            sessions: vec![(3, 1, b"answer".to_vec(), 5)],
+        }
+    }
+
+    /// Rewrites the magic of the snapshot at `path` and its checksum to match, so only the
+    /// format differs.
+    fn rewrite_magic(path: &Path, magic: [u8; 8]) {
+        let mut bytes = fs::read(path).expect("read");
+        bytes[..8].copy_from_slice(&magic);
+        let body_len = bytes.len() - 12;
+        let crc = crc32c::crc32c(&bytes[..body_len]);
+        bytes[body_len + 8..].copy_from_slice(&crc.to_le_bytes());
+        fs::write(path, bytes).expect("write");
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_its_header_and_application_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = SnapshotDir::open(dir.path()).expect("open");
+        let file = snapshots
+            .write(&header(), |out| out.write_all(b"app"))
+            .expect("write");
+        let verified = verify(&file.path).expect("verify");
+        assert_eq!(verified.sessions, header().sessions);
+        let (_, mut app) = open_body(&file.path).expect("open body");
+        let mut bytes = Vec::new();
+        app.read_to_end(&mut bytes).expect("read");
+        assert_eq!(bytes, b"app");
+    }
+
+    #[test]
+    fn a_format_1_snapshot_is_refused_with_a_message_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = SnapshotDir::open(dir.path()).expect("open");
+        let file = snapshots
+            .write(&header(), |out| out.write_all(b"app"))
+            .expect("write");
+        rewrite_magic(&file.path, *MAGIC_V1);
+        let error = verify(&file.path).expect_err("format 1 is refused");
+        assert!(error.to_string().contains("format 1 snapshot"), "{error}");
+        rewrite_magic(&file.path, *b"KEELSNPX");
+        let error = verify(&file.path).expect_err("an unknown magic is refused");
+        assert!(error.to_string().contains("no snapshot magic"), "{error}");
+    }
 }

@@ -1,13 +1,13 @@
 //! openraft's state machine, hosting an [`Application`].
 //!
 //! The host keeps what every application needs: the last applied log id, the membership, and
-//! per-client sessions that make writes exactly-once (a retried `(client id, seq)` gets its
-//! first answer back instead of being applied twice), also for each write of a coalesced
+//! the cluster's client sessions ([`crate::session`]) that make writes exactly-once (a
+//! retried `(session, seq)` gets its first answer back instead of being applied twice, and a
+//! write of an unknown or expired session is refused), also for each write of a coalesced
 //! batch ([`crate::coalesce`]). Snapshots are files (see
 //! [`crate::snapshot`]); the host builds them from a copy of the state serialized under its
 //! lock, then writes and fsyncs the file off that lock.
 
-use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,24 +19,12 @@ use openraft::{EntryPayload, OptionalSend};
 use crate::application::{Application, AppliedAt};
 use crate::coalesce::{decode_batch, is_batch};
 use crate::record::StoredMembershipConfig;
+use crate::session::{Admission, SessionTable, decode_register};
 use crate::snapshot::{SnapshotDir, SnapshotFile, SnapshotHeader, open_body};
 use crate::types::{
     ClientRequest, ClientResponse, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
     log_id,
 };
-
-/// Most client sessions remembered; beyond it the least recently written one is forgotten
-/// (its retries are then answered [`ClientResponse::StaleSequence`]).
-pub const SESSIONS_MAX: usize = 65_536;
-
-/// One client's last applied write.
-#[derive(Debug, Clone)]
-struct Session {
-    seq: u64,
-    response: Bytes,
-    /// Raft index the write was applied at: orders sessions for eviction.
-    index: u64,
-}
 
 /// Everything the state machine holds, under one lock.
 #[derive(Debug)]
@@ -44,10 +32,7 @@ struct HostState {
     app: Box<dyn Application>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    sessions: HashMap<u64, Session>,
-    /// `(index, client id)` of every session, to evict the least recently written one (the
-    /// writes of one batch share an index; the client id orders them the same everywhere).
-    session_order: BTreeSet<(u64, u64)>,
+    sessions: SessionTable,
 }
 
 /// What `Status` reports of a state machine: where it stands and a digest of its state there.
@@ -78,8 +63,7 @@ impl StateMachineHost {
                 app,
                 applied: None,
                 membership: StoredMembership::default(),
-                sessions: HashMap::new(),
-                session_order: BTreeSet::new(),
+                sessions: SessionTable::default(),
             })),
             snapshots,
         };
@@ -112,6 +96,8 @@ impl StateMachineHost {
     fn restore(&self, file: &SnapshotFile) -> crate::Result<()> {
         let (header, mut body) = open_body(&file.path)?;
         let membership = header_membership(&header)?;
+        let applied_index = header.last_log_id.map_or(0, |(_, index)| index);
+        let sessions = SessionTable::from_stored(header.sessions, applied_index)?;
         let mut state = self.lock();
         state
             .app
@@ -119,19 +105,7 @@ impl StateMachineHost {
             .map_err(crate::Error::io("restore snapshot", &file.path))?;
         state.applied = header.last_log_id.map(|(term, index)| log_id(term, index));
         state.membership = membership;
-        state.sessions.clear();
-        state.session_order.clear();
-        for (client, seq, response, index) in header.sessions {
-            state.sessions.insert(
-                client,
-                Session {
-                    seq,
-                    response: Bytes::from(response),
-                    index,
-                },
-            );
-            state.session_order.insert((index, client));
-        }
+        state.sessions = sessions;
         Ok(())
     }
 }
@@ -145,71 +119,64 @@ fn header_membership(header: &SnapshotHeader) -> crate::Result<StoredMembership>
 }
 
 impl HostState {
-    /// Applies an entry's request: one write, or each write of a batch in order.
+    /// Applies an entry's request: a session registration, one write, or each write of a
+    /// batch in order.
     fn apply_entry(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
-        if request.client_id != 0 || !is_batch(&request.command) {
-            return self.apply_request(at, request);
+        if request.session == 0 {
+            if let Some(sessions_max) = decode_register(&request.command) {
+                return ClientResponse::SessionRegistered {
+                    session: self.sessions.register(at.index, sessions_max),
+                };
+            }
+            if is_batch(&request.command) {
+                // Only a leader's service makes batches; one that does not decode applies
+                // nothing, the same on every replica.
+                let writes = decode_batch(&request.command).unwrap_or_default();
+                return ClientResponse::Batch(
+                    writes
+                        .iter()
+                        .map(|write| self.apply_request(at, write))
+                        .collect(),
+                );
+            }
         }
-        // Only a leader's service makes batches; one that does not decode applies nothing,
-        // the same on every replica.
-        let writes = decode_batch(&request.command).unwrap_or_default();
-        ClientResponse::Batch(
-            writes
-                .iter()
-                .map(|write| self.apply_request(at, write))
-                .collect(),
-        )
+        self.apply_request(at, request)
     }
 
+    /// Applies one write under its session's rules.
     fn apply_request(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
         let index = at.index;
-        if request.client_id == 0 {
+        if request.session == 0 {
             return ClientResponse::Applied {
                 answer: self.app.apply(at, &request.command),
                 index,
             };
         }
-        if let Some(session) = self.sessions.get(&request.client_id) {
-            if request.seq == session.seq {
-                return ClientResponse::Applied {
-                    answer: session.response.clone(),
-                    index: session.index,
-                };
-            }
-            if request.seq < session.seq {
-                return ClientResponse::StaleSequence {
-                    last_applied_seq: session.seq,
-                };
-            }
+        #[cfg(feature = "sabotage")]
+        if crate::sabotage::on(crate::sabotage::Fault::ForgetfulSessions)
+            && self.sessions.admit(request.session, request.seq) == Admission::Unknown
+        {
+            // The fault: an unknown session's write is applied as if the session were new
+            // (what a table that silently evicts clients did), so a late retry of an evicted
+            // session's write is applied twice.
+            self.sessions.register(request.session.max(1), u64::MAX);
         }
-        let response = self.app.apply(at, &request.command);
-        if let Some(old) = self.sessions.insert(
-            request.client_id,
-            Session {
-                seq: request.seq,
-                response: response.clone(),
+        match self.sessions.admit(request.session, request.seq) {
+            Admission::Unknown => ClientResponse::UnknownSession,
+            Admission::Stale { last_applied_seq } => {
+                ClientResponse::StaleSequence { last_applied_seq }
+            }
+            Admission::Retry { response, index } => ClientResponse::Applied {
+                answer: response,
                 index,
             },
-        ) {
-            self.session_order.remove(&(old.index, request.client_id));
+            Admission::Apply => {
+                let answer = self.app.apply(at, &request.command);
+                self.sessions
+                    .record(request.session, request.seq, index, answer.clone());
+                ClientResponse::Applied { answer, index }
+            }
         }
-        self.session_order.insert((index, request.client_id));
-        while self.sessions.len() > SESSIONS_MAX {
-            let (_, client) = self
-                .session_order
-                .pop_first()
-                .expect("order tracks every session");
-            self.sessions.remove(&client);
-        }
-        self.check_invariants();
-        ClientResponse::Applied {
-            answer: response,
-            index,
-        }
-    }
-
-    fn check_invariants(&self) {
-        debug_assert_eq!(self.sessions.len(), self.session_order.len());
     }
 
     fn header(&self) -> SnapshotHeader {
@@ -220,11 +187,7 @@ impl HostState {
                 .log_id()
                 .map(|id| (id.leader_id.term, id.index)),
             membership: StoredMembershipConfig::from_membership(self.membership.membership()),
-            sessions: self
-                .sessions
-                .iter()
-                .map(|(client, s)| (*client, s.seq, s.response.to_vec(), s.index))
-                .collect(),
+            sessions: self.sessions.to_stored(),
         }
     }
 }
@@ -356,25 +319,41 @@ mod tests {
     use crate::coalesce::encode_batch;
     use crate::multiplex::{AppTag, Multiplex, tagged};
     use crate::plain_log::{PlainLog, Retention, decode_append_answer, encode_append};
+    use crate::session::encode_register;
 
     fn host() -> HostState {
         HostState {
             app: Box::new(Multiplex::new(PlainLog::new(Retention::default()), None)),
             applied: None,
             membership: StoredMembership::default(),
-            sessions: HashMap::new(),
-            session_order: BTreeSet::new(),
+            sessions: SessionTable::default(),
         }
     }
 
-    fn append(client_id: u64, seq: u64, record: &'static str) -> ClientRequest {
+    fn at(index: u64) -> AppliedAt {
+        AppliedAt { term: 1, index }
+    }
+
+    fn append(session: u64, seq: u64, record: &'static str) -> ClientRequest {
         ClientRequest {
-            client_id,
+            session,
             seq,
             command: tagged(
                 AppTag::PlainLog,
                 &encode_append(1, &[Bytes::from_static(record.as_bytes())]),
             ),
+        }
+    }
+
+    fn register(host: &mut HostState, index: u64, sessions_max: u64) -> u64 {
+        let request = ClientRequest {
+            session: 0,
+            seq: 0,
+            command: encode_register(sessions_max),
+        };
+        match host.apply_entry(at(index), &request) {
+            ClientResponse::SessionRegistered { session } => session,
+            other => panic!("a registration answered {other:?}"),
         }
     }
 
@@ -385,46 +364,61 @@ mod tests {
         }
     }
 
+    /// The plain log's next offset: how many records were applied.
+    fn records(host: &HostState) -> u64 {
+        let mut bytes = Vec::new();
+        host.app.write_snapshot(&mut bytes).expect("snapshot");
+        // The plain log's section: its length, then `next_offset` first.
+        u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"))
+    }
+
     #[test]
     fn a_batch_applies_each_write_once_with_its_own_session() {
         let mut host = host();
-        let at = |index| AppliedAt { term: 1, index };
-        let first = host.apply_entry(at(1), &append(1, 1, "a"));
+        let (a, b, c) = (
+            register(&mut host, 1, 100),
+            register(&mut host, 2, 100),
+            register(&mut host, 3, 100),
+        );
+        let first = host.apply_entry(at(4), &append(a, 1, "a"));
         assert_eq!(offset(&first), Some(0));
         let batch = ClientRequest {
-            client_id: 0,
+            session: 0,
             seq: 0,
             command: encode_batch(&[
-                append(2, 1, "b"),
-                // A retry of client 1's applied write: its first answer, not a new record.
-                append(1, 1, "a"),
-                append(3, 5, "c"),
-                // Client 2 again in the same batch, next sequence.
-                append(2, 2, "d"),
+                append(b, 1, "b"),
+                // A retry of session a's applied write: its first answer, not a new record.
+                append(a, 1, "a"),
+                append(c, 5, "c"),
+                // Session b again in the same batch, next sequence.
+                append(b, 2, "d"),
+                // A session nobody registered: refused, not applied.
+                append(77, 1, "x"),
             ]),
         };
-        let ClientResponse::Batch(answers) = host.apply_entry(at(2), &batch) else {
+        let ClientResponse::Batch(answers) = host.apply_entry(at(5), &batch) else {
             panic!("a batch is answered as one");
         };
         let offsets: Vec<Option<u64>> = answers.iter().map(offset).collect();
-        assert_eq!(offsets, [Some(1), Some(0), Some(2), Some(3)]);
+        assert_eq!(offsets, [Some(1), Some(0), Some(2), Some(3), None]);
+        assert_eq!(answers[4], ClientResponse::UnknownSession);
+        let ClientResponse::Applied { answer, .. } = &first else {
+            panic!("applied")
+        };
         assert_eq!(
             answers[1],
             ClientResponse::Applied {
-                answer: match &first {
-                    ClientResponse::Applied { answer, .. } => answer.clone(),
-                    _ => unreachable!(),
-                },
-                index: 1
+                answer: answer.clone(),
+                index: 4
             }
         );
         // A stale sequence inside a batch is refused, the others applied.
         let stale = ClientRequest {
-            client_id: 0,
+            session: 0,
             seq: 0,
-            command: encode_batch(&[append(2, 1, "old"), append(4, 1, "e")]),
+            command: encode_batch(&[append(b, 1, "old"), append(c, 6, "e")]),
         };
-        let ClientResponse::Batch(answers) = host.apply_entry(at(3), &stale) else {
+        let ClientResponse::Batch(answers) = host.apply_entry(at(6), &stale) else {
             panic!("a batch is answered as one");
         };
         assert_eq!(
@@ -434,8 +428,44 @@ mod tests {
             }
         );
         assert_eq!(offset(&answers[1]), Some(4));
-        assert_eq!(host.sessions.len(), 4);
-        assert_eq!(host.session_order.len(), 4);
-        assert!(host.session_order.contains(&(2, 2)) && host.session_order.contains(&(2, 3)));
+        assert_eq!(records(&host), 5);
+        // A registration inside a batch registers nothing.
+        let inner = ClientRequest {
+            session: 0,
+            seq: 0,
+            command: encode_register(100),
+        };
+        let batch = ClientRequest {
+            session: 0,
+            seq: 0,
+            command: encode_batch(&[inner.clone(), inner]),
+        };
+        host.apply_entry(at(7), &batch);
+        assert_eq!(host.sessions.len(), 3);
+    }
+
+    /// The hole this module closes: a client's write, then more sessions than the limit
+    /// registered and written, then the same `(session, seq)` again. The session has
+    /// expired, so the late retry is refused and the record is in the log once.
+    #[test]
+    fn a_retry_after_its_session_expired_is_refused_not_applied() {
+        let mut host = host();
+        let sessions_max = 8;
+        let first = register(&mut host, 1, sessions_max);
+        assert_eq!(
+            offset(&host.apply_entry(at(2), &append(first, 1, "once"))),
+            Some(0)
+        );
+        let mut index = 3;
+        for _ in 0..20 {
+            let other = register(&mut host, index, sessions_max);
+            host.apply_entry(at(index + 1), &append(other, 1, "other"));
+            index += 2;
+        }
+        assert_eq!(host.sessions.len(), 8);
+        assert_eq!(records(&host), 21);
+        let retry = host.apply_entry(at(index), &append(first, 1, "once"));
+        assert_eq!(retry, ClientResponse::UnknownSession);
+        assert_eq!(records(&host), 21, "the late retry applied nothing");
     }
 }

@@ -43,14 +43,15 @@ impl fmt::Display for NodeAddr {
 
 /// A client write: an application command tagged for exactly-once application.
 ///
-/// The state machine host remembers, per client, the last applied `seq` and its response;
+/// The state machine host remembers, per session, the last applied `seq` and its response;
 /// a command whose `seq` is not above it is answered with the remembered response (or a
-/// "stale sequence" error) instead of being applied again.
+/// "stale sequence" error) instead of being applied again, and a command of a session it
+/// does not hold is refused (see [`crate::session`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRequest {
-    /// The writer's id; 0 means "no deduplication".
-    pub client_id: u64,
-    /// The writer's sequence number, increasing per client.
+    /// The writer's session, as the cluster assigned it; 0 means "no deduplication".
+    pub session: u64,
+    /// The writer's sequence number, increasing per session from 1.
     pub seq: u64,
     /// The application command's bytes.
     pub command: Bytes,
@@ -60,8 +61,8 @@ impl fmt::Display for ClientRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "request(client {}, seq {}, {} bytes)",
-            self.client_id,
+            "request(session {}, seq {}, {} bytes)",
+            self.session,
             self.seq,
             self.command.len()
         )
@@ -78,10 +79,18 @@ pub enum ClientResponse {
         /// Raft index the command was applied at (the first time).
         index: u64,
     },
-    /// The sequence is older than the client's last applied one, whose answer is gone.
+    /// The sequence is older than the session's last applied one, whose answer is gone.
     StaleSequence {
-        /// The client's last applied sequence.
+        /// The session's last applied sequence.
         last_applied_seq: u64,
+    },
+    /// The session is not registered, or expired: nothing was applied, and the fate of an
+    /// earlier attempt of the same write cannot be learned any more.
+    UnknownSession,
+    /// A session was registered; its id.
+    SessionRegistered {
+        /// The new session's id (the index of the registering entry).
+        session: u64,
     },
     /// A coalesced batch's answers, one per write, in order ([`crate::coalesce`]).
     Batch(Vec<ClientResponse>),

@@ -22,12 +22,16 @@ pub enum WriteErrorKind {
     /// The node is at its in-flight limit; nothing was proposed. Safe to retry later.
     Overloaded,
     /// The write was proposed but its fate is unknown (leader change, timeout): it may or may
-    /// not be applied. Retry with the same `(client id, seq)` to learn which, exactly once.
+    /// not be applied. Retry with the same `(session, seq)` to learn which, exactly once.
     OutcomeUnknown,
     /// The request is malformed or over a limit; retrying it will fail the same way.
     Invalid,
-    /// The sequence is older than the client's last applied one.
+    /// The sequence is older than the session's last applied one.
     StaleSequence,
+    /// The session is not registered or has expired: this request was not applied, and an
+    /// earlier attempt of the same write can no longer be told applied or not. Never re-send
+    /// the write under another session; register a new session for new writes.
+    UnknownSession,
     /// The node cannot serve (stopped, not admitted, no leader known). Nothing was proposed.
     Unavailable,
 }
@@ -41,6 +45,7 @@ impl WriteErrorKind {
             Self::OutcomeUnknown => "outcome-unknown",
             Self::Invalid => "invalid",
             Self::StaleSequence => "stale-sequence",
+            Self::UnknownSession => "session-unknown",
             Self::Unavailable => "unavailable",
         }
     }
@@ -53,6 +58,7 @@ impl WriteErrorKind {
             Self::OutcomeUnknown,
             Self::Invalid,
             Self::StaleSequence,
+            Self::UnknownSession,
             Self::Unavailable,
         ]
         .into_iter()
@@ -69,7 +75,7 @@ impl WriteErrorKind {
             Self::NotLeader | Self::Overloaded | Self::Unavailable => tonic::Code::Unavailable,
             Self::OutcomeUnknown => tonic::Code::Unknown,
             Self::Invalid => tonic::Code::InvalidArgument,
-            Self::StaleSequence => tonic::Code::FailedPrecondition,
+            Self::StaleSequence | Self::UnknownSession => tonic::Code::FailedPrecondition,
         }
     }
 }
@@ -167,6 +173,7 @@ mod tests {
             not_leader(None),
             status(WriteErrorKind::OutcomeUnknown, "lost"),
             status(WriteErrorKind::Invalid, "too big"),
+            status(WriteErrorKind::UnknownSession, "expired"),
         ] {
             let back = from_append_error(&to_append_error(&status));
             assert_eq!(parse(&back), parse(&status));

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_raft::client::{ClientError, KeelClient};
 use keel_raft::node::{NodeConfig, RaftNode};
-use keel_raft::pb::client as api;
-use keel_raft::wire_error::WriteErrorKind;
+use keel_raft::pb::client::{self as api, keel_log_client::KeelLogClient};
+use keel_raft::wire_error::{self, WriteErrorKind};
 use tempfile::TempDir;
 
 struct Cluster {
@@ -46,8 +46,8 @@ impl Cluster {
             .collect()
     }
 
-    fn client(&self, client_id: u64) -> KeelClient {
-        KeelClient::new(&self.addrs(), client_id).expect("client")
+    fn client(&self) -> KeelClient {
+        KeelClient::new(&self.addrs()).expect("client")
     }
 }
 
@@ -80,7 +80,7 @@ async fn wait_applied(client: &mut KeelClient, addr: &str, next_offset: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_replicate_and_serve_reads_everywhere() {
     let cluster = Cluster::start(3, |_| {}).await;
-    let mut client = cluster.client(7);
+    let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
     let first = client.append(records(&["a", "b"])).await.expect("append");
     assert_eq!((first.first_offset, first.count), (0, 2));
@@ -126,7 +126,7 @@ async fn a_node_shut_down_under_an_open_stream_reopens_in_the_same_process() {
     let node = RaftNode::start(config.clone()).await.expect("node starts");
     config.listen = node.addr();
     let addrs = [node.addr().to_string()];
-    let mut client = KeelClient::new(&addrs, 7).expect("client");
+    let mut client = KeelClient::new(&addrs).expect("client");
     client
         .init(&BTreeMap::from([(1, addrs[0].clone())]))
         .await
@@ -176,13 +176,14 @@ fn is_invalid(error: &ClientError) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_sequence_is_applied_once() {
     let cluster = Cluster::start(3, |_| {}).await;
-    let mut client = cluster.client(0);
+    let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
     client.append(records(&["warm-up"])).await.expect("append");
     let leader = leader_addr(&mut client).await;
     let mut raw = client.node(&leader).expect("leader client");
+    let session = register(&mut raw).await;
     let request = api::AppendRequest {
-        client_id: 42,
+        session,
         seq: 1,
         records: records(&["once"]),
     };
@@ -200,12 +201,79 @@ async fn a_retried_sequence_is_applied_once() {
     }
 }
 
+/// Registers a session on the leader behind `raw`.
+async fn register(raw: &mut KeelLogClient<tonic::transport::Channel>) -> u64 {
+    raw.register_session(api::RegisterSessionRequest {})
+        .await
+        .expect("register")
+        .into_inner()
+        .session
+}
+
+/// The hole the cluster-assigned sessions close, through the public gRPC API: one append
+/// under a session, then more sessions than the (lowered) limit registered and written,
+/// then the same `(session, seq)` again. It is refused as an unknown session, not applied,
+/// and the record is in the log once. Writes of a session nobody registered are refused
+/// the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_retry_of_an_expired_session_is_refused_not_applied() {
+    const SESSIONS_MAX: u64 = 16;
+    let cluster = Cluster::start(1, |config| config.sessions_max = SESSIONS_MAX).await;
+    // The cluster's own client writes nothing here: its session would count too.
+    let mut client = cluster.client();
+    client.init(&cluster.members()).await.expect("init");
+    let leader = leader_addr(&mut client).await;
+    let mut raw = client.node(&leader).expect("leader client");
+    let first = register(&mut raw).await;
+    let once = api::AppendRequest {
+        session: first,
+        seq: 1,
+        records: records(&["once"]),
+    };
+    raw.append(once.clone()).await.expect("first write");
+    for n in 0..SESSIONS_MAX + 4 {
+        let session = register(&mut raw).await;
+        raw.append(api::AppendRequest {
+            session,
+            seq: 1,
+            records: records(&[&format!("other {n}")]),
+        })
+        .await
+        .expect("other write");
+    }
+    for request in [
+        once,
+        api::AppendRequest {
+            session: 12_345,
+            seq: 1,
+            records: records(&["never registered"]),
+        },
+    ] {
+        let refused = raw.append(request).await.expect_err("refused");
+        assert_eq!(
+            wire_error::parse(&refused).0,
+            Some(WriteErrorKind::UnknownSession),
+            "{refused:?}"
+        );
+    }
+    let read = client.read(0, 0).await.expect("read");
+    let data = data(&read);
+    assert_eq!(
+        data.len(),
+        usize::try_from(SESSIONS_MAX).expect("small") + 5
+    );
+    assert_eq!(data.iter().filter(|d| d.as_str() == "once").count(), 1);
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_are_coalesced_into_fewer_entries_each_applied_once() {
     const WRITERS: u64 = 64;
     const ROUNDS: u64 = 8;
     let cluster = Cluster::start(3, |_| {}).await;
-    let mut client = cluster.client(0);
+    let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
     client.append(records(&["warm-up"])).await.expect("append");
     let leader = leader_addr(&mut client).await;
@@ -214,10 +282,11 @@ async fn concurrent_appends_are_coalesced_into_fewer_entries_each_applied_once()
         .map(|writer| {
             let mut raw = raw.clone();
             tokio::spawn(async move {
+                let session = register(&mut raw).await;
                 let mut answers = Vec::new();
                 for seq in 1..=ROUNDS {
                     let request = api::AppendRequest {
-                        client_id: writer,
+                        session,
                         seq,
                         records: records(&[&format!("{writer}:{seq}")]),
                     };
@@ -256,13 +325,14 @@ async fn concurrent_appends_are_coalesced_into_fewer_entries_each_applied_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_writes_are_refused_and_append_nothing() {
     let cluster = Cluster::start(3, |_| {}).await;
-    let mut client = cluster.client(0);
+    let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
     client.append(records(&["a", "b"])).await.expect("append");
     let leader = leader_addr(&mut client).await;
     let mut raw = client.node(&leader).expect("leader client");
+    let session = register(&mut raw).await;
     let zero_seq = api::AppendRequest {
-        client_id: 42,
+        session,
         seq: 0,
         records: records(&["x"]),
     };
@@ -297,7 +367,7 @@ async fn the_metrics_endpoint_reports_raft_progress_and_flush_latency() {
         config.metrics_listen = Some(([127, 0, 0, 1], port).into());
     })
     .await;
-    let mut client = cluster.client(31);
+    let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
     client.append(records(&["m"])).await.expect("append");
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -333,7 +403,7 @@ async fn the_metrics_endpoint_reports_raft_progress_and_flush_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_gets_committed_records_then_new_ones() {
     let cluster = Cluster::start(3, |_| {}).await;
-    let mut client = cluster.client(21);
+    let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
     client.append(records(&["a", "b"])).await.expect("append");
     let follower = cluster.nodes[1].addr().to_string();
@@ -380,7 +450,7 @@ async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
         config.keep_behind_snapshot = 0;
     })
     .await;
-    let mut client = cluster.client(9);
+    let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
     for i in 0..200 {
         client
@@ -436,6 +506,185 @@ async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
         ["r195", "r196", "r197", "r198", "r199", "after"]
     );
     fourth.shutdown().await;
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+/// The `Init` request `KeelClient::init` sends for `members`: their addresses with the
+/// incarnations their statuses report.
+async fn init_request(
+    client: &mut KeelClient,
+    members: &BTreeMap<u64, String>,
+) -> api::InitRequest {
+    let mut request = api::InitRequest::default();
+    for (id, addr) in members {
+        let status = client
+            .node(addr)
+            .expect("client")
+            .status(api::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        request.members.insert(
+            *id,
+            api::InitMember {
+                addr: addr.clone(),
+                incarnation: status.incarnation,
+            },
+        );
+    }
+    request
+}
+
+/// The race `keel init` lost: two members initialized, elect a leader, and it replicates the
+/// membership to the third before that member's own `Init` arrives. That `Init` (and any
+/// repeated one) now succeeds; an `Init` with another membership is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_is_idempotent_even_after_the_leader_reached_a_member_first() {
+    let cluster = Cluster::start(3, |_| {}).await;
+    let mut client = cluster.client();
+    let members = cluster.members();
+    let request = init_request(&mut client, &members).await;
+    let addrs: Vec<String> = members.values().cloned().collect();
+    for addr in &addrs[..2] {
+        client
+            .node(addr)
+            .expect("client")
+            .init(request.clone())
+            .await
+            .expect("init");
+    }
+    let third = &addrs[2];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client
+            .node(third)
+            .expect("client")
+            .status(api::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.initialized {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader never reached the third member"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for addr in [third, &addrs[0]] {
+        client
+            .node(addr)
+            .expect("client")
+            .init(request.clone())
+            .await
+            .expect("a member holding the same membership accepts Init again");
+    }
+    let mut other = request.clone();
+    other.members.get_mut(&1).expect("member 1").incarnation ^= 1;
+    let refused = client
+        .node(third)
+        .expect("client")
+        .init(other)
+        .await
+        .expect_err("another membership is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused
+            .message()
+            .contains("already initialized with another membership"),
+        "{refused:?}"
+    );
+    client.init(&members).await.expect("keel init again");
+    client.append(records(&["formed"])).await.expect("append");
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+/// `AddLearner` checks the learner before proposing: a dead address and a wrong incarnation
+/// are refused and leave the membership as it was; a blocking add answers only once the
+/// learner holds the entry that added it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_learner_checks_the_learner_and_a_blocking_add_waits_for_it() {
+    let cluster = Cluster::start(4, |_| {}).await;
+    let mut client = cluster.client();
+    let mut members = cluster.members();
+    let (fourth_id, fourth_addr) = members.pop_last().expect("four nodes");
+    client.init(&members).await.expect("init three");
+    client.append(records(&["a"])).await.expect("append");
+    let leader = leader_addr(&mut client).await;
+    let mut raw = client.node(&leader).expect("leader client");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
+    let fourth_incarnation = client
+        .node(&fourth_addr)
+        .expect("client")
+        .status(api::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .incarnation;
+    for (node_id, addr, incarnation, expected) in [
+        (5, dead, 77, WriteErrorKind::Unavailable),
+        (
+            fourth_id,
+            fourth_addr.clone(),
+            fourth_incarnation ^ 1,
+            WriteErrorKind::Invalid,
+        ),
+    ] {
+        let refused = raw
+            .add_learner(api::AddLearnerRequest {
+                node_id,
+                addr,
+                incarnation,
+                blocking: true,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(wire_error::parse(&refused).0, Some(expected), "{refused:?}");
+    }
+    let members_now = |status: &api::StatusResponse| -> Vec<u64> {
+        status.members.iter().map(|m| m.node_id).collect()
+    };
+    let status = raw
+        .status(api::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(members_now(&status), [1, 2, 3], "nothing was proposed");
+    let added = raw
+        .add_learner(api::AddLearnerRequest {
+            node_id: fourth_id,
+            addr: fourth_addr.clone(),
+            incarnation: fourth_incarnation,
+            blocking: true,
+        })
+        .await
+        .expect("learner added")
+        .into_inner();
+    let status = raw
+        .status(api::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let matched = status
+        .members
+        .iter()
+        .find(|m| m.node_id == fourth_id)
+        .and_then(|m| m.matched_index)
+        .expect("the learner is replicated to");
+    assert!(
+        matched >= added.log_index,
+        "answered at index {} with the learner at {matched}",
+        added.log_index
+    );
     for node in cluster.nodes {
         node.shutdown().await;
     }

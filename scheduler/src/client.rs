@@ -1,6 +1,7 @@
 //! A client of the workflow service: finds the leader, follows redirects, retries what is
 //! safe to retry, and turns refusals into typed errors.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,13 +31,36 @@ pub enum WorkflowClientError {
     Cluster(#[from] ClientError),
 }
 
-fn typed(error: ClientError, statuses: &[tonic::Status]) -> WorkflowClientError {
-    match (&error, statuses.last().and_then(rejection_kind)) {
-        (ClientError::Refused { message, .. }, Some(kind)) => WorkflowClientError::Rejected {
-            kind,
-            message: message.clone(),
-        },
-        _ => WorkflowClientError::Cluster(error),
+/// The error statuses a request met on its attempts, so that a refusal can be typed.
+#[derive(Debug, Clone, Default)]
+struct Seen(Arc<Mutex<Vec<tonic::Status>>>);
+
+impl Seen {
+    /// Keeps `answer`'s error status, if it is one.
+    fn note<T>(&self, answer: &Result<T, tonic::Status>) {
+        if let Err(status) = answer {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(status.clone());
+        }
+    }
+
+    /// `error` typed by the last status seen.
+    fn typed(&self, error: ClientError) -> WorkflowClientError {
+        let last = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .and_then(rejection_kind);
+        match (&error, last) {
+            (ClientError::Refused { message, .. }, Some(kind)) => WorkflowClientError::Rejected {
+                kind,
+                message: message.clone(),
+            },
+            _ => WorkflowClientError::Cluster(error),
+        }
     }
 }
 
@@ -55,8 +79,8 @@ pub enum TimerDue {
     AtMs(u64),
 }
 
-/// A workflow client of one cluster; clones share connections. Each clone writes as its
-/// own client id (signals are deduplicated per id and sequence number).
+/// A workflow client of one cluster; clones share connections. Each clone sends signals in
+/// its own exactly-once session, registered with the cluster on its first signal.
 #[derive(Debug)]
 pub struct WorkflowClient {
     cluster: KeelClient,
@@ -65,7 +89,7 @@ pub struct WorkflowClient {
 impl Clone for WorkflowClient {
     fn clone(&self) -> Self {
         Self {
-            cluster: self.cluster.for_writer(rand::random::<u64>() | 1),
+            cluster: self.cluster.for_writer(),
         }
     }
 }
@@ -74,23 +98,20 @@ impl Clone for WorkflowClient {
 macro_rules! on_leader {
     ($self:ident, $request:expr, $method:ident) => {{
         let request = $request;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Seen::default();
         let result = $self
             .cluster
             .on_leader_channel(retry_any_but_invalid, |_, channel| {
                 let request = request.clone();
-                let seen = std::sync::Arc::clone(&seen);
+                let seen = seen.clone();
                 async move {
                     let answer = workflows(channel).$method(request).await;
-                    if let Err(status) = &answer {
-                        seen.lock().expect("status list lock").push(status.clone());
-                    }
+                    seen.note(&answer);
                     answer.map(tonic::Response::into_inner)
                 }
             })
             .await;
-        let seen = seen.lock().expect("status list lock").clone();
-        result.map_err(|error| typed(error, &seen))
+        result.map_err(|error| seen.typed(error))
     }};
 }
 
@@ -101,7 +122,7 @@ impl WorkflowClient {
     /// [`ClientError::Endpoint`] for an address that is not a valid `host:port`.
     pub fn new(endpoints: &[String]) -> Result<Self, WorkflowClientError> {
         Ok(Self {
-            cluster: KeelClient::new(endpoints, rand::random::<u64>() | 1)?,
+            cluster: KeelClient::new(endpoints)?,
         })
     }
 
@@ -155,24 +176,37 @@ impl WorkflowClient {
         on_leader!(self, request, get)
     }
 
-    /// Sends signal `name` to workflow `id`, exactly once.
+    /// Sends signal `name` to workflow `id`, exactly once (in this client's session).
     ///
     /// # Errors
-    /// [`RejectionKind::UnknownWorkflow`], [`RejectionKind::Finished`]; cluster errors.
+    /// [`RejectionKind::UnknownWorkflow`], [`RejectionKind::Finished`]; cluster errors, among
+    /// them [`ClientError::SessionExpired`] when the signal's outcome is unknown.
     pub async fn signal(
         &mut self,
         id: &str,
         name: &str,
         payload: Bytes,
     ) -> Result<(), WorkflowClientError> {
-        let request = pb::SignalRequest {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            payload,
-            client_id: self.cluster.client_id(),
-            seq: self.cluster.take_seq(),
-        };
-        on_leader!(self, request, signal).map(|_| ())
+        let seen = Seen::default();
+        let result = self
+            .cluster
+            .write(|write, _, channel| {
+                let request = pb::SignalRequest {
+                    id: id.to_owned(),
+                    name: name.to_owned(),
+                    payload: payload.clone(),
+                    session: write.session,
+                    seq: write.seq,
+                };
+                let seen = seen.clone();
+                async move {
+                    let answer = workflows(channel).signal(request).await;
+                    seen.note(&answer);
+                    answer.map(|_| ())
+                }
+            })
+            .await;
+        result.map_err(|error| seen.typed(error))
     }
 
     /// Cancels workflow `id` and its running children.

@@ -8,6 +8,7 @@
 //! data_dir = "/var/lib/keel/1"
 //! sync = "durable"                  # or "relaxed": page cache only, non-durable
 //! runtime_threads = 0               # 0: one per CPU; 1: a single-threaded runtime
+//! sessions_max = 65536              # exactly-once client sessions kept (see below)
 //! sync_journal = "node-1.journal"   # testing only: record writes and syncs (power-loss tests)
 //!
 //! [timeouts]
@@ -86,6 +87,15 @@ pub struct ConfigFile {
     /// Testing only: journal the log's writes and syncs to this file so a harness can
     /// simulate a power loss (keel-jepsen's `lose-unsynced` nemesis).
     pub sync_journal: Option<PathBuf>,
+    /// Exactly-once client sessions the cluster keeps while this node leads: the limit
+    /// travels in each session registration it proposes, so every replica expires the same
+    /// sessions (`keel_raft::session`). Not a per-node rule: replicas never disagree.
+    #[serde(default = "default_sessions_max")]
+    pub sessions_max: u64,
+}
+
+fn default_sessions_max() -> u64 {
+    keel_raft::session::SESSIONS_MAX_DEFAULT
 }
 
 /// A loaded configuration: the node's, and how the `keel` program runs it.
@@ -274,6 +284,7 @@ impl ConfigFile {
             Duration::from_millis(self.timeouts.election_max_ms),
         );
         config.snapshot_every_entries = self.snapshot.every_entries;
+        config.sessions_max = self.sessions_max;
         config.keep_behind_snapshot = self.snapshot.keep_behind;
         config.install_snapshot_timeout = Duration::from_millis(self.snapshot.install_timeout_ms);
         config.retention = Retention {

@@ -8,4 +8,4 @@
     reason = "generated code"
 )]
 
-tonic::include_proto!("keel.workflows.v1");
+tonic::include_proto!("keel.workflows.v2");

@@ -251,7 +251,7 @@ impl Workflows for WorkflowService {
     ) -> Result<Response<pb::Empty>, Status> {
         let request = request.into_inner();
         too_large("signal payload", request.payload.len(), PAYLOAD_MAX_BYTES)?;
-        let client = (request.client_id != 0).then_some((request.client_id, request.seq));
+        let client = (request.session != 0).then_some((request.session, request.seq));
         let command = Command::Signal {
             workflow: request.id,
             signal: request.name,

@@ -166,7 +166,7 @@ impl Worker {
     pub fn new(endpoints: &[String], id: u64, registry: Registry) -> Result<Self, ClientError> {
         Ok(Self {
             id,
-            cluster: KeelClient::new(endpoints, 0)?,
+            cluster: KeelClient::new(endpoints)?,
             registry: Arc::new(registry),
         })
     }

@@ -81,9 +81,10 @@ fn start_on_prepared_dir(
 
 #[test]
 fn another_clusters_or_nodes_data_directory_is_refused() {
-    let identity =
-        "keel data directory v1\nnode_id = 1\ncluster = other\nincarnation = 00000000000000aa\n";
-    let (_dir, data, ok, stderr) = start_on_prepared_dir("IDENTITY", identity);
+    let body =
+        "keel data directory v3\nnode_id = 1\ncluster = other\nincarnation = 00000000000000aa\n";
+    let identity = format!("{body}checksum = {:08x}\n", crc32c::crc32c(body.as_bytes()));
+    let (_dir, data, ok, stderr) = start_on_prepared_dir("IDENTITY", &identity);
     assert!(!ok);
     assert!(
         stderr.contains("belongs to node 1 of cluster \"other\""),

@@ -14,7 +14,7 @@ async fn leader_kill_failover_catch_up_and_full_restart_keep_every_acknowledged_
     // Single-threaded node runtimes, as the cluster benchmark runs them.
     let mut cluster = Cluster::start(3, "runtime_threads = 1");
     cluster.init().await;
-    let mut client = cluster.client(11);
+    let mut client = cluster.client();
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         client
@@ -54,8 +54,14 @@ async fn leader_kill_failover_catch_up_and_full_restart_keep_every_acknowledged_
     let mut raw = client
         .node(&cluster.node(new_leader).addr.clone())
         .expect("client");
+    let session = raw
+        .register_session(api::RegisterSessionRequest {})
+        .await
+        .expect("register")
+        .into_inner()
+        .session;
     let retried = api::AppendRequest {
-        client_id: 99,
+        session,
         seq: 1,
         records: record("exactly-once"),
     };
@@ -73,7 +79,7 @@ async fn leader_kill_failover_catch_up_and_full_restart_keep_every_acknowledged_
 
 /// Kills and restarts every node; each must come back with `acknowledged`, in order.
 async fn restart_all_and_check(cluster: &mut Cluster, acknowledged: &[String]) {
-    let client = cluster.client(0);
+    let client = cluster.client();
     for node in &mut cluster.nodes {
         node.kill();
     }
@@ -102,12 +108,12 @@ async fn restart_all_and_check(cluster: &mut Cluster, acknowledged: &[String]) {
 async fn a_restarted_leader_leads_again_only_in_a_higher_term() {
     let mut cluster = Cluster::start(1, "");
     cluster.init().await;
-    let mut client = cluster.client(7);
+    let mut client = cluster.client();
     client.append(record("before")).await.expect("append");
     let before = leader(&mut client).await.expect("a leader");
     cluster.node(1).kill();
     cluster.node(1).start();
-    let mut client = cluster.client(8);
+    let mut client = cluster.client();
     client
         .append(record("after"))
         .await
@@ -128,7 +134,7 @@ async fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
         "[snapshot]\nevery_entries = 20\nkeep_behind = 0\ninstall_timeout_ms = 10000\n",
     );
     cluster.init().await;
-    let mut client = cluster.client(12);
+    let mut client = cluster.client();
     client.append(record("first")).await.expect("append");
     let lagging = 3;
     cluster.node(lagging).kill();
@@ -161,7 +167,7 @@ async fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
 async fn a_fourth_node_joins_as_learner_is_promoted_and_another_is_removed() {
     let mut cluster = Cluster::start(3, "");
     cluster.init().await;
-    let mut client = cluster.client(13);
+    let mut client = cluster.client();
     for i in 0..10 {
         client
             .append(record(&format!("r{i}")))
@@ -209,7 +215,7 @@ async fn a_fourth_node_joins_as_learner_is_promoted_and_another_is_removed() {
 async fn a_wiped_node_is_refused_as_a_voter_until_repaired() {
     let mut cluster = Cluster::start(3, "");
     cluster.init().await;
-    let mut client = cluster.client(14);
+    let mut client = cluster.client();
     client.append(record("kept")).await.expect("append");
     let leader_id = leader(&mut client).await.expect("leader").node_id;
     let wiped = if leader_id == 3 { 2 } else { 3 };

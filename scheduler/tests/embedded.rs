@@ -94,7 +94,7 @@ async fn start_cluster() -> Embedded {
         nodes.push(node);
     }
     let addrs: Vec<String> = members.values().cloned().collect();
-    KeelClient::new(&addrs, 0)
+    KeelClient::new(&addrs)
         .expect("client")
         .init(&members)
         .await
@@ -303,7 +303,7 @@ async fn a_node_stopped_under_an_open_stream_reopens_in_process_and_resumes_its_
         .expect("node");
     config.listen = node.addr();
     let addrs = vec![node.addr().to_string()];
-    let mut log_client = KeelClient::new(&addrs, 7).expect("client");
+    let mut log_client = KeelClient::new(&addrs).expect("client");
     log_client
         .init(&BTreeMap::from([(1, addrs[0].clone())]))
         .await

@@ -46,7 +46,7 @@ async fn pending(client: &WorkflowClient, id: &str, kind: &str) {
 }
 
 async fn kill_leader(cluster: &mut Cluster) -> u64 {
-    let mut raft = cluster.client(0);
+    let mut raft = cluster.client();
     let old = leader(&mut raft).await.expect("leader").node_id;
     cluster.node(old).kill();
     old
@@ -196,10 +196,7 @@ async fn ten_thousand_timers_across_a_leader_kill_fire_exactly_once_and_never_ea
     let mut cluster = Cluster::start(3, "runtime_threads = 1");
     cluster.init().await;
     let mut client = workflows(&cluster);
-    let leader_id = leader(&mut cluster.client(0))
-        .await
-        .expect("leader")
-        .node_id;
+    let leader_id = leader(&mut cluster.client()).await.expect("leader").node_id;
     let follower = cluster
         .nodes
         .iter()

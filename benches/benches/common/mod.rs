@@ -17,8 +17,6 @@ use keel_raft::pb::client::StatusResponse;
 
 /// Environment variable that turns a benchmark binary into a node running the named config.
 pub(crate) const NODE_ENV: &str = "KEEL_BENCH_NODE_CONFIG";
-/// First client id of the failover benchmark's writers, above every load writer's.
-const FAILOVER_CLIENT_IDS: u64 = 1 << 40;
 /// Deadline for a cluster condition to hold.
 pub(crate) const WAIT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -64,8 +62,6 @@ pub(crate) struct BenchCluster {
     pub(crate) nodes: Vec<(u64, String, PathBuf, Option<Child>)>,
     /// Each node's Prometheus endpoint.
     pub(crate) metrics: Vec<String>,
-    /// Failovers run so far, numbering their clients.
-    failovers: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -89,7 +85,6 @@ impl BenchCluster {
         let mut cluster = Self {
             nodes,
             metrics,
-            failovers: 0,
             _dir: dir,
         };
         for index in 0..3 {
@@ -133,7 +128,7 @@ impl BenchCluster {
     /// leader committed.
     pub(crate) async fn respawn_and_catch_up(&mut self, index: usize) {
         self.spawn(index);
-        let client = KeelClient::new(&self.addrs(), 0).expect("client");
+        let client = KeelClient::new(&self.addrs()).expect("client");
         let addr = self.nodes[index].1.clone();
         wait_until("the restarted node caught up", || {
             let mut client = client.clone();
@@ -158,12 +153,12 @@ impl BenchCluster {
     /// Kills the leader, times the first acknowledged append, then restarts the killed node
     /// and waits (untimed) until it has caught up.
     ///
-    /// The append is idempotent (a client id of its own), so the client retries it when
-    /// its outcome is unknown — as when it reached the leader's connection as it died.
+    /// The append is exactly-once (in a session registered before the kill, untimed), so
+    /// the client retries it when its outcome is unknown — as when it reached the leader's
+    /// connection as it died.
     pub(crate) async fn failover_once(&mut self) -> Duration {
-        self.failovers += 1;
-        let mut client =
-            KeelClient::new(&self.addrs(), FAILOVER_CLIENT_IDS + self.failovers).expect("client");
+        let mut client = KeelClient::new(&self.addrs()).expect("client");
+        client.register_session().await.expect("register a session");
         let leader_id = leader(&mut client).await.expect("a leader").node_id;
         let index = self.index_of(leader_id);
         let killed = Instant::now();
@@ -178,7 +173,7 @@ impl BenchCluster {
     }
 
     pub(crate) async fn init(&self) {
-        let mut client = KeelClient::new(&self.addrs(), 0).expect("client");
+        let mut client = KeelClient::new(&self.addrs()).expect("client");
         wait_until("all nodes answer", || {
             let mut client = client.clone();
             async move { client.statuses().await.iter().all(|(_, s)| s.is_ok()) }
@@ -258,23 +253,22 @@ impl Writer for KeelWriter {
     }
 }
 
-/// `count` writers on `shared`'s connections, each a new client id from `next_id`,
-/// appending `record`.
-pub(crate) fn keel_writers(
+/// `count` writers on `shared`'s connections, appending `record`, each in an exactly-once
+/// session of its own, registered here (before any timing starts).
+pub(crate) async fn keel_writers(
     shared: &KeelClient,
     count: usize,
     record: &Bytes,
-    next_id: &mut u64,
 ) -> Vec<KeelWriter> {
-    (0..count)
-        .map(|_| {
-            *next_id += 1;
-            KeelWriter {
-                client: shared.for_writer(*next_id),
-                record: record.clone(),
-            }
-        })
-        .collect()
+    let writers = (0..count).map(|_| async {
+        let mut client = shared.for_writer();
+        client.register_session().await.expect("register a session");
+        KeelWriter {
+            client,
+            record: record.clone(),
+        }
+    });
+    futures::future::join_all(writers).await
 }
 
 /// Runs `per_client` appends on each of `clients` concurrent clients; returns the elapsed
@@ -284,11 +278,11 @@ pub(crate) async fn run_clients(
     clients: usize,
     per_client: u64,
     payload: usize,
-    next_id: &mut u64,
 ) -> (Duration, Vec<Duration>) {
     let record = Bytes::from(vec![b'k'; payload]);
-    let shared = KeelClient::new(addrs, 0).expect("client");
-    closed_loop(keel_writers(&shared, clients, &record, next_id), per_client).await
+    let shared = KeelClient::new(addrs).expect("client");
+    let writers = keel_writers(&shared, clients, &record).await;
+    closed_loop(writers, per_client).await
 }
 
 pub(crate) async fn wait_until<F, Fut>(what: &str, mut condition: F)

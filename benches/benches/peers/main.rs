@@ -109,7 +109,6 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         .measurement_time(Duration::from_secs(4))
         .throughput(Throughput::Elements(WRITERS as u64));
     let record = Bytes::from(vec![b'k'; PAYLOAD]);
-    let mut next_id = 0;
     for relaxed in [true, false] {
         let keel_name = if relaxed {
             "keel_relaxed"
@@ -119,9 +118,9 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         let keel = {
             let cluster = BenchCluster::start(relaxed);
             runtime.block_on(cluster.init());
-            let shared = KeelClient::new(&cluster.addrs(), 0).expect("client");
+            let shared = KeelClient::new(&cluster.addrs()).expect("client");
             measure_writes(&mut group, runtime, keel_name, || {
-                keel_writers(&shared, WRITERS, &record, &mut next_id)
+                runtime.block_on(keel_writers(&shared, WRITERS, &record))
             })
         };
         let (peer_name, peer) = if relaxed {

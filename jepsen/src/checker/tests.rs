@@ -52,6 +52,25 @@ impl Builder {
         self
     }
 
+    /// A replay of `value` by `process` over `[from, to]` ending `kind`.
+    fn replay(
+        &mut self,
+        process: u64,
+        value: &str,
+        from: u64,
+        to: u64,
+        kind: OpType,
+        offset: Option<u64>,
+    ) -> &mut Self {
+        let call = |offset| Call::Replay {
+            value: value.into(),
+            offset,
+        };
+        self.push(from, process, OpType::Invoke, call(None));
+        self.push(to, process, kind, call(offset));
+        self
+    }
+
     fn read(
         &mut self,
         process: u64,
@@ -155,6 +174,28 @@ fn duplicates_phantoms_and_applied_failures_are_found() {
         kinds(&check_log(&ops, &three(&["a", "b", "c", "d"]))),
         ["failed-append-applied"]
     );
+}
+
+#[test]
+fn replays_answered_or_refused_pass_and_one_applied_again_is_found() {
+    let mut b = valid();
+    b.replay(2, "a", 100, 110, OpType::Ok, Some(0))
+        .replay(1, "b", 120, 130, OpType::Fail, None)
+        .replay(1, "b", 140, 150, OpType::Info, None);
+    let verdict = check_log(&b.sorted(), &three(&["a", "b", "c"]));
+    assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
+    assert_eq!(
+        (
+            verdict.stats.replays_ok,
+            verdict.stats.replays_refused,
+            verdict.stats.replays_unknown
+        ),
+        (1, 1, 1)
+    );
+    // A replay of "b" applied a second time: acknowledged at a new offset.
+    b.replay(2, "b", 160, 170, OpType::Ok, Some(3));
+    let verdict = check_log(&b.sorted(), &three(&["a", "b", "c", "b"]));
+    assert_eq!(kinds(&verdict), ["duplicate", "replay-applied-again"]);
 }
 
 #[test]

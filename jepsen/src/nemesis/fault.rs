@@ -274,7 +274,7 @@ impl Fault {
                     .filter(|id| id != node)
                     .collect();
                 cluster
-                    .client(0)?
+                    .client()?
                     .change_membership(&remaining, false)
                     .await
                     .context("removing the voter")?;
@@ -425,7 +425,7 @@ fn power_loss(cluster: &mut Cluster, victims: &[u64]) -> anyhow::Result<String> 
 
 /// The voters the leader reports.
 async fn voters(cluster: &Cluster) -> Option<BTreeSet<u64>> {
-    let mut client = cluster.client(0).ok()?;
+    let mut client = cluster.client().ok()?;
     let status = leader_status(&mut client).await?;
     Some(
         status
@@ -440,7 +440,7 @@ async fn voters(cluster: &Cluster) -> Option<BTreeSet<u64>> {
 /// Waits until the leader has purged its log past `node`'s last entry (so `node` can only
 /// catch up by snapshot), or [`PURGE_WAIT`].
 async fn wait_for_purge_past(cluster: &Cluster, node: u64) -> String {
-    let Ok(mut client) = cluster.client(0) else {
+    let Ok(mut client) = cluster.client() else {
         return "no client".to_owned();
     };
     let behind = client
@@ -468,7 +468,7 @@ async fn wait_for_purge_past(cluster: &Cluster, node: u64) -> String {
 
 /// Adds `nodes` back as learners and makes every node a voter again.
 async fn readmit(cluster: &Cluster, nodes: &[u64]) -> anyhow::Result<String> {
-    let mut client = cluster.client(0)?;
+    let mut client = cluster.client()?;
     let voters = voters(cluster)
         .await
         .context("no leader to re-admit with")?;

@@ -177,7 +177,7 @@ async fn write_to_minority(addr: String, history: Recorder) {
                 .await
                 .map_err(|e| e.to_string())?;
                 let request = keel_raft::pb::client::AppendRequest {
-                    client_id: 0,
+                    session: 0,
                     seq: 0,
                     records: vec![value.clone().into()],
                 };
@@ -237,7 +237,7 @@ async fn wiped_voter(run: &mut Injection<'_>, node: u64) {
         run.cluster.restart(node)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         run.cluster.kill(other);
-        let mut client = run.cluster.client(0)?;
+        let mut client = run.cluster.client()?;
         let term_at_kill = max_term(&mut client).await;
         // Several election timeouts: a leader elected now could only have the wiped node's
         // vote (a leader of an earlier term may linger until it notices).

@@ -59,7 +59,8 @@ pub fn classify(error: &ClientError) -> OpType {
     match error {
         ClientError::Refused { kind, .. } if kind.is_safe_to_retry() => OpType::Fail,
         ClientError::Refused {
-            kind: WriteErrorKind::Invalid | WriteErrorKind::StaleSequence,
+            kind:
+                WriteErrorKind::Invalid | WriteErrorKind::StaleSequence | WriteErrorKind::UnknownSession,
             ..
         }
         | ClientError::Endpoint { .. } => OpType::Fail,

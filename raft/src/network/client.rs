@@ -403,7 +403,7 @@ mod tests {
         Entry {
             log_id: log_id(3, index),
             payload: EntryPayload::Normal(ClientRequest {
-                client_id: 1,
+                session: 1,
                 seq: index,
                 command: Bytes::from(vec![0u8; bytes]),
             }),

@@ -33,6 +33,7 @@ use crate::node::NodeShared;
 use crate::pb::client::{self as api, keel_log_server::KeelLog};
 use crate::pb::raft::raft_client::RaftClient;
 use crate::plain_log::{LogRecord, decode_append_answer, encode_append};
+use crate::session::encode_register;
 use crate::types::{ClientRequest, ClientResponse, NodeAddr, TypeConfig};
 use crate::wire_error::{WriteErrorKind, not_leader, status, to_append_error};
 
@@ -43,6 +44,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a write refused for an expired post-election lease is retried, and the pause.
 const LEASE_RETRIES_MAX: u32 = 50;
 const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How long the leader waits for a new learner's status before adding it.
+const LEARNER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a blocking `AddLearner` waits for the learner to catch up.
+const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a linearizable read may wait for its read index and the local apply.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most records one `Read` returns, and about how many bytes.
@@ -55,6 +60,8 @@ const METRICS_REQUEST_MAX_BYTES: usize = 8 * 1024;
 
 /// Most answers queued on one append stream before its requests wait.
 const APPEND_STREAM_QUEUE: usize = 1024;
+/// Most appends of one stream served at once; the stream is not read past it.
+const APPEND_STREAM_INFLIGHT_MAX: usize = 1024;
 /// Coalesced entries proposed at once; while they are in flight, appends queue.
 pub const COALESCE_INFLIGHT: usize = 4;
 /// Most writes one coalesced entry carries.
@@ -175,7 +182,7 @@ impl ClientService {
         let requests: Vec<ClientRequest> = batch.iter().map(|q| q.request.clone()).collect();
         let written = self
             .write(ClientRequest {
-                client_id: 0,
+                session: 0,
                 seq: 0,
                 command: encode_batch(&requests),
             })
@@ -329,18 +336,18 @@ impl ClientService {
                 "a batch of {total} bytes; the limit is {COMMAND_MAX_BYTES}"
             )));
         }
-        if request.client_id != 0 && request.seq == 0 {
+        if request.session != 0 && request.seq == 0 {
             return Err(invalid("sequence numbers start at 1".to_owned()));
         }
         let command = tagged(AppTag::PlainLog, &encode_append(now_ms(), &request.records));
         let response = self
             .write_coalesced(ClientRequest {
-                client_id: request.client_id,
+                session: request.session,
                 seq: request.seq,
                 command,
             })
             .await?;
-        match response {
+        match session_refusal(request.session, request.seq, response)? {
             ClientResponse::Applied { answer, index } => {
                 let (first_offset, count) = decode_append_answer(&answer).ok_or_else(|| {
                     status(
@@ -354,16 +361,29 @@ impl ClientService {
                     raft_index: index,
                 })
             }
-            ClientResponse::StaleSequence { last_applied_seq } => Err(status(
-                WriteErrorKind::StaleSequence,
-                format!(
-                    "sequence {} is older than this client's last applied {last_applied_seq}",
-                    request.seq
-                ),
-            )),
-            ClientResponse::Batch(_) => Err(status(
+            other => Err(status(
                 WriteErrorKind::Invalid,
-                "an append was answered as a batch",
+                format!("an append was answered {other:?}"),
+            )),
+        }
+    }
+
+    /// Registers an exactly-once session through the log; its id.
+    ///
+    /// # Errors
+    /// Not the leader, overloaded, or the registration's fate unknown (a lost registration
+    /// only costs a session slot).
+    pub async fn register_session(&self) -> Result<u64, Status> {
+        let request = ClientRequest {
+            session: 0,
+            seq: 0,
+            command: encode_register(self.shared.sessions_max),
+        };
+        match self.propose(request).await? {
+            ClientResponse::SessionRegistered { session } => Ok(session),
+            other => Err(status(
+                WriteErrorKind::Invalid,
+                format!("a session registration was answered {other:?}"),
             )),
         }
     }
@@ -521,6 +541,126 @@ impl ClientService {
         }
     }
 
+    /// Whether this node already holds a membership, and it is `members` as voters.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` when it holds another one: a clear refusal, never a second
+    /// cluster.
+    fn holds_membership(&self, members: &BTreeMap<u64, NodeAddr>) -> Result<bool, Status> {
+        let metrics = self.shared.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.nodes().next().is_none() {
+            return Ok(false);
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let nodes: BTreeMap<u64, NodeAddr> = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        if voters.iter().eq(members.keys()) && &nodes == members {
+            return Ok(true);
+        }
+        let held: Vec<String> = nodes
+            .iter()
+            .map(|(id, node)| {
+                format!(
+                    "{id} {node}{}",
+                    if voters.contains(id) {
+                        ""
+                    } else {
+                        " (learner)"
+                    }
+                )
+            })
+            .collect();
+        Err(Status::failed_precondition(format!(
+            "node {} is already initialized with another membership: {}",
+            self.shared.node_id,
+            held.join(", ")
+        )))
+    }
+
+    /// Checks, before anything is proposed, that node `id` answers at `node`'s address (as
+    /// this node reaches it) and reports `node`'s incarnation.
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not answer in time; `Invalid` when it is another node or
+    /// another incarnation.
+    async fn check_learner(&self, id: u64, node: &NodeAddr) -> Result<(), Status> {
+        let addr = self.shared.network.address_of(id, node);
+        let channel = self.shared.network.channel(id, &addr).map_err(|e| {
+            status(
+                WriteErrorKind::Invalid,
+                format!("learner address {addr}: {e}"),
+            )
+        })?;
+        let mut request = Request::new(api::StatusRequest {});
+        request.set_timeout(LEARNER_STATUS_TIMEOUT);
+        let learner = api::keel_log_client::KeelLogClient::new(channel)
+            .status(request)
+            .await
+            .map_err(|e| {
+                status(
+                    WriteErrorKind::Unavailable,
+                    format!(
+                        "node {id} does not answer at {addr} ({}); nothing was proposed",
+                        e.message()
+                    ),
+                )
+            })?
+            .into_inner();
+        if learner.node_id != id || learner.incarnation != node.incarnation {
+            return Err(status(
+                WriteErrorKind::Invalid,
+                format!(
+                    "{addr} is node {} with data directory incarnation {:016x}, not node {id} with {:016x}; nothing was proposed",
+                    learner.node_id, learner.incarnation, node.incarnation
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until learner `id` has acknowledged the log up to `index` (the entry that
+    /// added it), at most [`LEARNER_CATCH_UP_TIMEOUT`].
+    ///
+    /// # Errors
+    /// `Unavailable` at the deadline (the learner stays in the membership; adding it again
+    /// is harmless) or when this node stops leading.
+    async fn wait_caught_up(&self, id: u64, index: u64) -> Result<(), Status> {
+        self.shared
+            .raft
+            .wait(Some(LEARNER_CATCH_UP_TIMEOUT))
+            .metrics(
+                |metrics| {
+                    metrics.replication.as_ref().is_none_or(|replication| {
+                        replication
+                            .get(&id)
+                            .and_then(|matched| matched.as_ref())
+                            .is_some_and(|matched| matched.index >= index)
+                    })
+                },
+                "learner caught up",
+            )
+            .await
+            .map_err(|e| {
+                status(
+                    WriteErrorKind::Unavailable,
+                    format!("node {id} was added as a learner at index {index} but has not caught up: {e}"),
+                )
+            })
+            .and_then(|metrics| {
+                if metrics.replication.is_none() {
+                    Err(status(
+                        WriteErrorKind::Unavailable,
+                        format!("this node stopped leading before learner {id} caught up"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+    }
+
     fn membership_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
@@ -539,6 +679,33 @@ impl ClientService {
     }
 }
 
+/// `response`, or the error status a session refusal stands for: write `seq` of `session`
+/// was not applied, and for an unknown session an earlier attempt's fate is lost.
+///
+/// # Errors
+/// `StaleSequence` or `UnknownSession`.
+pub fn session_refusal(
+    session: u64,
+    seq: u64,
+    response: ClientResponse,
+) -> Result<ClientResponse, Status> {
+    match response {
+        ClientResponse::StaleSequence { last_applied_seq } => Err(status(
+            WriteErrorKind::StaleSequence,
+            format!(
+                "sequence {seq} is older than session {session}'s last applied {last_applied_seq}"
+            ),
+        )),
+        ClientResponse::UnknownSession => Err(status(
+            WriteErrorKind::UnknownSession,
+            format!(
+                "session {session} is not registered or has expired: write {seq} was not applied now, and whether an earlier attempt of it was cannot be known; register a new session"
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
 fn record_to_pb(record: LogRecord) -> api::Record {
     api::Record {
         offset: record.offset,
@@ -551,6 +718,15 @@ type RecordStream = Pin<Box<dyn Stream<Item = Result<api::Record, Status>> + Sen
 
 #[tonic::async_trait]
 impl KeelLog for ClientService {
+    async fn register_session(
+        &self,
+        _request: Request<api::RegisterSessionRequest>,
+    ) -> Result<Response<api::RegisterSessionResponse>, Status> {
+        self.require_leader()?;
+        let session = self.register_session().await?;
+        Ok(Response::new(api::RegisterSessionResponse { session }))
+    }
+
     async fn append(
         &self,
         request: Request<api::AppendRequest>,
@@ -570,11 +746,18 @@ impl KeelLog for ClientService {
         let mut requests = request.into_inner();
         let (answers, answered) = futures::channel::mpsc::channel(APPEND_STREAM_QUEUE);
         let service = self.clone();
+        let inflight = Arc::new(Semaphore::new(APPEND_STREAM_INFLIGHT_MAX));
         tokio::spawn(async move {
             while let Ok(Some(message)) = requests.message().await {
+                // At the limit, stop reading the stream until an append finishes: the
+                // client's sends then wait on HTTP/2 flow control.
+                let Ok(permit) = Arc::clone(&inflight).acquire_owned().await else {
+                    return;
+                };
                 let service = service.clone();
                 let mut answers = answers.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let request_id = message.request_id;
                     let result = match message.append {
                         Some(append) => service.timed_append(append).await,
@@ -716,12 +899,19 @@ impl KeelLog for ClientService {
             .into_iter()
             .map(|(id, member)| (id, NodeAddr::new(member.addr, member.incarnation)))
             .collect();
-        self.shared
-            .raft
-            .initialize(members)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("cannot initialize: {e}")))?;
-        Ok(Response::new(api::InitResponse {}))
+        // Idempotent: a member that already holds this membership (initialized by an earlier
+        // `Init`, or by the leader another member's `Init` elected) answers success.
+        if self.holds_membership(&members)? {
+            return Ok(Response::new(api::InitResponse {}));
+        }
+        match self.shared.raft.initialize(members.clone()).await {
+            Ok(()) => Ok(Response::new(api::InitResponse {})),
+            // The membership may have arrived from a leader since the look above.
+            Err(_) if self.holds_membership(&members)? => Ok(Response::new(api::InitResponse {})),
+            Err(e) => Err(Status::failed_precondition(format!(
+                "cannot initialize: {e}"
+            ))),
+        }
     }
 
     async fn add_learner(
@@ -737,15 +927,18 @@ impl KeelLog for ClientService {
             ));
         }
         let node = NodeAddr::new(request.addr, request.incarnation);
+        self.check_learner(request.node_id, &node).await?;
         let response = self
             .shared
             .raft
-            .add_learner(request.node_id, node, request.blocking)
+            .add_learner(request.node_id, node, false)
             .await
             .map_err(Self::membership_error)?;
-        Ok(Response::new(api::MembershipResponse {
-            log_index: response.log_id.index,
-        }))
+        let index = response.log_id.index;
+        if request.blocking {
+            self.wait_caught_up(request.node_id, index).await?;
+        }
+        Ok(Response::new(api::MembershipResponse { log_index: index }))
     }
 
     async fn change_membership(

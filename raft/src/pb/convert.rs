@@ -104,7 +104,7 @@ fn entry_to_pb(entry: &Entry) -> pb::Entry {
     let payload = match &entry.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(true),
         EntryPayload::Normal(request) => pb::entry::Payload::Normal(pb::Normal {
-            client_id: request.client_id,
+            session: request.session,
             seq: request.seq,
             command: request.command.clone(),
         }),
@@ -123,7 +123,7 @@ fn entry_from_pb(entry: pb::Entry) -> Result<Entry, DecodeError> {
     let payload = match entry.payload.ok_or_else(|| missing("entry.payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::Blank,
         pb::entry::Payload::Normal(normal) => EntryPayload::Normal(ClientRequest {
-            client_id: normal.client_id,
+            session: normal.session,
             seq: normal.seq,
             command: normal.command,
         }),
@@ -279,7 +279,7 @@ mod tests {
             Entry {
                 log_id: log_id(2, 6),
                 payload: EntryPayload::Normal(ClientRequest {
-                    client_id: 9,
+                    session: 9,
                     seq: 4,
                     command: Bytes::from_static(b"x"),
                 }),

@@ -9,12 +9,12 @@
 
 /// The raft service between nodes.
 pub mod raft {
-    tonic::include_proto!("keel.raft.v1");
+    tonic::include_proto!("keel.raft.v2");
 }
 
 /// The client service.
 pub mod client {
-    tonic::include_proto!("keel.client.v1");
+    tonic::include_proto!("keel.client.v2");
 }
 
 mod convert;

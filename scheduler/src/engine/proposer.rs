@@ -3,7 +3,7 @@
 
 use keel_raft::clock::now_ms;
 use keel_raft::multiplex::{AppTag, tagged};
-use keel_raft::network::client_service::ClientService;
+use keel_raft::network::client_service::{ClientService, session_refusal};
 use keel_raft::node::NodeShared;
 use keel_raft::types::{ClientRequest, ClientResponse};
 use keel_raft::wire_error::{WriteErrorKind, status};
@@ -30,28 +30,29 @@ impl Proposer {
         &self.service
     }
 
-    /// Proposes `command`, deduplicated as write `seq` of `client` when given, and returns
-    /// the state machine's answer.
+    /// Proposes `command`, deduplicated as write `seq` of session `session` when given
+    /// `(session, seq)`, and returns the state machine's answer.
     ///
     /// # Errors
     /// A status carrying a [`WriteErrorKind`]: whether the command may have been applied.
     pub async fn propose(
         &self,
         command: Command,
-        client: Option<(u64, u64)>,
+        session: Option<(u64, u64)>,
     ) -> Result<Answer, Status> {
         let stamped = Stamped {
             stamp_ms: now_ms(),
             mono: Some(crate::mono::now()),
             command,
         };
-        let (client_id, seq) = client.unwrap_or((0, 0));
+        let (session, seq) = session.unwrap_or((0, 0));
         let request = ClientRequest {
-            client_id,
+            session,
             seq,
             command: tagged(AppTag::Extension, &command::encode(&stamped)),
         };
-        match self.service.propose(request).await? {
+        let response = self.service.propose(request).await?;
+        match session_refusal(session, seq, response)? {
             ClientResponse::Applied { answer, .. } => {
                 command::decode::<Answer>(&answer).map_err(|_| {
                     status(
@@ -60,15 +61,9 @@ impl Proposer {
                     )
                 })
             }
-            ClientResponse::StaleSequence { last_applied_seq } => Err(status(
-                WriteErrorKind::StaleSequence,
-                format!(
-                    "sequence {seq} is older than this client's last applied {last_applied_seq}"
-                ),
-            )),
-            ClientResponse::Batch(_) => Err(status(
+            other => Err(status(
                 WriteErrorKind::Invalid,
-                "a single scheduler command was answered as a batch",
+                format!("a scheduler command was answered {other:?}"),
             )),
         }
     }

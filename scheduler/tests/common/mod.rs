@@ -140,13 +140,13 @@ impl Cluster {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
-    pub(crate) fn client(&self, client_id: u64) -> KeelClient {
-        KeelClient::new(&self.addrs(), client_id).expect("client")
+    pub(crate) fn client(&self) -> KeelClient {
+        KeelClient::new(&self.addrs()).expect("client")
     }
 
     /// Waits for every node to answer, then forms the cluster of all of them.
     pub(crate) async fn init(&self) {
-        let mut client = self.client(0);
+        let mut client = self.client();
         let members: BTreeMap<u64, String> =
             self.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
         poll("every node answers status", || {

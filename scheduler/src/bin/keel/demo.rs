@@ -146,7 +146,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         cluster.endpoints().join(", "),
         args.data_dir.display()
     ));
-    let mut raft = KeelClient::new(&cluster.endpoints(), 0)?;
+    let mut raft = KeelClient::new(&cluster.endpoints())?;
     wait_until_serving(&mut raft, deadline).await?;
     raft.init(&cluster.addrs)
         .await
@@ -226,7 +226,6 @@ async fn follow(
                     .filter(|(id, _)| **id != victim)
                     .map(|(_, addr)| addr.clone())
                     .collect::<Vec<_>>(),
-                0,
             )?;
             let new_leader = wait_for_leader(&mut survivors, deadline).await?;
             progress.say(&format!(

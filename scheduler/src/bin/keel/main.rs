@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use keel_raft::client::KeelClient;
+use keel_raft::client::{ClientError, KeelClient, WriteId};
 use keel_raft::node::NodeConfig;
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::{ConfigFile, Node, builtin};
@@ -96,16 +96,25 @@ enum Command {
     /// Run the demo: a three-node cluster of `keel node` processes runs a research-agent
     /// workflow while its leader is killed.
     Demo(demo::DemoArgs),
-    /// Append records (arguments, or stdin lines when none) as one batch.
+    /// Append records (arguments, or stdin lines when none) as one batch, exactly once: in
+    /// a new session the cluster registers, retried through failovers with the same
+    /// sequence. If its outcome stays unknown, the command prints the `--session` and
+    /// `--seq` that re-send it without a risk of a second copy.
     Append {
         #[command(flatten)]
         cluster: ClusterArgs,
-        /// Writer id for exactly-once retries (0: none).
-        #[arg(long, default_value_t = 0)]
-        client_id: u64,
-        /// First sequence number of this writer.
-        #[arg(long, default_value_t = 1)]
-        seq: u64,
+        /// Re-send in this session (registered by an earlier `keel append`) instead of a
+        /// new one: with the same `--seq`, a batch whose outcome was unknown is applied at
+        /// most once in all; a session that has expired meanwhile is refused.
+        #[arg(long, requires = "seq", conflicts_with = "at_most_once")]
+        session: Option<u64>,
+        /// The batch's sequence number in `--session`.
+        #[arg(long, requires = "session")]
+        seq: Option<u64>,
+        /// No session: a batch whose outcome is unknown is not retried (no risk of a
+        /// second copy, no certainty of one).
+        #[arg(long)]
+        at_most_once: bool,
         /// The records.
         records: Vec<String>,
     },
@@ -185,8 +194,8 @@ pub(crate) fn endpoints(args: &ClusterArgs) -> Vec<String> {
         .collect()
 }
 
-fn client(args: &ClusterArgs, client_id: u64) -> anyhow::Result<KeelClient> {
-    Ok(KeelClient::new(&endpoints(args), client_id)?)
+fn client(args: &ClusterArgs) -> anyhow::Result<KeelClient> {
+    Ok(KeelClient::new(&endpoints(args))?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -234,10 +243,18 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Worker { cluster, id } => run_worker(&cluster, id).await,
         Command::Append {
             cluster,
-            client_id,
+            session,
             seq,
+            at_most_once,
             records,
-        } => append(&cluster, client_id, seq, records).await,
+        } => {
+            let writes = match (session, seq) {
+                (Some(session), Some(seq)) => AppendWrites::Resume { session, seq },
+                _ if at_most_once => AppendWrites::AtMostOnce,
+                _ => AppendWrites::NewSession,
+            };
+            append(&cluster, writes, records).await
+        }
         Command::Read {
             cluster,
             from,
@@ -245,7 +262,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             follow,
         } => read(&cluster, from, max, follow).await,
         Command::AddLearner { cluster, id, addr } => {
-            let index = client(&cluster, 0)?.add_learner(id, &addr, false).await?;
+            let index = client(&cluster)?.add_learner(id, &addr, false).await?;
             println!("node {id} added as a learner (log index {index})");
             Ok(())
         }
@@ -254,9 +271,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             voters,
             retain,
         } => {
-            let index = client(&cluster, 0)?
-                .change_membership(&voters, retain)
-                .await?;
+            let index = client(&cluster)?.change_membership(&voters, retain).await?;
             println!("voters are now {voters:?} (log index {index})");
             Ok(())
         }
@@ -327,7 +342,7 @@ async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Resu
     }
     let endpoints: Vec<String> = members.values().cloned().collect();
     std::fs::write(data_dir.join(ENDPOINTS_FILE), endpoints.join("\n") + "\n")?;
-    let mut client = KeelClient::new(&endpoints, 0)?;
+    let mut client = KeelClient::new(&endpoints)?;
     let initialized = client
         .statuses()
         .await
@@ -367,7 +382,7 @@ async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Resu
 }
 
 async fn init(cluster: &ClusterArgs) -> anyhow::Result<()> {
-    let mut client = client(cluster, 0)?;
+    let mut client = client(cluster)?;
     let mut members = BTreeMap::new();
     for (addr, status) in client.statuses().await {
         let status = status.with_context(|| format!("node at {addr} did not answer"))?;
@@ -392,7 +407,7 @@ fn opt(value: Option<u64>) -> String {
 }
 
 async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
-    let mut client = client(cluster, 0)?;
+    let mut client = client(cluster)?;
     println!(
         "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8}",
         "NODE",
@@ -436,10 +451,20 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which session `keel append` writes in.
+#[derive(Debug, Clone, Copy)]
+enum AppendWrites {
+    /// A new one, registered first.
+    NewSession,
+    /// An earlier one, at this sequence.
+    Resume { session: u64, seq: u64 },
+    /// None.
+    AtMostOnce,
+}
+
 async fn append(
     cluster: &ClusterArgs,
-    client_id: u64,
-    seq: u64,
+    writes: AppendWrites,
     records: Vec<String>,
 ) -> anyhow::Result<()> {
     let records: Vec<Bytes> = if records.is_empty() {
@@ -451,21 +476,50 @@ async fn append(
     } else {
         records.into_iter().map(Bytes::from).collect()
     };
-    let mut client = client(cluster, client_id)?;
-    client.set_next_seq(seq);
-    let appended = client.append(records).await?;
-    println!(
-        "appended {} record(s) at offsets {}..{} (raft index {})",
-        appended.count,
-        appended.first_offset,
-        appended.first_offset + u64::from(appended.count),
-        appended.raft_index
-    );
-    Ok(())
+    let mut client = client(cluster)?;
+    match writes {
+        AppendWrites::NewSession => {}
+        AppendWrites::Resume { session, seq } => client.resume_session(session, seq),
+        AppendWrites::AtMostOnce => client = client.at_most_once(),
+    }
+    let write = client.session();
+    match client.append(records).await {
+        Ok(appended) => {
+            println!(
+                "appended {} record(s) at offsets {}..{} (raft index {})",
+                appended.count,
+                appended.first_offset,
+                appended.first_offset + u64::from(appended.count),
+                appended.raft_index
+            );
+            Ok(())
+        }
+        Err(error @ ClientError::GaveUp { .. }) => {
+            // The session was registered before the write (or given): say how to learn
+            // the outcome without a second copy.
+            let retry = match (write, client.session()) {
+                (Some(id), _) => Some(id),
+                (None, Some(next)) => Some(WriteId {
+                    seq: next.seq - 1,
+                    ..next
+                }),
+                (None, None) => None,
+            };
+            match retry {
+                Some(id) => bail!(
+                    "{error}\nthe outcome is unknown; re-send the same records with `keel append --session {} --seq {}` to apply them at most once in all",
+                    id.session,
+                    id.seq
+                ),
+                None => bail!("{error}"),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn read(cluster: &ClusterArgs, from: u64, max: u32, follow: bool) -> anyhow::Result<()> {
-    let mut client = client(cluster, 0)?;
+    let mut client = client(cluster)?;
     if follow {
         let addr = endpoints(cluster)
             .into_iter()
@@ -501,7 +555,7 @@ async fn read(cluster: &ClusterArgs, from: u64, max: u32, follow: bool) -> anyho
 }
 
 async fn repair(cluster: &ClusterArgs, id: u64, addr: &str) -> anyhow::Result<()> {
-    let mut client = client(cluster, 0)?;
+    let mut client = client(cluster)?;
     let leader_status = client
         .statuses()
         .await
