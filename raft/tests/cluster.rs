@@ -511,6 +511,17 @@ async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
     }
 }
 
+/// Node `addr`'s status.
+async fn status_of(client: &mut KeelClient, addr: &str) -> api::StatusResponse {
+    client
+        .node(addr)
+        .expect("client")
+        .status(api::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
 /// The `Init` request `KeelClient::init` sends for `members`: their addresses with the
 /// incarnations their statuses report.
 async fn init_request(
@@ -519,13 +530,7 @@ async fn init_request(
 ) -> api::InitRequest {
     let mut request = api::InitRequest::default();
     for (id, addr) in members {
-        let status = client
-            .node(addr)
-            .expect("client")
-            .status(api::StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner();
+        let status = status_of(client, addr).await;
         request.members.insert(
             *id,
             api::InitMember {
@@ -558,14 +563,7 @@ async fn init_is_idempotent_even_after_the_leader_reached_a_member_first() {
     let third = &addrs[2];
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let status = client
-            .node(third)
-            .expect("client")
-            .status(api::StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner();
-        if status.initialized {
+        if status_of(&mut client, third).await.initialized {
             break;
         }
         assert!(
@@ -622,14 +620,7 @@ async fn add_learner_checks_the_learner_and_a_blocking_add_waits_for_it() {
         .local_addr()
         .expect("addr")
         .to_string();
-    let fourth_incarnation = client
-        .node(&fourth_addr)
-        .expect("client")
-        .status(api::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .incarnation;
+    let fourth_incarnation = status_of(&mut client, &fourth_addr).await.incarnation;
     for (node_id, addr, incarnation, expected) in [
         (5, dead, 77, WriteErrorKind::Unavailable),
         (
@@ -653,11 +644,7 @@ async fn add_learner_checks_the_learner_and_a_blocking_add_waits_for_it() {
     let members_now = |status: &api::StatusResponse| -> Vec<u64> {
         status.members.iter().map(|m| m.node_id).collect()
     };
-    let status = raw
-        .status(api::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
+    let status = status_of(&mut client, &leader).await;
     assert_eq!(members_now(&status), [1, 2, 3], "nothing was proposed");
     let added = raw
         .add_learner(api::AddLearnerRequest {
@@ -669,14 +656,10 @@ async fn add_learner_checks_the_learner_and_a_blocking_add_waits_for_it() {
         .await
         .expect("learner added")
         .into_inner();
-    let status = raw
-        .status(api::StatusRequest {})
+    let matched = status_of(&mut client, &leader)
         .await
-        .expect("status")
-        .into_inner();
-    let matched = status
         .members
-        .iter()
+        .into_iter()
         .find(|m| m.node_id == fourth_id)
         .and_then(|m| m.matched_index)
         .expect("the learner is replicated to");
