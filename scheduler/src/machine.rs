@@ -16,7 +16,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::command::{self, Answer, EntryState, Rejection, Stamped};
-use crate::state::{Effect, FireRecord, SchedulerState};
+use crate::state::{Effect, FireRecord, Inconsistency, SchedulerState};
 
 /// A run's fence is no longer current, or its workflow finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,48 @@ struct SnapshotBody {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH2";
 /// Format 1 (no journal fences), written before any release; never read.
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"KEELSCH1";
+
+/// Why a scheduler snapshot is refused (carried as the source of the `InvalidData`
+/// [`io::Error`] that [`Application::restore`] returns; the node then refuses the install
+/// or the start).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Format 1, from a development build.
+    #[error(
+        "scheduler snapshot: format 1, from a development build without journal fences; \
+         repair this node from its cluster (`keel repair`)"
+    )]
+    Format1,
+    /// Not a scheduler snapshot this build reads.
+    #[error("scheduler snapshot: not a scheduler snapshot")]
+    NotScheduler,
+    /// Too short to hold its checksum.
+    #[error("scheduler snapshot: too short")]
+    TooShort,
+    /// The checksum does not match.
+    #[error("scheduler snapshot: checksum mismatch")]
+    Checksum,
+    /// The archive does not validate.
+    #[error("scheduler snapshot does not decode")]
+    Decode,
+    /// The state decodes but its cross-references are broken.
+    #[error("scheduler snapshot is inconsistent: {0}")]
+    Inconsistent(#[from] Inconsistency),
+}
+
+impl From<SnapshotError> for io::Error {
+    fn from(error: SnapshotError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+}
+
+impl SnapshotError {
+    /// The scheduler's reason inside a restore's error, if it is one.
+    pub fn of(error: &io::Error) -> Option<&Self> {
+        error.get_ref()?.downcast_ref()
+    }
+}
 
 fn mix(digest: u64, command: &[u8], answer: &[u8]) -> u64 {
     let crc = u64::from(crc32c::crc32c(command)) << 32 | u64::from(crc32c::crc32c(answer));
@@ -344,6 +386,36 @@ impl SchedulerMachine {
     }
 }
 
+/// The body of a scheduler snapshot, checked: magic, checksum, archive, consistency.
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
+    if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
+        return Err(SnapshotError::Format1);
+    }
+    let body = bytes
+        .strip_prefix(SNAPSHOT_MAGIC)
+        .ok_or(SnapshotError::NotScheduler)?;
+    let (body, crc) = body
+        .split_last_chunk::<4>()
+        .ok_or(SnapshotError::TooShort)?;
+    if crc32c::crc32c(body).to_le_bytes() != *crc {
+        return Err(SnapshotError::Checksum);
+    }
+    let body =
+        command::decode::<SnapshotBody>(body).map_err(|_: Rejection| SnapshotError::Decode)?;
+    body.state.consistency()?;
+    Ok(body)
+}
+
+/// A snapshot of `state` and `digest`, framed as [`Application::write_snapshot`] frames it.
+fn encode_snapshot(state: SchedulerState, digest: u64) -> Vec<u8> {
+    let bytes = command::encode(&SnapshotBody { state, digest });
+    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + bytes.len() + 4);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&bytes);
+    out.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+    out
+}
+
 impl Application for SchedulerMachine {
     fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes {
         let mut effects = Vec::new();
@@ -366,52 +438,14 @@ impl Application for SchedulerMachine {
     }
 
     fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        let body = SnapshotBody {
-            state: self.read().clone(),
-            digest: self.digest(),
-        };
-        let bytes = command::encode(&body);
-        out.write_all(SNAPSHOT_MAGIC)?;
-        out.write_all(&bytes)?;
-        out.write_all(&crc32c::crc32c(&bytes).to_le_bytes())
+        let state = self.read().clone();
+        out.write_all(&encode_snapshot(state, self.digest()))
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        let bad = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("scheduler snapshot: {what}"),
-            )
-        };
-        if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
-            return Err(bad(
-                "format 1, from a development build without journal fences; \
-                 repair this node from its cluster (`keel repair`)",
-            ));
-        }
-        let body = bytes
-            .strip_prefix(SNAPSHOT_MAGIC)
-            .ok_or_else(|| bad("not a scheduler snapshot"))?;
-        let (body, crc) = body
-            .split_last_chunk::<4>()
-            .ok_or_else(|| bad("too short"))?;
-        if crc32c::crc32c(body).to_le_bytes() != *crc {
-            return Err(bad("checksum mismatch"));
-        }
-        let body = command::decode::<SnapshotBody>(body).map_err(|_: Rejection| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "scheduler snapshot does not decode",
-            )
-        })?;
-        body.state.consistency().map_err(|problem| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("scheduler snapshot is inconsistent: {problem}"),
-            )
-        })?;
+        let body = decode_snapshot(&bytes)?;
         *self
             .shared
             .state
@@ -432,5 +466,21 @@ impl Application for SchedulerMachine {
 
     fn digest(&self) -> u64 {
         *self.shared.digest.lock().expect("digest lock poisoned")
+    }
+}
+
+/// Test access to the snapshot codec, for tests that corrupt a decoded state on purpose.
+#[cfg(test)]
+pub(crate) mod codec {
+    use super::{SchedulerState, SnapshotError};
+
+    /// The state and digest in a snapshot, checked as a restore checks them.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<(SchedulerState, u64), SnapshotError> {
+        super::decode_snapshot(bytes).map(|body| (body.state, body.digest))
+    }
+
+    /// A snapshot of `state` with a valid checksum, whatever the state holds.
+    pub(crate) fn encode(state: SchedulerState, digest: u64) -> Vec<u8> {
+        super::encode_snapshot(state, digest)
     }
 }

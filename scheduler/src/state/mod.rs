@@ -12,6 +12,7 @@
 //!   wins;
 //! - a timer fires at most once, and never before its due time by the stamp of the fire.
 
+mod consistency;
 mod cron;
 mod timers;
 mod workflow;
@@ -21,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use keel_raft::application::AppliedAt;
 use rkyv::{Archive, Deserialize, Serialize};
 
+pub use self::consistency::Inconsistency;
 pub use self::cron::Schedule;
 pub use self::timers::{Timer, TimerQueue, TimerTarget};
 pub use self::workflow::{EntryKind, JournalEntry, Workflow};
@@ -117,6 +119,9 @@ pub struct SchedulerState {
     schedules: BTreeMap<String, Schedule>,
     /// Declared workflow kinds and their code version markers.
     kinds: BTreeMap<String, String>,
+    /// The highest index of a command applied to this state: every fence and fire record
+    /// is at most this (a restored snapshot is checked against it).
+    applied_index: u64,
 }
 
 /// The command being applied: where, when, and the effects it produces.
@@ -165,6 +170,7 @@ fn due_ms(stamp_ms: u64, due: Due) -> (u64, Option<u64>) {
 impl SchedulerState {
     /// Applies `stamped`, committed at `at`; returns the answer and pushes the effects.
     pub fn apply(&mut self, at: AppliedAt, stamped: Stamped, effects: &mut Vec<Effect>) -> Answer {
+        self.applied_index = self.applied_index.max(at.index);
         let mut apply = Apply {
             at,
             stamp_ms: stamped.stamp_ms,
@@ -917,14 +923,14 @@ impl SchedulerState {
         &self.kinds
     }
 
-    /// Checks the cross-references between workflows and timers (debug builds).
+    /// Checks [`SchedulerState::consistency`] (debug builds).
     pub fn check_invariants(&self) {
         if cfg!(debug_assertions) {
             self.assert_consistent();
         }
     }
 
-    /// Asserts the cross-references between workflows and timers.
+    /// Asserts [`SchedulerState::consistency`].
     ///
     /// # Panics
     /// When they are inconsistent.
@@ -934,46 +940,9 @@ impl SchedulerState {
         }
     }
 
-    /// Checks the cross-references between workflows, timers and names (a restored
-    /// snapshot must pass it before it is served).
-    ///
-    /// # Errors
-    /// The first inconsistency found.
-    pub fn consistency(&self) -> Result<(), String> {
-        for (id, workflow) in &self.workflows {
-            let fences = workflow.journal.iter().map(|entry| entry.fence);
-            if fences.clone().any(|fence| fence > workflow.fence)
-                || fences.clone().zip(fences.skip(1)).any(|(a, b)| a > b)
-            {
-                return Err(format!(
-                    "workflow {id}'s journal fences are not ordered up to its fence"
-                ));
-            }
-        }
-        for (id, workflow) in self.workflows.iter().filter(|(_, w)| !w.is_finished()) {
-            for timer in workflow.pending_timers() {
-                let belongs = self.timers.get(timer).is_some_and(
-                    |t| matches!(&t.target, TimerTarget::Entry { workflow, .. } if workflow == id),
-                );
-                if !belongs {
-                    return Err(format!(
-                        "timer {timer} of workflow {id} is not its pending timer"
-                    ));
-                }
-            }
-        }
-        for (name, &id) in &self.named {
-            let named = self.timers.get(id).is_some_and(
-                |t| matches!(&t.target, TimerTarget::Named { name: n, .. } if n == name),
-            );
-            if !named {
-                return Err(format!("named timer {name} is not pending timer {id}"));
-            }
-        }
-        if self.timers.len() != self.timers.in_due_order().count() {
-            return Err("the due index and the timers differ".to_owned());
-        }
-        Ok(())
+    /// The highest index of a command applied to this state.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
     }
 }
 
@@ -1004,5 +973,7 @@ fn existing_entry<'w>(
     Ok(Some(entry))
 }
 
+#[cfg(test)]
+mod snapshot_mutation;
 #[cfg(test)]
 mod tests;
