@@ -23,7 +23,7 @@ use keel_raft::application::AppliedAt;
 use rkyv::{Archive, Deserialize, Serialize};
 
 pub use self::consistency::Inconsistency;
-pub use self::cron::Schedule;
+pub use self::cron::{CronSpec, DayRule, Schedule};
 pub use self::timers::{Timer, TimerQueue, TimerTarget};
 pub use self::workflow::{EntryKind, JournalEntry, Workflow};
 use crate::command::{
@@ -784,14 +784,14 @@ impl SchedulerState {
         let schedule = self
             .schedules
             .get(name)
-            .expect("a schedule timer's schedule exists")
-            .clone();
+            .expect("a schedule timer's schedule exists");
+        let (spec, kind, input) = (schedule.spec, schedule.kind.clone(), schedule.input.clone());
         let id = format!("{name}@{due_ms}");
         // An occurrence whose id is taken (an earlier start of it, not expired) starts
         // nothing new; the names were checked at registration and kinds stay declared.
-        let _ = self.start(apply, id, schedule.kind.clone(), schedule.input.clone());
-        let cron = cron::parse(&schedule.cron).expect("registered schedules parse");
-        if let Some(next) = cron::next_after(&cron, due_ms.max(apply.stamp_ms)) {
+        let _ = self.start(apply, id, kind, input);
+        // The spec parsed at registration: firing never parses.
+        if let Some(next) = cron::next_after(&spec, due_ms.max(apply.stamp_ms)) {
             let timer = self.add_timer(
                 apply,
                 Due::At { at_ms: next },
@@ -832,9 +832,9 @@ impl SchedulerState {
             cron: expression.clone(),
             reason,
         };
-        let cron = cron::parse(&expression).map_err(invalid)?;
+        let spec = cron::parse(&expression).map_err(invalid)?;
         self.version_of(&kind)?;
-        let next = cron::next_after(&cron, apply.stamp_ms)
+        let next = cron::next_after(&spec, apply.stamp_ms)
             .ok_or_else(|| invalid("it never occurs".to_owned()))?;
         if let Some(old) = self.schedules.remove(&name) {
             self.remove_timer(apply, old.timer);
@@ -848,6 +848,7 @@ impl SchedulerState {
             name,
             Schedule {
                 cron: expression,
+                spec,
                 kind,
                 input,
                 timer,
