@@ -210,7 +210,10 @@ mod tests {
         assert_eq!(next_after(&february_30, 0), None);
         // Weekday 7 is Sunday: 2026-01-04 is the first Sunday of 2026.
         let sunday = parse("0 12 * * 7").expect("parses");
-        assert_eq!(next_after(&sunday, 1_767_225_600_000), Some(1_767_528_000_000));
+        assert_eq!(
+            next_after(&sunday, 1_767_225_600_000),
+            Some(1_767_528_000_000)
+        );
     }
 
     fn field(min: u16, max: u16) -> impl Strategy<Value = String> {

@@ -14,6 +14,7 @@
 
 mod consistency;
 mod cron;
+pub(crate) mod format2;
 mod timers;
 mod workflow;
 
@@ -24,6 +25,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 pub use self::consistency::Inconsistency;
 pub use self::cron::{CronSpec, DayRule, Schedule};
+pub use self::format2::CronRefused;
 pub use self::timers::{Timer, TimerQueue, TimerTarget};
 pub use self::workflow::{EntryKind, JournalEntry, Workflow};
 use crate::command::{
@@ -917,6 +919,18 @@ impl SchedulerState {
                 .due_ms));
         }
         self.fired.get(name).map(|record| Err(*record))
+    }
+
+    /// Schedule `name`.
+    pub fn schedule(&self, name: &str) -> Option<&Schedule> {
+        self.schedules.get(name)
+    }
+
+    /// Forgets that named timer `name` is pending (its timer stays), for tests that corrupt
+    /// a state on purpose.
+    #[cfg(test)]
+    pub(crate) fn forget_named_for_test(&mut self, name: &str) {
+        self.named.remove(name);
     }
 
     /// Declared kinds and their version markers.

@@ -553,13 +553,13 @@ fn firing_a_schedule_reads_the_spec_parsed_at_registration_never_the_expression(
     assert_eq!(h.apply(midnight, register), Answer::Done);
     // Were the expression parsed again at the fire, this would not parse (and a parser
     // that changed would compute other times).
-    h.state
-        .schedules
-        .get_mut("often")
-        .expect("registered")
-        .cron = "not cron".into();
+    h.state.schedules.get_mut("often").expect("registered").cron = "not cron".into();
     assert_eq!(h.fire_all(midnight + 300_000).len(), 1);
-    assert!(h.state.workflow(&format!("often@{}", midnight + 300_000)).is_some());
+    assert!(
+        h.state
+            .workflow(&format!("often@{}", midnight + 300_000))
+            .is_some()
+    );
     let next: Vec<u64> = h
         .state
         .timers()
