@@ -859,16 +859,30 @@ impl SchedulerState {
         Ok(Answer::Done)
     }
 
+    /// Forgets workflows finished, and named timers' fire records made, at or before the
+    /// command's stamp less `retention_ms` (the same rule for both).
     fn expire(&mut self, apply: &mut Apply<'_>, retention_ms: u64) -> Answer {
-        let cutoff = apply.stamp_ms.saturating_sub(retention_ms);
+        let cutoff_ms = apply.stamp_ms.saturating_sub(retention_ms);
         let before = (self.workflows.len(), self.fired.len());
         self.workflows
-            .retain(|_, w| w.finished_ms.is_none_or(|finished| finished > cutoff));
-        self.fired.retain(|_, record| record.fired_ms > cutoff);
+            .retain(|_, w| w.finished_ms.is_none_or(|finished| finished > cutoff_ms));
+        self.fired.retain(|_, record| record.fired_ms > cutoff_ms);
         Answer::Expired {
             workflows: (before.0 - self.workflows.len()) as u64,
             fires: (before.1 - self.fired.len()) as u64,
         }
+    }
+
+    /// Whether an expiry stamped so that its cutoff is `cutoff_ms` would forget something:
+    /// a workflow finished, or a named timer's fire recorded, at or before it.
+    pub fn expiry_due(&self, cutoff_ms: u64) -> bool {
+        self.fired
+            .values()
+            .any(|record| record.fired_ms <= cutoff_ms)
+            || self
+                .workflows
+                .values()
+                .any(|w| w.finished_ms.is_some_and(|finished| finished <= cutoff_ms))
     }
 
     /// Workflow `id`.

@@ -568,3 +568,40 @@ fn firing_a_schedule_reads_the_spec_parsed_at_registration_never_the_expression(
         .collect();
     assert_eq!(next, [midnight + 600_000]);
 }
+
+#[test]
+fn a_fire_record_older_than_the_retention_is_removed_by_expiry() {
+    let mut h = Harness::new();
+    let schedule = || Command::ScheduleTimer {
+        name: "t".into(),
+        due: Due::At { at_ms: 5_000 },
+        payload: Vec::new(),
+    };
+    h.apply(1, schedule());
+    h.fire_all(5_000);
+    assert!(!h.state.expiry_due(4_999), "fired at 5 000");
+    assert!(h.state.expiry_due(5_000), "due with no workflow at all");
+    let expire = |retention_ms| Command::Expire { retention_ms };
+    // Cutoff 6 500 - 2 000 = 4 500: the record, made at 5 000, stays.
+    assert_eq!(
+        h.apply(6_500, expire(2_000)),
+        Answer::Expired {
+            workflows: 0,
+            fires: 0
+        }
+    );
+    assert!(matches!(h.state.named_timer("t"), Some(Err(_))));
+    // Cutoff 7 000 - 2 000 = 5 000: it goes, and the name may be scheduled anew.
+    assert_eq!(
+        h.apply(7_000, expire(2_000)),
+        Answer::Expired {
+            workflows: 0,
+            fires: 1
+        }
+    );
+    assert_eq!(h.state.named_timer("t"), None);
+    assert!(matches!(
+        h.apply(7_001, schedule()),
+        Answer::Timer { created: true, .. }
+    ));
+}
