@@ -1,5 +1,5 @@
 //! The execution engine of one node: while the node leads, it runs workflows (memoized
-//! re-runs under fences), drives timers and expires finished workflows.
+//! re-runs under fences), drives timers and expires finished workflows and timer fire records.
 //!
 //! Leadership is the lease of the embedded executor. When the node becomes leader of term
 //! `t` it waits until it has applied everything committed before its term, declares its
@@ -43,7 +43,7 @@ pub struct EngineSettings {
     pub max_clock_skew: Duration,
     /// How long finished workflows and timer fires are kept.
     pub retention: Duration,
-    /// How often the leader expires finished workflows.
+    /// How often the leader expires finished workflows and timer fire records.
     pub expire_every: Duration,
     /// How long a remote worker's lease lasts without a heartbeat.
     pub worker_lease: Duration,
@@ -481,13 +481,10 @@ impl Inner {
             if self.active_term() == 0 {
                 continue;
             }
-            let cutoff = keel_raft::clock::now_ms().saturating_sub(retention_ms);
-            let due = {
-                let state = self.machine.read();
-                state
-                    .list(None, None, None, usize::MAX)
-                    .any(|(_, w)| w.finished_ms.is_some_and(|f| f <= cutoff))
-            };
+            // Finished workflows and named timers' fire records both expire (a cluster that
+            // runs only timers has fire records and no workflow).
+            let cutoff_ms = keel_raft::clock::now_ms().saturating_sub(retention_ms);
+            let due = self.machine.read().expiry_due(cutoff_ms);
             if due
                 && let Err(status) = self
                     .proposer

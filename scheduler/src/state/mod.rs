@@ -12,7 +12,9 @@
 //!   wins;
 //! - a timer fires at most once, and never before its due time by the stamp of the fire.
 
+mod consistency;
 mod cron;
+pub(crate) mod format2;
 mod timers;
 mod workflow;
 
@@ -21,7 +23,9 @@ use std::collections::{BTreeMap, HashMap};
 use keel_raft::application::AppliedAt;
 use rkyv::{Archive, Deserialize, Serialize};
 
-pub use self::cron::Schedule;
+pub use self::consistency::Inconsistency;
+pub use self::cron::{CronSpec, DayRule, Schedule};
+pub use self::format2::CronRefused;
 pub use self::timers::{Timer, TimerQueue, TimerTarget};
 pub use self::workflow::{EntryKind, JournalEntry, Workflow};
 use crate::command::{
@@ -117,6 +121,9 @@ pub struct SchedulerState {
     schedules: BTreeMap<String, Schedule>,
     /// Declared workflow kinds and their code version markers.
     kinds: BTreeMap<String, String>,
+    /// The highest index of a command applied to this state: every fence and fire record
+    /// is at most this (a restored snapshot is checked against it).
+    applied_index: u64,
 }
 
 /// The command being applied: where, when, and the effects it produces.
@@ -165,6 +172,7 @@ fn due_ms(stamp_ms: u64, due: Due) -> (u64, Option<u64>) {
 impl SchedulerState {
     /// Applies `stamped`, committed at `at`; returns the answer and pushes the effects.
     pub fn apply(&mut self, at: AppliedAt, stamped: Stamped, effects: &mut Vec<Effect>) -> Answer {
+        self.applied_index = self.applied_index.max(at.index);
         let mut apply = Apply {
             at,
             stamp_ms: stamped.stamp_ms,
@@ -778,14 +786,14 @@ impl SchedulerState {
         let schedule = self
             .schedules
             .get(name)
-            .expect("a schedule timer's schedule exists")
-            .clone();
+            .expect("a schedule timer's schedule exists");
+        let (spec, kind, input) = (schedule.spec, schedule.kind.clone(), schedule.input.clone());
         let id = format!("{name}@{due_ms}");
         // An occurrence whose id is taken (an earlier start of it, not expired) starts
         // nothing new; the names were checked at registration and kinds stay declared.
-        let _ = self.start(apply, id, schedule.kind.clone(), schedule.input.clone());
-        let cron = cron::parse(&schedule.cron).expect("registered schedules parse");
-        if let Some(next) = cron::next_after(&cron, due_ms.max(apply.stamp_ms)) {
+        let _ = self.start(apply, id, kind, input);
+        // The spec parsed at registration: firing never parses.
+        if let Some(next) = cron::next_after(&spec, due_ms.max(apply.stamp_ms)) {
             let timer = self.add_timer(
                 apply,
                 Due::At { at_ms: next },
@@ -826,9 +834,9 @@ impl SchedulerState {
             cron: expression.clone(),
             reason,
         };
-        let cron = cron::parse(&expression).map_err(invalid)?;
+        let spec = cron::parse(&expression).map_err(invalid)?;
         self.version_of(&kind)?;
-        let next = cron::next_after(&cron, apply.stamp_ms)
+        let next = cron::next_after(&spec, apply.stamp_ms)
             .ok_or_else(|| invalid("it never occurs".to_owned()))?;
         if let Some(old) = self.schedules.remove(&name) {
             self.remove_timer(apply, old.timer);
@@ -842,6 +850,7 @@ impl SchedulerState {
             name,
             Schedule {
                 cron: expression,
+                spec,
                 kind,
                 input,
                 timer,
@@ -850,16 +859,30 @@ impl SchedulerState {
         Ok(Answer::Done)
     }
 
+    /// Forgets workflows finished, and named timers' fire records made, at or before the
+    /// command's stamp less `retention_ms` (the same rule for both).
     fn expire(&mut self, apply: &mut Apply<'_>, retention_ms: u64) -> Answer {
-        let cutoff = apply.stamp_ms.saturating_sub(retention_ms);
+        let cutoff_ms = apply.stamp_ms.saturating_sub(retention_ms);
         let before = (self.workflows.len(), self.fired.len());
         self.workflows
-            .retain(|_, w| w.finished_ms.is_none_or(|finished| finished > cutoff));
-        self.fired.retain(|_, record| record.fired_ms > cutoff);
+            .retain(|_, w| w.finished_ms.is_none_or(|finished| finished > cutoff_ms));
+        self.fired.retain(|_, record| record.fired_ms > cutoff_ms);
         Answer::Expired {
             workflows: (before.0 - self.workflows.len()) as u64,
             fires: (before.1 - self.fired.len()) as u64,
         }
+    }
+
+    /// Whether an expiry stamped so that its cutoff is `cutoff_ms` would forget something:
+    /// a workflow finished, or a named timer's fire recorded, at or before it.
+    pub fn expiry_due(&self, cutoff_ms: u64) -> bool {
+        self.fired
+            .values()
+            .any(|record| record.fired_ms <= cutoff_ms)
+            || self
+                .workflows
+                .values()
+                .any(|w| w.finished_ms.is_some_and(|finished| finished <= cutoff_ms))
     }
 
     /// Workflow `id`.
@@ -912,19 +935,31 @@ impl SchedulerState {
         self.fired.get(name).map(|record| Err(*record))
     }
 
+    /// Schedule `name`.
+    pub fn schedule(&self, name: &str) -> Option<&Schedule> {
+        self.schedules.get(name)
+    }
+
+    /// Forgets that named timer `name` is pending (its timer stays), for tests that corrupt
+    /// a state on purpose.
+    #[cfg(test)]
+    pub(crate) fn forget_named_for_test(&mut self, name: &str) {
+        self.named.remove(name);
+    }
+
     /// Declared kinds and their version markers.
     pub fn kinds(&self) -> &BTreeMap<String, String> {
         &self.kinds
     }
 
-    /// Checks the cross-references between workflows and timers (debug builds).
+    /// Checks [`SchedulerState::consistency`] (debug builds).
     pub fn check_invariants(&self) {
         if cfg!(debug_assertions) {
             self.assert_consistent();
         }
     }
 
-    /// Asserts the cross-references between workflows and timers.
+    /// Asserts [`SchedulerState::consistency`].
     ///
     /// # Panics
     /// When they are inconsistent.
@@ -934,46 +969,9 @@ impl SchedulerState {
         }
     }
 
-    /// Checks the cross-references between workflows, timers and names (a restored
-    /// snapshot must pass it before it is served).
-    ///
-    /// # Errors
-    /// The first inconsistency found.
-    pub fn consistency(&self) -> Result<(), String> {
-        for (id, workflow) in &self.workflows {
-            let fences = workflow.journal.iter().map(|entry| entry.fence);
-            if fences.clone().any(|fence| fence > workflow.fence)
-                || fences.clone().zip(fences.skip(1)).any(|(a, b)| a > b)
-            {
-                return Err(format!(
-                    "workflow {id}'s journal fences are not ordered up to its fence"
-                ));
-            }
-        }
-        for (id, workflow) in self.workflows.iter().filter(|(_, w)| !w.is_finished()) {
-            for timer in workflow.pending_timers() {
-                let belongs = self.timers.get(timer).is_some_and(
-                    |t| matches!(&t.target, TimerTarget::Entry { workflow, .. } if workflow == id),
-                );
-                if !belongs {
-                    return Err(format!(
-                        "timer {timer} of workflow {id} is not its pending timer"
-                    ));
-                }
-            }
-        }
-        for (name, &id) in &self.named {
-            let named = self.timers.get(id).is_some_and(
-                |t| matches!(&t.target, TimerTarget::Named { name: n, .. } if n == name),
-            );
-            if !named {
-                return Err(format!("named timer {name} is not pending timer {id}"));
-            }
-        }
-        if self.timers.len() != self.timers.in_due_order().count() {
-            return Err("the due index and the timers differ".to_owned());
-        }
-        Ok(())
+    /// The highest index of a command applied to this state.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
     }
 }
 
@@ -1004,5 +1002,7 @@ fn existing_entry<'w>(
     Ok(Some(entry))
 }
 
+#[cfg(test)]
+mod snapshot_mutation;
 #[cfg(test)]
 mod tests;

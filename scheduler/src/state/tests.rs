@@ -517,3 +517,91 @@ fn expiry_forgets_only_workflows_finished_before_the_retention() {
     assert!(h.state.workflow("old").is_none());
     assert!(h.state.workflow("new").is_some() && h.state.workflow("running").is_some());
 }
+
+#[test]
+fn an_invalid_cron_expression_is_refused_at_registration_identically_on_every_replica() {
+    let (mut first, mut second) = (Harness::new(), Harness::new());
+    for cron in ["every night", "0 0 L * *", "0 0 30 2 *", "61 * * * *"] {
+        let register = || Command::RegisterSchedule {
+            name: "nightly".into(),
+            cron: cron.into(),
+            kind: KIND.into(),
+            input: Vec::new(),
+        };
+        let answer = first.apply(1_000, register());
+        assert!(
+            matches!(&answer, Answer::Rejected(Rejection::InvalidCron { cron: c, .. }) if c == cron),
+            "{cron}: {answer:?}"
+        );
+        assert_eq!(second.apply(1_000, register()), answer, "{cron}");
+    }
+    assert_eq!(first.state, second.state);
+    assert!(first.state.schedules.is_empty() && first.state.timers().is_empty());
+}
+
+#[test]
+fn firing_a_schedule_reads_the_spec_parsed_at_registration_never_the_expression() {
+    let mut h = Harness::new();
+    // 2026-01-01T00:00:00Z, every five minutes.
+    let midnight = 1_767_225_600_000;
+    let register = Command::RegisterSchedule {
+        name: "often".into(),
+        cron: "*/5 * * * *".into(),
+        kind: KIND.into(),
+        input: Vec::new(),
+    };
+    assert_eq!(h.apply(midnight, register), Answer::Done);
+    // Were the expression parsed again at the fire, this would not parse (and a parser
+    // that changed would compute other times).
+    h.state.schedules.get_mut("often").expect("registered").cron = "not cron".into();
+    assert_eq!(h.fire_all(midnight + 300_000).len(), 1);
+    assert!(
+        h.state
+            .workflow(&format!("often@{}", midnight + 300_000))
+            .is_some()
+    );
+    let next: Vec<u64> = h
+        .state
+        .timers()
+        .in_due_order()
+        .map(|(due, _)| due)
+        .collect();
+    assert_eq!(next, [midnight + 600_000]);
+}
+
+#[test]
+fn a_fire_record_older_than_the_retention_is_removed_by_expiry() {
+    let mut h = Harness::new();
+    let schedule = || Command::ScheduleTimer {
+        name: "t".into(),
+        due: Due::At { at_ms: 5_000 },
+        payload: Vec::new(),
+    };
+    h.apply(1, schedule());
+    h.fire_all(5_000);
+    assert!(!h.state.expiry_due(4_999), "fired at 5 000");
+    assert!(h.state.expiry_due(5_000), "due with no workflow at all");
+    let expire = |retention_ms| Command::Expire { retention_ms };
+    // Cutoff 6 500 - 2 000 = 4 500: the record, made at 5 000, stays.
+    assert_eq!(
+        h.apply(6_500, expire(2_000)),
+        Answer::Expired {
+            workflows: 0,
+            fires: 0
+        }
+    );
+    assert!(matches!(h.state.named_timer("t"), Some(Err(_))));
+    // Cutoff 7 000 - 2 000 = 5 000: it goes, and the name may be scheduled anew.
+    assert_eq!(
+        h.apply(7_000, expire(2_000)),
+        Answer::Expired {
+            workflows: 0,
+            fires: 1
+        }
+    );
+    assert_eq!(h.state.named_timer("t"), None);
+    assert!(matches!(
+        h.apply(7_001, schedule()),
+        Answer::Timer { created: true, .. }
+    ));
+}

@@ -5,6 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::Inconsistency;
+
 /// What a timer's fire acts on.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
@@ -97,6 +99,50 @@ impl TimerQueue {
 
     fn check(&self) {
         debug_assert_eq!(self.by_due.len(), self.timers.len());
+    }
+
+    /// Checks that the due-order index holds exactly the pending timers at their due times,
+    /// and that the next id is above every pending one and can still grow.
+    ///
+    /// # Errors
+    /// The first difference found.
+    pub(super) fn consistency(&self) -> Result<(), Inconsistency> {
+        // Each index pair names a pending timer at its due time, so the pairs have distinct
+        // ids; equal sizes then make the index and the map the same set of timers.
+        for &(due_ms, timer) in &self.by_due {
+            if self.timers.get(&timer).is_none_or(|t| t.due_ms != due_ms) {
+                return Err(Inconsistency::DueIndex { timer });
+            }
+        }
+        if let Some((&timer, _)) = self
+            .timers
+            .iter()
+            .find(|(id, t)| !self.by_due.contains(&(t.due_ms, **id)))
+        {
+            return Err(Inconsistency::DueIndex { timer });
+        }
+        if let Some(&timer) = self.timers.keys().find(|&&id| id > self.next_id) {
+            return Err(Inconsistency::TimerId {
+                timer,
+                next_id: self.next_id,
+            });
+        }
+        if self.next_id == u64::MAX {
+            return Err(Inconsistency::TimerIdsExhausted);
+        }
+        Ok(())
+    }
+
+    /// The parts, for tests that corrupt a queue on purpose.
+    #[cfg(test)]
+    pub(super) fn parts_mut(
+        &mut self,
+    ) -> (
+        &mut BTreeSet<(u64, u64)>,
+        &mut HashMap<u64, Timer>,
+        &mut u64,
+    ) {
+        (&mut self.by_due, &mut self.timers, &mut self.next_id)
     }
 }
 
