@@ -44,6 +44,16 @@ pub trait Application: Send + Sync + fmt::Debug + 'static {
     /// unspecified and the caller must not serve from it.
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
 
+    /// Checks snapshot bytes written by [`Application::write_snapshot`] of a state that
+    /// applied the log up to `applied_index`, without touching this state: everything
+    /// [`Application::restore`] would refuse, and any fact in it from a later index. A node
+    /// checks a snapshot it receives before installing it, so a damaged or inconsistent one
+    /// is refused (the leader sends one again) instead of stopping the node.
+    ///
+    /// # Errors
+    /// `InvalidData` naming what is wrong; the reader's errors.
+    fn check_snapshot(&self, input: &mut dyn Read, applied_index: u64) -> io::Result<()>;
+
     /// A digest of the whole state, equal on replicas that applied the same commands.
     fn digest(&self) -> u64;
 }

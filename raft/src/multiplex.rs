@@ -55,6 +55,31 @@ impl Multiplex {
 }
 
 /// Writes `section` behind its length.
+/// The two sections of a snapshot, and nothing after them.
+fn read_sections(input: &mut dyn Read) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let plain = read_section(input)?;
+    let extension = read_section(input)?;
+    if input.read(&mut [0u8; 1])? != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "trailing bytes after the snapshot sections",
+        ));
+    }
+    Ok((plain, extension))
+}
+
+/// A node without an extension takes only an empty extension section.
+fn no_extension(section: &[u8]) -> io::Result<()> {
+    if section.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the snapshot holds scheduler state but this node runs no scheduler",
+        ))
+    }
+}
+
 fn write_section(out: &mut dyn Write, section: &[u8]) -> io::Result<()> {
     out.write_all(&(section.len() as u64).to_le_bytes())?;
     out.write_all(section)
@@ -102,22 +127,21 @@ impl Application for Multiplex {
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        let plain = read_section(input)?;
-        let extension = read_section(input)?;
-        if input.read(&mut [0u8; 1])? != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "trailing bytes after the snapshot sections",
-            ));
-        }
+        let (plain, extension) = read_sections(input)?;
         self.plain.restore(&mut plain.as_slice())?;
         match &mut self.extension {
             Some(app) => app.restore(&mut extension.as_slice()),
-            None if extension.is_empty() => Ok(()),
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the snapshot holds scheduler state but this node runs no scheduler",
-            )),
+            None => no_extension(&extension),
+        }
+    }
+
+    fn check_snapshot(&self, input: &mut dyn Read, applied_index: u64) -> io::Result<()> {
+        let (plain, extension) = read_sections(input)?;
+        self.plain
+            .check_snapshot(&mut plain.as_slice(), applied_index)?;
+        match &self.extension {
+            Some(app) => app.check_snapshot(&mut extension.as_slice(), applied_index),
+            None => no_extension(&extension),
         }
     }
 
@@ -139,6 +163,9 @@ mod tests {
     struct Counter(u64);
 
     impl Application for Counter {
+        fn check_snapshot(&self, input: &mut dyn Read, _: u64) -> io::Result<()> {
+            input.read_exact(&mut [0u8; 8])
+        }
         fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes {
             self.0 += command.len() as u64 + at.term;
             Bytes::copy_from_slice(&self.0.to_le_bytes())

@@ -9,6 +9,7 @@
 //! lock, then writes and fsyncs the file off that lock.
 
 use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -91,6 +92,31 @@ impl StateMachineHost {
             applied: state.applied,
             digest: state.app.digest(),
         }
+    }
+
+    /// Checks a received snapshot file before it is installed: its checksum and header,
+    /// that it holds `expected` as its last applied id, its session table, and the
+    /// application's state ([`Application::check_snapshot`]). This state is not touched.
+    ///
+    /// # Errors
+    /// [`crate::Error::Decode`] naming what is wrong; [`crate::Error::Io`] on a read error.
+    pub fn check_incoming(&self, path: &Path, expected: Option<LogId>) -> crate::Result<()> {
+        let header = crate::snapshot::verify(path)?;
+        let found = header.last_log_id.map(|(t, i)| log_id(t, i));
+        if found != expected {
+            return Err(crate::error::DecodeError::Snapshot(format!(
+                "snapshot file holds {found:?}, its metadata says {expected:?}"
+            ))
+            .into());
+        }
+        header_membership(&header)?;
+        let applied_index = header.last_log_id.map_or(0, |(_, index)| index);
+        SessionTable::from_stored(header.sessions, applied_index)?;
+        let (_, mut body) = open_body(path)?;
+        self.lock()
+            .app
+            .check_snapshot(&mut body, applied_index)
+            .map_err(crate::Error::io("check snapshot", path))
     }
 
     fn restore(&self, file: &SnapshotFile) -> crate::Result<()> {
@@ -467,5 +493,66 @@ mod tests {
         let retry = host.apply_entry(at(index), &append(first, 1, "once"));
         assert_eq!(retry, ClientResponse::UnknownSession);
         assert_eq!(records(&host), 21, "the late retry applied nothing");
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+    use crate::multiplex::Multiplex;
+    use crate::plain_log::{PlainLog, Retention};
+    use crate::snapshot::SnapshotDir;
+
+    fn header(last: u64, sessions: Vec<crate::session::StoredSession>) -> SnapshotHeader {
+        SnapshotHeader {
+            last_log_id: Some((2, last)),
+            membership_log_id: None,
+            membership: StoredMembershipConfig {
+                configs: Vec::new(),
+                nodes: Vec::new(),
+            },
+            sessions,
+        }
+    }
+
+    /// A received snapshot is checked whole before it is installed, and the host's own
+    /// state is untouched by the check.
+    #[test]
+    fn a_received_snapshot_is_refused_for_its_header_sessions_or_application_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = SnapshotDir::open(dir.path().join("snapshots")).expect("open");
+        let app = Multiplex::new(PlainLog::new(Retention::default()), None);
+        let mut app_bytes = Vec::new();
+        app.write_snapshot(&mut app_bytes).expect("snapshot");
+        let host = StateMachineHost::open(Box::new(app), snapshots.clone()).expect("host");
+        let write = |header: &SnapshotHeader, bytes: &[u8]| {
+            snapshots
+                .write(header, |out| out.write_all(bytes))
+                .expect("write")
+                .path
+        };
+        // Each file is checked as soon as it is written: a write removes older snapshots.
+        let good = write(&header(9, vec![(3, 1, Vec::new(), 5)]), &app_bytes);
+        host.check_incoming(&good, Some(log_id(2, 9)))
+            .expect("a good snapshot passes");
+        let error = host
+            .check_incoming(&good, Some(log_id(2, 8)))
+            .expect_err("another id than announced");
+        assert!(error.to_string().contains("its metadata says"), "{error}");
+        let late_session = write(&header(10, vec![(3, 1, Vec::new(), 12)]), &app_bytes);
+        let error = host
+            .check_incoming(&late_session, Some(log_id(2, 10)))
+            .expect_err("a session written after the snapshot's index");
+        assert!(error.to_string().contains("session 3"), "{error}");
+        let short_app = write(&header(11, Vec::new()), &app_bytes[..app_bytes.len() - 1]);
+        let error = host
+            .check_incoming(&short_app, Some(log_id(2, 11)))
+            .expect_err("application bytes that do not restore");
+        assert!(error.to_string().contains("check snapshot"), "{error}");
+        assert_eq!(
+            host.applied_state().applied,
+            None,
+            "the check installed nothing"
+        );
     }
 }

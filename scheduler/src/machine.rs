@@ -149,6 +149,16 @@ pub enum SnapshotError {
     /// A format 2 snapshot holds a schedule whose expression is refused now.
     #[error("scheduler snapshot of format 2 cannot be migrated: {0}")]
     Format2Cron(#[from] CronRefused),
+    /// The state has applied commands past the index its snapshot was taken at.
+    #[error(
+        "scheduler snapshot's state applied index {state} but the snapshot was taken at {snapshot}"
+    )]
+    AppliedPastSnapshot {
+        /// The state's applied index.
+        state: u64,
+        /// The snapshot's last applied index.
+        snapshot: u64,
+    },
 }
 
 impl From<SnapshotError> for io::Error {
@@ -471,6 +481,20 @@ impl Application for SchedulerMachine {
         out.write_all(&encode_snapshot(state, self.digest()))
     }
 
+    fn check_snapshot(&self, input: &mut dyn Read, applied_index: u64) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        let state = decode_snapshot(&bytes)?.state.applied_index();
+        if state > applied_index {
+            return Err(SnapshotError::AppliedPastSnapshot {
+                state,
+                snapshot: applied_index,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
@@ -537,6 +561,38 @@ mod tests {
         machine.apply(
             AppliedAt { term: 3, index },
             &Bytes::from(command::encode(&stamped)),
+        );
+    }
+
+    /// A snapshot is checked against the index it claims to be taken at: a state that holds
+    /// facts from a later index (a fence granted after it, say) is refused.
+    #[test]
+    fn a_snapshot_whose_state_applied_past_its_index_is_refused_by_the_check() {
+        let mut machine = SchedulerMachine::new();
+        machine
+            .restore(&mut &FORMAT2[..])
+            .expect("a format 2 snapshot migrates");
+        let applied = machine.read().applied_index();
+        let mut bytes = Vec::new();
+        machine.write_snapshot(&mut bytes).expect("snapshot");
+        let checker = SchedulerMachine::new();
+        checker
+            .check_snapshot(&mut bytes.as_slice(), applied)
+            .expect("taken at its own index");
+        let error = checker
+            .check_snapshot(&mut bytes.as_slice(), applied - 1)
+            .expect_err("a state from past the snapshot's index");
+        assert!(
+            matches!(
+                SnapshotError::of(&error),
+                Some(SnapshotError::AppliedPastSnapshot { state, snapshot })
+                    if *state == applied && *snapshot == applied - 1
+            ),
+            "{error}"
+        );
+        assert!(
+            checker.read().workflow("w").is_none(),
+            "the check restores nothing"
         );
     }
 

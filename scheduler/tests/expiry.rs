@@ -37,7 +37,7 @@ async fn a_timers_only_cluster_expires_fire_records() {
         .await
         .expect("node");
     let members = BTreeMap::from([(1, node.addr().to_string())]);
-    KeelClient::new(&[node.addr().to_string()], 0)
+    KeelClient::new(&[node.addr().to_string()])
         .expect("client")
         .init(&members)
         .await

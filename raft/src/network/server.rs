@@ -198,6 +198,19 @@ impl RaftRpc for RaftService {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(status);
         }
+        let host = self.shared.host.clone();
+        let (checked_path, expected) = (path.clone(), snapshot_meta.last_log_id);
+        let checked =
+            tokio::task::spawn_blocking(move || host.check_incoming(&checked_path, expected))
+                .await
+                .map_err(|e| Status::internal(format!("checking the snapshot: {e}")))?;
+        if let Err(error) = checked {
+            tracing::warn!(%error, "refused a received snapshot");
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Status::invalid_argument(format!(
+                "snapshot refused: {error}"
+            )));
+        }
         let snapshot = Snapshot {
             meta: snapshot_meta,
             snapshot: SnapshotFile { path },
