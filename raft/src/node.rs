@@ -195,6 +195,18 @@ impl NodeShared {
         }
     }
 
+    /// Whether this node holds a membership (it was initialized, or a leader reached it).
+    pub fn initialized(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
+    }
+
     /// Whether the membership admits this node's data directory incarnation, so it may vote.
     pub fn admitted(&self) -> bool {
         let metrics = self.raft.metrics();
@@ -422,7 +434,12 @@ async fn watch_raft(shared: NodeShared, stop: watch::Sender<bool>) {
         let admitted = shared.admitted();
         if may_campaign != Some(admitted) {
             shared.raft.runtime_config().elect(admitted);
-            if !admitted {
+            if !shared.initialized() {
+                tracing::info!(
+                    node = shared.node_id,
+                    "waiting to be initialized (`keel init`, or the leader reaching this node)"
+                );
+            } else if !admitted {
                 tracing::info!(
                     node = shared.node_id,
                     "not an admitted voter: elections off until the membership admits this data directory"

@@ -8,9 +8,10 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use keel_raft::wire_error::{WriteErrorKind, status};
-use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
 
 use crate::command::{Answer, Command, Due, EntryState, Outcome, Rejection, WorkflowStatus};
@@ -373,33 +374,33 @@ impl Workflows for WorkflowService {
         &self,
         _request: Request<pb::Empty>,
     ) -> Result<Response<FireStream>, Status> {
-        let mut fires = self.machine.watch_fires();
-        let stream = async_stream(move |sender| async move {
-            loop {
-                let item = match fires.recv().await {
-                    Ok(fire) => Ok(pb::TimerFire {
-                        name: fire.name,
-                        payload: fire.payload.into(),
-                        term: fire.record.term,
-                        index: fire.record.index,
-                        due_ms: fire.record.due_ms,
-                        fired_ms: fire.record.fired_ms,
-                    }),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => Err(status(
-                        WriteErrorKind::Unavailable,
-                        format!(
-                            "this watcher fell behind and missed {missed} fires; read them with GetTimer"
-                        ),
-                    )),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let end = item.is_err();
-                if sender.send(item).await.is_err() || end {
-                    return;
+        // Each fire as it is applied; a watcher that falls behind gets one error saying
+        // so, and its stream ends there.
+        let stream = BroadcastStream::new(self.machine.watch_fires())
+            .map(|item| match item {
+                Ok(fire) => Ok(pb::TimerFire {
+                    name: fire.name,
+                    payload: fire.payload.into(),
+                    term: fire.record.term,
+                    index: fire.record.index,
+                    due_ms: fire.record.due_ms,
+                    fired_ms: fire.record.fired_ms,
+                }),
+                Err(BroadcastStreamRecvError::Lagged(missed)) => Err(status(
+                    WriteErrorKind::Unavailable,
+                    format!(
+                        "this watcher fell behind and missed {missed} fires; read them with GetTimer"
+                    ),
+                )),
+            })
+            .scan(false, |ended, item| {
+                let next = (!*ended).then_some(item);
+                if let Some(item) = &next {
+                    *ended = item.is_err();
                 }
-            }
-        });
-        Ok(Response::new(stream))
+                std::future::ready(next)
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn register_schedule(
@@ -417,18 +418,4 @@ impl Workflows for WorkflowService {
         };
         self.propose_done(command, None).await
     }
-}
-
-/// A stream fed by a task running `produce` with the sending half of a channel.
-fn async_stream<F, Fut>(produce: F) -> FireStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::TimerFire, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (sender, receiver) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(produce(sender));
-    Box::pin(futures::stream::unfold(
-        receiver,
-        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
-    ))
 }

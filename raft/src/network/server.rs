@@ -22,7 +22,7 @@ use crate::pb::client::keel_log_server::KeelLogServer;
 use crate::pb::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::pb::{self, raft as wire};
 use crate::snapshot::SnapshotFile;
-use crate::types::{Snapshot, SnapshotMeta, StoredMembership, Vote};
+use crate::types::{Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 
 /// Adds an extension's gRPC services to a node's routes.
 pub type AddServices = Box<dyn FnOnce(&NodeShared, Routes) -> Routes + Send>;
@@ -87,9 +87,17 @@ impl RaftService {
         request: Request<wire::VoteRequest>,
         pre: bool,
     ) -> Result<Response<wire::VoteResponse>, Status> {
-        self.refuse_unadmitted()?;
         let request =
             pb::vote_request_from_pb(request.into_inner()).map_err(|e| bad_message(&e))?;
+        if !self.shared.initialized() {
+            // A member still waiting for `keel init` (or for the leader another member's
+            // `Init` elected) refuses quietly, as a voter that saw a better candidate would:
+            // a cluster that is forming is not an error worth a warning on every node.
+            let refused =
+                openraft::raft::VoteResponse::<TypeConfig>::new(request.vote, None, false);
+            return Ok(Response::new((&refused).into()));
+        }
+        self.refuse_unadmitted()?;
         let response = if pre {
             self.shared.raft.pre_vote(request).await
         } else {

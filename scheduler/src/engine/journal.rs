@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use keel_raft::wire_error::{self, WriteErrorKind};
 
-use super::context::WorkflowError;
+use super::error::WorkflowError;
 use super::proposer::Proposer;
 use crate::command::{Answer, Command, EntryState, Rejection};
 use crate::machine::SchedulerMachine;

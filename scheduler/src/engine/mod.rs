@@ -10,6 +10,7 @@
 
 pub mod context;
 pub mod dispatch;
+pub mod error;
 pub(crate) mod journal;
 pub mod proposer;
 pub mod registry;
@@ -25,8 +26,8 @@ use keel_raft::node::NodeShared;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use self::context::WorkflowError;
 use self::dispatch::Dispatcher;
+use self::error::WorkflowError;
 use self::journal::{JournalPort, LocalJournal};
 use self::proposer::Proposer;
 use self::registry::{Kind, Registry};

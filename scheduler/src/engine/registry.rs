@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::context::{Context, WorkflowError};
+use super::context::Context;
+use super::error::WorkflowError;
 
 /// A running workflow function's future.
 pub type WorkflowFuture = Pin<Box<dyn Future<Output = Result<Bytes, WorkflowError>> + Send>>;

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use std::panic::AssertUnwindSafe;
 
-use super::context::{Context, WorkflowError};
+use super::context::Context;
+use super::error::WorkflowError;
 use super::journal::JournalPort;
 use super::registry::Kind;
 use crate::command::{Command, Outcome};
