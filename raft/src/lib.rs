@@ -69,6 +69,7 @@ pub mod repair;
 #[cfg(feature = "sabotage")]
 pub mod sabotage;
 pub mod session;
+pub mod shared;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

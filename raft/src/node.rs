@@ -22,12 +22,14 @@ use crate::metrics::NodeMetrics;
 use crate::multiplex::Multiplex;
 use crate::network::client::Network;
 use crate::network::server::AddServices;
-use crate::network::{client_service, server};
+use crate::network::{metrics_endpoint, server};
 use crate::plain_log::{PlainLog, Retention};
 use crate::repair;
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::StateMachineHost;
 use crate::types::{NodeId, Raft};
+
+pub use crate::shared::{LeaderWatch, NodeShared};
 
 /// How long a stopping node lets open connections finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
@@ -161,96 +163,6 @@ impl NodeConfig {
     }
 }
 
-/// Everything the services share.
-#[derive(Debug, Clone)]
-pub struct NodeShared {
-    /// This node's id.
-    pub node_id: NodeId,
-    /// The data directory's identity.
-    pub identity: Identity,
-    /// The address the gRPC server listens at.
-    pub addr: SocketAddr,
-    /// The Raft handle.
-    pub raft: Raft,
-    /// The state machine host.
-    pub host: StateMachineHost,
-    /// The plain log application.
-    pub log: PlainLog,
-    /// The Raft log store.
-    pub store: LogStore,
-    /// Peer connections.
-    pub network: Network,
-    /// Metrics.
-    pub metrics: Arc<NodeMetrics>,
-    /// The session limit this node's registrations carry.
-    pub sessions_max: u64,
-}
-
-impl NodeShared {
-    /// A watch of this node's leadership.
-    pub fn leader_watch(&self) -> LeaderWatch {
-        LeaderWatch {
-            node_id: self.node_id,
-            metrics: self.raft.metrics(),
-        }
-    }
-
-    /// Whether this node holds a membership (it was initialized, or a leader reached it).
-    pub fn initialized(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .next()
-            .is_some()
-    }
-
-    /// Whether the membership admits this node's data directory incarnation, so it may vote.
-    pub fn admitted(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&self.node_id)
-            .is_some_and(|node| node.incarnation == self.identity.incarnation)
-    }
-}
-
-/// Watches whether this node leads, and in which term.
-pub struct LeaderWatch {
-    node_id: NodeId,
-    metrics: openraft::type_config::alias::WatchReceiverOf<
-        crate::types::TypeConfig,
-        openraft::RaftMetrics<crate::types::TypeConfig>,
-    >,
-}
-
-impl std::fmt::Debug for LeaderWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderWatch")
-            .field("node_id", &self.node_id)
-            .field("leading", &self.leading())
-            .finish_non_exhaustive()
-    }
-}
-
-impl LeaderWatch {
-    /// The term this node leads in, or `None` when it does not lead.
-    pub fn leading(&self) -> Option<u64> {
-        let metrics = self.metrics.borrow_watched();
-        (metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id))
-            .then_some(metrics.current_term)
-    }
-
-    /// Waits for a change of Raft's state; `false` once Raft stopped.
-    pub async fn changed(&mut self) -> bool {
-        self.metrics.changed().await.is_ok()
-    }
-}
-
 /// An application replicated beside the plain log (Keel's scheduler), with the gRPC
 /// services that serve it from this node.
 pub struct Extension {
@@ -343,7 +255,7 @@ impl RaftNode {
             let listener = TcpListener::bind(metrics_addr)
                 .await
                 .map_err(Error::io("listen on", metrics_addr.to_string()))?;
-            tasks.push(tokio::spawn(client_service::serve_metrics(
+            tasks.push(tokio::spawn(metrics_endpoint::serve_metrics(
                 shared.clone(),
                 listener,
                 stopped,

@@ -1,7 +1,9 @@
 //! gRPC between nodes ([`client`]: openraft's network on tonic; [`server`]: the raft
-//! service) and the client service ([`client_service`]).
+//! service), the client service ([`client_service`]) and the Prometheus endpoint
+//! ([`metrics_endpoint`]).
 
 pub mod client;
 pub mod client_service;
+pub mod metrics_endpoint;
 pub mod server;
 mod stoppable;

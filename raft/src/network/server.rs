@@ -17,10 +17,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::limits::MESSAGE_MAX_BYTES;
 use crate::network::client_service::ClientService;
 use crate::network::stoppable::StoppableIo;
-use crate::node::NodeShared;
 use crate::pb::client::keel_log_server::KeelLogServer;
 use crate::pb::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::pb::{self, raft as wire};
+use crate::shared::NodeShared;
 use crate::snapshot::SnapshotFile;
 use crate::types::{Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 
