@@ -66,6 +66,7 @@ pub mod pb;
 pub mod plain_log;
 mod record;
 pub mod repair;
+pub mod retry;
 #[cfg(feature = "sabotage")]
 pub mod sabotage;
 pub mod session;
