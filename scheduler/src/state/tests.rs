@@ -1,6 +1,7 @@
 //! Unit tests of the scheduler's transition function.
 
 use super::*;
+use crate::command::StepRecord;
 
 const KIND: &str = "agent";
 
