@@ -11,11 +11,10 @@ use keel_raft::wire_error::not_leader;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::{self, Answer, Command, Rejection};
-use crate::engine::dispatch::Dispatcher;
+use crate::engine::dispatch::{Dispatcher, Task};
 use crate::engine::proposer::Proposer;
 use crate::machine::SchedulerMachine;
 use crate::pb::{self, workers_server::Workers};
-use crate::state::Workflow;
 use crate::wire::rejected;
 
 /// Tasks queued to one worker before the leader stops leasing it more.
@@ -23,14 +22,15 @@ const TASK_QUEUE: usize = 1024;
 /// Longest `WaitEntry` wait.
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
-/// The task of running `workflow` (id `id`) under `fence`.
-pub(crate) fn task(id: &str, fence: u64, workflow: &Workflow) -> pb::Task {
-    pb::Task {
-        workflow: id.to_owned(),
-        fence,
-        kind: workflow.kind.clone(),
-        input: workflow.input.clone().into(),
-        journal: command::encode(&workflow.journal).into(),
+impl From<Task> for pb::Task {
+    fn from(task: Task) -> Self {
+        Self {
+            workflow: task.workflow,
+            fence: task.fence,
+            kind: task.kind,
+            input: task.input.into(),
+            journal: command::encode(&task.journal).into(),
+        }
     }
 }
 
@@ -128,7 +128,10 @@ impl Workers for WorkersService {
             tracing::info!(worker, "worker disconnected");
         });
         let stream = futures::stream::unfold(queued, |mut queued| async move {
-            queued.recv().await.map(|task| (task, queued))
+            queued
+                .recv()
+                .await
+                .map(|task| (Ok(pb::Task::from(task)), queued))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -174,11 +177,9 @@ impl Workers for WorkersService {
                     current: 0,
                 })
             })?;
-        Ok(Response::new(task(
-            &request.workflow,
-            request.fence,
-            workflow,
-        )))
+        Ok(Response::new(
+            Task::new(&request.workflow, request.fence, workflow).into(),
+        ))
     }
 
     async fn wait_entry(

@@ -13,9 +13,37 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
-use tonic::Status;
 
-use crate::pb;
+use crate::state::{JournalEntry, Workflow};
+
+/// A workflow leased to a worker: what the worker needs to run it under `fence` (the
+/// `Workers` service puts it on the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Task {
+    /// The workflow's id.
+    pub(crate) workflow: String,
+    /// The fence the worker runs it under.
+    pub(crate) fence: u64,
+    /// Its kind.
+    pub(crate) kind: String,
+    /// Its input.
+    pub(crate) input: Vec<u8>,
+    /// Its journal when the fence was granted.
+    pub(crate) journal: Vec<JournalEntry>,
+}
+
+impl Task {
+    /// The task of running `workflow` (id `id`) under `fence`.
+    pub(crate) fn new(id: &str, fence: u64, workflow: &Workflow) -> Self {
+        Self {
+            workflow: id.to_owned(),
+            fence,
+            kind: workflow.kind.clone(),
+            input: workflow.input.clone(),
+            journal: workflow.journal.clone(),
+        }
+    }
+}
 
 /// A connected worker.
 #[derive(Debug)]
@@ -23,7 +51,7 @@ struct WorkerSlot {
     connection: u64,
     /// Kinds it runs, with their version markers.
     kinds: BTreeMap<String, String>,
-    tasks: mpsc::Sender<Result<pb::Task, Status>>,
+    tasks: mpsc::Sender<Task>,
     last_seen: Instant,
 }
 
@@ -66,7 +94,7 @@ impl Dispatcher {
         &self,
         worker: u64,
         kinds: BTreeMap<String, String>,
-        tasks: mpsc::Sender<Result<pb::Task, Status>>,
+        tasks: mpsc::Sender<Task>,
     ) -> Option<u64> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
         let mut table = self.table();
@@ -188,14 +216,14 @@ impl Dispatcher {
     }
 
     /// Leases `task` to `worker`; false if the worker is gone or its queue is full.
-    pub(crate) fn lease(&self, worker: u64, task: pb::Task) -> bool {
+    pub(crate) fn lease(&self, worker: u64, task: Task) -> bool {
         let mut table = self.table();
         let Some(slot) = table.workers.get(&worker) else {
             return false;
         };
         let workflow = task.workflow.clone();
         let fence = task.fence;
-        if slot.tasks.try_send(Ok(task)).is_err() {
+        if slot.tasks.try_send(task).is_err() {
             return false;
         }
         table.leases.insert(workflow, Lease { worker, fence });

@@ -26,7 +26,7 @@ use keel_raft::node::NodeShared;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use self::dispatch::Dispatcher;
+use self::dispatch::{Dispatcher, Task};
 use self::error::WorkflowError;
 use self::journal::{JournalPort, LocalJournal};
 use self::proposer::Proposer;
@@ -467,12 +467,12 @@ impl Inner {
     }
 
     /// The task of `workflow` under `fence`, if that fence is current.
-    fn task(&self, workflow: &str, fence: u64) -> Option<crate::pb::Task> {
+    fn task(&self, workflow: &str, fence: u64) -> Option<Task> {
         let state = self.machine.read();
         let current = state
             .workflow(workflow)
             .filter(|w| !w.is_finished() && w.fence == fence)?;
-        Some(crate::workers_service::task(workflow, fence, current))
+        Some(Task::new(workflow, fence, current))
     }
 
     async fn expire(self: Arc<Self>) {

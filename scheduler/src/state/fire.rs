@@ -1,0 +1,68 @@
+//! `FireTimers`: fires each due timer once, never before its due time by the fire's stamp,
+//! and resolves what it was for: a sleep, a signal wait's timeout, a named timer (recording
+//! its fire), or a schedule's occurrence.
+
+use super::{Apply, Effect, EntryKind, FireRecord, SchedulerState, Timer, TimerTarget};
+use crate::command::{Answer, EntryState, Outcome};
+
+impl SchedulerState {
+    pub(super) fn fire_timers(&mut self, apply: &mut Apply<'_>, ids: &[u64]) -> Answer {
+        let mut fired = Vec::new();
+        for &id in ids {
+            if self
+                .timers
+                .get(id)
+                .is_none_or(|timer| timer.due_ms > apply.stamp_ms)
+            {
+                continue;
+            }
+            let timer = self.remove_timer(apply, id).expect("checked pending");
+            fired.push(id);
+            self.fire(apply, id, timer);
+        }
+        Answer::Fired { ids: fired }
+    }
+
+    fn fire(&mut self, apply: &mut Apply<'_>, id: u64, timer: Timer) {
+        match timer.target {
+            TimerTarget::Entry { workflow, seq } => {
+                let entry = self
+                    .workflows
+                    .get_mut(&workflow)
+                    .filter(|w| !w.is_finished())
+                    .and_then(|w| w.journal.get_mut(seq as usize))
+                    .expect("a pending entry timer belongs to a running workflow's entry");
+                match &mut entry.kind {
+                    EntryKind::Sleep { .. } => {
+                        entry.state = EntryState::Done(Outcome::Ok(Vec::new()));
+                    }
+                    EntryKind::Signal { timer, .. } => {
+                        *timer = None;
+                        entry.state = EntryState::TimedOut;
+                    }
+                    EntryKind::Step { .. } | EntryKind::Call { .. } => {
+                        unreachable!("only sleeps and signal waits hold timers")
+                    }
+                }
+                apply.effects.push(Effect::Changed { workflow });
+            }
+            TimerTarget::Named { name, payload } => {
+                self.named.remove(&name);
+                let record = FireRecord {
+                    id,
+                    term: apply.at.term,
+                    index: apply.at.index,
+                    due_ms: timer.due_ms,
+                    fired_ms: apply.stamp_ms,
+                };
+                self.fired.insert(name.clone(), record);
+                apply.effects.push(Effect::NamedFired {
+                    name,
+                    payload,
+                    record,
+                });
+            }
+            TimerTarget::Schedule { name } => self.fire_schedule(apply, &name, timer.due_ms),
+        }
+    }
+}

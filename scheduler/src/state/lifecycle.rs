@@ -1,0 +1,188 @@
+//! A workflow's life: its start, the claims that grant its runs new fences, its end
+//! (finish or cancel, which cascades to its running children and resolves its parent's call
+//! entry), and the expiry of finished workflows and of named timers' fire records.
+
+use super::{
+    Apply, Effect, EntryKind, SchedulerState, Workflow, check_len, check_name, check_outcome,
+};
+use crate::command::{Answer, EntryState, Outcome, Owner, Rejection, WorkflowStatus};
+use crate::limits::PAYLOAD_MAX_BYTES;
+
+impl SchedulerState {
+    pub(super) fn start(
+        &mut self,
+        apply: &mut Apply<'_>,
+        id: String,
+        kind: String,
+        input: Vec<u8>,
+    ) -> Result<Answer, Rejection> {
+        check_name("workflow id", &id)?;
+        if id.contains('/') {
+            return Err(Rejection::Invalid {
+                what: "workflow id".to_owned(),
+                reason: "'/' is reserved for child workflows' ids".to_owned(),
+            });
+        }
+        if let Some(existing) = self.workflows.get(&id) {
+            return Ok(Answer::Started {
+                fence: existing.fence,
+                created: false,
+                status: existing.status,
+            });
+        }
+        check_len("workflow input", input.len(), PAYLOAD_MAX_BYTES)?;
+        let version = self.version_of(&kind)?;
+        let workflow = Workflow::new(kind, version, input, None, apply.stamp_ms, apply.at);
+        let fence = workflow.fence;
+        apply.effects.push(Effect::Runnable {
+            workflow: id.clone(),
+            fence,
+            term: apply.at.term,
+            owner: None,
+        });
+        self.workflows.insert(id, workflow);
+        Ok(Answer::Started {
+            fence,
+            created: true,
+            status: WorkflowStatus::Running,
+        })
+    }
+
+    pub(super) fn claim(
+        &mut self,
+        apply: &mut Apply<'_>,
+        id: &str,
+        owner: Owner,
+    ) -> Result<Answer, Rejection> {
+        let workflow = self.running(id)?;
+        assert!(
+            apply.at.index > workflow.fence,
+            "fences are Raft indexes: a later grant is larger"
+        );
+        workflow.fence = apply.at.index;
+        workflow.granted_term = apply.at.term;
+        workflow.owner = Some(owner);
+        let fence = workflow.fence;
+        apply.effects.push(Effect::Runnable {
+            workflow: id.to_owned(),
+            fence,
+            term: apply.at.term,
+            owner: Some(owner),
+        });
+        apply.effects.push(Effect::Changed {
+            workflow: id.to_owned(),
+        });
+        Ok(Answer::Claimed { fence })
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        apply: &mut Apply<'_>,
+        id: &str,
+        fence: u64,
+        outcome: Outcome,
+    ) -> Result<Answer, Rejection> {
+        check_outcome(&outcome)?;
+        self.fenced(id, fence)?;
+        let status = match outcome {
+            Outcome::Ok(_) => WorkflowStatus::Completed,
+            Outcome::Err(_) => WorkflowStatus::Failed,
+        };
+        self.end(apply, id, status, outcome);
+        Ok(Answer::Done)
+    }
+
+    /// Ends the running workflow `id`: cancels its timers and resolves its parent's entry.
+    fn end(&mut self, apply: &mut Apply<'_>, id: &str, status: WorkflowStatus, outcome: Outcome) {
+        let workflow = self.workflows.get_mut(id).expect("ending a known workflow");
+        assert!(!workflow.is_finished(), "a workflow ends once");
+        workflow.status = status;
+        workflow.outcome = Some(outcome.clone());
+        workflow.finished_ms = Some(apply.stamp_ms);
+        let timers: Vec<u64> = workflow.pending_timers().collect();
+        let children: Vec<String> = workflow.pending_children().map(str::to_owned).collect();
+        let parent = workflow.parent.clone();
+        for timer in timers {
+            self.remove_timer(apply, timer);
+        }
+        // A child never outlives its parent: its result would have nowhere to go, and its
+        // id must be free when the parent's id is reused after expiry.
+        for child in children {
+            if self.workflows.get(&child).is_some_and(|c| !c.is_finished()) {
+                let message = format!("cancelled: its parent {id} ended");
+                self.end(
+                    apply,
+                    &child,
+                    WorkflowStatus::Cancelled,
+                    Outcome::Err(message),
+                );
+            }
+        }
+        apply.effects.push(Effect::Finished {
+            workflow: id.to_owned(),
+        });
+        apply.effects.push(Effect::Changed {
+            workflow: id.to_owned(),
+        });
+        let Some((parent, seq)) = parent else {
+            return;
+        };
+        let Some(parent_workflow) = self.workflows.get_mut(&parent) else {
+            return;
+        };
+        let parent_finished = parent_workflow.is_finished();
+        let Some(entry) = parent_workflow.journal.get_mut(seq as usize) else {
+            return;
+        };
+        let resolves_this = matches!(&entry.kind, EntryKind::Call { child, .. } if child == id);
+        if parent_finished || !resolves_this || !matches!(entry.state, EntryState::Pending { .. }) {
+            return;
+        }
+        entry.state = EntryState::Done(outcome);
+        apply.effects.push(Effect::Changed { workflow: parent });
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        apply: &mut Apply<'_>,
+        id: &str,
+        reason: &str,
+    ) -> Result<Answer, Rejection> {
+        check_len("cancel reason", reason.len(), PAYLOAD_MAX_BYTES)?;
+        self.running(id)?;
+        // Ending it cancels its running children, and theirs.
+        self.end(
+            apply,
+            id,
+            WorkflowStatus::Cancelled,
+            Outcome::Err(format!("cancelled: {reason}")),
+        );
+        Ok(Answer::Done)
+    }
+
+    /// Forgets workflows finished, and named timers' fire records made, at or before the
+    /// command's stamp less `retention_ms` (the same rule for both).
+    pub(super) fn expire(&mut self, apply: &mut Apply<'_>, retention_ms: u64) -> Answer {
+        let cutoff_ms = apply.stamp_ms.saturating_sub(retention_ms);
+        let before = (self.workflows.len(), self.fired.len());
+        self.workflows
+            .retain(|_, w| w.finished_ms.is_none_or(|finished| finished > cutoff_ms));
+        self.fired.retain(|_, record| record.fired_ms > cutoff_ms);
+        Answer::Expired {
+            workflows: (before.0 - self.workflows.len()) as u64,
+            fires: (before.1 - self.fired.len()) as u64,
+        }
+    }
+
+    /// Whether an expiry stamped so that its cutoff is `cutoff_ms` would forget something:
+    /// a workflow finished, or a named timer's fire recorded, at or before it.
+    pub fn expiry_due(&self, cutoff_ms: u64) -> bool {
+        self.fired
+            .values()
+            .any(|record| record.fired_ms <= cutoff_ms)
+            || self
+                .workflows
+                .values()
+                .any(|w| w.finished_ms.is_some_and(|finished| finished <= cutoff_ms))
+    }
+}
