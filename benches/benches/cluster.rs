@@ -11,6 +11,7 @@
 //!   until it serves (answers status having applied everything committed before the kill).
 //!
 //! The `peers` benchmark runs etcd 3.4 and NATS `JetStream` beside Keel under the same load.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -10,6 +10,7 @@
 //!   plus full rkyv validation, to show what the unchecked access saves.
 //! - `log_scan`: sequential range iteration; `raw_crc` is CRC32C over the same bytes.
 //! - `log_reopen`: open (recovery) of a log whose 64 MiB tail segment is full and unsealed.
+#![forbid(unsafe_code)]
 
 use std::{
     fs::{File, OpenOptions},

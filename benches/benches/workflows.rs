@@ -21,6 +21,7 @@
 //!   same file.
 //!
 //! Without `--bench` (a test run) the counts are small.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -79,7 +79,9 @@ mod tests {
             first: Duration::from_millis(100),
             max: Duration::from_millis(350),
         };
-        let pauses: Vec<u128> = (1..=4).map(|n| backoff.pause_after(n).as_millis()).collect();
+        let pauses: Vec<u128> = (1..=4)
+            .map(|n| backoff.pause_after(n).as_millis())
+            .collect();
         assert_eq!(pauses, [100, 200, 350, 350]);
         assert_eq!(
             Backoff::constant(Duration::from_millis(7), 3).pause_after(9),

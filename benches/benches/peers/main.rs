@@ -21,6 +21,7 @@
 //! Keel's throughput over the peer's (over every call criterion made, warm-up included), and
 //! the peer's mean failover time over Keel's — above 1, Keel is ahead;
 //! latency p50/p99 go to `target/keel-bench/peers_latency.txt`.
+#![forbid(unsafe_code)]
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -101,11 +101,20 @@ impl<T: Payload> Deref for Record<T> {
     type Target = T::Archived;
 
     fn deref(&self) -> &T::Archived {
+        // Checked at compile time for every payload type: its archive needs no more than
+        // the 16-byte alignment every payload has.
+        const {
+            assert!(
+                align_of::<T::Archived>() <= frame::FRAME_ALIGN,
+                "an archived payload needs more than the frames' 16-byte alignment"
+            );
+        };
         let bytes = self.bytes();
         // SAFETY: a `Record` is only built by `Segment::read` after `frame::decode` verified
         // the frame's CRC32C over these exact bytes, and every record frame of a
         // `Segment<T>` was validated as `T::Archived` when it entered the log (module docs).
-        // The payload is 16-aligned: frames are 16-aligned in a page-aligned mapping.
+        // The payload is 16-aligned (frames are 16-aligned in a page-aligned mapping, asserted
+        // in `Segment::read`), which is all `T::Archived` needs (the const assertion above).
         unsafe { rkyv::access_unchecked::<T::Archived>(bytes) }
     }
 }

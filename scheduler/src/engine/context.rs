@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use keel_raft::retry::Backoff;
 
 pub use super::error::WorkflowError;
 use super::journal::JournalPort;
@@ -54,9 +55,15 @@ impl RetryPolicy {
         }
     }
 
-    fn pause_after(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(20);
-        self.backoff.saturating_mul(factor).min(self.backoff_max)
+    /// The pauses between attempts, as every retry loop in Keel computes them. A step's
+    /// attempts are not run by [`keel_raft::retry::retry`]: each failed attempt is
+    /// journaled before the pause, so a run that takes over later continues the count.
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            attempts_max: self.attempts,
+            first: self.backoff,
+            max: self.backoff_max,
+        }
     }
 }
 
@@ -235,7 +242,7 @@ impl Context {
             match state {
                 EntryState::Done(outcome) => return step_result(name, attempts, outcome),
                 EntryState::Pending { .. } if retry => {
-                    tokio::time::sleep(policy.pause_after(attempts)).await;
+                    tokio::time::sleep(policy.backoff().pause_after(attempts)).await;
                 }
                 other => {
                     return Err(WorkflowError::Journal(format!(
@@ -420,9 +427,9 @@ mod tests {
             backoff_max: Duration::from_millis(350),
             timeout: None,
         };
-        assert_eq!(policy.pause_after(1), Duration::from_millis(100));
-        assert_eq!(policy.pause_after(2), Duration::from_millis(200));
-        assert_eq!(policy.pause_after(3), Duration::from_millis(350));
-        assert_eq!(policy.pause_after(40), Duration::from_millis(350));
+        assert_eq!(policy.backoff().pause_after(1), Duration::from_millis(100));
+        assert_eq!(policy.backoff().pause_after(2), Duration::from_millis(200));
+        assert_eq!(policy.backoff().pause_after(3), Duration::from_millis(350));
+        assert_eq!(policy.backoff().pause_after(40), Duration::from_millis(350));
     }
 }

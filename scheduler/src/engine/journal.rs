@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use keel_raft::retry::{Attempt, Backoff, retry};
 use keel_raft::wire_error::{self, WriteErrorKind};
 
 use super::error::WorkflowError;
@@ -58,25 +59,27 @@ pub(crate) fn refused(rejection: Rejection) -> Result<Answer, WorkflowError> {
 
 impl LocalJournal {
     async fn propose_retrying(&self, command: Command) -> Result<Answer, WorkflowError> {
-        let mut last = String::new();
-        for _ in 0..=RETRIES_MAX {
-            let status = match self.proposer.propose(command.clone(), None).await {
-                Ok(Answer::Rejected(rejection)) => return refused(rejection),
-                Ok(answer) => return Ok(answer),
-                Err(status) => status,
-            };
-            match wire_error::parse(&status).0 {
-                Some(WriteErrorKind::OutcomeUnknown | WriteErrorKind::Overloaded) => {
-                    last = status.message().to_owned();
-                    tokio::time::sleep(RETRY_PAUSE).await;
+        retry(Backoff::constant(RETRY_PAUSE, RETRIES_MAX + 1), |_| {
+            let proposed = self.proposer.propose(command.clone(), None);
+            async move {
+                let status = match proposed.await {
+                    Ok(Answer::Rejected(rejection)) => return Attempt::Done(refused(rejection)),
+                    Ok(answer) => return Attempt::Done(Ok(answer)),
+                    Err(status) => status,
+                };
+                let error = WorkflowError::Journal(status.message().to_owned());
+                match wire_error::parse(&status).0 {
+                    Some(WriteErrorKind::OutcomeUnknown | WriteErrorKind::Overloaded) => {
+                        Attempt::Again(error)
+                    }
+                    Some(WriteErrorKind::NotLeader | WriteErrorKind::Unavailable) => {
+                        Attempt::Done(Err(WorkflowError::Superseded))
+                    }
+                    _ => Attempt::Done(Err(error)),
                 }
-                Some(WriteErrorKind::NotLeader | WriteErrorKind::Unavailable) => {
-                    return Err(WorkflowError::Superseded);
-                }
-                _ => return Err(WorkflowError::Journal(status.message().to_owned())),
             }
-        }
-        Err(WorkflowError::Journal(last))
+        })
+        .await
     }
 
     async fn wait_resolved(

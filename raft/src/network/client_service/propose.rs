@@ -9,6 +9,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, ForwardReason, RaftError};
 use tonic::Status;
 
+use crate::retry::{Attempt, Backoff, retry};
 use crate::session::encode_register;
 use crate::types::{ClientRequest, ClientResponse, TypeConfig};
 use crate::wire_error::{WriteErrorKind, status};
@@ -19,7 +20,8 @@ use super::ClientService;
 pub const INFLIGHT_WRITES_MAX: usize = 4096;
 /// How long a proposed write may take before its outcome is reported unknown.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a write refused for an expired post-election lease is retried, and the pause.
+/// How often a write refused for an expired post-election lease is tried again, and the
+/// pause.
 const LEASE_RETRIES_MAX: u32 = 50;
 const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
@@ -47,53 +49,49 @@ impl ClientService {
                     format!("{INFLIGHT_WRITES_MAX} writes in flight; retry later"),
                 )
             })?;
-        for attempt in 0..=LEASE_RETRIES_MAX {
-            let written = tokio::time::timeout(
-                WRITE_TIMEOUT,
-                self.shared.raft.client_write(request.clone()),
-            )
-            .await;
-            let error = match written {
-                Err(_) => {
-                    return Err(status(
-                        WriteErrorKind::OutcomeUnknown,
-                        format!(
-                            "no outcome within {WRITE_TIMEOUT:?} after proposing; retry with the same sequence to learn it"
-                        ),
-                    ));
-                }
-                Ok(Ok(response)) => return Ok((response, u64::from(attempt))),
-                Ok(Err(error)) => error,
-            };
-            match error {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                    let own_lease = forward.reason == ForwardReason::LeaseExpired
-                        && forward.leader_id == Some(self.shared.node_id);
-                    if !own_lease || attempt == LEASE_RETRIES_MAX {
-                        return Err(Self::leader_of(&forward));
+        let lease = Backoff::constant(LEASE_RETRY_PAUSE, LEASE_RETRIES_MAX + 1);
+        retry(lease, |attempt| {
+            let written = self.shared.raft.client_write(request.clone());
+            async move {
+                let error = match tokio::time::timeout(WRITE_TIMEOUT, written).await {
+                    Err(_) => {
+                        return Attempt::Done(Err(status(
+                            WriteErrorKind::OutcomeUnknown,
+                            format!(
+                                "no outcome within {WRITE_TIMEOUT:?} after proposing; retry with the same sequence to learn it"
+                            ),
+                        )));
                     }
-                    tokio::time::sleep(LEASE_RETRY_PAUSE).await;
-                }
-                RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
-                    return Err(status(
+                    Ok(Ok(response)) => return Attempt::Done(Ok((response, u64::from(attempt)))),
+                    Ok(Err(error)) => error,
+                };
+                Attempt::Done(Err(match error {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                        // Right after an election the leader's own lease may refuse a
+                        // proposal: nothing was proposed, so it is tried again here.
+                        let refused = Self::leader_of(&forward);
+                        if forward.reason == ForwardReason::LeaseExpired
+                            && forward.leader_id == Some(self.shared.node_id)
+                        {
+                            return Attempt::Again(refused);
+                        }
+                        refused
+                    }
+                    RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => status(
                         WriteErrorKind::OutcomeUnknown,
                         format!(
                             "the entry was discarded by a leader change ({forward}); it may or may not commit: retry with the same sequence"
                         ),
-                    ));
-                }
-                RaftError::APIError(other) => {
-                    return Err(status(WriteErrorKind::Invalid, other.to_string()));
-                }
-                RaftError::Fatal(fatal) => {
-                    return Err(status(
+                    ),
+                    RaftError::APIError(other) => status(WriteErrorKind::Invalid, other.to_string()),
+                    RaftError::Fatal(fatal) => status(
                         WriteErrorKind::OutcomeUnknown,
                         format!("raft stopped after the proposal: {fatal}"),
-                    ));
-                }
+                    ),
+                }))
             }
-        }
-        unreachable!("the last attempt returns")
+        })
+        .await
     }
 
     /// Registers an exactly-once session through the log; its id.
