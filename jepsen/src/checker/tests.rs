@@ -21,6 +21,21 @@ impl Builder {
         });
     }
 
+    /// An operation by `process` over `[from, to]` ending `kind`: `call` with no offset
+    /// when invoked, with `offset` when it completes.
+    fn offset_op(
+        &mut self,
+        process: u64,
+        (from, to): (u64, u64),
+        kind: OpType,
+        offset: Option<u64>,
+        call: impl Fn(Option<u64>) -> Call,
+    ) -> &mut Self {
+        self.push(from, process, OpType::Invoke, call(None));
+        self.push(to, process, kind, call(offset));
+        self
+    }
+
     /// An append by `process` over `[from, to]` ending `kind` (with `offset` when ok).
     fn append(
         &mut self,
@@ -31,25 +46,10 @@ impl Builder {
         kind: OpType,
         offset: Option<u64>,
     ) -> &mut Self {
-        self.push(
-            from,
-            process,
-            OpType::Invoke,
-            Call::Append {
-                value: value.into(),
-                offset: None,
-            },
-        );
-        self.push(
-            to,
-            process,
-            kind,
-            Call::Append {
-                value: value.into(),
-                offset,
-            },
-        );
-        self
+        self.offset_op(process, (from, to), kind, offset, |offset| Call::Append {
+            value: value.into(),
+            offset,
+        })
     }
 
     /// A replay of `value` by `process` over `[from, to]` ending `kind`.
@@ -62,13 +62,10 @@ impl Builder {
         kind: OpType,
         offset: Option<u64>,
     ) -> &mut Self {
-        let call = |offset| Call::Replay {
+        self.offset_op(process, (from, to), kind, offset, |offset| Call::Replay {
             value: value.into(),
             offset,
-        };
-        self.push(from, process, OpType::Invoke, call(None));
-        self.push(to, process, kind, call(offset));
-        self
+        })
     }
 
     fn read(
