@@ -1,8 +1,8 @@
 //! The client service: appends, reads, subscriptions, status and membership changes.
 //!
-//! One module per job: [`propose`] (a write through openraft and its fate, sessions),
-//! [`coalesce_queue`] (appends coalesced into shared entries), [`appends`] (the append
-//! RPCs), [`reads`] (local and linearizable reads, subscriptions) and [`admin`] (status,
+//! One module per job: `propose` (a write through openraft and its fate, sessions),
+//! `coalesce_queue` (appends coalesced into shared entries), `appends` (the append
+//! RPCs), `reads` (local and linearizable reads, subscriptions) and `admin` (status,
 //! init, learners, membership). This module holds the service, its view of the leader, and
 //! the gRPC trait, which hands each call to its module.
 
