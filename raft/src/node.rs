@@ -256,7 +256,7 @@ impl RaftNode {
                 .await
                 .map_err(Error::io("listen on", metrics_addr.to_string()))?;
             tasks.push(tokio::spawn(metrics_endpoint::serve_metrics(
-                shared.clone(),
+                metrics_endpoint::MetricsSource::from(&shared),
                 listener,
                 stopped,
             )));

@@ -50,6 +50,46 @@ impl NodeShared {
         }
     }
 
+    /// The view of this node's admission the raft service needs.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            node_id: self.node_id,
+            incarnation: self.identity.incarnation,
+            raft: self.raft.clone(),
+        }
+    }
+
+    /// Whether this node holds a membership (it was initialized, or a leader reached it).
+    pub fn initialized(&self) -> bool {
+        self.admission().initialized()
+    }
+
+    /// Whether the membership admits this node's data directory incarnation, so it may vote.
+    pub fn admitted(&self) -> bool {
+        self.admission().admitted()
+    }
+}
+
+/// Whether a node may vote: its id and data directory incarnation against the membership
+/// it holds. The raft service's whole view of the node besides the Raft handle.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    node_id: NodeId,
+    incarnation: u64,
+    raft: Raft,
+}
+
+impl Admission {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// This node's data directory incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// Whether this node holds a membership (it was initialized, or a leader reached it).
     pub fn initialized(&self) -> bool {
         let metrics = self.raft.metrics();
@@ -70,7 +110,7 @@ impl NodeShared {
             .membership_config
             .membership()
             .get_node(&self.node_id)
-            .is_some_and(|node| node.incarnation == self.identity.incarnation)
+            .is_some_and(|node| node.incarnation == self.incarnation)
     }
 }
 

@@ -6,15 +6,51 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::RaftGauges;
+use std::sync::Arc;
+
+use crate::metrics::{NodeMetrics, RaftGauges};
 use crate::shared::NodeShared;
+use crate::types::{NodeId, Raft};
 
 /// Largest metrics HTTP request read.
 const METRICS_REQUEST_MAX_BYTES: usize = 8 * 1024;
 
+/// What the endpoint reports from: all it sees of the node.
+#[derive(Debug, Clone)]
+pub struct MetricsSource {
+    node_id: NodeId,
+    raft: Raft,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl From<&NodeShared> for MetricsSource {
+    fn from(shared: &NodeShared) -> Self {
+        Self {
+            node_id: shared.node_id,
+            raft: shared.raft.clone(),
+            metrics: Arc::clone(&shared.metrics),
+        }
+    }
+}
+
+impl MetricsSource {
+    /// The Prometheus text of the node's metrics and Raft gauges now.
+    fn render(&self) -> String {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let gauges = RaftGauges {
+            term: metrics.current_term,
+            committed_index: metrics.local_committed.map_or(0, |c| c.index),
+            applied_index: metrics.last_applied.map_or(0, |a| a.index),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            is_leader: u64::from(metrics.state == ServerState::Leader),
+        };
+        self.metrics.render(self.node_id, gauges)
+    }
+}
+
 /// Serves `GET /metrics` (Prometheus text format) on `listener` until `stop` turns true.
 pub async fn serve_metrics(
-    shared: NodeShared,
+    source: MetricsSource,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -26,7 +62,7 @@ pub async fn serve_metrics(
         let Ok((mut socket, _)) = accepted else {
             continue;
         };
-        let shared = shared.clone();
+        let source = source.clone();
         tokio::spawn(async move {
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
@@ -39,7 +75,7 @@ pub async fn serve_metrics(
                 }
             }
             let response = if request.starts_with(b"GET /metrics ") {
-                let body = shared.metrics.render(shared.node_id, gauges(&shared));
+                let body = source.render();
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -50,16 +86,5 @@ pub async fn serve_metrics(
             };
             let _ = socket.write_all(response.as_bytes()).await;
         });
-    }
-}
-
-fn gauges(shared: &NodeShared) -> RaftGauges {
-    let metrics = shared.raft.metrics().borrow_watched().clone();
-    RaftGauges {
-        term: metrics.current_term,
-        committed_index: metrics.local_committed.map_or(0, |c| c.index),
-        applied_index: metrics.last_applied.map_or(0, |a| a.index),
-        last_log_index: metrics.last_log_index.unwrap_or(0),
-        is_leader: u64::from(metrics.state == ServerState::Leader),
     }
 }

@@ -20,9 +20,10 @@ use crate::network::stoppable::StoppableIo;
 use crate::pb::client::keel_log_server::KeelLogServer;
 use crate::pb::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::pb::{self, raft as wire};
-use crate::shared::NodeShared;
+use crate::shared::{Admission, NodeShared};
 use crate::snapshot::SnapshotFile;
-use crate::types::{Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use crate::state_machine::StateMachineHost;
+use crate::types::{Raft, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 
 /// Adds an extension's gRPC services to a node's routes.
 pub type AddServices = Box<dyn FnOnce(&NodeShared, Routes) -> Routes + Send>;
@@ -35,7 +36,9 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let raft = RaftServer::new(RaftService {
-        shared: shared.clone(),
+        raft: shared.raft.clone(),
+        host: shared.host.clone(),
+        admission: shared.admission(),
     })
     .max_decoding_message_size(MESSAGE_MAX_BYTES)
     .max_encoding_message_size(MESSAGE_MAX_BYTES);
@@ -66,10 +69,13 @@ pub async fn serve(
     }
 }
 
-/// The raft service.
+/// The raft service: the Raft handle, the state machine host (for snapshots) and whether
+/// this node may vote — all it sees of the node.
 #[derive(Debug)]
 pub struct RaftService {
-    shared: NodeShared,
+    raft: Raft,
+    host: StateMachineHost,
+    admission: Admission,
 }
 
 fn bad_message(error: &crate::error::DecodeError) -> Status {
@@ -89,7 +95,7 @@ impl RaftService {
     ) -> Result<Response<wire::VoteResponse>, Status> {
         let request =
             pb::vote_request_from_pb(request.into_inner()).map_err(|e| bad_message(&e))?;
-        if !self.shared.initialized() {
+        if !self.admission.initialized() {
             // A member still waiting for `keel init` (or for the leader another member's
             // `Init` elected) refuses quietly, as a voter that saw a better candidate would:
             // a cluster that is forming is not an error worth a warning on every node.
@@ -99,20 +105,21 @@ impl RaftService {
         }
         self.refuse_unadmitted()?;
         let response = if pre {
-            self.shared.raft.pre_vote(request).await
+            self.raft.pre_vote(request).await
         } else {
-            self.shared.raft.vote(request).await
+            self.raft.vote(request).await
         };
         Ok(Response::new((&response.map_err(|e| fatal(&e))?).into()))
     }
 
     fn refuse_unadmitted(&self) -> Result<(), Status> {
-        if self.shared.admitted() {
+        if self.admission.admitted() {
             Ok(())
         } else {
             Err(Status::failed_precondition(format!(
                 "node {} (incarnation {:016x}) is not an admitted voter: its data directory is new or was wiped; it votes only after `keel repair` re-admits it",
-                self.shared.node_id, self.shared.identity.incarnation
+                self.admission.node_id(),
+                self.admission.incarnation()
             )))
         }
     }
@@ -141,7 +148,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<wire::AppendRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let node = self.shared.node_id;
+        let node = self.admission.node_id();
         let input = request.into_inner().take_while(move |message| {
             let keep = match message {
                 Ok(_) => true,
@@ -162,14 +169,13 @@ impl RaftRpc for RaftService {
             });
             std::future::ready(decoded)
         });
-        let output =
-            self.shared
-                .raft
-                .stream_append(Box::pin(requests))
-                .map(|result| match result {
-                    Ok(result) => Ok(pb::stream_result_to_pb(&result)),
-                    Err(error) => Err(fatal(&error)),
-                });
+        let output = self
+            .raft
+            .stream_append(Box::pin(requests))
+            .map(|result| match result {
+                Ok(result) => Ok(pb::stream_result_to_pb(&result)),
+                Err(error) => Err(fatal(&error)),
+            });
         Ok(Response::new(Box::pin(output)))
     }
 
@@ -200,13 +206,13 @@ impl RaftRpc for RaftService {
                 membership,
             ),
         };
-        let path = self.shared.host.snapshot_dir().temp_path("incoming");
+        let path = self.host.snapshot_dir().temp_path("incoming");
         let received = receive_file(&path, &mut chunks, meta.size_bytes).await;
         if let Err(status) = received {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(status);
         }
-        let host = self.shared.host.clone();
+        let host = self.host.clone();
         let (checked_path, expected) = (path.clone(), snapshot_meta.last_log_id);
         let checked =
             tokio::task::spawn_blocking(move || host.check_incoming(&checked_path, expected))
@@ -224,7 +230,6 @@ impl RaftRpc for RaftService {
             snapshot: SnapshotFile { path },
         };
         let response = self
-            .shared
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
@@ -249,7 +254,6 @@ impl RaftRpc for RaftService {
             request.last_log_id.map(Into::into),
         );
         match self
-            .shared
             .raft
             .handle_transfer_leader(request)
             .await
@@ -266,11 +270,7 @@ impl RaftRpc for RaftService {
         &self,
         _request: Request<wire::Empty>,
     ) -> Result<Response<wire::ReadIndexResponse>, Status> {
-        let read = self
-            .shared
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await;
+        let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await;
         match read {
             Ok(read_log_id) => Ok(Response::new(wire::ReadIndexResponse {
                 read_index: read_log_id.index(),
