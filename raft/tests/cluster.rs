@@ -672,3 +672,38 @@ async fn add_learner_checks_the_learner_and_a_blocking_add_waits_for_it() {
         node.shutdown().await;
     }
 }
+
+/// A member still waiting for `init` refuses a candidate's vote and pre-vote as a plain
+/// "not granted" answer, not an error (which every candidate logged as a warning while the
+/// cluster formed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_waiting_for_init_refuses_votes_quietly() {
+    use keel_raft::pb::raft::{self as wire, raft_client::RaftClient};
+    let cluster = Cluster::start(1, |_| {}).await;
+    let addr = cluster.addrs()[0].clone();
+    let mut raft = RaftClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let request = wire::VoteRequest {
+        vote: Some(wire::Vote {
+            term: 5,
+            node_id: 2,
+            committed: false,
+        }),
+        last_log_id: None,
+        leadership_transfer: false,
+    };
+    for pre in [true, false] {
+        let answer = if pre {
+            raft.pre_vote(request).await
+        } else {
+            raft.vote(request).await
+        }
+        .expect("a plain answer, not an error")
+        .into_inner();
+        assert!(!answer.vote_granted, "pre-vote {pre}: {answer:?}");
+    }
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
