@@ -153,14 +153,22 @@ async fn a_node_shut_down_under_an_open_stream_reopens_in_the_same_process() {
     node.shutdown().await;
 }
 
+/// The address of the node that reports itself leader, polled for up to 10 s: `init`
+/// returns once the membership is proposed, before the first election has finished.
 async fn leader_addr(client: &mut KeelClient) -> String {
-    client
-        .statuses()
-        .await
-        .into_iter()
-        .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader"))
-        .map(|(addr, _)| addr)
-        .expect("a leader")
+    for _ in 0..500 {
+        let leader = client
+            .statuses()
+            .await
+            .into_iter()
+            .find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader"))
+            .map(|(addr, _)| addr);
+        if let Some(addr) = leader {
+            return addr;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no node reported itself leader within 10 s of init");
 }
 
 fn is_invalid(error: &ClientError) -> bool {
