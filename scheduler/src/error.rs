@@ -13,4 +13,7 @@ pub enum Error {
     /// The node failed.
     #[error(transparent)]
     Raft(#[from] keel_raft::Error),
+    /// Raft stopped (a fatal storage error, or shutdown) before a request reached it.
+    #[error("raft has stopped: {0}")]
+    Stopped(String),
 }

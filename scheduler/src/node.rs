@@ -107,6 +107,38 @@ impl Node {
         &self.engine
     }
 
+    /// Whether this node runs its workflow kinds now: it leads, it caught up, and the
+    /// cluster's state holds every kind it registered at the registered version.
+    pub fn runs_workflows(&self) -> bool {
+        self.engine.active_term().is_some() && {
+            let state = self.machine.read();
+            self.engine
+                .declarations()
+                .iter()
+                .all(|(kind, version)| state.kinds().get(kind) == Some(version))
+        }
+    }
+
+    /// Whether the node belongs to an initialized cluster.
+    pub fn initialized(&self) -> bool {
+        self.inner.shared().initialized()
+    }
+
+    /// Starts an election now instead of after the election timeout (a single-voter
+    /// cluster leads at once on start).
+    ///
+    /// # Errors
+    /// [`crate::Error::Stopped`] when Raft has stopped.
+    pub async fn campaign(&self) -> Result<()> {
+        self.inner
+            .shared()
+            .raft
+            .trigger()
+            .elect(false)
+            .await
+            .map_err(|fatal| crate::Error::Stopped(fatal.to_string()))
+    }
+
     /// Resolves when the node stops by itself (a fatal storage error) or was stopped.
     pub async fn stopped(&self) {
         self.inner.stopped().await;

@@ -17,6 +17,8 @@ use keel_scheduler::{Answer, Command, EntryState, Outcome, Owner, Rejection, Ste
 
 static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
 static SHIFTED: AtomicBool = AtomicBool::new(false);
+static SUSPENDING_RUNS: AtomicU32 = AtomicU32::new(0);
+static SUSPENDING_STEPS: AtomicU32 = AtomicU32::new(0);
 
 fn never_fails(value: &'static str) -> std::future::Ready<Result<Bytes, std::convert::Infallible>> {
     std::future::ready(Ok(Bytes::from_static(value.as_bytes())))
@@ -63,8 +65,22 @@ async fn awaits_go(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> 
     Ok(ctx.wait_signal("go", None).await?.unwrap_or_default())
 }
 
+/// Registered as a suspending kind: counts its passes from the top and its step body's
+/// runs; a step, a short sleep, a signal wait.
+async fn gives_back_its_thread(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
+    SUSPENDING_RUNS.fetch_add(1, Ordering::SeqCst);
+    ctx.step("once", |_| async {
+        SUSPENDING_STEPS.fetch_add(1, Ordering::SeqCst);
+        never_fails("x").await
+    })
+    .await?;
+    ctx.sleep(Duration::from_millis(50)).await?;
+    Ok(ctx.wait_signal("go", None).await?.unwrap_or_default())
+}
+
 fn registry() -> Registry {
     Registry::new()
+        .register_suspending("suspending", "v1", gives_back_its_thread)
         .register("counted", "v1", counted)
         .register("shifty", "v1", shifty)
         .register("awaits-go", "v1", awaits_go)
@@ -245,6 +261,41 @@ async fn a_replayed_run_returns_journaled_steps_without_running_them_and_a_dupli
         "the replay returned step 0's journaled outcome without running its body"
     );
     every_node_agrees_on_c(&cluster).await;
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A suspending kind's run ends at each unresolved wait (the sleep, then the signal wait)
+/// and is replayed from its journal when the entry resolves: three passes from the top, the
+/// step's body run once, the signal's payload returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspending_run_ends_at_each_wait_and_is_replayed_when_it_resolves() {
+    let cluster = start_cluster().await;
+    let mut client = WorkflowClient::new(&cluster.addrs).expect("client");
+    client
+        .start("s", "suspending", Bytes::new())
+        .await
+        .expect("start");
+    cluster
+        .wait_for(&mut client, "s", "the signal wait", waiting_for_signal)
+        .await;
+    assert_eq!(
+        SUSPENDING_RUNS.load(Ordering::SeqCst),
+        2,
+        "one pass to the sleep, one after it to the signal wait"
+    );
+    client
+        .signal("s", "go", Bytes::from_static(b"payload"))
+        .await
+        .expect("signal");
+    let info = cluster
+        .wait_for(&mut client, "s", "completion", |i| i.status != "running")
+        .await;
+    assert_eq!(info.status, "completed", "{info:?}");
+    assert_eq!(info.result.as_ref(), b"payload");
+    assert_eq!(SUSPENDING_RUNS.load(Ordering::SeqCst), 3);
+    assert_eq!(SUSPENDING_STEPS.load(Ordering::SeqCst), 1);
     for node in cluster.nodes {
         node.shutdown().await;
     }

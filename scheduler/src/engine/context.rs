@@ -83,6 +83,8 @@ struct Run {
     journal: Vec<JournalEntry>,
     next_seq: AtomicU32,
     port: Arc<dyn JournalPort>,
+    /// Whether an unresolved wait ends the run ([`WorkflowError::Suspended`]).
+    suspends: bool,
 }
 
 /// A workflow run's handle on its journal; cheap to clone.
@@ -109,6 +111,7 @@ impl Context {
         fence: u64,
         journal: Vec<JournalEntry>,
         port: Arc<dyn JournalPort>,
+        suspends: bool,
     ) -> Self {
         Self {
             run: Arc::new(Run {
@@ -117,6 +120,7 @@ impl Context {
                 journal,
                 next_seq: AtomicU32::new(0),
                 port,
+                suspends,
             }),
         }
     }
@@ -154,9 +158,12 @@ impl Context {
         }
     }
 
-    /// Waits for entry `seq` if `state` is pending.
+    /// Waits for entry `seq` if `state` is pending (a suspending run stops instead).
     async fn resolved(&self, seq: u32, state: EntryState) -> Result<EntryState, WorkflowError> {
         if matches!(state, EntryState::Pending { .. }) {
+            if self.run.suspends {
+                return Err(WorkflowError::Suspended { seq });
+            }
             self.run
                 .port
                 .wait(&self.run.workflow, self.run.fence, seq)

@@ -39,6 +39,15 @@ pub enum WorkflowError {
     /// The journal moved under this run: it re-runs from the top.
     #[error("the journal changed under this run; replaying")]
     Replay,
+    /// The run of a suspending kind (see
+    /// [`Registry::register_suspending`](super::registry::Registry::register_suspending))
+    /// reached journal entry `seq` unresolved (a sleep, a signal wait, a call) and gave back
+    /// its thread: the engine waits for the entry, then replays the run from its journal.
+    #[error("suspended at journal entry {seq} until it resolves")]
+    Suspended {
+        /// The unresolved entry.
+        seq: u32,
+    },
     /// The journal could not be reached.
     #[error("journal unavailable: {0}")]
     Journal(String),

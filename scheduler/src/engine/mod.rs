@@ -167,6 +167,11 @@ impl Engine {
         Self { inner, tasks }
     }
 
+    /// `(kind, version)` of every kind this engine runs itself.
+    pub fn declarations(&self) -> Vec<(String, String)> {
+        self.inner.registry.declarations()
+    }
+
     /// The term this node runs workflows in (`None`: it does not lead, or is taking over).
     pub fn active_term(&self) -> Option<u64> {
         let term = *self.inner.active.borrow();

@@ -24,12 +24,16 @@ pub struct Kind {
     pub version: String,
     /// The function.
     pub function: WorkflowFn,
+    /// Whether a run of this kind gives back its thread at an unresolved wait instead of
+    /// awaiting it (see [`Registry::register_suspending`]).
+    pub suspends: bool,
 }
 
 impl fmt::Debug for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Kind")
             .field("version", &self.version)
+            .field("suspends", &self.suspends)
             .finish_non_exhaustive()
     }
 }
@@ -50,7 +54,30 @@ impl Registry {
     /// journaled with every workflow of the kind from its start: a run of a workflow whose
     /// marker differs from the registered one is not started here).
     #[must_use]
-    pub fn register<F, Fut>(mut self, kind: &str, version: &str, function: F) -> Self
+    pub fn register<F, Fut>(self, kind: &str, version: &str, function: F) -> Self
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, WorkflowError>> + Send + 'static,
+    {
+        self.insert(kind, version, false, function)
+    }
+
+    /// Registers `function` as [`Registry::register`] does, as a kind whose runs do not
+    /// wait: a durable wait that is not resolved yet (a sleep, a signal wait, a child call)
+    /// returns [`WorkflowError::Suspended`], the run ends, and the engine replays it from
+    /// its journal once the entry resolved. For code that holds a scarce resource while it
+    /// runs (an OS thread, as a synchronous Python workflow does); replays cost a pass over
+    /// the journal per wait.
+    #[must_use]
+    pub fn register_suspending<F, Fut>(self, kind: &str, version: &str, function: F) -> Self
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, WorkflowError>> + Send + 'static,
+    {
+        self.insert(kind, version, true, function)
+    }
+
+    fn insert<F, Fut>(mut self, kind: &str, version: &str, suspends: bool, function: F) -> Self
     where
         F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, WorkflowError>> + Send + 'static,
@@ -61,6 +88,7 @@ impl Registry {
             Kind {
                 version: version.to_owned(),
                 function,
+                suspends,
             },
         );
         self

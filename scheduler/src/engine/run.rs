@@ -40,6 +40,14 @@ pub(crate) async fn run_to_end<L, Fut>(
         match result {
             Ok(()) | Err(WorkflowError::Superseded) => return,
             Err(WorkflowError::Replay) => {}
+            Err(WorkflowError::Suspended { seq }) => match port.wait(workflow, fence, seq).await {
+                Ok(_) => {}
+                Err(WorkflowError::Superseded) => return,
+                Err(error) => {
+                    tracing::warn!(%workflow, seq, %error, "waiting for a suspended run's entry; retrying");
+                    tokio::time::sleep(RUN_RETRY_PAUSE).await;
+                }
+            },
             Err(error) => {
                 tracing::warn!(%workflow, %error, "workflow run interrupted; retrying");
                 tokio::time::sleep(RUN_RETRY_PAUSE).await;
@@ -57,7 +65,13 @@ async fn run_once(
     input: Bytes,
     journal: Vec<JournalEntry>,
 ) -> Result<(), WorkflowError> {
-    let context = Context::new(workflow.to_owned(), fence, journal, Arc::clone(port));
+    let context = Context::new(
+        workflow.to_owned(),
+        fence,
+        journal,
+        Arc::clone(port),
+        kind.suspends,
+    );
     // A panic in the workflow's code is that workflow's failure, not the engine's.
     let result = AssertUnwindSafe((kind.function)(context, input))
         .catch_unwind()
@@ -75,7 +89,10 @@ async fn run_once(
     let outcome = match result {
         Ok(value) => Outcome::Ok(value.to_vec()),
         Err(
-            error @ (WorkflowError::Superseded | WorkflowError::Replay | WorkflowError::Journal(_)),
+            error @ (WorkflowError::Superseded
+            | WorkflowError::Replay
+            | WorkflowError::Suspended { .. }
+            | WorkflowError::Journal(_)),
         ) => return Err(error),
         Err(error) => Outcome::Err(error.to_string()),
     };

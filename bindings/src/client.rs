@@ -1,0 +1,190 @@
+//! `NativeClient`: the workflow client an `App` (or a remote client) uses, over gRPC.
+//! Every method has a blocking form and an awaitable `_async` form.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_scheduler::client::{WorkflowClient, WorkflowClientError, WorkflowInfo};
+use keel_scheduler::wire::RejectionKind;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::blocking::{runtime, wait};
+use crate::errors::client_error;
+
+/// The longest single wait the service grants a `get`; longer waits loop.
+const GET_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// A client of one cluster.
+#[pyclass(module = "keel._native", frozen)]
+pub(crate) struct NativeClient {
+    client: WorkflowClient,
+    /// Signals go through one client, so they share one exactly-once session.
+    signaller: tokio::sync::Mutex<WorkflowClient>,
+}
+
+/// A workflow's state as a dict of Python values.
+fn info_dict<'py>(py: Python<'py>, info: &WorkflowInfo) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("id", &info.id)?;
+    dict.set_item("kind", &info.kind)?;
+    dict.set_item("version", &info.version)?;
+    dict.set_item("status", &info.status)?;
+    dict.set_item("result", PyBytes::new(py, &info.result))?;
+    dict.set_item("error", &info.error)?;
+    dict.set_item("created_ms", info.created_ms)?;
+    dict.set_item("finished_ms", info.finished_ms)?;
+    dict.set_item("parent", &info.parent)?;
+    dict.set_item("journal_len", info.journal_len)?;
+    Ok(dict)
+}
+
+/// Whether `error` is the refusal of a workflow that already finished.
+fn is_finished(error: &WorkflowClientError) -> bool {
+    matches!(
+        error,
+        WorkflowClientError::Rejected {
+            kind: RejectionKind::Finished,
+            ..
+        }
+    )
+}
+
+/// Workflow `id` once finished, or as it is after `wait`.
+async fn get_within(
+    mut client: WorkflowClient,
+    id: String,
+    wait: Duration,
+) -> Result<WorkflowInfo, WorkflowClientError> {
+    // No deadline: `wait` is too long to count (an endless wait).
+    let deadline = tokio::time::Instant::now().checked_add(wait);
+    loop {
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let info = client.get_after(&id, left.min(GET_WAIT_MAX), false).await?;
+        if info.status != "running" || left <= GET_WAIT_MAX {
+            return Ok(info);
+        }
+    }
+}
+
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Converts a client call's answer to Python.
+fn answer<T>(py: Python<'_>, result: Result<T, WorkflowClientError>) -> PyResult<T> {
+    result.map_err(|error| client_error(py, &error))
+}
+
+#[pymethods]
+impl NativeClient {
+    /// A client of the cluster at `endpoints` (`host:port`).
+    #[new]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "pyo3 hands over owned arguments"
+    )]
+    fn new(py: Python<'_>, endpoints: Vec<String>) -> PyResult<Self> {
+        let _runtime = runtime().enter();
+        let client = answer(py, WorkflowClient::new(&endpoints))?;
+        Ok(Self {
+            signaller: tokio::sync::Mutex::new(client.clone()),
+            client,
+        })
+    }
+
+    /// Starts workflow `id` of `kind` with `input`; whether this call created it.
+    fn start(&self, py: Python<'_>, id: String, kind: String, input: Vec<u8>) -> PyResult<bool> {
+        let mut client = self.client.clone();
+        let created = wait(py, async move {
+            client.start(&id, &kind, Bytes::from(input)).await
+        })?;
+        answer(py, created)
+    }
+
+    /// Awaitable [`NativeClient::start`].
+    fn start_async<'py>(
+        &self,
+        py: Python<'py>,
+        id: String,
+        kind: String,
+        input: Vec<u8>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let created = client.start(&id, &kind, Bytes::from(input)).await;
+            Python::attach(|py| answer(py, created))
+        })
+    }
+
+    /// Workflow `id` once it finished, or as it is after `wait_s` seconds.
+    #[pyo3(signature = (id, wait_s=0.0))]
+    fn get<'py>(&self, py: Python<'py>, id: String, wait_s: f64) -> PyResult<Bound<'py, PyDict>> {
+        let info = wait(py, get_within(self.client.clone(), id, seconds(wait_s)))?;
+        info_dict(py, &answer(py, info)?)
+    }
+
+    /// Awaitable [`NativeClient::get`].
+    #[pyo3(signature = (id, wait_s=0.0))]
+    fn get_async<'py>(
+        &self,
+        py: Python<'py>,
+        id: String,
+        wait_s: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let info = get_within(client, id, seconds(wait_s)).await;
+            Python::attach(|py| Ok(info_dict(py, &answer(py, info)?)?.unbind()))
+        })
+    }
+
+    /// Sends signal `name` with `payload` to workflow `id`, exactly once; false when the
+    /// workflow had finished (the signal is not delivered).
+    fn signal(&self, py: Python<'_>, id: &str, name: &str, payload: Vec<u8>) -> PyResult<bool> {
+        let sent = wait(py, async {
+            let mut client = self.signaller.lock().await;
+            client.signal(id, name, Bytes::from(payload)).await
+        })?;
+        match sent {
+            Ok(()) => Ok(true),
+            Err(error) if is_finished(&error) => Ok(false),
+            Err(error) => Err(client_error(py, &error)),
+        }
+    }
+
+    /// Cancels workflow `id` and its running children; false when it had finished.
+    fn cancel(&self, py: Python<'_>, id: String, reason: String) -> PyResult<bool> {
+        let mut client = self.client.clone();
+        let cancelled = wait(py, async move { client.cancel(&id, &reason).await })?;
+        match cancelled {
+            Ok(()) => Ok(true),
+            Err(error) if is_finished(&error) => Ok(false),
+            Err(error) => Err(client_error(py, &error)),
+        }
+    }
+
+    /// Workflows of `kind` and `status` (when given) after id `after`, at most `limit`.
+    #[pyo3(signature = (kind=None, status=None, after=None, limit=1000))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        kind: Option<String>,
+        status: Option<String>,
+        after: Option<String>,
+        limit: u32,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mut client = self.client.clone();
+        let listed = wait(py, async move {
+            client
+                .list(kind.as_deref(), status.as_deref(), after.as_deref(), limit)
+                .await
+        })?;
+        answer(py, listed)?
+            .iter()
+            .map(|info| info_dict(py, info))
+            .collect()
+    }
+}

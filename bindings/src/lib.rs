@@ -1,0 +1,44 @@
+//! keel-py: the native module `keel._native` behind Keel's Python package.
+//!
+//! Rust stays the one implementation of replay, journaling and timers: a Python workflow is
+//! registered into the same [`Registry`](keel_scheduler::engine::registry::Registry) that
+//! [`keel_scheduler::Node::start`] runs, as a *suspending* kind. The package's Python half
+//! (`bindings/python/keel`) holds what is Python's alone: decorators, kind names, values'
+//! codecs, and the exception classes.
+//!
+//! ```text
+//!  Python: App ── NativeNode.launch(kinds, runner) ──► keel_scheduler::Node (embedded)
+//!                  NativeClient ── gRPC on loopback ──► the node's workflow service
+//!  engine run ─► bridge (a blocking-pool thread) ─► runner(kind, NativeContext, input)
+//!  workflow code ─► NativeContext.step/sleep/wait_signal/call ─► Context (journal, fences)
+//! ```
+//!
+//! - **Threads.** A sync workflow runs on a thread of tokio's blocking pool, holding the GIL
+//!   only while Python runs; every durable call releases it while Rust waits. A wait that
+//!   is not resolved yet (a sleep, a signal, a child) does not hold the thread: the context
+//!   raises the internal `keel._errors._Suspend` (a `BaseException`), the Python code
+//!   unwinds, the run ends with `WorkflowError::Suspended`, and the engine replays it from
+//!   its journal once the entry resolved. A child never waits for its parent's thread.
+//! - **Blocking calls** made from Python release the GIL, are interrupted by Ctrl-C on the
+//!   main thread (`KeyboardInterrupt`), and refuse to run on a thread whose event loop is
+//!   running (they would block it).
+//! - **`unsafe`.** The workspace denies `unsafe_code`; the macros of `pyo3` expand to
+//!   `unsafe` blocks that they mark allowed themselves, and this crate writes none of its own.
+
+mod blocking;
+mod bridge;
+mod client;
+mod context;
+mod errors;
+mod node;
+
+use pyo3::prelude::*;
+
+/// The native module: the node, the client, the context a workflow run sees.
+#[pymodule]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<node::NativeNode>()?;
+    module.add_class::<client::NativeClient>()?;
+    module.add_class::<context::NativeContext>()?;
+    Ok(())
+}
