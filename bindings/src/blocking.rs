@@ -3,6 +3,7 @@
 //! whose asyncio event loop is running.
 
 use std::future::Future;
+use std::sync::{LazyLock, Once};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -12,9 +13,27 @@ use crate::errors::keel_error;
 /// How often a blocked call on the main thread looks for a pending signal (Ctrl-C).
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// The process's tokio runtime (shared with the awaitable forms of the API).
+/// How long an idle thread of the blocking pool (where sync workflows and steps run) is
+/// kept: a burst of runs grows the pool, and it shrinks again soon after.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel")
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .build()
+        .expect("the process can start the threads of Keel's runtime")
+});
+
+/// The process's tokio runtime, shared with the awaitable forms of the API.
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+    static SHARED: Once = Once::new();
+    SHARED.call_once(|| {
+        // Fails only when the runtime was set already, which this `Once` rules out.
+        let _ = pyo3_async_runtimes::tokio::init_with_runtime(&RUNTIME);
+    });
+    &RUNTIME
 }
 
 /// Runs `future` to its end on the runtime, the GIL released meanwhile.

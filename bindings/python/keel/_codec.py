@@ -34,7 +34,7 @@ class Serializer(Protocol):
 
 def _pydantic_model() -> Any:
     try:
-        import pydantic
+        import pydantic  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     return pydantic.BaseModel
@@ -79,7 +79,7 @@ def _from_jsonable(value: Any, hint: Any) -> Any:
     if isinstance(hint, type):
         model = _pydantic_model()
         if model is not None and issubclass(hint, model):
-            return hint.model_validate(value)
+            return getattr(hint, "model_validate")(value)
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             hints = _hints(hint)
             return hint(

@@ -80,7 +80,8 @@ class Context:
         when it fails). Its id is ``<this id>/<journal position>``."""
         spec = self._app._workflow_spec(workflow)
         data = self._app._codec.encode_args(args)
-        return self._app._codec.decode(self._native.call(spec.kind, data), spec.return_hint)
+        value: T = self._app._codec.decode(self._native.call(spec.kind, data), spec.return_hint)
+        return value
 
     def now(self) -> datetime.datetime:
         """The wall-clock time (UTC), journaled: a re-run gets the same value."""

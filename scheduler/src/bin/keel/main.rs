@@ -12,21 +12,17 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use keel_raft::client::{ClientError, KeelClient, WriteId};
 use keel_raft::node::NodeConfig;
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::{ConfigFile, Node, builtin};
 
+mod cluster_args;
 mod demo;
 mod workflows;
 
-/// Default data directory of `keel dev`, where client commands also find its endpoints.
-const DEV_DATA_DIR: &str = "keel-data";
-/// File in the dev data directory listing the cluster's endpoints.
-const ENDPOINTS_FILE: &str = "endpoints";
-/// First gRPC port of `keel dev`; metrics ports are 100 higher.
-const DEV_BASE_PORT: u16 = 7101;
+use cluster_args::{ClusterArgs, DEV_BASE_PORT, DEV_DATA_DIR, ENDPOINTS_FILE, client, endpoints};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,13 +33,6 @@ const DEV_BASE_PORT: u16 = 7101;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct ClusterArgs {
-    /// Comma-separated `host:port` of cluster nodes (default: the `keel dev` cluster).
-    #[arg(long, env = "KEEL_CLUSTER", value_delimiter = ',')]
-    cluster: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,27 +166,6 @@ pub(crate) fn init_tracing() {
         .init();
 }
 
-pub(crate) fn endpoints(args: &ClusterArgs) -> Vec<String> {
-    if !args.cluster.is_empty() {
-        return args.cluster.clone();
-    }
-    let file = Path::new(DEV_DATA_DIR).join(ENDPOINTS_FILE);
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        return text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect();
-    }
-    (0..3)
-        .map(|i| format!("127.0.0.1:{}", DEV_BASE_PORT + i))
-        .collect()
-}
-
-fn client(args: &ClusterArgs) -> anyhow::Result<KeelClient> {
-    Ok(KeelClient::new(&endpoints(args))?)
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Node { config } = &cli.command {
@@ -311,7 +279,8 @@ async fn run_worker(cluster: &ClusterArgs, id: u64) -> anyhow::Result<()> {
         bail!("worker ids start at 1");
     }
     init_tracing();
-    let worker = keel_scheduler::worker::Worker::new(&endpoints(cluster), id, builtin::registry())?;
+    let worker =
+        keel_scheduler::worker::Worker::new(&endpoints(cluster)?, id, builtin::registry())?;
     tracing::info!(worker = id, "working; Ctrl-C stops");
     tokio::select! {
         () = worker.run() => Ok(()),
@@ -521,7 +490,7 @@ async fn append(
 async fn read(cluster: &ClusterArgs, from: u64, max: u32, follow: bool) -> anyhow::Result<()> {
     let mut client = client(cluster)?;
     if follow {
-        let addr = endpoints(cluster)
+        let addr = endpoints(cluster)?
             .into_iter()
             .next()
             .context("no endpoint")?;

@@ -1,0 +1,55 @@
+"""A program the process tests run in a child interpreter: `python program.py MODE DATA_DIR
+LOG`. Modes: `steps` (a five-step workflow with durable sleeps, to be killed and run again),
+`interrupt` (blocks in `result()` until Ctrl-C), `exit` (leaves its App open at exit)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import keel
+
+mode, data_dir, log = sys.argv[1], sys.argv[2], sys.argv[3]
+app = keel.App(data_dir=data_dir)
+
+
+def note(line: str) -> None:
+    with open(log, "a") as file:
+        file.write(line + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+@app.step
+def work(i: int) -> int:
+    note(f"body {i}")
+    return i
+
+
+@app.workflow
+def job(ctx: keel.Context, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += work(i)
+        note(f"journaled {i}")  # workflow code: written again on every replay
+        ctx.sleep(0.5)
+    return total
+
+
+@app.workflow
+def forever(ctx: keel.Context) -> object:
+    return ctx.wait_signal("never")
+
+
+if mode == "steps":
+    handle = app.start(job, 5, id="job")
+    note("started")
+    print("result", handle.result(timeout=120), flush=True)
+elif mode == "interrupt":
+    handle = app.start(forever, id="forever")
+    note("waiting")
+    handle.result()
+elif mode == "exit":
+    app.start(job, 1, id="short").result(timeout=60)
+    note("done")
+    # No close(): the App is stopped at interpreter exit.
