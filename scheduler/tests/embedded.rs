@@ -18,6 +18,7 @@ use keel_scheduler::{Answer, Command, EntryState, Outcome, Owner, Rejection, Ste
 static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
 static SHIFTED: AtomicBool = AtomicBool::new(false);
 static SUSPENDING_RUNS: AtomicU32 = AtomicU32::new(0);
+static FAST_BODIES: AtomicU32 = AtomicU32::new(0);
 static SUSPENDING_STEPS: AtomicU32 = AtomicU32::new(0);
 
 fn never_fails(value: &'static str) -> std::future::Ready<Result<Bytes, std::convert::Infallible>> {
@@ -78,8 +79,27 @@ async fn gives_back_its_thread(ctx: Context, _input: Bytes) -> Result<Bytes, Wor
     Ok(ctx.wait_signal("go", None).await?.unwrap_or_default())
 }
 
+/// A slow step and a fast one made in that order and awaited together.
+async fn joined(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
+    let slow = ctx.step("slow", |_| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        never_fails("slow").await
+    });
+    let fast = ctx.step("fast", |_| async {
+        FAST_BODIES.fetch_add(1, Ordering::SeqCst);
+        never_fails("fast").await
+    });
+    let (slow, fast) = futures::join!(slow, fast);
+    Ok(Bytes::from(format!(
+        "{}+{}",
+        String::from_utf8_lossy(&slow?),
+        String::from_utf8_lossy(&fast?)
+    )))
+}
+
 fn registry() -> Registry {
     Registry::new()
+        .register("joined", "v1", joined)
         .register_suspending("suspending", "v1", gives_back_its_thread)
         .register("counted", "v1", counted)
         .register("shifty", "v1", shifty)
@@ -296,6 +316,31 @@ async fn a_suspending_run_ends_at_each_wait_and_is_replayed_when_it_resolves() {
     assert_eq!(info.result.as_ref(), b"payload");
     assert_eq!(SUSPENDING_RUNS.load(Ordering::SeqCst), 3);
     assert_eq!(SUSPENDING_STEPS.load(Ordering::SeqCst), 1);
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Steps awaited together take journal positions in the order they were made, and a fast
+/// step's record waits for the slow one before it: the journal reads slow, fast, and the
+/// fast body ran once (a record proposed past the journal's end would have been refused,
+/// forcing a replay that runs it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_awaited_together_are_journaled_in_the_order_they_were_made() {
+    let cluster = start_cluster().await;
+    let mut client = WorkflowClient::new(&cluster.addrs).expect("client");
+    client
+        .start("j", "joined", Bytes::new())
+        .await
+        .expect("start");
+    let info = cluster
+        .wait_for(&mut client, "j", "completion", |i| i.status != "running")
+        .await;
+    assert_eq!(info.status, "completed", "{info:?}");
+    assert_eq!(info.result.as_ref(), b"slow+fast");
+    let names: Vec<&str> = info.journal.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["slow", "fast"]);
+    assert_eq!(FAST_BODIES.load(Ordering::SeqCst), 1);
     for node in cluster.nodes {
         node.shutdown().await;
     }

@@ -19,6 +19,7 @@ use keel_raft::retry::Backoff;
 
 pub use super::error::WorkflowError;
 use super::journal::JournalPort;
+use super::positions::{Held, Positions};
 use crate::command::{Answer, Command, Due, EntryState, Outcome, StepRecord};
 use crate::state::{EntryKind, JournalEntry};
 
@@ -82,9 +83,19 @@ struct Run {
     fence: u64,
     journal: Vec<JournalEntry>,
     next_seq: AtomicU32,
+    /// Which positions exist, so records are proposed in journal order.
+    positions: Positions,
     port: Arc<dyn JournalPort>,
     /// Whether an unresolved wait ends the run ([`WorkflowError::Suspended`]).
     suspends: bool,
+}
+
+/// A durable call's journal position, taken when the call is made.
+struct Reserved<'a> {
+    seq: u32,
+    /// The entry a previous run journaled there.
+    existing: Option<&'a JournalEntry>,
+    held: Held,
 }
 
 /// A workflow run's handle on its journal; cheap to clone.
@@ -113,12 +124,14 @@ impl Context {
         port: Arc<dyn JournalPort>,
         suspends: bool,
     ) -> Self {
+        let existing = u32::try_from(journal.len()).unwrap_or(u32::MAX);
         Self {
             run: Arc::new(Run {
                 workflow,
                 fence,
                 journal,
                 next_seq: AtomicU32::new(0),
+                positions: Positions::new(existing),
                 port,
                 suspends,
             }),
@@ -130,12 +143,18 @@ impl Context {
         &self.run.workflow
     }
 
-    /// Takes the next sequence number; returns it with the journaled entry there, checked
-    /// to be the operation `kind`.
-    fn next(&self, kind: &EntryKind) -> Result<(u32, Option<&JournalEntry>), WorkflowError> {
+    /// Takes the next sequence number now, when the call is made; returns it with the
+    /// journaled entry there (checked to be the operation `kind`) and the hold on the
+    /// position.
+    fn next(&self, kind: &EntryKind) -> Result<Reserved<'_>, WorkflowError> {
         let seq = self.run.next_seq.fetch_add(1, Ordering::SeqCst);
+        let held = self.run.positions.hold(seq);
         let Some(entry) = self.run.journal.get(seq as usize) else {
-            return Ok((seq, None));
+            return Ok(Reserved {
+                seq,
+                existing: None,
+                held,
+            });
         };
         if !entry.kind.same_operation(kind) {
             return Err(WorkflowError::NonDeterminism(format!(
@@ -145,13 +164,26 @@ impl Context {
                 kind.describe()
             )));
         }
-        Ok((seq, Some(entry)))
+        Ok(Reserved {
+            seq,
+            existing: Some(entry),
+            held,
+        })
     }
 
-    /// Proposes a journal command for entry `seq`; returns the entry's state after it.
-    async fn journal(&self, command: Command) -> Result<EntryState, WorkflowError> {
+    /// Proposes a journal command for the held position, on its turn (once every earlier
+    /// position exists); returns the entry's state after it.
+    async fn journal(
+        &self,
+        held: &mut Held,
+        command: Command,
+    ) -> Result<EntryState, WorkflowError> {
+        self.run.positions.turn(held.seq()).await?;
         match self.run.port.propose(command).await? {
-            Answer::Entry(state) => Ok(state),
+            Answer::Entry(state) => {
+                held.filled();
+                Ok(state)
+            }
             other => Err(WorkflowError::Journal(format!(
                 "unexpected answer {other:?}"
             ))),
@@ -177,84 +209,95 @@ impl Context {
     ///
     /// # Errors
     /// As [`Context::step_with`].
-    pub async fn step<F, Fut, E>(&self, name: &str, body: F) -> Result<Bytes, WorkflowError>
+    pub fn step<'a, F, Fut, E>(
+        &'a self,
+        name: &str,
+        body: F,
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + 'a
     where
-        F: FnMut(StepInfo) -> Fut,
-        Fut: Future<Output = Result<Bytes, E>>,
+        F: FnMut(StepInfo) -> Fut + 'a,
+        Fut: Future<Output = Result<Bytes, E>> + 'a,
         E: fmt::Display,
     {
-        self.step_with(name, RetryPolicy::default(), body).await
+        self.step_with(name, RetryPolicy::default(), body)
     }
 
     /// Runs step `name`: returns its journaled outcome if it has one, else runs `body`
     /// (retried under `policy`, each failed attempt journaled) and journals the outcome.
+    /// The step takes its journal position when this is called, not when the future is
+    /// first polled, so concurrent steps are journaled in the order they were made.
     ///
     /// # Errors
     /// [`WorkflowError::StepFailed`] when the step's last attempt failed (now or in a
     /// previous run); the engine's errors otherwise.
-    pub async fn step_with<F, Fut, E>(
-        &self,
+    pub fn step_with<'a, F, Fut, E>(
+        &'a self,
         name: &str,
         policy: RetryPolicy,
         mut body: F,
-    ) -> Result<Bytes, WorkflowError>
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + 'a
     where
-        F: FnMut(StepInfo) -> Fut,
-        Fut: Future<Output = Result<Bytes, E>>,
+        F: FnMut(StepInfo) -> Fut + 'a,
+        Fut: Future<Output = Result<Bytes, E>> + 'a,
         E: fmt::Display,
     {
-        let kind = EntryKind::Step {
-            name: name.to_owned(),
-        };
-        let (seq, existing) = self.next(&kind)?;
-        let mut attempts = match existing.map(|e| &e.state) {
-            Some(EntryState::Done(outcome)) => return step_result(name, 0, outcome.clone()),
-            Some(EntryState::Pending { attempts }) => *attempts,
-            Some(EntryState::TimedOut) | None => 0,
-        };
-        let idempotency_key = format!("{}/{seq}", self.run.workflow);
-        loop {
-            attempts += 1;
-            let attempt = body(StepInfo {
-                idempotency_key: idempotency_key.clone(),
-                attempt: attempts,
-            });
-            let result = match policy.timeout {
-                Some(limit) => match tokio::time::timeout(limit, attempt).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("the attempt ran longer than {limit:?}")),
-                },
-                None => attempt.await.map_err(|e| e.to_string()),
-            };
-            let record = match result {
-                Ok(value) => StepRecord::Done(Outcome::Ok(value.to_vec())),
-                Err(error) if attempts >= policy.attempts.max(1) => {
-                    StepRecord::Done(Outcome::Err(error))
+        let name = name.to_owned();
+        let reserved = self.next(&EntryKind::Step { name: name.clone() });
+        async move {
+            let Reserved {
+                seq,
+                existing,
+                mut held,
+            } = reserved?;
+            let mut attempts = match existing.map(|e| &e.state) {
+                Some(EntryState::Done(outcome)) => {
+                    return step_result(&name, 0, outcome.clone());
                 }
-                Err(error) => StepRecord::AttemptFailed {
-                    attempt: attempts,
-                    error,
-                },
+                Some(EntryState::Pending { attempts }) => *attempts,
+                Some(EntryState::TimedOut) | None => 0,
             };
-            let retry = matches!(record, StepRecord::AttemptFailed { .. });
-            let state = self
-                .journal(Command::Step {
+            let idempotency_key = format!("{}/{seq}", self.run.workflow);
+            loop {
+                attempts += 1;
+                let attempt = body(StepInfo {
+                    idempotency_key: idempotency_key.clone(),
+                    attempt: attempts,
+                });
+                let result = match policy.timeout {
+                    Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("the attempt ran longer than {limit:?}")),
+                    },
+                    None => attempt.await.map_err(|e| e.to_string()),
+                };
+                let record = match result {
+                    Ok(value) => StepRecord::Done(Outcome::Ok(value.to_vec())),
+                    Err(error) if attempts >= policy.attempts.max(1) => {
+                        StepRecord::Done(Outcome::Err(error))
+                    }
+                    Err(error) => StepRecord::AttemptFailed {
+                        attempt: attempts,
+                        error,
+                    },
+                };
+                let retry = matches!(record, StepRecord::AttemptFailed { .. });
+                let command = Command::Step {
                     workflow: self.run.workflow.clone(),
                     fence: self.run.fence,
                     seq,
-                    name: name.to_owned(),
+                    name: name.clone(),
                     record,
-                })
-                .await?;
-            match state {
-                EntryState::Done(outcome) => return step_result(name, attempts, outcome),
-                EntryState::Pending { .. } if retry => {
-                    tokio::time::sleep(policy.backoff().pause_after(attempts)).await;
-                }
-                other => {
-                    return Err(WorkflowError::Journal(format!(
-                        "step {seq} left in state {other:?}"
-                    )));
+                };
+                match self.journal(&mut held, command).await? {
+                    EntryState::Done(outcome) => return step_result(&name, attempts, outcome),
+                    EntryState::Pending { .. } if retry => {
+                        tokio::time::sleep(policy.backoff().pause_after(attempts)).await;
+                    }
+                    other => {
+                        return Err(WorkflowError::Journal(format!(
+                            "step {seq} left in state {other:?}"
+                        )));
+                    }
                 }
             }
         }
@@ -264,10 +307,13 @@ impl Context {
     ///
     /// # Errors
     /// The engine's errors.
-    pub async fn sleep(&self, duration: Duration) -> Result<(), WorkflowError> {
+    pub fn sleep(
+        &self,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), WorkflowError>> + '_ {
         // Rounded up: never less than asked.
         let delay_ms = u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-        self.sleep_due(Due::After { delay_ms }).await
+        self.sleep_due(Due::After { delay_ms })
     }
 
     /// Sleeps durably until wall-clock time `until` (early by at most the cluster's
@@ -275,28 +321,37 @@ impl Context {
     ///
     /// # Errors
     /// The engine's errors.
-    pub async fn sleep_until(&self, until: SystemTime) -> Result<(), WorkflowError> {
+    pub fn sleep_until(
+        &self,
+        until: SystemTime,
+    ) -> impl Future<Output = Result<(), WorkflowError>> + '_ {
         let at_ms = until
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.sleep_due(Due::At { at_ms }).await
+        self.sleep_due(Due::At { at_ms })
     }
 
-    async fn sleep_due(&self, due: Due) -> Result<(), WorkflowError> {
-        let (seq, existing) = self.next(&EntryKind::Sleep { timer: 0 })?;
-        let state = match existing {
-            Some(entry) => entry.state.clone(),
-            None => {
-                self.journal(Command::Sleep {
+    fn sleep_due(&self, due: Due) -> impl Future<Output = Result<(), WorkflowError>> + '_ {
+        let reserved = self.next(&EntryKind::Sleep { timer: 0 });
+        async move {
+            let Reserved {
+                seq,
+                existing,
+                mut held,
+            } = reserved?;
+            let state = if let Some(entry) = existing {
+                entry.state.clone()
+            } else {
+                let command = Command::Sleep {
                     workflow: self.run.workflow.clone(),
                     fence: self.run.fence,
                     seq,
                     due,
-                })
-                .await?
-            }
-        };
-        self.resolved(seq, state).await.map(|_| ())
+                };
+                self.journal(&mut held, command).await?
+            };
+            self.resolved(seq, state).await.map(|_| ())
+        }
     }
 
     /// Waits durably for signal `name`; a signal sent before the wait is buffered and
@@ -304,35 +359,41 @@ impl Context {
     ///
     /// # Errors
     /// The engine's errors.
-    pub async fn wait_signal(
+    pub fn wait_signal(
         &self,
         name: &str,
         timeout: Option<Duration>,
-    ) -> Result<Option<Bytes>, WorkflowError> {
-        let kind = EntryKind::Signal {
-            name: name.to_owned(),
+    ) -> impl Future<Output = Result<Option<Bytes>, WorkflowError>> + '_ {
+        let name = name.to_owned();
+        let reserved = self.next(&EntryKind::Signal {
+            name: name.clone(),
             timer: None,
-        };
-        let (seq, existing) = self.next(&kind)?;
-        let state = match existing {
-            Some(entry) => entry.state.clone(),
-            None => {
-                self.journal(Command::WaitSignal {
+        });
+        async move {
+            let Reserved {
+                seq,
+                existing,
+                mut held,
+            } = reserved?;
+            let state = if let Some(entry) = existing {
+                entry.state.clone()
+            } else {
+                let command = Command::WaitSignal {
                     workflow: self.run.workflow.clone(),
                     fence: self.run.fence,
                     seq,
-                    signal: name.to_owned(),
+                    signal: name,
                     timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                })
-                .await?
+                };
+                self.journal(&mut held, command).await?
+            };
+            match self.resolved(seq, state).await? {
+                EntryState::Done(Outcome::Ok(payload)) => Ok(Some(Bytes::from(payload))),
+                EntryState::TimedOut => Ok(None),
+                other => Err(WorkflowError::Journal(format!(
+                    "signal wait {seq} resolved as {other:?}"
+                ))),
             }
-        };
-        match self.resolved(seq, state).await? {
-            EntryState::Done(Outcome::Ok(payload)) => Ok(Some(Bytes::from(payload))),
-            EntryState::TimedOut => Ok(None),
-            other => Err(WorkflowError::Journal(format!(
-                "signal wait {seq} resolved as {other:?}"
-            ))),
         }
     }
 
@@ -342,34 +403,44 @@ impl Context {
     /// # Errors
     /// [`WorkflowError::ChildFailed`] when the child failed or was cancelled; the engine's
     /// errors otherwise.
-    pub async fn call(&self, kind: &str, input: Bytes) -> Result<Bytes, WorkflowError> {
-        let entry_kind = EntryKind::Call {
+    pub fn call(
+        &self,
+        kind: &str,
+        input: Bytes,
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + '_ {
+        let kind = kind.to_owned();
+        let reserved = self.next(&EntryKind::Call {
             child: String::new(),
-            kind: kind.to_owned(),
-        };
-        let (seq, existing) = self.next(&entry_kind)?;
-        let child = format!("{}/{seq}", self.run.workflow);
-        let state = match existing {
-            Some(entry) => entry.state.clone(),
-            None => {
-                self.journal(Command::Call {
+            kind: kind.clone(),
+        });
+        async move {
+            let Reserved {
+                seq,
+                existing,
+                mut held,
+            } = reserved?;
+            let child = format!("{}/{seq}", self.run.workflow);
+            let state = if let Some(entry) = existing {
+                entry.state.clone()
+            } else {
+                let command = Command::Call {
                     workflow: self.run.workflow.clone(),
                     fence: self.run.fence,
                     seq,
-                    kind: kind.to_owned(),
+                    kind,
                     input: input.to_vec(),
-                })
-                .await?
+                };
+                self.journal(&mut held, command).await?
+            };
+            match self.resolved(seq, state).await? {
+                EntryState::Done(Outcome::Ok(value)) => Ok(Bytes::from(value)),
+                EntryState::Done(Outcome::Err(error)) => {
+                    Err(WorkflowError::ChildFailed { child, error })
+                }
+                other => Err(WorkflowError::Journal(format!(
+                    "call {seq} resolved as {other:?}"
+                ))),
             }
-        };
-        match self.resolved(seq, state).await? {
-            EntryState::Done(Outcome::Ok(value)) => Ok(Bytes::from(value)),
-            EntryState::Done(Outcome::Err(error)) => {
-                Err(WorkflowError::ChildFailed { child, error })
-            }
-            other => Err(WorkflowError::Journal(format!(
-                "call {seq} resolved as {other:?}"
-            ))),
         }
     }
 
@@ -377,30 +448,28 @@ impl Context {
     ///
     /// # Errors
     /// The engine's errors.
-    pub async fn now(&self) -> Result<SystemTime, WorkflowError> {
-        let value = self
-            .step_with(NOW_STEP, RetryPolicy::once(), |_| async {
-                let ms = keel_raft::clock::now_ms();
-                Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&ms.to_le_bytes()))
-            })
-            .await?;
-        let ms = u64_from(&value)?;
-        Ok(UNIX_EPOCH + Duration::from_millis(ms))
+    pub fn now(&self) -> impl Future<Output = Result<SystemTime, WorkflowError>> + '_ {
+        let value = self.step_with(NOW_STEP, RetryPolicy::once(), |_| async {
+            let ms = keel_raft::clock::now_ms();
+            Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&ms.to_le_bytes()))
+        });
+        async move {
+            let ms = u64_from(&value.await?)?;
+            Ok(UNIX_EPOCH + Duration::from_millis(ms))
+        }
     }
 
     /// A random number, journaled: a re-run gets the same value.
     ///
     /// # Errors
     /// The engine's errors.
-    pub async fn random(&self) -> Result<u64, WorkflowError> {
-        let value = self
-            .step_with(RANDOM_STEP, RetryPolicy::once(), |_| async {
-                Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(
-                    &rand::random::<u64>().to_le_bytes(),
-                ))
-            })
-            .await?;
-        u64_from(&value)
+    pub fn random(&self) -> impl Future<Output = Result<u64, WorkflowError>> + '_ {
+        let value = self.step_with(RANDOM_STEP, RetryPolicy::once(), |_| async {
+            Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(
+                &rand::random::<u64>().to_le_bytes(),
+            ))
+        });
+        async move { u64_from(&value.await?) }
     }
 }
 

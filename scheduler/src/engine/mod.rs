@@ -12,6 +12,7 @@ pub mod context;
 pub mod dispatch;
 pub mod error;
 pub(crate) mod journal;
+mod positions;
 pub mod proposer;
 pub mod registry;
 pub(crate) mod run;
