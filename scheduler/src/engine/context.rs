@@ -91,10 +91,10 @@ struct Run {
 }
 
 /// A durable call's journal position, taken when the call is made.
-struct Reserved<'a> {
+struct Reserved {
     seq: u32,
-    /// The entry a previous run journaled there.
-    existing: Option<&'a JournalEntry>,
+    /// The state of the entry a previous run journaled there.
+    existing: Option<EntryState>,
     held: Held,
 }
 
@@ -110,6 +110,39 @@ impl fmt::Debug for Context {
             .field("workflow", &self.run.workflow)
             .field("fence", &self.run.fence)
             .finish_non_exhaustive()
+    }
+}
+
+impl Run {
+    /// Proposes a journal command for the held position, on its turn (once every earlier
+    /// position exists); returns the entry's state after it.
+    async fn journal(
+        &self,
+        held: &mut Held,
+        command: Command,
+    ) -> Result<EntryState, WorkflowError> {
+        self.positions.turn(held.seq()).await?;
+        match self.port.propose(command).await? {
+            Answer::Entry(state) => {
+                held.filled();
+                Ok(state)
+            }
+            other => Err(WorkflowError::Journal(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Waits for entry `seq` if `state` is pending (a suspending run stops instead).
+    async fn resolved(&self, seq: u32, state: EntryState) -> Result<EntryState, WorkflowError> {
+        if matches!(state, EntryState::Pending { .. }) {
+            if self.suspends {
+                return Err(WorkflowError::Suspended { seq });
+            }
+            self.port.wait(&self.workflow, self.fence, seq).await
+        } else {
+            Ok(state)
+        }
     }
 }
 
@@ -146,7 +179,7 @@ impl Context {
     /// Takes the next sequence number now, when the call is made; returns it with the
     /// journaled entry there (checked to be the operation `kind`) and the hold on the
     /// position.
-    fn next(&self, kind: &EntryKind) -> Result<Reserved<'_>, WorkflowError> {
+    fn next(&self, kind: &EntryKind) -> Result<Reserved, WorkflowError> {
         let seq = self.run.next_seq.fetch_add(1, Ordering::SeqCst);
         let held = self.run.positions.hold(seq);
         let Some(entry) = self.run.journal.get(seq as usize) else {
@@ -166,57 +199,23 @@ impl Context {
         }
         Ok(Reserved {
             seq,
-            existing: Some(entry),
+            existing: Some(entry.state.clone()),
             held,
         })
-    }
-
-    /// Proposes a journal command for the held position, on its turn (once every earlier
-    /// position exists); returns the entry's state after it.
-    async fn journal(
-        &self,
-        held: &mut Held,
-        command: Command,
-    ) -> Result<EntryState, WorkflowError> {
-        self.run.positions.turn(held.seq()).await?;
-        match self.run.port.propose(command).await? {
-            Answer::Entry(state) => {
-                held.filled();
-                Ok(state)
-            }
-            other => Err(WorkflowError::Journal(format!(
-                "unexpected answer {other:?}"
-            ))),
-        }
-    }
-
-    /// Waits for entry `seq` if `state` is pending (a suspending run stops instead).
-    async fn resolved(&self, seq: u32, state: EntryState) -> Result<EntryState, WorkflowError> {
-        if matches!(state, EntryState::Pending { .. }) {
-            if self.run.suspends {
-                return Err(WorkflowError::Suspended { seq });
-            }
-            self.run
-                .port
-                .wait(&self.run.workflow, self.run.fence, seq)
-                .await
-        } else {
-            Ok(state)
-        }
     }
 
     /// Runs step `name` with the default [`RetryPolicy`]; see [`Context::step_with`].
     ///
     /// # Errors
     /// As [`Context::step_with`].
-    pub fn step<'a, F, Fut, E>(
-        &'a self,
+    pub fn step<F, Fut, E>(
+        &self,
         name: &str,
         body: F,
-    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + 'a
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + use<F, Fut, E>
     where
-        F: FnMut(StepInfo) -> Fut + 'a,
-        Fut: Future<Output = Result<Bytes, E>> + 'a,
+        F: FnMut(StepInfo) -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
         E: fmt::Display,
     {
         self.step_with(name, RetryPolicy::default(), body)
@@ -230,33 +229,34 @@ impl Context {
     /// # Errors
     /// [`WorkflowError::StepFailed`] when the step's last attempt failed (now or in a
     /// previous run); the engine's errors otherwise.
-    pub fn step_with<'a, F, Fut, E>(
-        &'a self,
+    pub fn step_with<F, Fut, E>(
+        &self,
         name: &str,
         policy: RetryPolicy,
         mut body: F,
-    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + 'a
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + use<F, Fut, E>
     where
-        F: FnMut(StepInfo) -> Fut + 'a,
-        Fut: Future<Output = Result<Bytes, E>> + 'a,
+        F: FnMut(StepInfo) -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
         E: fmt::Display,
     {
         let name = name.to_owned();
         let reserved = self.next(&EntryKind::Step { name: name.clone() });
+        let run = Arc::clone(&self.run);
         async move {
             let Reserved {
                 seq,
                 existing,
                 mut held,
             } = reserved?;
-            let mut attempts = match existing.map(|e| &e.state) {
+            let mut attempts = match existing {
                 Some(EntryState::Done(outcome)) => {
-                    return step_result(&name, 0, outcome.clone());
+                    return step_result(&name, 0, outcome);
                 }
-                Some(EntryState::Pending { attempts }) => *attempts,
+                Some(EntryState::Pending { attempts }) => attempts,
                 Some(EntryState::TimedOut) | None => 0,
             };
-            let idempotency_key = format!("{}/{seq}", self.run.workflow);
+            let idempotency_key = format!("{}/{seq}", run.workflow);
             loop {
                 attempts += 1;
                 let attempt = body(StepInfo {
@@ -282,13 +282,13 @@ impl Context {
                 };
                 let retry = matches!(record, StepRecord::AttemptFailed { .. });
                 let command = Command::Step {
-                    workflow: self.run.workflow.clone(),
-                    fence: self.run.fence,
+                    workflow: run.workflow.clone(),
+                    fence: run.fence,
                     seq,
                     name: name.clone(),
                     record,
                 };
-                match self.journal(&mut held, command).await? {
+                match run.journal(&mut held, command).await? {
                     EntryState::Done(outcome) => return step_result(&name, attempts, outcome),
                     EntryState::Pending { .. } if retry => {
                         tokio::time::sleep(policy.backoff().pause_after(attempts)).await;
@@ -310,7 +310,7 @@ impl Context {
     pub fn sleep(
         &self,
         duration: Duration,
-    ) -> impl Future<Output = Result<(), WorkflowError>> + '_ {
+    ) -> impl Future<Output = Result<(), WorkflowError>> + use<> {
         // Rounded up: never less than asked.
         let delay_ms = u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         self.sleep_due(Due::After { delay_ms })
@@ -324,33 +324,34 @@ impl Context {
     pub fn sleep_until(
         &self,
         until: SystemTime,
-    ) -> impl Future<Output = Result<(), WorkflowError>> + '_ {
+    ) -> impl Future<Output = Result<(), WorkflowError>> + use<> {
         let at_ms = until
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.sleep_due(Due::At { at_ms })
     }
 
-    fn sleep_due(&self, due: Due) -> impl Future<Output = Result<(), WorkflowError>> + '_ {
+    fn sleep_due(&self, due: Due) -> impl Future<Output = Result<(), WorkflowError>> + use<> {
         let reserved = self.next(&EntryKind::Sleep { timer: 0 });
+        let run = Arc::clone(&self.run);
         async move {
             let Reserved {
                 seq,
                 existing,
                 mut held,
             } = reserved?;
-            let state = if let Some(entry) = existing {
-                entry.state.clone()
+            let state = if let Some(state) = existing {
+                state
             } else {
                 let command = Command::Sleep {
-                    workflow: self.run.workflow.clone(),
-                    fence: self.run.fence,
+                    workflow: run.workflow.clone(),
+                    fence: run.fence,
                     seq,
                     due,
                 };
-                self.journal(&mut held, command).await?
+                run.journal(&mut held, command).await?
             };
-            self.resolved(seq, state).await.map(|_| ())
+            run.resolved(seq, state).await.map(|_| ())
         }
     }
 
@@ -363,31 +364,32 @@ impl Context {
         &self,
         name: &str,
         timeout: Option<Duration>,
-    ) -> impl Future<Output = Result<Option<Bytes>, WorkflowError>> + '_ {
+    ) -> impl Future<Output = Result<Option<Bytes>, WorkflowError>> + use<> {
         let name = name.to_owned();
         let reserved = self.next(&EntryKind::Signal {
             name: name.clone(),
             timer: None,
         });
+        let run = Arc::clone(&self.run);
         async move {
             let Reserved {
                 seq,
                 existing,
                 mut held,
             } = reserved?;
-            let state = if let Some(entry) = existing {
-                entry.state.clone()
+            let state = if let Some(state) = existing {
+                state
             } else {
                 let command = Command::WaitSignal {
-                    workflow: self.run.workflow.clone(),
-                    fence: self.run.fence,
+                    workflow: run.workflow.clone(),
+                    fence: run.fence,
                     seq,
                     signal: name,
                     timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                 };
-                self.journal(&mut held, command).await?
+                run.journal(&mut held, command).await?
             };
-            match self.resolved(seq, state).await? {
+            match run.resolved(seq, state).await? {
                 EntryState::Done(Outcome::Ok(payload)) => Ok(Some(Bytes::from(payload))),
                 EntryState::TimedOut => Ok(None),
                 other => Err(WorkflowError::Journal(format!(
@@ -407,32 +409,33 @@ impl Context {
         &self,
         kind: &str,
         input: Bytes,
-    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + '_ {
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + use<> {
         let kind = kind.to_owned();
         let reserved = self.next(&EntryKind::Call {
             child: String::new(),
             kind: kind.clone(),
         });
+        let run = Arc::clone(&self.run);
         async move {
             let Reserved {
                 seq,
                 existing,
                 mut held,
             } = reserved?;
-            let child = format!("{}/{seq}", self.run.workflow);
-            let state = if let Some(entry) = existing {
-                entry.state.clone()
+            let child = format!("{}/{seq}", run.workflow);
+            let state = if let Some(state) = existing {
+                state
             } else {
                 let command = Command::Call {
-                    workflow: self.run.workflow.clone(),
-                    fence: self.run.fence,
+                    workflow: run.workflow.clone(),
+                    fence: run.fence,
                     seq,
                     kind,
                     input: input.to_vec(),
                 };
-                self.journal(&mut held, command).await?
+                run.journal(&mut held, command).await?
             };
-            match self.resolved(seq, state).await? {
+            match run.resolved(seq, state).await? {
                 EntryState::Done(Outcome::Ok(value)) => Ok(Bytes::from(value)),
                 EntryState::Done(Outcome::Err(error)) => {
                     Err(WorkflowError::ChildFailed { child, error })
@@ -448,7 +451,7 @@ impl Context {
     ///
     /// # Errors
     /// The engine's errors.
-    pub fn now(&self) -> impl Future<Output = Result<SystemTime, WorkflowError>> + '_ {
+    pub fn now(&self) -> impl Future<Output = Result<SystemTime, WorkflowError>> + use<> {
         let value = self.step_with(NOW_STEP, RetryPolicy::once(), |_| async {
             let ms = keel_raft::clock::now_ms();
             Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(&ms.to_le_bytes()))
@@ -463,7 +466,7 @@ impl Context {
     ///
     /// # Errors
     /// The engine's errors.
-    pub fn random(&self) -> impl Future<Output = Result<u64, WorkflowError>> + '_ {
+    pub fn random(&self) -> impl Future<Output = Result<u64, WorkflowError>> + use<> {
         let value = self.step_with(RANDOM_STEP, RetryPolicy::once(), |_| async {
             Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(
                 &rand::random::<u64>().to_le_bytes(),
