@@ -1,45 +1,71 @@
-//! Python workflow kinds in the engine's [`Registry`]: each run calls the package's runner
-//! on a thread of tokio's blocking pool.
+//! Python workflow kinds in the engine's [`Registry`]. A `def` workflow is a suspending kind
+//! whose runs call the package's runner on a thread of tokio's blocking pool; an `async
+//! def` workflow is an ordinary kind whose runs await the runner's coroutine on the app's
+//! event loop (its waits hold no thread, so it need not suspend).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use keel_scheduler::engine::context::{Context, WorkflowError};
 use keel_scheduler::engine::registry::Registry;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use pyo3_async_runtimes::TaskLocals;
 
 use crate::context::{NativeContext, Stop};
 
-/// `registry` with each of `kinds` (`(name, version)`) registered as a suspending kind whose
-/// runs call `runner(kind, context, input)`; the runner answers `(True, result bytes)` or
-/// `(False, serialized error)`.
-pub(crate) fn register(
-    mut registry: Registry,
-    kinds: Vec<(String, String)>,
-    runner: &Arc<Py<PyAny>>,
-) -> Registry {
-    for (kind, version) in kinds {
-        let runner = Arc::clone(runner);
-        let name = kind.clone();
-        registry = registry.register_suspending(&kind, &version, move |context, input| {
-            let runner = Arc::clone(&runner);
-            let kind = name.clone();
-            async move {
-                tokio::task::spawn_blocking(move || run(&runner, &kind, context, &input))
-                    .await
-                    .unwrap_or_else(|panic| {
-                        Err(WorkflowError::Failed(format!(
-                            "the workflow's thread panicked: {panic}"
-                        )))
-                    })
-            }
-        });
-    }
-    registry
+/// A workflow kind as the package declares it.
+pub(crate) struct PythonKind {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) is_async: bool,
 }
 
-/// One run of workflow `kind` on this thread.
+/// `registry` with each of `kinds` registered; their runs call `runner(kind, context,
+/// input)`, which answers `(True, result bytes)` or `(False, serialized error)` — or, for an
+/// async kind, a coroutine that does. Async kinds run on `event_loop`.
+pub(crate) fn register(
+    mut registry: Registry,
+    kinds: Vec<PythonKind>,
+    runner: &Arc<Py<PyAny>>,
+    event_loop: Option<&TaskLocals>,
+) -> PyResult<Registry> {
+    for kind in kinds {
+        let runner = Arc::clone(runner);
+        let name = kind.name.clone();
+        if kind.is_async {
+            let locals = event_loop
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err("async kinds need an event loop")
+                })?
+                .clone();
+            registry = registry.register(&kind.name, &kind.version, move |context, input| {
+                let runner = Arc::clone(&runner);
+                let locals = locals.clone();
+                let kind = name.clone();
+                async move { run_async(&runner, &kind, &locals, context, &input).await }
+            });
+        } else {
+            registry =
+                registry.register_suspending(&kind.name, &kind.version, move |context, input| {
+                    let runner = Arc::clone(&runner);
+                    let kind = name.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || run(&runner, &kind, context, &input))
+                            .await
+                            .unwrap_or_else(|panic| {
+                                Err(WorkflowError::Failed(format!(
+                                    "the workflow's thread panicked: {panic}"
+                                )))
+                            })
+                    }
+                });
+        }
+    }
+    Ok(registry)
+}
+
+/// One run of `def` workflow `kind` on this thread.
 fn run(
     runner: &Py<PyAny>,
     kind: &str,
@@ -47,21 +73,49 @@ fn run(
     input: &[u8],
 ) -> Result<Bytes, WorkflowError> {
     let stop: Stop = Arc::new(Mutex::new(None));
-    let answer: PyResult<Result<Bytes, String>> = Python::attach(|py| {
+    let answer = Python::attach(|py| {
         let native = Py::new(py, NativeContext::new(context, Arc::clone(&stop)))?;
-        let answer = runner.call1(py, (kind, native, PyBytes::new(py, input)))?;
-        let (ok, value) = answer.extract::<(bool, Bound<'_, PyAny>)>(py)?;
-        if ok {
-            Ok(Ok(Bytes::from(value.extract::<Vec<u8>>()?)))
-        } else {
-            Ok(Err(value.extract::<String>()?))
-        }
+        runner.call1(py, (kind, native, PyBytes::new(py, input)))
     });
-    let stopped = stop
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(stop) = stopped {
+    finish(&stop, kind, answer)
+}
+
+/// One run of `async def` workflow `kind`, awaited on the app's event loop.
+async fn run_async(
+    runner: &Py<PyAny>,
+    kind: &str,
+    locals: &TaskLocals,
+    context: Context,
+    input: &[u8],
+) -> Result<Bytes, WorkflowError> {
+    let stop: Stop = Arc::new(Mutex::new(None));
+    let started = Python::attach(|py| {
+        let native = Py::new(py, NativeContext::new(context, Arc::clone(&stop)))?;
+        let coroutine = runner.call1(py, (kind, native, PyBytes::new(py, input)))?;
+        pyo3_async_runtimes::into_future_with_locals(locals, coroutine.into_bound(py))
+    });
+    let answer = match started {
+        Ok(future) => future.await,
+        Err(error) => Err(error),
+    };
+    finish(&stop, kind, answer)
+}
+
+/// A run's end: its stop if it has one, else the runner's answer.
+fn finish(
+    stop: &Stop,
+    kind: &str,
+    answer: PyResult<Py<PyAny>>,
+) -> Result<Bytes, WorkflowError> {
+    let answer = Python::attach(|py| -> PyResult<Result<Bytes, String>> {
+        let (ok, value) = answer?.extract::<(bool, Bound<'_, PyAny>)>(py)?;
+        Ok(if ok {
+            Ok(Bytes::from(value.extract::<Vec<u8>>()?))
+        } else {
+            Err(value.extract::<String>()?)
+        })
+    });
+    if let Some(stop) = stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
         return Err(stop);
     }
     match answer {

@@ -1,20 +1,24 @@
 //! `NativeContext`: what a Python workflow run reaches its journal through. Each method is
-//! one durable call of [`Context`]; an error that ends the run (superseded, suspended at an
-//! unresolved wait, non-determinism, an unreachable journal) is kept as the run's *stop*, and
-//! every later call raises it again at once, so code that catches it cannot go on.
+//! one durable call of [`Context`], in a blocking form (sync workflows) and an awaitable
+//! `_async` form (async workflows); both take the call's journal position when called, so
+//! calls gathered in async code are journaled in the order they were made.
+//!
+//! An error that ends the run (superseded, suspended at an unresolved wait, non-determinism,
+//! an unreachable journal) is kept as the run's *stop*, and every later call raises it again
+//! at once, so code that catches it cannot go on.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use keel_scheduler::engine::context::{Context, RetryPolicy, StepInfo, WorkflowError};
+use keel_scheduler::engine::context::{Context, WorkflowError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use tokio::sync::oneshot;
 
 use crate::blocking::wait;
 use crate::errors::{keel_error, workflow_error};
+use crate::step::{self, Body, seconds};
 
 /// Why a run stopped early; set once.
 pub(crate) type Stop = Arc<Mutex<Option<WorkflowError>>>;
@@ -26,44 +30,14 @@ pub(crate) struct NativeContext {
     stop: Stop,
 }
 
-impl NativeContext {
-    pub(crate) fn new(context: Context, stop: Stop) -> Self {
-        Self { context, stop }
+/// The exception for `error`; an error that ends the run is kept as its stop first.
+fn raise(py: Python<'_>, stop: &Stop, error: WorkflowError) -> PyErr {
+    if let Some(exception) = workflow_error(py, &error) {
+        return exception;
     }
-
-    fn stopped(&self) -> Option<WorkflowError> {
-        self.stop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The exception for `error`; an error that ends the run is kept as its stop first.
-    fn raise(&self, py: Python<'_>, error: WorkflowError) -> PyErr {
-        if let Some(exception) = workflow_error(py, &error) {
-            return exception;
-        }
-        let mut stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
-        let stop = stop.get_or_insert(error);
-        stop_exception(py, stop)
-    }
-
-    /// Raises the run's stop if it has one.
-    fn check(&self, py: Python<'_>) -> PyResult<()> {
-        match self.stopped() {
-            Some(stop) => Err(stop_exception(py, &stop)),
-            None => Ok(()),
-        }
-    }
-
-    fn durable<T: Send>(
-        &self,
-        py: Python<'_>,
-        call: impl Future<Output = Result<T, WorkflowError>> + Send,
-    ) -> PyResult<T> {
-        self.check(py)?;
-        wait(py, call)?.map_err(|error| self.raise(py, error))
-    }
+    let mut stop = stop.lock().unwrap_or_else(PoisonError::into_inner);
+    let stop = stop.get_or_insert(error);
+    stop_exception(py, stop)
 }
 
 /// The exception a stopped run raises at each durable call.
@@ -82,39 +56,77 @@ fn stop_exception(py: Python<'_>, stop: &WorkflowError) -> PyErr {
     }
 }
 
-/// What one attempt of a step's body gave.
-enum Attempt {
-    Value(Bytes),
-    /// A failure, journaled (serialized by the Python side).
-    Failed(String),
-    /// An error that must not be journaled (a result that cannot be serialized, an
-    /// interpreter error): the step is abandoned and the exception raised in the workflow.
-    Fatal(PyErr),
+fn ms_since_epoch(time: std::time::SystemTime) -> u64 {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Calls `body(idempotency_key, attempt)`, which answers `(0, bytes)`, `(1, error text)` or
-/// `(2, exception)`.
-fn call_body(body: &Py<PyAny>, info: &StepInfo) -> Attempt {
-    Python::attach(|py| {
-        let answer = match body.call1(py, (info.idempotency_key.as_str(), info.attempt)) {
-            Ok(answer) => answer,
-            Err(error) => return Attempt::Fatal(error),
-        };
-        let parsed = answer
-            .extract::<(u8, Bound<'_, PyAny>)>(py)
-            .and_then(|(code, value)| {
-                Ok(match code {
-                    0 => Attempt::Value(Bytes::from(value.extract::<Vec<u8>>()?)),
-                    1 => Attempt::Failed(value.extract::<String>()?),
-                    _ => Attempt::Fatal(PyErr::from_value(value)),
-                })
-            });
-        parsed.unwrap_or_else(Attempt::Fatal)
-    })
+fn bytes_object(py: Python<'_>, value: &[u8]) -> Py<PyAny> {
+    PyBytes::new(py, value).into_any().unbind()
 }
 
-fn seconds(value: f64) -> Duration {
-    Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
+impl NativeContext {
+    pub(crate) fn new(context: Context, stop: Stop) -> Self {
+        Self { context, stop }
+    }
+
+    /// Raises the run's stop if it has one.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        let stop = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match stop {
+            Some(stop) => Err(stop_exception(py, &stop)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a durable call on this thread (the GIL released).
+    fn blocking<T: Send>(
+        &self,
+        py: Python<'_>,
+        call: impl Future<Output = Result<T, WorkflowError>> + Send,
+    ) -> PyResult<T> {
+        wait(py, call)?.map_err(|error| raise(py, &self.stop, error))
+    }
+
+    /// A durable call as an awaitable on the running event loop; `convert` turns its value
+    /// into Python's.
+    fn awaitable<'py, T, C>(
+        &self,
+        py: Python<'py>,
+        call: impl Future<Output = Result<T, WorkflowError>> + Send + 'static,
+        convert: C,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        T: Send + 'static,
+        C: FnOnce(Python<'_>, T) -> Py<PyAny> + Send + 'static,
+    {
+        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
+        let stop = Arc::clone(&self.stop);
+        pyo3_async_runtimes::tokio::future_into_py_with_locals(py, locals, async move {
+            let result = call.await;
+            Python::attach(|py| match result {
+                Ok(value) => Ok(convert(py, value)),
+                Err(error) => Err(raise(py, &stop, error)),
+            })
+        })
+    }
+
+    /// Step `name` with `body`: the outcome's bytes, or the exception to raise.
+    fn step_outcome(
+        stop: &Stop,
+        py: Python<'_>,
+        outcome: Result<Result<Bytes, WorkflowError>, PyErr>,
+    ) -> PyResult<Py<PyAny>> {
+        match outcome {
+            Ok(Ok(value)) => Ok(bytes_object(py, &value)),
+            Ok(Err(error)) => Err(raise(py, stop, error)),
+            Err(fatal) => Err(fatal),
+        }
+    }
 }
 
 #[pymethods]
@@ -125,109 +137,146 @@ impl NativeContext {
         self.context.workflow_id()
     }
 
-    /// Runs step `name`: its journaled outcome, or `body` run and its outcome journaled,
-    /// under `policy` = `(attempts, backoff_s, backoff_max_s, timeout_s)`. A timeout runs each
-    /// attempt on a thread of its own, which is abandoned (not stopped) when the attempt runs
-    /// longer.
-    fn step<'py>(
+    /// Runs step `name`: its journaled outcome, or `body(key, attempt)` run and its outcome
+    /// journaled, under `policy` = `(attempts, backoff_s, backoff_max_s, timeout_s)`. With a
+    /// timeout each attempt runs on a thread of its own, abandoned (not stopped) when it
+    /// runs longer.
+    fn step(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        body: Py<PyAny>,
+        policy: (u32, f64, f64, Option<f64>),
+    ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        let policy = step::policy(policy);
+        let body = Arc::new(body);
+        let body = if policy.timeout.is_some() {
+            Body::Threaded(body)
+        } else {
+            Body::Inline(body)
+        };
+        let outcome = wait(py, step::run(&self.context, name, policy, body))?;
+        Self::step_outcome(&self.stop, py, outcome)
+    }
+
+    /// Awaitable [`NativeContext::step`]: `body` is a coroutine function when `threaded`
+    /// is false, else a plain function run on a thread of its own.
+    fn step_async<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         body: Py<PyAny>,
         policy: (u32, f64, f64, Option<f64>),
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let (attempts, backoff_s, backoff_max_s, timeout_s) = policy;
-        let policy = RetryPolicy {
-            attempts: attempts.max(1),
-            backoff: seconds(backoff_s),
-            backoff_max: seconds(backoff_max_s),
-            timeout: timeout_s.map(seconds),
-        };
-        let body = Arc::new(body);
-        let (fatal_tx, fatal_rx) = oneshot::channel::<PyErr>();
-        let fatal_tx = Arc::new(Mutex::new(Some(fatal_tx)));
-        let threaded = policy.timeout.is_some();
-        let step = self.context.step_with(name, policy, |info| {
-            let body = Arc::clone(&body);
-            let fatal_tx = Arc::clone(&fatal_tx);
-            async move {
-                let attempt = if threaded {
-                    let joined = tokio::task::spawn_blocking(move || call_body(&body, &info)).await;
-                    joined.unwrap_or_else(|panic| {
-                        Attempt::Failed(format!("the step's thread panicked: {panic}"))
-                    })
-                } else {
-                    call_body(&body, &info)
-                };
-                match attempt {
-                    Attempt::Value(value) => Ok(value),
-                    Attempt::Failed(error) => Err(error),
-                    Attempt::Fatal(error) => {
-                        if let Some(tx) = fatal_tx
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .take()
-                        {
-                            // The receiver outlives the step's future: the send cannot fail
-                            // while this future is polled.
-                            let _ = tx.send(error);
-                        }
-                        std::future::pending().await
-                    }
-                }
-            }
-        });
+        threaded: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         self.check(py)?;
-        let outcome = wait(py, async {
-            tokio::select! {
-                outcome = step => Ok(outcome),
-                Ok(fatal) = fatal_rx => Err(fatal),
-            }
-        })?;
-        match outcome {
-            Ok(Ok(value)) => Ok(PyBytes::new(py, &value)),
-            Ok(Err(error)) => Err(self.raise(py, error)),
-            Err(fatal) => Err(fatal),
-        }
+        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
+        let body = Arc::new(body);
+        let body = if threaded {
+            Body::Threaded(body)
+        } else {
+            Body::Coroutine(body, locals.clone())
+        };
+        let pending = step::run(&self.context, name, step::policy(policy), body);
+        let stop = Arc::clone(&self.stop);
+        pyo3_async_runtimes::tokio::future_into_py_with_locals(py, locals, async move {
+            let outcome = pending.await;
+            Python::attach(|py| Self::step_outcome(&stop, py, outcome))
+        })
     }
 
-    /// Sleeps durably for `seconds`.
+    /// Sleeps durably for `duration_s` seconds.
     fn sleep(&self, py: Python<'_>, duration_s: f64) -> PyResult<()> {
-        self.durable(py, self.context.sleep(seconds(duration_s)))
+        self.check(py)?;
+        self.blocking(py, self.context.sleep(seconds(duration_s)))
+    }
+
+    /// Awaitable [`NativeContext::sleep`].
+    fn sleep_async<'py>(&self, py: Python<'py>, duration_s: f64) -> PyResult<Bound<'py, PyAny>> {
+        self.check(py)?;
+        let call = self.context.sleep(seconds(duration_s));
+        self.awaitable(py, call, |py, ()| py.None())
     }
 
     /// Waits durably for signal `name`: its payload, or `None` when `timeout_s` passed first.
     #[pyo3(signature = (name, timeout_s=None))]
-    fn wait_signal<'py>(
+    fn wait_signal(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        timeout_s: Option<f64>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        self.check(py)?;
+        let payload = self.blocking(py, self.context.wait_signal(name, timeout_s.map(seconds)))?;
+        Ok(payload.map(|p| bytes_object(py, &p)))
+    }
+
+    /// Awaitable [`NativeContext::wait_signal`].
+    #[pyo3(signature = (name, timeout_s=None))]
+    fn wait_signal_async<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         timeout_s: Option<f64>,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let payload = self.durable(py, self.context.wait_signal(name, timeout_s.map(seconds)))?;
-        Ok(payload.map(|p| PyBytes::new(py, &p)))
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.check(py)?;
+        let call = self.context.wait_signal(name, timeout_s.map(seconds));
+        self.awaitable(py, call, |py, payload: Option<Bytes>| {
+            payload.map_or_else(|| py.None(), |p| bytes_object(py, &p))
+        })
     }
 
     /// Calls a child workflow of `kind` with `input`; its result.
-    fn call<'py>(
+    fn call(&self, py: Python<'_>, kind: &str, input: Vec<u8>) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        let value = self.blocking(py, self.context.call(kind, Bytes::from(input)))?;
+        Ok(bytes_object(py, &value))
+    }
+
+    /// Awaitable [`NativeContext::call`].
+    fn call_async<'py>(
         &self,
         py: Python<'py>,
         kind: &str,
         input: Vec<u8>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let value = self.durable(py, self.context.call(kind, Bytes::from(input)))?;
-        Ok(PyBytes::new(py, &value))
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.check(py)?;
+        let call = self.context.call(kind, Bytes::from(input));
+        self.awaitable(py, call, |py, value: Bytes| bytes_object(py, &value))
     }
 
     /// The wall-clock time in ms since the Unix epoch, journaled.
     fn now_ms(&self, py: Python<'_>) -> PyResult<u64> {
-        let now = self.durable(py, self.context.now())?;
-        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        Ok(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        self.check(py)?;
+        Ok(ms_since_epoch(self.blocking(py, self.context.now())?))
+    }
+
+    /// Awaitable [`NativeContext::now_ms`].
+    fn now_ms_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check(py)?;
+        let call = self.context.now();
+        self.awaitable(py, call, |py, now| {
+            ms_since_epoch(now)
+                .into_pyobject(py)
+                .map_or_else(|_| py.None(), |n| n.into_any().unbind())
+        })
     }
 
     /// A random 64-bit number, journaled.
     fn random_u64(&self, py: Python<'_>) -> PyResult<u64> {
-        self.durable(py, self.context.random())
+        self.check(py)?;
+        self.blocking(py, self.context.random())
+    }
+
+    /// Awaitable [`NativeContext::random_u64`].
+    fn random_u64_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check(py)?;
+        let call = self.context.random();
+        self.awaitable(py, call, |py, value: u64| {
+            value
+                .into_pyobject(py)
+                .map_or_else(|_| py.None(), |n| n.into_any().unbind())
+        })
     }
 }

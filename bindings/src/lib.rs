@@ -31,6 +31,7 @@ mod client;
 mod context;
 mod errors;
 mod node;
+mod step;
 
 use pyo3::prelude::*;
 

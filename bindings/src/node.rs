@@ -15,6 +15,7 @@ use keel_scheduler::Node;
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::engine::registry::Registry;
 use pyo3::prelude::*;
+use pyo3_async_runtimes::TaskLocals;
 
 use crate::blocking::wait;
 use crate::bridge;
@@ -111,19 +112,31 @@ async fn launch(
 
 #[pymethods]
 impl NativeNode {
-    /// Starts the node in `data_dir`, running workflow `kinds` (`(name, version)`) through
-    /// `runner`, and waits up to `timeout_s` until it leads with its kinds declared.
+    /// Starts the node in `data_dir`, running workflow `kinds` (`(name, version, is_async)`)
+    /// through `runner` (async kinds on `event_loop`), and waits up to `timeout_s` until it
+    /// leads with its kinds declared.
     #[staticmethod]
-    #[pyo3(signature = (data_dir, listen, kinds, runner, timeout_s))]
+    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s))]
     fn launch(
         py: Python<'_>,
         data_dir: PathBuf,
         listen: Option<String>,
-        kinds: Vec<(String, String)>,
+        kinds: Vec<(String, String, bool)>,
         runner: Py<PyAny>,
+        event_loop: Option<Bound<'_, PyAny>>,
         timeout_s: f64,
     ) -> PyResult<Self> {
-        let registry = bridge::register(Registry::new(), kinds, &Arc::new(runner));
+        let kinds = kinds
+            .into_iter()
+            .map(|(name, version, is_async)| bridge::PythonKind {
+                name,
+                version,
+                is_async,
+            })
+            .collect();
+        let locals = event_loop.map(TaskLocals::new);
+        let registry =
+            bridge::register(Registry::new(), kinds, &Arc::new(runner), locals.as_ref())?;
         let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::MAX);
         let node = wait(py, launch(data_dir, listen, registry, timeout))?
             .map_err(|error| error.into_py(py))?;

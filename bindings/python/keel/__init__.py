@@ -21,7 +21,7 @@ on; after a crash the workflow resumes where it stopped, and no completed step r
 
 from ._app import App, WorkflowHandle, WorkflowInfo, kind_name
 from ._codec import JsonSerializer, PickleSerializer, Serializer
-from ._context import Context, StepInfo, step_info
+from ._context import AsyncContext, Context, StepInfo, step_info
 from ._errors import (
     Cancelled,
     InvalidRequest,
@@ -37,6 +37,7 @@ from ._errors import (
 
 __all__ = [
     "App",
+    "AsyncContext",
     "Cancelled",
     "Context",
     "InvalidRequest",

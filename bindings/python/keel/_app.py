@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from . import _native
 from ._codec import Codec, Serializer, _hints
-from ._context import Context, _current_context
+from ._context import AsyncContext, Context, _current_context
 from ._errors import (
     Cancelled,
     KeelError,
@@ -60,6 +60,7 @@ class WorkflowSpec:
     fn: Callable[..., Any]
     param_hints: tuple[Any, ...]
     return_hint: Any
+    is_async: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,23 @@ def _signature_hints(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], Any]:
         p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
     return tuple(hints.get(p.name) for p in positional), hints.get("return")
+
+
+class _EventLoopThread:
+    """The event loop async workflows run on: its own daemon thread, stopped on close."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="keel-workflows", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
 
 
 _open_apps: "weakref.WeakSet[App]" = weakref.WeakSet()
@@ -165,6 +183,7 @@ class App:
         self._node: Optional[_native.NativeNode] = None
         self._native_client: Optional[_native.NativeClient] = None
         self._pid = os.getpid()
+        self._loop: Optional[_EventLoopThread] = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -184,11 +203,6 @@ class App:
         """Registers a workflow: a function whose first parameter is its ``Context``."""
 
         def register(fn: F) -> F:
-            if inspect.iscoroutinefunction(fn):
-                raise KeelError(
-                    f"{kind_name(fn)} is an async workflow; this version of keel runs "
-                    "`def` workflows only"
-                )
             with self._lock:
                 if self._node is not None:
                     raise KeelError("workflows are registered before the app launches")
@@ -196,7 +210,9 @@ class App:
                 if kind in self._workflows:
                     raise KeelError(f"workflow kind {kind!r} is registered twice")
                 params, returns = _signature_hints(fn)
-                self._workflows[kind] = WorkflowSpec(kind, version, fn, params, returns)
+                self._workflows[kind] = WorkflowSpec(
+                    kind, version, fn, params, returns, inspect.iscoroutinefunction(fn)
+                )
             fn.__keel_workflow__ = kind  # type: ignore[attr-defined]
             return fn
 
@@ -235,11 +251,6 @@ class App:
             raise ValueError("retries is not negative")
 
         def register(fn: F) -> F:
-            if inspect.iscoroutinefunction(fn):
-                raise KeelError(
-                    f"{kind_name(fn)} is an async step; this version of keel runs `def` "
-                    "steps only"
-                )
             spec = StepSpec(
                 name or kind_name(fn),
                 retries,
@@ -248,12 +259,33 @@ class App:
                 None if timeout is None else seconds(timeout),
                 _hints(fn).get("return"),
             )
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                def call_async(*args: Any, **kwargs: Any) -> Any:
+                    context = _current_context.get()
+                    if context is None:
+                        return fn(*args, **kwargs)
+                    if isinstance(context, AsyncContext):
+                        return context._run_step_async(spec, fn, args, kwargs)
+                    raise KeelError(
+                        f"{spec.name} is an async step: await it in an async workflow"
+                    )
+
+                call_async.__keel_step__ = spec  # type: ignore[attr-defined]
+                return call_async  # type: ignore[return-value]
 
             @functools.wraps(fn)
             def call(*args: Any, **kwargs: Any) -> Any:
                 context = _current_context.get()
                 if context is None:
                     return fn(*args, **kwargs)
+                if isinstance(context, AsyncContext):
+                    raise KeelError(
+                        f"{spec.name} is a def step: run it from async code with "
+                        f"`await ctx.run({fn.__name__}, ...)` (a direct call would block the "
+                        "event loop)"
+                    )
                 return context._run_step(spec, fn, args, kwargs)
 
             call.__keel_step__ = spec  # type: ignore[attr-defined]
@@ -284,9 +316,16 @@ class App:
         self._check_process()
         with self._lock:
             if self._node is None:
-                kinds = [(spec.kind, spec.version) for spec in self._workflows.values()]
+                kinds = [(s.kind, s.version, s.is_async) for s in self._workflows.values()]
+                if any(s.is_async for s in self._workflows.values()) and self._loop is None:
+                    self._loop = _EventLoopThread()
                 self._node = _native.NativeNode.launch(
-                    str(self.data_dir), self.listen, kinds, self._run, self.timeout
+                    str(self.data_dir),
+                    self.listen,
+                    kinds,
+                    self._run,
+                    None if self._loop is None else self._loop.loop,
+                    self.timeout,
                 )
                 self._native_client = _native.NativeClient([self._node.addr])
                 _open_apps.add(self)
@@ -308,10 +347,15 @@ class App:
         """Stops the node; workflows in flight resume at the next launch."""
         with self._lock:
             node, self._node, self._native_client = self._node, None, None
+            loop, self._loop = self._loop, None
             self._closed = True
         _open_apps.discard(self)
-        if node is not None and os.getpid() == self._pid:
+        if os.getpid() != self._pid:
+            return
+        if node is not None:
             node.shutdown()
+        if loop is not None:
+            loop.stop()
 
     def __enter__(self) -> "App":
         return self.launch()
@@ -331,8 +375,11 @@ class App:
 
     # -- the runner the engine calls -----------------------------------------------------
 
-    def _run(self, kind: str, native: _native.NativeContext, data: bytes) -> tuple[bool, Any]:
+    def _run(self, kind: str, native: _native.NativeContext, data: bytes) -> Any:
+        """One run of workflow ``kind`` (for an async kind: a coroutine that is one)."""
         spec = self._workflows[kind]
+        if spec.is_async:
+            return self._run_async(spec, native, data)
         context = Context(native, self)
         token = _current_context.set(context)
         try:
@@ -345,6 +392,21 @@ class App:
             return (False, failure_text(error))
         finally:
             _current_context.reset(token)
+
+    async def _run_async(
+        self, spec: WorkflowSpec, native: _native.NativeContext, data: bytes
+    ) -> tuple[bool, Any]:
+        # This coroutine runs as its own task, in its own copy of the contextvars.
+        context = AsyncContext(native, self)
+        _current_context.set(context)
+        try:
+            args = self._codec.decode_args(data, spec.param_hints)
+            value = await spec.fn(context, *args)
+            return (True, self._codec.encode(value))
+        except _Suspend:
+            return (False, "suspended")
+        except Exception as error:
+            return (False, failure_text(error))
 
     # -- clients' calls ------------------------------------------------------------------
 

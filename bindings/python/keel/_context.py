@@ -6,7 +6,7 @@ import contextvars
 import dataclasses
 import datetime
 import uuid as _uuid
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar, Union
 
 from . import _native
 from ._errors import KeelError, SerializationError, failure_text
@@ -29,8 +29,8 @@ class StepInfo:
     attempt: int
 
 
-_current_context: contextvars.ContextVar[Optional["Context"]] = contextvars.ContextVar(
-    "keel_current_context", default=None
+_current_context: contextvars.ContextVar[Optional[Union["Context", "AsyncContext"]]] = (
+    contextvars.ContextVar("keel_current_context", default=None)
 )
 _current_step: contextvars.ContextVar[Optional[StepInfo]] = contextvars.ContextVar(
     "keel_current_step", default=None
@@ -45,8 +45,9 @@ def step_info() -> StepInfo:
     return info
 
 
-def current_context() -> Optional["Context"]:
-    """The context of the workflow running on this thread, outside step bodies."""
+def current_context() -> Optional[Union["Context", "AsyncContext"]]:
+    """The context of the workflow running here (this thread, or this task), outside step
+    bodies."""
     return _current_context.get()
 
 
@@ -100,24 +101,145 @@ class Context:
 
     def _run_step(self, spec: "StepSpec", fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         codec = self._app._codec
-
-        def body(key: str, attempt: int) -> tuple[int, Any]:
-            step_token = _current_step.set(StepInfo(key, attempt))
-            context_token = _current_context.set(None)
-            try:
-                value = fn(*args, **kwargs)
-            except Exception as error:
-                return (1, failure_text(error))
-            finally:
-                _current_context.reset(context_token)
-                _current_step.reset(step_token)
-            try:
-                return (0, codec.encode(value))
-            except SerializationError as error:
-                return (2, error)
-
-        policy = (spec.retries + 1, spec.backoff, spec.backoff_max, spec.timeout)
-        data = self._native.step(spec.name, body, policy)
+        body = _sync_body(codec, fn, args, kwargs)
+        data = self._native.step(spec.name, body, _policy(spec))
         return codec.decode(data, spec.return_hint)
 
 
+def _policy(spec: "StepSpec") -> tuple[int, float, float, Optional[float]]:
+    return (spec.retries + 1, spec.backoff, spec.backoff_max, spec.timeout)
+
+
+def _sync_body(
+    codec: Any, fn: Callable[..., Any], args: Any, kwargs: Any
+) -> Callable[[str, int], tuple[int, Any]]:
+    """A `def` step's body as the native side calls it: ``(0, bytes)`` for a value,
+    ``(1, error text)`` for a failure to journal, ``(2, exception)`` for one to raise."""
+
+    def body(key: str, attempt: int) -> tuple[int, Any]:
+        step_token = _current_step.set(StepInfo(key, attempt))
+        context_token = _current_context.set(None)
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as error:
+            return (1, failure_text(error))
+        finally:
+            _current_context.reset(context_token)
+            _current_step.reset(step_token)
+        try:
+            return (0, codec.encode(value))
+        except SerializationError as error:
+            return (2, error)
+
+    return body
+
+
+def _async_body(
+    codec: Any, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+) -> Callable[[str, int], Awaitable[tuple[int, Any]]]:
+    """An `async def` step's body: as `_sync_body`, awaited."""
+
+    async def body(key: str, attempt: int) -> tuple[int, Any]:
+        _current_step.set(StepInfo(key, attempt))
+        _current_context.set(None)
+        try:
+            value = await fn(*args, **kwargs)
+        except Exception as error:
+            return (1, failure_text(error))
+        try:
+            return (0, codec.encode(value))
+        except SerializationError as error:
+            return (2, error)
+
+    return body
+
+
+V = TypeVar("V")
+
+
+async def _decoded(pending: Awaitable[V], decode: Callable[[V], T]) -> T:
+    return decode(await pending)
+
+
+class AsyncContext:
+    """The context of an ``async def`` workflow: every durable call returns an awaitable and
+    takes its journal position when it is *called*, so calls gathered with
+    ``asyncio.gather`` are journaled, and replayed, in the order the code made them (a fast
+    call's record waits until every earlier one is journaled)."""
+
+    def __init__(self, native: _native.NativeContext, app: "App") -> None:
+        self._native = native
+        self._app = app
+
+    @property
+    def workflow_id(self) -> str:
+        """This workflow's id."""
+        return self._native.workflow_id
+
+    def sleep(self, duration: Duration) -> Awaitable[None]:
+        """Sleeps durably: never less than ``duration``."""
+        return self._native.sleep_async(seconds(duration))
+
+    def wait_signal(
+        self, name: str, timeout: Optional[Duration] = None, type: Any = None
+    ) -> Awaitable[Any]:
+        """Waits durably for signal ``name``: its value, or ``None`` after ``timeout``."""
+        pending = self._native.wait_signal_async(
+            name, None if timeout is None else seconds(timeout)
+        )
+        codec = self._app._codec
+
+        async def decoded() -> Any:
+            payload = await pending
+            return None if payload is None else codec.decode(payload, type)
+
+        return decoded()
+
+    def call(self, workflow: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """Calls a child workflow and waits durably for its result."""
+        spec = self._app._workflow_spec(workflow)
+        data = self._app._codec.encode_args(args)
+        codec = self._app._codec
+        return _decoded(
+            self._native.call_async(spec.kind, data), lambda v: codec.decode(v, spec.return_hint)
+        )
+
+    def run(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """Runs a ``def`` step from async code, on a thread of its own (a ``def`` step
+        called directly here would block the event loop, so that raises)."""
+        spec = getattr(step, "__keel_step__", None)
+        if spec is None:
+            raise KeelError(f"{step!r} is not a step: decorate it with @app.step")
+        codec = self._app._codec
+        body = _sync_body(codec, step.__wrapped__, args, kwargs)  # type: ignore[attr-defined]
+        pending = self._native.step_async(spec.name, body, _policy(spec), True)
+        return _decoded(pending, lambda v: codec.decode(v, spec.return_hint))
+
+    def now(self) -> Awaitable[datetime.datetime]:
+        """The wall-clock time (UTC), journaled."""
+        return _decoded(
+            self._native.now_ms_async(),
+            lambda ms: datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc),
+        )
+
+    def random(self) -> Awaitable[float]:
+        """A random float in [0, 1), journaled."""
+        return _decoded(self._native.random_u64_async(), lambda v: (v >> 11) / float(1 << 53))
+
+    def uuid(self) -> Awaitable[_uuid.UUID]:
+        """A random UUID (version 4), journaled."""
+        high = self._native.random_u64_async()
+        low = self._native.random_u64_async()
+
+        async def joined() -> _uuid.UUID:
+            return _uuid.UUID(int=((await high) << 64) | (await low), version=4)
+
+        return joined()
+
+    def _run_step_async(
+        self, spec: "StepSpec", fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+    ) -> Awaitable[Any]:
+        codec = self._app._codec
+        body = _async_body(codec, fn, args, kwargs)
+        pending = self._native.step_async(spec.name, body, _policy(spec), False)
+        return _decoded(pending, lambda v: codec.decode(v, spec.return_hint))

@@ -1,5 +1,6 @@
 """Stubs of the native module `keel._native` (Rust, PyO3): see bindings/src."""
 
+from asyncio import AbstractEventLoop
 from os import PathLike
 from typing import Any, Awaitable, Callable, Optional, Union, final
 
@@ -15,11 +16,25 @@ class NativeContext:
         body: Callable[[str, int], tuple[int, Any]],
         policy: tuple[int, float, float, Optional[float]],
     ) -> bytes: ...
+    def step_async(
+        self,
+        name: str,
+        body: Callable[[str, int], Any],
+        policy: tuple[int, float, float, Optional[float]],
+        threaded: bool,
+    ) -> Awaitable[bytes]: ...
     def sleep(self, duration_s: float) -> None: ...
+    def sleep_async(self, duration_s: float) -> Awaitable[None]: ...
     def wait_signal(self, name: str, timeout_s: Optional[float] = None) -> Optional[bytes]: ...
+    def wait_signal_async(
+        self, name: str, timeout_s: Optional[float] = None
+    ) -> Awaitable[Optional[bytes]]: ...
     def call(self, kind: str, input: bytes) -> bytes: ...
+    def call_async(self, kind: str, input: bytes) -> Awaitable[bytes]: ...
     def now_ms(self) -> int: ...
+    def now_ms_async(self) -> Awaitable[int]: ...
     def random_u64(self) -> int: ...
+    def random_u64_async(self) -> Awaitable[int]: ...
 
 @final
 class NativeNode:
@@ -27,8 +42,9 @@ class NativeNode:
     def launch(
         data_dir: Union[str, PathLike[str]],
         listen: Optional[str],
-        kinds: list[tuple[str, str]],
-        runner: Callable[[str, NativeContext, bytes], tuple[bool, Any]],
+        kinds: list[tuple[str, str, bool]],
+        runner: Callable[[str, NativeContext, bytes], Any],
+        event_loop: Optional[AbstractEventLoop],
         timeout_s: float,
     ) -> NativeNode: ...
     @property
