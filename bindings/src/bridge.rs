@@ -102,11 +102,7 @@ async fn run_async(
 }
 
 /// A run's end: its stop if it has one, else the runner's answer.
-fn finish(
-    stop: &Stop,
-    kind: &str,
-    answer: PyResult<Py<PyAny>>,
-) -> Result<Bytes, WorkflowError> {
+fn finish(stop: &Stop, kind: &str, answer: PyResult<Py<PyAny>>) -> Result<Bytes, WorkflowError> {
     let answer = Python::attach(|py| -> PyResult<Result<Bytes, String>> {
         let (ok, value) = answer?.extract::<(bool, Bound<'_, PyAny>)>(py)?;
         Ok(if ok {

@@ -36,6 +36,22 @@ fn info_dict<'py>(py: Python<'py>, info: &WorkflowInfo) -> PyResult<Bound<'py, P
     dict.set_item("finished_ms", info.finished_ms)?;
     dict.set_item("parent", &info.parent)?;
     dict.set_item("journal_len", info.journal_len)?;
+    let journal = info
+        .journal
+        .iter()
+        .map(|entry| {
+            let item = PyDict::new(py);
+            item.set_item("seq", entry.seq)?;
+            item.set_item("kind", &entry.kind)?;
+            item.set_item("name", &entry.name)?;
+            item.set_item("state", &entry.state)?;
+            item.set_item("value", PyBytes::new(py, &entry.value))?;
+            item.set_item("error", &entry.error)?;
+            item.set_item("attempts", entry.attempts)?;
+            Ok(item)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    dict.set_item("journal", journal)?;
     Ok(dict)
 }
 
@@ -55,6 +71,7 @@ async fn get_within(
     mut client: WorkflowClient,
     id: String,
     wait: Duration,
+    journal: bool,
 ) -> Result<WorkflowInfo, WorkflowClientError> {
     // No deadline: `wait` is too long to count (an endless wait).
     let deadline = tokio::time::Instant::now().checked_add(wait);
@@ -62,7 +79,9 @@ async fn get_within(
         let left = deadline.map_or(Duration::MAX, |d| {
             d.saturating_duration_since(tokio::time::Instant::now())
         });
-        let info = client.get_after(&id, left.min(GET_WAIT_MAX), false).await?;
+        let info = client
+            .get_after(&id, left.min(GET_WAIT_MAX), journal)
+            .await?;
         if info.status != "running" || left <= GET_WAIT_MAX {
             return Ok(info);
         }
@@ -119,10 +138,20 @@ impl NativeClient {
         })
     }
 
-    /// Workflow `id` once it finished, or as it is after `wait_s` seconds.
-    #[pyo3(signature = (id, wait_s=0.0))]
-    fn get<'py>(&self, py: Python<'py>, id: String, wait_s: f64) -> PyResult<Bound<'py, PyDict>> {
-        let info = wait(py, get_within(self.client.clone(), id, seconds(wait_s)))?;
+    /// Workflow `id` once it finished, or as it is after `wait_s` seconds; with its journal
+    /// entries when `journal`.
+    #[pyo3(signature = (id, wait_s=0.0, journal=false))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        id: String,
+        wait_s: f64,
+        journal: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let info = wait(
+            py,
+            get_within(self.client.clone(), id, seconds(wait_s), journal),
+        )?;
         info_dict(py, &answer(py, info)?)
     }
 
@@ -136,7 +165,7 @@ impl NativeClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let info = get_within(client, id, seconds(wait_s)).await;
+            let info = get_within(client, id, seconds(wait_s), false).await;
             Python::attach(|py| Ok(info_dict(py, &answer(py, info)?)?.unbind()))
         })
     }

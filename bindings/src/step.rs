@@ -75,8 +75,8 @@ impl Body {
                 }
                 Self::Coroutine(function, locals) => {
                     let awaited = Python::attach(|py| {
-                        let coroutine = function
-                            .call1(py, (info.idempotency_key.as_str(), info.attempt))?;
+                        let coroutine =
+                            function.call1(py, (info.idempotency_key.as_str(), info.attempt))?;
                         pyo3_async_runtimes::into_future_with_locals(
                             &locals,
                             coroutine.into_bound(py),

@@ -1,9 +1,11 @@
 """A program the process tests run in a child interpreter: `python program.py MODE DATA_DIR
 LOG`. Modes: `steps` (a five-step workflow with durable sleeps, to be killed and run again),
-`interrupt` (blocks in `result()` until Ctrl-C), `exit` (leaves its App open at exit)."""
+`gather` (an async workflow gathering a slow and a fast step twice, likewise), `interrupt`
+(blocks in `result()` until Ctrl-C), `exit` (leaves its App open at exit)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -41,10 +43,35 @@ def forever(ctx: keel.Context) -> object:
     return ctx.wait_signal("never")
 
 
+@app.step
+async def slow(tag: str) -> str:
+    await asyncio.sleep(0.3)
+    note(f"body slow {tag}")
+    return f"slow {tag}"
+
+
+@app.step
+async def fast(tag: str) -> str:
+    note(f"body fast {tag}")
+    return f"fast {tag}"
+
+
+@app.workflow
+async def gathered(ctx: keel.AsyncContext) -> list[str]:
+    a, b = await asyncio.gather(slow("a"), fast("b"))
+    note("gathered")  # workflow code: written again on every replay
+    await ctx.sleep(1.0)
+    c, d = await asyncio.gather(slow("c"), fast("d"))
+    return [a, b, c, d]
+
+
 if mode == "steps":
     handle = app.start(job, 5, id="job")
     note("started")
     print("result", handle.result(timeout=120), flush=True)
+elif mode == "gather":
+    handle = app.start(gathered, id="gathered")
+    print("result", handle.result(timeout=120), [e.name for e in handle.journal()], flush=True)
 elif mode == "interrupt":
     handle = app.start(forever, id="forever")
     note("waiting")

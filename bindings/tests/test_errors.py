@@ -99,18 +99,13 @@ def test_values_that_cannot_be_serialized_raise_before_anything_is_journaled(
     assert waiting.result(timeout=10) == "fine"
 
 
-def test_registering_after_launch_and_async_functions_are_refused(app: keel.App) -> None:
+def test_registering_after_launch_is_refused(app: keel.App) -> None:
     app.launch()
 
     def late(ctx: keel.Context) -> None: ...
 
     with pytest.raises(keel.KeelError, match="before the app launches"):
         app.workflow(late)
-
-    async def coroutine(ctx: keel.Context) -> None: ...
-
-    with pytest.raises(keel.KeelError, match="async"):
-        keel.App(data_dir=app.data_dir / "unused").workflow(coroutine)
 
 
 def test_a_blocking_call_on_an_event_loop_thread_raises_instead_of_blocking_it(

@@ -19,7 +19,7 @@ Every step's result, timer and signal is journaled in Keel's log before the work
 on; after a crash the workflow resumes where it stopped, and no completed step runs again.
 """
 
-from ._app import App, WorkflowHandle, WorkflowInfo, kind_name
+from ._app import App, JournalEntry, WorkflowHandle, WorkflowInfo, kind_name
 from ._codec import JsonSerializer, PickleSerializer, Serializer
 from ._context import AsyncContext, Context, StepInfo, step_info
 from ._errors import (
@@ -41,6 +41,7 @@ __all__ = [
     "Cancelled",
     "Context",
     "InvalidRequest",
+    "JournalEntry",
     "JsonSerializer",
     "KeelError",
     "NonDeterminismError",

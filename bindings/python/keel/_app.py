@@ -64,6 +64,23 @@ class WorkflowSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class JournalEntry:
+    """One durable call in a workflow's journal."""
+
+    seq: int
+    #: ``step``, ``sleep``, ``signal`` or ``call``.
+    kind: str
+    #: The step's or signal's name, or the child's id.
+    name: str
+    #: ``pending``, ``done``, ``failed`` or ``timed-out``.
+    state: str
+    #: The journaled value's bytes (JSON text with the default serializer).
+    value: bytes
+    error: str
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkflowInfo:
     """A workflow as ``App.list`` reports it."""
 
@@ -143,6 +160,11 @@ class WorkflowHandle:
         wait = float("inf") if timeout is None else seconds(timeout)
         info = await self._app._client().get_async(self.id, wait)
         return self._decode_end(info, None if timeout is None else wait)
+
+    def journal(self) -> list[JournalEntry]:
+        """The workflow's journal: its durable calls so far, in order."""
+        info = self._app._client().get(self.id, 0.0, True)
+        return [JournalEntry(**entry) for entry in info["journal"]]
 
     def status(self) -> str:
         """``running``, ``completed``, ``failed`` or ``cancelled``."""
