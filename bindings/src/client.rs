@@ -1,6 +1,7 @@
 //! `NativeClient`: the workflow client an `App` (or a remote client) uses, over gRPC.
 //! Every method has a blocking form and an awaitable `_async` form.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,13 +15,17 @@ use crate::errors::client_error;
 
 /// The longest single wait the service grants a `get`; longer waits loop.
 const GET_WAIT_MAX: Duration = Duration::from_secs(300);
+/// Exactly-once sessions signals are spread over, so concurrent signals do not queue
+/// behind one another (a session's writes go one at a time).
+const SIGNAL_SESSIONS: usize = 8;
 
 /// A client of one cluster.
 #[pyclass(module = "keel._native", frozen)]
 pub(crate) struct NativeClient {
     client: WorkflowClient,
-    /// Signals go through one client, so they share one exactly-once session.
-    signaller: tokio::sync::Mutex<WorkflowClient>,
+    /// Clients that send signals, each in its own exactly-once session; used in turn.
+    signallers: Vec<tokio::sync::Mutex<WorkflowClient>>,
+    next_signaller: AtomicUsize,
 }
 
 /// A workflow's state as a dict of Python values.
@@ -109,7 +114,10 @@ impl NativeClient {
         let _runtime = runtime().enter();
         let client = answer(py, WorkflowClient::new(&endpoints))?;
         Ok(Self {
-            signaller: tokio::sync::Mutex::new(client.clone()),
+            signallers: (0..SIGNAL_SESSIONS)
+                .map(|_| tokio::sync::Mutex::new(client.clone()))
+                .collect(),
+            next_signaller: AtomicUsize::new(0),
             client,
         })
     }
@@ -173,8 +181,9 @@ impl NativeClient {
     /// Sends signal `name` with `payload` to workflow `id`, exactly once; false when the
     /// workflow had finished (the signal is not delivered).
     fn signal(&self, py: Python<'_>, id: &str, name: &str, payload: Vec<u8>) -> PyResult<bool> {
+        let turn = self.next_signaller.fetch_add(1, Ordering::Relaxed) % SIGNAL_SESSIONS;
         let sent = wait(py, async {
-            let mut client = self.signaller.lock().await;
+            let mut client = self.signallers[turn].lock().await;
             client.signal(id, name, Bytes::from(payload)).await
         })?;
         match sent {

@@ -88,6 +88,8 @@ class WorkflowInfo:
     kind: str
     version: str
     status: str
+    #: Durable calls journaled so far.
+    journal_len: int
 
 
 def _signature_hints(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], Any]:
@@ -476,6 +478,6 @@ class App:
             raise ValueError(f"status is one of {', '.join(STATUSES)}")
         kind_text = None if kind is None else self._workflow_spec(kind).kind if callable(kind) else kind
         return [
-            WorkflowInfo(i["id"], i["kind"], i["version"], i["status"])
+            WorkflowInfo(i["id"], i["kind"], i["version"], i["status"], i["journal_len"])
             for i in self._client().list(kind_text, status, None, limit)
         ]
