@@ -35,11 +35,20 @@ mod step;
 
 use pyo3::prelude::*;
 
-/// The native module: the node, the client, the context a workflow run sees.
+/// The native module: the node, the client, the context a workflow run sees, and the
+/// profile it was built in (`BUILD_PROFILE`, so benchmarks can refuse a debug build).
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<node::NativeNode>()?;
     module.add_class::<client::NativeClient>()?;
     module.add_class::<context::NativeContext>()?;
+    module.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     Ok(())
 }

@@ -4,7 +4,9 @@ from asyncio import AbstractEventLoop
 from os import PathLike
 from typing import Any, Awaitable, Callable, Optional, Union, final
 
-__all__ = ["NativeClient", "NativeContext", "NativeNode"]
+__all__ = ["BUILD_PROFILE", "NativeClient", "NativeContext", "NativeNode"]
+
+BUILD_PROFILE: str
 
 @final
 class NativeContext:
