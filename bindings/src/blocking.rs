@@ -7,6 +7,7 @@ use std::sync::{LazyLock, Once};
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use crate::errors::keel_error;
 
@@ -78,16 +79,37 @@ async fn interrupted() -> PyErr {
     }
 }
 
+/// The Python functions every blocking call uses, looked up once.
+struct Probes {
+    get_ident: Py<PyAny>,
+    main_ident: u64,
+    get_running_loop: Py<PyAny>,
+}
+
+fn probes(py: Python<'_>) -> PyResult<&Probes> {
+    static PROBES: PyOnceLock<Probes> = PyOnceLock::new();
+    PROBES.get_or_try_init(py, || {
+        let threading = py.import("threading")?;
+        Ok(Probes {
+            get_ident: threading.getattr("get_ident")?.unbind(),
+            main_ident: threading
+                .call_method0("main_thread")?
+                .getattr("ident")?
+                .extract()?,
+            get_running_loop: py.import("asyncio")?.getattr("_get_running_loop")?.unbind(),
+        })
+    })
+}
+
 fn is_main_thread(py: Python<'_>) -> PyResult<bool> {
-    let threading = py.import("threading")?;
-    let current = threading.call_method0("current_thread")?;
-    let main = threading.call_method0("main_thread")?;
-    Ok(current.is(&main))
+    let probes = probes(py)?;
+    let current: u64 = probes.get_ident.call0(py)?.extract(py)?;
+    Ok(current == probes.main_ident)
 }
 
 fn refuse_on_event_loop(py: Python<'_>) -> PyResult<()> {
-    let running = py.import("asyncio")?.call_method0("_get_running_loop")?;
-    if running.is_none() {
+    let running = probes(py)?.get_running_loop.call0(py)?;
+    if running.is_none(py) {
         Ok(())
     } else {
         Err(keel_error(

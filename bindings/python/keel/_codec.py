@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import sys
 import types
 import typing
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -33,11 +34,10 @@ class Serializer(Protocol):
 
 
 def _pydantic_model() -> Any:
-    try:
-        import pydantic  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    return pydantic.BaseModel
+    """pydantic's ``BaseModel`` if pydantic is imported (a value or hint can only be a pydantic
+    model then), without trying to import it on every value."""
+    pydantic = sys.modules.get("pydantic")
+    return None if pydantic is None else getattr(pydantic, "BaseModel", None)
 
 
 def _jsonable(value: Any) -> Any:
