@@ -70,7 +70,7 @@ def write_report(ctx: keel.Context, topic: str, findings: list[Finding]) -> str:
 def research(ctx: keel.Context, topic: str) -> str:
     queries = plan(topic)
     findings = [search(q) for q in queries]
-    ctx.sleep(timedelta(seconds=10))  # a cool-down on a durable timer
+    ctx.sleep(timedelta(seconds=15))  # a cool-down on a durable timer
     approved = ctx.wait_signal("approve", timeout=timedelta(days=1))
     if not approved:
         return "the reviewer rejected the plan"
@@ -94,7 +94,7 @@ def main() -> None:
         else:
             print(f"starting {workflow_id}")
         handle = app.start(research, topic, id=workflow_id)
-        print("(after its searches it cools down for 10 s: kill it then, and run it again)")
+        print("(after its searches it cools down for 15 s: kill it then, and run it again)")
         threading.Thread(target=reviewer, args=(handle,), daemon=True).start()
         print(handle.result(timeout=120))
 

@@ -2,8 +2,9 @@
 //! with the GIL released, interruptible by Ctrl-C on the main thread, and never on a thread
 //! whose asyncio event loop is running.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::sync::{LazyLock, Once};
+use std::sync::{LazyLock, Once, OnceLock};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -28,13 +29,30 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 });
 
 /// The process's tokio runtime, shared with the awaitable forms of the API.
-pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+///
+/// # Errors
+/// `keel.KeelError` in a process forked from one that started the runtime: the child has
+/// none of its threads.
+pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static STARTED_IN: OnceLock<u32> = OnceLock::new();
     static SHARED: Once = Once::new();
+    let started_in = *STARTED_IN.get_or_init(std::process::id);
+    if started_in != std::process::id() {
+        return Err(Python::attach(|py| {
+            keel_error(
+                py,
+                "KeelError",
+                "this process was forked from one that had started Keel; Keel cannot run in \
+                 it (its threads stayed in the parent): start Keel after forking, or spawn",
+                None,
+            )
+        }));
+    }
     SHARED.call_once(|| {
         // Fails only when the runtime was set already, which this `Once` rules out.
         let _ = pyo3_async_runtimes::tokio::init_with_runtime(&RUNTIME);
     });
-    &RUNTIME
+    Ok(&RUNTIME)
 }
 
 /// Runs `future` to its end on the runtime, the GIL released meanwhile.
@@ -50,9 +68,9 @@ where
 {
     refuse_on_event_loop(py)?;
     let on_main_thread = is_main_thread(py)?;
-    let handle = runtime().handle().clone();
+    let handle = runtime()?.handle().clone();
     py.detach(|| {
-        handle.block_on(async {
+        block_on(&handle, async {
             if !on_main_thread {
                 return Ok(future.await);
             }
@@ -62,6 +80,41 @@ where
             }
         })
     })
+}
+
+thread_local! {
+    /// Whether this thread is inside [`block_on`] already.
+    static BLOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears [`BLOCKED`] when the wait ends, also by a panic.
+struct Unblock;
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        BLOCKED.set(false);
+    }
+}
+
+/// Runs `future` on `handle`'s runtime, blocking this thread. A call made while this thread
+/// already waits (a client call from a step's body, which runs inside its workflow's wait)
+/// waits on a thread of its own: tokio refuses a `block_on` inside another.
+fn block_on<F>(handle: &tokio::runtime::Handle, future: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if BLOCKED.get() {
+        return std::thread::scope(|scope| {
+            scope
+                .spawn(|| block_on(handle, future))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    }
+    BLOCKED.set(true);
+    let _unblock = Unblock;
+    handle.block_on(future)
 }
 
 /// Resolves with the exception of the first signal handler that raises.

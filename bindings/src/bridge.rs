@@ -43,7 +43,12 @@ pub(crate) fn register(
                 let runner = Arc::clone(&runner);
                 let locals = locals.clone();
                 let kind = name.clone();
-                async move { run_async(&runner, &kind, &locals, context, &input).await }
+                async move {
+                    let stop = StopOnDrop::new();
+                    let result = run_async(&runner, &kind, &locals, context, &input, &stop.0).await;
+                    stop.disarm();
+                    result
+                }
             });
         } else {
             registry =
@@ -51,13 +56,19 @@ pub(crate) fn register(
                     let runner = Arc::clone(&runner);
                     let kind = name.clone();
                     async move {
-                        tokio::task::spawn_blocking(move || run(&runner, &kind, context, &input))
-                            .await
-                            .unwrap_or_else(|panic| {
-                                Err(WorkflowError::Failed(format!(
-                                    "the workflow's thread panicked: {panic}"
-                                )))
-                            })
+                        let stop = StopOnDrop::new();
+                        let run_stop = Arc::clone(&stop.0);
+                        let result = tokio::task::spawn_blocking(move || {
+                            run(&runner, &kind, context, &input, &run_stop)
+                        })
+                        .await
+                        .unwrap_or_else(|panic| {
+                            Err(WorkflowError::Failed(format!(
+                                "the workflow's thread panicked: {panic}"
+                            )))
+                        });
+                        stop.disarm();
+                        result
                     }
                 });
         }
@@ -71,13 +82,38 @@ fn run(
     kind: &str,
     context: Context,
     input: &[u8],
+    stop: &Stop,
 ) -> Result<Bytes, WorkflowError> {
-    let stop: Stop = Arc::new(Mutex::new(None));
     let answer = Python::attach(|py| {
-        let native = Py::new(py, NativeContext::new(context, Arc::clone(&stop)))?;
+        let native = Py::new(py, NativeContext::new(context, Arc::clone(stop)))?;
         runner.call1(py, (kind, native, PyBytes::new(py, input)))
     });
-    finish(&stop, kind, answer)
+    finish(stop, kind, answer)
+}
+
+/// A run's stop that becomes `Superseded` when the engine drops the run (it lost
+/// leadership, a newer fence replaced it, the node stops): the Python code, which goes on
+/// on its thread or event loop, then stops at its next durable call with `keel.Cancelled`.
+struct StopOnDrop(Stop);
+
+impl StopOnDrop {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(None)))
+    }
+
+    /// The run ended by itself: nothing to stop.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(WorkflowError::Superseded);
+    }
 }
 
 /// One run of `async def` workflow `kind`, awaited on the app's event loop.
@@ -87,10 +123,10 @@ async fn run_async(
     locals: &TaskLocals,
     context: Context,
     input: &[u8],
+    stop: &Stop,
 ) -> Result<Bytes, WorkflowError> {
-    let stop: Stop = Arc::new(Mutex::new(None));
     let started = Python::attach(|py| {
-        let native = Py::new(py, NativeContext::new(context, Arc::clone(&stop)))?;
+        let native = Py::new(py, NativeContext::new(context, Arc::clone(stop)))?;
         let coroutine = runner.call1(py, (kind, native, PyBytes::new(py, input)))?;
         pyo3_async_runtimes::into_future_with_locals(locals, coroutine.into_bound(py))
     });
@@ -98,7 +134,7 @@ async fn run_async(
         Ok(future) => future.await,
         Err(error) => Err(error),
     };
-    finish(&stop, kind, answer)
+    finish(stop, kind, answer)
 }
 
 /// A run's end: its stop if it has one, else the runner's answer.

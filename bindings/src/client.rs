@@ -111,7 +111,7 @@ impl NativeClient {
         reason = "pyo3 hands over owned arguments"
     )]
     fn new(py: Python<'_>, endpoints: Vec<String>) -> PyResult<Self> {
-        let _runtime = runtime().enter();
+        let _runtime = runtime()?.enter();
         let client = answer(py, WorkflowClient::new(&endpoints))?;
         Ok(Self {
             signallers: (0..SIGNAL_SESSIONS)

@@ -152,15 +152,6 @@ impl NativeNode {
         self.addr.to_string()
     }
 
-    /// Whether the node runs its workflow kinds now (it leads; not shut down or stopped).
-    fn running(&self) -> bool {
-        self.node
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(Node::runs_workflows)
-    }
-
     /// Stops the node (its runs first); a second call does nothing.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         let node = self

@@ -67,11 +67,24 @@ impl Body {
             match body {
                 Self::Inline(function) => call(&function, &info),
                 Self::Threaded(function) => {
-                    tokio::task::spawn_blocking(move || call(&function, &info))
-                        .await
-                        .unwrap_or_else(|panic| {
-                            Attempt::Failed(format!("the step's thread panicked: {panic}"))
-                        })
+                    // A thread of its own, not the blocking pool's: a sync workflow already
+                    // holds one of those while it waits here, and an abandoned attempt
+                    // keeps its thread until the body returns.
+                    let (sender, receiver) = tokio::sync::oneshot::channel();
+                    let spawned = std::thread::Builder::new()
+                        .name("keel-step".to_owned())
+                        .spawn(move || {
+                            // The receiver is gone when the attempt was abandoned.
+                            let _ = sender.send(call(&function, &info));
+                        });
+                    match spawned {
+                        Ok(_) => receiver.await.unwrap_or_else(|_| {
+                            Attempt::Failed("the step's thread ended without an answer".into())
+                        }),
+                        Err(error) => {
+                            Attempt::Failed(format!("cannot start the step's thread: {error}"))
+                        }
+                    }
                 }
                 Self::Coroutine(function, locals) => {
                     let awaited = Python::attach(|py| {

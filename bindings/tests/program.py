@@ -45,7 +45,7 @@ def forever(ctx: keel.Context) -> object:
 
 @app.step
 async def slow(tag: str) -> str:
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.0)
     note(f"body slow {tag}")
     return f"slow {tag}"
 
@@ -78,5 +78,7 @@ elif mode == "interrupt":
     handle.result()
 elif mode == "exit":
     app.start(job, 1, id="short").result(timeout=60)
+    app.start(forever, id="waits")  # a sync workflow waiting when the interpreter exits
+    app.start(gathered, id="gathering")  # an async one in its slow step
     note("done")
     # No close(): the App is stopped at interpreter exit.

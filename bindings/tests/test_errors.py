@@ -82,6 +82,18 @@ def test_values_that_cannot_be_serialized_raise_before_anything_is_journaled(
     def waits(ctx: keel.Context) -> object:
         return ctx.wait_signal("s", timeout=5)
 
+    @app.step
+    def fine() -> str:
+        return "fine"
+
+    @app.workflow
+    def goes_on(ctx: keel.Context) -> str:
+        try:
+            returns_a_set()
+        except keel.SerializationError:
+            pass
+        return fine()  # takes the position the refused step gave back
+
     with pytest.raises(keel.SerializationError):
         app.start(takes, object(), id="never")
     with pytest.raises(keel.NotFound):
@@ -90,6 +102,10 @@ def test_values_that_cannot_be_serialized_raise_before_anything_is_journaled(
     handle = app.start(bad_step)
     assert handle.result(timeout=10) == "refused"
     assert app._client().get(handle.id)["journal_len"] == 0, "the failed step left no entry"
+
+    goes = app.start(goes_on)
+    assert goes.result(timeout=10) == "fine"
+    assert [e.state for e in goes.journal()] == ["done"]
     assert app.start(bad_child_input).result(timeout=10) == "refused"
 
     waiting = app.start(waits)

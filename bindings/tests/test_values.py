@@ -7,6 +7,8 @@ import dataclasses
 import json
 from typing import Optional
 
+import pydantic
+
 import keel
 
 
@@ -81,3 +83,23 @@ def test_a_pickle_serializer_is_opt_in_and_tags_its_values(data_dir: object) -> 
         handle = app.start(keeps, frozenset({3, 4}))
         assert handle.result(timeout=10) == frozenset({3, 4})
         assert app._client().get(handle.id)["result"].startswith(b"\x00pickle\x00")
+
+
+class Answer(pydantic.BaseModel):
+    text: str
+    score: float
+
+
+def test_pydantic_models_round_trip_by_type_hint(app: keel.App) -> None:
+    @app.step
+    def ask(question: str) -> Answer:
+        return Answer(text=question.upper(), score=0.5)
+
+    @app.workflow
+    def answers(ctx: keel.Context, question: str) -> Answer:
+        answer = ask(question)
+        assert isinstance(answer, Answer)
+        return answer
+
+    result = app.start(answers, "why").result(timeout=10)
+    assert result == Answer(text="WHY", score=0.5)

@@ -242,3 +242,40 @@ def test_a_cancelled_workflow_ends_cancelled_and_its_run_stops_at_the_next_durab
     while not after and time.monotonic() < deadline:
         time.sleep(0.01)
     assert after == ["cancelled"]
+
+
+def test_a_step_body_may_use_the_client_blocking_calls(app: keel.App) -> None:
+    @app.workflow
+    def inner(ctx: keel.Context, n: int) -> int:
+        return n * 3
+
+    @app.step
+    def starts_another(n: int) -> int:
+        # A blocking call made inside a step's body, itself inside the workflow's wait.
+        return int(app.start(inner, n, id=f"inner-{n}").result(timeout=10))
+
+    @app.workflow
+    def outer(ctx: keel.Context, n: int) -> int:
+        return starts_another(n)
+
+    assert app.start(outer, 5).result(timeout=20) == 15
+
+
+async def test_an_app_is_an_async_context_manager(data_dir: object) -> None:
+    import pathlib
+
+    assert isinstance(data_dir, pathlib.Path)
+    app = keel.App(data_dir=data_dir)
+
+    @app.workflow
+    def quick(ctx: keel.Context) -> str:
+        return "ok"
+
+    async with app:
+        handle = await app.start_async(quick, id="q")
+        assert await handle.result_async(timeout=10) == "ok"
+        assert await handle.status_async() == "completed"
+        assert await handle.signal_async("late") is False
+        assert [w.id for w in await app.list_async()] == ["q"]
+    with pytest.raises(keel.KeelError, match="closed"):
+        app.list()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import functools
@@ -106,8 +107,6 @@ class _EventLoopThread:
     """The event loop async workflows run on: its own daemon thread, stopped on close."""
 
     def __init__(self) -> None:
-        import asyncio
-
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="keel-workflows", daemon=True
@@ -160,8 +159,21 @@ class WorkflowHandle:
     async def result_async(self, timeout: Optional[Duration] = None) -> Any:
         """``result`` to await."""
         wait = float("inf") if timeout is None else seconds(timeout)
-        info = await self._app._client().get_async(self.id, wait)
+        client = await asyncio.to_thread(self._app._client)
+        info = await client.get_async(self.id, wait)
         return self._decode_end(info, None if timeout is None else wait)
+
+    async def status_async(self) -> str:
+        """``status`` to await."""
+        return await asyncio.to_thread(self.status)
+
+    async def signal_async(self, name: str, value: Any = None) -> bool:
+        """``signal`` to await."""
+        return await asyncio.to_thread(self.signal, name, value)
+
+    async def cancel_async(self, reason: str = "cancelled by a client") -> bool:
+        """``cancel`` to await."""
+        return await asyncio.to_thread(self.cancel, reason)
 
     def journal(self) -> list[JournalEntry]:
         """The workflow's journal: its durable calls so far, in order."""
@@ -388,13 +400,9 @@ class App:
         self.close()
 
     async def __aenter__(self) -> "App":
-        import asyncio
-
         return await asyncio.to_thread(self.launch)
 
     async def __aexit__(self, *exc: object) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.close)
 
     # -- the runner the engine calls -----------------------------------------------------
@@ -412,7 +420,8 @@ class App:
             return (True, self._codec.encode(value))
         except _Suspend:
             return (False, "suspended")
-        except Exception as error:
+        except BaseException as error:
+            # Anything else the code raised (SystemExit included) fails the workflow.
             return (False, failure_text(error))
         finally:
             _current_context.reset(token)
@@ -429,7 +438,8 @@ class App:
             return (True, self._codec.encode(value))
         except _Suspend:
             return (False, "suspended")
-        except Exception as error:
+        except BaseException as error:
+            # Anything else the code raised (a CancelledError included) fails the workflow.
             return (False, failure_text(error))
 
     # -- clients' calls ------------------------------------------------------------------
@@ -452,8 +462,6 @@ class App:
         self, workflow: Callable[..., Any], *args: Any, id: Optional[str] = None
     ) -> WorkflowHandle:
         """``start`` to await."""
-        import asyncio
-
         spec = self._workflow_spec(workflow)
         input = self._codec.encode_args(args)
         id = id or uuid.uuid4().hex
@@ -463,6 +471,19 @@ class App:
             if existing != spec.kind:
                 raise KeelError(f"workflow {id} exists with kind {existing}, not {spec.kind}")
         return WorkflowHandle(self, id, spec.kind)
+
+    async def handle_async(self, id: str) -> WorkflowHandle:
+        """``handle`` to await."""
+        return await asyncio.to_thread(self.handle, id)
+
+    async def list_async(
+        self,
+        status: Optional[str] = None,
+        kind: Union[str, Callable[..., Any], None] = None,
+        limit: int = 1000,
+    ) -> "list[WorkflowInfo]":
+        """``list`` to await."""
+        return await asyncio.to_thread(self.list, status, kind, limit)
 
     def handle(self, id: str) -> WorkflowHandle:
         """The workflow ``id`` (``keel.NotFound`` if there is none)."""

@@ -6,7 +6,8 @@ import contextvars
 import dataclasses
 import datetime
 import uuid as _uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar, Union
+import inspect
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, ParamSpec, TypeVar, Union
 
 from . import _native
 from ._errors import KeelError, SerializationError, failure_text
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ._app import App, StepSpec
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,12 +206,14 @@ class AsyncContext:
             self._native.call_async(spec.kind, data), lambda v: codec.decode(v, spec.return_hint)
         )
 
-    def run(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+    def run(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
         """Runs a ``def`` step from async code, on a thread of its own (a ``def`` step
         called directly here would block the event loop, so that raises)."""
         spec = getattr(step, "__keel_step__", None)
         if spec is None:
             raise KeelError(f"{step!r} is not a step: decorate it with @app.step")
+        if inspect.iscoroutinefunction(getattr(step, "__wrapped__", None)):
+            raise KeelError(f"{spec.name} is an async step: await it directly")
         codec = self._app._codec
         body = _sync_body(codec, step.__wrapped__, args, kwargs)  # type: ignore[attr-defined]
         pending = self._native.step_async(spec.name, body, _policy(spec), True)

@@ -1,17 +1,18 @@
 //! The workflow API: what a workflow function does through its [`Context`].
 //!
-//! Every durable operation takes the next journal sequence number. If the journal already
-//! holds that entry (a re-run after a crash or failover), its recorded outcome is returned
-//! without running anything; an entry that is a different operation is a non-determinism
-//! error. Otherwise the operation runs and its outcome is committed before the workflow
-//! goes on. A step's *outcome* is therefore recorded exactly once; its *body* runs at least
+//! Every durable operation takes the next journal position when it is called (not when its
+//! future is first polled; see [`super::positions`]). If the journal already holds that entry
+//! (a re-run after a crash or failover), its recorded outcome is returned without running
+//! anything; an entry that is a different operation is a non-determinism error. Otherwise
+//! the operation runs and its outcome is committed, in position order, before the future
+//! resolves. A step's *outcome* is therefore recorded exactly once; its *body* runs at least
 //! once (a crash between running and recording re-runs it), so each step gets a stable
-//! idempotency key to hand to the outside world.
+//! idempotency key to hand to the outside world. Await every call you make: a later call's
+//! record waits for every earlier position.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -82,8 +83,7 @@ struct Run {
     workflow: String,
     fence: u64,
     journal: Vec<JournalEntry>,
-    next_seq: AtomicU32,
-    /// Which positions exist, so records are proposed in journal order.
+    /// Positions taken and filled, so records are proposed in journal order.
     positions: Positions,
     port: Arc<dyn JournalPort>,
     /// Whether an unresolved wait ends the run ([`WorkflowError::Suspended`]).
@@ -124,7 +124,7 @@ impl Run {
         self.positions.turn(held.seq()).await?;
         match self.port.propose(command).await? {
             Answer::Entry(state) => {
-                held.filled();
+                held.fill();
                 Ok(state)
             }
             other => Err(WorkflowError::Journal(format!(
@@ -163,7 +163,6 @@ impl Context {
                 workflow,
                 fence,
                 journal,
-                next_seq: AtomicU32::new(0),
                 positions: Positions::new(existing),
                 port,
                 suspends,
@@ -180,8 +179,8 @@ impl Context {
     /// journaled entry there (checked to be the operation `kind`) and the hold on the
     /// position.
     fn next(&self, kind: &EntryKind) -> Result<Reserved, WorkflowError> {
-        let seq = self.run.next_seq.fetch_add(1, Ordering::SeqCst);
-        let held = self.run.positions.hold(seq);
+        let held = self.run.positions.take();
+        let seq = held.seq();
         let Some(entry) = self.run.journal.get(seq as usize) else {
             return Ok(Reserved {
                 seq,
