@@ -1,14 +1,14 @@
 //! The workflow API: what a workflow function does through its [`Context`].
 //!
 //! Every durable operation takes the next journal position when it is called (not when its
-//! future is first polled; see [`super::positions`]). If the journal already holds that entry
-//! (a re-run after a crash or failover), its recorded outcome is returned without running
-//! anything; an entry that is a different operation is a non-determinism error. Otherwise
-//! the operation runs and its outcome is committed, in position order, before the future
-//! resolves. A step's *outcome* is therefore recorded exactly once; its *body* runs at least
-//! once (a crash between running and recording re-runs it), so each step gets a stable
-//! idempotency key to hand to the outside world. Await every call you make: a later call's
-//! record waits for every earlier position.
+//! future is first polled; see the engine's `positions` module). If the journal already
+//! holds that entry (a re-run after a crash or failover), its recorded outcome is returned
+//! without running anything; an entry that is a different operation is a non-determinism
+//! error. Otherwise the operation runs and its outcome is committed, in position order,
+//! before the future resolves. A step's *outcome* is therefore recorded exactly once; its
+//! *body* runs at least once (a crash between running and recording re-runs it), so each
+//! step gets a stable idempotency key to hand to the outside world. Await every call you
+//! make: a later call's record waits for every earlier position.
 
 use std::fmt;
 use std::future::Future;
