@@ -53,9 +53,8 @@ def current_context() -> Optional[Union["Context", "AsyncContext"]]:
     return _current_context.get()
 
 
-class Context:
-    """A workflow run's handle on its journal. Every method is a durable call: its outcome
-    is journaled once, and a re-run of the workflow gets the journaled outcome back."""
+class _RunContext:
+    """What both contexts hold: the run's native journal handle and its app."""
 
     def __init__(self, native: _native.NativeContext, app: "App") -> None:
         self._native = native
@@ -65,6 +64,11 @@ class Context:
     def workflow_id(self) -> str:
         """This workflow's id."""
         return self._native.workflow_id
+
+
+class Context(_RunContext):
+    """A workflow run's handle on its journal. Every method is a durable call: its outcome
+    is journaled once, and a re-run of the workflow gets the journaled outcome back."""
 
     def sleep(self, duration: Duration) -> None:
         """Sleeps durably: never less than ``duration``, across restarts and failovers."""
@@ -163,20 +167,12 @@ async def _decoded(pending: Awaitable[V], decode: Callable[[V], T]) -> T:
     return decode(await pending)
 
 
-class AsyncContext:
+class AsyncContext(_RunContext):
     """The context of an ``async def`` workflow: every durable call returns an awaitable and
     takes its journal position when it is *called*, so calls gathered with
     ``asyncio.gather`` are journaled, and replayed, in the order the code made them (a fast
-    call's record waits until every earlier one is journaled)."""
-
-    def __init__(self, native: _native.NativeContext, app: "App") -> None:
-        self._native = native
-        self._app = app
-
-    @property
-    def workflow_id(self) -> str:
-        """This workflow's id."""
-        return self._native.workflow_id
+    call's record waits until every earlier one is journaled — and a sleep or child call
+    made after a step starts once that step is journaled)."""
 
     def sleep(self, duration: Duration) -> Awaitable[None]:
         """Sleeps durably: never less than ``duration``."""

@@ -133,6 +133,27 @@ impl Run {
         }
     }
 
+    /// A waiting call's entry (a sleep, a signal wait, a child call) once resolved: the
+    /// journaled state at its position, or `command(seq)` journaled on its turn; then waited
+    /// for while pending.
+    async fn resolved_entry(
+        &self,
+        reserved: Result<Reserved, WorkflowError>,
+        command: impl FnOnce(u32) -> Command,
+    ) -> Result<(u32, EntryState), WorkflowError> {
+        let Reserved {
+            seq,
+            existing,
+            mut held,
+        } = reserved?;
+        let state = if let Some(state) = existing {
+            state
+        } else {
+            self.journal(&mut held, command(seq)).await?
+        };
+        Ok((seq, self.resolved(seq, state).await?))
+    }
+
     /// Waits for entry `seq` if `state` is pending (a suspending run stops instead).
     async fn resolved(&self, seq: u32, state: EntryState) -> Result<EntryState, WorkflowError> {
         if matches!(state, EntryState::Pending { .. }) {
@@ -334,23 +355,13 @@ impl Context {
         let reserved = self.next(&EntryKind::Sleep { timer: 0 });
         let run = Arc::clone(&self.run);
         async move {
-            let Reserved {
+            let command = |seq| Command::Sleep {
+                workflow: run.workflow.clone(),
+                fence: run.fence,
                 seq,
-                existing,
-                mut held,
-            } = reserved?;
-            let state = if let Some(state) = existing {
-                state
-            } else {
-                let command = Command::Sleep {
-                    workflow: run.workflow.clone(),
-                    fence: run.fence,
-                    seq,
-                    due,
-                };
-                run.journal(&mut held, command).await?
+                due,
             };
-            run.resolved(seq, state).await.map(|_| ())
+            run.resolved_entry(reserved, command).await.map(|_| ())
         }
     }
 
@@ -371,27 +382,17 @@ impl Context {
         });
         let run = Arc::clone(&self.run);
         async move {
-            let Reserved {
+            let command = |seq| Command::WaitSignal {
+                workflow: run.workflow.clone(),
+                fence: run.fence,
                 seq,
-                existing,
-                mut held,
-            } = reserved?;
-            let state = if let Some(state) = existing {
-                state
-            } else {
-                let command = Command::WaitSignal {
-                    workflow: run.workflow.clone(),
-                    fence: run.fence,
-                    seq,
-                    signal: name,
-                    timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                };
-                run.journal(&mut held, command).await?
+                signal: name,
+                timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             };
-            match run.resolved(seq, state).await? {
-                EntryState::Done(Outcome::Ok(payload)) => Ok(Some(Bytes::from(payload))),
-                EntryState::TimedOut => Ok(None),
-                other => Err(WorkflowError::Journal(format!(
+            match run.resolved_entry(reserved, command).await? {
+                (_, EntryState::Done(Outcome::Ok(payload))) => Ok(Some(Bytes::from(payload))),
+                (_, EntryState::TimedOut) => Ok(None),
+                (seq, other) => Err(WorkflowError::Journal(format!(
                     "signal wait {seq} resolved as {other:?}"
                 ))),
             }
@@ -416,30 +417,20 @@ impl Context {
         });
         let run = Arc::clone(&self.run);
         async move {
-            let Reserved {
+            let command = |seq| Command::Call {
+                workflow: run.workflow.clone(),
+                fence: run.fence,
                 seq,
-                existing,
-                mut held,
-            } = reserved?;
-            let child = format!("{}/{seq}", run.workflow);
-            let state = if let Some(state) = existing {
-                state
-            } else {
-                let command = Command::Call {
-                    workflow: run.workflow.clone(),
-                    fence: run.fence,
-                    seq,
-                    kind,
-                    input: input.to_vec(),
-                };
-                run.journal(&mut held, command).await?
+                kind,
+                input: input.to_vec(),
             };
-            match run.resolved(seq, state).await? {
-                EntryState::Done(Outcome::Ok(value)) => Ok(Bytes::from(value)),
-                EntryState::Done(Outcome::Err(error)) => {
-                    Err(WorkflowError::ChildFailed { child, error })
-                }
-                other => Err(WorkflowError::Journal(format!(
+            match run.resolved_entry(reserved, command).await? {
+                (_, EntryState::Done(Outcome::Ok(value))) => Ok(Bytes::from(value)),
+                (seq, EntryState::Done(Outcome::Err(error))) => Err(WorkflowError::ChildFailed {
+                    child: format!("{}/{seq}", run.workflow),
+                    error,
+                }),
+                (seq, other) => Err(WorkflowError::Journal(format!(
                     "call {seq} resolved as {other:?}"
                 ))),
             }
