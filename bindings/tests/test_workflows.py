@@ -34,7 +34,7 @@ def test_a_workflow_runs_steps_once_sleeps_waits_for_a_signal_and_calls_a_child(
 
     handle = app.start(research, "raft", id="r-1")
     assert handle.status() == "running"
-    # Sent at once, before the workflow waits: a signal is kept until its wait.
+    # Sent at once, likely before the workflow waits: a signal is kept until its wait.
     assert handle.signal("approve", True) is True
     assert handle.result(timeout=10) == "raft-a & raft-b"
     assert handle.status() == "completed"

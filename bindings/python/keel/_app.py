@@ -98,7 +98,9 @@ def _signature_hints(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], Any]:
     hints = _hints(fn)
     params = list(inspect.signature(fn).parameters.values())[1:]
     positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
     return tuple(hints.get(p.name) for p in positional), hints.get("return")
 
@@ -330,7 +332,10 @@ class App:
         return register(fn) if fn is not None else register
 
     def _workflow_spec(self, workflow: Union[str, Callable[..., Any]]) -> WorkflowSpec:
-        kind = workflow if isinstance(workflow, str) else getattr(workflow, "__keel_workflow__", None)
+        if isinstance(workflow, str):
+            kind: Optional[str] = workflow
+        else:
+            kind = getattr(workflow, "__keel_workflow__", None)
         spec = self._workflows.get(kind) if kind else None
         if spec is None:
             raise NotFound(f"{workflow!r} is not a workflow registered with this app")
@@ -444,7 +449,9 @@ class App:
 
     # -- clients' calls ------------------------------------------------------------------
 
-    def start(self, workflow: Callable[..., Any], *args: Any, id: Optional[str] = None) -> WorkflowHandle:
+    def start(
+        self, workflow: Callable[..., Any], *args: Any, id: Optional[str] = None
+    ) -> WorkflowHandle:
         """Starts ``workflow(ctx, *args)`` as workflow ``id`` (a new UUID when not given). An
         ``id`` that exists returns that workflow, also after a restart; with another kind it
         raises ``keel.KeelError``."""
@@ -497,7 +504,10 @@ class App:
         """Workflows (of ``status`` and ``kind`` when given), by id, at most ``limit``."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status is one of {', '.join(STATUSES)}")
-        kind_text = None if kind is None else self._workflow_spec(kind).kind if callable(kind) else kind
+        if kind is None or isinstance(kind, str):
+            kind_text = kind
+        else:
+            kind_text = self._workflow_spec(kind).kind
         return [
             WorkflowInfo(i["id"], i["kind"], i["version"], i["status"], i["journal_len"])
             for i in self._client().list(kind_text, status, None, limit)
