@@ -160,6 +160,23 @@ fn is_main_thread(py: Python<'_>) -> PyResult<bool> {
     Ok(current == probes.main_ident)
 }
 
+/// The event loop running on this thread.
+///
+/// # Errors
+/// `keel.KeelError` when none runs here.
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let running = probes(py)?.get_running_loop.bind(py).call0()?;
+    if running.is_none() {
+        return Err(keel_error(
+            py,
+            "KeelError",
+            "an awaitable Keel call needs a running event loop on this thread",
+            None,
+        ));
+    }
+    Ok(running)
+}
+
 fn refuse_on_event_loop(py: Python<'_>) -> PyResult<()> {
     let running = probes(py)?.get_running_loop.call0(py)?;
     if running.is_none(py) {

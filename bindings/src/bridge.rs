@@ -84,10 +84,15 @@ fn run(
     input: &[u8],
     stop: &Stop,
 ) -> Result<Bytes, WorkflowError> {
-    let answer = Python::attach(|py| {
+    let answer = Python::try_attach(|py| {
         let native = Py::new(py, NativeContext::new(context, Arc::clone(stop)))?;
-        runner.call1(py, (kind, native, PyBytes::new(py, input)))
+        let answer = runner.call1(py, (kind, native.clone_ref(py), PyBytes::new(py, input)));
+        native.get().close();
+        answer
     });
+    let Some(answer) = answer else {
+        return Err(WorkflowError::Superseded);
+    };
     finish(stop, kind, answer)
 }
 
@@ -125,21 +130,31 @@ async fn run_async(
     input: &[u8],
     stop: &Stop,
 ) -> Result<Bytes, WorkflowError> {
-    let started = Python::attach(|py| {
-        let native = Py::new(py, NativeContext::new(context, Arc::clone(stop)))?;
-        let coroutine = runner.call1(py, (kind, native, PyBytes::new(py, input)))?;
+    let native =
+        Python::try_attach(|py| Py::new(py, NativeContext::new(context, Arc::clone(stop))));
+    let native = match native {
+        Some(Ok(native)) => native,
+        Some(Err(error)) => return finish(stop, kind, Err(error)),
+        None => return Err(WorkflowError::Superseded),
+    };
+    let started = Python::try_attach(|py| {
+        let coroutine = runner.call1(py, (kind, native.clone_ref(py), PyBytes::new(py, input)))?;
         pyo3_async_runtimes::into_future_with_locals(locals, coroutine.into_bound(py))
     });
+    let Some(started) = started else {
+        return Err(WorkflowError::Superseded);
+    };
     let answer = match started {
         Ok(future) => future.await,
         Err(error) => Err(error),
     };
+    native.get().close();
     finish(stop, kind, answer)
 }
 
 /// A run's end: its stop if it has one, else the runner's answer.
 fn finish(stop: &Stop, kind: &str, answer: PyResult<Py<PyAny>>) -> Result<Bytes, WorkflowError> {
-    let answer = Python::attach(|py| -> PyResult<Result<Bytes, String>> {
+    let answer = Python::try_attach(|py| -> PyResult<Result<Bytes, String>> {
         let (ok, value) = answer?.extract::<(bool, Bound<'_, PyAny>)>(py)?;
         Ok(if ok {
             Ok(Bytes::from(value.extract::<Vec<u8>>()?))
@@ -151,10 +166,12 @@ fn finish(stop: &Stop, kind: &str, answer: PyResult<Py<PyAny>>) -> Result<Bytes,
         return Err(stop);
     }
     match answer {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(WorkflowError::Failed(error)),
-        Err(error) => Err(WorkflowError::Journal(format!(
+        Some(Ok(Ok(value))) => Ok(value),
+        Some(Ok(Err(error))) => Err(WorkflowError::Failed(error)),
+        Some(Err(error)) => Err(WorkflowError::Journal(format!(
             "the Python runner of {kind} failed: {error}"
         ))),
+        // The interpreter is shutting down: the run ends, unrecorded.
+        None => Err(WorkflowError::Superseded),
     }
 }

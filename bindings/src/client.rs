@@ -7,9 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_scheduler::client::{WorkflowClient, WorkflowClientError, WorkflowInfo};
 use keel_scheduler::wire::RejectionKind;
+use pyo3::IntoPyObjectExt as _;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::awaitable;
 use crate::blocking::{runtime, wait};
 use crate::errors::client_error;
 
@@ -140,9 +142,9 @@ impl NativeClient {
         input: Vec<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let created = client.start(&id, &kind, Bytes::from(input)).await;
-            Python::attach(|py| answer(py, created))
+        let created = async move { client.start(&id, &kind, Bytes::from(input)).await };
+        awaitable::spawn(py, created, |py, created| {
+            answer(py, created)?.into_py_any(py)
         })
     }
 
@@ -171,10 +173,9 @@ impl NativeClient {
         id: String,
         wait_s: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let info = get_within(client, id, seconds(wait_s), false).await;
-            Python::attach(|py| Ok(info_dict(py, &answer(py, info)?)?.unbind()))
+        let info = get_within(self.client.clone(), id, seconds(wait_s), false);
+        awaitable::spawn(py, info, |py, info| {
+            Ok(info_dict(py, &answer(py, info)?)?.into_any().unbind())
         })
     }
 

@@ -16,6 +16,7 @@ use keel_scheduler::engine::context::{Context, WorkflowError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::awaitable;
 use crate::blocking::wait;
 use crate::errors::{keel_error, workflow_error};
 use crate::step::{self, Body, seconds};
@@ -26,7 +27,10 @@ pub(crate) type Stop = Arc<Mutex<Option<WorkflowError>>>;
 /// The journal of one run of a Python workflow.
 #[pyclass(module = "keel._native", frozen)]
 pub(crate) struct NativeContext {
-    context: Context,
+    workflow_id: String,
+    /// The run's context; taken when the run ends, so a Python object that outlives its
+    /// run (kept by a traceback, say) holds nothing of the node.
+    context: Mutex<Option<Context>>,
     stop: Stop,
 }
 
@@ -67,20 +71,44 @@ fn bytes_object(py: Python<'_>, value: &[u8]) -> Py<PyAny> {
 
 impl NativeContext {
     pub(crate) fn new(context: Context, stop: Stop) -> Self {
-        Self { context, stop }
+        Self {
+            workflow_id: context.workflow_id().to_owned(),
+            context: Mutex::new(Some(context)),
+            stop,
+        }
     }
 
-    /// Raises the run's stop if it has one.
-    fn check(&self, py: Python<'_>) -> PyResult<()> {
+    /// Ends the run's hold on its context: later calls raise `keel.KeelError`.
+    pub(crate) fn close(&self) {
+        self.context
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// The run's context, for a durable call; raises the run's stop if it has one.
+    fn check(&self, py: Python<'_>) -> PyResult<Context> {
         let stop = self
             .stop
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        match stop {
-            Some(stop) => Err(stop_exception(py, &stop)),
-            None => Ok(()),
+        if let Some(stop) = stop {
+            return Err(stop_exception(py, &stop));
         }
+        let context = self
+            .context
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        context.ok_or_else(|| {
+            keel_error(
+                py,
+                "KeelError",
+                "this workflow run has ended: its context cannot be used any more",
+                None,
+            )
+        })
     }
 
     /// Waits for a durable call on this thread (the GIL released).
@@ -104,14 +132,10 @@ impl NativeContext {
         T: Send + 'static,
         C: FnOnce(Python<'_>, T) -> Py<PyAny> + Send + 'static,
     {
-        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
         let stop = Arc::clone(&self.stop);
-        pyo3_async_runtimes::tokio::future_into_py_with_locals(py, locals, async move {
-            let result = call.await;
-            Python::attach(|py| match result {
-                Ok(value) => Ok(convert(py, value)),
-                Err(error) => Err(raise(py, &stop, error)),
-            })
+        awaitable::spawn(py, call, move |py, result| match result {
+            Ok(value) => Ok(convert(py, value)),
+            Err(error) => Err(raise(py, &stop, error)),
         })
     }
 
@@ -134,7 +158,7 @@ impl NativeContext {
     /// The workflow's id.
     #[getter]
     fn workflow_id(&self) -> &str {
-        self.context.workflow_id()
+        &self.workflow_id
     }
 
     /// Runs step `name`: its journaled outcome, or `body(key, attempt)` run and its outcome
@@ -148,7 +172,7 @@ impl NativeContext {
         body: Py<PyAny>,
         policy: (u32, f64, f64, Option<f64>),
     ) -> PyResult<Py<PyAny>> {
-        self.check(py)?;
+        let context = self.check(py)?;
         let policy = step::policy(policy);
         let body = Arc::new(body);
         let body = if policy.timeout.is_some() {
@@ -156,7 +180,7 @@ impl NativeContext {
         } else {
             Body::Inline(body)
         };
-        let outcome = wait(py, step::run(&self.context, name, policy, body))?;
+        let outcome = wait(py, step::run(&context, name, policy, body))?;
         Self::step_outcome(&self.stop, py, outcome)
     }
 
@@ -170,7 +194,7 @@ impl NativeContext {
         policy: (u32, f64, f64, Option<f64>),
         threaded: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.check(py)?;
+        let context = self.check(py)?;
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
         let body = Arc::new(body);
         let body = if threaded {
@@ -178,24 +202,23 @@ impl NativeContext {
         } else {
             Body::Coroutine(body, locals.clone())
         };
-        let pending = step::run(&self.context, name, step::policy(policy), body);
+        let pending = step::run(&context, name, step::policy(policy), body);
         let stop = Arc::clone(&self.stop);
-        pyo3_async_runtimes::tokio::future_into_py_with_locals(py, locals, async move {
-            let outcome = pending.await;
-            Python::attach(|py| Self::step_outcome(&stop, py, outcome))
+        awaitable::spawn(py, pending, move |py, outcome| {
+            Self::step_outcome(&stop, py, outcome)
         })
     }
 
     /// Sleeps durably for `duration_s` seconds.
     fn sleep(&self, py: Python<'_>, duration_s: f64) -> PyResult<()> {
-        self.check(py)?;
-        self.blocking(py, self.context.sleep(seconds(duration_s)))
+        let context = self.check(py)?;
+        self.blocking(py, context.sleep(seconds(duration_s)))
     }
 
     /// Awaitable [`NativeContext::sleep`].
     fn sleep_async<'py>(&self, py: Python<'py>, duration_s: f64) -> PyResult<Bound<'py, PyAny>> {
-        self.check(py)?;
-        let call = self.context.sleep(seconds(duration_s));
+        let context = self.check(py)?;
+        let call = context.sleep(seconds(duration_s));
         self.awaitable(py, call, |py, ()| py.None())
     }
 
@@ -207,8 +230,8 @@ impl NativeContext {
         name: &str,
         timeout_s: Option<f64>,
     ) -> PyResult<Option<Py<PyAny>>> {
-        self.check(py)?;
-        let payload = self.blocking(py, self.context.wait_signal(name, timeout_s.map(seconds)))?;
+        let context = self.check(py)?;
+        let payload = self.blocking(py, context.wait_signal(name, timeout_s.map(seconds)))?;
         Ok(payload.map(|p| bytes_object(py, &p)))
     }
 
@@ -220,8 +243,8 @@ impl NativeContext {
         name: &str,
         timeout_s: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.check(py)?;
-        let call = self.context.wait_signal(name, timeout_s.map(seconds));
+        let context = self.check(py)?;
+        let call = context.wait_signal(name, timeout_s.map(seconds));
         self.awaitable(py, call, |py, payload: Option<Bytes>| {
             payload.map_or_else(|| py.None(), |p| bytes_object(py, &p))
         })
@@ -229,8 +252,8 @@ impl NativeContext {
 
     /// Calls a child workflow of `kind` with `input`; its result.
     fn call(&self, py: Python<'_>, kind: &str, input: Vec<u8>) -> PyResult<Py<PyAny>> {
-        self.check(py)?;
-        let value = self.blocking(py, self.context.call(kind, Bytes::from(input)))?;
+        let context = self.check(py)?;
+        let value = self.blocking(py, context.call(kind, Bytes::from(input)))?;
         Ok(bytes_object(py, &value))
     }
 
@@ -241,21 +264,21 @@ impl NativeContext {
         kind: &str,
         input: Vec<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.check(py)?;
-        let call = self.context.call(kind, Bytes::from(input));
+        let context = self.check(py)?;
+        let call = context.call(kind, Bytes::from(input));
         self.awaitable(py, call, |py, value: Bytes| bytes_object(py, &value))
     }
 
     /// The wall-clock time in ms since the Unix epoch, journaled.
     fn now_ms(&self, py: Python<'_>) -> PyResult<u64> {
-        self.check(py)?;
-        Ok(ms_since_epoch(self.blocking(py, self.context.now())?))
+        let context = self.check(py)?;
+        Ok(ms_since_epoch(self.blocking(py, context.now())?))
     }
 
     /// Awaitable [`NativeContext::now_ms`].
     fn now_ms_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.check(py)?;
-        let call = self.context.now();
+        let context = self.check(py)?;
+        let call = context.now();
         self.awaitable(py, call, |py, now| {
             ms_since_epoch(now)
                 .into_pyobject(py)
@@ -265,14 +288,14 @@ impl NativeContext {
 
     /// A random 64-bit number, journaled.
     fn random_u64(&self, py: Python<'_>) -> PyResult<u64> {
-        self.check(py)?;
-        self.blocking(py, self.context.random())
+        let context = self.check(py)?;
+        self.blocking(py, context.random())
     }
 
     /// Awaitable [`NativeContext::random_u64`].
     fn random_u64_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.check(py)?;
-        let call = self.context.random();
+        let context = self.check(py)?;
+        let call = context.random();
         self.awaitable(py, call, |py, value: u64| {
             value
                 .into_pyobject(py)

@@ -25,6 +25,7 @@
 //! - **`unsafe`.** The workspace denies `unsafe_code`; the macros of `pyo3` expand to
 //!   `unsafe` blocks that they mark allowed themselves, and this crate writes none of its own.
 
+mod awaitable;
 mod blocking;
 mod bridge;
 mod client;

@@ -23,6 +23,9 @@ use crate::errors::keel_error;
 
 /// The file in an app's data directory naming its node's address.
 const ENDPOINTS_FILE: &str = "endpoints";
+/// How long a launch waits for a data directory that is locked: a node of this process
+/// that just stopped releases it within moments; another process's node would not.
+const LOCKED_WAIT_MAX: Duration = Duration::from_secs(5);
 /// How often a launch looks whether the node runs its kinds yet.
 const READY_POLL: Duration = Duration::from_millis(10);
 
@@ -75,14 +78,25 @@ async fn launch(
     })?;
     let listen = listen_address(&data_dir, listen.as_deref())?;
     let config = NodeConfig::new(1, listen, data_dir.join("node"));
-    let node = Node::start(config, registry, EngineSettings::default())
-        .await
-        .map_err(|error| {
-            LaunchError::Failed(format!(
-                "starting the node in {} on {listen}: {error}",
-                data_dir.display()
-            ))
-        })?;
+    let locked_until = deadline.min(Instant::now() + LOCKED_WAIT_MAX);
+    let node = loop {
+        match Node::start(config.clone(), registry.clone(), EngineSettings::default()).await {
+            Ok(node) => break node,
+            // A node of this process that just stopped may hold the directory a moment
+            // longer (its aborted runs drop their handles on the runtime's threads).
+            Err(keel_scheduler::Error::Raft(keel_raft::Error::Log(keel_log::Error::Locked {
+                ..
+            }))) if Instant::now() < locked_until => {
+                tokio::time::sleep(READY_POLL).await;
+            }
+            Err(error) => {
+                return Err(LaunchError::Failed(format!(
+                    "starting the node in {} on {listen}: {error}",
+                    data_dir.display()
+                )));
+            }
+        }
+    };
     let addr = node.addr().to_string();
     std::fs::write(data_dir.join(ENDPOINTS_FILE), format!("{addr}\n"))
         .map_err(|error| LaunchError::Failed(format!("recording the node's address: {error}")))?;

@@ -54,10 +54,17 @@ fn parse(py: Python<'_>, answer: PyResult<Py<PyAny>>) -> Attempt {
 }
 
 fn call(body: &Py<PyAny>, info: &StepInfo) -> Attempt {
-    Python::attach(|py| {
+    Python::try_attach(|py| {
         let answer = body.call1(py, (info.idempotency_key.as_str(), info.attempt));
         parse(py, answer)
     })
+    .unwrap_or_else(|| Attempt::Fatal(shutting_down()))
+}
+
+/// The error of an attempt made while the interpreter shuts down (nobody sees it: the
+/// attempt is not journaled, and its run ends).
+fn shutting_down() -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err("the interpreter is shutting down")
 }
 
 impl Body {

@@ -4,6 +4,7 @@ for a value that cannot be serialized."""
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import pytest
 
@@ -156,3 +157,51 @@ def test_a_bad_listen_address_is_refused_clearly(tmp_path: object) -> None:
     assert isinstance(tmp_path, pathlib.Path)
     with pytest.raises(keel.InvalidRequest, match="host:port"):
         keel.App(data_dir=tmp_path / "d", listen="nowhere").launch()
+
+
+def test_changed_code_parks_a_workflow_until_fixed_code_resumes_it(data_dir: object) -> None:
+    import pathlib
+    import time
+
+    assert isinstance(data_dir, pathlib.Path)
+    seen: list[str] = []
+
+    def build(first_step: str) -> tuple[keel.App, Callable[..., object]]:
+        app = keel.App(data_dir=data_dir)
+
+        @app.step(name=first_step)
+        def first() -> str:
+            return first_step
+
+        @app.workflow(name="changing")
+        def changing(ctx: keel.Context) -> object:
+            try:
+                first()
+            except keel.NonDeterminismError as error:
+                seen.append(str(error))
+                raise
+            return ctx.wait_signal("go")
+
+        return app, changing
+
+    def wait_until(app: keel.App, done: Callable[[keel.WorkflowInfo], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not any(done(w) for w in app.list()):
+            assert time.monotonic() < deadline, app.list()
+            time.sleep(0.02)
+
+    app, changing = build("original")
+    with app:
+        app.start(changing, id="c")
+        wait_until(app, lambda w: w.journal_len == 2)
+    app, _ = build("renamed")
+    with app:
+        wait_until(app, lambda w: w.status == "parked")
+        assert app.handle("c").status() == "parked"
+        assert [w.id for w in app.list(status="parked")] == ["c"]
+    assert seen and '"original"' in seen[0] and '"renamed"' in seen[0]
+    app, _ = build("original")
+    with app:
+        handle = app.handle("c")
+        assert handle.signal("go", "resumed") is True
+        assert handle.result(timeout=20) == "resumed"

@@ -213,11 +213,22 @@ pub enum Command {
         /// How long finished things are kept.
         retention_ms: u64,
     },
+    /// Parks a run's workflow: its code no longer matches its journal. It stays unfinished,
+    /// with `reason`, and no run is started for it until a new claim (a takeover, a launch)
+    /// retries it, so deploying fixed code resumes it.
+    Park {
+        /// The workflow.
+        workflow: String,
+        /// The run's fence.
+        fence: u64,
+        /// Why (the non-determinism found).
+        reason: String,
+    },
 }
 
 impl Command {
     /// The workflow and fence of a run's journal command (step, sleep, wait, call,
-    /// finish); `None` for every other command.
+    /// finish, park); `None` for every other command.
     pub fn run_fence(&self) -> Option<(&str, u64)> {
         match self {
             Self::Step {
@@ -233,6 +244,9 @@ impl Command {
                 workflow, fence, ..
             }
             | Self::Finish {
+                workflow, fence, ..
+            }
+            | Self::Park {
                 workflow, fence, ..
             } => Some((workflow, *fence)),
             _ => None,
@@ -252,6 +266,9 @@ pub enum WorkflowStatus {
     Failed,
     /// Cancelled.
     Cancelled,
+    /// Not finished, and not run: its code did not match its journal. Retried (claimed
+    /// again) at every takeover or launch of an executor.
+    Parked,
 }
 
 impl WorkflowStatus {
@@ -262,6 +279,7 @@ impl WorkflowStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Parked => "parked",
         }
     }
 
@@ -272,6 +290,7 @@ impl WorkflowStatus {
             Self::Completed,
             Self::Failed,
             Self::Cancelled,
+            Self::Parked,
         ]
         .into_iter()
         .find(|s| s.as_str() == name)
@@ -496,6 +515,7 @@ mod tests {
             WorkflowStatus::Completed,
             WorkflowStatus::Failed,
             WorkflowStatus::Cancelled,
+            WorkflowStatus::Parked,
         ] {
             assert_eq!(WorkflowStatus::parse(status.as_str()), Some(status));
         }

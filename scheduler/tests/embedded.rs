@@ -1,5 +1,6 @@
 //! Three embedded nodes in this process, running workflow kinds this test registers: the
-//! Rust workflow API, replay after a new fence, non-determinism, duplicate step records.
+//! Rust workflow API, replay after a new fence, non-determinism (parking), duplicate step
+//! records.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -17,6 +18,7 @@ use keel_scheduler::{Answer, Command, EntryState, Outcome, Owner, Rejection, Ste
 
 static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
 static SHIFTED: AtomicBool = AtomicBool::new(false);
+static SHIFTY_RUNS: AtomicU32 = AtomicU32::new(0);
 static SUSPENDING_RUNS: AtomicU32 = AtomicU32::new(0);
 static FAST_BODIES: AtomicU32 = AtomicU32::new(0);
 static SUSPENDING_STEPS: AtomicU32 = AtomicU32::new(0);
@@ -51,6 +53,7 @@ async fn counted(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
 
 /// A step whose name depends on the code's "version", then a wait that never ends.
 async fn shifty(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
+    SHIFTY_RUNS.fetch_add(1, Ordering::SeqCst);
     let name = if SHIFTED.load(Ordering::SeqCst) {
         "renamed"
     } else {
@@ -346,8 +349,12 @@ async fn steps_awaited_together_are_journaled_in_the_order_they_were_made() {
     }
 }
 
+/// Code that no longer matches its journal parks the workflow (status `parked`, the
+/// non-determinism as its error) instead of failing it; it is not run again by itself (the
+/// leader's reconcile pass, every 2 s, leaves it alone), and a claim with fixed code — what
+/// a takeover does — resumes it to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn code_that_no_longer_matches_its_journal_fails_with_a_non_determinism_error() {
+async fn code_that_no_longer_matches_its_journal_parks_the_workflow_until_fixed_code_claims_it() {
     let cluster = start_cluster().await;
     let mut client = WorkflowClient::new(&cluster.addrs).expect("client");
     client
@@ -358,22 +365,19 @@ async fn code_that_no_longer_matches_its_journal_fails_with_a_non_determinism_er
         .wait_for(&mut client, "s", "the signal wait", waiting_for_signal)
         .await;
     SHIFTED.store(true, Ordering::SeqCst);
-    let (leader, owner) = cluster.leader().await;
-    leader
-        .proposer()
-        .propose(
-            Command::Claim {
-                workflow: "s".into(),
-                owner,
-            },
-            None,
-        )
-        .await
-        .expect("claim");
+    let claim = || async {
+        let (leader, owner) = cluster.leader().await;
+        let claim = Command::Claim {
+            workflow: "s".into(),
+            owner,
+        };
+        leader.proposer().propose(claim, None).await.expect("claim");
+    };
+    claim().await;
     let info = cluster
-        .wait_for(&mut client, "s", "the failure", |i| i.status != "running")
+        .wait_for(&mut client, "s", "parking", |i| i.status != "running")
         .await;
-    assert_eq!(info.status, "failed");
+    assert_eq!(info.status, "parked");
     assert!(
         info.error.contains("non-determinism")
             && info.error.contains("\"original\"")
@@ -381,6 +385,30 @@ async fn code_that_no_longer_matches_its_journal_fails_with_a_non_determinism_er
         "{}",
         info.error
     );
+    let runs = SHIFTY_RUNS.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        SHIFTY_RUNS.load(Ordering::SeqCst),
+        runs,
+        "a parked workflow is not re-run"
+    );
+    assert_eq!(client.get("s", false).await.expect("get").status, "parked");
+
+    SHIFTED.store(false, Ordering::SeqCst);
+    claim().await;
+    cluster
+        .wait_for(&mut client, "s", "the resumed wait", |i| {
+            i.status == "running" && waiting_for_signal(i)
+        })
+        .await;
+    client
+        .signal("s", "never", Bytes::new())
+        .await
+        .expect("signal");
+    let info = cluster
+        .wait_for(&mut client, "s", "completion", |i| i.status != "running")
+        .await;
+    assert_eq!(info.status, "completed", "{info:?}");
     for node in cluster.nodes {
         node.shutdown().await;
     }

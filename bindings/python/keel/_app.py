@@ -31,7 +31,7 @@ from ._time import Duration, seconds
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Workflow statuses ``App.list`` and ``WorkflowHandle.status`` report.
-STATUSES = ("running", "completed", "failed", "cancelled")
+STATUSES = ("running", "completed", "failed", "cancelled", "parked")
 
 
 def kind_name(fn: Callable[..., Any]) -> str:
@@ -116,6 +116,19 @@ class _EventLoopThread:
         self._thread.start()
 
     def stop(self) -> None:
+        """Cancels what still runs on the loop (the node stopped first: nothing of it is
+        journaled), waits for it, and stops the loop."""
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout=5)
+        except (TimeoutError, RuntimeError):
+            pass  # the loop is gone, or a task ignores cancellation: stop it anyway
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
 
@@ -153,7 +166,8 @@ class WorkflowHandle:
 
     def result(self, timeout: Optional[Duration] = None) -> Any:
         """Waits for the workflow's end: its value; ``keel.WorkflowFailed`` if it failed,
-        ``keel.Cancelled`` if it was cancelled, ``keel.Timeout`` if ``timeout`` passed."""
+        ``keel.Cancelled`` if it was cancelled, ``keel.Timeout`` if ``timeout`` passed (a
+        parked workflow has not ended: it waits for code that matches its journal)."""
         wait = float("inf") if timeout is None else seconds(timeout)
         info = self._app._client().get(self.id, wait)
         return self._decode_end(info, None if timeout is None else wait)
@@ -183,7 +197,9 @@ class WorkflowHandle:
         return [JournalEntry(**entry) for entry in info["journal"]]
 
     def status(self) -> str:
-        """``running``, ``completed``, ``failed`` or ``cancelled``."""
+        """``running``, ``completed``, ``failed``, ``cancelled``, or ``parked``: its code
+        no longer matched its journal (``keel.NonDeterminismError`` in the run); it is
+        retried at every launch, so deploying fixed code resumes it."""
         return str(self._app._client().get(self.id)["status"])
 
     def signal(self, name: str, value: Any = None) -> bool:

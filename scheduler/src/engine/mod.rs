@@ -6,7 +6,9 @@
 //! workflow kinds, and claims every running workflow it can run (a new fence for each, so a
 //! deposed leader's runs are refused). From then on it starts a run for each fence granted
 //! by a command of term `t` (new workflows, child calls, its own claims). When it stops
-//! leading, every run is aborted.
+//! leading, every run is aborted. A workflow whose code no longer matches its journal is
+//! parked by its run; the takeover's claims retry parked workflows, so the next leader (or
+//! the next launch of an embedded node) with fixed code resumes them.
 
 pub mod context;
 pub mod dispatch;
@@ -357,7 +359,8 @@ impl Inner {
 
     /// Starts a run for every workflow whose current fence is this node's (granted in its
     /// term) and that has none: a run that ended without finishing its workflow (its
-    /// journal was unreachable for long, or it panicked) is started again.
+    /// journal was unreachable for long, or it panicked) is started again. A parked
+    /// workflow is not: it waits for the next takeover's claim.
     fn reconcile(self: &Arc<Self>, term: u64) {
         let orphans: Vec<(String, u64)> = {
             let state = self.machine.read();
@@ -365,7 +368,10 @@ impl Inner {
             state
                 .running_workflows()
                 .filter(|(id, w)| {
-                    w.granted_term == term && self.owns(w.owner) && !runs.contains_key(*id)
+                    w.granted_term == term
+                        && !w.is_parked()
+                        && self.owns(w.owner)
+                        && !runs.contains_key(*id)
                 })
                 .map(|(id, w)| (id.clone(), w.fence))
                 .collect()
@@ -437,9 +443,11 @@ impl Inner {
             state
                 .running_workflows()
                 .filter(|(_, w)| {
-                    self.registry
-                        .get(&w.kind)
-                        .is_none_or(|kind| kind.version != w.version)
+                    !w.is_parked()
+                        && self
+                            .registry
+                            .get(&w.kind)
+                            .is_none_or(|kind| kind.version != w.version)
                 })
                 .filter(|(id, w)| {
                     !dispatcher.leased(id, w.fence) && dispatcher.can_run(&w.kind, &w.version)

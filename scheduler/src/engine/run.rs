@@ -94,6 +94,19 @@ async fn run_once(
             | WorkflowError::Suspended { .. }
             | WorkflowError::Journal(_)),
         ) => return Err(error),
+        Err(WorkflowError::NonDeterminism(reason)) => {
+            // Not the workflow's failure: its code changed under it. Parked, it waits for
+            // code that matches (retried at the next takeover or launch).
+            tracing::warn!(%workflow, %reason, "workflow parked");
+            return port
+                .propose(Command::Park {
+                    workflow: workflow.to_owned(),
+                    fence,
+                    reason,
+                })
+                .await
+                .map(|_| ());
+        }
         Err(error) => Outcome::Err(error.to_string()),
     };
     port.propose(Command::Finish {

@@ -26,8 +26,11 @@ struct SnapshotBodyV2 {
 }
 
 /// The scheduler snapshot's first bytes; a CRC32C of the rkyv bytes follows them at the end.
-/// Format 3 keeps each schedule's parsed cron spec and the state's last applied index.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH3";
+/// Format 4 may hold parked workflows (a status value format 3 did not have).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH4";
+/// Format 3 (each schedule's parsed cron spec and the state's last applied index): the same
+/// layout without parked workflows, read as it is.
+const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"KEELSCH3";
 /// Format 2 (each journal entry's fence; schedules without their parsed spec): migrated on
 /// restore.
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"KEELSCH2";
@@ -97,7 +100,10 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotErro
     if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
         return Err(SnapshotError::Format1);
     }
-    let (body, format2) = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
+    let (body, format2) = match bytes
+        .strip_prefix(SNAPSHOT_MAGIC)
+        .or_else(|| bytes.strip_prefix(SNAPSHOT_MAGIC_V3))
+    {
         Some(body) => (body, false),
         None => (
             bytes
@@ -171,6 +177,8 @@ mod tests {
     /// which format 2 accepted.
     const FORMAT2: &[u8] = include_bytes!("../../tests/fixtures/keelsch2.snap");
     const FORMAT2_CRON_L: &[u8] = include_bytes!("../../tests/fixtures/keelsch2-cron-l.snap");
+    /// Format 3, as the build before parking wrote it (the state of `FORMAT2`, migrated).
+    const FORMAT3: &[u8] = include_bytes!("../../tests/fixtures/keelsch3.snap");
     const MIDNIGHT_MS: u64 = 1_767_225_600_000;
 
     fn apply(machine: &mut SchedulerMachine, index: u64, stamp_ms: u64, command: Command) {
@@ -215,6 +223,21 @@ mod tests {
             checker.read().workflow("w").is_none(),
             "the check restores nothing"
         );
+    }
+
+    /// A format 3 snapshot (written by the build before parking existed; this one has
+    /// format 2's state) is read as it is: format 4 only adds a status value.
+    #[test]
+    fn a_format_3_snapshot_is_read_and_written_again_as_format_4() {
+        let mut machine = SchedulerMachine::new();
+        machine
+            .restore(&mut &FORMAT3[..])
+            .expect("a format 3 snapshot is read");
+        assert_eq!(machine.read().workflow("w").map(|w| w.fence), Some(2));
+        let mut bytes = Vec::new();
+        machine.write_snapshot(&mut bytes).expect("snapshot");
+        assert!(bytes.starts_with(b"KEELSCH4"));
+        assert_eq!(bytes[8..bytes.len() - 4], FORMAT3[8..FORMAT3.len() - 4]);
     }
 
     #[test]

@@ -59,6 +59,11 @@ impl SchedulerState {
             apply.at.index > workflow.fence,
             "fences are Raft indexes: a later grant is larger"
         );
+        if workflow.is_parked() {
+            // Retried: the new run finds out whether the code matches its journal now.
+            workflow.status = WorkflowStatus::Running;
+            workflow.outcome = None;
+        }
         workflow.fence = apply.at.index;
         workflow.granted_term = apply.at.term;
         workflow.owner = Some(owner);
@@ -73,6 +78,24 @@ impl SchedulerState {
             workflow: id.to_owned(),
         });
         Ok(Answer::Claimed { fence })
+    }
+
+    /// Parks the workflow of the run holding `fence`, with `reason`.
+    pub(super) fn park(
+        &mut self,
+        apply: &mut Apply<'_>,
+        id: &str,
+        fence: u64,
+        reason: String,
+    ) -> Result<Answer, Rejection> {
+        check_outcome(&Outcome::Err(reason.clone()))?;
+        let workflow = self.fenced(id, fence)?;
+        workflow.status = WorkflowStatus::Parked;
+        workflow.outcome = Some(Outcome::Err(reason));
+        apply.effects.push(Effect::Changed {
+            workflow: id.to_owned(),
+        });
+        Ok(Answer::Done)
     }
 
     pub(super) fn finish(

@@ -252,6 +252,11 @@ impl SchedulerState {
                 input,
             } => self.register_schedule(apply, name, cron, kind, input),
             Command::Expire { retention_ms } => Ok(self.expire(apply, retention_ms)),
+            Command::Park {
+                workflow,
+                fence,
+                reason,
+            } => self.park(apply, &workflow, fence, reason),
         }
     }
 

@@ -88,7 +88,7 @@ pub struct Workflow {
     pub parent: Option<(String, u32)>,
     /// Its status.
     pub status: WorkflowStatus,
-    /// Its result once finished.
+    /// Its result once finished; while parked, why (an error).
     pub outcome: Option<Outcome>,
     /// When it started (the start command's stamp).
     pub created_ms: u64,
@@ -135,9 +135,17 @@ impl Workflow {
         }
     }
 
-    /// Whether it finished.
+    /// Whether it finished (a parked workflow has not).
     pub fn is_finished(&self) -> bool {
-        self.status != WorkflowStatus::Running
+        !matches!(
+            self.status,
+            WorkflowStatus::Running | WorkflowStatus::Parked
+        )
+    }
+
+    /// Whether it is parked: unfinished, and run only when claimed again.
+    pub fn is_parked(&self) -> bool {
+        self.status == WorkflowStatus::Parked
     }
 
     /// Timers its pending entries hold (a finished workflow's are cancelled).

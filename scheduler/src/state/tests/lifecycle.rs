@@ -186,3 +186,47 @@ fn a_fire_record_older_than_the_retention_is_removed_by_expiry() {
         Answer::Timer { created: true, .. }
     ));
 }
+
+#[test]
+fn a_parked_workflow_stays_unfinished_until_a_claim_runs_it_again() {
+    let mut h = Harness::new();
+    h.start("w");
+    let park = |fence| Command::Park {
+        workflow: "w".into(),
+        fence,
+        reason: "non-determinism at entry 0".into(),
+    };
+    assert_eq!(
+        h.apply(100, park(1)),
+        Answer::Rejected(Rejection::StaleFence {
+            fence: 1,
+            current: 2
+        })
+    );
+    assert_eq!(h.apply(100, park(2)), Answer::Done);
+    {
+        let w = h.state.workflow("w").expect("w");
+        assert_eq!(w.status, WorkflowStatus::Parked);
+        assert!(!w.is_finished() && w.is_parked() && w.finished_ms.is_none());
+        assert_eq!(
+            w.outcome,
+            Some(Outcome::Err("non-determinism at entry 0".into()))
+        );
+    }
+    assert_eq!(
+        h.state.running_workflows().count(),
+        1,
+        "claimable at a takeover"
+    );
+    let owner = Owner::Leader { node: 1, term: 3 };
+    let claimed = h.apply(
+        100,
+        Command::Claim {
+            workflow: "w".into(),
+            owner,
+        },
+    );
+    assert!(matches!(claimed, Answer::Claimed { .. }), "{claimed:?}");
+    let w = h.state.workflow("w").expect("w");
+    assert_eq!((w.status, &w.outcome), (WorkflowStatus::Running, &None));
+}
