@@ -287,7 +287,7 @@ fn bench_recovery(criterion: &mut Criterion) {
     record(
         RATIO_FILE,
         &format!(
-            "{RECOVERY_GROUP}: process start to first resumed step: keel_embedded {:.0?}, dbos_postgres {:.0?}, dbos/keel {:.1}",
+            "{RECOVERY_GROUP}: process start to first resumed step: keel_embedded {:.2?}, dbos_postgres {:.2?}, dbos/keel {:.1}",
             keel.mean(),
             dbos.mean(),
             dbos.mean().as_secs_f64() / keel.mean().as_secs_f64()
