@@ -22,8 +22,10 @@
 //! - **Blocking calls** made from Python release the GIL, are interrupted by Ctrl-C on the
 //!   main thread (`KeyboardInterrupt`), and refuse to run on a thread whose event loop is
 //!   running (they would block it).
-//! - **`unsafe`.** The workspace denies `unsafe_code`; the macros of `pyo3` expand to
-//!   `unsafe` blocks that they mark allowed themselves, and this crate writes none of its own.
+//! - **`unsafe`.** None here: the crate forbids `unsafe_code`, and the code that `pyo3`'s
+//!   macros generate passes that (it does not need to allow `unsafe` in this crate).
+
+#![forbid(unsafe_code)]
 
 mod awaitable;
 mod blocking;
