@@ -21,6 +21,18 @@ pub(crate) struct PythonKind {
     pub(crate) is_async: bool,
 }
 
+/// Kinds as the package hands them over: `(name, version, is_async)`.
+pub(crate) fn kinds(kinds: Vec<(String, String, bool)>) -> Vec<PythonKind> {
+    kinds
+        .into_iter()
+        .map(|(name, version, is_async)| PythonKind {
+            name,
+            version,
+            is_async,
+        })
+        .collect()
+}
+
 /// `registry` with each of `kinds` registered; their runs call `runner(kind, context,
 /// input)`, which answers `(True, result bytes)` or `(False, serialized error)` — or, for an
 /// async kind, a coroutine that does. Async kinds run on `event_loop`.

@@ -35,6 +35,7 @@ mod context;
 mod errors;
 mod node;
 mod step;
+mod worker;
 
 use pyo3::prelude::*;
 
@@ -45,6 +46,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<node::NativeNode>()?;
     module.add_class::<client::NativeClient>()?;
     module.add_class::<context::NativeContext>()?;
+    module.add_class::<worker::NativeWorker>()?;
     module.add(
         "BUILD_PROFILE",
         if cfg!(debug_assertions) {

@@ -1,7 +1,14 @@
-//! `NativeNode`: the embedded single-node cluster an `App` runs on. Its data directory holds
-//! the node's data (`node/`) and its address (`endpoints`, the file `keel dev` writes too, so
-//! `keel status --data-dir DIR` finds it); the address is kept across launches, since the
-//! cluster's membership records it.
+//! `NativeNode`: the embedded node an `App` runs on — a single-node cluster of its own, or a
+//! member of a cluster of Python processes. Its data directory holds the node's data
+//! (`node/`) and the cluster's addresses (`endpoints`, the file `keel dev` writes too, so
+//! `keel status --data-dir DIR` finds it); a single node's address is kept across launches,
+//! since the cluster's membership records it.
+//!
+//! Members given their peers form the cluster themselves: each asks every member for its
+//! status (its node id and data directory incarnation) and proposes the same initial
+//! membership, which is idempotent, so whichever member is up last completes it and none
+//! needs a separate `keel init`. Each member also runs a remote worker of its kinds: only
+//! the leader runs workflows, and it leases a kind it does not run to a member that does.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,9 +24,10 @@ use keel_scheduler::engine::registry::Registry;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::TaskLocals;
 
-use crate::blocking::wait;
+use crate::blocking::{runtime, wait};
 use crate::bridge;
 use crate::errors::keel_error;
+use crate::worker::{WorkerTask, random_worker_id};
 
 /// The file in an app's data directory naming its node's address.
 const ENDPOINTS_FILE: &str = "endpoints";
@@ -28,12 +36,36 @@ const ENDPOINTS_FILE: &str = "endpoints";
 const LOCKED_WAIT_MAX: Duration = Duration::from_secs(5);
 /// How often a launch looks whether the node runs its kinds yet.
 const READY_POLL: Duration = Duration::from_millis(10);
+/// Pause between a member's attempts to form its cluster (some member not up yet).
+const FORM_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// A running embedded node.
+/// A running embedded node, with the remote worker of a cluster member.
 #[pyclass(module = "keel._native", frozen)]
 pub(crate) struct NativeNode {
     node: Mutex<Option<Node>>,
+    worker: Mutex<Option<WorkerTask>>,
     addr: SocketAddr,
+}
+
+/// A cluster member's place: its id and every member's address (its own included).
+struct Membership {
+    node_id: u64,
+    members: BTreeMap<u64, String>,
+}
+
+impl Membership {
+    /// The members' addresses, this node's first.
+    fn endpoints(&self) -> Vec<String> {
+        let own = self.members.get(&self.node_id).cloned();
+        own.into_iter()
+            .chain(
+                self.members
+                    .iter()
+                    .filter(|(id, _)| **id != self.node_id)
+                    .map(|(_, addr)| addr.clone()),
+            )
+            .collect()
+    }
 }
 
 /// Why a launch failed, before it becomes a Python exception.
@@ -66,22 +98,17 @@ fn listen_address(data_dir: &Path, listen: Option<&str>) -> Result<SocketAddr, L
     }
 }
 
-async fn launch(
-    data_dir: PathBuf,
-    listen: Option<String>,
-    registry: Registry,
-    timeout: Duration,
+/// Starts a node with `config`, waiting out a lock a node of this process that just
+/// stopped may still hold.
+async fn start_node(
+    config: &NodeConfig,
+    registry: &Registry,
+    deadline: Instant,
 ) -> Result<Node, LaunchError> {
-    let deadline = Instant::now() + timeout;
-    std::fs::create_dir_all(&data_dir).map_err(|error| {
-        LaunchError::Failed(format!("creating {}: {error}", data_dir.display()))
-    })?;
-    let listen = listen_address(&data_dir, listen.as_deref())?;
-    let config = NodeConfig::new(1, listen, data_dir.join("node"));
     let locked_until = deadline.min(Instant::now() + LOCKED_WAIT_MAX);
-    let node = loop {
+    loop {
         match Node::start(config.clone(), registry.clone(), EngineSettings::default()).await {
-            Ok(node) => break node,
+            Ok(node) => return Ok(node),
             // A node of this process that just stopped may hold the directory a moment
             // longer (its aborted runs drop their handles on the runtime's threads).
             Err(keel_scheduler::Error::Raft(keel_raft::Error::Log(keel_log::Error::Locked {
@@ -91,46 +118,125 @@ async fn launch(
             }
             Err(error) => {
                 return Err(LaunchError::Failed(format!(
-                    "starting the node in {} on {listen}: {error}",
-                    data_dir.display()
+                    "starting the node in {} on {}: {error}",
+                    config.data_dir.display(),
+                    config.listen
                 )));
             }
         }
-    };
-    let addr = node.addr().to_string();
-    std::fs::write(data_dir.join(ENDPOINTS_FILE), format!("{addr}\n"))
-        .map_err(|error| LaunchError::Failed(format!("recording the node's address: {error}")))?;
-    if node.initialized() {
-        node.campaign()
-            .await
-            .map_err(|error| LaunchError::Failed(error.to_string()))?;
-    } else {
-        let mut client = KeelClient::new(std::slice::from_ref(&addr))
-            .map_err(|error| LaunchError::Failed(error.to_string()))?;
-        client
-            .init(&BTreeMap::from([(1, addr)]))
-            .await
-            .map_err(|error| LaunchError::Failed(format!("forming the cluster: {error}")))?;
     }
-    while !node.runs_workflows() {
+}
+
+/// Forms the single-node cluster of `node` (or, formed before, elects it at once).
+async fn form_single(node: &Node) -> Result<(), LaunchError> {
+    if node.initialized() {
+        return node
+            .campaign()
+            .await
+            .map_err(|error| LaunchError::Failed(error.to_string()));
+    }
+    let addr = node.addr().to_string();
+    let mut client = KeelClient::new(std::slice::from_ref(&addr))
+        .map_err(|error| LaunchError::Failed(error.to_string()))?;
+    client
+        .init(&BTreeMap::from([(1, addr)]))
+        .await
+        .map_err(|error| LaunchError::Failed(format!("forming the cluster: {error}")))
+}
+
+/// Forms the cluster of `membership` with the other members (idempotent: every member
+/// proposes the same initial membership), unless `node` belongs to it already.
+async fn form_cluster(
+    node: &Node,
+    membership: &Membership,
+    deadline: Instant,
+) -> Result<(), LaunchError> {
+    let mut client = KeelClient::new(&membership.endpoints())
+        .map_err(|error| LaunchError::Invalid(error.to_string()))?;
+    while !node.initialized() {
+        let error = match client.init(&membership.members).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
         if Instant::now() >= deadline {
+            return Err(LaunchError::Timeout(format!(
+                "the cluster of nodes {:?} did not form: {error}",
+                membership.members.keys().collect::<Vec<_>>()
+            )));
+        }
+        tokio::time::sleep(FORM_RETRY_PAUSE).await;
+    }
+    Ok(())
+}
+
+async fn launch(
+    data_dir: PathBuf,
+    listen: Option<String>,
+    membership: Option<Membership>,
+    registry: Registry,
+    timeout: Duration,
+) -> Result<(Node, Option<WorkerTask>), LaunchError> {
+    let deadline = Instant::now() + timeout;
+    std::fs::create_dir_all(&data_dir).map_err(|error| {
+        LaunchError::Failed(format!("creating {}: {error}", data_dir.display()))
+    })?;
+    let listen = listen_address(&data_dir, listen.as_deref())?;
+    let node_id = membership.as_ref().map_or(1, |m| m.node_id);
+    let config = NodeConfig::new(node_id, listen, data_dir.join("node"));
+    let node = start_node(&config, &registry, deadline).await?;
+    let endpoints = membership
+        .as_ref()
+        .map_or_else(|| vec![node.addr().to_string()], Membership::endpoints);
+    std::fs::write(
+        data_dir.join(ENDPOINTS_FILE),
+        endpoints.iter().map(|e| format!("{e}\n")).collect::<String>(),
+    )
+    .map_err(|error| LaunchError::Failed(format!("recording the node's address: {error}")))?;
+    let formed = match &membership {
+        None => form_single(&node).await,
+        Some(membership) => form_cluster(&node, membership, deadline).await,
+    };
+    if let Err(error) = formed {
+        node.shutdown().await;
+        return Err(error);
+    }
+    let worker = match membership {
+        None => None,
+        Some(_) => Some(
+            WorkerTask::start(&endpoints, random_worker_id(), registry)
+                .map_err(|error| LaunchError::Invalid(error.to_string()))?,
+        ),
+    };
+    // A single node is ready once it runs its kinds; a member once the cluster knows its
+    // kinds (the leader runs them, or leases them to this member's worker).
+    let ready = |node: &Node| match worker {
+        None => node.runs_workflows(),
+        Some(_) => node.kinds_declared(),
+    };
+    while !ready(&node) {
+        if Instant::now() >= deadline {
+            drop(worker);
             node.shutdown().await;
             return Err(LaunchError::Timeout(format!(
-                "the node did not lead and declare its workflow kinds within {timeout:?}"
+                "the node's workflow kinds were not declared in the cluster within {timeout:?} \
+                 (does a majority of the members run?)"
             )));
         }
         tokio::time::sleep(READY_POLL).await;
     }
-    Ok(node)
+    Ok((node, worker))
 }
 
 #[pymethods]
 impl NativeNode {
     /// Starts the node in `data_dir`, running workflow `kinds` (`(name, version, is_async)`)
     /// through `runner` (async kinds on `event_loop`), and waits up to `timeout_s` until it
-    /// leads with its kinds declared.
+    /// is ready: a single node (no `node_id`) leads with its kinds declared; a member of the
+    /// cluster of `node_id` and `peers` (id to address; `listen` is its own) belongs to the
+    /// formed cluster, which knows its kinds.
     #[staticmethod]
-    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s))]
+    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None))]
+    #[expect(clippy::too_many_arguments, reason = "the launch's keyword arguments from Python")]
     fn launch(
         py: Python<'_>,
         data_dir: PathBuf,
@@ -139,24 +245,46 @@ impl NativeNode {
         runner: Py<PyAny>,
         event_loop: Option<Bound<'_, PyAny>>,
         timeout_s: f64,
+        node_id: Option<u64>,
+        peers: Option<BTreeMap<u64, String>>,
     ) -> PyResult<Self> {
-        let kinds = kinds
-            .into_iter()
-            .map(|(name, version, is_async)| bridge::PythonKind {
-                name,
-                version,
-                is_async,
-            })
-            .collect();
+        let membership = match (node_id, peers, &listen) {
+            (None, None, _) => None,
+            (Some(node_id), Some(mut members), Some(listen)) => {
+                if node_id == 0 || members.contains_key(&0) {
+                    return Err(keel_error(py, "InvalidRequest", "node ids start at 1", None));
+                }
+                if members.insert(node_id, listen.clone()).is_some() {
+                    return Err(keel_error(
+                        py,
+                        "InvalidRequest",
+                        format!("peers name this node's own id {node_id}"),
+                        None,
+                    ));
+                }
+                Some(Membership { node_id, members })
+            }
+            _ => {
+                return Err(keel_error(
+                    py,
+                    "InvalidRequest",
+                    "a cluster member needs node_id, listen and peers",
+                    None,
+                ));
+            }
+        };
+        let kinds = bridge::kinds(kinds);
         let locals = event_loop.map(TaskLocals::new);
         let registry =
             bridge::register(Registry::new(), kinds, &Arc::new(runner), locals.as_ref())?;
         let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::MAX);
-        let node = wait(py, launch(data_dir, listen, registry, timeout))?
+        let _runtime = runtime()?.enter();
+        let (node, worker) = wait(py, launch(data_dir, listen, membership, registry, timeout))?
             .map_err(|error| error.into_py(py))?;
         Ok(Self {
             addr: node.addr(),
             node: Mutex::new(Some(node)),
+            worker: Mutex::new(worker),
         })
     }
 
@@ -166,8 +294,26 @@ impl NativeNode {
         self.addr.to_string()
     }
 
-    /// Stops the node (its runs first); a second call does nothing.
+    /// The id of the leader this node knows of, if any.
+    #[getter]
+    fn leader_id(&self) -> Option<u64> {
+        self.node
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(Node::leader_id)
+    }
+
+    /// Stops the node (its worker's runs and its own first); a second call does nothing.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        let worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(worker) = worker {
+            wait(py, worker.stop())?;
+        }
         let node = self
             .node
             .lock()

@@ -68,6 +68,11 @@ impl NodeShared {
     pub fn admitted(&self) -> bool {
         self.admission().admitted()
     }
+
+    /// The leader this node knows of, if any.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
 }
 
 /// Whether a node may vote: its id and data directory incarnation against the membership

@@ -119,6 +119,22 @@ impl Node {
         }
     }
 
+    /// Whether the cluster's state, as this node has applied it, declares every kind this
+    /// node registered (at some version): the leader declared them, or this node's own
+    /// remote worker did, so clients may start them.
+    pub fn kinds_declared(&self) -> bool {
+        let state = self.machine.read();
+        self.engine
+            .declarations()
+            .iter()
+            .all(|(kind, _)| state.kinds().contains_key(kind))
+    }
+
+    /// The id of the leader this node knows of, if any.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.inner.shared().leader_id()
+    }
+
     /// Whether the node belongs to an initialized cluster.
     pub fn initialized(&self) -> bool {
         self.inner.shared().initialized()

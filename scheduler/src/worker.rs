@@ -39,6 +39,18 @@ fn workers(channel: Channel) -> WorkersClient<Channel> {
         .max_encoding_message_size(MESSAGE_MAX_BYTES)
 }
 
+/// A session's runs, by workflow: the fence each runs under; aborted when dropped.
+#[derive(Debug, Default)]
+struct Runs(HashMap<String, (u64, AbortHandle)>);
+
+impl Drop for Runs {
+    fn drop(&mut self) {
+        for (_, run) in self.0.values() {
+            run.abort();
+        }
+    }
+}
+
 /// A remote worker.
 #[derive(Debug)]
 pub struct Worker {
@@ -171,7 +183,8 @@ impl Worker {
         })
     }
 
-    /// Works until the task is dropped: sessions with the leader, reconnecting as needed.
+    /// Works until the future is dropped (which aborts its runs): sessions with the leader,
+    /// reconnecting as needed.
     pub async fn run(mut self) {
         loop {
             if let Err(error) = self.session().await {
@@ -223,7 +236,9 @@ impl Worker {
                 }
             }
         });
-        let mut runs: HashMap<String, (u64, AbortHandle)> = HashMap::new();
+        // Aborted when the session ends, and when this future is dropped (the worker
+        // stopped): no run of a stopped worker goes on journaling.
+        let mut runs = Runs::default();
         let ended = loop {
             match tasks.message().await {
                 Ok(Some(task)) => self.start_run(task, &mut runs),
@@ -237,15 +252,12 @@ impl Worker {
             }
         };
         heartbeats.abort();
-        for (_, (_, run)) in runs {
-            run.abort();
-        }
         ended
     }
 
-    fn start_run(&self, task: pb::Task, runs: &mut HashMap<String, (u64, AbortHandle)>) {
-        runs.retain(|_, (_, run)| !run.is_finished());
-        if let Some((fence, run)) = runs.get(&task.workflow) {
+    fn start_run(&self, task: pb::Task, runs: &mut Runs) {
+        runs.0.retain(|_, (_, run)| !run.is_finished());
+        if let Some((fence, run)) = runs.0.get(&task.workflow) {
             if *fence >= task.fence {
                 return;
             }
@@ -280,6 +292,6 @@ impl Worker {
             };
             run_to_end(&kind, &port, &workflow.clone(), fence, load).await;
         });
-        runs.insert(key, (fence, run.abort_handle()));
+        runs.0.insert(key, (fence, run.abort_handle()));
     }
 }

@@ -15,11 +15,17 @@
 
     print(app.start(crawl, "https://example.com", id="c-1").result(timeout=60))
 
+``keel.App(..., node_id=1, listen=..., peers={2: ..., 3: ...})`` makes the process one
+member of a replicated cluster; ``keel.connect([addresses])`` is a client of a cluster;
+``keel.Worker(app, [addresses]).run()`` runs an app's workflows for a cluster of ``keel
+node`` processes.
+
 Every step's result, timer and signal is journaled in Keel's log before the workflow goes
 on; after a crash the workflow resumes where it stopped, and no completed step runs again.
 """
 
-from ._app import App, JournalEntry, WorkflowHandle, WorkflowInfo, kind_name
+from ._app import App, kind_name
+from ._client import Client, JournalEntry, WorkflowHandle, WorkflowInfo, connect
 from ._codec import JsonSerializer, PickleSerializer, Serializer
 from ._context import AsyncContext, Context, StepInfo, step_info
 from ._errors import (
@@ -34,11 +40,13 @@ from ._errors import (
     Unavailable,
     WorkflowFailed,
 )
+from ._worker import Worker
 
 __all__ = [
     "App",
     "AsyncContext",
     "Cancelled",
+    "Client",
     "Context",
     "InvalidRequest",
     "JournalEntry",
@@ -56,6 +64,8 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowHandle",
     "WorkflowInfo",
+    "Worker",
+    "connect",
     "kind_name",
     "step_info",
 ]

@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import atexit
 import dataclasses
 import functools
 import inspect
 import os
 import threading
-import uuid
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Mapping, Optional, TypeVar, Union, overload
 
 from . import _native
+from ._client import Client, WorkflowHandle, WorkflowInfo, Workflow, workflow_kind
 from ._codec import Codec, Serializer, _hints
 from ._context import AsyncContext, Context, _current_context
-from ._errors import (
-    Cancelled,
-    KeelError,
-    NotFound,
-    Timeout,
-    WorkflowFailed,
-    _Suspend,
-    failure_text,
-)
+from ._errors import KeelError, NotFound, _Suspend, failure_text
 from ._time import Duration, seconds
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Workflow statuses ``App.list`` and ``WorkflowHandle.status`` report.
-STATUSES = ("running", "completed", "failed", "cancelled", "parked")
-
 
 def kind_name(fn: Callable[..., Any]) -> str:
     """A function's default kind name: its module and qualified name (never ``hash()``,
@@ -62,35 +51,6 @@ class WorkflowSpec:
     param_hints: tuple[Any, ...]
     return_hint: Any
     is_async: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class JournalEntry:
-    """One durable call in a workflow's journal."""
-
-    seq: int
-    #: ``step``, ``sleep``, ``signal`` or ``call``.
-    kind: str
-    #: The step's or signal's name, or the child's id.
-    name: str
-    #: ``pending``, ``done``, ``failed`` or ``timed-out``.
-    state: str
-    #: The journaled value's bytes (JSON text with the default serializer).
-    value: bytes
-    error: str
-    attempts: int
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkflowInfo:
-    """A workflow as ``App.list`` reports it."""
-
-    id: str
-    kind: str
-    version: str
-    status: str
-    #: Durable calls journaled so far.
-    journal_len: int
 
 
 def _signature_hints(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], Any]:
@@ -142,100 +102,43 @@ def _close_open_apps() -> None:
         app.close()
 
 
-class WorkflowHandle:
-    """A workflow, by id: its result, status, signals, cancellation."""
-
-    def __init__(self, app: "App", id: str, kind: Optional[str] = None) -> None:
-        self._app = app
-        self.id = id
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle(id={self.id!r}, kind={self.kind!r})"
-
-    def _decode_end(self, info: dict[str, Any], waited: Optional[float]) -> Any:
-        status = info["status"]
-        if status == "running":
-            raise Timeout(f"workflow {self.id} did not finish within {waited} s")
-        if status == "completed":
-            spec = self._app._workflows.get(info["kind"])
-            return self._app._codec.decode(info["result"], spec.return_hint if spec else None)
-        if status == "cancelled":
-            raise Cancelled(f"workflow {self.id} was cancelled: {info['error']}")
-        raise WorkflowFailed(f"workflow {self.id} failed", info["error"])
-
-    def result(self, timeout: Optional[Duration] = None) -> Any:
-        """Waits for the workflow's end: its value; ``keel.WorkflowFailed`` if it failed,
-        ``keel.Cancelled`` if it was cancelled, ``keel.Timeout`` if ``timeout`` passed (a
-        parked workflow has not ended: it waits for code that matches its journal)."""
-        wait = float("inf") if timeout is None else seconds(timeout)
-        info = self._app._client().get(self.id, wait)
-        return self._decode_end(info, None if timeout is None else wait)
-
-    async def result_async(self, timeout: Optional[Duration] = None) -> Any:
-        """``result`` to await."""
-        wait = float("inf") if timeout is None else seconds(timeout)
-        client = await asyncio.to_thread(self._app._client)
-        info = await client.get_async(self.id, wait)
-        return self._decode_end(info, None if timeout is None else wait)
-
-    async def status_async(self) -> str:
-        """``status`` to await."""
-        return await asyncio.to_thread(self.status)
-
-    async def signal_async(self, name: str, value: Any = None) -> bool:
-        """``signal`` to await."""
-        return await asyncio.to_thread(self.signal, name, value)
-
-    async def cancel_async(self, reason: str = "cancelled by a client") -> bool:
-        """``cancel`` to await."""
-        return await asyncio.to_thread(self.cancel, reason)
-
-    def journal(self) -> list[JournalEntry]:
-        """The workflow's journal: its durable calls so far, in order."""
-        info = self._app._client().get(self.id, 0.0, True)
-        return [JournalEntry(**entry) for entry in info["journal"]]
-
-    def status(self) -> str:
-        """``running``, ``completed``, ``failed``, ``cancelled``, or ``parked``: its code
-        no longer matched its journal (``keel.NonDeterminismError`` in the run); it is
-        retried at every launch, so deploying fixed code resumes it."""
-        return str(self._app._client().get(self.id)["status"])
-
-    def signal(self, name: str, value: Any = None) -> bool:
-        """Sends signal ``name`` with ``value``, exactly once. ``False`` when the workflow
-        had finished (not delivered)."""
-        payload = self._app._codec.encode(value)
-        return bool(self._app._client().signal(self.id, name, payload))
-
-    def cancel(self, reason: str = "cancelled by a client") -> bool:
-        """Cancels the workflow and its running children; ``False`` if it had finished."""
-        return bool(self._app._client().cancel(self.id, reason))
-
-
 class App:
     """Durable workflows on an embedded node: no server, no database.
 
     The node launches on first use (or ``launch()``) in ``data_dir`` (created if missing)
     and stops on ``close()``, at the end of a ``with`` block, or at interpreter exit.
     Workflows in flight when the process stopped resume as soon as it launches again.
+
+    Alone, the app is a single-node cluster of its own. Given ``node_id``, ``listen`` and
+    ``peers`` (the other members' ids and addresses), it is one member of a replicated
+    cluster of Python processes: the members form the cluster themselves at their first
+    launch, and a member that is restarted rejoins. Only the leader runs workflows; a member
+    that is not the leader runs, as a remote worker, the kinds the leader lacks. Its launch
+    waits until the cluster has formed (a majority of the members runs) and knows its kinds.
     """
 
     def __init__(
         self,
         data_dir: Union[str, "os.PathLike[str]"] = "./keel-data",
         *,
+        node_id: Optional[int] = None,
         listen: Optional[str] = None,
+        peers: Optional[Mapping[int, str]] = None,
         serializer: Optional[Serializer] = None,
         timeout: Duration = 30.0,
     ) -> None:
+        if (node_id is None) != (peers is None) or (peers is not None and listen is None):
+            raise ValueError("a cluster member is given node_id, listen and peers together")
         self.data_dir = Path(data_dir)
+        self.node_id = node_id
         self.listen = listen
+        self.peers = None if peers is None else dict(peers)
         self.timeout = seconds(timeout)
         self._codec = Codec(serializer)
         self._workflows: dict[str, WorkflowSpec] = {}
         self._node: Optional[_native.NativeNode] = None
         self._native_client: Optional[_native.NativeClient] = None
+        self._client_api = Client(self._client, self._codec, self._return_hint)
         self._pid = os.getpid()
         self._loop: Optional[_EventLoopThread] = None
         self._lock = threading.Lock()
@@ -347,6 +250,19 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    def _return_hint(self, kind: str) -> Any:
+        spec = self._workflows.get(kind)
+        return None if spec is None else spec.return_hint
+
+    def _call_target(self, workflow: Workflow) -> tuple[str, Any]:
+        """The kind and return hint of a child workflow: registered here, or named by kind
+        (another member's or worker's), or a function registered with another app."""
+        kind = workflow_kind(workflow)
+        spec = self._workflows.get(kind)
+        if spec is not None:
+            return kind, spec.return_hint
+        return kind, None if isinstance(workflow, str) else _hints(workflow).get("return")
+
     def _workflow_spec(self, workflow: Union[str, Callable[..., Any]]) -> WorkflowSpec:
         if isinstance(workflow, str):
             kind: Optional[str] = workflow
@@ -368,23 +284,33 @@ class App:
         if self._closed:
             raise KeelError("this keel.App is closed")
 
+    def _runner(self) -> tuple[list[tuple[str, str, bool]], Optional[asyncio.AbstractEventLoop]]:
+        """The kinds to register (``(kind, version, is_async)``) and the event loop async
+        ones run on (started here, once; called with the lock held)."""
+        kinds = [(s.kind, s.version, s.is_async) for s in self._workflows.values()]
+        if any(s.is_async for s in self._workflows.values()) and self._loop is None:
+            self._loop = _EventLoopThread()
+        return kinds, None if self._loop is None else self._loop.loop
+
     def launch(self) -> "App":
-        """Starts the node (once) and waits until it serves with its kinds declared."""
+        """Starts the node (once) and waits until it is ready: alone, until it serves with
+        its kinds declared; as a cluster member, until the cluster formed and knows them."""
         self._check_process()
         with self._lock:
             if self._node is None:
-                kinds = [(s.kind, s.version, s.is_async) for s in self._workflows.values()]
-                if any(s.is_async for s in self._workflows.values()) and self._loop is None:
-                    self._loop = _EventLoopThread()
+                kinds, loop = self._runner()
                 self._node = _native.NativeNode.launch(
                     str(self.data_dir),
                     self.listen,
                     kinds,
                     self._run,
-                    None if self._loop is None else self._loop.loop,
+                    loop,
                     self.timeout,
+                    self.node_id,
+                    self.peers,
                 )
-                self._native_client = _native.NativeClient([self._node.addr])
+                endpoints = [self._node.addr, *(self.peers or {}).values()]
+                self._native_client = _native.NativeClient(endpoints)
                 _open_apps.add(self)
         return self
 
@@ -394,6 +320,19 @@ class App:
         self.launch()
         assert self._node is not None
         return self._node.addr
+
+    @property
+    def leader_id(self) -> Optional[int]:
+        """The id of the cluster's leader as this node knows it (launching it); ``None``
+        during an election."""
+        self.launch()
+        assert self._node is not None
+        return self._node.leader_id
+
+    def client(self) -> Client:
+        """A client of this app's cluster (the same one ``start``, ``handle`` and ``list``
+        use)."""
+        return self._client_api
 
     def _client(self) -> _native.NativeClient:
         self.launch()
@@ -465,66 +404,36 @@ class App:
 
     # -- clients' calls ------------------------------------------------------------------
 
-    def start(
-        self, workflow: Callable[..., Any], *args: Any, id: Optional[str] = None
-    ) -> WorkflowHandle:
+    def start(self, workflow: Workflow, *args: Any, id: Optional[str] = None) -> WorkflowHandle:
         """Starts ``workflow(ctx, *args)`` as workflow ``id`` (a new UUID when not given). An
         ``id`` that exists returns that workflow, also after a restart; with another kind it
         raises ``keel.KeelError``."""
-        spec = self._workflow_spec(workflow)
-        input = self._codec.encode_args(args)
-        id = id or uuid.uuid4().hex
-        client = self._client()
-        if not client.start(id, spec.kind, input):
-            existing = client.get(id)["kind"]
-            if existing != spec.kind:
-                raise KeelError(f"workflow {id} exists with kind {existing}, not {spec.kind}")
-        return WorkflowHandle(self, id, spec.kind)
+        self._workflow_spec(workflow)
+        return self._client_api.start(workflow, *args, id=id)
 
     async def start_async(
-        self, workflow: Callable[..., Any], *args: Any, id: Optional[str] = None
+        self, workflow: Workflow, *args: Any, id: Optional[str] = None
     ) -> WorkflowHandle:
         """``start`` to await."""
-        spec = self._workflow_spec(workflow)
-        input = self._codec.encode_args(args)
-        id = id or uuid.uuid4().hex
-        client = await asyncio.to_thread(self._client)
-        if not await client.start_async(id, spec.kind, input):
-            existing = (await client.get_async(id))["kind"]
-            if existing != spec.kind:
-                raise KeelError(f"workflow {id} exists with kind {existing}, not {spec.kind}")
-        return WorkflowHandle(self, id, spec.kind)
-
-    async def handle_async(self, id: str) -> WorkflowHandle:
-        """``handle`` to await."""
-        return await asyncio.to_thread(self.handle, id)
-
-    async def list_async(
-        self,
-        status: Optional[str] = None,
-        kind: Union[str, Callable[..., Any], None] = None,
-        limit: int = 1000,
-    ) -> "list[WorkflowInfo]":
-        """``list`` to await."""
-        return await asyncio.to_thread(self.list, status, kind, limit)
+        self._workflow_spec(workflow)
+        return await self._client_api.start_async(workflow, *args, id=id)
 
     def handle(self, id: str) -> WorkflowHandle:
         """The workflow ``id`` (``keel.NotFound`` if there is none)."""
-        info = self._client().get(id)
-        return WorkflowHandle(self, id, info["kind"])
+        return self._client_api.handle(id)
+
+    async def handle_async(self, id: str) -> WorkflowHandle:
+        """``handle`` to await."""
+        return await self._client_api.handle_async(id)
 
     def list(
-        self, status: Optional[str] = None, kind: Union[str, Callable[..., Any], None] = None,
-        limit: int = 1000,
-    ) -> list[WorkflowInfo]:
+        self, status: Optional[str] = None, kind: Optional[Workflow] = None, limit: int = 1000
+    ) -> "list[WorkflowInfo]":
         """Workflows (of ``status`` and ``kind`` when given), by id, at most ``limit``."""
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status is one of {', '.join(STATUSES)}")
-        if kind is None or isinstance(kind, str):
-            kind_text = kind
-        else:
-            kind_text = self._workflow_spec(kind).kind
-        return [
-            WorkflowInfo(i["id"], i["kind"], i["version"], i["status"], i["journal_len"])
-            for i in self._client().list(kind_text, status, None, limit)
-        ]
+        return self._client_api.list(status, kind, limit)
+
+    async def list_async(
+        self, status: Optional[str] = None, kind: Optional[Workflow] = None, limit: int = 1000
+    ) -> "builtins.list[WorkflowInfo]":
+        """``list`` to await."""
+        return await self._client_api.list_async(status, kind, limit)

@@ -7,7 +7,17 @@ import dataclasses
 import datetime
 import uuid as _uuid
 import inspect
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, ParamSpec, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Optional,
+    ParamSpec,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from . import _native
 from ._errors import KeelError, SerializationError, failure_text
@@ -82,13 +92,20 @@ class Context(_RunContext):
         payload = self._native.wait_signal(name, None if timeout is None else seconds(timeout))
         return None if payload is None else self._app._codec.decode(payload, type)
 
-    def call(self, workflow: Callable[..., T], *args: Any) -> T:
+    @overload
+    def call(self, workflow: Callable[..., T], *args: Any) -> T: ...
+
+    @overload
+    def call(self, workflow: str, *args: Any) -> Any: ...
+
+    def call(self, workflow: Union[str, Callable[..., T]], *args: Any) -> Any:
         """Calls a child workflow and waits durably for its result (``keel.WorkflowFailed``
-        when it fails). Its id is ``<this id>/<journal position>``."""
-        spec = self._app._workflow_spec(workflow)
+        when it fails). Its id is ``<this id>/<journal position>``. ``workflow`` is a
+        function registered as a workflow, or a kind's name (run by whichever node or worker
+        has it)."""
+        kind, hint = self._app._call_target(workflow)
         data = self._app._codec.encode_args(args)
-        value: T = self._app._codec.decode(self._native.call(spec.kind, data), spec.return_hint)
-        return value
+        return self._app._codec.decode(self._native.call(kind, data), hint)
 
     def now(self) -> datetime.datetime:
         """The wall-clock time (UTC), journaled: a re-run gets the same value."""
@@ -193,14 +210,13 @@ class AsyncContext(_RunContext):
 
         return decoded()
 
-    def call(self, workflow: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-        """Calls a child workflow and waits durably for its result."""
-        spec = self._app._workflow_spec(workflow)
+    def call(self, workflow: Union[str, Callable[..., Any]], *args: Any) -> Awaitable[Any]:
+        """Calls a child workflow (a registered function or a kind's name) and waits durably
+        for its result."""
+        kind, hint = self._app._call_target(workflow)
         data = self._app._codec.encode_args(args)
         codec = self._app._codec
-        return _decoded(
-            self._native.call_async(spec.kind, data), lambda v: codec.decode(v, spec.return_hint)
-        )
+        return _decoded(self._native.call_async(kind, data), lambda v: codec.decode(v, hint))
 
     def run(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
         """Runs a ``def`` step from async code, on a thread of its own (a ``def`` step

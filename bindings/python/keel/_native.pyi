@@ -4,7 +4,7 @@ from asyncio import AbstractEventLoop
 from os import PathLike
 from typing import Any, Awaitable, Callable, Optional, Union, final
 
-__all__ = ["BUILD_PROFILE", "NativeClient", "NativeContext", "NativeNode"]
+__all__ = ["BUILD_PROFILE", "NativeClient", "NativeContext", "NativeNode", "NativeWorker"]
 
 BUILD_PROFILE: str
 
@@ -48,10 +48,28 @@ class NativeNode:
         runner: Callable[[str, NativeContext, bytes], Any],
         event_loop: Optional[AbstractEventLoop],
         timeout_s: float,
+        node_id: Optional[int] = None,
+        peers: Optional[dict[int, str]] = None,
     ) -> NativeNode: ...
     @property
     def addr(self) -> str: ...
+    @property
+    def leader_id(self) -> Optional[int]: ...
     def shutdown(self) -> None: ...
+
+@final
+class NativeWorker:
+    @staticmethod
+    def start(
+        endpoints: list[str],
+        kinds: list[tuple[str, str, bool]],
+        runner: Callable[[str, NativeContext, bytes], Any],
+        event_loop: Optional[AbstractEventLoop],
+        worker_id: Optional[int] = None,
+    ) -> NativeWorker: ...
+    @property
+    def worker_id(self) -> int: ...
+    def stop(self) -> None: ...
 
 @final
 class NativeClient:
