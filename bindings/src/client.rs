@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use keel_raft::client::KeelClient;
 use keel_scheduler::client::{WorkflowClient, WorkflowClientError, WorkflowInfo};
 use keel_scheduler::wire::RejectionKind;
 use pyo3::IntoPyObjectExt as _;
@@ -13,7 +14,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::awaitable;
 use crate::blocking::{runtime, wait};
-use crate::errors::client_error;
+use crate::errors::{client_error, keel_error};
 
 /// The longest single wait the service grants a `get`; longer waits loop.
 const GET_WAIT_MAX: Duration = Duration::from_secs(300);
@@ -25,6 +26,8 @@ const SIGNAL_SESSIONS: usize = 8;
 #[pyclass(module = "keel._native", frozen)]
 pub(crate) struct NativeClient {
     client: WorkflowClient,
+    /// Asks the nodes for their status.
+    admin: tokio::sync::Mutex<KeelClient>,
     /// Clients that send signals, each in its own exactly-once session; used in turn.
     signallers: Vec<tokio::sync::Mutex<WorkflowClient>>,
     next_signaller: AtomicUsize,
@@ -115,7 +118,10 @@ impl NativeClient {
     fn new(py: Python<'_>, endpoints: Vec<String>) -> PyResult<Self> {
         let _runtime = runtime()?.enter();
         let client = answer(py, WorkflowClient::new(&endpoints))?;
+        let admin = KeelClient::new(&endpoints)
+            .map_err(|error| keel_error(py, "InvalidRequest", error.to_string(), None))?;
         Ok(Self {
+            admin: tokio::sync::Mutex::new(admin),
             signallers: (0..SIGNAL_SESSIONS)
                 .map(|_| tokio::sync::Mutex::new(client.clone()))
                 .collect(),
@@ -224,6 +230,30 @@ impl NativeClient {
         answer(py, listed)?
             .iter()
             .map(|info| info_dict(py, info))
+            .collect()
+    }
+
+    /// Each node's status as `(address, dict)`: `node_id`, `role` (`leader`, `follower`,
+    /// `candidate`, `learner`), `leader_id` (or None) and `term`; or `(address, None)` for
+    /// a node that did not answer.
+    fn members<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(String, Option<Bound<'py, PyDict>>)>> {
+        let statuses = wait(py, async { self.admin.lock().await.statuses().await })?;
+        statuses
+            .into_iter()
+            .map(|(addr, status)| {
+                let Ok(status) = status else {
+                    return Ok((addr, None));
+                };
+                let dict = PyDict::new(py);
+                dict.set_item("node_id", status.node_id)?;
+                dict.set_item("role", status.role)?;
+                dict.set_item("leader_id", status.leader_id)?;
+                dict.set_item("term", status.term)?;
+                Ok((addr, Some(dict)))
+            })
             .collect()
     }
 }

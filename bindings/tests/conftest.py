@@ -1,10 +1,15 @@
-"""Shared fixtures: an App in a fresh temporary data directory, closed after the test."""
+"""Shared fixtures: an App in a fresh temporary data directory, closed after the test; child
+processes killed after the test; a cluster of `keel node` processes."""
 
 from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterator
+import signal
+import socket
+import subprocess
+import time
+from typing import Callable, Iterator
 
 import pytest
 
@@ -30,3 +35,86 @@ def keel_binary() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("KEEL_BIN", REPO / "target" / "debug" / "keel"))
     assert path.exists(), f"{path} is missing: build it with `cargo build --bin keel`"
     return path
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` ports the kernel had free just now (bound to port 0, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Processes:
+    """Child processes a test started, each killed (SIGKILL, by PID) when the test ends."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+        out = open(log, "ab")
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        self.started.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                self.kill(process)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    started = Processes()
+    yield started
+    started.kill_all()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def log_lines(log: pathlib.Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def keel_nodes(
+    processes: Processes, tmp_path: pathlib.Path, run_workflows: bool
+) -> list[str]:
+    """A three-node cluster of `keel node` processes, initialized: their addresses."""
+    ports = free_ports(3)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    for node_id, address in enumerate(addresses, start=1):
+        config = tmp_path / f"node-{node_id}.toml"
+        config.write_text(
+            f'node_id = {node_id}\nlisten = "{address}"\n'
+            f'data_dir = "{tmp_path / f"node-{node_id}"}"\n'
+            f"[scheduler]\nrun_workflows = {str(run_workflows).lower()}\n"
+        )
+        processes.start(
+            [str(keel_binary()), "node", "--config", str(config)],
+            tmp_path / f"node-{node_id}.out",
+        )
+    init = [str(keel_binary()), "init", "--cluster", ",".join(addresses)]
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(init, capture_output=True, text=True)
+        if done.returncode == 0 or "already part of a cluster" in done.stderr:
+            break
+        assert time.monotonic() < deadline, f"the keel nodes did not form a cluster: {done}"
+        time.sleep(0.1)
+    return addresses

@@ -25,7 +25,7 @@ on; after a crash the workflow resumes where it stopped, and no completed step r
 """
 
 from ._app import App, kind_name
-from ._client import Client, JournalEntry, WorkflowHandle, WorkflowInfo, connect
+from ._client import Client, JournalEntry, NodeStatus, WorkflowHandle, WorkflowInfo, connect
 from ._codec import JsonSerializer, PickleSerializer, Serializer
 from ._context import AsyncContext, Context, StepInfo, step_info
 from ._errors import (
@@ -52,6 +52,7 @@ __all__ = [
     "JournalEntry",
     "JsonSerializer",
     "KeelError",
+    "NodeStatus",
     "NonDeterminismError",
     "NotFound",
     "PickleSerializer",

@@ -52,6 +52,20 @@ class WorkflowInfo:
     journal_len: int
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeStatus:
+    """A cluster node as ``Client.nodes`` reports it."""
+
+    address: str
+    #: ``None`` when the node did not answer (then so are the rest).
+    node_id: Optional[int]
+    #: ``leader``, ``follower``, ``candidate``, ``learner``; ``unreachable``.
+    role: str
+    #: The leader this node knows of.
+    leader_id: Optional[int]
+    term: int
+
+
 def workflow_kind(workflow: Workflow) -> str:
     """The kind name of ``workflow``: the string itself, or the kind a decorated function
     was registered as."""
@@ -152,6 +166,24 @@ class Client:
     ) -> "builtins.list[WorkflowInfo]":
         """``list`` to await."""
         return await asyncio.to_thread(self.list, status, kind, limit)
+
+
+    def nodes(self) -> builtins.list[NodeStatus]:
+        """Every node this client was given, as it answers now (which one leads)."""
+        return [
+            NodeStatus(addr, None, "unreachable", None, 0)
+            if status is None
+            else NodeStatus(
+                addr, status["node_id"], status["role"], status["leader_id"], status["term"]
+            )
+            for addr, status in self._native().members()
+        ]
+
+    def leader_id(self) -> Optional[int]:
+        """The id of the node that says it leads in the highest term; ``None`` during an
+        election."""
+        leaders = [n for n in self.nodes() if n.role == "leader"]
+        return max(leaders, key=lambda n: n.term).node_id if leaders else None
 
 
 class WorkflowHandle:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import threading
-import weakref
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from . import _native
@@ -17,7 +16,9 @@ if TYPE_CHECKING:
     from ._app import App
 
 
-_started_workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+#: Workers started and not stopped: a started worker works until stopped, whether or not
+#: its caller keeps a reference.
+_started_workers: "set[Worker]" = set()
 
 
 @atexit.register
