@@ -236,10 +236,7 @@ impl NativeClient {
     /// Each node's status as `(address, dict)`: `node_id`, `role` (`leader`, `follower`,
     /// `candidate`, `learner`), `leader_id` (or None) and `term`; or `(address, None)` for
     /// a node that did not answer.
-    fn members<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Vec<(String, Option<Bound<'py, PyDict>>)>> {
+    fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Option<Bound<'py, PyDict>>)>> {
         let statuses = wait(py, async { self.admin.lock().await.statuses().await })?;
         statuses
             .into_iter()

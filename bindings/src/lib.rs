@@ -47,6 +47,9 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<client::NativeClient>()?;
     module.add_class::<context::NativeContext>()?;
     module.add_class::<worker::NativeWorker>()?;
+    module.add_function(wrap_pyfunction!(node::skip_time, module)?)?;
+    module.add_function(wrap_pyfunction!(node::reset_skipped_time, module)?)?;
+    module.add_function(wrap_pyfunction!(node::skipped_time, module)?)?;
     module.add(
         "BUILD_PROFILE",
         if cfg!(debug_assertions) {

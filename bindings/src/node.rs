@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,10 @@ const LOCKED_WAIT_MAX: Duration = Duration::from_secs(5);
 /// How often a launch looks whether the node runs its kinds yet.
 const READY_POLL: Duration = Duration::from_millis(10);
 /// Pause between a member's attempts to form its cluster (some member not up yet).
-const FORM_RETRY_PAUSE: Duration = Duration::from_millis(200);
+const FORM_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Embedded nodes of this process that have launched and not shut down.
+static LIVE_NODES: AtomicUsize = AtomicUsize::new(0);
 
 /// A running embedded node, with the remote worker of a cluster member.
 #[pyclass(module = "keel._native", frozen)]
@@ -155,6 +159,13 @@ async fn form_cluster(
         .map_err(|error| LaunchError::Invalid(error.to_string()))?;
     while !node.initialized() {
         let error = match client.init(&membership.members).await {
+            // The first member campaigns at once rather than after an election timeout.
+            Ok(()) if membership.members.keys().next() == Some(&membership.node_id) => {
+                return node
+                    .campaign()
+                    .await
+                    .map_err(|error| LaunchError::Failed(error.to_string()));
+            }
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
@@ -189,7 +200,7 @@ async fn launch(
         .map_or_else(|| vec![node.addr().to_string()], Membership::endpoints);
     std::fs::write(
         data_dir.join(ENDPOINTS_FILE),
-        endpoints.iter().map(|e| format!("{e}\n")).collect::<String>(),
+        endpoints.join("\n") + "\n",
     )
     .map_err(|error| LaunchError::Failed(format!("recording the node's address: {error}")))?;
     let formed = match &membership {
@@ -236,7 +247,10 @@ impl NativeNode {
     /// formed cluster, which knows its kinds.
     #[staticmethod]
     #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None))]
-    #[expect(clippy::too_many_arguments, reason = "the launch's keyword arguments from Python")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the launch's keyword arguments from Python"
+    )]
     fn launch(
         py: Python<'_>,
         data_dir: PathBuf,
@@ -252,7 +266,12 @@ impl NativeNode {
             (None, None, _) => None,
             (Some(node_id), Some(mut members), Some(listen)) => {
                 if node_id == 0 || members.contains_key(&0) {
-                    return Err(keel_error(py, "InvalidRequest", "node ids start at 1", None));
+                    return Err(keel_error(
+                        py,
+                        "InvalidRequest",
+                        "node ids start at 1",
+                        None,
+                    ));
                 }
                 if members.insert(node_id, listen.clone()).is_some() {
                     return Err(keel_error(
@@ -281,6 +300,7 @@ impl NativeNode {
         let _runtime = runtime()?.enter();
         let (node, worker) = wait(py, launch(data_dir, listen, membership, registry, timeout))?
             .map_err(|error| error.into_py(py))?;
+        LIVE_NODES.fetch_add(1, Ordering::AcqRel);
         Ok(Self {
             addr: node.addr(),
             node: Mutex::new(Some(node)),
@@ -320,8 +340,74 @@ impl NativeNode {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(node) = node {
+            LIVE_NODES.fetch_sub(1, Ordering::AcqRel);
             wait(py, node.shutdown())?;
         }
         Ok(())
     }
+
+    /// Running workflows in this node's state that are neither parked nor blocked on a
+    /// durable wait (their code runs now, or is about to).
+    fn busy_workflows(&self) -> usize {
+        self.node
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, Node::busy_workflows)
+    }
+
+    /// Pending timers due by the (skipped) wall clock in this node's state.
+    fn timers_due(&self) -> usize {
+        self.node
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, Node::timers_due)
+    }
+}
+
+impl Drop for NativeNode {
+    fn drop(&mut self) {
+        if self
+            .node
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            LIVE_NODES.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Moves this process's clocks `seconds` forward (the test kit's time skipping): every
+/// timer due within the span fires at once; Raft's heartbeats and elections keep real time.
+#[pyfunction]
+pub(crate) fn skip_time(py: Python<'_>, seconds: f64) -> PyResult<()> {
+    let by = Duration::try_from_secs_f64(seconds).map_err(|error| {
+        keel_error(
+            py,
+            "InvalidRequest",
+            format!("cannot skip {seconds} s: {error}"),
+            None,
+        )
+    })?;
+    keel_raft::clock::skip(by);
+    Ok(())
+}
+
+/// Undoes the time skipped, if no embedded node of this process runs (one would see its
+/// clocks go back); whether it did.
+#[pyfunction]
+pub(crate) fn reset_skipped_time() -> bool {
+    let idle = LIVE_NODES.load(Ordering::Acquire) == 0;
+    if idle {
+        keel_raft::clock::reset_skipped();
+    }
+    idle
+}
+
+/// The time skipped in this process, in seconds.
+#[pyfunction]
+pub(crate) fn skipped_time() -> f64 {
+    keel_raft::clock::skipped().as_secs_f64()
 }

@@ -76,6 +76,10 @@ impl NativeWorker {
     /// `worker_id` (random when not given).
     #[staticmethod]
     #[pyo3(signature = (endpoints, kinds, runner, event_loop, worker_id=None))]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "pyo3 hands over owned arguments"
+    )]
     fn start(
         py: Python<'_>,
         endpoints: Vec<String>,
@@ -85,7 +89,12 @@ impl NativeWorker {
         worker_id: Option<u64>,
     ) -> PyResult<Self> {
         if worker_id == Some(0) {
-            return Err(keel_error(py, "InvalidRequest", "worker ids start at 1", None));
+            return Err(keel_error(
+                py,
+                "InvalidRequest",
+                "worker ids start at 1",
+                None,
+            ));
         }
         if endpoints.is_empty() {
             return Err(keel_error(

@@ -118,7 +118,7 @@ impl SchedulerMachine {
                 digest: Mutex::new(0),
                 local: Mutex::new(Local {
                     armed: HashMap::new(),
-                    restarted: Instant::now(),
+                    restarted: crate::mono::instant_now(),
                     started_ms: keel_raft::clock::now_ms(),
                     waiters: HashMap::new(),
                     runnable: None,
@@ -307,7 +307,7 @@ impl SchedulerMachine {
                     // (capped, see `Armed::Restarted`) when it is a replay of older history.
                     let armed = match proposed.and_then(crate::mono::instant) {
                         Some(at) => Some(at),
-                        None if stamp_ms >= local.started_ms => Some(Instant::now()),
+                        None if stamp_ms >= local.started_ms => Some(crate::mono::instant_now()),
                         None => None,
                     };
                     if relative && let Some(at) = armed {
@@ -393,7 +393,7 @@ impl Application for SchedulerMachine {
         {
             let mut local = self.local();
             local.armed.clear();
-            local.restarted = Instant::now();
+            local.restarted = crate::mono::instant_now();
             for waiter in local.waiters.values() {
                 waiter.notify_waiters();
             }

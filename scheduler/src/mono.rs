@@ -5,6 +5,10 @@
 //! boot id); it lets the proposing leader arm a relative timer from the moment it stamped
 //! the command rather than from the later moment it applied it, so the timer's wait does
 //! not include the commit.
+//!
+//! Timers are measured on this clock *plus the time a test skipped*
+//! ([`keel_raft::clock::skip`]), read by [`instant_now`], so a skip moves the monotonic
+//! side of a relative timer forward together with the wall-clock side.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -34,13 +38,19 @@ fn boot() -> &'static Boot {
     })
 }
 
-/// This process's monotonic clock now.
+/// This process's monotonic clock now (with the time skipped).
 pub fn now() -> MonoStamp {
     let boot = boot();
     MonoStamp {
         boot: boot.id,
-        nanos: u64::try_from(boot.at.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        nanos: u64::try_from((boot.at.elapsed() + keel_raft::clock::skipped()).as_nanos())
+            .unwrap_or(u64::MAX),
     }
+}
+
+/// The monotonic clock timers are measured on: the real one plus the time skipped.
+pub fn instant_now() -> Instant {
+    Instant::now() + keel_raft::clock::skipped()
 }
 
 /// The instant `stamp` names, if this process took it.

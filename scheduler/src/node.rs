@@ -9,6 +9,7 @@ use keel_raft::limits::MESSAGE_MAX_BYTES;
 use keel_raft::node::{Extension, NodeConfig, RaftNode};
 use keel_raft::plain_log::PlainLog;
 
+use crate::command::EntryState;
 use crate::engine::dispatch::Dispatcher;
 use crate::engine::proposer::Proposer;
 use crate::engine::registry::Registry;
@@ -18,6 +19,7 @@ use crate::machine::SchedulerMachine;
 use crate::pb::workers_server::WorkersServer;
 use crate::pb::workflows_server::WorkflowsServer;
 use crate::service::WorkflowService;
+use crate::state::EntryKind;
 use crate::workers_service::WorkersService;
 
 /// A running Keel node.
@@ -128,6 +130,36 @@ impl Node {
             .declarations()
             .iter()
             .all(|(kind, _)| state.kinds().contains_key(kind))
+    }
+
+    /// How many pending timers are due by the wall clock (with the time a test skipped),
+    /// as this node has applied the state: zero once the leader fired every timer due.
+    pub fn timers_due(&self) -> usize {
+        let now_ms = keel_raft::clock::now_ms();
+        self.machine
+            .read()
+            .timers()
+            .in_due_order()
+            .take_while(|(due_ms, _)| *due_ms <= now_ms)
+            .count()
+    }
+
+    /// How many running workflows, as this node has applied the state, are neither parked
+    /// nor blocked on a durable wait (a pending sleep, signal wait or child call): their
+    /// code runs now, or is about to. Zero means every workflow waits for time, a signal
+    /// or a child — what a test's time skip waits for before and after skipping.
+    pub fn busy_workflows(&self) -> usize {
+        let state = self.machine.read();
+        state
+            .running_workflows()
+            .filter(|(_, w)| {
+                !w.is_parked()
+                    && !w.journal.iter().any(|entry| {
+                        matches!(entry.state, EntryState::Pending { .. })
+                            && !matches!(entry.kind, EntryKind::Step { .. })
+                    })
+            })
+            .count()
     }
 
     /// The id of the leader this node knows of, if any.

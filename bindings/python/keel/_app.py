@@ -139,6 +139,9 @@ class App:
         self._node: Optional[_native.NativeNode] = None
         self._native_client: Optional[_native.NativeClient] = None
         self._client_api = Client(self._client, self._codec, self._return_hint)
+        #: Inside ``keel.testing.cluster``: the test cluster's client, used instead of a
+        #: node of the app's own.
+        self._test_client: Optional[_native.NativeClient] = None
         self._pid = os.getpid()
         self._loop: Optional[_EventLoopThread] = None
         self._lock = threading.Lock()
@@ -297,6 +300,8 @@ class App:
         its kinds declared; as a cluster member, until the cluster formed and knows them."""
         self._check_process()
         with self._lock:
+            if self._test_client is not None:
+                raise KeelError("inside keel.testing.cluster the app launches no node of its own")
             if self._node is None:
                 kinds, loop = self._runner()
                 self._node = _native.NativeNode.launch(
@@ -334,7 +339,26 @@ class App:
         use)."""
         return self._client_api
 
+    def _attach(self, client: _native.NativeClient) -> None:
+        """Talks to a test cluster (``keel.testing``) instead of launching a node."""
+        with self._lock:
+            if self._node is not None:
+                raise KeelError(
+                    "this app launched its own node; enter keel.testing.cluster(app) before "
+                    "the app launches (or close it first)"
+                )
+            if self._test_client is not None:
+                raise KeelError("this app is in a test cluster already")
+            self._test_client = client
+
+    def _detach(self) -> None:
+        with self._lock:
+            self._test_client = None
+
     def _client(self) -> _native.NativeClient:
+        test_client = self._test_client
+        if test_client is not None:
+            return test_client
         self.launch()
         assert self._native_client is not None
         return self._native_client

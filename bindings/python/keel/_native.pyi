@@ -1,12 +1,26 @@
 """Stubs of the native module `keel._native` (Rust, PyO3): see bindings/src."""
 
+import builtins
 from asyncio import AbstractEventLoop
 from os import PathLike
 from typing import Any, Awaitable, Callable, Optional, Union, final
 
-__all__ = ["BUILD_PROFILE", "NativeClient", "NativeContext", "NativeNode", "NativeWorker"]
+__all__ = [
+    "BUILD_PROFILE",
+    "NativeClient",
+    "NativeContext",
+    "NativeNode",
+    "NativeWorker",
+    "reset_skipped_time",
+    "skip_time",
+    "skipped_time",
+]
 
 BUILD_PROFILE: str
+
+def skip_time(seconds: float) -> None: ...
+def reset_skipped_time() -> bool: ...
+def skipped_time() -> float: ...
 
 @final
 class NativeContext:
@@ -56,6 +70,8 @@ class NativeNode:
     @property
     def leader_id(self) -> Optional[int]: ...
     def shutdown(self) -> None: ...
+    def timers_due(self) -> int: ...
+    def busy_workflows(self) -> int: ...
 
 @final
 class NativeWorker:
@@ -87,4 +103,4 @@ class NativeClient:
         after: Optional[str] = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]: ...
-    def members(self) -> list[tuple[str, Optional[dict[str, Any]]]]: ...
+    def members(self) -> builtins.list[tuple[str, Optional[dict[str, Any]]]]: ...

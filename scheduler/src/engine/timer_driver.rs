@@ -11,6 +11,9 @@
 //!
 //! The state machine refuses a fire stamped before the due time, and fires each timer once.
 //!
+//! Both clocks include the time a test skipped (`keel_raft::clock::skip`): the driver looks
+//! again at once when it changes, so a skip fires every timer it made due.
+//!
 //! Fires are pipelined: a timer that comes due while an earlier fire is committing is
 //! proposed at once in a fire of its own (up to [`FIRES_IN_FLIGHT_MAX`] at a time), rather
 //! than waiting a commit behind it. Passes skip the timers of fires in flight; should one
@@ -19,7 +22,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use keel_raft::clock::since_epoch;
+use keel_raft::clock;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::Status;
@@ -27,6 +30,7 @@ use tonic::Status;
 use super::proposer::Proposer;
 use crate::command::{Answer, Command};
 use crate::machine::{Armed, SchedulerMachine};
+use crate::mono;
 
 /// Most timers one fire command carries.
 const FIRE_BATCH_MAX: usize = 4096;
@@ -53,7 +57,8 @@ pub(crate) async fn run(
     let mut fires = Fires::default();
     let mut sleeper = PreciseSleep::default();
     // No fire is proposed before this (set after one failed).
-    let mut paused_until = Instant::now();
+    let mut paused_until = mono::instant_now();
+    let mut skips = clock::skips();
     loop {
         let term = *active.borrow_and_update();
         fires.enter_term(term);
@@ -86,6 +91,8 @@ pub(crate) async fn run(
             None
         };
         let deadline = wake.map_or(mono + IDLE_MAX, |wake| wake.min(mono + IDLE_MAX));
+        // The same moment on the real monotonic clock, which the sleep waits on.
+        let deadline = Instant::now() + deadline.saturating_duration_since(mono::instant_now());
         tokio::select! {
             Some(joined) = fires.tasks.join_next(), if !fires.tasks.is_empty() => {
                 if let Ok((ids, answer)) = joined {
@@ -93,12 +100,13 @@ pub(crate) async fn run(
                         fires.in_flight.remove(id);
                     }
                     if !fired(answer) {
-                        paused_until = Instant::now() + FIRE_RETRY_PAUSE;
+                        paused_until = mono::instant_now() + FIRE_RETRY_PAUSE;
                     }
                 }
             }
             () = &mut changed => {}
             () = sleeper.until(deadline) => {}
+            _ = skips.changed() => {}
             changed = active.changed() => {
                 if changed.is_err() {
                     return;
@@ -258,9 +266,10 @@ fn due_pass(
     pass
 }
 
-/// The wall clock (since the Unix epoch, full resolution) and the monotonic clock now.
+/// The wall clock (since the Unix epoch, full resolution) and the monotonic clock now,
+/// both with the time skipped.
 fn wall_now() -> (Duration, Instant) {
-    (since_epoch(), Instant::now())
+    (clock::since_epoch(), mono::instant_now())
 }
 
 #[cfg(test)]

@@ -1,0 +1,218 @@
+"""``keel.testing``: an in-process cluster for tests, with time skipping.
+
+    import datetime, keel.testing
+
+    def test_reminder_after_a_day():
+        with keel.testing.cluster(app) as c:
+            handle = app.start(remind, "renew the certificate")
+            c.kill_leader()                           # a failover in the middle
+            c.advance(datetime.timedelta(days=1))     # the day-long sleep fires now
+            assert handle.result(timeout=5) == "reminded"
+
+Inside the ``with`` block the app launches no node of its own: ``app.start``, its handles and
+``app.list`` talk to the test cluster, whose members (``nodes``, three by default) run in
+this process on loopback ports with their data in a temporary directory, whatever
+``data_dir`` the app was given. Every member runs the app's workflows (only the leader runs
+them at a time).
+
+**Time skipping.** ``advance(span)`` waits until every running workflow waits (on a sleep,
+a signal or a child), moves the clocks forward by ``span``, and returns once every timer that
+came due within it has fired (sleeps, signal-wait timeouts, named timers, schedules) and the
+workflows it woke have reached their next wait or their end. A timer never fires before its due time by the skipped clocks, and everything
+timed from the log follows them (command stamps, ``ctx.now()``, retention); Raft's
+heartbeats and elections, workers' leases and step retries' pauses keep real time. A timer
+a woken workflow sets afterwards counts from the skipped time. Skipped time is
+process-wide: other nodes running in this process skip too, and it is undone when the block
+ends unless one of them still runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
+from . import _native
+from ._client import Client
+from ._errors import KeelError, Timeout
+from ._time import Duration, seconds
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["TestCluster", "cluster"]
+
+#: How often ``advance`` and ``leader_id`` look again.
+_POLL_S = 0.005
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class TestCluster:
+    """A cluster of in-process nodes running one app's workflows (see the module's docs)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, app: "App", nodes: int, timeout: float) -> None:
+        if nodes < 1:
+            raise ValueError("a test cluster has at least one node")
+        self.app = app
+        self.timeout = timeout
+        self._dir = Path(tempfile.mkdtemp(prefix="keel-test-cluster-"))
+        #: Each member's address, by node id (from 1).
+        self.addresses = {
+            i + 1: f"127.0.0.1:{port}" for i, port in enumerate(_free_ports(nodes))
+        }
+        self._nodes: dict[int, _native.NativeNode] = {}
+        self._native_client = _native.NativeClient(list(self.addresses.values()))
+        #: A client of the cluster (the one the app uses inside the block).
+        self.client = Client(lambda: self._native_client, app._codec, app._return_hint)
+
+    # -- members -------------------------------------------------------------------------
+
+    def _launch(self, node_id: int) -> _native.NativeNode:
+        with self.app._lock:
+            kinds, loop = self.app._runner()
+        return _native.NativeNode.launch(
+            str(self._dir / f"node-{node_id}"),
+            self.addresses[node_id],
+            kinds,
+            self.app._run,
+            loop,
+            self.timeout,
+            node_id,
+            {i: a for i, a in self.addresses.items() if i != node_id},
+        )
+
+    def _launch_all(self) -> None:
+        """Launches every member at once (each waits for the others to form the cluster)."""
+        errors: list[BaseException] = []
+
+        def launch(node_id: int) -> None:
+            try:
+                self._nodes[node_id] = self._launch(node_id)
+            except BaseException as error:  # handed to the caller below
+                errors.append(error)
+
+        threads = [
+            threading.Thread(target=launch, args=(i,), name=f"keel-test-node-{i}")
+            for i in self.addresses
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    @property
+    def running(self) -> list[int]:
+        """The ids of the members that run now."""
+        return sorted(self._nodes)
+
+    def leader_id(self) -> int:
+        """The leader's id, once the running members agree on one (``keel.Timeout`` if they
+        do not within the cluster's timeout)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            known = {node.leader_id for node in self._nodes.values()}
+            if len(known) == 1:
+                (leader,) = known
+                if leader is not None and leader in self._nodes:
+                    return leader
+            if time.monotonic() >= deadline:
+                raise Timeout(f"no leader among nodes {self.running} within {self.timeout} s")
+            time.sleep(_POLL_S)
+
+    def kill(self, node_id: int) -> None:
+        """Stops member ``node_id`` at once: its workflow runs are aborted wherever they
+        are (as at a crash; what it acknowledged is on its disk), and it leaves the
+        cluster until ``restart``."""
+        node = self._nodes.pop(node_id, None)
+        if node is None:
+            raise KeelError(f"node {node_id} does not run")
+        node.shutdown()
+
+    def kill_leader(self) -> int:
+        """Kills the member that leads; its id."""
+        leader = self.leader_id()
+        self.kill(leader)
+        return leader
+
+    def restart(self, node_id: int) -> None:
+        """Starts member ``node_id`` again from its data directory; returns once it rejoined
+        (the cluster knows its kinds)."""
+        if node_id not in self.addresses:
+            raise KeelError(f"node {node_id} is not a member")
+        if node_id in self._nodes:
+            raise KeelError(f"node {node_id} runs already")
+        self._nodes[node_id] = self._launch(node_id)
+
+    # -- time ----------------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Waits until the cluster is idle: every running workflow waits on a sleep, a
+        signal or a child (or is parked), and no timer is due. ``keel.Timeout`` if it is not
+        within the cluster's timeout (a step that takes longer, no majority)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            leader = self._nodes.get(self.leader_id())
+            if leader is not None and leader.busy_workflows() == 0 and leader.timers_due() == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise Timeout(f"the test cluster did not settle within {self.timeout} s")
+            time.sleep(_POLL_S)
+
+    def advance(self, span: Duration) -> None:
+        """Lets the cluster settle (so workflows started just before have reached their
+        sleeps and waits), moves the clocks ``span`` forward, and returns once every timer
+        that came due has fired and the workflows it woke have reached their next wait or
+        their end."""
+        span_s = seconds(span)
+        self.settle()
+        _native.skip_time(span_s)
+        self.settle()
+
+    @property
+    def skipped(self) -> float:
+        """The time skipped in this process so far, in seconds."""
+        return _native.skipped_time()
+
+    # -- the block -----------------------------------------------------------------------
+
+    def _close(self) -> None:
+        for node_id in list(self._nodes):
+            self.kill(node_id)
+        _native.reset_skipped_time()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cluster(app: "App", nodes: int = 3, timeout: Duration = 30.0) -> Iterator[TestCluster]:
+    """An in-process cluster of ``nodes`` members running ``app``'s workflows, for the
+    ``with`` block; inside it the app talks to this cluster. ``timeout`` bounds the
+    launch, ``leader_id`` and ``advance``."""
+    test_cluster = TestCluster(app, nodes, seconds(timeout))
+    try:
+        test_cluster._launch_all()
+        app._attach(test_cluster._native_client)
+        try:
+            yield test_cluster
+        finally:
+            app._detach()
+    finally:
+        test_cluster._close()
