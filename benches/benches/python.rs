@@ -6,7 +6,10 @@
 //!   node, each step journaled after `fdatasync`; `benches/peers/keel_py/steps10.py`) beside
 //!   `dbos_postgres` (DBOS's driver processes, one per core, on one PostgreSQL server; each
 //!   step a committed transaction; `benches/peers/dbos/steps10.py`). The ratio printed and
-//!   appended to `target/keel-bench/python.txt` is Keel's steps/s over DBOS's.
+//!   appended to `target/keel-bench/python.txt` is Keel's steps/s over DBOS's. A third row,
+//!   `keel_cluster3`, runs the same driver as node 1 of a three-node cluster of Python
+//!   processes (the other two run `steps10.py member`), the driver's node leading: each step
+//!   is acknowledged once a majority has it on disk.
 //! - `python_recovery`: a 10-step workflow of 100 ms steps is killed (SIGKILL) after its third
 //!   step; the time measured is from starting the process again to its first resumed step
 //!   (the interpreter's start and imports included, for both): `keel_embedded` (a fresh data
@@ -139,6 +142,50 @@ fn bench_steps(criterion: &mut Criterion) {
             run_split(drivers, iters * DRIVERS as u64)
         })
     };
+    let cluster = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Vec<(u64, String)> = (1..=3)
+            .map(|id| (id, format!("127.0.0.1:{}", common::free_port())))
+            .collect();
+        let members_json = format!(
+            "{{{}}}",
+            members
+                .iter()
+                .map(|(id, addr)| format!("\"{id}\": \"{addr}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let program = peers_dir().join("keel_py/steps10.py");
+        let member = |id: u64, role: &[&str]| {
+            let mut args = vec![program.display().to_string()];
+            args.extend(role.iter().map(|r| (*r).to_owned()));
+            Driver::spawn(
+                &keel_python(),
+                &args,
+                &[
+                    (
+                        "KEEL_PY_DATA_DIR",
+                        dir.path().join(format!("node-{id}")).display().to_string(),
+                    ),
+                    ("KEEL_PY_MEMBERS", members_json.clone()),
+                    ("KEEL_PY_NODE_ID", id.to_string()),
+                    ("KEEL_PEER_CONCURRENCY", DRIVERS.to_string()),
+                ],
+            )
+        };
+        // All three at once: the cluster forms once every member answers.
+        let mut driver = member(1, &[]);
+        let mut followers = [member(2, &["member"]), member(3, &["member"])];
+        for follower in &mut followers {
+            follower.ready(&program);
+        }
+        driver.ready(&program);
+        let drivers = std::slice::from_mut(&mut driver);
+        run_split(drivers, WARM_UP_ROUNDS * DRIVERS as u64);
+        measure(&mut group, "keel_cluster3", |iters| {
+            run_split(drivers, iters * DRIVERS as u64)
+        })
+    };
     let dbos = {
         let mut dbos = Dbos::start(DRIVERS);
         dbos.run(WARM_UP_ROUNDS * DRIVERS as u64);
@@ -150,10 +197,13 @@ fn bench_steps(criterion: &mut Criterion) {
     record(
         RATIO_FILE,
         &format!(
-            "{STEPS_GROUP}: keel_embedded {:.0} steps/s, dbos_postgres {:.0} steps/s, keel/dbos {:.1}",
+            "{STEPS_GROUP}: keel_embedded {:.0} steps/s, keel_cluster3 {:.0} steps/s, \
+             dbos_postgres {:.0} steps/s, keel_embedded/dbos {:.1}, keel_cluster3/dbos {:.1}",
             keel.per_second(),
+            cluster.per_second(),
             dbos.per_second(),
-            keel.per_second() / dbos.per_second()
+            keel.per_second() / dbos.per_second(),
+            cluster.per_second() / dbos.per_second()
         ),
     );
 }

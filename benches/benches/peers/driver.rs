@@ -22,6 +22,13 @@ pub(crate) struct Driver {
 impl Driver {
     /// Starts `program` with `args` and `env`; returns once it printed `ready`.
     pub(crate) fn start(program: &Path, args: &[String], env: &[(&str, String)]) -> Self {
+        let mut driver = Self::spawn(program, args, env);
+        driver.ready(program);
+        driver
+    }
+
+    /// Starts `program` with `args` and `env` without waiting for it (see [`Driver::ready`]).
+    pub(crate) fn spawn(program: &Path, args: &[String], env: &[(&str, String)]) -> Self {
         let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(key, value)| (key, value)))
@@ -37,18 +44,16 @@ impl Driver {
             });
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut driver = Self {
+        Self {
             child,
             stdin,
             stdout,
-        };
-        assert_eq!(
-            driver.answer(),
-            "ready",
-            "{} did not start",
-            program.display()
-        );
-        driver
+        }
+    }
+
+    /// Waits until the spawned `program` printed `ready`.
+    pub(crate) fn ready(&mut self, program: &Path) {
+        assert_eq!(self.answer(), "ready", "{} did not start", program.display());
     }
 
     /// Tells the driver to run `count` workflows.

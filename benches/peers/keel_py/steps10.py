@@ -1,26 +1,47 @@
 """Keel's Python package under the same workload as DBOS's steps10.py (see
-benches/benches/python.rs): 10-step trivial workflows from concurrent threads, on an
-embedded single node in this process, every step journaled durably (fdatasync) before the
-next runs. Each thread starts a workflow and waits for its result.
+benches/benches/python.rs): 10-step trivial workflows from concurrent threads, every step
+journaled durably (fdatasync) before the next runs. Each thread starts a workflow and waits
+for its result. By default the app is an embedded single node in this process; with
+KEEL_PY_MEMBERS it is member KEEL_PY_NODE_ID of a three-process cluster, each step
+acknowledged once a majority has it on disk.
 
-Protocol: prints "ready" once the node serves; then each line on stdin holds a count, and
-the driver runs that many workflows and answers "done <count>". End of input ends it.
+Protocol: prints "ready" once the node serves (a cluster member: once the cluster formed,
+and for the driver, once it leads); then each line on stdin holds a count, and the driver
+runs that many workflows and answers "done <count>". End of input ends it. `steps10.py
+member` is a cluster member that runs nothing of its own: it serves until end of input.
 
-Environment: KEEL_PY_DATA_DIR (the app's data directory), KEEL_PEER_CONCURRENCY (threads).
+Environment: KEEL_PY_DATA_DIR (the app's data directory), KEEL_PEER_CONCURRENCY (threads);
+KEEL_PY_MEMBERS (JSON: node id to address) and KEEL_PY_NODE_ID for a cluster.
 """
 
+import json
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import keel
 
 STEPS = 10
 EXPECTED = sum(range(1, STEPS + 1))
-CONCURRENCY = int(os.environ["KEEL_PEER_CONCURRENCY"])
+CONCURRENCY = int(os.environ.get("KEEL_PEER_CONCURRENCY", "1"))
+#: How long the driver waits to lead the cluster it formed.
+LEAD_WAIT_S = 20
 
-app = keel.App(data_dir=os.environ["KEEL_PY_DATA_DIR"])
+
+def make_app() -> keel.App:
+    data_dir = os.environ["KEEL_PY_DATA_DIR"]
+    members_text = os.environ.get("KEEL_PY_MEMBERS")
+    if members_text is None:
+        return keel.App(data_dir=data_dir)
+    members = {int(k): v for k, v in json.loads(members_text).items()}
+    node_id = int(os.environ["KEEL_PY_NODE_ID"])
+    peers = {k: v for k, v in members.items() if k != node_id}
+    return keel.App(data_dir=data_dir, node_id=node_id, listen=members[node_id], peers=peers)
+
+
+app = make_app()
 
 
 @app.step
@@ -54,8 +75,25 @@ def run(pool: ThreadPoolExecutor, count: int) -> None:
         future.result()
 
 
+def lead() -> None:
+    """As the driver of a cluster: waits until this member leads (the benchmark measures a
+    leader in this process), or exits with why not."""
+    deadline = time.monotonic() + LEAD_WAIT_S
+    while app.leader_id != app.node_id:
+        if time.monotonic() > deadline:
+            sys.exit(f"node {app.node_id} did not lead within {LEAD_WAIT_S} s: {app.leader_id} does")
+        time.sleep(0.01)
+
+
 def main() -> None:
     app.launch()
+    if len(sys.argv) > 1 and sys.argv[1] == "member":
+        print("ready", flush=True)
+        sys.stdin.read()
+        app.close()
+        return
+    if app.node_id is not None:
+        lead()
     print("ready", flush=True)
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         for line in sys.stdin:
