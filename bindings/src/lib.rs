@@ -33,6 +33,7 @@ mod bridge;
 mod client;
 mod context;
 mod errors;
+mod link;
 mod node;
 mod step;
 mod worker;
@@ -47,6 +48,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<client::NativeClient>()?;
     module.add_class::<context::NativeContext>()?;
     module.add_class::<worker::NativeWorker>()?;
+    module.add_class::<link::NativeLink>()?;
     module.add_function(wrap_pyfunction!(node::skip_time, module)?)?;
     module.add_function(wrap_pyfunction!(node::reset_skipped_time, module)?)?;
     module.add_function(wrap_pyfunction!(node::skipped_time, module)?)?;

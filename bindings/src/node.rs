@@ -55,6 +55,8 @@ pub(crate) struct NativeNode {
 struct Membership {
     node_id: u64,
     members: BTreeMap<u64, String>,
+    /// Where this member dials a peer instead of its address (the test kit's links).
+    via: BTreeMap<u64, String>,
 }
 
 impl Membership {
@@ -193,16 +195,16 @@ async fn launch(
     })?;
     let listen = listen_address(&data_dir, listen.as_deref())?;
     let node_id = membership.as_ref().map_or(1, |m| m.node_id);
-    let config = NodeConfig::new(node_id, listen, data_dir.join("node"));
+    let mut config = NodeConfig::new(node_id, listen, data_dir.join("node"));
+    if let Some(membership) = &membership {
+        config.peers = membership.via.clone().into_iter().collect();
+    }
     let node = start_node(&config, &registry, deadline).await?;
     let endpoints = membership
         .as_ref()
         .map_or_else(|| vec![node.addr().to_string()], Membership::endpoints);
-    std::fs::write(
-        data_dir.join(ENDPOINTS_FILE),
-        endpoints.join("\n") + "\n",
-    )
-    .map_err(|error| LaunchError::Failed(format!("recording the node's address: {error}")))?;
+    std::fs::write(data_dir.join(ENDPOINTS_FILE), endpoints.join("\n") + "\n")
+        .map_err(|error| LaunchError::Failed(format!("recording the node's address: {error}")))?;
     let formed = match &membership {
         None => form_single(&node).await,
         Some(membership) => form_cluster(&node, membership, deadline).await,
@@ -244,9 +246,9 @@ impl NativeNode {
     /// through `runner` (async kinds on `event_loop`), and waits up to `timeout_s` until it
     /// is ready: a single node (no `node_id`) leads with its kinds declared; a member of the
     /// cluster of `node_id` and `peers` (id to address; `listen` is its own) belongs to the
-    /// formed cluster, which knows its kinds.
+    /// formed cluster, which knows its kinds; it dials a peer at `via[peer]` when given.
     #[staticmethod]
-    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None))]
+    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None, via=None))]
     #[expect(
         clippy::too_many_arguments,
         reason = "the launch's keyword arguments from Python"
@@ -261,6 +263,7 @@ impl NativeNode {
         timeout_s: f64,
         node_id: Option<u64>,
         peers: Option<BTreeMap<u64, String>>,
+        via: Option<BTreeMap<u64, String>>,
     ) -> PyResult<Self> {
         let membership = match (node_id, peers, &listen) {
             (None, None, _) => None,
@@ -281,7 +284,11 @@ impl NativeNode {
                         None,
                     ));
                 }
-                Some(Membership { node_id, members })
+                Some(Membership {
+                    node_id,
+                    members,
+                    via: via.unwrap_or_default(),
+                })
             }
             _ => {
                 return Err(keel_error(

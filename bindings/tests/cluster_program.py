@@ -6,7 +6,8 @@
 - `python cluster_program.py worker ADDRESSES LOG`: a `keel.Worker` of this app for the
   cluster at the comma-separated ADDRESSES; writes `worker ready` and works until killed.
 
-Workflow kinds are named explicitly (`pipeline`, ...), the same in every process and in the
+Each member also registers `only-NODE_ID`, a kind no other process has. Workflow kinds are
+named explicitly (`pipeline`, ...), the same in every process and in the
 tests that start them by name. Step bodies write `body WORKFLOW I PID` to LOG (appended and synced), so a test counts how many
 times each ran across processes."""
 
@@ -63,6 +64,15 @@ def child(ctx: keel.Context, steps: int, pause: float) -> int:
 def parent(ctx: keel.Context, steps: int, pause: float) -> int:
     """Calls `child` and adds one: a child call spanning a failover."""
     return ctx.call(child, steps, pause) + 1
+
+
+if sys.argv[1] == "member":
+
+    @app.workflow(name=f"only-{NODE_ID}")
+    def only_here(ctx: keel.Context) -> int:
+        """A kind only this member registers: when another member leads, it runs here, in
+        this member's remote worker."""
+        return work(ctx.workflow_id, 0, 0.0) + os.getpid()
 
 
 @app.workflow(name="waiter")

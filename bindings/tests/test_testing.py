@@ -142,3 +142,29 @@ def test_inside_the_block_the_app_launches_no_node_of_its_own() -> None:
     with keel.testing.cluster(app, nodes=1):
         with pytest.raises(keel.KeelError, match="no node of its own"):
             app.launch()
+
+
+def test_a_partition_moves_leadership_to_the_majority_and_healing_rejoins_the_minority() -> None:
+    with keel.testing.cluster(app) as c:
+        handle = app.start(reminder, "fence", id="reminder-p")
+        c.settle()
+        old = c.leader_id()
+        others = [n for n in c.running if n != old]
+        c.partition([old], others)
+        deadline = time.monotonic() + 20
+        while (new := c.leader_id()) == old:
+            assert time.monotonic() < deadline, "the majority never elected a leader"
+            time.sleep(0.02)
+        assert new in others
+        c.heal()
+        deadline = time.monotonic() + 20
+        while not any(
+            n.node_id == old and n.role == "follower" and n.leader_id == new
+            for n in c.client.nodes()
+        ):
+            assert time.monotonic() < deadline, f"node {old} never followed: {c.client.nodes()}"
+            time.sleep(0.02)
+        c.advance(DAY)
+        assert handle.result(timeout=5) == "remind-after fence"
+    # The new leader replayed the journaled step: no body ran twice.
+    assert bodies == ["remind-before fence", "remind-after fence"]

@@ -53,7 +53,12 @@ impl Driver {
 
     /// Waits until the spawned `program` printed `ready`.
     pub(crate) fn ready(&mut self, program: &Path) {
-        assert_eq!(self.answer(), "ready", "{} did not start", program.display());
+        assert_eq!(
+            self.answer(),
+            "ready",
+            "{} did not start",
+            program.display()
+        );
     }
 
     /// Tells the driver to run `count` workflows.

@@ -7,6 +7,7 @@
             handle = app.start(remind, "renew the certificate")
             c.kill_leader()                           # a failover in the middle
             c.advance(datetime.timedelta(days=1))     # the day-long sleep fires now
+            c.partition([1], [2, 3]); c.heal()        # Raft's links between members cut
             assert handle.result(timeout=5) == "reminded"
 
 Inside the ``with`` block the app launches no node of its own: ``app.start``, its handles and
@@ -28,6 +29,7 @@ ends unless one of them still runs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import shutil
 import socket
@@ -35,7 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from . import _native
 from ._client import Client
@@ -78,6 +80,13 @@ class TestCluster:
             i + 1: f"127.0.0.1:{port}" for i, port in enumerate(_free_ports(nodes))
         }
         self._nodes: dict[int, _native.NativeNode] = {}
+        #: The proxy each member dials a peer through, by (member, peer): cut to partition.
+        self._links = {
+            (i, j): _native.NativeLink.start(self.addresses[j])
+            for i in self.addresses
+            for j in self.addresses
+            if i != j
+        }
         self._native_client = _native.NativeClient(list(self.addresses.values()))
         #: A client of the cluster (the one the app uses inside the block).
         self.client = Client(lambda: self._native_client, app._codec, app._return_hint)
@@ -96,6 +105,7 @@ class TestCluster:
             self.timeout,
             node_id,
             {i: a for i, a in self.addresses.items() if i != node_id},
+            {j: link.addr for (i, j), link in self._links.items() if i == node_id},
         )
 
     def _launch_all(self) -> None:
@@ -125,14 +135,15 @@ class TestCluster:
         return sorted(self._nodes)
 
     def leader_id(self) -> int:
-        """The leader's id, once the running members agree on one (``keel.Timeout`` if they
-        do not within the cluster's timeout)."""
+        """The leader's id, once a majority of the members knows it as leader and it runs
+        (``keel.Timeout`` if not within the cluster's timeout). A leader cut off by a
+        partition is not it once the majority's side elected another."""
+        majority = len(self.addresses) // 2 + 1
         deadline = time.monotonic() + self.timeout
         while True:
-            known = {node.leader_id for node in self._nodes.values()}
-            if len(known) == 1:
-                (leader,) = known
-                if leader is not None and leader in self._nodes:
+            known = collections.Counter(node.leader_id for node in self._nodes.values())
+            for leader, count in known.items():
+                if leader is not None and leader in self._nodes and count >= majority:
                     return leader
             if time.monotonic() >= deadline:
                 raise Timeout(f"no leader among nodes {self.running} within {self.timeout} s")
@@ -161,6 +172,30 @@ class TestCluster:
         if node_id in self._nodes:
             raise KeelError(f"node {node_id} runs already")
         self._nodes[node_id] = self._launch(node_id)
+
+    def partition(self, *sides: Iterable[int]) -> None:
+        """Cuts the links between members on different ``sides`` (each an iterable of node
+        ids; a member named on no side is a side of its own), both ways; links within a side
+        stay (or become) open. Raft's traffic between members goes through these links; the
+        app's client and the members' workers still reach every member."""
+        side_of: dict[int, int] = {}
+        for index, side in enumerate(sides):
+            for node_id in side:
+                if node_id not in self.addresses:
+                    raise KeelError(f"node {node_id} is not a member")
+                side_of[node_id] = index
+        for node_id in self.addresses:
+            side_of.setdefault(node_id, len(sides) + node_id)
+        for (i, j), link in self._links.items():
+            if side_of[i] == side_of[j]:
+                link.heal()
+            else:
+                link.cut()
+
+    def heal(self) -> None:
+        """Ends every partition."""
+        for link in self._links.values():
+            link.heal()
 
     # -- time ----------------------------------------------------------------------------
 
@@ -197,6 +232,8 @@ class TestCluster:
     def _close(self) -> None:
         for node_id in list(self._nodes):
             self.kill(node_id)
+        for link in self._links.values():
+            link.close()
         _native.reset_skipped_time()
         shutil.rmtree(self._dir, ignore_errors=True)
 
