@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import keel
+from keel.testing import free_ports  # loopback ports for the three members
 
 DATA_DIR = Path("keel-cluster-data")
 STEPS_LOG = DATA_DIR / "steps.log"
@@ -93,17 +93,6 @@ def editor(ctx: keel.Context, topic: str) -> dict[str, str]:
 
 
 # -- the orchestrator ----------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def wait_for(what: str, condition: Callable[[], bool]) -> None:

@@ -7,12 +7,13 @@
 //! is set only on a future that is not done yet, on the loop's own thread.
 
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use tokio::task::AbortHandle;
 
 use crate::blocking::{running_loop, runtime};
+use crate::slot;
 
 /// Aborts the Rust future behind an asyncio future that was cancelled (its done callback).
 #[pyclass(module = "keel._native", frozen)]
@@ -24,11 +25,7 @@ struct AbortOnCancel {
 impl AbortOnCancel {
     fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
         if future.call_method0("cancelled")?.is_truthy()? {
-            let task = self
-                .task
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+            let task = slot::take(&self.task);
             if let Some(task) = task {
                 task.abort();
             }

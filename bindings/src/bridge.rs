@@ -3,7 +3,7 @@
 //! def` workflow is an ordinary kind whose runs await the runner's coroutine on the app's
 //! event loop (its waits hold no thread, so it need not suspend).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use keel_scheduler::engine::context::{Context, WorkflowError};
@@ -13,30 +13,38 @@ use pyo3::types::PyBytes;
 use pyo3_async_runtimes::TaskLocals;
 
 use crate::context::{NativeContext, Stop};
+use crate::slot;
 
 /// A workflow kind as the package declares it.
-pub(crate) struct PythonKind {
-    pub(crate) name: String,
-    pub(crate) version: String,
-    pub(crate) is_async: bool,
+struct PythonKind {
+    name: String,
+    version: String,
+    is_async: bool,
 }
 
-/// Kinds as the package hands them over: `(name, version, is_async)`.
-pub(crate) fn kinds(kinds: Vec<(String, String, bool)>) -> Vec<PythonKind> {
-    kinds
+/// A registry of the kinds the package hands over (`(name, version, is_async)`), run by
+/// `runner` (async ones on `event_loop`, an asyncio loop).
+pub(crate) fn registry(
+    kinds: Vec<(String, String, bool)>,
+    runner: Py<PyAny>,
+    event_loop: Option<Bound<'_, PyAny>>,
+) -> PyResult<Registry> {
+    let kinds = kinds
         .into_iter()
         .map(|(name, version, is_async)| PythonKind {
             name,
             version,
             is_async,
         })
-        .collect()
+        .collect();
+    let locals = event_loop.map(TaskLocals::new);
+    register(Registry::new(), kinds, &Arc::new(runner), locals.as_ref())
 }
 
 /// `registry` with each of `kinds` registered; their runs call `runner(kind, context,
 /// input)`, which answers `(True, result bytes)` or `(False, serialized error)` — or, for an
 /// async kind, a coroutine that does. Async kinds run on `event_loop`.
-pub(crate) fn register(
+fn register(
     mut registry: Registry,
     kinds: Vec<PythonKind>,
     runner: &Arc<Py<PyAny>>,
@@ -126,10 +134,7 @@ impl StopOnDrop {
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(WorkflowError::Superseded);
+        slot::lock(&self.0).get_or_insert(WorkflowError::Superseded);
     }
 }
 
@@ -174,7 +179,7 @@ fn finish(stop: &Stop, kind: &str, answer: PyResult<Py<PyAny>>) -> Result<Bytes,
             Err(value.extract::<String>()?)
         })
     });
-    if let Some(stop) = stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+    if let Some(stop) = slot::take(stop) {
         return Err(stop);
     }
     match answer {

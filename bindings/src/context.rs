@@ -8,7 +8,7 @@
 //! at once, so code that catches it cannot go on.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use pyo3::types::PyBytes;
 use crate::awaitable;
 use crate::blocking::wait;
 use crate::errors::{keel_error, workflow_error};
+use crate::slot;
 use crate::step::{self, Body, seconds};
 
 /// Why a run stopped early; set once.
@@ -39,7 +40,7 @@ fn raise(py: Python<'_>, stop: &Stop, error: WorkflowError) -> PyErr {
     if let Some(exception) = workflow_error(py, &error) {
         return exception;
     }
-    let mut stop = stop.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut stop = slot::lock(stop);
     let stop = stop.get_or_insert(error);
     stop_exception(py, stop)
 }
@@ -80,27 +81,16 @@ impl NativeContext {
 
     /// Ends the run's hold on its context: later calls raise `keel.KeelError`.
     pub(crate) fn close(&self) {
-        self.context
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        slot::take(&self.context);
     }
 
     /// The run's context, for a durable call; raises the run's stop if it has one.
     fn check(&self, py: Python<'_>) -> PyResult<Context> {
-        let stop = self
-            .stop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let stop = slot::lock(&self.stop).clone();
         if let Some(stop) = stop {
             return Err(stop_exception(py, &stop));
         }
-        let context = self
-            .context
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let context = slot::lock(&self.context).clone();
         context.ok_or_else(|| {
             keel_error(
                 py,

@@ -35,6 +35,7 @@ mod context;
 mod errors;
 mod link;
 mod node;
+mod slot;
 mod step;
 mod worker;
 

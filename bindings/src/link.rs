@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::blocking::{runtime, wait};
 use crate::errors::keel_error;
+use crate::slot;
 
 /// What a link does with its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,12 +107,7 @@ impl NativeLink {
     /// Closes the link for good: its connections and its port.
     fn close(&self) {
         self.mode.send_replace(Mode::Closed);
-        if let Some(accepting) = self
-            .accepting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
+        if let Some(accepting) = slot::take(&self.accepting) {
             accepting.abort();
         }
     }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use keel_raft::client::KeelClient;
@@ -23,11 +23,11 @@ use keel_scheduler::Node;
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::engine::registry::Registry;
 use pyo3::prelude::*;
-use pyo3_async_runtimes::TaskLocals;
 
 use crate::blocking::{runtime, wait};
 use crate::bridge;
 use crate::errors::keel_error;
+use crate::slot;
 use crate::worker::{WorkerTask, random_worker_id};
 
 /// The file in an app's data directory naming its node's address.
@@ -299,10 +299,7 @@ impl NativeNode {
                 ));
             }
         };
-        let kinds = bridge::kinds(kinds);
-        let locals = event_loop.map(TaskLocals::new);
-        let registry =
-            bridge::register(Registry::new(), kinds, &Arc::new(runner), locals.as_ref())?;
+        let registry = bridge::registry(kinds, runner, event_loop)?;
         let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::MAX);
         let _runtime = runtime()?.enter();
         let (node, worker) = wait(py, launch(data_dir, listen, membership, registry, timeout))?
@@ -324,28 +321,16 @@ impl NativeNode {
     /// The id of the leader this node knows of, if any.
     #[getter]
     fn leader_id(&self) -> Option<u64> {
-        self.node
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(Node::leader_id)
+        slot::lock(&self.node).as_ref().and_then(Node::leader_id)
     }
 
     /// Stops the node (its worker's runs and its own first); a second call does nothing.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
-        let worker = self
-            .worker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let worker = slot::take(&self.worker);
         if let Some(worker) = worker {
             wait(py, worker.stop())?;
         }
-        let node = self
-            .node
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let node = slot::take(&self.node);
         if let Some(node) = node {
             LIVE_NODES.fetch_sub(1, Ordering::AcqRel);
             wait(py, node.shutdown())?;
@@ -356,20 +341,14 @@ impl NativeNode {
     /// Running workflows in this node's state that are neither parked nor blocked on a
     /// durable wait (their code runs now, or is about to).
     fn busy_workflows(&self) -> usize {
-        self.node
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        slot::lock(&self.node)
             .as_ref()
             .map_or(0, Node::busy_workflows)
     }
 
     /// Pending timers due by the (skipped) wall clock in this node's state.
     fn timers_due(&self) -> usize {
-        self.node
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, Node::timers_due)
+        slot::lock(&self.node).as_ref().map_or(0, Node::timers_due)
     }
 }
 

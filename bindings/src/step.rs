@@ -3,7 +3,7 @@
 //! journals each outcome.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +12,8 @@ use keel_scheduler::engine::context::{Context, RetryPolicy, StepInfo, WorkflowEr
 use pyo3::prelude::*;
 use pyo3_async_runtimes::TaskLocals;
 use tokio::sync::oneshot;
+
+use crate::slot;
 
 /// How a step's body runs.
 #[derive(Clone)]
@@ -149,10 +151,7 @@ pub(crate) fn run(
                 Attempt::Value(value) => Ok(value),
                 Attempt::Failed(error) => Err(error),
                 Attempt::Fatal(error) => {
-                    let sender = fatal_tx
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
+                    let sender = slot::lock(&fatal_tx).take();
                     if let Some(sender) = sender {
                         // The receiver is dropped only with the step's future, which is
                         // polling this one: the send cannot fail.

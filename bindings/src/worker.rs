@@ -4,18 +4,18 @@
 //! each leased run journaled through the leader.
 
 use std::hash::{BuildHasher as _, RandomState};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Mutex;
 
 use keel_raft::client::ClientError;
 use keel_scheduler::engine::registry::Registry;
 use keel_scheduler::worker::Worker;
 use pyo3::prelude::*;
-use pyo3_async_runtimes::TaskLocals;
 use tokio::task::JoinHandle;
 
 use crate::blocking::{runtime, wait};
 use crate::bridge;
 use crate::errors::keel_error;
+use crate::slot;
 
 /// A worker id for this process: random, non-zero, so workers of many processes (and a
 /// restarted one) do not share an id.
@@ -104,10 +104,7 @@ impl NativeWorker {
                 None,
             ));
         }
-        let kinds = bridge::kinds(kinds);
-        let locals = event_loop.map(TaskLocals::new);
-        let registry =
-            bridge::register(Registry::new(), kinds, &Arc::new(runner), locals.as_ref())?;
+        let registry = bridge::registry(kinds, runner, event_loop)?;
         let id = worker_id.unwrap_or_else(random_worker_id);
         let _runtime = runtime()?.enter();
         let task = WorkerTask::start(&endpoints, id, registry)
@@ -126,11 +123,7 @@ impl NativeWorker {
 
     /// Stops the worker and its runs; a second call does nothing.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let task = slot::take(&self.task);
         if let Some(task) = task {
             wait(py, task.stop())?;
         }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 from typing import Callable, Iterator
@@ -14,6 +13,7 @@ from typing import Callable, Iterator
 import pytest
 
 import keel
+from keel.testing import free_ports
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -35,18 +35,6 @@ def keel_binary() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("KEEL_BIN", REPO / "target" / "debug" / "keel"))
     assert path.exists(), f"{path} is missing: build it with `cargo build --bin keel`"
     return path
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` ports the kernel had free just now (bound to port 0, then released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Processes:

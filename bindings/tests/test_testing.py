@@ -46,7 +46,7 @@ def reminder(ctx: keel.Context, text: str) -> str:
 @app.workflow
 def researcher(ctx: keel.Context, topic: str) -> str:
     notes = record(f"notes {topic}")
-    ctx.sleep(datetime.timedelta(hours=1))
+    ctx.sleep(DAY)
     return record(f"summary {notes}")
 
 
@@ -92,19 +92,19 @@ def test_a_timer_never_fires_before_its_due_time_on_the_skipped_clock() -> None:
     assert bodies == ["remind-before renew", "remind-after renew"]
 
 
-def test_a_leader_killed_during_a_child_call_and_a_skipped_hour_complete_the_call_once() -> None:
+def test_a_leader_killed_during_a_child_call_and_a_skipped_day_complete_the_call_once() -> None:
     started = time.monotonic()
     with keel.testing.cluster(app) as c:
         launched = time.monotonic()
         handle = app.start(agent, "tides", id="agent-1")
-        # The child journaled its first step and sleeps for an hour.
+        # The child journaled its first step and sleeps for a day.
         deadline = time.monotonic() + 10
         while "notes tides" not in bodies:
             assert time.monotonic() < deadline, "the child never started"
             time.sleep(0.01)
         killed = c.kill_leader()
         assert killed not in c.running
-        c.advance(datetime.timedelta(hours=1))
+        c.advance(DAY)
         assert handle.result(timeout=5) == "plan tides -> summary notes tides"
         child = app.handle("agent-1/1")
         assert child.status() == "completed"
@@ -123,18 +123,21 @@ def test_a_leader_killed_during_a_child_call_and_a_skipped_hour_complete_the_cal
 
 def test_a_client_session_and_a_running_workflow_survive_a_skipped_day() -> None:
     with keel.testing.cluster(app) as c:
-        waiting = app.start(approval, "merge", id="approval-2")
         reader = app.start(clock_reader, id="clock")
-        # The app's client registers its exactly-once signal sessions here.
-        assert reader.signal("unrelated", 1)
+        # The app's client spreads signals over 8 exactly-once sessions, registering each
+        # at its first signal: all 8 are registered before the skip.
+        for i in range(8):
+            assert reader.signal(f"warm-up-{i}", i)
         before = time.time()
-        c.advance(datetime.timedelta(hours=23))
-        assert c.skipped >= 23 * 3600
-        assert waiting.signal("decision", "approved")
-        assert waiting.result(timeout=5) == "merge: approved"
+        c.advance(DAY)
+        assert c.skipped >= DAY.total_seconds()
+        assert reader.status() == "running"
+        # Signals in the sessions registered a day earlier are applied, and the workflow
+        # that waited through the day goes on, its clock following the skipped one.
+        for i in range(8):
+            assert reader.signal(f"after-{i}", i)
         assert reader.signal("go")
-        # The workflow's clock follows the skipped one.
-        assert reader.result(timeout=5) >= before + 23 * 3600
+        assert reader.result(timeout=5) >= before + DAY.total_seconds()
     assert keel._native.skipped_time() == 0, "the block's end undid the skip"
 
 

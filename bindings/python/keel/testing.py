@@ -47,13 +47,15 @@ from ._time import Duration, seconds
 if TYPE_CHECKING:
     from ._app import App
 
-__all__ = ["TestCluster", "cluster"]
+__all__ = ["TestCluster", "cluster", "free_ports"]
 
 #: How often ``advance`` and ``leader_id`` look again.
 _POLL_S = 0.005
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """``count`` loopback ports the kernel had free just now (bound to port 0, then
+    released: another process may take one before it is used)."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for s in sockets:
@@ -77,7 +79,7 @@ class TestCluster:
         self._dir = Path(tempfile.mkdtemp(prefix="keel-test-cluster-"))
         #: Each member's address, by node id (from 1).
         self.addresses = {
-            i + 1: f"127.0.0.1:{port}" for i, port in enumerate(_free_ports(nodes))
+            i + 1: f"127.0.0.1:{port}" for i, port in enumerate(free_ports(nodes))
         }
         self._nodes: dict[int, _native.NativeNode] = {}
         #: The proxy each member dials a peer through, by (member, peer): cut to partition.
