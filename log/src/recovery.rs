@@ -26,11 +26,12 @@ use std::{
 use crate::{
     Corruption, Error, LogId, Options, Payload, RecoveryPolicy, Result, SegmentId,
     encoded::validate,
-    frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FrameError, FrameKind},
+    frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FrameCrc, FrameError, FrameKind},
     fs::{FileIo, Fs, write_zeros},
     meta::{Meta, MetaState},
     segment::{
-        Header, RECORDS_START, RECORDS_START_OFFSET, SEGMENT_HEADER_LEN, Segment, name, sync_mark,
+        Header, RECORDS_START, RECORDS_START_OFFSET, RecoveryMap, SEGMENT_HEADER_LEN, Segment,
+        name, payload_bound, sync_mark,
     },
     view::Span,
 };
@@ -75,15 +76,16 @@ struct Walk {
 
 struct Found<T> {
     segment: Arc<Segment<T>>,
+    /// The whole file, for the walk and the tail's probe; dropped with this.
+    view: RecoveryMap,
     file: Arc<dyn FileIo>,
     walk: Walk,
 }
 
 /// Walks frames from the header on. CRC-valid frames that break continuity or fail rkyv
 /// validation are corruption wherever they are (they were written whole).
-fn walk<T: Payload>(segment: &Segment<T>) -> Result<Walk> {
+fn walk<T: Payload>(segment: &Segment<T>, bytes: &[u8]) -> Result<Walk> {
     let payload_max = segment.payload_max();
-    let bytes = segment.bytes();
     let corrupted = |offset: usize, reason| Error::Corrupted {
         segment: segment.id,
         offset: offset as u64,
@@ -138,14 +140,12 @@ fn walk<T: Payload>(segment: &Segment<T>) -> Result<Walk> {
 /// Past the walk's end in the tail, frames that still verify under this segment's seed are
 /// pieces of a torn group of appends (bytes left from another segment in a recycled file
 /// never verify). Returns their largest synced hint and the end of the last one (0 if none).
-fn probe_beyond<T>(segment: &Segment<T>, from: usize) -> (u32, usize) {
-    let payload_max = segment.payload_max();
-    let bytes = segment.bytes();
+fn probe_beyond(crc: FrameCrc, payload_max: usize, bytes: &[u8], from: usize) -> (u32, usize) {
     let mut hint = 0;
     let mut torn_end = 0;
     let mut at = skip_zeros(bytes, from);
     while at + FRAME_HEADER_LEN <= bytes.len() {
-        match frame::decode(bytes, at, segment.crc, payload_max) {
+        match frame::decode(bytes, at, crc, payload_max) {
             Ok(frame) => {
                 hint = hint.max(frame.synced_hint);
                 at += frame.len();
@@ -246,8 +246,9 @@ fn list(fs: &dyn Fs, dir: &Path) -> Result<(Listed, u64)> {
 fn settle_tail<T>(found: &Found<T>, policy: RecoveryPolicy) -> Result<()> {
     let segment = &found.segment;
     let walk = &found.walk;
-    let (beyond_hint, torn_end) = probe_beyond(segment, walk.end);
-    let marked = sync_mark::durable_end(segment.id, segment.bytes());
+    let bytes = found.view.bytes();
+    let (beyond_hint, torn_end) = probe_beyond(segment.crc, segment.payload_max(), bytes, walk.end);
+    let marked = sync_mark::durable_end(segment.id, bytes);
     let durable = walk.synced_hint.max(beyond_hint).max(marked) as usize;
     let reason = match walk.stop {
         Stop::Bad(reason) => reason,
@@ -275,6 +276,8 @@ fn settle_tail<T>(found: &Found<T>, policy: RecoveryPolicy) -> Result<()> {
         torn_bytes = torn_end - walk.end,
         "zeroing the torn tail of the log"
     );
+    // Past the end recovery publishes (`walk.end`), so past anything a reader will see; no
+    // slice of the whole-file view is alive while the zeros are written.
     let path = &segment.path;
     write_zeros(
         found.file.as_ref(),
@@ -294,15 +297,16 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Lo
         let is_tail = position + 1 == count;
         let (header, file) = match read_header(&path, id, base) {
             Ok(found) => found,
-            Err(error) if is_tail && cut_short::<T>(&path, id, base, options)? => {
+            Err(error) if is_tail && cut_short(&path, id, options)? => {
                 tracing::warn!(segment = %id, %error, "discarding a newest segment whose activation was cut short");
                 cut_short_tail = Some(path);
                 continue;
             }
             Err(error) => return Err(error),
         };
+        let view = RecoveryMap::new(&file, header.size_bytes).map_err(Error::io("map", &path))?;
         let segment = Segment::map(header, path.clone(), &file).map_err(Error::io("map", &path))?;
-        let walk = walk(&segment)?;
+        let walk = walk(&segment, view.bytes())?;
         if !is_tail && walk.stop != Stop::Seal {
             let reason = match walk.stop {
                 Stop::Bad(reason) => reason,
@@ -317,6 +321,7 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Lo
         let file = fs.open(&path).map_err(Error::io("open", &path))?;
         found.push(Found {
             segment: Arc::new(segment),
+            view,
             file,
             walk,
         });
@@ -339,7 +344,7 @@ struct Loaded<T> {
 /// points past the first record) no record of it was acknowledged: the activation was cut
 /// short. Returns whether to discard it; an error if frames of a torn group remain and the
 /// policy is strict.
-fn cut_short<T: Payload>(path: &Path, id: SegmentId, base: u64, options: &Options) -> Result<bool> {
+fn cut_short(path: &Path, id: SegmentId, options: &Options) -> Result<bool> {
     let Ok(file) = File::open(path) else {
         return Ok(false);
     };
@@ -351,16 +356,16 @@ fn cut_short<T: Payload>(path: &Path, id: SegmentId, base: u64, options: &Option
     {
         return Ok(false);
     }
-    let header = Header {
-        id,
-        base,
-        size_bytes,
-    };
-    let Ok(segment) = Segment::<T>::map(header, path.to_path_buf(), &file) else {
+    let Ok(view) = RecoveryMap::new(&file, size_bytes) else {
         return Ok(false);
     };
-    let (hint, torn_end) = probe_beyond(&segment, RECORDS_START);
-    let marked = sync_mark::durable_end(id, segment.bytes());
+    let (hint, torn_end) = probe_beyond(
+        FrameCrc::new(id),
+        payload_bound(size_bytes),
+        view.bytes(),
+        RECORDS_START,
+    );
+    let marked = sync_mark::durable_end(id, view.bytes());
     if hint.max(marked) > RECORDS_START_OFFSET {
         return Ok(false);
     }
@@ -497,7 +502,7 @@ pub(crate) fn recover<T: Payload>(
         settle_tail(tail, options.recovery)?;
     }
     for f in &found {
-        f.segment.publish(&f.walk.offsets);
+        f.segment.publish(&f.walk.offsets, f.walk.end);
     }
     let (spans, mut unneeded) = build_spans(&found, purged)?;
     unneeded.extend(cut_short);

@@ -233,7 +233,8 @@ impl<T: Payload> Writer<T> {
             })
             .map_err(Error::io("pwrite", &active.segment.path))?;
         active.write_offset += self.batch.len() as u64;
-        active.segment.publish(&self.offsets);
+        let end = usize::try_from(active.write_offset).expect("segments are below 4 GiB");
+        active.segment.publish(&self.offsets, end);
         Ok(count)
     }
 

@@ -18,6 +18,7 @@ use std::{
 
 use mmap::ReadMap;
 pub use mmap::Record;
+pub(crate) use mmap::RecoveryMap;
 
 use crate::{Corruption, SegmentId, frame::FrameCrc};
 
@@ -161,7 +162,7 @@ pub(crate) struct Segment<T> {
 }
 
 /// Largest payload that fits a segment of `size_bytes` (with room for the seal frame).
-fn payload_bound(size_bytes: u64) -> usize {
+pub(crate) fn payload_bound(size_bytes: u64) -> usize {
     let bound =
         size_bytes.saturating_sub((RECORDS_START + 2 * crate::frame::FRAME_HEADER_LEN) as u64);
     usize::try_from(bound).unwrap_or(usize::MAX)
@@ -200,12 +201,7 @@ impl<T> Segment<T> {
 
     /// The file's size in bytes.
     pub(crate) fn size_bytes(&self) -> u64 {
-        self.map.bytes().len() as u64
-    }
-
-    /// The whole file's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        self.map.bytes()
+        self.map.len() as u64
     }
 
     /// Number of readable records.
@@ -227,10 +223,11 @@ impl<T> Segment<T> {
         self.offsets.get(usize::try_from(k).ok()?).copied()
     }
 
-    /// Makes records readable: their frames are already written at `offsets`.
+    /// Makes records readable: their frames are already written at `offsets`, the last
+    /// one ending at `end`, and nothing below `end` will be written again.
     ///
-    /// Only the single writer calls this.
-    pub(crate) fn publish(&self, offsets: &[u32]) {
+    /// Only the single writer calls this (recovery too, before the writer exists).
+    pub(crate) fn publish(&self, offsets: &[u32], end: usize) {
         let before = self.published.load(Ordering::Relaxed);
         assert_eq!(
             before,
@@ -246,9 +243,17 @@ impl<T> Segment<T> {
                 "frames are published in file order"
             );
         }
+        if let Some(&last) = offsets.last() {
+            assert!(
+                (last as usize) < end,
+                "the published end is past the last frame"
+            );
+        }
         for &offset in offsets {
             self.offsets.push(offset);
         }
+        // The bytes first: a reader that sees a record counted sees its frame published.
+        self.map.publish_to(end);
         self.published
             .store(before + offsets.len() as u64, Ordering::Release);
     }
@@ -256,7 +261,76 @@ impl<T> Segment<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt as _;
+
     use super::*;
+    use crate::frame::{self, Frame, FrameKind};
+    use crate::{Encoded, LogId};
+
+    /// A published frame whose header claims a payload running into a frame the writer has
+    /// written but not published (the checksum computed over those bytes too, so only the
+    /// published end can catch it) reads as `BadLength`: a reader never touches bytes past
+    /// the published end. Reading the whole file instead would verify and hand them out.
+    #[test]
+    fn a_frame_reaching_past_the_published_end_is_refused_though_its_checksum_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        let size_bytes = 4 * 4096;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("create");
+        file.set_len(size_bytes).expect("size");
+        let id = SegmentId(7);
+        let crc = FrameCrc::new(id);
+        let published = Encoded::new(&vec![1u8; 40]).expect("encode");
+        let unpublished = Encoded::new(&vec![2u8; 40]).expect("encode");
+        let mut bytes = Vec::new();
+        for (index, payload) in [(0, &published), (1, &unpublished)] {
+            let frame = Frame {
+                kind: FrameKind::Record,
+                id: LogId::new(1, index),
+                payload_len: u32::try_from(payload.as_bytes().len()).expect("small"),
+                synced_hint: RECORDS_START_OFFSET,
+            };
+            frame::encode(&mut bytes, crc, frame, payload.as_bytes(), payload.crc());
+        }
+        let first_end = frame::frame_len(published.as_bytes().len());
+        // The first frame's header rewritten to claim everything up to the second's end.
+        let long = &bytes[frame::FRAME_HEADER_LEN..];
+        let mut forged = Vec::new();
+        let frame = Frame {
+            kind: FrameKind::Record,
+            id: LogId::new(1, 0),
+            payload_len: u32::try_from(long.len()).expect("small"),
+            synced_hint: RECORDS_START_OFFSET,
+        };
+        frame::encode(&mut forged, crc, frame, long, frame::payload_crc(long));
+        file.write_all_at(&forged, RECORDS_START as u64)
+            .expect("write");
+        let header = Header {
+            id,
+            base: 0,
+            size_bytes,
+        };
+        let segment =
+            std::sync::Arc::new(Segment::<Vec<u8>>::map(header, path, &file).expect("map"));
+        segment.publish(&[RECORDS_START_OFFSET], RECORDS_START + first_end);
+        assert_eq!(
+            segment.read(RECORDS_START_OFFSET, 0).map(|r| r.id()),
+            Err(Corruption::BadLength)
+        );
+        segment.publish(&[], RECORDS_START + forged.len());
+        assert_eq!(
+            segment
+                .read(RECORDS_START_OFFSET, 0)
+                .map(|r| r.bytes().len()),
+            Ok(long.len()),
+            "once every byte it covers is published, the same frame verifies"
+        );
+    }
 
     #[test]
     fn header_round_trips_and_rejects_flips() {
