@@ -8,8 +8,9 @@ One command runs it all: it starts three member processes of itself (``member N`
 ``keel.App(node_id=N, listen=..., peers=...)`` with its data in ``keel-cluster-data/N``; a
 client starts the editor, kills the leader mid-call, prints what happened, and stops the
 members. Each step's body appends a line to ``keel-cluster-data/steps.log``, so the summary
-shows which ran once. Bounded: every wait has a deadline, and every process it started is
-killed by PID at the end.
+shows which ran once. Bounded: every wait has a deadline, every process it started is
+killed by PID at the end, and a member also stops when the orchestrator's end closes its
+standard input.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def main() -> None:
             processes[node_id] = subprocess.Popen(
                 [sys.executable, __file__, "member", str(node_id), json.dumps(members)],
                 env=dict(os.environ, KEEL_EXAMPLE_NODE=str(node_id)),
+                stdin=subprocess.PIPE,  # closed when this process ends, however it ends
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -175,6 +177,7 @@ def _started(client: keel.Client, kind: str, topic: str) -> bool:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "member":
         app.launch()
-        while True:
-            time.sleep(1)
-    main()
+        sys.stdin.read()  # serves until the orchestrator is gone (end of input)
+        app.close()
+    else:
+        main()

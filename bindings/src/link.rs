@@ -15,6 +15,9 @@ use crate::blocking::{runtime, wait};
 use crate::errors::keel_error;
 use crate::slot;
 
+/// Pause after a failed accept.
+const ACCEPT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What a link does with its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -35,6 +38,8 @@ pub(crate) struct NativeLink {
 async fn serve(listener: TcpListener, target: String, mode: watch::Receiver<Mode>) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
+            // Out of file descriptors, say: try again in a moment rather than spin.
+            tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             continue;
         };
         if *mode.borrow() != Mode::Open {

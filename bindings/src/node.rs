@@ -159,16 +159,10 @@ async fn form_cluster(
 ) -> Result<(), LaunchError> {
     let mut client = KeelClient::new(&membership.endpoints())
         .map_err(|error| LaunchError::Invalid(error.to_string()))?;
+    let forming = !node.initialized();
     while !node.initialized() {
         let error = match client.init(&membership.members).await {
-            // The first member campaigns at once rather than after an election timeout.
-            Ok(()) if membership.members.keys().next() == Some(&membership.node_id) => {
-                return node
-                    .campaign()
-                    .await
-                    .map_err(|error| LaunchError::Failed(error.to_string()));
-            }
-            Ok(()) => return Ok(()),
+            Ok(()) => break,
             Err(error) => error,
         };
         if Instant::now() >= deadline {
@@ -178,6 +172,14 @@ async fn form_cluster(
             )));
         }
         tokio::time::sleep(FORM_RETRY_PAUSE).await;
+    }
+    // At the cluster's formation its first member campaigns at once, rather than everyone
+    // waiting an election timeout (so it usually leads; never at a rejoin, which would
+    // depose a leader for nothing).
+    if forming && membership.members.keys().next() == Some(&membership.node_id) {
+        node.campaign()
+            .await
+            .map_err(|error| LaunchError::Failed(error.to_string()))?;
     }
     Ok(())
 }
@@ -215,16 +217,20 @@ async fn launch(
     }
     let worker = match membership {
         None => None,
-        Some(_) => Some(
-            WorkerTask::start(&endpoints, random_worker_id(), registry)
-                .map_err(|error| LaunchError::Invalid(error.to_string()))?,
-        ),
+        Some(_) => match WorkerTask::start(&endpoints, random_worker_id(), registry) {
+            Ok(worker) => Some(worker),
+            Err(error) => {
+                node.shutdown().await;
+                return Err(LaunchError::Invalid(error.to_string()));
+            }
+        },
     };
-    // A single node is ready once it runs its kinds; a member once the cluster knows its
-    // kinds (the leader runs them, or leases them to this member's worker).
+    // A single node is ready once it runs its kinds; a member once it knows a leader (it
+    // joined, or rejoined) and the cluster knows its kinds (the leader runs them, or leases
+    // them to this member's worker).
     let ready = |node: &Node| match worker {
         None => node.runs_workflows(),
-        Some(_) => node.kinds_declared(),
+        Some(_) => node.leader_id().is_some() && node.kinds_declared(),
     };
     while !ready(&node) {
         if Instant::now() >= deadline {
@@ -336,6 +342,15 @@ impl NativeNode {
             wait(py, node.shutdown())?;
         }
         Ok(())
+    }
+
+    /// Whether this node leads, has applied everything committed before its term, and runs
+    /// its kinds.
+    #[getter]
+    fn runs_workflows(&self) -> bool {
+        slot::lock(&self.node)
+            .as_ref()
+            .is_some_and(Node::runs_workflows)
     }
 
     /// Running workflows in this node's state that are neither parked nor blocked on a

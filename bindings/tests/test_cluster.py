@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -61,8 +63,9 @@ class Members:
     def kill(self, node_id: int) -> None:
         self.processes.kill(self.running.pop(node_id))
 
-    def ready(self, node_id: int) -> bool:
-        return log_lines(self.log).count(f"ready {node_id}") >= 1
+    def ready(self, node_id: int, launches: int = 1) -> bool:
+        """Whether member `node_id` has launched `launches` times."""
+        return log_lines(self.log).count(f"ready {node_id}") >= launches
 
 
 def test_three_python_processes_form_a_cluster_that_survives_the_kill_of_its_leader(
@@ -101,7 +104,7 @@ def test_three_python_processes_form_a_cluster_that_survives_the_kill_of_its_lea
     # The killed member restarts from its data directory and rejoins: it follows the
     # leader, and a workflow started now completes.
     members.start(leader)
-    wait_until(lambda: members.ready(leader), "the restarted member's launch")
+    wait_until(lambda: members.ready(leader, launches=2), "the restarted member's launch")
     wait_until(
         lambda: any(
             n.node_id == leader and n.role == "follower" and n.leader_id is not None
@@ -184,3 +187,45 @@ def test_a_worker_killed_mid_step_loses_its_workflow_to_another_worker(
     # The step in flight at the kill ran again on the second worker; no completed one did.
     assert sum(n for (w, _), n in runs.items() if w == "slow") <= 5, runs
     assert body_pids(log, "slow")[-1] == second.pid
+
+
+# The same kinds as cluster_program.py's, for a worker in this process: bodies append to
+# `local_log` (set by the test) with this process's PID.
+local_app = keel.App()
+local_log: list[pathlib.Path] = []
+
+
+@local_app.step(name="work")
+def local_work(workflow: str, i: int, pause: float) -> int:
+    with open(local_log[0], "a") as file:
+        file.write(f"body {workflow} {i} {os.getpid()}\n")
+    time.sleep(pause)
+    return i
+
+
+@local_app.workflow(name="pipeline")
+def local_pipeline(ctx: keel.Context, steps: int, pause: float) -> int:
+    return sum(local_work(ctx.workflow_id, i, pause) for i in range(steps))
+
+
+def test_a_worker_stopped_in_process_gives_up_its_workflows_to_another_worker(
+    processes: Processes, tmp_path: pathlib.Path, nodes: list[str]
+) -> None:
+    log = tmp_path / "log"
+    local_log[:] = [log]
+    client = keel.connect(nodes)
+    with keel.Worker(local_app, nodes) as here:
+        assert here.id is not None
+        wait_until(lambda: _starts(client, "warm-up"), "the worker's kinds declared")
+        handle = client.start("pipeline", 4, 1.0, id="handover")
+        wait_until(lambda: len(body_pids(log, "handover")) >= 2, "the second step here")
+        assert set(body_pids(log, "handover")) == {os.getpid()}
+        other = start_worker(processes, tmp_path, nodes, "worker-b")
+        wait_until(lambda: "worker ready" in log_lines(log), "the other worker's start")
+    # Stopped: its session and heartbeats end, so its lease runs out and the leader leases
+    # the workflow to the other worker, which finishes it from the journal.
+    assert handle.result(timeout=60) == sum(range(4))
+    assert body_pids(log, "handover")[-1] == other.pid
+    runs = bodies(log)
+    assert sorted(i for (w, i) in runs if w == "handover") == [0, 1, 2, 3]
+    assert sum(n for (w, _), n in runs.items() if w == "handover") <= 5, runs

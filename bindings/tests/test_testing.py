@@ -76,7 +76,8 @@ def test_a_one_day_timeout_is_tested_in_about_a_second() -> None:
         c.advance(DAY)
         assert handle.result(timeout=5) == "deploy: expired"
         took = time.monotonic() - started
-    assert took < 5, f"skipping a day took {took:.2f} s"
+    # Measured about 0.1-0.3 s here (debug build); the bound leaves room for a loaded CI.
+    assert took < 2, f"skipping a day took {took:.2f} s"
     assert not pathlib.Path("unused-by-the-test-cluster").exists()
 
 
@@ -97,11 +98,10 @@ def test_a_leader_killed_during_a_child_call_and_a_skipped_day_complete_the_call
     with keel.testing.cluster(app) as c:
         launched = time.monotonic()
         handle = app.start(agent, "tides", id="agent-1")
-        # The child journaled its first step and sleeps for a day.
-        deadline = time.monotonic() + 10
-        while "notes tides" not in bodies:
-            assert time.monotonic() < deadline, "the child never started"
-            time.sleep(0.01)
+        # Settled: the child journaled its first step and sleeps for a day, the parent
+        # waits for it.
+        c.settle()
+        assert [e.kind for e in app.handle("agent-1/1").journal()] == ["step", "sleep"]
         killed = c.kill_leader()
         assert killed not in c.running
         c.advance(DAY)

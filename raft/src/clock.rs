@@ -6,8 +6,9 @@
 //! (`keel-scheduler`'s `mono`) both run ahead by the total skipped, so every timer due
 //! within a skip fires at once, never before its due time by the skipped clocks, and
 //! everything stamped from this clock (command stamps, the scheduler's and the plain log's
-//! retention, a workflow's `now`) follows. Raft's heartbeats and elections, workers' leases
-//! and request deadlines keep real time. The skip is process-wide: it is meant for a test
+//! retention, a workflow's `now`) follows. Client sessions expire by count (the least
+//! recently written beyond `sessions_max`), not by time, so a skip leaves them be. Raft's
+//! heartbeats and elections, workers' leases and request deadlines keep real time. The skip is process-wide: it is meant for a test
 //! cluster whose nodes all run in one process, and it is zero unless a test skips.
 
 use std::sync::LazyLock;

@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 use tonic::transport::Channel;
 
 use crate::command::{self, Answer, Command, EntryState};
+use crate::engine::AbortOnDrop;
 use crate::engine::context::WorkflowError;
 use crate::engine::journal::{JournalPort, refused};
 use crate::engine::registry::Registry;
@@ -225,7 +226,9 @@ impl Worker {
             })
             .await?;
         tracing::info!(worker = self.id, "connected to the leader");
-        let heartbeats = tokio::spawn(async move {
+        // Aborted when the session ends, and when this future is dropped (the worker stopped):
+        // the heartbeats end with the session, so the leader's lease runs out.
+        let _heartbeats = AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT_EVERY).await;
                 let beat = pb::WorkerMessage {
@@ -235,24 +238,21 @@ impl Worker {
                     return;
                 }
             }
-        });
-        // Aborted when the session ends, and when this future is dropped (the worker
-        // stopped): no run of a stopped worker goes on journaling.
+        }));
+        // Likewise: no run of a stopped worker goes on journaling.
         let mut runs = Runs::default();
-        let ended = loop {
+        loop {
             match tasks.message().await {
                 Ok(Some(task)) => self.start_run(task, &mut runs),
-                Ok(None) => break Ok(()),
+                Ok(None) => return Ok(()),
                 Err(status) => {
-                    break Err(ClientError::Refused {
+                    return Err(ClientError::Refused {
                         kind: keel_raft::wire_error::WriteErrorKind::Unavailable,
                         message: status.message().to_owned(),
                     });
                 }
             }
-        };
-        heartbeats.abort();
-        ended
+        }
     }
 
     fn start_run(&self, task: pb::Task, runs: &mut Runs) {

@@ -20,11 +20,13 @@ them at a time).
 a signal or a child), moves the clocks forward by ``span``, and returns once every timer that
 came due within it has fired (sleeps, signal-wait timeouts, named timers, schedules) and the
 workflows it woke have reached their next wait or their end. A timer never fires before its due time by the skipped clocks, and everything
-timed from the log follows them (command stamps, ``ctx.now()``, retention); Raft's
+timed from the log follows them (command stamps, ``ctx.now()``, retention; client sessions
+expire by count, not time, so a skip leaves them be); Raft's
 heartbeats and elections, workers' leases and step retries' pauses keep real time. A timer
 a woken workflow sets afterwards counts from the skipped time. Skipped time is
 process-wide: other nodes running in this process skip too, and it is undone when the block
-ends unless one of them still runs.
+ends unless one of them still runs (then it stays, with a warning: a node with a real data
+directory would have stamped the skipped time into its log).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -83,13 +86,16 @@ class TestCluster:
         }
         self._nodes: dict[int, _native.NativeNode] = {}
         #: The proxy each member dials a peer through, by (member, peer): cut to partition.
-        self._links = {
-            (i, j): _native.NativeLink.start(self.addresses[j])
-            for i in self.addresses
-            for j in self.addresses
-            if i != j
-        }
-        self._native_client = _native.NativeClient(list(self.addresses.values()))
+        self._links: dict[tuple[int, int], _native.NativeLink] = {}
+        try:
+            for i in self.addresses:
+                for j in self.addresses:
+                    if i != j:
+                        self._links[i, j] = _native.NativeLink.start(self.addresses[j])
+            self._native_client = _native.NativeClient(list(self.addresses.values()))
+        except BaseException:
+            self._close()
+            raise
         #: A client of the cluster (the one the app uses inside the block).
         self.client = Client(lambda: self._native_client, app._codec, app._return_hint)
 
@@ -202,13 +208,19 @@ class TestCluster:
     # -- time ----------------------------------------------------------------------------
 
     def settle(self) -> None:
-        """Waits until the cluster is idle: every running workflow waits on a sleep, a
-        signal or a child (or is parked), and no timer is due. ``keel.Timeout`` if it is not
-        within the cluster's timeout (a step that takes longer, no majority)."""
+        """Waits until the cluster is idle: the leader has taken over (applied everything
+        committed before its term), every running workflow waits on a sleep, a signal or a
+        child (or is parked), and no timer is due. ``keel.Timeout`` if it is not within the
+        cluster's timeout (a step that takes longer, no majority)."""
         deadline = time.monotonic() + self.timeout
         while True:
             leader = self._nodes.get(self.leader_id())
-            if leader is not None and leader.busy_workflows() == 0 and leader.timers_due() == 0:
+            if (
+                leader is not None
+                and leader.runs_workflows
+                and leader.busy_workflows() == 0
+                and leader.timers_due() == 0
+            ):
                 return
             if time.monotonic() >= deadline:
                 raise Timeout(f"the test cluster did not settle within {self.timeout} s")
@@ -236,7 +248,12 @@ class TestCluster:
             self.kill(node_id)
         for link in self._links.values():
             link.close()
-        _native.reset_skipped_time()
+        if not _native.reset_skipped_time():
+            warnings.warn(
+                "keel.testing: another Keel node runs in this process, so the time skipped "
+                f"({_native.skipped_time():.0f} s) stays skipped: its clocks never run back",
+                stacklevel=3,
+            )
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

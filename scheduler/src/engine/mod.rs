@@ -103,7 +103,7 @@ impl std::fmt::Debug for Inner {
 
 /// A task aborted when dropped.
 #[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
