@@ -6,6 +6,7 @@
 
 mod mmap;
 pub(crate) mod name;
+mod offsets;
 
 use std::{
     fmt,
@@ -19,8 +20,12 @@ use std::{
 use mmap::ReadMap;
 pub use mmap::Record;
 pub(crate) use mmap::RecoveryMap;
+use offsets::OffsetTable;
 
-use crate::{Corruption, SegmentId, frame::FrameCrc};
+use crate::{
+    Corruption, SegmentId,
+    frame::{FRAME_HEADER_LEN, FrameCrc},
+};
 
 /// Size of the segment header in bytes.
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
@@ -151,8 +156,8 @@ pub(crate) struct Segment<T> {
     pub(crate) path: PathBuf,
     pub(crate) crc: FrameCrc,
     map: ReadMap,
-    /// `offsets[k]` is the frame offset of record `base + k`; append-only.
-    offsets: boxcar::Vec<u32>,
+    /// The frame offset of record `base + k`, for `k` below `published`.
+    offsets: OffsetTable,
     /// Records `base .. base + published` are readable.
     published: AtomicU64,
     /// Largest payload a frame of this segment can hold: the bound when decoding, so a
@@ -187,7 +192,9 @@ impl<T> Segment<T> {
             path,
             crc: FrameCrc::new(header.id),
             map: ReadMap::new(file, header.size_bytes)?,
-            offsets: boxcar::Vec::new(),
+            offsets: OffsetTable::new(
+                usize::try_from(header.size_bytes).unwrap_or(usize::MAX) / FRAME_HEADER_LEN,
+            ),
             published: AtomicU64::new(0),
             payload_max: payload_bound(header.size_bytes),
             _type: PhantomData,
@@ -220,7 +227,7 @@ impl<T> Segment<T> {
         if k >= self.published() {
             return None;
         }
-        self.offsets.get(usize::try_from(k).ok()?).copied()
+        self.offsets.get(usize::try_from(k).ok()?)
     }
 
     /// Makes records readable: their frames are already written at `offsets`, the last
@@ -229,17 +236,11 @@ impl<T> Segment<T> {
     /// Only the single writer calls this (recovery too, before the writer exists).
     pub(crate) fn publish(&self, offsets: &[u32], end: usize) {
         let before = self.published.load(Ordering::Relaxed);
-        assert_eq!(
-            before,
-            self.offsets.count() as u64,
-            "offsets and count agree"
-        );
-        if let (Some(&first), Some(k)) = (offsets.first(), before.checked_sub(1)) {
-            let last = self
-                .offsets
-                .get(usize::try_from(k).expect("count fits usize"));
+        let first_k = usize::try_from(before).expect("count fits usize");
+        if let (Some(&first), Some(k)) = (offsets.first(), first_k.checked_sub(1)) {
+            let last = self.offsets.get(k);
             assert!(
-                last.is_some_and(|&last| first > last),
+                last.is_some_and(|last| first > last),
                 "frames are published in file order"
             );
         }
@@ -249,8 +250,8 @@ impl<T> Segment<T> {
                 "the published end is past the last frame"
             );
         }
-        for &offset in offsets {
-            self.offsets.push(offset);
+        for (k, &offset) in (first_k..).zip(offsets) {
+            self.offsets.set(k, offset);
         }
         // The bytes first: a reader that sees a record counted sees its frame published.
         self.map.publish_to(end);
