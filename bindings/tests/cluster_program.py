@@ -4,7 +4,8 @@
   cluster of Python processes (`MEMBERS_JSON` maps every node id to its address); it writes
   `ready NODE_ID` to LOG once launched, then serves until killed.
 - `python cluster_program.py worker ADDRESSES LOG`: a `keel.Worker` of this app for the
-  cluster at the comma-separated ADDRESSES; writes `worker ready` and works until killed.
+  cluster at the comma-separated ADDRESSES; writes `worker ready` and works (`run()`) until
+  killed or interrupted.
 
 Each member also registers `only-NODE_ID`, a kind no other process has. Workflow kinds are
 named explicitly (`pipeline`, ...), the same in every process and in the
@@ -85,8 +86,9 @@ if __name__ == "__main__":
     if sys.argv[1] == "member":
         app.launch()
         note(f"ready {NODE_ID}")
+        while True:
+            time.sleep(1)
     else:
-        keel.Worker(app, sys.argv[2].split(",")).start()
+        worker = keel.Worker(app, sys.argv[2].split(",")).start()
         note("worker ready")
-    while True:
-        time.sleep(1)
+        worker.run()  # until Ctrl-C (SIGINT), which stops the worker and propagates

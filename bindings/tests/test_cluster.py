@@ -8,6 +8,7 @@ import collections
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -164,6 +165,18 @@ def _starts(client: keel.Client, id: str) -> bool:
         return True
     except keel.NotFound:
         return False
+
+
+def test_a_running_worker_stops_on_ctrl_c(
+    processes: Processes, tmp_path: pathlib.Path, nodes: list[str]
+) -> None:
+    log = tmp_path / "log"
+    worker = start_worker(processes, tmp_path, nodes, "worker-a")
+    wait_until(lambda: "worker ready" in log_lines(log), "the worker's start")
+    worker.send_signal(signal.SIGINT)
+    # `run()` stops the worker and lets KeyboardInterrupt end the interpreter.
+    assert worker.wait(20) != 0
+    assert "KeyboardInterrupt" in (tmp_path / "worker-a.out").read_text()
 
 
 def test_a_worker_killed_mid_step_loses_its_workflow_to_another_worker(
