@@ -180,7 +180,8 @@ fn bench_steps(criterion: &mut Criterion) {
 /// leading, ready) and the two members that follow it (killed by PID when dropped).
 fn cluster_of_python_processes(dir: &Path) -> (Driver, [Driver; 2]) {
     let members: Vec<(u64, String)> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", common::free_port())))
+        .zip(common::free_ports::<3>())
+        .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
         .collect();
     let members_json = format!(
         "{{{}}}",

@@ -70,9 +70,10 @@ impl BenchCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         let mut metrics = Vec::new();
-        for id in 1..=3u64 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let metrics_port = free_port();
+        let ports = free_ports::<6>();
+        for (id, pair) in (1..=3u64).zip(ports.chunks(2)) {
+            let addr = format!("127.0.0.1:{}", pair[0]);
+            let metrics_port = pair[1];
             let config = dir.path().join(format!("node-{id}.toml"));
             let sync = if relaxed { "relaxed" } else { "durable" };
             let text = format!(
@@ -196,13 +197,19 @@ impl Drop for BenchCluster {
     }
 }
 
+/// `N` distinct loopback ports that were free a moment ago: each bound to port 0, all
+/// held until the last is bound (so none is handed out twice), then released.
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("addr").port())
+}
+
 /// A loopback port that was free a moment ago (bound to port 0, then released).
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    let [port] = free_ports::<1>();
+    port
 }
 
 /// One writer of a closed-loop load: sends one write and waits for its acknowledgement.

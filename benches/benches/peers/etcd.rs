@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tonic::transport::Channel;
 
-use super::common::{WAIT_DEADLINE, Writer, free_port};
+use super::common::{WAIT_DEADLINE, Writer, free_ports};
 use super::failover::first_ack;
 use super::process::PeerProcess;
 
@@ -42,8 +42,11 @@ impl EtcdCluster {
     /// Starts three members with etcd's default timing (100 ms heartbeat, 1 s election).
     pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let peer_urls: Vec<String> = (0..3)
-            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        // Peer and client ports all at once, so no two members (or roles) share one.
+        let ports = free_ports::<6>();
+        let peer_urls: Vec<String> = ports[..3]
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
             .collect();
         let initial_cluster = peer_urls
             .iter()
@@ -56,7 +59,7 @@ impl EtcdCluster {
             .enumerate()
             .map(|(i, peer_url)| {
                 let name = format!("e{}", i + 1);
-                let url = format!("http://127.0.0.1:{}", free_port());
+                let url = format!("http://127.0.0.1:{}", ports[3 + i]);
                 let args = [
                     "--name",
                     &name,
@@ -115,8 +118,9 @@ impl EtcdCluster {
         let mut survivors = Vec::new();
         for (index, member) in self.members.iter().enumerate() {
             if index != leader {
-                let channel = channel(&member.url).await.expect("connect to etcd");
-                survivors.push(KvClient::new(channel));
+                survivors.push(KvClient::new(
+                    connect_within(&member.url, WAIT_DEADLINE).await,
+                ));
             }
         }
         let killed = Instant::now();
@@ -185,6 +189,22 @@ async fn status(url: &str) -> Option<pb::StatusResponse> {
         .await
         .ok()?;
     Some(response.into_inner())
+}
+
+/// A connection to the member at `url`, retried until `wait` has passed (a member that
+/// is still starting refuses connections for a moment).
+async fn connect_within(url: &str, wait: Duration) -> Channel {
+    let deadline = Instant::now() + wait;
+    loop {
+        match channel(url).await {
+            Ok(channel) => return channel,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "connect to the etcd member at {url}: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {

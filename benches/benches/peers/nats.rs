@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 
-use super::common::{WAIT_DEADLINE, Writer, free_port};
+use super::common::{WAIT_DEADLINE, Writer, free_ports};
 use super::failover::first_ack;
 use super::process::PeerProcess;
 
@@ -33,17 +33,18 @@ impl NatsCluster {
     /// Starts three servers routed to each other; call [`NatsCluster::create_stream`] next.
     pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // Route and client ports all at once, so no two servers (or roles) share one.
+        let ports = free_ports::<6>();
+        let route_ports = &ports[..3];
         let routes = route_ports
             .iter()
             .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
             .collect::<Vec<_>>()
             .join(", ");
         let servers = (1..=3)
-            .zip(&route_ports)
-            .map(|(id, route_port)| {
+            .zip(route_ports.iter().zip(&ports[3..]))
+            .map(|(id, (route_port, &port))| {
                 let name = format!("n{id}");
-                let port = free_port();
                 let store = dir.path().join(&name);
                 let config = dir.path().join(format!("{name}.conf"));
                 let text = format!(

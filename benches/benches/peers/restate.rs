@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::common::free_port;
+use super::common::free_ports;
 use super::driver::{Driver, run_split};
 use super::process::{PeerProcess, peers_dir};
 
@@ -24,7 +24,7 @@ impl Restate {
     /// (one Node.js process: its loops only wait on the server).
     pub(crate) fn start(concurrency: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (node, admin, ingress, service) = (free_port(), free_port(), free_port(), free_port());
+        let [node, admin, ingress, service] = free_ports::<4>();
         let config = dir.path().join("restate.toml");
         let text = format!(
             "node-name = \"keel-bench\"\ncluster-name = \"keel-bench\"\nbase-dir = \"{}\"\n\
