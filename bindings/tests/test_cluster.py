@@ -122,19 +122,24 @@ def nodes(processes: Processes, tmp_path: pathlib.Path) -> list[str]:
     return keel_nodes(processes, tmp_path, run_workflows=False)
 
 
-def start_worker(processes: Processes, tmp_path: pathlib.Path, nodes: list[str], name: str) -> subprocess.Popen[bytes]:
-    return processes.start(
-        [sys.executable, PROGRAM, "worker", ",".join(nodes), str(tmp_path / "log")],
+def start_worker(
+    processes: Processes, tmp_path: pathlib.Path, nodes: list[str], name: str
+) -> subprocess.Popen[bytes]:
+    """A `cluster_program.py worker` process, returned once it wrote its `worker ready`."""
+    log = tmp_path / "log"
+    before = log_lines(log).count("worker ready")
+    worker = processes.start(
+        [sys.executable, PROGRAM, "worker", ",".join(nodes), str(log)],
         tmp_path / f"{name}.out",
     )
+    wait_until(lambda: log_lines(log).count("worker ready") > before, f"{name}'s start")
+    return worker
 
 
 def test_a_client_runs_workflows_on_keel_node_processes_through_a_python_worker(
     processes: Processes, tmp_path: pathlib.Path, nodes: list[str]
 ) -> None:
-    log = tmp_path / "log"
     start_worker(processes, tmp_path, nodes, "worker-a")
-    wait_until(lambda: "worker ready" in log_lines(log), "the worker's start")
     client = keel.connect(nodes)
     # The worker declares its kinds in its session's hello; a start before that is refused.
     wait_until(lambda: _starts(client, "first"), "the worker's kinds declared")
@@ -170,9 +175,7 @@ def _starts(client: keel.Client, id: str) -> bool:
 def test_a_running_worker_stops_on_ctrl_c(
     processes: Processes, tmp_path: pathlib.Path, nodes: list[str]
 ) -> None:
-    log = tmp_path / "log"
     worker = start_worker(processes, tmp_path, nodes, "worker-a")
-    wait_until(lambda: "worker ready" in log_lines(log), "the worker's start")
     worker.send_signal(signal.SIGINT)
     # `run()` stops the worker and lets KeyboardInterrupt end the interpreter.
     assert worker.wait(20) != 0
@@ -184,7 +187,6 @@ def test_a_worker_killed_mid_step_loses_its_workflow_to_another_worker(
 ) -> None:
     log = tmp_path / "log"
     first = start_worker(processes, tmp_path, nodes, "worker-a")
-    wait_until(lambda: "worker ready" in log_lines(log), "the first worker's start")
     client = keel.connect(nodes)
     wait_until(lambda: _starts(client, "warm-up"), "the worker's kinds declared")
     # Steps of 1 s each: the first worker is killed inside one.
@@ -234,7 +236,6 @@ def test_a_worker_stopped_in_process_gives_up_its_workflows_to_another_worker(
         wait_until(lambda: len(body_pids(log, "handover")) >= 2, "the second step here")
         assert set(body_pids(log, "handover")) == {os.getpid()}
         other = start_worker(processes, tmp_path, nodes, "worker-b")
-        wait_until(lambda: "worker ready" in log_lines(log), "the other worker's start")
     # Stopped: its session and heartbeats end, so its lease runs out and the leader leases
     # the workflow to the other worker, which finishes it from the journal.
     assert handle.result(timeout=60) == sum(range(4))
