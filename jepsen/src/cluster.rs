@@ -49,6 +49,9 @@ pub struct ClusterOptions {
     pub net: NetKind,
     /// Seeds the proxies' loss draws.
     pub seed: u64,
+    /// Remote worker processes (`keel worker`) to run the workflows; with any, the nodes
+    /// run none themselves (`run_workflows = false`).
+    pub workers: u64,
 }
 
 /// The libfaketime library, if installed (`apt-get install libfaketime`).
@@ -67,9 +70,18 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     /// Its sync journal (used when the cluster journals).
     pub journal: PathBuf,
+    /// Where it copies each range of its Raft log before purging it.
+    pub purged_log: PathBuf,
     config: PathBuf,
     log: PathBuf,
     clock: PathBuf,
+    child: Option<Child>,
+}
+
+/// One remote worker process.
+#[derive(Debug)]
+struct WorkerProc {
+    log: PathBuf,
     child: Option<Child>,
 }
 
@@ -84,13 +96,76 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeProc>,
     /// The links between the nodes.
     pub network: Network,
+    /// The remote workers, by id.
+    workers: BTreeMap<u64, WorkerProc>,
+}
+
+impl Cluster {
+    /// SIGKILLs every node and worker and waits for each to exit (their data stays for
+    /// reading).
+    pub fn stop_all(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.kill();
+        }
+        for worker in self.workers.values_mut() {
+            if let Some(mut child) = worker.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// The remote workers' ids.
+    pub fn worker_ids(&self) -> Vec<u64> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to worker `id`'s process, if it runs.
+    pub fn signal_worker(&self, id: u64, signal: &str) {
+        if let Some(child) = self.workers.get(&id).and_then(|w| w.child.as_ref()) {
+            send_signal(child, signal, &format!("worker {id}"));
+        }
+    }
+
+    /// Starts the remote workers, each a `keel worker` of the built-in kinds.
+    fn start_workers(&mut self) -> anyhow::Result<()> {
+        let cluster = self.addrs().join(",");
+        for (id, worker) in &mut self.workers {
+            let log = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(&worker.log)?;
+            let mut command = Command::new(&self.keel);
+            if let Some(fault) = &self.sabotage {
+                command.env("KEEL_SABOTAGE", fault);
+            }
+            let child = command
+                .args(["worker", "--id", &id.to_string(), "--cluster", &cluster])
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting worker {id}"))?;
+            worker.child = Some(child);
+        }
+        Ok(())
+    }
+}
+
+/// Sends `signal` to `child` with `kill`, logging a failure.
+fn send_signal(child: &Child, signal: &str, what: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+    if !sent.is_ok_and(|s| s.success()) {
+        tracing::error!(what, signal, "could not signal the process");
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in self.nodes.values_mut() {
-            node.kill();
-        }
+        self.stop_all();
     }
 }
 
@@ -134,12 +209,13 @@ pub fn find_keel() -> anyhow::Result<PathBuf> {
 pub const SESSIONS_MAX: u64 = 4;
 
 /// Node `id`'s config: short timeouts, frequent snapshots (so a node cut off for seconds
-/// falls behind the purged log and needs a snapshot), few client sessions, the clock-skew
+/// falls behind the purged log and needs a snapshot), a copy of every purged range (so the
+/// whole committed log can be checked after the run), few client sessions, the clock-skew
 /// tolerance the timers checker holds absolute timers to, peers over the network.
 fn node_config(id: u64, addr: &str, count: u64, network: &Network) -> String {
     let mut text = format!(
         "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n\
-         sessions_max = {SESSIONS_MAX}\n\
+         sessions_max = {SESSIONS_MAX}\npurged_log = \"node-{id}.purged\"\n\
          [snapshot]\nevery_entries = 1000\nkeep_behind = 200\n\
          [scheduler]\nmax_clock_skew_ms = {}\n[peers]\n",
         MAX_CLOCK_SKEW.as_millis()
@@ -177,6 +253,9 @@ impl Cluster {
             let config = dir.join(format!("node-{id}.toml"));
             let journal = dir.join(format!("node-{id}.journal"));
             let mut text = node_config(id, &addr, options.count, &network);
+            if options.workers > 0 {
+                text = text.replace("[scheduler]\n", "[scheduler]\nrun_workflows = false\n");
+            }
             if options.sync_journal {
                 text = format!("sync_journal = \"node-{id}.journal\"\n{text}");
             }
@@ -190,6 +269,7 @@ impl Cluster {
                     addr,
                     data_dir: dir.join(format!("node-{id}")),
                     journal,
+                    purged_log: dir.join(format!("node-{id}.purged")),
                     config,
                     log: dir.join(format!("node-{id}.log")),
                     clock,
@@ -197,16 +277,24 @@ impl Cluster {
                 },
             );
         }
+        let workers = (1..=options.workers)
+            .map(|id| {
+                let log = dir.join(format!("worker-{id}.log"));
+                (id, WorkerProc { log, child: None })
+            })
+            .collect();
         let mut cluster = Self {
             keel: keel.to_owned(),
             sabotage: options.sabotage.clone(),
             libfaketime,
             nodes,
             network,
+            workers,
         };
         for id in 1..=options.count {
             cluster.restart(id)?;
         }
+        cluster.start_workers()?;
         Ok(cluster)
     }
 
@@ -362,14 +450,8 @@ impl Cluster {
 
     /// Sends `signal` (`-STOP`, `-CONT`) to node `id`'s process, if it runs.
     pub fn signal(&self, id: u64, signal: &str) {
-        let Some(child) = self.nodes.get(&id).and_then(|n| n.child.as_ref()) else {
-            return;
-        };
-        let sent = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status();
-        if !sent.is_ok_and(|s| s.success()) {
-            tracing::error!(node = id, signal, "could not signal the node");
+        if let Some(child) = self.nodes.get(&id).and_then(|n| n.child.as_ref()) {
+            send_signal(child, signal, &format!("node {id}"));
         }
     }
 

@@ -25,6 +25,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+mod logs;
 pub mod nemesis;
 pub mod network;
 pub mod profile;

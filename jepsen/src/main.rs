@@ -62,7 +62,8 @@ enum Command {
         #[arg(long)]
         keel: Option<PathBuf>,
         /// A deliberate fault for the nodes of a sabotage build: `stale-reads`,
-        /// `unfenced-fires`, `ack-before-fsync` or `off-by-one-truncation`.
+        /// `forgetful-sessions`, `unfenced-fires`, `ack-before-fsync`,
+        /// `off-by-one-truncation`, `halved-delays`, `no-takeover` or `unordered-answers`.
         #[arg(long)]
         sabotage: Option<String>,
         /// The sabotage build's `keel`, for the ci profile's negative controls (default:

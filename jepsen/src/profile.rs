@@ -4,8 +4,10 @@
 //!   partitions in network namespaces when the harness runs in its own, through the link
 //!   proxies otherwise; everything else through the proxies), the `wiped-voter` regression
 //!   scenario, then the negative controls: short runs of the sabotage build against each
-//!   of its faults, each of which must come out invalid. Passes when every real run is
-//!   valid and every control is caught.
+//!   of its faults, each of which must come out invalid with the anomaly its checker is
+//!   meant to report, each after a run of the real build in the same configuration (which
+//!   must be valid). Passes when every real run is valid and every control is caught by
+//!   its checker.
 //! - **soak**: rotates every nemesis (and `all`) with fresh random seeds, the mixed
 //!   workload, a minute each, until the time limit, alternating namespaces (when there are)
 //!   and proxies by rotation; every seed is recorded so any run can be repeated alone.
@@ -120,6 +122,12 @@ pub struct ProfileRun {
     pub expected: Validity,
     /// The verdict.
     pub actual: Validity,
+    /// For a control: the anomaly (`checker: kind`) its checker must report.
+    pub must_report: Option<String>,
+    /// For a real run of a control's configuration: the control's fault.
+    pub twin_of: Option<String>,
+    /// Every anomaly kind the checkers reported, as `checker: kind`.
+    pub reported: Vec<String>,
     /// The run's report.
     pub report: PathBuf,
 }
@@ -127,17 +135,22 @@ pub struct ProfileRun {
 impl ProfileRun {
     /// One readable line: pass or FAIL, what ran, the seed, the verdict, the report.
     pub fn line(&self) -> String {
-        let control = self
-            .sabotage
-            .as_deref()
-            .map(|fault| format!(" sabotage {fault}"))
-            .unwrap_or_default();
+        let control = match (&self.sabotage, &self.twin_of) {
+            (Some(fault), _) => format!(" sabotage {fault}"),
+            (None, Some(fault)) => format!(" (real build, the {fault} control's run)"),
+            (None, None) => String::new(),
+        };
         let faults = self.scenario.map_or_else(
             || format!("{:?}", self.nemesis),
             |s| format!("scenario {s:?}"),
         );
+        let caught = self
+            .must_report
+            .as_deref()
+            .map(|anomaly| format!(", must report {anomaly}; reported {:?}", self.reported))
+            .unwrap_or_default();
         format!(
-            "{} {:?} {faults}{control} net {:?} seed {} {} s: {:?} (expected {:?}) · {}",
+            "{} {:?} {faults}{control} net {:?} seed {} {} s: {:?} (expected {:?}{caught}) · {}",
             if self.passed() { "pass" } else { "FAIL" },
             self.workload,
             self.net,
@@ -149,9 +162,14 @@ impl ProfileRun {
         )
     }
 
-    /// Whether the run came out as expected.
+    /// Whether the run came out as expected: its verdict, and for a control, the anomaly
+    /// its checker must report among those reported.
     pub fn passed(&self) -> bool {
         self.actual == self.expected
+            && self
+                .must_report
+                .as_ref()
+                .is_none_or(|anomaly| self.reported.contains(anomaly))
     }
 }
 
@@ -180,26 +198,79 @@ struct Planned {
     seconds: u64,
     seed: u64,
     sabotage: Option<&'static str>,
+    must_report: Option<&'static str>,
+    /// For a real run of a control's configuration: the control's fault.
+    twin_of: Option<&'static str>,
 }
 
-/// The negative controls: each deliberate fault, the scenario that exposes it (none: no
-/// fault), the workload whose checker must catch it, and how long.
-const CONTROLS: [(&str, Option<Scenario>, Workload, u64); 5] = [
-    ("stale-reads", None, Workload::Log, 10),
-    ("forgetful-sessions", None, Workload::Log, 10),
-    ("unfenced-fires", None, Workload::Timers, 8),
-    (
-        "ack-before-fsync",
-        Some(Scenario::LeaderKillUnsynced),
-        Workload::Log,
-        8,
-    ),
-    (
-        "off-by-one-truncation",
-        Some(Scenario::LeaderInMinority),
-        Workload::Log,
-        10,
-    ),
+/// A negative control: a deliberate fault, the scenario that exposes it (none: no fault),
+/// the workload, how long, and the anomaly (`checker: kind`) its checker must report.
+struct Control {
+    fault: &'static str,
+    scenario: Option<Scenario>,
+    workload: Workload,
+    seconds: u64,
+    must_report: &'static str,
+}
+
+/// The negative controls.
+const CONTROLS: [Control; 8] = [
+    Control {
+        fault: "stale-reads",
+        scenario: None,
+        workload: Workload::Log,
+        seconds: 10,
+        must_report: "log: stale-read",
+    },
+    Control {
+        fault: "forgetful-sessions",
+        scenario: None,
+        workload: Workload::Log,
+        seconds: 10,
+        must_report: "log: replay-applied-again",
+    },
+    Control {
+        fault: "unfenced-fires",
+        scenario: None,
+        workload: Workload::Timers,
+        seconds: 8,
+        must_report: "timers: zombie-fire",
+    },
+    Control {
+        fault: "ack-before-fsync",
+        scenario: Some(Scenario::LeaderKillUnsynced),
+        workload: Workload::Log,
+        seconds: 8,
+        must_report: "nemesis: refused-after-restart",
+    },
+    Control {
+        fault: "off-by-one-truncation",
+        scenario: Some(Scenario::LeaderInMinority),
+        workload: Workload::Log,
+        seconds: 10,
+        must_report: "nemesis: node-crashed",
+    },
+    Control {
+        fault: "halved-delays",
+        scenario: None,
+        workload: Workload::Timers,
+        seconds: 8,
+        must_report: "timers: early-fire",
+    },
+    Control {
+        fault: "no-takeover",
+        scenario: Some(Scenario::PausedLeader),
+        workload: Workload::Workflows,
+        seconds: 8,
+        must_report: "workflows: stuck-workflow",
+    },
+    Control {
+        fault: "unordered-answers",
+        scenario: None,
+        workload: Workload::Timers,
+        seconds: 6,
+        must_report: "digests: divergence",
+    },
 ];
 
 fn ci_plan() -> Vec<Planned> {
@@ -211,6 +282,8 @@ fn ci_plan() -> Vec<Planned> {
         seconds: CI_SECONDS,
         seed: CI_SEED,
         sabotage: None,
+        must_report: None,
+        twin_of: None,
     });
     let (scenario, seconds) = CI_SCENARIO;
     let regression = std::iter::once(Planned {
@@ -221,18 +294,31 @@ fn ci_plan() -> Vec<Planned> {
         seconds,
         seed: CI_SEED,
         sabotage: None,
+        must_report: None,
+        twin_of: None,
     });
-    let controls = CONTROLS
-        .iter()
-        .map(|&(fault, scenario, workload, seconds)| Planned {
-            workload,
+    // Each control runs twice: the real build must pass its configuration, the sabotage
+    // build must be caught there by the control's checker.
+    let controls = CONTROLS.iter().flat_map(|control| {
+        let real = Planned {
+            workload: control.workload,
             nemesis: NemesisKind::None,
-            scenario,
+            scenario: control.scenario,
             net: NetKind::Proxy,
-            seconds,
+            seconds: control.seconds,
             seed: CI_SEED,
-            sabotage: Some(fault),
-        });
+            sabotage: None,
+            must_report: None,
+            twin_of: Some(control.fault),
+        };
+        let sabotaged = Planned {
+            sabotage: Some(control.fault),
+            must_report: Some(control.must_report),
+            twin_of: None,
+            ..real
+        };
+        [real, sabotaged]
+    });
     real.chain(regression).chain(controls).collect()
 }
 
@@ -284,6 +370,8 @@ pub async fn run_profile(
                         seconds: left.min(SOAK_RUN_SECONDS),
                         seed: rand::random(),
                         sabotage: None,
+                        must_report: None,
+                        twin_of: None,
                     }
                 })
             }
@@ -350,8 +438,36 @@ async fn run_planned(
         } else {
             outcome.checked.validity
         },
+        must_report: plan.must_report.map(str::to_owned),
+        twin_of: plan.twin_of.map(str::to_owned),
+        reported: reported_anomalies(&outcome.checked.results),
         report: outcome.dir,
     })
+}
+
+/// Every anomaly kind in a run's `results.json`, as `checker: kind`.
+fn reported_anomalies(results: &serde_json::Value) -> Vec<String> {
+    let Some(checkers) = results.as_object() else {
+        return Vec::new();
+    };
+    checkers
+        .iter()
+        .flat_map(|(checker, verdict)| {
+            let counted = verdict["counts"]
+                .as_object()
+                .into_iter()
+                .flat_map(|counts| counts.keys().cloned());
+            let listed = verdict["anomalies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|anomaly| anomaly["kind"].as_str().map(str::to_owned));
+            counted
+                .chain(listed)
+                .map(move |kind| format!("{checker}: {kind}"))
+                .collect::<std::collections::BTreeSet<_>>()
+        })
+        .collect()
 }
 
 fn summary(config: &ProfileConfig, outcome: &ProfileOutcome, took: Duration) -> String {
@@ -392,7 +508,7 @@ mod tests {
         let plan = ci_plan();
         let real: Vec<NemesisKind> = plan
             .iter()
-            .filter(|p| p.sabotage.is_none() && p.scenario.is_none())
+            .filter(|p| p.sabotage.is_none() && p.twin_of.is_none() && p.scenario.is_none())
             .map(|p| p.nemesis)
             .collect();
         assert_eq!(real, CI_NEMESES);
@@ -403,7 +519,7 @@ mod tests {
         assert!(plan.iter().all(|p| p.seed == CI_SEED));
         assert!(
             plan.iter()
-                .filter(|p| p.sabotage.is_none() && p.scenario.is_none())
+                .filter(|p| p.sabotage.is_none() && p.twin_of.is_none() && p.scenario.is_none())
                 .all(|p| p.workload == Workload::Mixed)
         );
         let namespaced: Vec<NemesisKind> = plan
@@ -420,11 +536,23 @@ mod tests {
                 "forgetful-sessions",
                 "unfenced-fires",
                 "ack-before-fsync",
-                "off-by-one-truncation"
+                "off-by-one-truncation",
+                "halved-delays",
+                "no-takeover",
+                "unordered-answers"
             ]
         );
+        assert!(
+            plan.iter()
+                .all(|p| p.sabotage.is_some() == p.must_report.is_some())
+        );
+        let twins: Vec<&str> = plan.iter().filter_map(|p| p.twin_of).collect();
+        assert_eq!(
+            twins, controls,
+            "each control's configuration also runs for real"
+        );
         let seconds: u64 = plan.iter().map(|p| p.seconds).sum();
-        assert!(seconds <= 5 * 60, "{seconds} s of runs");
+        assert!(seconds <= 6 * 60 + 30, "{seconds} s of runs");
     }
 
     fn profile_run(expected: Validity, actual: Validity) -> ProfileRun {
@@ -438,6 +566,9 @@ mod tests {
             sabotage: None,
             expected,
             actual,
+            must_report: None,
+            twin_of: None,
+            reported: Vec::new(),
             report: PathBuf::new(),
         }
     }
@@ -458,5 +589,25 @@ mod tests {
         );
         assert!(!outcome(vec![profile_run(Validity::Valid, Validity::Unknown)]).passed());
         assert!(!outcome(vec![profile_run(Validity::Invalid, Validity::Valid)]).passed());
+        // A control caught by the wrong checker (or for another reason) does not pass.
+        let mut caught_elsewhere = profile_run(Validity::Invalid, Validity::Invalid);
+        caught_elsewhere.must_report = Some("digests: divergence".into());
+        caught_elsewhere.reported = vec!["log: lost".into()];
+        assert!(!outcome(vec![caught_elsewhere.clone()]).passed());
+        caught_elsewhere.reported.push("digests: divergence".into());
+        assert!(outcome(vec![caught_elsewhere]).passed());
+    }
+
+    #[test]
+    fn reported_anomalies_name_their_checker() {
+        let results = serde_json::json!({
+            "log": { "validity": "invalid", "counts": { "lost": 2 }, "anomalies": [] },
+            "nemesis": { "validity": "invalid", "anomalies": [{ "kind": "node-crashed" }] },
+            "digests": "unknown: the cluster did not settle",
+        });
+        assert_eq!(
+            reported_anomalies(&results),
+            ["log: lost", "nemesis: node-crashed"]
+        );
     }
 }

@@ -14,11 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_raft::pb::client::StatusResponse;
 use keel_scheduler::client::WorkflowClient;
 
+use crate::checker::digests::{DigestSample, check_digests, every_pair_compared};
 use crate::checker::timers::{FinalTimer, check_timers};
-use crate::checker::workflows::check_workflows;
+use crate::checker::workflows::{FinalWorkflow, check_workflows};
 use crate::checker::{FinalNode, Validity, Verdict, check_log};
 use crate::cluster::{self, Cluster, ClusterOptions};
 use crate::history::{Call, NEMESIS, Op, OpType, Recorder};
+use crate::logs::check_fences_in_logs;
 use crate::nemesis::scenario::Scenario;
 use crate::nemesis::{self, NemesisKind};
 use crate::network::NetKind;
@@ -30,6 +32,11 @@ use crate::workload::workflows::{WorkflowsClient, final_workflows};
 
 /// Most rounds of reading every node's final log.
 const FINAL_READ_ROUNDS: usize = 4;
+
+/// Most rounds of reading every node's digest after the cluster settled, and the pause
+/// between two: up to 10 s for every pair of nodes to be seen at one applied index.
+const DIGEST_ROUNDS: usize = 100;
+const DIGEST_ROUND_PAUSE: Duration = Duration::from_millis(100);
 
 /// Time allowed after the last timer is due for its fire to commit everywhere.
 const TIMERS_GRACE: Duration = Duration::from_secs(2);
@@ -114,6 +121,7 @@ impl Checked {
                 checker,
                 verdict.validity(),
                 &verdict.stats(),
+                verdict.coverage(),
                 verdict.counts(),
                 verdict.anomalies(),
             ),
@@ -209,6 +217,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
                 || config.scenario.is_some_and(Scenario::needs_sync_journal),
             net: config.net,
             seed: config.seed,
+            workers: config.scenario.map_or(0, Scenario::workers),
         },
     )?;
     cluster.init().await?;
@@ -381,8 +390,11 @@ async fn drive_and_check(
         parts.push(check_log_part(cluster, history, &settled).await?);
         tracing::info!("log checked");
     }
+    let mut workflows = None;
     if config.workload.has_workflows() {
-        parts.push(check_workflows_part(cluster, history, &settled).await);
+        let (checked, finals) = check_workflows_part(cluster, history, &settled).await;
+        parts.push(checked);
+        workflows = Some(finals);
         tracing::info!("workflows checked");
     }
     if config.workload.has_timers() {
@@ -392,6 +404,20 @@ async fn drive_and_check(
         drop(watchers);
         parts.push(check_timers_part(cluster, history, &settled).await);
         tracing::info!("timers checked");
+    }
+    parts.push(check_digests_part(cluster, &settled).await);
+    tracing::info!("digests checked");
+    // Last: it stops the nodes to read their logs.
+    match workflows {
+        Some(Some(finals)) => {
+            parts.push(match check_fences_in_logs(cluster, &finals).await {
+                Ok(verdict) => Checked::of("log-fences", &verdict),
+                Err(why) => Checked::unknown("log-fences", &why),
+            });
+            tracing::info!("fences checked against the log");
+        }
+        Some(None) => parts.push(Checked::unknown("log-fences", "no final workflows")),
+        None => {}
     }
     Ok(Checked::combine(parts))
 }
@@ -443,7 +469,7 @@ async fn check_log_part(
     settled: &Settled,
 ) -> anyhow::Result<Checked> {
     let finals = match settled {
-        Ok(statuses) => final_state(cluster, statuses).await,
+        Ok(_) => final_state(cluster).await,
         Err(why) => Err(anyhow::anyhow!("{why}")),
     };
     let verdict = match finals {
@@ -456,17 +482,29 @@ async fn check_log_part(
     Ok(Checked::of("log", &verdict))
 }
 
-async fn check_workflows_part(cluster: &Cluster, history: &Recorder, settled: &Settled) -> Checked {
+/// The workflows checker's verdict, and the final records it read (for the log-fences
+/// checker).
+async fn check_workflows_part(
+    cluster: &Cluster,
+    history: &Recorder,
+    settled: &Settled,
+) -> (Checked, Option<BTreeMap<String, FinalWorkflow>>) {
     if let Err(why) = settled {
-        return Checked::unknown("workflows", why);
+        return (Checked::unknown("workflows", why), None);
     }
     let finals = match WorkflowClient::new(&cluster.addrs()) {
         Ok(client) => final_workflows(&client, &history.ops()).await,
         Err(error) => Err(error.into()),
     };
     match finals {
-        Ok(finals) => Checked::of("workflows", &check_workflows(&history.ops(), &finals)),
-        Err(error) => Checked::unknown("workflows", &format!("reading the final state: {error:#}")),
+        Ok(finals) => (
+            Checked::of("workflows", &check_workflows(&history.ops(), &finals)),
+            Some(finals),
+        ),
+        Err(error) => (
+            Checked::unknown("workflows", &format!("reading the final state: {error:#}")),
+            None,
+        ),
     }
 }
 
@@ -511,25 +549,17 @@ async fn final_timers(
     .await?)
 }
 
-/// Reads each node's log and digest once the cluster settled (`statuses`).
-async fn final_state(
-    cluster: &Cluster,
-    statuses: &[StatusResponse],
-) -> anyhow::Result<Vec<FinalNode>> {
+/// Reads each node's log once the cluster settled.
+async fn final_state(cluster: &Cluster) -> anyhow::Result<Vec<FinalNode>> {
     let mut client = cluster.client()?;
-    let mut finals = Vec::new();
-    for node in cluster.nodes.values() {
-        let status = statuses
-            .iter()
-            .find(|s| s.node_id == node.id)
-            .ok_or_else(|| anyhow::anyhow!("node {} gave no status", node.id))?;
-        finals.push(FinalNode {
+    let mut finals: Vec<FinalNode> = cluster
+        .nodes
+        .values()
+        .map(|node| FinalNode {
             node: node.id,
             log: Vec::new(),
-            applied_index: status.applied_index.unwrap_or(0),
-            digest: status.state_digest,
-        });
-    }
+        })
+        .collect();
     // An append a timed-out client left in flight may still commit while the nodes are
     // read one after another: read until two rounds agree (a few at most), so a difference
     // left over is the nodes', not the reading's.
@@ -541,25 +571,46 @@ async fn final_state(
             changed |= log != final_node.log;
             final_node.log = log;
         }
-        // Digests at a moment when nothing is being written (the clients stopped).
-        for status in client
-            .statuses()
-            .await
-            .into_iter()
-            .filter_map(|(_, s)| s.ok())
-        {
-            if let Some(final_node) = finals.iter_mut().find(|f| f.node == status.node_id) {
-                changed |= final_node.applied_index != status.applied_index.unwrap_or(0);
-                final_node.applied_index = status.applied_index.unwrap_or(0);
-                final_node.digest = status.state_digest;
-            }
-        }
         if !changed && round > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     Ok(finals)
+}
+
+/// Reads every node's applied index and digest in rounds, after the cluster settled, until
+/// every pair of nodes has been seen at one index (or [`DIGEST_ROUNDS`] rounds passed), and
+/// compares them.
+async fn check_digests_part(cluster: &Cluster, settled: &Settled) -> Checked {
+    if let Err(why) = settled {
+        return Checked::unknown("digests", why);
+    }
+    let mut client = match cluster.client() {
+        Ok(client) => client,
+        Err(error) => return Checked::unknown("digests", &format!("{error:#}")),
+    };
+    let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let mut rounds = Vec::new();
+    for _ in 0..DIGEST_ROUNDS {
+        let round: Vec<DigestSample> = client
+            .statuses()
+            .await
+            .into_iter()
+            .filter_map(|(_, status)| status.ok())
+            .map(|status| DigestSample {
+                node: status.node_id,
+                applied_index: status.applied_index.unwrap_or(0),
+                digest: status.state_digest,
+            })
+            .collect();
+        rounds.push(round);
+        if every_pair_compared(&nodes, &rounds) {
+            break;
+        }
+        tokio::time::sleep(DIGEST_ROUND_PAUSE).await;
+    }
+    Checked::of("digests", &check_digests(&nodes, &rounds))
 }
 
 /// The exit code of a verdict: 0 valid, 1 invalid, 2 unknown.

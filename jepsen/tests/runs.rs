@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use keel_jepsen::checker::Validity;
 use keel_jepsen::nemesis::NemesisKind;
+use keel_jepsen::nemesis::scenario::Scenario;
 use keel_jepsen::network::NetKind;
 use keel_jepsen::run::{RunConfig, RunOutcome, Workload, run};
 
@@ -63,6 +64,28 @@ async fn short_run(
         "{}",
         outcome.checked.summary
     );
+    // Every checker (the digests one included, whatever the workload) reports what it
+    // checked, and checked each property at least once.
+    let results = outcome
+        .checked
+        .results
+        .as_object()
+        .expect("results by checker");
+    assert!(
+        results.contains_key("digests"),
+        "{}",
+        outcome.checked.summary
+    );
+    for (checker, verdict) in results {
+        let coverage = verdict["coverage"].as_object().expect("coverage");
+        assert!(!coverage.is_empty(), "{checker} reports no coverage");
+        for (property, times) in coverage {
+            assert!(
+                times.as_u64() > Some(0),
+                "{checker}: {property} checked {times}"
+            );
+        }
+    }
     outcome
 }
 
@@ -104,6 +127,44 @@ async fn a_timers_run_with_kills_fires_every_timer_once_never_early() {
     );
     assert!(
         stat(&outcome, "timers", "deliveries") > 10,
+        "{}",
+        outcome.checked.summary
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_leased_to_remote_workers_move_on_when_a_worker_pauses_past_its_lease() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let config = RunConfig {
+        workload: Workload::Workflows,
+        nemesis: NemesisKind::None,
+        time_limit: Duration::from_secs(10),
+        seed: 3,
+        clients: 4,
+        keel: keel_jepsen::cluster::find_keel().expect("the keel binary of this build"),
+        store: store.path().to_owned(),
+        sabotage: None,
+        progress: false,
+        scenario: Some(Scenario::PausedWorker),
+        net: NetKind::Proxy,
+    };
+    let outcome = run(&config).await.expect("the harness runs");
+    assert_eq!(
+        outcome.checked.validity,
+        Validity::Valid,
+        "{}",
+        outcome.checked.summary
+    );
+    assert!(
+        stat(&outcome, "workflows", "completed") > 5,
+        "{}",
+        outcome.checked.summary
+    );
+    // The nodes ran no workflow: each (and each child) was granted a fence by its start or
+    // call and another by a worker's claim, so the log holds at least two grants per
+    // acknowledged start; their journals' fences were checked against it.
+    assert!(
+        stat(&outcome, "log-fences", "grants") >= 2 * stat(&outcome, "workflows", "started_ok"),
         "{}",
         outcome.checked.summary
     );

@@ -18,6 +18,7 @@ use openraft::{OptionalSend, RaftLogReader};
 
 use crate::error::Error;
 use crate::metrics::NodeMetrics;
+use crate::purged_log::PurgedCopy;
 use crate::record::{
     StoredPayload, decode_committed, decode_vote, encode_committed, encode_vote, entry_from_record,
     from_keel_id, to_keel_id,
@@ -39,6 +40,8 @@ pub struct LogStore {
     committed: Option<LogId>,
     /// When the committed id was last written to the meta file.
     committed_saved_at: Option<Instant>,
+    /// Testing: where each range is copied before it is purged.
+    purged_copy: Option<PurgedCopy>,
 }
 
 /// The committed id is written (with an `fdatasync`) at most this often. It is only a
@@ -83,7 +86,15 @@ impl LogStore {
             metrics: None,
             committed: None,
             committed_saved_at: None,
+            purged_copy: None,
         })
+    }
+
+    /// Testing: copies each range to `copy` before purging it ([`crate::purged_log`]).
+    #[must_use]
+    pub fn copying_purged_to(mut self, copy: PurgedCopy) -> Self {
+        self.purged_copy = Some(copy);
+        self
     }
 
     /// Records flush latencies in `metrics`.
@@ -272,6 +283,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        if let Some(copy) = &self.purged_copy {
+            copy.copy(&self.log, log_id.index)?;
+        }
         self.log
             .purge_upto(to_keel_id(&log_id))
             .map_err(|e| self.failed("purge", e))

@@ -72,6 +72,9 @@ pub struct NodeConfig {
     /// Testing: journal the log's writes and syncs here, so a harness can simulate a power
     /// loss after killing the node ([`keel_log::fs::journaled`]). `None` in production.
     pub sync_journal: Option<PathBuf>,
+    /// Testing: copy each range of the Raft log here before purging it, so a harness can
+    /// read back a run's whole committed log ([`crate::purged_log`]). `None` in production.
+    pub purged_log: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -94,6 +97,7 @@ impl NodeConfig {
             segment_size_bytes: 64 * 1024 * 1024,
             sessions_max: crate::session::SESSIONS_MAX_DEFAULT,
             sync_journal: None,
+            purged_log: None,
         }
     }
 
@@ -331,6 +335,15 @@ fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Iden
         }
     }
     .with_metrics(Arc::clone(metrics));
+    let store = match &config.purged_log {
+        None => store,
+        Some(dir) => {
+            tracing::warn!(dir = %dir.display(), "copying purged log ranges (testing)");
+            let copy = crate::purged_log::PurgedCopy::new(dir)
+                .map_err(Error::io("create the purged-log copy", dir))?;
+            store.copying_purged_to(copy)
+        }
+    };
     Ok((identity, store))
 }
 

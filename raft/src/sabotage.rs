@@ -26,6 +26,17 @@ pub enum Fault {
     /// were new, as a table that silently forgot expired clients did: a late retry of an
     /// expired session's write is applied a second time.
     ForgetfulSessions,
+    /// A relative timer's due time and delay are computed from half the delay it was given
+    /// (a unit slip), consistently on every node: its fire is stamped after its recorded
+    /// due time, so only the client's clock shows it came early.
+    HalvedDelays,
+    /// A new leader does not claim the workflows that were running: those an earlier
+    /// leader ran stay running with nobody driving them.
+    NoTakeover,
+    /// A fire's answer lists the timers it fired in the order of this process's hash seed,
+    /// as iterating a `HashMap` would: replicas answer the same command differently while
+    /// their states stay equal, so no client read shows it; only replicas' digests differ.
+    UnorderedAnswers,
 }
 
 /// The fault this process runs with, if any.
@@ -37,6 +48,9 @@ pub fn fault() -> Option<Fault> {
         Ok("ack-before-fsync") => Some(Fault::AckBeforeFsync),
         Ok("off-by-one-truncation") => Some(Fault::OffByOneTruncation),
         Ok("forgetful-sessions") => Some(Fault::ForgetfulSessions),
+        Ok("halved-delays") => Some(Fault::HalvedDelays),
+        Ok("no-takeover") => Some(Fault::NoTakeover),
+        Ok("unordered-answers") => Some(Fault::UnorderedAnswers),
         _ => None,
     })
 }

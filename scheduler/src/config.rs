@@ -10,6 +10,7 @@
 //! runtime_threads = 0               # 0: one per CPU; 1: a single-threaded runtime
 //! sessions_max = 65536              # exactly-once client sessions kept (see below)
 //! sync_journal = "node-1.journal"   # testing only: record writes and syncs (power-loss tests)
+//! purged_log = "node-1.purged"      # testing only: copy each log range before purging it
 //!
 //! [timeouts]
 //! heartbeat_ms = 50
@@ -87,6 +88,9 @@ pub struct ConfigFile {
     /// Testing only: journal the log's writes and syncs to this file so a harness can
     /// simulate a power loss (keel-jepsen's `lose-unsynced` nemesis).
     pub sync_journal: Option<PathBuf>,
+    /// Testing only: copy each range of the Raft log to this directory before purging it,
+    /// so a harness can read back a run's whole committed log (`keel_raft::purged_log`).
+    pub purged_log: Option<PathBuf>,
     /// Exactly-once client sessions the cluster keeps while this node leads: the limit
     /// travels in each session registration it proposes, so every replica expires the same
     /// sessions (`keel_raft::session`). Not a per-node rule: replicas never disagree.
@@ -267,13 +271,15 @@ impl ConfigFile {
         let mut config = NodeConfig::new(self.node_id, self.listen, data_dir);
         config.cluster = self.cluster;
         config.metrics_listen = self.metrics_listen;
-        config.sync_journal = self.sync_journal.map(|journal| {
-            if journal.is_absolute() {
-                journal
+        let resolve = |path: PathBuf| {
+            if path.is_absolute() {
+                path
             } else {
-                base_dir.join(journal)
+                base_dir.join(path)
             }
-        });
+        };
+        config.sync_journal = self.sync_journal.map(resolve);
+        config.purged_log = self.purged_log.map(resolve);
         config.sync = match self.sync {
             SyncMode::Durable => SyncPolicy::Durable,
             SyncMode::Relaxed => SyncPolicy::Relaxed,

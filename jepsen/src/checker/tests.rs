@@ -109,8 +109,6 @@ fn node(node: u64, log: &[&str]) -> FinalNode {
             .enumerate()
             .map(|(i, v)| (i as u64, (*v).to_owned()))
             .collect(),
-        applied_index: 10,
-        digest: 7,
     }
 }
 
@@ -146,7 +144,11 @@ fn a_valid_history_passes() {
 #[test]
 fn an_unknown_append_may_be_missing() {
     let verdict = check_log(&valid().sorted()[..8], &three(&["a", "b"]));
-    assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
+    assert!(verdict.counts.is_empty(), "{verdict:?}");
+    // The prefix holds no read: with linearizability checked zero times, no anomaly is not
+    // enough for valid.
+    assert_eq!(verdict.coverage["acknowledged reads compared"], 0);
+    assert_eq!(verdict.validity, Validity::Unknown, "{verdict:?}");
 }
 
 #[test]
@@ -219,10 +221,8 @@ fn concurrent_appends_may_take_either_order() {
     let mut b = Builder::default();
     b.append(1, "a", 0, 30, OpType::Ok, Some(1))
         .append(2, "b", 10, 20, OpType::Ok, Some(0));
-    assert_eq!(
-        check_log(&b.sorted(), &three(&["b", "a"])).validity,
-        Validity::Valid
-    );
+    let verdict = check_log(&b.sorted(), &three(&["b", "a"]));
+    assert!(verdict.counts.is_empty(), "{verdict:?}");
 }
 
 #[test]
@@ -263,9 +263,6 @@ fn diverging_nodes_and_gaps_are_found() {
     let mut nodes = three(&["a", "b", "c"]);
     nodes[2] = node(3, &["a", "b"]);
     assert_eq!(kinds(&check_log(&ops, &nodes)), ["divergence"]);
-    let mut digests = three(&["a", "b", "c"]);
-    digests[1].digest = 8;
-    assert_eq!(kinds(&check_log(&ops, &digests)), ["divergence"]);
     let mut gap = three(&["a", "b", "c"]);
     for n in &mut gap {
         n.log[2].0 = 5;

@@ -13,13 +13,17 @@
 //!   its scheduling and its delivery (a clock fault's recorded offset; healed offsets count
 //!   until [`CLOCK_HEAL_LAG`] later); and the committed fire is stamped no sooner than its
 //!   due time (*early-fire*).
+//!
+//! Coverage: acknowledged timers checked for their fire, deliveries whose token was checked,
+//! and first deliveries checked never early. A fire no watcher saw (a lagging watcher drops
+//! deliveries) is counted apart (`fired_unobserved`): for it only the stamp is checked.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Anomaly, Findings, Validity, completed};
+use super::{Anomaly, Coverage, Findings, Validity, completed, judge};
 use crate::history::{Call, Op, OpType};
 
 /// How long a node may still run on a healed clock offset: libfaketime re-reads its offset
@@ -61,6 +65,11 @@ pub struct TimerStats {
     /// Absolute timers whose earliness was not checked: a node's clock was off by more than
     /// the tolerance while they were pending.
     pub absolute_unchecked: u64,
+    /// Acknowledged timers whose first delivery a watcher saw, checked never early.
+    pub early_checked: u64,
+    /// Acknowledged timers that fired but whose delivery no watcher saw (a lagging watcher
+    /// drops deliveries): their earliness rests on the committed stamp alone.
+    pub fired_unobserved: u64,
 }
 
 /// The timers checker's result.
@@ -72,6 +81,8 @@ pub struct TimersVerdict {
     pub anomalies: Vec<Anomaly>,
     /// Anomalies per kind.
     pub counts: BTreeMap<String, u64>,
+    /// How many times each property was checked.
+    pub coverage: Coverage,
     /// What the history holds.
     pub stats: TimerStats,
 }
@@ -95,15 +106,22 @@ pub fn check_timers(
         tolerance_ns: nanos(max_clock_skew),
     };
     schedules.check(history, &mut findings, &mut stats);
-    let validity = if findings.anomalies.is_empty() {
-        Validity::Valid
-    } else {
-        Validity::Invalid
-    };
+    let coverage = Coverage::from([
+        (
+            "acknowledged timers checked for one committed fire".to_owned(),
+            stats.scheduled_ok,
+        ),
+        ("deliveries token-checked".to_owned(), stats.deliveries),
+        (
+            "first deliveries checked never early".to_owned(),
+            stats.early_checked,
+        ),
+    ]);
     TimersVerdict {
-        validity,
+        validity: judge(&findings, &coverage),
         anomalies: findings.anomalies,
         counts: findings.counts,
+        coverage,
         stats,
     }
 }
@@ -252,7 +270,9 @@ impl Schedules<'_> {
                 format!("{name:?} was acknowledged but never fired"),
             ),
         }
+        let fired = self.finals.get(name).is_some_and(|record| record.fired);
         let Some(&delivered) = self.first_delivery.get(name.as_str()) else {
+            stats.fired_unobserved += u64::from(fired);
             return;
         };
         let earliest = invoked_ns + delay_ms * 1_000_000;
@@ -264,6 +284,7 @@ impl Schedules<'_> {
         } else {
             Some(0)
         };
+        stats.early_checked += u64::from(tolerance.is_some());
         if let Some(tolerance) = tolerance
             && delivered + tolerance < earliest
         {
@@ -399,17 +420,19 @@ mod tests {
             kinds(&check_timers(&scheduled(OpType::Fail), &fired(9), SKEW)),
             ["failed-timer-scheduled"]
         );
-        assert_eq!(
-            check_timers(&scheduled(OpType::Fail), &BTreeMap::new(), SKEW).validity,
-            Validity::Valid
+        assert!(
+            check_timers(&scheduled(OpType::Fail), &BTreeMap::new(), SKEW)
+                .counts
+                .is_empty()
         );
-        assert_eq!(
-            check_timers(&scheduled(OpType::Info), &BTreeMap::new(), SKEW).validity,
-            Validity::Valid
-        );
-        assert_eq!(
-            check_timers(&scheduled(OpType::Info), &fired(9), SKEW).validity,
-            Validity::Valid
+        // No timer was acknowledged, so nothing was checked: unknown, not valid.
+        let unknown = check_timers(&scheduled(OpType::Info), &BTreeMap::new(), SKEW);
+        assert!(unknown.counts.is_empty());
+        assert_eq!(unknown.validity, Validity::Unknown);
+        assert!(
+            check_timers(&scheduled(OpType::Info), &fired(9), SKEW)
+                .counts
+                .is_empty()
         );
     }
 
@@ -454,8 +477,11 @@ mod tests {
     #[test]
     fn a_clock_jump_beyond_the_tolerance_leaves_absolute_timers_unchecked_meanwhile() {
         let jumped = absolute(100, Some((3_000, 50, 80)));
-        assert_eq!(jumped.validity, Validity::Valid, "{jumped:?}");
+        assert!(jumped.counts.is_empty(), "{jumped:?}");
         assert_eq!(jumped.stats.absolute_unchecked, 1);
+        // Its only timer's earliness went unchecked: the verdict cannot be valid.
+        assert_eq!(jumped.coverage["first deliveries checked never early"], 0);
+        assert_eq!(jumped.validity, Validity::Unknown);
         // A healed offset lingers for CLOCK_HEAL_LAG.
         assert_eq!(
             absolute(100, Some((3_000, 10, 20)))

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Anomaly, Findings, Validity};
+use super::{Anomaly, Coverage, Findings, Validity, judge};
 use crate::history::{Call, Op, OpType};
 
 /// One journal entry of a final record.
@@ -68,6 +68,9 @@ pub struct WorkflowStats {
     pub seen_finished: u64,
     /// Completed workflows whose journal more than one run recorded (a run took over).
     pub taken_over: u64,
+    /// Journal entries of completed workflows whose fences were checked.
+    #[serde(default)]
+    pub fences_checked: u64,
 }
 
 /// The workflows checker's verdict.
@@ -79,6 +82,8 @@ pub struct WorkflowsVerdict {
     pub anomalies: Vec<Anomaly>,
     /// How many of each kind.
     pub counts: BTreeMap<String, u64>,
+    /// How many times each property was checked.
+    pub coverage: Coverage,
     /// What the history holds.
     pub stats: WorkflowStats,
 }
@@ -192,17 +197,32 @@ pub fn check_workflows(
             );
         }
     }
-    let validity = if findings.anomalies.is_empty() {
-        Validity::Valid
-    } else {
-        Validity::Invalid
-    };
+    let coverage = coverage(&stats);
     WorkflowsVerdict {
-        validity,
+        validity: judge(&findings, &coverage),
         anomalies: findings.anomalies,
         counts: findings.counts,
+        coverage,
         stats,
     }
+}
+
+/// What the checker covered: starts, completed workflows, fenced journal entries.
+fn coverage(stats: &WorkflowStats) -> Coverage {
+    Coverage::from([
+        (
+            "acknowledged starts checked to exist".to_owned(),
+            stats.started_ok,
+        ),
+        (
+            "completed workflows' results and journals checked".to_owned(),
+            stats.completed,
+        ),
+        (
+            "journal entries fence-checked".to_owned(),
+            stats.fences_checked,
+        ),
+    ])
 }
 
 /// A workflow seen finished at `seen_ns` must have started (`invoked_ns`) at least its
@@ -299,6 +319,7 @@ fn check_fences(
     stats: &mut WorkflowStats,
 ) {
     let fences: Vec<u64> = workflow.journal.iter().map(|e| e.fence).collect();
+    stats.fences_checked += fences.len() as u64;
     let ordered = fences.windows(2).all(|pair| pair[0] <= pair[1]);
     if !ordered
         || fences

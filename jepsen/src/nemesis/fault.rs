@@ -567,6 +567,9 @@ pub(super) async fn heal_all(cluster: &mut Cluster) -> anyhow::Result<String> {
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     cluster.network.set_all(LinkFault::default())?;
     let mut notes = Vec::new();
+    for worker in cluster.worker_ids() {
+        cluster.signal_worker(worker, "-CONT");
+    }
     for &id in &ids {
         cluster.exited(id);
         cluster.signal(id, "-CONT");

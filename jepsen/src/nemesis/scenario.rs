@@ -42,6 +42,10 @@ pub enum Scenario {
     /// dies, so only the wiped node's vote could elect a leader. It must not give it (no
     /// leader may be elected); then the dead node returns and the wiped one is repaired.
     WipedVoter,
+    /// Two remote workers run the workflows (the nodes run none); one at a time is paused
+    /// past its lease, so the other takes its workflows over, then resumed: the resumed
+    /// worker's runs must not record anything more in journals they no longer hold.
+    PausedWorker,
 }
 
 impl Scenario {
@@ -53,6 +57,7 @@ impl Scenario {
             | Self::MinorityBitFlips
             | Self::WipedVoter => Workload::Log,
             Self::RestartReapplies => Workload::Timers,
+            Self::PausedWorker => Workload::Workflows,
             Self::PausedLeader | Self::AllCrash => Workload::Mixed,
         }
     }
@@ -60,6 +65,11 @@ impl Scenario {
     /// Whether the nodes must journal their writes and syncs.
     pub fn needs_sync_journal(self) -> bool {
         self == Self::LeaderKillUnsynced
+    }
+
+    /// How many remote workers run the workflows (none: the nodes run them).
+    pub fn workers(self) -> u64 {
+        if self == Self::PausedWorker { 2 } else { 0 }
     }
 }
 
@@ -113,8 +123,27 @@ pub(super) async fn run(scenario: Scenario, run: &mut Injection<'_>) {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             Scenario::WipedVoter => wiped_voter(run, node).await,
+            Scenario::PausedWorker => {
+                let workers = run.cluster.worker_ids();
+                paused_worker(run, workers[round % workers.len()]).await;
+            }
         }
     }
+}
+
+/// How long a worker is paused: past its 3 s lease (`worker_lease`) and the leader's next
+/// expiry pass.
+const WORKER_PAUSE: Duration = Duration::from_millis(4_500);
+
+/// SIGSTOPs worker `worker` past its lease, then SIGCONTs it.
+async fn paused_worker(run: &mut Injection<'_>, worker: u64) {
+    let detail = format!("worker {worker} paused past its lease");
+    record(run.history, OpType::Invoke, "pause-worker", &detail, None);
+    run.cluster.signal_worker(worker, "-STOP");
+    tokio::time::sleep(WORKER_PAUSE).await;
+    run.cluster.signal_worker(worker, "-CONT");
+    record(run.history, OpType::Ok, "pause-worker", &detail, None);
+    tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 /// Pauses the leader until another node leads, then resumes it.

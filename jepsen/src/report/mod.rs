@@ -136,6 +136,7 @@ pub fn verdict_lines(
     checker: &str,
     validity: Validity,
     stats: &serde_json::Value,
+    coverage: &BTreeMap<String, u64>,
     counts: &BTreeMap<String, u64>,
     anomalies: &[Anomaly],
 ) -> String {
@@ -144,6 +145,11 @@ pub fn verdict_lines(
     if let Some(stats) = stats.as_object() {
         let line: Vec<String> = stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "  {}", line.join(" · "));
+    }
+    let covered: Vec<String> = coverage.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(out, "  checked: {}", covered.join(" · "));
+    for (property, _) in coverage.iter().filter(|(_, times)| **times == 0) {
+        let _ = writeln!(out, "  - never checked: {property}");
     }
     for (kind, count) in counts {
         let _ = writeln!(out, "  {count} × {kind}");

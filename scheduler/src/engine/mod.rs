@@ -222,6 +222,26 @@ impl Inner {
         }
     }
 
+    /// The running workflows this node can run and does not run under their current fence.
+    fn claimable(&self) -> Vec<String> {
+        #[cfg(feature = "sabotage")]
+        if keel_raft::sabotage::on(keel_raft::sabotage::Fault::NoTakeover) {
+            return Vec::new();
+        }
+        let state = self.machine.read();
+        let runs = self.runs();
+        state
+            .running_workflows()
+            .filter(|(id, w)| {
+                self.registry
+                    .get(&w.kind)
+                    .is_some_and(|kind| kind.version == w.version)
+                    && runs.get(*id).is_none_or(|slot| slot.fence < w.fence)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Becomes the executor of term `term`: catches up, declares kinds, claims the
     /// running workflows it can run.
     async fn take_over(self: Arc<Self>, term: u64) {
@@ -251,20 +271,7 @@ impl Inner {
                 tracing::warn!(%error, "declaring workflow kinds");
             }
         }
-        let claimable: Vec<String> = {
-            let state = self.machine.read();
-            let runs = self.runs();
-            state
-                .running_workflows()
-                .filter(|(id, w)| {
-                    self.registry
-                        .get(&w.kind)
-                        .is_some_and(|kind| kind.version == w.version)
-                        && runs.get(*id).is_none_or(|slot| slot.fence < w.fence)
-                })
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let claimable = self.claimable();
         tracing::info!(
             term,
             workflows = claimable.len(),

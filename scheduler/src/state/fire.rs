@@ -20,6 +20,14 @@ impl SchedulerState {
             fired.push(id);
             self.fire(apply, id, timer);
         }
+        #[cfg(feature = "sabotage")]
+        if keel_raft::sabotage::on(keel_raft::sabotage::Fault::UnorderedAnswers) {
+            use std::hash::BuildHasher;
+            static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+                std::sync::OnceLock::new();
+            let seed = SEED.get_or_init(std::collections::hash_map::RandomState::new);
+            fired.sort_by_key(|id| seed.hash_one(id));
+        }
         Answer::Fired { ids: fired }
     }
 
