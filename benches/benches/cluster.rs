@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BenchCluster, leader, report_latency, run_as_node, run_clients, wait_until, wanted};
+use common::{
+    BenchCluster, drop_page_cache, leader, report_latency, run_as_node, run_clients, wait_until,
+    wanted,
+};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusRequest;
@@ -171,19 +174,23 @@ fn bench_restart(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(1))
         .measurement_time(Duration::from_secs(1));
-    group.bench_function("sigkill_follower_to_serving", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += runtime.block_on(one_restart(&mut cluster));
-            }
-            total
+    for (cache, cold) in [("warm", false), ("cold", true)] {
+        group.bench_function(format!("sigkill_follower_to_serving/{cache}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += runtime.block_on(one_restart(&mut cluster, cold));
+                }
+                total
+            });
         });
-    });
+    }
     group.finish();
 }
 
-async fn one_restart(cluster: &mut BenchCluster) -> Duration {
+/// Kills a follower and times its restart until it serves everything committed; `cold`
+/// drops its data files from the page cache first (untimed).
+async fn one_restart(cluster: &mut BenchCluster, cold: bool) -> Duration {
     let mut client = KeelClient::new(&cluster.addrs()).expect("client");
     let leader = leader(&mut client).await.expect("a leader");
     let index = cluster
@@ -193,6 +200,9 @@ async fn one_restart(cluster: &mut BenchCluster) -> Duration {
         .expect("a follower");
     let committed = leader.committed_index;
     cluster.kill(index);
+    if cold {
+        drop_page_cache(&cluster.data_dir(index));
+    }
     let restarted = Instant::now();
     cluster.spawn(index);
     let addr = cluster.nodes[index].1.clone();

@@ -9,8 +9,12 @@
 //!   records cycled, in cache) and cold (a stride over 32 MiB); `validated` is the hot read
 //!   plus full rkyv validation, to show what the unchecked access saves.
 //! - `log_scan`: sequential range iteration; `raw_crc` is CRC32C over the same bytes.
-//! - `log_reopen`: open (recovery) of a log whose 64 MiB tail segment is full and unsealed.
+//! - `log_reopen`: open (recovery) of a log whose 64 MiB tail segment is full and unsealed,
+//!   and of 1 MiB of records at the start of a 64 MiB segment; `warm` with the files in
+//!   the page cache, `cold` after dropping them from it (`fsync` + `POSIX_FADV_DONTNEED`).
 #![forbid(unsafe_code)]
+
+mod common;
 
 use std::{
     fs::{File, OpenOptions},
@@ -260,10 +264,14 @@ fn log_scan(c: &mut Criterion) {
     group.finish();
 }
 
-/// Opens (recovers) the log in `dir` `iters` times; only the opens are timed.
-fn reopen(dir: &Path, options: &Options, iters: u64) -> Duration {
+/// Opens (recovers) the log in `dir` `iters` times; only the opens are timed. `cold`: the
+/// log's files are dropped from the page cache before each open (untimed).
+fn reopen(dir: &Path, options: &Options, cold: bool, iters: u64) -> Duration {
     let mut elapsed = Duration::ZERO;
     for _ in 0..iters {
+        if cold {
+            common::drop_page_cache(dir);
+        }
         let start = Instant::now();
         let log = Log::<Bytes>::open(dir, options.clone()).expect("reopen");
         elapsed += start.elapsed();
@@ -307,16 +315,17 @@ fn log_reopen(c: &mut Criterion) {
     let small = scratch();
     drop(filled_log(small.path(), 4 * 256, options.clone()));
     let mut group = c.benchmark_group("log_reopen");
-    group
-        .sample_size(10)
-        .throughput(Throughput::Bytes(tail_bytes));
-    group.bench_function("keel_64MiB_tail", |b| {
-        b.iter_custom(|iters| reopen(full.path(), &options, iters));
-    });
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("keel_1MiB_tail_in_64MiB_segment", |b| {
-        b.iter_custom(|iters| reopen(small.path(), &options, iters));
-    });
+    group.sample_size(10);
+    for (cache, cold) in [("warm", false), ("cold", true)] {
+        group.throughput(Throughput::Bytes(tail_bytes));
+        group.bench_function(format!("keel_64MiB_tail/{cache}"), |b| {
+            b.iter_custom(|iters| reopen(full.path(), &options, cold, iters));
+        });
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("keel_1MiB_tail_in_64MiB_segment/{cache}"), |b| {
+            b.iter_custom(|iters| reopen(small.path(), &options, cold, iters));
+        });
+    }
     group.finish();
 }
 

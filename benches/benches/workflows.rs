@@ -11,7 +11,10 @@
 //!   as seen by a watcher on the leader (after commit and apply). p50/p99 of the lateness,
 //!   of its two parts (due time to the fire's stamp; stamp to the fire seen) and of the
 //!   commit latency of the probes' own scheduling requests and of the 100 000 fills are
-//!   printed and appended to `target/keel-bench/workflows_latency.txt`. The relaxed cluster
+//!   printed and appended to `target/keel-bench/workflows_latency.txt`, with the count of
+//!   probes seen fired before their due time or stamped before it (both must be 0: an
+//!   early fire is counted and fails the benchmark, never clamped to zero lateness). The
+//!   relaxed cluster
 //!   (no `fdatasync` on the commit path) shows how much of the durable lateness is the
 //!   disk's.
 //! - `workflows_wake/after_leader_kill`: a workflow sleeps; the leader is killed just before
@@ -31,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{BenchCluster, leader, measuring, report_latency, run_as_node, wait_until, wanted};
+use common::{
+    BenchCluster, leader, measuring, record, report_latency, run_as_node, wait_until, wanted,
+};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use keel_raft::application::{Application, AppliedAt};
 use keel_raft::client::KeelClient;
@@ -164,6 +169,12 @@ struct Lateness {
     stamp_to_seen: Vec<Duration>,
     /// Commit latency of the probes' own scheduling requests, in the same phase.
     scheduling: Vec<Duration>,
+    /// Probes seen fired before their due time, and the largest such lead in ms (an early
+    /// fire is a bug: it is counted, never folded into the lateness as zero).
+    early: u64,
+    early_max_ms: f64,
+    /// Fires stamped before their due time (the state machine must refuse those).
+    stamped_early: u64,
 }
 
 fn bench_lateness(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, relaxed: bool) {
@@ -230,6 +241,13 @@ async fn watch_fires(mut client: WorkflowClient, addr: String, fires: Fires) {
 }
 
 fn report_lateness(run: &str, lateness: Lateness) {
+    let early = format!(
+        "timer fires early, {run}: {} seen before due (largest lead {:.3} ms), {} stamped \
+         before due; both must be 0",
+        lateness.early, lateness.early_max_ms, lateness.stamped_early
+    );
+    record(LATENCY_FILE, &early);
+    assert_eq!(lateness.early + lateness.stamped_early, 0, "{early}");
     report_latency(
         LATENCY_FILE,
         &format!("timer fire lateness, {run}"),
@@ -318,18 +336,31 @@ async fn probe_wave(
         .extend(scheduled.iter().map(|(_, _, latency)| *latency));
     for (name, due_ms, _) in scheduled {
         let (seen_ms, stamp_ms) = wait_fired(fires, &name).await;
-        let since =
-            |later: f64, earlier: f64| Duration::from_secs_f64((later - earlier).max(0.0) / 1e3);
         #[expect(
             clippy::cast_precision_loss,
             reason = "ms since the epoch fit an f64's mantissa"
         )]
         let (due, stamp) = (due_ms as f64, stamp_ms as f64);
-        let late = since(seen_ms, due);
         let mut all = all.lock().expect("lateness");
-        all.total.push(late);
-        all.to_stamp.push(since(stamp, due));
-        all.stamp_to_seen.push(since(seen_ms, stamp));
+        if seen_ms < due {
+            all.early += 1;
+            all.early_max_ms = all.early_max_ms.max(due - seen_ms);
+        }
+        all.stamped_early += u64::from(stamp_ms < due_ms);
+        // Lateness of the fires that were not early (early ones are counted above).
+        let since = |later: f64, earlier: f64| {
+            Duration::from_secs_f64(if later >= earlier {
+                (later - earlier) / 1e3
+            } else {
+                0.0
+            })
+        };
+        let late = since(seen_ms, due);
+        if seen_ms >= due {
+            all.total.push(late);
+            all.to_stamp.push(since(stamp, due));
+            all.stamp_to_seen.push(since(seen_ms, stamp));
+        }
         total += late;
     }
     total / u32::try_from(PROBES_PER_WAVE).expect("wave size fits u32")

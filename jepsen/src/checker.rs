@@ -19,7 +19,7 @@
 //!
 //! Every checker reports its coverage: how many times it checked each property it claims.
 //! A property checked zero times makes a verdict without anomalies `unknown`, never
-//! `valid` ([`judge`]).
+//! `valid`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -107,11 +107,11 @@ pub struct LogVerdict {
 pub type Coverage = BTreeMap<String, u64>;
 
 /// A verdict from what a checker found and what it covered: invalid with any anomaly;
-/// else unknown if some property was checked zero times; else valid.
+/// else unknown if some property was checked zero times (or none is claimed); else valid.
 pub(crate) fn judge(findings: &Findings, coverage: &Coverage) -> Validity {
     if !findings.counts.is_empty() {
         Validity::Invalid
-    } else if coverage.values().any(|&times| times == 0) {
+    } else if coverage.is_empty() || coverage.values().any(|&times| times == 0) {
         Validity::Unknown
     } else {
         Validity::Valid

@@ -416,7 +416,10 @@ async fn drive_and_check(
             });
             tracing::info!("fences checked against the log");
         }
-        Some(None) => parts.push(Checked::unknown("log-fences", "no final workflows")),
+        Some(None) => parts.push(Checked::unknown(
+            "log-fences",
+            "the workflows checker could not read the final workflows",
+        )),
         None => {}
     }
     Ok(Checked::combine(parts))

@@ -17,13 +17,18 @@ fn stat(outcome: &RunOutcome, checker: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn short_run(
-    workload: Workload,
-    nemesis: NemesisKind,
-    seconds: u64,
-    seed: u64,
-) -> RunOutcome {
+/// What a short run does: `nemesis`, or `scenario` when given.
+enum Faults {
+    Nemesis(NemesisKind),
+    Scenario(Scenario),
+}
+
+async fn short_run(workload: Workload, faults: Faults, seconds: u64, seed: u64) -> RunOutcome {
     let store = tempfile::tempdir().expect("tempdir");
+    let (nemesis, scenario) = match faults {
+        Faults::Nemesis(nemesis) => (nemesis, None),
+        Faults::Scenario(scenario) => (NemesisKind::None, Some(scenario)),
+    };
     let config = RunConfig {
         workload,
         nemesis,
@@ -34,7 +39,7 @@ async fn short_run(
         store: store.path().to_owned(),
         sabotage: None,
         progress: false,
-        scenario: None,
+        scenario,
         net: NetKind::Proxy,
     };
     let outcome = run(&config).await.expect("the harness runs");
@@ -77,7 +82,9 @@ async fn short_run(
         outcome.checked.summary
     );
     for (checker, verdict) in results {
-        let coverage = verdict["coverage"].as_object().expect("coverage");
+        let coverage = verdict["coverage"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{checker} reports no coverage: {verdict}"));
         assert!(!coverage.is_empty(), "{checker} reports no coverage");
         for (property, times) in coverage {
             assert!(
@@ -91,7 +98,7 @@ async fn short_run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_run_without_faults_is_valid() {
-    let outcome = short_run(Workload::Log, NemesisKind::None, 4, 1).await;
+    let outcome = short_run(Workload::Log, Faults::Nemesis(NemesisKind::None), 4, 1).await;
     assert!(
         stat(&outcome, "log", "appends_ok") > 10,
         "{}",
@@ -106,7 +113,13 @@ async fn a_log_run_without_faults_is_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflows_run_with_kills_completes_every_workflow_with_its_journal() {
-    let outcome = short_run(Workload::Workflows, NemesisKind::Kill, 12, 7).await;
+    let outcome = short_run(
+        Workload::Workflows,
+        Faults::Nemesis(NemesisKind::Kill),
+        12,
+        7,
+    )
+    .await;
     let started = stat(&outcome, "workflows", "started_ok");
     assert!(started > 5, "{}", outcome.checked.summary);
     assert_eq!(
@@ -119,7 +132,7 @@ async fn a_workflows_run_with_kills_completes_every_workflow_with_its_journal() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timers_run_with_kills_fires_every_timer_once_never_early() {
-    let outcome = short_run(Workload::Timers, NemesisKind::Kill, 10, 5).await;
+    let outcome = short_run(Workload::Timers, Faults::Nemesis(NemesisKind::Kill), 10, 5).await;
     assert!(
         stat(&outcome, "timers", "scheduled_ok") > 10,
         "{}",
@@ -134,27 +147,13 @@ async fn a_timers_run_with_kills_fires_every_timer_once_never_early() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workflows_leased_to_remote_workers_move_on_when_a_worker_pauses_past_its_lease() {
-    let store = tempfile::tempdir().expect("tempdir");
-    let config = RunConfig {
-        workload: Workload::Workflows,
-        nemesis: NemesisKind::None,
-        time_limit: Duration::from_secs(10),
-        seed: 3,
-        clients: 4,
-        keel: keel_jepsen::cluster::find_keel().expect("the keel binary of this build"),
-        store: store.path().to_owned(),
-        sabotage: None,
-        progress: false,
-        scenario: Some(Scenario::PausedWorker),
-        net: NetKind::Proxy,
-    };
-    let outcome = run(&config).await.expect("the harness runs");
-    assert_eq!(
-        outcome.checked.validity,
-        Validity::Valid,
-        "{}",
-        outcome.checked.summary
-    );
+    let outcome = short_run(
+        Workload::Workflows,
+        Faults::Scenario(Scenario::PausedWorker),
+        10,
+        3,
+    )
+    .await;
     assert!(
         stat(&outcome, "workflows", "completed") > 5,
         "{}",

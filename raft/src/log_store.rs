@@ -283,8 +283,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        if let Some(copy) = &self.purged_copy {
-            copy.copy(&self.log, log_id.index)?;
+        if self.purged_copy.is_some() {
+            // Only what this node knows committed: a node installing a snapshot may purge
+            // a stale tail of its own that never committed.
+            let committed = self.read_committed().await?;
+            let upto = log_id.index.min(committed.map_or(0, |c| c.index));
+            let copy = self.purged_copy.as_ref().expect("checked above");
+            copy.copy(&self.log, upto).map_err(|error| {
+                io::Error::new(error.kind(), format!("copying a purged range: {error}"))
+            })?;
         }
         self.log
             .purge_upto(to_keel_id(&log_id))

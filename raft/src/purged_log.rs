@@ -3,8 +3,9 @@
 //! behind its snapshot (config `purged_log`, `None` in production).
 //!
 //! Each purge writes one file `<first>-<last>.purged` (20-digit indexes) in the copy's
-//! directory, synced, holding the purged entries in order. A file starts with
-//! [`MAGIC`]; each entry is
+//! directory, holding the purged entries this node knows committed, in order: written as a
+//! temporary file, synced, renamed into place and the directory synced, so a kill leaves
+//! either the whole file or none. A file starts with [`MAGIC`]; each entry is
 //!
 //! ```text
 //! index u64 · term u64 · kind u8 (0 blank, 1 normal, 2 membership) · session u64 · seq u64
@@ -118,7 +119,7 @@ impl PurgedCopy {
         Ok(Self { dir })
     }
 
-    /// Copies the entries of `log` from its first up to `upto` (inclusive), synced.
+    /// Copies the entries of `log` from its first up to `upto` (inclusive), durably.
     pub(crate) fn copy(&self, log: &Log<StoredPayload>, upto: u64) -> io::Result<()> {
         let state = log.state().map_err(|e| io::Error::other(e.to_string()))?;
         let Some(first) = state.first_index.filter(|&first| first <= upto) else {
@@ -130,12 +131,15 @@ impl PurgedCopy {
             let entry = entry_from_record(record).map_err(|e| io::Error::other(e.to_string()))?;
             LoggedEntry::from_entry(&entry).encode(&mut bytes);
         }
-        let path = self.dir.join(format!("{first:020}-{upto:020}.purged"));
-        let mut file = BufWriter::new(File::create(&path)?);
+        let name = format!("{first:020}-{upto:020}.purged");
+        let temporary = self.dir.join(format!("{name}.tmp"));
+        let mut file = BufWriter::new(File::create(&temporary)?);
         file.write_all(&bytes)?;
         file.into_inner()
             .map_err(io::IntoInnerError::into_error)?
-            .sync_data()
+            .sync_data()?;
+        std::fs::rename(&temporary, self.dir.join(name))?;
+        File::open(&self.dir)?.sync_all()
     }
 }
 
@@ -191,12 +195,29 @@ pub fn read_copies(dir: &Path) -> Result<Vec<LoggedEntry>, ReadBackError> {
     let mut entries = Vec::new();
     for path in paths {
         let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-        decode_file(&bytes, &mut entries).map_err(|what| ReadBackError::Damaged {
+        let damaged = |what| ReadBackError::Damaged {
             path: path.clone(),
             what,
-        })?;
+        };
+        let (first, last) =
+            range_of(&path).ok_or_else(|| damaged("not named <first>-<last>".to_owned()))?;
+        let mut file_entries = Vec::new();
+        decode_file(&bytes, &mut file_entries).map_err(damaged)?;
+        if !file_entries.iter().map(|e| e.index).eq(first..=last) {
+            return Err(damaged(format!(
+                "does not hold exactly the entries {first}..={last}"
+            )));
+        }
+        entries.extend(file_entries);
     }
     Ok(entries)
+}
+
+/// The index range a copy file's name says it holds.
+fn range_of(path: &Path) -> Option<(u64, u64)> {
+    let stem = path.file_stem()?.to_str()?;
+    let (first, last) = stem.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 /// Reads fixed-size pieces off the front of a byte slice.

@@ -15,6 +15,23 @@ use bytes::Bytes;
 use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusResponse;
 
+/// Makes every file under `dir` cold: each is `fsync`ed (so its pages are clean) and then
+/// dropped from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)`, so the next read
+/// goes to the disk. Untimed preparation for the "cold" variants of reopen and restart.
+pub(crate) fn drop_page_cache(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("list a data directory") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            drop_page_cache(&path);
+        } else if path.is_file() {
+            let file = std::fs::File::open(&path).expect("open a data file");
+            file.sync_all().expect("fsync a data file");
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+                .expect("posix_fadvise(DONTNEED)");
+        }
+    }
+}
+
 /// Environment variable that turns a benchmark binary into a node running the named config.
 pub(crate) const NODE_ENV: &str = "KEEL_BENCH_NODE_CONFIG";
 /// Deadline for a cluster condition to hold.
@@ -116,6 +133,15 @@ impl BenchCluster {
 
     pub(crate) fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.1.clone()).collect()
+    }
+
+    /// Node `index`'s data directory.
+    pub(crate) fn data_dir(&self, index: usize) -> PathBuf {
+        let (id, _, config, _) = &self.nodes[index];
+        config
+            .parent()
+            .expect("configs live in the cluster's directory")
+            .join(format!("node-{id}"))
     }
 
     pub(crate) fn index_of(&self, node_id: u64) -> usize {

@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use super::common::{WAIT_DEADLINE, Writer, free_ports};
 use super::failover::first_ack;
 use super::process::PeerProcess;
+use super::{KEEL_ELECTION_MIN_MS, KEEL_HEARTBEAT_MS, Tuning};
 
 /// The generated client of `proto/etcd.proto`.
 mod pb {
@@ -39,8 +40,9 @@ pub(crate) struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts three members with etcd's default timing (100 ms heartbeat, 1 s election).
-    pub(crate) fn start() -> Self {
+    /// Starts three members: with etcd's default timing (100 ms heartbeat, 1 s election)
+    /// and Go's default thread budget, or with Keel's timing and thread budget (`tuning`).
+    pub(crate) fn start(tuning: Tuning) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // Peer and client ports all at once, so no two members (or roles) share one.
         let ports = free_ports::<6>();
@@ -60,7 +62,7 @@ impl EtcdCluster {
             .map(|(i, peer_url)| {
                 let name = format!("e{}", i + 1);
                 let url = format!("http://127.0.0.1:{}", ports[3 + i]);
-                let args = [
+                let mut args = [
                     "--name",
                     &name,
                     "--data-dir",
@@ -86,7 +88,19 @@ impl EtcdCluster {
                 ]
                 .map(String::from)
                 .to_vec();
-                let mut process = PeerProcess::new("etcd", args);
+                if tuning == Tuning::Matched {
+                    args.extend(
+                        [
+                            "--heartbeat-interval",
+                            &KEEL_HEARTBEAT_MS.to_string(),
+                            "--election-timeout",
+                            &KEEL_ELECTION_MIN_MS.to_string(),
+                        ]
+                        .map(String::from),
+                    );
+                }
+                let mut process =
+                    PeerProcess::new("etcd", args).with_gomaxprocs(tuning.gomaxprocs());
                 process.spawn();
                 Member { url, process }
             })

@@ -15,6 +15,11 @@
 //! - `peers_failover`: SIGKILL the leader (for NATS, the stream leader), then time until the
 //!   first acknowledged write; the killed server is restarted and caught up, untimed.
 //!
+//! Each Go peer runs twice in both groups ([`Tuning`]): as it ships (`etcd`,
+//! `nats_jetstream`) and matched to Keel's nodes (`etcd_matched`: Keel's 50 ms heartbeat and
+//! 250–500 ms election timeout, `GOMAXPROCS=1` as each Keel node runs one runtime thread;
+//! `nats_jetstream_matched`: `GOMAXPROCS=1` only, its Raft timers are not configurable).
+//!
 //! - `peers_steps10_32`: durable workflows, 10 steps each, 32 drivers: Keel, DBOS, Restate.
 //!
 //! After each pair the ratio is printed and appended to `target/keel-bench/peers.txt`:
@@ -51,6 +56,43 @@ const PAYLOAD: usize = 100;
 const APPEND_GROUP: &str = "peers_append_64w_100B";
 const FAILOVER_GROUP: &str = "peers_failover";
 const RATIO_FILE: &str = "peers.txt";
+
+/// Keel's benchmark nodes' timing and thread budget (`BenchCluster`: the defaults of
+/// `keel node`, one runtime thread each), which the matched peers get.
+const KEEL_HEARTBEAT_MS: u64 = 50;
+/// Keel draws each election timeout from 250–500 ms; etcd draws from its setting up to
+/// twice it, so 250 gives etcd the same range.
+const KEEL_ELECTION_MIN_MS: u64 = 250;
+const KEEL_RUNTIME_THREADS: usize = 1;
+
+/// How a Go peer (etcd, NATS) runs: as it ships, or matched to Keel's benchmark nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tuning {
+    /// The peer's defaults: etcd's 100 ms heartbeat and 1 s election timeout; Go's
+    /// `GOMAXPROCS` (every CPU).
+    Default,
+    /// Keel's: etcd at a 50 ms heartbeat and a 250 ms election timeout; `GOMAXPROCS=1`,
+    /// as each Keel node runs one runtime thread (both have more threads blocked in
+    /// syscalls). NATS's Raft timers are not configurable: only its threads are matched.
+    Matched,
+}
+
+impl Tuning {
+    fn gomaxprocs(self) -> Option<usize> {
+        match self {
+            Self::Default => None,
+            Self::Matched => Some(KEEL_RUNTIME_THREADS),
+        }
+    }
+
+    /// The peer's row name under this tuning.
+    fn name(self, peer: &str) -> String {
+        match self {
+            Self::Default => peer.to_owned(),
+            Self::Matched => format!("{peer}_matched"),
+        }
+    }
+}
 
 fn main() {
     if run_as_node() {
@@ -124,30 +166,32 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
                 runtime.block_on(keel_writers(&shared, WRITERS, &record))
             })
         };
-        let (peer_name, peer) = if relaxed {
-            let cluster = nats::NatsCluster::start();
-            let leader = runtime.block_on(cluster.create_stream());
-            let writers = runtime.block_on(cluster.writers(leader, WRITERS, PAYLOAD));
-            let tally = measure_writes(&mut group, runtime, "nats_jetstream", || writers.clone());
-            ("nats_jetstream", tally)
-        } else {
-            let cluster = etcd::EtcdCluster::start();
-            let leader = runtime.block_on(cluster.leader());
-            let writers = runtime.block_on(cluster.writers(leader, WRITERS, PAYLOAD));
-            (
-                "etcd",
-                measure_writes(&mut group, runtime, "etcd", || writers.clone()),
-            )
-        };
-        record_line(
-            RATIO_FILE,
-            &format!(
-                "{APPEND_GROUP}: {keel_name} {:.0}/s, {peer_name} {:.0}/s, keel/{peer_name} {:.2}",
-                keel.per_second(),
-                peer.per_second(),
-                keel.per_second() / peer.per_second()
-            ),
-        );
+        for tuning in [Tuning::Default, Tuning::Matched] {
+            let (peer_name, peer) = if relaxed {
+                let name = tuning.name("nats_jetstream");
+                let cluster = nats::NatsCluster::start(tuning);
+                let leader = runtime.block_on(cluster.create_stream());
+                let writers = runtime.block_on(cluster.writers(leader, WRITERS, PAYLOAD));
+                let tally = measure_writes(&mut group, runtime, &name, || writers.clone());
+                (name, tally)
+            } else {
+                let name = tuning.name("etcd");
+                let cluster = etcd::EtcdCluster::start(tuning);
+                let leader = runtime.block_on(cluster.leader());
+                let writers = runtime.block_on(cluster.writers(leader, WRITERS, PAYLOAD));
+                let tally = measure_writes(&mut group, runtime, &name, || writers.clone());
+                (name, tally)
+            };
+            record_line(
+                RATIO_FILE,
+                &format!(
+                    "{APPEND_GROUP}: {keel_name} {:.0}/s, {peer_name} {:.0}/s, keel/{peer_name} {:.2}",
+                    keel.per_second(),
+                    peer.per_second(),
+                    keel.per_second() / peer.per_second()
+                ),
+            );
+        }
     }
     group.finish();
 }
@@ -190,22 +234,27 @@ fn bench_failover(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) 
             runtime.block_on(cluster.failover_once())
         })
     };
-    let etcd = {
-        let mut cluster = etcd::EtcdCluster::start();
+    let mut peers = Vec::new();
+    for tuning in [Tuning::Default, Tuning::Matched] {
+        let name = tuning.name("etcd");
+        let mut cluster = etcd::EtcdCluster::start(tuning);
         runtime.block_on(cluster.leader());
-        measure_failovers(&mut group, "etcd", || {
+        let tally = measure_failovers(&mut group, &name, || {
             runtime.block_on(cluster.failover_once())
-        })
-    };
-    let nats = {
-        let mut cluster = nats::NatsCluster::start();
+        });
+        peers.push((name, tally));
+    }
+    for tuning in [Tuning::Default, Tuning::Matched] {
+        let name = tuning.name("nats_jetstream");
+        let mut cluster = nats::NatsCluster::start(tuning);
         runtime.block_on(cluster.create_stream());
-        measure_failovers(&mut group, "nats_jetstream", || {
+        let tally = measure_failovers(&mut group, &name, || {
             runtime.block_on(cluster.failover_once())
-        })
-    };
+        });
+        peers.push((name, tally));
+    }
     group.finish();
-    for (peer_name, peer) in [("etcd", etcd), ("nats_jetstream", nats)] {
+    for (peer_name, peer) in peers {
         record_line(
             RATIO_FILE,
             &format!(

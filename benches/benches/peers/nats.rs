@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 
+use super::Tuning;
 use super::common::{WAIT_DEADLINE, Writer, free_ports};
 use super::failover::first_ack;
 use super::process::PeerProcess;
@@ -31,7 +32,8 @@ pub(crate) struct NatsCluster {
 
 impl NatsCluster {
     /// Starts three servers routed to each other; call [`NatsCluster::create_stream`] next.
-    pub(crate) fn start() -> Self {
+    /// `tuning`: the Go runtime's thread budget (NATS's Raft timers are not configurable).
+    pub(crate) fn start(tuning: Tuning) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // Route and client ports all at once, so no two servers (or roles) share one.
         let ports = free_ports::<6>();
@@ -57,7 +59,8 @@ impl NatsCluster {
                 let mut process = PeerProcess::new(
                     "nats-server",
                     vec!["-c".into(), config.display().to_string()],
-                );
+                )
+                .with_gomaxprocs(tuning.gomaxprocs());
                 process.spawn();
                 Server {
                     name,

@@ -25,6 +25,8 @@ pub(crate) struct PeerProcess {
     dir: Option<PathBuf>,
     /// File for the server's standard error (`None`: discarded).
     log: Option<PathBuf>,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -37,8 +39,18 @@ impl PeerProcess {
             user: None,
             dir: None,
             log: None,
+            env: Vec::new(),
             child: None,
         }
+    }
+
+    /// Runs the process with `GOMAXPROCS` set to `threads` (a Go server's thread budget).
+    pub(crate) fn with_gomaxprocs(mut self, threads: Option<usize>) -> Self {
+        if let Some(threads) = threads {
+            self.env
+                .push(("GOMAXPROCS".to_owned(), threads.to_string()));
+        }
+        self
     }
 
     /// Runs the process as the user and group `user` (for servers that refuse root), in
@@ -72,6 +84,7 @@ impl PeerProcess {
         });
         command
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

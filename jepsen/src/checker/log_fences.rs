@@ -7,10 +7,11 @@
 //! - merges the nodes' entries up to the committed index and checks that no index holds two
 //!   different entries (*log-divergence*);
 //! - decodes the scheduler's commands itself and replays only the rules that grant fences:
-//!   a workflow's first `Start` grants it the start's index, a `Claim` of a workflow that
-//!   exists and has not finished grants the claim's index, the first `Call` at a position
-//!   under the parent's current fence grants the child `<parent>/<seq>` the call's index; a
-//!   `Finish` under the current fence ends the workflow. Every command that records a
+//!   a workflow's first `Start` of a declared kind (`DeclareKinds`) grants it the start's
+//!   index, a `Claim` of a workflow that exists and has not finished grants the claim's
+//!   index, a `Call` under the parent's current fence of a declared kind grants the child
+//!   `<parent>/<seq>`, if it does not exist, the call's index; a `Finish` under the current
+//!   fence or a `Cancel` ends the workflow and its descendants. Every command that records a
 //!   journal entry (`Step`, `Sleep`, `WaitSignal`, `Call`) is noted with its fence and the
 //!   fence current at its index;
 //! - for every journal entry of every completed workflow (its position and the fence of the
@@ -18,10 +19,12 @@
 //!   that position carrying that fence, committed while that fence was current. Records of
 //!   a stale fence are expected in the log (a run that lost its workflow keeps proposing
 //!   until it learns so) and must have been refused: an entry that only such records could
-//!   have created is *stale-run-recorded*.
+//!   have created is *stale-run-recorded*; an entry no logged command recorded at all is
+//!   *unrecorded-entry*.
 //!
-//! What the model does not replay (refusals for other reasons: names, sizes, kinds) cannot
-//! grant a fence in the workloads' commands, which are valid by construction.
+//! A committed index no node holds leaves the verdict `unknown` and no entry is judged: the
+//! grant it may hold is unknown. Not replayed: refusals for names, sizes and reused ids after `Expire` (the
+//! workloads' ids are unique and valid by construction).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -52,8 +55,10 @@ pub struct LogFenceStats {
     pub grants: u64,
     /// Recording commands whose fence was not current when they committed.
     pub stale_records: u64,
-    /// Journal entries no recording command in the log matched (unchecked).
+    /// Journal entries no recording command in the log matched.
     pub entries_without_record: u64,
+    /// Nodes whose live log did not open (their copies of purged ranges still count).
+    pub live_logs_unreadable: u64,
 }
 
 /// The log-fences checker's verdict.
@@ -82,6 +87,7 @@ struct Recorded {
 /// The fences the log grants, replayed in index order.
 #[derive(Default)]
 struct FenceModel {
+    declared: HashSet<String>,
     fence: HashMap<String, u64>,
     finished: HashSet<String>,
     /// Recording commands by `(workflow, seq)`.
@@ -102,6 +108,19 @@ impl FenceModel {
         self.fence.insert(workflow, index);
     }
 
+    /// Ends `workflow` and every descendant (`<workflow>/…`), as ending a workflow cancels
+    /// its running children.
+    fn end(&mut self, workflow: &str) {
+        let children = format!("{workflow}/");
+        let ended: Vec<String> = self
+            .fence
+            .keys()
+            .filter(|id| *id == workflow || id.starts_with(&children))
+            .cloned()
+            .collect();
+        self.finished.extend(ended);
+    }
+
     fn record(&mut self, workflow: &str, seq: u32, fence: u64, stats: &mut LogFenceStats) {
         let current = self.current(workflow);
         stats.stale_records += u64::from(current != Some(fence));
@@ -113,7 +132,13 @@ impl FenceModel {
 
     fn apply(&mut self, index: u64, command: Command, stats: &mut LogFenceStats) {
         match command {
-            Command::Start { id, .. } if !self.fence.contains_key(&id) => {
+            Command::DeclareKinds { kinds } => {
+                self.declared
+                    .extend(kinds.into_iter().map(|(kind, _)| kind));
+            }
+            Command::Start { id, kind, .. }
+                if !self.fence.contains_key(&id) && self.declared.contains(&kind) =>
+            {
                 self.grant(id, index, stats);
             }
             Command::Claim { workflow, .. } if self.current(&workflow).is_some() => {
@@ -123,12 +148,12 @@ impl FenceModel {
                 workflow,
                 fence,
                 seq,
+                kind,
                 ..
             } => {
                 let child = format!("{workflow}/{seq}");
-                let first_call = !self.records.contains_key(&(workflow.clone(), seq));
                 if self.current(&workflow) == Some(fence)
-                    && first_call
+                    && self.declared.contains(&kind)
                     && !self.fence.contains_key(&child)
                 {
                     self.grant(child, index, stats);
@@ -155,19 +180,8 @@ impl FenceModel {
             } => self.record(&workflow, seq, fence, stats),
             Command::Finish {
                 workflow, fence, ..
-            } if self.current(&workflow) == Some(fence) => {
-                self.finished.insert(workflow);
-            }
-            Command::Cancel { workflow, .. } => {
-                let children = format!("{workflow}/");
-                let ended: Vec<String> = self
-                    .fence
-                    .keys()
-                    .filter(|id| **id == workflow || id.starts_with(&children))
-                    .cloned()
-                    .collect();
-                self.finished.extend(ended);
-            }
+            } if self.current(&workflow) == Some(fence) => self.end(&workflow),
+            Command::Cancel { workflow, .. } => self.end(&workflow),
             _ => {}
         }
     }
@@ -237,6 +251,49 @@ fn kind(payload: &LoggedPayload) -> &'static str {
     }
 }
 
+/// Matches every journal entry of every completed workflow in `finals` to a command of
+/// the log that recorded it under a current fence; returns how many were matched.
+fn check_entries(
+    model: &FenceModel,
+    finals: &BTreeMap<String, FinalWorkflow>,
+    stats: &mut LogFenceStats,
+    findings: &mut Findings,
+) -> u64 {
+    let mut entries_checked = 0;
+    for (id, workflow) in finals.iter().filter(|(_, w)| w.status == "completed") {
+        for entry in &workflow.journal {
+            let Some(records) = model.records.get(&(id.clone(), entry.seq)) else {
+                stats.entries_without_record += 1;
+                findings.add(
+                    "unrecorded-entry",
+                    format!(
+                        "{id}: entry {} (fence {}) was recorded by no command in the \
+                         committed log",
+                        entry.seq, entry.fence
+                    ),
+                );
+                continue;
+            };
+            entries_checked += 1;
+            let with_fence: Vec<&Recorded> =
+                records.iter().filter(|r| r.fence == entry.fence).collect();
+            if !with_fence.iter().any(|r| r.current == Some(entry.fence)) {
+                findings.add(
+                    "stale-run-recorded",
+                    format!(
+                        "{id}: entry {} carries fence {}, but no command recording it under that \
+                         fence committed while the fence was current (fences current then: {:?})",
+                        entry.seq,
+                        entry.fence,
+                        with_fence.iter().map(|r| r.current).collect::<Vec<_>>()
+                    ),
+                );
+            }
+        }
+    }
+    entries_checked
+}
+
 /// Checks the fences of `finals`' journals against the merged committed log of `logs`
 /// (each node's entries, copies of purged ranges included) up to `committed`.
 pub fn check_log_fences(
@@ -268,34 +325,21 @@ pub fn check_log_fences(
             None => {}
         }
     }
-    let mut entries_checked = 0;
-    for (id, workflow) in finals.iter().filter(|(_, w)| w.status == "completed") {
-        for entry in &workflow.journal {
-            let Some(records) = model.records.get(&(id.clone(), entry.seq)) else {
-                stats.entries_without_record += 1;
-                continue;
-            };
-            entries_checked += 1;
-            let with_fence: Vec<&Recorded> =
-                records.iter().filter(|r| r.fence == entry.fence).collect();
-            if !with_fence.iter().any(|r| r.current == Some(entry.fence)) {
-                findings.add(
-                    "stale-run-recorded",
-                    format!(
-                        "{id}: entry {} carries fence {}, but no command recording it under that \
-                         fence committed while the fence was current (fences current then: {:?})",
-                        entry.seq,
-                        entry.fence,
-                        with_fence.iter().map(|r| r.current).collect::<Vec<_>>()
-                    ),
-                );
-            }
-        }
-    }
+    // A committed index no node holds may hide a grant: judging entries then could report
+    // a stale run where there is none.
+    let entries_checked = if stats.indexes_missing == 0 {
+        check_entries(&model, finals, &mut stats, &mut findings)
+    } else {
+        0
+    };
     let coverage = Coverage::from([
         (
             "committed indexes compared between two nodes".to_owned(),
             compared,
+        ),
+        (
+            "committed log read whole (1: no index missing from every node)".to_owned(),
+            u64::from(stats.indexes_missing == 0),
         ),
         (
             "journal entries matched to a record under a current fence".to_owned(),
@@ -360,6 +404,15 @@ mod tests {
         )
     }
 
+    fn declare(index: u64) -> LoggedEntry {
+        logged(
+            index,
+            Command::DeclareKinds {
+                kinds: vec![("steps".into(), "1".into())],
+            },
+        )
+    }
+
     fn start(index: u64) -> LoggedEntry {
         logged(
             index,
@@ -397,18 +450,19 @@ mod tests {
 
     #[test]
     fn records_under_the_current_fence_are_valid_across_a_takeover() {
-        // Started at 1, step 0 under fence 1; claimed at 3, step 1 under fence 3. The old
-        // run's late record of step 1 (fence 1, index 4) was refused: it is not in the final
+        // Started at 2, step 0 under fence 2; claimed at 4, step 1 under fence 4. The old
+        // run's late record of step 1 (fence 2, index 5) was refused: it is not in the final
         // journal.
         let log = vec![
-            start(1),
-            step(2, 1, 0),
-            claim(3),
-            step(4, 1, 1),
-            step(5, 3, 1),
+            declare(1),
+            start(2),
+            step(3, 2, 0),
+            claim(4),
+            step(5, 2, 1),
+            step(6, 4, 1),
         ];
         let verdict =
-            check_log_fences(&[(1, log.clone()), (2, log)], 5, &finals(&[(0, 1), (1, 3)]));
+            check_log_fences(&[(1, log.clone()), (2, log)], 6, &finals(&[(0, 2), (1, 4)]));
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
         assert_eq!(verdict.stats.stale_records, 1);
         assert_eq!(
@@ -419,31 +473,107 @@ mod tests {
 
     #[test]
     fn an_entry_recorded_by_a_stale_run_after_a_new_claim_is_found() {
-        // The case the final journal alone cannot show: after the claim at 3, the old run
-        // (fence 1) records step 1 before the new run records anything, and the state
+        // The case the final journal alone cannot show: after the claim at 4, the old run
+        // (fence 2) records step 1 before the new run records anything, and the state
         // machine accepted it. Fences along the journal still never go back.
-        let log = vec![start(1), step(2, 1, 0), claim(3), step(4, 1, 1)];
-        let verdict = check_log_fences(&[(1, log)], 4, &finals(&[(0, 1), (1, 1)]));
+        let log = vec![declare(1), start(2), step(3, 2, 0), claim(4), step(5, 2, 1)];
+        let verdict =
+            check_log_fences(&[(1, log.clone()), (2, log)], 5, &finals(&[(0, 2), (1, 2)]));
         assert_eq!(verdict.validity, Validity::Invalid);
         assert_eq!(verdict.counts["stale-run-recorded"], 1, "{verdict:?}");
     }
 
     #[test]
     fn two_nodes_holding_different_entries_at_one_index_diverge() {
-        let a = vec![start(1), step(2, 1, 0)];
-        let b = vec![start(1), step(2, 1, 1)];
-        let verdict = check_log_fences(&[(1, a), (2, b)], 2, &finals(&[(0, 1)]));
+        let a = vec![declare(1), start(2), step(3, 2, 0)];
+        let b = vec![declare(1), start(2), step(3, 2, 1)];
+        let verdict = check_log_fences(&[(1, a), (2, b)], 3, &finals(&[(0, 2)]));
         assert_eq!(verdict.counts["log-divergence"], 1, "{verdict:?}");
     }
 
     #[test]
     fn a_log_compared_nowhere_leaves_the_verdict_unknown() {
-        let log = vec![start(1), step(2, 1, 0)];
-        let verdict = check_log_fences(&[(1, log)], 2, &finals(&[(0, 1)]));
+        let log = vec![declare(1), start(2), step(3, 2, 0)];
+        let verdict = check_log_fences(&[(1, log)], 3, &finals(&[(0, 2)]));
         assert_eq!(verdict.validity, Validity::Unknown, "{verdict:?}");
         assert_eq!(
             verdict.coverage["committed indexes compared between two nodes"],
             0
+        );
+    }
+
+    #[test]
+    fn an_entry_no_command_recorded_is_found_and_a_gap_makes_the_verdict_unknown() {
+        // The final journal holds entry 1, but the whole committed log has no command for it.
+        let log = vec![declare(1), start(2), step(3, 2, 0)];
+        let verdict =
+            check_log_fences(&[(1, log.clone()), (2, log)], 3, &finals(&[(0, 2), (1, 2)]));
+        assert_eq!(verdict.counts["unrecorded-entry"], 1, "{verdict:?}");
+        // Index 2 (the start) missing from both nodes: nothing can be judged.
+        let gap = vec![declare(1), step(3, 2, 0)];
+        let verdict = check_log_fences(&[(1, gap.clone()), (2, gap)], 3, &finals(&[(0, 2)]));
+        assert_eq!(verdict.stats.indexes_missing, 1);
+        assert_eq!(verdict.validity, Validity::Unknown, "{verdict:?}");
+    }
+
+    #[test]
+    fn a_stale_call_refused_before_the_new_runs_call_leaves_the_child_its_grant() {
+        // After the claim at 4, the old run's call at seq 0 (fence 2) commits first and is
+        // refused; the new run's call (fence 4) then creates the child at index 6, which
+        // records under that fence.
+        let call = |index, fence| {
+            logged(
+                index,
+                Command::Call {
+                    workflow: "w".into(),
+                    fence,
+                    seq: 0,
+                    kind: "steps".into(),
+                    input: b"1".to_vec(),
+                },
+            )
+        };
+        let child_step = logged(
+            7,
+            Command::Step {
+                workflow: "w/0".into(),
+                fence: 6,
+                seq: 0,
+                name: "step-0".into(),
+                record: StepRecord::Done(Outcome::Ok(Vec::new())),
+            },
+        );
+        let log = vec![
+            declare(1),
+            start(2),
+            logged(3, Command::DeclareKinds { kinds: Vec::new() }),
+            claim(4),
+            call(5, 2),
+            call(6, 4),
+            child_step,
+        ];
+        let mut finals = finals(&[]);
+        finals.insert(
+            "w/0".into(),
+            FinalWorkflow {
+                status: "completed".into(),
+                result: "1".into(),
+                error: String::new(),
+                fence: 6,
+                journal: vec![FinalEntry {
+                    seq: 0,
+                    kind: "step".into(),
+                    name: "step-0".into(),
+                    state: "done".into(),
+                    fence: 6,
+                }],
+            },
+        );
+        let verdict = check_log_fences(&[(1, log.clone()), (2, log)], 7, &finals);
+        assert!(verdict.counts.is_empty(), "{verdict:?}");
+        assert_eq!(
+            verdict.coverage["journal entries matched to a record under a current fence"],
+            1
         );
     }
 }

@@ -178,20 +178,20 @@ fn due_ms(stamp_ms: u64, due: Due) -> (u64, Option<u64>) {
     match due {
         Due::After { delay_ms } => {
             #[cfg(feature = "sabotage")]
-            let (stamp_ms, delay_ms) = sabotaged_due(stamp_ms, delay_ms);
+            let delay_ms = sabotaged_delay(delay_ms);
             (stamp_ms.saturating_add(delay_ms), Some(delay_ms))
         }
         Due::At { at_ms } => (at_ms, None),
     }
 }
 
-/// Sabotage (`halved-delays`): the stamp and delay a relative timer is scheduled with.
+/// Sabotage (`halved-delays`): the delay a relative timer is scheduled with.
 #[cfg(feature = "sabotage")]
-fn sabotaged_due(stamp_ms: u64, delay_ms: u64) -> (u64, u64) {
+fn sabotaged_delay(delay_ms: u64) -> u64 {
     if keel_raft::sabotage::on(keel_raft::sabotage::Fault::HalvedDelays) {
-        (stamp_ms, delay_ms / 2)
+        delay_ms / 2
     } else {
-        (stamp_ms, delay_ms)
+        delay_ms
     }
 }
 
