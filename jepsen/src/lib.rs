@@ -11,9 +11,11 @@
 //!     ├─► clients: log · timers (+ fire watchers) · workflows ─► cluster ─┐
 //!     ├─► nemesis or scenario ──kill/pause/cut/skew/flip/power-cut──► nodes├─► Recorder
 //!     └─► heal ─► settle ─► final logs, digests, timers, workflows ───────┘  (history)
-//!           └─► check_log · check_timers · check_workflows · nemesis anomalies
-//!                 └─► report (test.json, history.jsonl, results.json, summary.txt,
-//!                             latency.png, rate.png, index.html, node logs)
+//!           └─► check_log · check_timers · check_workflows · check_digests · nemesis
+//!               anomalies, then nodes stopped ─► check_log_fences on every node's whole
+//!               log (purged ranges copied) ─► report (test.json, history.jsonl,
+//!               results.json with each checker's coverage, summary.txt, latency.png,
+//!               rate.png, index.html, node logs)
 //! ```
 //!
 //! A profile (`profile`) runs planned sequences: `ci` (fixed seed, every nemesis, a
