@@ -534,7 +534,7 @@ impl Cluster {
         })
     }
 
-    /// Copies the node logs into `dir`.
+    /// Copies the node and worker logs into `dir`.
     ///
     /// # Errors
     /// A file error.
@@ -542,6 +542,11 @@ impl Cluster {
         for node in self.nodes.values() {
             if node.log.is_file() {
                 std::fs::copy(&node.log, dir.join(format!("node-{}.log", node.id)))?;
+            }
+        }
+        for (id, worker) in &self.workers {
+            if worker.log.is_file() {
+                std::fs::copy(&worker.log, dir.join(format!("worker-{id}.log")))?;
             }
         }
         Ok(())

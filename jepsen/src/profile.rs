@@ -214,7 +214,7 @@ struct Control {
 }
 
 /// The negative controls.
-const CONTROLS: [Control; 8] = [
+const CONTROLS: [Control; 9] = [
     Control {
         fault: "stale-reads",
         scenario: None,
@@ -270,6 +270,13 @@ const CONTROLS: [Control; 8] = [
         workload: Workload::Timers,
         seconds: 6,
         must_report: "digests: divergence",
+    },
+    Control {
+        fault: "unfenced-runs",
+        scenario: Some(Scenario::PausedWorker),
+        workload: Workload::Workflows,
+        seconds: 12,
+        must_report: "log-fences: stale-run-recorded",
     },
 ];
 
@@ -539,7 +546,8 @@ mod tests {
                 "off-by-one-truncation",
                 "halved-delays",
                 "no-takeover",
-                "unordered-answers"
+                "unordered-answers",
+                "unfenced-runs"
             ]
         );
         assert!(

@@ -28,7 +28,7 @@ use crate::report;
 use crate::workload::log::{LogClient, read_all};
 use crate::workload::read_concurrently;
 use crate::workload::timers::{self, TimerClient};
-use crate::workload::workflows::{WorkflowsClient, final_workflows};
+use crate::workload::workflows::{WorkflowMix, WorkflowsClient, final_workflows};
 
 /// Most rounds of reading every node's final log.
 const FINAL_READ_ROUNDS: usize = 4;
@@ -342,7 +342,12 @@ fn start_clients(
     if config.workload.has_workflows() {
         // Process numbers after the log and timer clients'.
         for process in 2 * config.clients + 1..=3 * config.clients {
-            let client = WorkflowsClient::new(process, &cluster.addrs(), config.seed)?;
+            let mix = if cluster.worker_ids().is_empty() {
+                WorkflowMix::Quick
+            } else {
+                WorkflowMix::WithSlowSteps
+            };
+            let client = WorkflowsClient::new(process, &cluster.addrs(), config.seed, mix)?;
             clients.push(tokio::spawn(client.run(history.clone(), deadline)));
         }
     }

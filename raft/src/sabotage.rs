@@ -37,6 +37,12 @@ pub enum Fault {
     /// as iterating a `HashMap` would: replicas answer the same command differently while
     /// their states stay equal, so no client read shows it; only replicas' digests differ.
     UnorderedAnswers,
+    /// Runs are not fenced: the state machine takes a run's journal commands whatever fence
+    /// they carry, the workers service forwards them without checking the worker's lease,
+    /// and a worker whose session ended lets its runs go on. A paused worker's run, resumed
+    /// after another worker took its workflow over, records into a journal it no longer
+    /// holds.
+    UnfencedRuns,
 }
 
 /// The fault this process runs with, if any.
@@ -51,6 +57,7 @@ pub fn fault() -> Option<Fault> {
         Ok("halved-delays") => Some(Fault::HalvedDelays),
         Ok("no-takeover") => Some(Fault::NoTakeover),
         Ok("unordered-answers") => Some(Fault::UnorderedAnswers),
+        Ok("unfenced-runs") => Some(Fault::UnfencedRuns),
         _ => None,
     })
 }

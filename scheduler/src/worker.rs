@@ -46,6 +46,10 @@ struct Runs(HashMap<String, (u64, AbortHandle)>);
 
 impl Drop for Runs {
     fn drop(&mut self) {
+        #[cfg(feature = "sabotage")]
+        if keel_raft::sabotage::on(keel_raft::sabotage::Fault::UnfencedRuns) {
+            return;
+        }
         for (_, run) in self.0.values() {
             run.abort();
         }

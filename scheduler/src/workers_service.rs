@@ -149,7 +149,12 @@ impl Workers for WorkersService {
         if !self.dispatcher.leading() {
             return Err(not_leader(None));
         }
-        if !self.dispatcher.holds(request.worker_id, workflow, fence) {
+        #[cfg(feature = "sabotage")]
+        let holds = keel_raft::sabotage::on(keel_raft::sabotage::Fault::UnfencedRuns)
+            || self.dispatcher.holds(request.worker_id, workflow, fence);
+        #[cfg(not(feature = "sabotage"))]
+        let holds = self.dispatcher.holds(request.worker_id, workflow, fence);
+        if !holds {
             // The lease moved on (or never was this worker's): the run must stop.
             return Err(rejected(&Rejection::StaleFence { fence, current: 0 }));
         }

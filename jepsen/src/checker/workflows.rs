@@ -9,6 +9,8 @@
 //! - its journal holds exactly the entries its code makes, in order, each recorded once
 //!   and done (*bad-journal*): `steps n` → `step-0` … `step-(n-1)`; `sleep` → one sleep;
 //!   `call-sleep` → one call of child `<id>/0`, which itself completed its sleep;
+//!   `slow-step` → steps `quick` and `slow`, the result naming the process that ran the slow
+//!   one;
 //! - each entry was recorded by one run: its fence (the run's, which the state machine
 //!   checks on every record) is at most the workflow's, and fences never go back along the
 //!   journal — a run that lost the workflow to another recorded nothing after it
@@ -88,9 +90,34 @@ pub struct WorkflowsVerdict {
     pub stats: WorkflowStats,
 }
 
+/// A workflow's result: exactly a text, or (for kinds that name the process that ran them)
+/// a text beginning with a prefix.
+enum ExpectedResult {
+    Exact(String),
+    Prefix(&'static str),
+}
+
+impl ExpectedResult {
+    fn matches(&self, result: &str) -> bool {
+        match self {
+            Self::Exact(expected) => result == expected,
+            Self::Prefix(prefix) => result.starts_with(prefix),
+        }
+    }
+}
+
+impl std::fmt::Debug for ExpectedResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(expected) => write!(f, "{expected:?}"),
+            Self::Prefix(prefix) => write!(f, "{prefix:?}…"),
+        }
+    }
+}
+
 /// What a workflow of `kind` with `input` must leave behind.
 struct Expected {
-    result: String,
+    result: ExpectedResult,
     journal: Vec<(&'static str, String)>,
     sleep_ms: u64,
 }
@@ -99,19 +126,24 @@ fn expected(id: &str, kind: &str, input: &str) -> Option<Expected> {
     let n: u64 = input.parse().ok()?;
     Some(match kind {
         "steps" => Expected {
-            result: n.to_string(),
+            result: ExpectedResult::Exact(n.to_string()),
             journal: (0..n).map(|i| ("step", format!("step-{i}"))).collect(),
             sleep_ms: 0,
         },
         "sleep" => Expected {
-            result: format!("slept {n} ms"),
+            result: ExpectedResult::Exact(format!("slept {n} ms")),
             journal: vec![("sleep", String::new())],
             sleep_ms: n,
         },
         "call-sleep" => Expected {
-            result: format!("child: slept {n} ms"),
+            result: ExpectedResult::Exact(format!("child: slept {n} ms")),
             journal: vec![("call", format!("{id}/0"))],
             sleep_ms: n,
+        },
+        "slow-step" => Expected {
+            result: ExpectedResult::Prefix("slow done by process "),
+            journal: vec![("step", "quick".to_owned()), ("step", "slow".to_owned())],
+            sleep_ms: 0,
         },
         _ => return None,
     })
@@ -281,7 +313,7 @@ fn check_one(
         );
         return;
     };
-    if workflow.result != expected.result {
+    if !expected.result.matches(&workflow.result) {
         findings.add(
             "wrong-result",
             format!(
@@ -449,6 +481,31 @@ mod tests {
             kinds(&check_workflows(&history, &finals)),
             ["lost-workflow"]
         );
+    }
+
+    #[test]
+    fn a_slow_step_result_names_its_process_and_its_journal_both_steps() {
+        let (mut history, mut finals) = valid();
+        history.push(op(50, 4, OpType::Invoke, start("d", "slow-step", "1500")));
+        history.push(op(60, 4, OpType::Ok, start("d", "slow-step", "1500")));
+        let journal = vec![entry(0, "step", "quick"), entry(1, "step", "slow")];
+        finals.insert(
+            "d".into(),
+            completed("slow done by process 4242, attempt 1", journal.clone()),
+        );
+        let verdict = check_workflows(&history, &finals);
+        assert_eq!(verdict.validity, Validity::Valid, "{:?}", verdict.anomalies);
+        assert_eq!(verdict.stats.completed, 4);
+        finals.insert("d".into(), completed("quick", journal));
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["wrong-result"]);
+        finals.insert(
+            "d".into(),
+            completed(
+                "slow done by process 4242, attempt 1",
+                vec![entry(0, "step", "quick")],
+            ),
+        );
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["bad-journal"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The workflows workload: clients start workflows of the built-in kinds (`steps`, `sleep`,
-//! `call-sleep`: a parent whose child sleeps) with unique ids, then wait for each to
-//! finish; at the end every started workflow is read back with its journal.
+//! `call-sleep`: a parent whose child sleeps; with remote workers also `slow-step`, whose
+//! second step's body outlasts a paused worker's lease) with unique ids, then wait for each
+//! to finish; at the end every started workflow is read back with its journal.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -20,25 +21,58 @@ const AWAIT: Duration = Duration::from_secs(8);
 /// How long the final read waits for a workflow still running.
 const FINAL_WAIT: Duration = Duration::from_secs(20);
 
+/// How long the body of a `slow-step` workflow's slow step works, in ms: begun before a
+/// worker is paused, it ends as the worker resumes, after the workflow's new run began the
+/// same step, so the paused run is first to try to record it.
+const SLOW_STEP_MS: std::ops::Range<u64> = 1_500..2_500;
+
+/// The kinds the clients start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkflowMix {
+    /// `steps`, `sleep` and `call-sleep`, alike.
+    Quick,
+    /// Half `slow-step`, half the quick kinds: for runs that pause remote workers.
+    WithSlowSteps,
+}
+
 /// One client process of the workflows workload.
 #[derive(Debug)]
 pub struct WorkflowsClient {
     process: u64,
     client: WorkflowClient,
     rng: StdRng,
+    mix: WorkflowMix,
 }
 
 impl WorkflowsClient {
-    /// Client `process` of the cluster at `addrs`, seeded by `seed`.
+    /// Client `process` of the cluster at `addrs`, seeded by `seed`, starting kinds of `mix`.
     ///
     /// # Errors
     /// A bad address.
-    pub fn new(process: u64, addrs: &[String], seed: u64) -> Result<Self, WorkflowClientError> {
+    pub fn new(
+        process: u64,
+        addrs: &[String],
+        seed: u64,
+        mix: WorkflowMix,
+    ) -> Result<Self, WorkflowClientError> {
         Ok(Self {
             process,
             client: WorkflowClient::new(addrs)?,
             rng: StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x7766),
+            mix,
         })
+    }
+
+    /// The next workflow's kind and input.
+    fn next_kind(&mut self) -> (&'static str, u64) {
+        if self.mix == WorkflowMix::WithSlowSteps && self.rng.random_bool(0.5) {
+            return ("slow-step", self.rng.random_range(SLOW_STEP_MS));
+        }
+        match self.rng.random_range(0..3) {
+            0 => ("steps", self.rng.random_range(2..7u64)),
+            1 => ("sleep", self.rng.random_range(100..1_500u64)),
+            _ => ("call-sleep", self.rng.random_range(100..1_500u64)),
+        }
     }
 
     /// Starts workflows and waits for each, until `deadline`.
@@ -47,11 +81,7 @@ impl WorkflowsClient {
         while Instant::now() < deadline {
             let id = format!("w{}-{counter}", self.process);
             counter += 1;
-            let (kind, input) = match self.rng.random_range(0..3) {
-                0 => ("steps", self.rng.random_range(2..7u64)),
-                1 => ("sleep", self.rng.random_range(100..1_500u64)),
-                _ => ("call-sleep", self.rng.random_range(100..1_500u64)),
-            };
+            let (kind, input) = self.next_kind();
             let call = Call::StartWorkflow {
                 id: id.clone(),
                 kind: kind.to_owned(),
