@@ -50,6 +50,9 @@ pub enum Error {
     /// Raft itself refused or failed.
     #[error("raft: {0}")]
     Raft(String),
+    /// A TLS or authentication setting cannot be used.
+    #[error("security: {0}")]
+    Security(#[from] crate::security::SecurityError),
     /// A bad argument or configuration value.
     #[error("invalid {what}: {reason}")]
     Invalid {

@@ -70,6 +70,7 @@ pub mod repair;
 pub mod retry;
 #[cfg(feature = "sabotage")]
 pub mod sabotage;
+pub mod security;
 pub mod session;
 pub mod shared;
 pub mod snapshot;

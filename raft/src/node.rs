@@ -25,6 +25,8 @@ use crate::network::server::AddServices;
 use crate::network::{metrics_endpoint, server};
 use crate::plain_log::{PlainLog, Retention};
 use crate::repair;
+use crate::security::{NodeSecurity, OpenedSecurity};
+use crate::security::roles::{MethodRoles, raft_method_roles};
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::StateMachineHost;
 use crate::types::{NodeId, Raft};
@@ -75,6 +77,9 @@ pub struct NodeConfig {
     /// Testing: copy each range of the Raft log here before purging it, so a harness can
     /// read back a run's whole committed log ([`crate::purged_log`]). `None` in production.
     pub purged_log: Option<PathBuf>,
+    /// TLS, authentication, and whether plaintext may listen beyond loopback
+    /// ([`crate::security`]).
+    pub security: NodeSecurity,
 }
 
 impl NodeConfig {
@@ -97,6 +102,7 @@ impl NodeConfig {
             segment_size_bytes: 64 * 1024 * 1024,
             sessions_max: crate::session::SESSIONS_MAX_DEFAULT,
             sync_journal: None,
+            security: NodeSecurity::default(),
             purged_log: None,
         }
     }
@@ -174,6 +180,9 @@ pub struct Extension {
     pub app: Box<dyn Application>,
     /// Adds the extension's services to the node's gRPC server.
     pub services: AddServices,
+    /// The role each of the extension's methods needs when authentication is on (a method
+    /// it does not name needs `admin`).
+    pub method_roles: MethodRoles,
 }
 
 impl std::fmt::Debug for Extension {
@@ -193,6 +202,36 @@ pub struct RaftNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What [`open_extension`] gives: the application, the services, the security.
+type OpenedExtension = (
+    Option<Box<dyn Application>>,
+    Option<AddServices>,
+    OpenedSecurity,
+);
+
+/// The extension's application and services, and the node's security (checked and opened
+/// for the methods of its own and the extension's services).
+fn open_extension(
+    config: &NodeConfig,
+    extension: Option<Extension>,
+) -> Result<OpenedExtension> {
+    config
+        .security
+        .check(config.listen, config.metrics_listen)?;
+    let (app, services, method_roles) = match extension {
+        Some(Extension {
+            app,
+            services,
+            method_roles,
+        }) => (Some(app), Some(services), method_roles),
+        None => (None, None, MethodRoles::default()),
+    };
+    let security = config
+        .security
+        .open(raft_method_roles().with(&method_roles))?;
+    Ok((app, services, security))
+}
+
 impl RaftNode {
     /// Opens the data directory (verifying identity, the repair marker, the log and the
     /// newest snapshot), starts Raft and serves gRPC.
@@ -209,17 +248,14 @@ impl RaftNode {
     /// As [`RaftNode::start`].
     pub async fn start_with(config: NodeConfig, extension: Option<Extension>) -> Result<Self> {
         config.validate()?;
+        let (app, services, security) = open_extension(&config, extension)?;
         let raft_config = Arc::new(config.raft_config()?);
         let metrics = Arc::new(NodeMetrics::default());
         let (identity, store) = open_storage(&config, &metrics)?;
         let log = PlainLog::new(config.retention);
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
-        let (app, services) = match extension {
-            Some(Extension { app, services }) => (Some(app), Some(services)),
-            None => (None, None),
-        };
         let host = StateMachineHost::open(Box::new(Multiplex::new(log.clone(), app)), snapshots)?;
-        let network = Network::new(config.peers.clone());
+        let network = Network::new(config.peers.clone(), security.peers.clone());
         let raft = Raft::new(
             config.node_id,
             raft_config,
@@ -252,6 +288,7 @@ impl RaftNode {
             shared.clone(),
             listener,
             services,
+            security,
             stopped.clone(),
         ));
         let mut tasks = vec![tokio::spawn(watch_raft(shared.clone(), stop.clone()))];

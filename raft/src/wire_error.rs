@@ -34,6 +34,11 @@ pub enum WriteErrorKind {
     UnknownSession,
     /// The node cannot serve (stopped, not admitted, no leader known). Nothing was proposed.
     Unavailable,
+    /// The caller's credentials were refused (`UNAUTHENTICATED`: none, or a token or
+    /// certificate the node does not accept; also a TLS handshake either side refused) or
+    /// its role may not make the call (`PERMISSION_DENIED`). Nothing was done; the same
+    /// credentials fail the same way, so it is not retried.
+    Denied,
 }
 
 impl WriteErrorKind {
@@ -47,6 +52,7 @@ impl WriteErrorKind {
             Self::StaleSequence => "stale-sequence",
             Self::UnknownSession => "session-unknown",
             Self::Unavailable => "unavailable",
+            Self::Denied => "denied",
         }
     }
 
@@ -60,6 +66,7 @@ impl WriteErrorKind {
             Self::StaleSequence,
             Self::UnknownSession,
             Self::Unavailable,
+            Self::Denied,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == value)
@@ -76,8 +83,19 @@ impl WriteErrorKind {
             Self::OutcomeUnknown => tonic::Code::Unknown,
             Self::Invalid => tonic::Code::InvalidArgument,
             Self::StaleSequence | Self::UnknownSession => tonic::Code::FailedPrecondition,
+            Self::Denied => tonic::Code::PermissionDenied,
         }
     }
+}
+
+/// `status` (an `UNAUTHENTICATED` or `PERMISSION_DENIED` refusal) marked
+/// [`WriteErrorKind::Denied`], its code kept.
+pub fn denied(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        KIND_KEY,
+        MetadataValue::from_static(WriteErrorKind::Denied.as_str()),
+    );
+    status
 }
 
 /// A status of `kind` with `message`.

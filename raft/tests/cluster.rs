@@ -210,7 +210,7 @@ async fn a_retried_sequence_is_applied_once() {
 }
 
 /// Registers a session on the leader behind `raw`.
-async fn register(raw: &mut KeelLogClient<tonic::transport::Channel>) -> u64 {
+async fn register(raw: &mut KeelLogClient<keel_raft::security::credentials::KeelChannel>) -> u64 {
     raw.register_session(api::RegisterSessionRequest {})
         .await
         .expect("register")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_raft::client::{ClientError, KeelClient, retry_any_but_invalid};
 use keel_raft::limits::MESSAGE_MAX_BYTES;
-use tonic::transport::Channel;
+use keel_raft::security::credentials::{Credentials, KeelChannel};
 
 use crate::pb;
 use crate::pb::workflows_client::WorkflowsClient;
@@ -64,7 +64,7 @@ impl Seen {
     }
 }
 
-fn workflows(channel: Channel) -> WorkflowsClient<Channel> {
+fn workflows(channel: KeelChannel) -> WorkflowsClient<KeelChannel> {
     WorkflowsClient::new(channel)
         .max_decoding_message_size(MESSAGE_MAX_BYTES)
         .max_encoding_message_size(MESSAGE_MAX_BYTES)
@@ -121,8 +121,19 @@ impl WorkflowClient {
     /// # Errors
     /// [`ClientError::Endpoint`] for an address that is not a valid `host:port`.
     pub fn new(endpoints: &[String]) -> Result<Self, WorkflowClientError> {
+        Self::with_credentials(endpoints, &Credentials::none())
+    }
+
+    /// A client of the cluster at `endpoints`, presenting `credentials`.
+    ///
+    /// # Errors
+    /// A bad address, or a credential file that cannot be used.
+    pub fn with_credentials(
+        endpoints: &[String],
+        credentials: &Credentials,
+    ) -> Result<Self, WorkflowClientError> {
         Ok(Self {
-            cluster: KeelClient::new(endpoints)?,
+            cluster: KeelClient::with_credentials(endpoints, credentials)?,
         })
     }
 

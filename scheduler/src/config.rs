@@ -11,6 +11,15 @@
 //! sessions_max = 65536              # exactly-once client sessions kept (see below)
 //! sync_journal = "node-1.journal"   # testing only: record writes and syncs (power-loss tests)
 //! purged_log = "node-1.purged"      # testing only: copy each log range before purging it
+//! insecure = false                  # true: allow plaintext listeners beyond loopback
+//!
+//! [tls]                             # optional: TLS on every port, mutual between nodes
+//! cert = "certs/node-1.pem"
+//! key = "certs/node-1.key"
+//! ca = "certs/ca.pem"
+//!
+//! [auth]                            # optional (needs [tls]): every call needs a role
+//! tokens = "tokens.toml"            # bearer tokens; without it, client certificates only
 //!
 //! [timeouts]
 //! heartbeat_ms = 50
@@ -43,6 +52,8 @@ use std::time::Duration;
 use keel_log::SyncPolicy;
 use keel_raft::node::NodeConfig;
 use keel_raft::plain_log::Retention;
+use keel_raft::security::tls::TlsFiles;
+use keel_raft::security::{AuthSettings, NodeSecurity};
 use serde::Deserialize;
 
 use crate::engine::EngineSettings;
@@ -96,6 +107,13 @@ pub struct ConfigFile {
     /// sessions (`keel_raft::session`). Not a per-node rule: replicas never disagree.
     #[serde(default = "default_sessions_max")]
     pub sessions_max: u64,
+    /// Whether plaintext listeners beyond loopback are allowed (`keel_raft::security`).
+    #[serde(default)]
+    pub insecure: bool,
+    /// TLS files (relative paths are relative to the file).
+    pub tls: Option<TlsFiles>,
+    /// Authentication (relative paths are relative to the file).
+    pub auth: Option<AuthSettings>,
 }
 
 fn default_sessions_max() -> u64 {
@@ -280,6 +298,11 @@ impl ConfigFile {
         };
         config.sync_journal = self.sync_journal.map(resolve);
         config.purged_log = self.purged_log.map(resolve);
+        config.security = NodeSecurity {
+            tls: self.tls.map(|tls| tls.relative_to(base_dir)),
+            auth: self.auth.map(|auth| auth.relative_to(base_dir)),
+            insecure: self.insecure,
+        };
         config.sync = match self.sync {
             SyncMode::Durable => SyncPolicy::Durable,
             SyncMode::Relaxed => SyncPolicy::Relaxed,
@@ -305,6 +328,10 @@ impl ConfigFile {
         }
         config
             .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        config
+            .security
+            .check(config.listen, config.metrics_listen)
             .map_err(|e| Error::Config(e.to_string()))?;
         let engine = EngineSettings {
             max_clock_skew: Duration::from_millis(self.scheduler.max_clock_skew_ms),

@@ -8,6 +8,7 @@ use keel_raft::limits::MESSAGE_MAX_BYTES;
 
 use keel_raft::node::{Extension, NodeConfig, RaftNode};
 use keel_raft::plain_log::PlainLog;
+use keel_raft::security::roles::{MethodRoles, Role};
 
 use crate::command::EntryState;
 use crate::engine::dispatch::Dispatcher;
@@ -21,6 +22,23 @@ use crate::pb::workflows_server::WorkflowsServer;
 use crate::service::WorkflowService;
 use crate::state::EntryKind;
 use crate::workers_service::WorkersService;
+
+/// The role each method of the workflow and workers services needs when the node
+/// authenticates ([`keel_raft::security::roles`]).
+pub fn method_roles() -> MethodRoles {
+    MethodRoles::new(&[
+        ("/keel.workflows.v2.Workflows/Start", Role::Write),
+        ("/keel.workflows.v2.Workflows/Signal", Role::Write),
+        ("/keel.workflows.v2.Workflows/Cancel", Role::Write),
+        ("/keel.workflows.v2.Workflows/ScheduleTimer", Role::Write),
+        ("/keel.workflows.v2.Workflows/RegisterSchedule", Role::Write),
+        ("/keel.workflows.v2.Workflows/Get", Role::Read),
+        ("/keel.workflows.v2.Workflows/List", Role::Read),
+        ("/keel.workflows.v2.Workflows/GetTimer", Role::Read),
+        ("/keel.workflows.v2.Workflows/WatchFires", Role::Read),
+        ("/keel.workflows.v2.Workers/", Role::Worker),
+    ])
+}
 
 /// A running Keel node.
 #[derive(Debug)]
@@ -68,6 +86,7 @@ impl Node {
                             .max_encoding_message_size(MESSAGE_MAX_BYTES),
                     )
             }),
+            method_roles: method_roles(),
         };
         let inner = RaftNode::start_with(config, Some(extension)).await?;
         let engine = Engine::start(
@@ -196,5 +215,25 @@ impl Node {
     pub async fn shutdown(self) {
         drop(self.engine);
         self.inner.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_raft::security::roles::proto_methods;
+
+    use super::*;
+
+    #[test]
+    fn every_method_of_the_workflow_services_has_its_own_role() {
+        let roles = method_roles();
+        let methods = proto_methods(include_str!("../proto/workflows.proto"));
+        assert_eq!(methods.len(), 13, "{methods:?}");
+        for method in &methods {
+            assert!(roles.names(method), "{method} has no role");
+        }
+        assert_eq!(roles.needed("/keel.workflows.v2.Workflows/Start"), Role::Write);
+        assert_eq!(roles.needed("/keel.workflows.v2.Workers/Journal"), Role::Worker);
+        assert_eq!(roles.needed("/keel.workflows.v2.Workflows/List"), Role::Read);
     }
 }

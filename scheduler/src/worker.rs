@@ -16,7 +16,7 @@ use keel_raft::client::{ClientError, KeelClient, retry_any_but_invalid};
 use keel_raft::limits::MESSAGE_MAX_BYTES;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tonic::transport::Channel;
+use keel_raft::security::credentials::{Credentials, KeelChannel};
 
 use crate::command::{self, Answer, Command, EntryState};
 use crate::engine::AbortOnDrop;
@@ -34,7 +34,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 /// How long one `WaitEntry` call waits.
 const WAIT_SLICE: Duration = Duration::from_secs(10);
 
-fn workers(channel: Channel) -> WorkersClient<Channel> {
+fn workers(channel: KeelChannel) -> WorkersClient<KeelChannel> {
     WorkersClient::new(channel)
         .max_decoding_message_size(MESSAGE_MAX_BYTES)
         .max_encoding_message_size(MESSAGE_MAX_BYTES)
@@ -181,9 +181,23 @@ impl Worker {
     /// # Errors
     /// [`ClientError::Endpoint`] for an address that is not a valid `host:port`.
     pub fn new(endpoints: &[String], id: u64, registry: Registry) -> Result<Self, ClientError> {
+        Self::with_credentials(endpoints, &Credentials::none(), id, registry)
+    }
+
+    /// [`Worker::new`], presenting `credentials` (a worker token or certificate when the
+    /// cluster authenticates).
+    ///
+    /// # Errors
+    /// A bad address, or a credential file that cannot be used.
+    pub fn with_credentials(
+        endpoints: &[String],
+        credentials: &Credentials,
+        id: u64,
+        registry: Registry,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             id,
-            cluster: KeelClient::new(endpoints)?,
+            cluster: KeelClient::with_credentials(endpoints, credentials)?,
             registry: Arc::new(registry),
         })
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::SinkExt;
 use futures::channel::{mpsc, oneshot};
-use tonic::transport::Channel;
+use crate::security::credentials::KeelChannel;
 
 use crate::pb::client::{self as api, keel_log_client::KeelLogClient};
 use crate::wire_error::{self};
@@ -41,7 +41,7 @@ pub(super) type AppendStreams = Arc<tokio::sync::Mutex<HashMap<String, Arc<Appen
 pub(super) async fn stream_append(
     streams: &AppendStreams,
     addr: &str,
-    client: KeelLogClient<Channel>,
+    client: KeelLogClient<KeelChannel>,
     request: api::AppendRequest,
 ) -> Result<api::AppendResponse, tonic::Status> {
     let stream = {
@@ -126,7 +126,7 @@ impl Drop for Waiter<'_> {
 }
 
 async fn open_append_stream(
-    mut client: KeelLogClient<Channel>,
+    mut client: KeelLogClient<KeelChannel>,
 ) -> Result<AppendStream, tonic::Status> {
     let (requests, outgoing) = mpsc::channel(APPEND_STREAM_QUEUE);
     let mut answers = client.append_stream(outgoing).await?.into_inner();

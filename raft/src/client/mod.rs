@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tonic::transport::Channel;
 
 mod admin;
 mod append_stream;
@@ -24,6 +23,7 @@ pub use admin::STATUS_TIMEOUT;
 use append_stream::{AppendStreams, stream_append};
 
 use crate::network::client::endpoint;
+use crate::security::credentials::{Connector, Credentials, KeelChannel, TlsRefused, tls_refusal};
 use crate::pb::client::{self as api, keel_log_client::KeelLogClient};
 use crate::wire_error::{self, WriteErrorKind};
 
@@ -74,6 +74,9 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// The client's credentials (CA, certificate, key, token file) cannot be used.
+    #[error("credentials: {0}")]
+    Credentials(#[from] crate::security::SecurityError),
     /// A bad endpoint address.
     #[error("invalid endpoint {addr}: {reason}")]
     Endpoint {
@@ -88,7 +91,8 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct KeelClient {
     endpoints: Vec<String>,
-    channels: HashMap<String, Channel>,
+    connector: Connector,
+    channels: HashMap<String, KeelChannel>,
     streams: AppendStreams,
     /// Index into `endpoints` (or a learned leader address) to try first.
     preferred: Option<String>,
@@ -131,18 +135,27 @@ impl KeelClient {
     /// # Errors
     /// [`ClientError::Endpoint`] for an address that is not a valid `host:port`.
     pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
+        Self::with_credentials(endpoints, &Credentials::none())
+    }
+
+    /// [`KeelClient::new`], presenting `credentials` (TLS when they name a CA, a client
+    /// certificate, a bearer token).
+    ///
+    /// # Errors
+    /// [`ClientError::Endpoint`] for a bad address; [`ClientError::Credentials`] for a
+    /// credential file that cannot be used.
+    pub fn with_credentials(
+        endpoints: &[String],
+        credentials: &Credentials,
+    ) -> Result<Self, ClientError> {
+        let connector = Connector::new(credentials)?;
         let mut channels = HashMap::new();
         for addr in endpoints {
-            let channel = endpoint(addr)
-                .map_err(|e| ClientError::Endpoint {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?
-                .connect_lazy();
-            channels.insert(addr.clone(), channel);
+            channels.insert(addr.clone(), dial(&connector, addr)?);
         }
         Ok(Self {
             endpoints: endpoints.to_vec(),
+            connector,
             channels,
             streams: AppendStreams::default(),
             preferred: None,
@@ -226,7 +239,7 @@ impl KeelClient {
     /// takes the next sequence).
     pub async fn write<T, F, Fut>(&mut self, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(WriteId, String, Channel) -> Fut,
+        F: FnMut(WriteId, String, KeelChannel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         if self.writes == Writes::AtMostOnce {
@@ -265,6 +278,7 @@ impl KeelClient {
                                 | WriteErrorKind::Unavailable
                                 | WriteErrorKind::Invalid
                                 | WriteErrorKind::UnknownSession
+                                | WriteErrorKind::Denied
                         )
                     {
                         maybe_applied.store(true, Ordering::Relaxed);
@@ -302,20 +316,15 @@ impl KeelClient {
     ///
     /// # Errors
     /// [`ClientError::Endpoint`] for a bad address.
-    pub fn raw_channel(&mut self, addr: &str) -> Result<Channel, ClientError> {
+    pub fn raw_channel(&mut self, addr: &str) -> Result<KeelChannel, ClientError> {
         if !self.channels.contains_key(addr) {
-            let channel = endpoint(addr)
-                .map_err(|e| ClientError::Endpoint {
-                    addr: addr.to_owned(),
-                    reason: e.to_string(),
-                })?
-                .connect_lazy();
+            let channel = dial(&self.connector, addr)?;
             self.channels.insert(addr.to_owned(), channel);
         }
         Ok(self.channels[addr].clone())
     }
 
-    fn channel(&mut self, addr: &str) -> Result<KeelLogClient<Channel>, ClientError> {
+    fn channel(&mut self, addr: &str) -> Result<KeelLogClient<KeelChannel>, ClientError> {
         Ok(log_client(self.raw_channel(addr)?))
     }
 
@@ -323,7 +332,7 @@ impl KeelClient {
     ///
     /// # Errors
     /// [`ClientError::Endpoint`] for a bad address.
-    pub fn node(&mut self, addr: &str) -> Result<KeelLogClient<Channel>, ClientError> {
+    pub fn node(&mut self, addr: &str) -> Result<KeelLogClient<KeelChannel>, ClientError> {
         self.channel(addr)
     }
 
@@ -347,7 +356,7 @@ impl KeelClient {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(String, KeelLogClient<Channel>) -> Fut,
+        F: FnMut(String, KeelLogClient<KeelChannel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         self.on_leader_channel(retry_on, |addr, channel| call(addr, log_client(channel)))
@@ -367,7 +376,7 @@ impl KeelClient {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(String, Channel) -> Fut,
+        F: FnMut(String, KeelChannel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = Instant::now() + RETRY_DEADLINE;
@@ -385,12 +394,10 @@ impl KeelClient {
                 };
                 let kind = kind_of(&status);
                 let (_, leader) = wire_error::parse(&status);
-                last = format!("{addr}: {}", status.message());
-                if !retry_on(kind) {
-                    return Err(ClientError::Refused {
-                        kind,
-                        message: status.message().to_owned(),
-                    });
+                let message = message_of(&status);
+                last = format!("{addr}: {message}");
+                if kind == WriteErrorKind::Denied || !retry_on(kind) {
+                    return Err(ClientError::Refused { kind, message });
                 }
                 if let (WriteErrorKind::NotLeader, Some((_, leader_addr))) = (kind, leader)
                     && leader_addr != addr
@@ -508,18 +515,45 @@ impl KeelClient {
 }
 
 /// What an error status says of its request. Without Keel's kind the error came from the
-/// transport: a refused connection sent nothing; anything else may have been delivered.
+/// transport: a refused TLS handshake or credential is [`WriteErrorKind::Denied`], a refused
+/// connection sent nothing; anything else may have been delivered.
 fn kind_of(status: &tonic::Status) -> WriteErrorKind {
-    wire_error::parse(status)
-        .0
-        .unwrap_or(if status.code() == tonic::Code::Unavailable {
-            WriteErrorKind::Unavailable
-        } else {
-            WriteErrorKind::OutcomeUnknown
-        })
+    if let Some(kind) = wire_error::parse(status).0 {
+        return kind;
+    }
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => WriteErrorKind::Denied,
+        _ if refusal(status).is_some() => WriteErrorKind::Denied,
+        tonic::Code::Unavailable => WriteErrorKind::Unavailable,
+        _ => WriteErrorKind::OutcomeUnknown,
+    }
 }
 
-fn log_client(channel: Channel) -> KeelLogClient<Channel> {
+/// The TLS refusal behind a transport error status, if that is what it is.
+fn refusal(status: &tonic::Status) -> Option<&TlsRefused> {
+    let source: &(dyn std::error::Error + 'static) = std::error::Error::source(status)?;
+    tls_refusal(source)
+}
+
+/// A status's message, with the TLS refusal behind it when there is one (a transport
+/// error's own message says only "transport error").
+fn message_of(status: &tonic::Status) -> String {
+    match refusal(status) {
+        Some(refused) => format!("{}: {refused}", status.message()),
+        None => status.message().to_owned(),
+    }
+}
+
+/// A lazily connected channel to `addr` through `connector`.
+fn dial(connector: &Connector, addr: &str) -> Result<KeelChannel, ClientError> {
+    let endpoint = endpoint(addr).map_err(|e| ClientError::Endpoint {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(connector.channel(&endpoint))
+}
+
+fn log_client(channel: KeelChannel) -> KeelLogClient<KeelChannel> {
     KeelLogClient::new(channel)
         .max_decoding_message_size(crate::limits::MESSAGE_MAX_BYTES)
         .max_encoding_message_size(crate::limits::MESSAGE_MAX_BYTES)
@@ -530,6 +564,9 @@ fn log_client(channel: Channel) -> KeelLogClient<Channel> {
 pub fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {
     !matches!(
         kind,
-        WriteErrorKind::Invalid | WriteErrorKind::StaleSequence | WriteErrorKind::UnknownSession
+        WriteErrorKind::Invalid
+            | WriteErrorKind::StaleSequence
+            | WriteErrorKind::UnknownSession
+            | WriteErrorKind::Denied
     )
 }

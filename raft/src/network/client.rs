@@ -1,4 +1,5 @@
-//! openraft's network on tonic: one lazily connected, reused [`Channel`] per peer.
+//! openraft's network on tonic: one lazily connected, reused channel per peer ([`KeelChannel`],
+//! dialled over TLS with the node's own certificate when it has one).
 //!
 //! A peer's address comes from this node's own configuration when it names one (so a test
 //! proxy can stand between two nodes), else from the membership. Replication is a bidi
@@ -23,11 +24,12 @@ use openraft::raft::{
 };
 use openraft::{EntryPayload, OptionalSend, RaftNetworkFactory};
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::limits::{MESSAGE_MAX_BYTES, REPLICATION_BATCH_MAX_BYTES, SNAPSHOT_CHUNK_BYTES};
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::{self, raft as wire};
+use crate::security::credentials::{Connector, KeelChannel};
 use crate::snapshot::SnapshotFile;
 use crate::types::{Entry, NodeAddr, NodeId, Snapshot, TypeConfig, Vote};
 
@@ -41,15 +43,18 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Network {
     /// Peer addresses from this node's configuration; they win over the membership's.
     overrides: Arc<HashMap<NodeId, String>>,
+    /// How peers are dialled (TLS with this node's certificate, or plaintext).
+    connector: Connector,
     /// One channel per `(peer, address)`.
-    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    channels: Arc<Mutex<HashMap<(NodeId, String), KeelChannel>>>,
 }
 
 impl Network {
-    /// A network using `overrides` for the peers it names.
-    pub fn new(overrides: HashMap<NodeId, String>) -> Self {
+    /// A network dialling through `connector`, using `overrides` for the peers it names.
+    pub fn new(overrides: HashMap<NodeId, String>, connector: Connector) -> Self {
         Self {
             overrides: Arc::new(overrides),
+            connector,
             channels: Arc::default(),
         }
     }
@@ -69,12 +74,16 @@ impl Network {
     ///
     /// # Panics
     /// If the cache lock was poisoned by a panic while held.
-    pub fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn channel(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<KeelChannel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("channel cache lock poisoned");
         if let Some(channel) = channels.get(&(target, addr.to_owned())) {
             return Ok(channel.clone());
         }
-        let channel = endpoint(addr)?.connect_lazy();
+        let channel = self.connector.channel(&endpoint(addr)?);
         channels.insert((target, addr.to_owned()), channel.clone());
         Ok(channel)
     }
@@ -116,7 +125,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     /// The client, or why the address is unusable.
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftClient<KeelChannel>, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +137,7 @@ struct PeerError {
 }
 
 impl PeerClient {
-    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<RaftClient<KeelChannel>, RPCError<TypeConfig>> {
         self.client
             .clone()
             .map_err(|reason| RPCError::Unreachable(Unreachable::new(&self.error(reason))))

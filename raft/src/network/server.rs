@@ -16,10 +16,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::limits::MESSAGE_MAX_BYTES;
 use crate::network::client_service::ClientService;
-use crate::network::stoppable::StoppableIo;
+use crate::network::incoming;
 use crate::pb::client::keel_log_server::KeelLogServer;
 use crate::pb::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::pb::{self, raft as wire};
+use crate::security::OpenedSecurity;
 use crate::shared::{Admission, NodeShared};
 use crate::snapshot::SnapshotFile;
 use crate::state_machine::StateMachineHost;
@@ -28,11 +29,13 @@ use crate::types::{Raft, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, V
 /// Adds an extension's gRPC services to a node's routes.
 pub type AddServices = Box<dyn FnOnce(&NodeShared, Routes) -> Routes + Send>;
 
-/// Serves both services (and an extension's) on `listener` until `stop` turns true.
+/// Serves both services (and an extension's) on `listener` until `stop` turns true, over
+/// TLS and behind authentication as `security` says.
 pub async fn serve(
     shared: NodeShared,
     listener: TcpListener,
     extra: Option<AddServices>,
+    security: OpenedSecurity,
     mut stop: watch::Receiver<bool>,
 ) {
     let raft = RaftServer::new(RaftService {
@@ -45,10 +48,7 @@ pub async fn serve(
     let client = KeelLogServer::new(ClientService::new(shared.clone()))
         .max_decoding_message_size(MESSAGE_MAX_BYTES)
         .max_encoding_message_size(MESSAGE_MAX_BYTES);
-    let connection_stop = stop.clone();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(move |accepted| accepted.map(|io| StoppableIo::new(io, connection_stop.clone())));
+    let incoming = incoming::accept(listener, security.server_tls.clone(), stop.clone());
     let stopped = async move {
         while !*stop.borrow_and_update() {
             if stop.changed().await.is_err() {
@@ -61,6 +61,7 @@ pub async fn serve(
         routes = add(&shared, routes);
     }
     let served = tonic::transport::Server::builder()
+        .layer(security.layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stopped)
         .await;

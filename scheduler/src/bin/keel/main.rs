@@ -15,14 +15,21 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use keel_raft::client::{ClientError, KeelClient, WriteId};
 use keel_raft::node::NodeConfig;
+use keel_raft::security::credentials::Credentials;
+use keel_raft::security::tls::TlsFiles;
+use keel_raft::security::{AuthSettings, NodeSecurity};
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::{ConfigFile, Node, builtin};
 
+mod certs;
 mod cluster_args;
 mod demo;
 mod workflows;
 
-use cluster_args::{ClusterArgs, DEV_BASE_PORT, DEV_DATA_DIR, ENDPOINTS_FILE, client, endpoints};
+use cluster_args::{
+    ClusterArgs, DEV_BASE_PORT, DEV_CERTS_DIR, DEV_DATA_DIR, ENDPOINTS_FILE, client, credentials,
+    dev_credentials, endpoints,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,7 +61,14 @@ enum Command {
         /// Acknowledge from the page cache (non-durable).
         #[arg(long)]
         relaxed: bool,
+        /// TLS on every port and client certificates required (`keel certs` into the data
+        /// directory's `certs/` first, if not there yet); client commands find them.
+        #[arg(long)]
+        tls: bool,
     },
+    /// Create a CA, node certificates and client certificates (one per role) for a local
+    /// cluster.
+    Certs(certs::CertsArgs),
     /// Form a cluster of the given nodes (each must be running and uninitialized).
     Init(ClusterArgs),
     /// Show every node's role, term, indexes and state digest; or, given a workflow id,
@@ -193,7 +207,14 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             data_dir,
             base_port,
             relaxed,
-        } => run_dev(&data_dir, base_port, relaxed).await,
+            tls,
+        } => run_dev(&data_dir, base_port, relaxed, tls).await,
+        Command::Certs(args) => {
+            for line in certs::write_certs(&args)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Init(cluster) => init(&cluster).await,
         Command::Status {
             cluster,
@@ -279,8 +300,12 @@ async fn run_worker(cluster: &ClusterArgs, id: u64) -> anyhow::Result<()> {
         bail!("worker ids start at 1");
     }
     init_tracing();
-    let worker =
-        keel_scheduler::worker::Worker::new(&endpoints(cluster)?, id, builtin::registry())?;
+    let worker = keel_scheduler::worker::Worker::with_credentials(
+        &endpoints(cluster)?,
+        &credentials(cluster),
+        id,
+        builtin::registry(),
+    )?;
     tracing::info!(worker = id, "working; Ctrl-C stops");
     tokio::select! {
         () = worker.run() => Ok(()),
@@ -288,21 +313,52 @@ async fn run_worker(cluster: &ClusterArgs, id: u64) -> anyhow::Result<()> {
     }
 }
 
-async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Result<()> {
+/// The configuration of `keel dev`'s node `id` on `port`: TLS and client certificates
+/// required when `certs_dir` is given.
+fn dev_node_config(
+    id: u16,
+    port: u16,
+    data_dir: &Path,
+    relaxed: bool,
+    certs_dir: Option<&Path>,
+) -> NodeConfig {
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut config = NodeConfig::new(u64::from(id), listen, data_dir.join(format!("node-{id}")));
+    config.metrics_listen = port.checked_add(100).map(|p| ([127, 0, 0, 1], p).into());
+    if relaxed {
+        config.sync = keel_log::SyncPolicy::Relaxed;
+    }
+    if let Some(certs) = certs_dir {
+        config.security = NodeSecurity {
+            tls: Some(TlsFiles {
+                cert: certs.join(format!("node-{id}.pem")),
+                key: certs.join(format!("node-{id}.key")),
+                ca: certs.join("ca.pem"),
+            }),
+            auth: Some(AuthSettings::default()),
+            insecure: false,
+        };
+    }
+    config
+}
+
+async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool, tls: bool) -> anyhow::Result<()> {
     init_tracing();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    let certs_dir = data_dir.join(DEV_CERTS_DIR);
+    if tls && dev_credentials(data_dir).is_none() {
+        certs::write_certs(&certs::CertsArgs {
+            dir: certs_dir.clone(),
+            nodes: 3,
+            host: Vec::new(),
+        })?;
+    }
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u16 {
         let port = base_port.checked_add(id - 1).context("port out of range")?;
-        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut config =
-            NodeConfig::new(u64::from(id), listen, data_dir.join(format!("node-{id}")));
-        config.metrics_listen = port.checked_add(100).map(|p| ([127, 0, 0, 1], p).into());
-        if relaxed {
-            config.sync = keel_log::SyncPolicy::Relaxed;
-        }
+        let config = dev_node_config(id, port, data_dir, relaxed, tls.then_some(&*certs_dir));
         let node = Node::start(config, builtin::registry(), EngineSettings::default())
             .await
             .with_context(|| format!("starting node {id}"))?;
@@ -311,7 +367,12 @@ async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Resu
     }
     let endpoints: Vec<String> = members.values().cloned().collect();
     std::fs::write(data_dir.join(ENDPOINTS_FILE), endpoints.join("\n") + "\n")?;
-    let mut client = KeelClient::new(&endpoints)?;
+    let credentials = if tls {
+        dev_credentials(data_dir).context("the dev cluster's certificates are gone")?
+    } else {
+        Credentials::none()
+    };
+    let mut client = KeelClient::with_credentials(&endpoints, &credentials)?;
     let initialized = client
         .statuses()
         .await
@@ -320,15 +381,32 @@ async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Resu
     if !initialized {
         client.init(&members).await.context("forming the cluster")?;
     }
-    println!(
-        "keel dev: three nodes on loopback ({})",
-        if relaxed {
-            "relaxed sync, NON-DURABLE"
-        } else {
-            "durable"
-        }
-    );
-    for (id, addr) in &members {
+    print_dev_banner(data_dir, &members, relaxed, tls.then_some(&*certs_dir));
+    tokio::signal::ctrl_c().await?;
+    println!("stopping…");
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+/// What `keel dev` says once its cluster runs.
+fn print_dev_banner(
+    data_dir: &Path,
+    members: &BTreeMap<u64, String>,
+    relaxed: bool,
+    certs_dir: Option<&Path>,
+) {
+    let sync = if relaxed {
+        "relaxed sync, NON-DURABLE"
+    } else {
+        "durable"
+    };
+    let security = certs_dir.map_or_else(String::new, |dir| {
+        format!("; TLS, client certificates required: {}", dir.display())
+    });
+    println!("keel dev: three nodes on loopback ({sync}{security})");
+    for (id, addr) in members {
         println!(
             "  node {id}: grpc {addr}, metrics http://127.0.0.1:{}/metrics",
             addr.rsplit(':')
@@ -342,12 +420,6 @@ async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool) -> anyhow::Resu
         data_dir.display()
     );
     println!("Ctrl-C stops the cluster.");
-    tokio::signal::ctrl_c().await?;
-    println!("stopping…");
-    for node in nodes {
-        node.shutdown().await;
-    }
-    Ok(())
 }
 
 async fn init(cluster: &ClusterArgs) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::Args;
 use keel_scheduler::client::{WorkflowClient, WorkflowInfo};
 
-use crate::cluster_args::{ClusterArgs, endpoints};
+use crate::cluster_args::{ClusterArgs, credentials, endpoints};
 
 /// `keel start`.
 #[derive(Debug, Args)]
@@ -70,7 +70,10 @@ pub(crate) struct CancelArgs {
 }
 
 fn client(cluster: &ClusterArgs) -> anyhow::Result<WorkflowClient> {
-    Ok(WorkflowClient::new(&endpoints(cluster)?)?)
+    Ok(WorkflowClient::with_credentials(
+        &endpoints(cluster)?,
+        &credentials(cluster),
+    )?)
 }
 
 /// A workflow's result or error, readably.
