@@ -23,7 +23,8 @@ pub use admin::STATUS_TIMEOUT;
 use append_stream::{AppendStreams, stream_append};
 
 use crate::network::client::endpoint;
-use crate::security::credentials::{Connector, Credentials, KeelChannel, TlsRefused, tls_refusal};
+use crate::security::credentials::{Connector, Credentials, KeelChannel};
+use crate::security::dial::tls_refusal;
 use crate::pb::client::{self as api, keel_log_client::KeelLogClient};
 use crate::wire_error::{self, WriteErrorKind};
 
@@ -52,7 +53,7 @@ pub enum ClientError {
     },
     /// A gRPC error without Keel's error kind (a transport error, an old server).
     #[error("{0}")]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
     /// No node answered usefully before the retry deadline.
     #[error("no usable answer within {RETRY_DEADLINE:?}; last error: {last}")]
     GaveUp {
@@ -85,6 +86,22 @@ pub enum ClientError {
         /// Why it is invalid.
         reason: String,
     },
+}
+
+impl From<tonic::Status> for ClientError {
+    /// A refusal of the caller's credentials or role (by the node, or by TLS on either
+    /// side) becomes [`ClientError::Refused`] of kind [`WriteErrorKind::Denied`], saying
+    /// why; any other status stays [`ClientError::Rpc`].
+    fn from(status: tonic::Status) -> Self {
+        if kind_of(&status) == WriteErrorKind::Denied {
+            ClientError::Refused {
+                kind: WriteErrorKind::Denied,
+                message: message_of(&status),
+            }
+        } else {
+            ClientError::Rpc(status)
+        }
+    }
 }
 
 /// A client of one cluster.
@@ -530,7 +547,7 @@ fn kind_of(status: &tonic::Status) -> WriteErrorKind {
 }
 
 /// The TLS refusal behind a transport error status, if that is what it is.
-fn refusal(status: &tonic::Status) -> Option<&TlsRefused> {
+fn refusal(status: &tonic::Status) -> Option<String> {
     let source: &(dyn std::error::Error + 'static) = std::error::Error::source(status)?;
     tls_refusal(source)
 }
@@ -539,8 +556,10 @@ fn refusal(status: &tonic::Status) -> Option<&TlsRefused> {
 /// error's own message says only "transport error").
 fn message_of(status: &tonic::Status) -> String {
     match refusal(status) {
-        Some(refused) => format!("{}: {refused}", status.message()),
-        None => status.message().to_owned(),
+        Some(refused) if !status.message().contains(&refused) => {
+            format!("{}: {refused}", status.message())
+        }
+        _ => status.message().to_owned(),
     }
 }
 

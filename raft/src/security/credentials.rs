@@ -7,19 +7,13 @@
 //! channels that dial through TLS when a CA is given and add the token to every request.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use http::{HeaderValue, Uri};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+use http::HeaderValue;
 use tonic::transport::{Channel, Endpoint};
 
+use super::dial::TlsDial;
 use super::error::{Result, SecurityError};
 use super::reload::Reloading;
 use super::tls::{self, ClientTls};
@@ -103,9 +97,6 @@ pub struct Connector {
     token: Option<Arc<Reloading<Bearer>>>,
 }
 
-/// How long dialling (TCP and TLS handshake) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
 impl Connector {
     /// Opens `credentials`.
     ///
@@ -151,88 +142,13 @@ impl Connector {
     /// A lazily connected channel to `endpoint`.
     pub fn channel(&self, endpoint: &Endpoint) -> KeelChannel {
         let inner = match &self.tls {
-            Some(tls) => endpoint.connect_with_connector_lazy(TlsDial(Arc::clone(tls))),
+            Some(tls) => endpoint.connect_with_connector_lazy(TlsDial::new(Arc::clone(tls))),
             None => endpoint.connect_lazy(),
         };
         KeelChannel {
             inner,
             token: self.token.clone(),
         }
-    }
-}
-
-/// A TLS handshake that either side refused (a certificate of another CA, a name the
-/// server's certificate does not carry, a client certificate the server does not accept):
-/// retrying with the same credentials fails the same way.
-#[derive(Debug, thiserror::Error)]
-#[error("TLS to {addr} refused: {reason}")]
-pub struct TlsRefused {
-    /// The address dialled.
-    pub addr: String,
-    /// rustls's reason.
-    pub reason: String,
-}
-
-/// Whether `error` or an error it wraps is a [`TlsRefused`], and which.
-pub fn tls_refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a TlsRefused> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(refused) = error.downcast_ref::<TlsRefused>() {
-            return Some(refused);
-        }
-        next = error.source();
-    }
-    None
-}
-
-/// Dials TCP, then TLS with the client configuration current at the time.
-#[derive(Debug, Clone)]
-struct TlsDial(Arc<ClientTls>);
-
-type DialFuture =
-    Pin<Box<dyn Future<Output = Result<TokioIo<TlsStream<TcpStream>>, Box<dyn std::error::Error + Send + Sync>>> + Send>>;
-
-impl tower::Service<Uri> for TlsDial {
-    type Response = TokioIo<TlsStream<TcpStream>>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = DialFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> DialFuture {
-        let config = self.0.current();
-        Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| format!("{uri} names no host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().ok_or_else(|| format!("{uri} names no port"))?;
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| format!("{host} is not a name TLS can verify: {e}"))?;
-            let addr = format!("{host}:{port}");
-            let dial = async {
-                let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                tcp.set_nodelay(true)?;
-                TlsConnector::from(config).connect(name, tcp).await
-            };
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial)
-                .await
-                .map_err(|_| format!("no TLS connection to {addr} within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|error| -> Box<dyn std::error::Error + Send + Sync> {
-                    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                        Some(refusal) => Box::new(TlsRefused {
-                            addr: addr.clone(),
-                            reason: refusal.to_string(),
-                        }),
-                        None => Box::new(error),
-                    }
-                })?;
-            Ok(TokioIo::new(stream))
-        })
     }
 }
 

@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod certs;
 pub mod credentials;
+pub mod dial;
 mod error;
 pub mod pem;
 pub mod reload;
