@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusResponse;
+use keel_raft::security::credentials::Credentials;
+use keel_scheduler::client::{WorkflowClient, WorkflowClientError};
 
 use crate::network::{NetKind, Network};
+use crate::security::ClusterPki;
 
 /// The nodes' `max_clock_skew`: how early an absolute timer may fire when wall clocks
 /// disagree by less. The clock nemesis's small skews stay below it.
@@ -52,6 +55,8 @@ pub struct ClusterOptions {
     /// Remote worker processes (`keel worker`) to run the workflows; with any, the nodes
     /// run none themselves (`run_workflows = false`).
     pub workers: u64,
+    /// TLS on every port and authentication on ([`crate::security`]).
+    pub tls: bool,
 }
 
 /// The libfaketime library, if installed (`apt-get install libfaketime`).
@@ -85,6 +90,44 @@ struct WorkerProc {
     child: Option<Child>,
 }
 
+impl NodeProc {
+    /// Node `id` of a cluster in `dir`: its configuration file written, not started.
+    fn write(
+        dir: &Path,
+        id: u64,
+        options: &ClusterOptions,
+        network: &Network,
+        pki: Option<&ClusterPki>,
+    ) -> anyhow::Result<Self> {
+        let addr = network
+            .listen_addr(id)
+            .context("the network has no such node")?;
+        let config = dir.join(format!("node-{id}.toml"));
+        let journal = dir.join(format!("node-{id}.journal"));
+        let mut text = node_config(id, &addr, options.count, network, pki);
+        if options.workers > 0 {
+            text = text.replace("[scheduler]\n", "[scheduler]\nrun_workflows = false\n");
+        }
+        if options.sync_journal {
+            text = format!("sync_journal = \"node-{id}.journal\"\n{text}");
+        }
+        std::fs::write(&config, text)?;
+        let clock = dir.join(format!("node-{id}.faketime"));
+        std::fs::write(&clock, "+0\n")?;
+        Ok(Self {
+            id,
+            addr,
+            data_dir: dir.join(format!("node-{id}")),
+            journal,
+            purged_log: dir.join(format!("node-{id}.purged")),
+            config,
+            log: dir.join(format!("node-{id}.log")),
+            clock,
+            child: None,
+        })
+    }
+}
+
 /// The cluster under test.
 #[derive(Debug)]
 pub struct Cluster {
@@ -98,6 +141,10 @@ pub struct Cluster {
     pub network: Network,
     /// The remote workers, by id.
     workers: BTreeMap<u64, WorkerProc>,
+    /// The certificates and tokens of a TLS cluster.
+    pki: Option<ClusterPki>,
+    /// What the harness presents to the nodes.
+    credentials: Credentials,
 }
 
 impl Cluster {
@@ -138,6 +185,9 @@ impl Cluster {
             let mut command = Command::new(&self.keel);
             if let Some(fault) = &self.sabotage {
                 command.env("KEEL_SABOTAGE", fault);
+            }
+            if let Some(pki) = &self.pki {
+                command.envs(pki.worker_env());
             }
             let child = command
                 .args(["worker", "--id", &id.to_string(), "--cluster", &cluster])
@@ -212,7 +262,13 @@ pub const SESSIONS_MAX: u64 = 4;
 /// falls behind the purged log and needs a snapshot), a copy of every purged range (so the
 /// whole committed log can be checked after the run), few client sessions, the clock-skew
 /// tolerance the timers checker holds absolute timers to, peers over the network.
-fn node_config(id: u64, addr: &str, count: u64, network: &Network) -> String {
+fn node_config(
+    id: u64,
+    addr: &str,
+    count: u64,
+    network: &Network,
+    pki: Option<&ClusterPki>,
+) -> String {
     let mut text = format!(
         "node_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n\
          sessions_max = {SESSIONS_MAX}\npurged_log = \"node-{id}.purged\"\n\
@@ -225,7 +281,19 @@ fn node_config(id: u64, addr: &str, count: u64, network: &Network) -> String {
             let _ = writeln!(text, "{peer} = \"{peer_addr}\"");
         }
     }
+    match pki {
+        Some(pki) => text.push_str(&pki.node_sections(id)),
+        // Plaintext beyond loopback (a network namespace's address) must say so.
+        None if !is_loopback(addr) => text.insert_str(0, "insecure = true\n"),
+        None => {}
+    }
     text
+}
+
+/// Whether `addr` (`host:port`) is a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
 }
 
 impl Cluster {
@@ -245,36 +313,23 @@ impl Cluster {
                 None
             };
         let network = Network::start(options.net, options.count, options.seed)?;
+        let pki = if options.tls {
+            let listen: Vec<(u64, String)> = (1..=options.count)
+                .filter_map(|id| network.listen_addr(id).map(|addr| (id, addr)))
+                .collect();
+            Some(ClusterPki::create(
+                &dir.join("certs"),
+                &listen,
+                options.seed,
+            )?)
+        } else {
+            None
+        };
         let mut nodes = BTreeMap::new();
         for id in 1..=options.count {
-            let addr = network
-                .listen_addr(id)
-                .context("the network has no such node")?;
-            let config = dir.join(format!("node-{id}.toml"));
-            let journal = dir.join(format!("node-{id}.journal"));
-            let mut text = node_config(id, &addr, options.count, &network);
-            if options.workers > 0 {
-                text = text.replace("[scheduler]\n", "[scheduler]\nrun_workflows = false\n");
-            }
-            if options.sync_journal {
-                text = format!("sync_journal = \"node-{id}.journal\"\n{text}");
-            }
-            std::fs::write(&config, text)?;
-            let clock = dir.join(format!("node-{id}.faketime"));
-            std::fs::write(&clock, "+0\n")?;
             nodes.insert(
                 id,
-                NodeProc {
-                    id,
-                    addr,
-                    data_dir: dir.join(format!("node-{id}")),
-                    journal,
-                    purged_log: dir.join(format!("node-{id}.purged")),
-                    config,
-                    log: dir.join(format!("node-{id}.log")),
-                    clock,
-                    child: None,
-                },
+                NodeProc::write(dir, id, options, &network, pki.as_ref())?,
             );
         }
         let workers = (1..=options.workers)
@@ -290,6 +345,10 @@ impl Cluster {
             nodes,
             network,
             workers,
+            credentials: pki
+                .as_ref()
+                .map_or_else(Credentials::none, |pki| pki.harness().clone()),
+            pki,
         };
         for id in 1..=options.count {
             cluster.restart(id)?;
@@ -465,7 +524,23 @@ impl Cluster {
     /// # Errors
     /// A bad address.
     pub fn client(&self) -> anyhow::Result<KeelClient> {
-        Ok(KeelClient::new(&self.addrs())?)
+        Ok(KeelClient::with_credentials(
+            &self.addrs(),
+            &self.credentials,
+        )?)
+    }
+
+    /// A workflow client of the whole cluster.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn workflow_client(&self) -> Result<WorkflowClient, WorkflowClientError> {
+        WorkflowClient::with_credentials(&self.addrs(), &self.credentials)
+    }
+
+    /// What the harness presents to the nodes (nothing unless the cluster runs TLS).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// Forms the cluster once every node answers.

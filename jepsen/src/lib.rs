@@ -33,4 +33,5 @@ pub mod network;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod security;
 pub mod workload;

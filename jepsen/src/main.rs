@@ -71,6 +71,10 @@ enum Command {
         /// `target/sabotage/debug/keel` above the working directory, if built).
         #[arg(long)]
         sabotage_keel: Option<PathBuf>,
+        /// TLS on every port and authentication on: certificates from a CA of the run's own,
+        /// the harness an admin by certificate, remote workers by a worker token.
+        #[arg(long, conflicts_with = "profile")]
+        tls: bool,
     },
 }
 
@@ -109,6 +113,7 @@ fn main() {
         keel,
         sabotage,
         sabotage_keel,
+        tls,
     } = Cli::parse().command;
     // Before any thread starts: this may re-execute the program in a namespace of its own.
     if let Err(error) = enter_own_namespace(net) {
@@ -153,6 +158,7 @@ fn main() {
                 progress: true,
                 scenario,
                 net,
+                tls,
             };
             run_and_report(&config).await
         }),

@@ -44,6 +44,9 @@ const CI_NEMESES: [NemesisKind; 7] = [
     NemesisKind::Corrupt,
     NemesisKind::LoseUnsynced,
 ];
+/// The ci profile's run with TLS and authentication on: the partitions, whose nodes listen
+/// on network namespaces' addresses (not loopback) when the harness can build them.
+const CI_TLS_NEMESIS: NemesisKind = NemesisKind::Partition;
 /// The regression scenario the ci profile runs, and how long: the one that found a bug.
 const CI_SCENARIO: (Scenario, u64) = (Scenario::WipedVoter, 20);
 /// The soak's rotation: every nemesis of the ci profile, then all of them together; every
@@ -112,6 +115,8 @@ pub struct ProfileRun {
     pub scenario: Option<Scenario>,
     /// How the links were built.
     pub net: NetKind,
+    /// Whether TLS and authentication were on (repeat with `keel-jepsen run --tls`).
+    pub tls: bool,
     /// The seed (repeat with `keel-jepsen run --seed`).
     pub seed: u64,
     /// Seconds of clients and faults.
@@ -150,10 +155,11 @@ impl ProfileRun {
             .map(|anomaly| format!(", must report {anomaly}; reported {:?}", self.reported))
             .unwrap_or_default();
         format!(
-            "{} {:?} {faults}{control} net {:?} seed {} {} s: {:?} (expected {:?}{caught}) · {}",
+            "{} {:?} {faults}{control} net {:?}{} seed {} {} s: {:?} (expected {:?}{caught}) · {}",
             if self.passed() { "pass" } else { "FAIL" },
             self.workload,
             self.net,
+            if self.tls { " tls" } else { "" },
             self.seed,
             self.seconds,
             self.actual,
@@ -201,6 +207,8 @@ struct Planned {
     must_report: Option<&'static str>,
     /// For a real run of a control's configuration: the control's fault.
     twin_of: Option<&'static str>,
+    /// TLS and authentication on.
+    tls: bool,
 }
 
 /// A negative control: a deliberate fault, the scenario that exposes it (none: no fault),
@@ -291,6 +299,7 @@ fn ci_plan() -> Vec<Planned> {
         sabotage: None,
         must_report: None,
         twin_of: None,
+        tls: nemesis == CI_TLS_NEMESIS,
     });
     let (scenario, seconds) = CI_SCENARIO;
     let regression = std::iter::once(Planned {
@@ -303,6 +312,7 @@ fn ci_plan() -> Vec<Planned> {
         sabotage: None,
         must_report: None,
         twin_of: None,
+        tls: false,
     });
     // Each control runs twice: the real build must pass its configuration, the sabotage
     // build must be caught there by the control's checker.
@@ -317,6 +327,7 @@ fn ci_plan() -> Vec<Planned> {
             sabotage: None,
             must_report: None,
             twin_of: Some(control.fault),
+            tls: false,
         };
         let sabotaged = Planned {
             sabotage: Some(control.fault),
@@ -379,6 +390,7 @@ pub async fn run_profile(
                         sabotage: None,
                         must_report: None,
                         twin_of: None,
+                        tls: false,
                     }
                 })
             }
@@ -423,6 +435,7 @@ async fn run_planned(
         progress: false,
         scenario: plan.scenario,
         net,
+        tls: plan.tls,
     };
     let outcome = run(&run_config).await?;
     Ok(ProfileRun {
@@ -430,6 +443,7 @@ async fn run_planned(
         nemesis: plan.nemesis,
         scenario: plan.scenario,
         net,
+        tls: plan.tls,
         seed: plan.seed,
         seconds: plan.seconds,
         sabotage: run_config.sabotage,
@@ -529,6 +543,12 @@ mod tests {
                 .filter(|p| p.sabotage.is_none() && p.twin_of.is_none() && p.scenario.is_none())
                 .all(|p| p.workload == Workload::Mixed)
         );
+        let with_tls: Vec<NemesisKind> = plan.iter().filter(|p| p.tls).map(|p| p.nemesis).collect();
+        assert_eq!(
+            with_tls,
+            [NemesisKind::Partition],
+            "one real run with TLS and auth"
+        );
         let namespaced: Vec<NemesisKind> = plan
             .iter()
             .filter(|p| p.net == NetKind::Auto)
@@ -569,6 +589,7 @@ mod tests {
             nemesis: NemesisKind::Kill,
             scenario: None,
             net: NetKind::Proxy,
+            tls: false,
             seed: 1,
             seconds: 1,
             sabotage: None,

@@ -12,7 +12,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use keel_raft::pb::client::StatusResponse;
-use keel_scheduler::client::WorkflowClient;
 
 use crate::checker::digests::{DigestSample, check_digests, every_pair_compared};
 use crate::checker::timers::{FinalTimer, check_timers};
@@ -98,6 +97,9 @@ pub struct RunConfig {
     pub scenario: Option<Scenario>,
     /// How the links between the nodes are built (`test.json` records the kind used).
     pub net: NetKind,
+    /// TLS on every port, authentication on: the harness an admin by certificate, remote
+    /// workers by a worker token ([`crate::security`]).
+    pub tls: bool,
 }
 
 /// A checker's result, ready for the report.
@@ -218,6 +220,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
             net: config.net,
             seed: config.seed,
             workers: config.scenario.map_or(0, Scenario::workers),
+            tls: config.tls,
         },
     )?;
     cluster.init().await?;
@@ -319,13 +322,19 @@ fn start_clients(
     if config.workload.has_log() {
         let high = Arc::new(AtomicU64::new(0));
         for process in 1..=config.clients {
-            let client = LogClient::new(process, cluster.addrs(), config.seed, Arc::clone(&high))?;
+            let client = LogClient::new(
+                process,
+                cluster.addrs(),
+                cluster.credentials(),
+                config.seed,
+                Arc::clone(&high),
+            )?;
             clients.push(tokio::spawn(client.run(history.clone(), deadline)));
         }
     }
     if config.workload.has_timers() {
         for node in cluster.nodes.values() {
-            let client = WorkflowClient::new(&cluster.addrs())?;
+            let client = cluster.workflow_client()?;
             watchers.push(tokio::spawn(timers::watch(
                 node.id,
                 node.addr.clone(),
@@ -335,7 +344,12 @@ fn start_clients(
         }
         // Process numbers after the log clients', so every client has its own.
         for process in config.clients + 1..=2 * config.clients {
-            let client = TimerClient::new(process, &cluster.addrs(), config.seed)?;
+            let client = TimerClient::new(
+                process,
+                &cluster.addrs(),
+                cluster.credentials(),
+                config.seed,
+            )?;
             clients.push(tokio::spawn(client.run(history.clone(), deadline)));
         }
     }
@@ -347,7 +361,13 @@ fn start_clients(
             } else {
                 WorkflowMix::WithSlowSteps
             };
-            let client = WorkflowsClient::new(process, &cluster.addrs(), config.seed, mix)?;
+            let client = WorkflowsClient::new(
+                process,
+                &cluster.addrs(),
+                cluster.credentials(),
+                config.seed,
+                mix,
+            )?;
             clients.push(tokio::spawn(client.run(history.clone(), deadline)));
         }
     }
@@ -500,7 +520,7 @@ async fn check_workflows_part(
     if let Err(why) = settled {
         return (Checked::unknown("workflows", why), None);
     }
-    let finals = match WorkflowClient::new(&cluster.addrs()) {
+    let finals = match cluster.workflow_client() {
         Ok(client) => final_workflows(&client, &history.ops()).await,
         Err(error) => Err(error.into()),
     };
@@ -534,7 +554,7 @@ async fn final_timers(
     cluster: &Cluster,
     ops: &[Op],
 ) -> anyhow::Result<BTreeMap<String, FinalTimer>> {
-    let client = WorkflowClient::new(&cluster.addrs())?;
+    let client = cluster.workflow_client()?;
     let names: Vec<String> = ops
         .iter()
         .filter_map(|op| match &op.call {

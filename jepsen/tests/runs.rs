@@ -23,6 +23,33 @@ enum Faults {
     Scenario(Scenario),
 }
 
+/// Every checker (the digests one included, whatever the workload) reports what it
+/// checked, and checked each property at least once.
+fn assert_every_property_checked(outcome: &RunOutcome) {
+    let results = outcome
+        .checked
+        .results
+        .as_object()
+        .expect("results by checker");
+    assert!(
+        results.contains_key("digests"),
+        "{}",
+        outcome.checked.summary
+    );
+    for (checker, verdict) in results {
+        let coverage = verdict["coverage"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{checker} reports no coverage: {verdict}"));
+        assert!(!coverage.is_empty(), "{checker} reports no coverage");
+        for (property, times) in coverage {
+            assert!(
+                times.as_u64() > Some(0),
+                "{checker}: {property} checked {times}"
+            );
+        }
+    }
+}
+
 async fn short_run(workload: Workload, faults: Faults, seconds: u64, seed: u64) -> RunOutcome {
     let store = tempfile::tempdir().expect("tempdir");
     let (nemesis, scenario) = match faults {
@@ -41,6 +68,7 @@ async fn short_run(workload: Workload, faults: Faults, seconds: u64, seed: u64) 
         progress: false,
         scenario,
         net: NetKind::Proxy,
+        tls: false,
     };
     let outcome = run(&config).await.expect("the harness runs");
     for file in [
@@ -69,30 +97,7 @@ async fn short_run(workload: Workload, faults: Faults, seconds: u64, seed: u64) 
         "{}",
         outcome.checked.summary
     );
-    // Every checker (the digests one included, whatever the workload) reports what it
-    // checked, and checked each property at least once.
-    let results = outcome
-        .checked
-        .results
-        .as_object()
-        .expect("results by checker");
-    assert!(
-        results.contains_key("digests"),
-        "{}",
-        outcome.checked.summary
-    );
-    for (checker, verdict) in results {
-        let coverage = verdict["coverage"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{checker} reports no coverage: {verdict}"));
-        assert!(!coverage.is_empty(), "{checker} reports no coverage");
-        for (property, times) in coverage {
-            assert!(
-                times.as_u64() > Some(0),
-                "{checker}: {property} checked {times}"
-            );
-        }
-    }
+    assert_every_property_checked(&outcome);
     outcome
 }
 

@@ -39,6 +39,7 @@ async fn sabotaged(keel: &Path, workload: Workload, fault: &str, seconds: u64) -
         progress: false,
         scenario: None,
         net: NetKind::Proxy,
+        tls: false,
     };
     run(&config).await.expect("the harness runs")
 }

@@ -25,8 +25,8 @@ use crate::network::server::AddServices;
 use crate::network::{metrics_endpoint, server};
 use crate::plain_log::{PlainLog, Retention};
 use crate::repair;
-use crate::security::{NodeSecurity, OpenedSecurity};
 use crate::security::roles::{MethodRoles, raft_method_roles};
+use crate::security::{NodeSecurity, OpenedSecurity};
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::StateMachineHost;
 use crate::types::{NodeId, Raft};
@@ -211,10 +211,7 @@ type OpenedExtension = (
 
 /// The extension's application and services, and the node's security (checked and opened
 /// for the methods of its own and the extension's services).
-fn open_extension(
-    config: &NodeConfig,
-    extension: Option<Extension>,
-) -> Result<OpenedExtension> {
+fn open_extension(config: &NodeConfig, extension: Option<Extension>) -> Result<OpenedExtension> {
     config
         .security
         .check(config.listen, config.metrics_listen)?;

@@ -72,9 +72,9 @@ impl Pki {
 
     /// A node's TLS files: its certificate from `issuer` (this CA unless another is given),
     /// trusting this CA.
-    fn node(&self, id: u64, issuer: Option<&LocalCa>) -> TlsFiles {
+    fn node(&self, id: u64, other_ca: Option<&LocalCa>) -> TlsFiles {
         let stem = format!("node-{id}");
-        let issued = issuer
+        let issued = other_ca
             .unwrap_or(&self.ca)
             .issue(&stem, Role::Node, &[])
             .expect("node cert");
@@ -114,10 +114,11 @@ impl Pki {
     /// Writes the node's tokens file: `(role, value)` each.
     fn tokens(&self, tokens: &[(&str, &str)]) -> PathBuf {
         let path = self.path("tokens.toml");
-        let text: String = tokens
+        let text: Vec<String> = tokens
             .iter()
             .map(|(role, value)| format!("[[token]]\nrole = \"{role}\"\nvalue = \"{value}\"\n"))
             .collect();
+        let text = text.concat();
         replace(&path, &text);
         path
     }
@@ -220,11 +221,17 @@ async fn callers_without_credentials_are_refused_and_each_role_does_only_its_own
     // A token the node does not hold.
     let stranger = pki.token_client("stranger", "not-a-token-of-this-node");
     let message = denied(client(&nodes, &stranger).append(record("a")).await);
-    assert!(message.contains("not in this node's tokens file"), "{message}");
+    assert!(
+        message.contains("not in this node's tokens file"),
+        "{message}"
+    );
 
     // The write role appends and reads, but may not change the membership.
     let mut writer = client(&nodes, &pki.token_client("writer", WRITE_TOKEN));
-    let appended = writer.append(record("written")).await.expect("write role appends");
+    let appended = writer
+        .append(record("written"))
+        .await
+        .expect("write role appends");
     assert_eq!(appended.first_offset, 0);
     assert_eq!(writer.read(0, 10).await.expect("read").records.len(), 1);
     let message = denied(writer.change_membership(&[1], false).await);
@@ -252,7 +259,11 @@ async fn callers_without_credentials_are_refused_and_each_role_does_only_its_own
 
     // Nothing refused was applied, and no refusal waited for a retry deadline.
     assert_eq!(admin.read(0, 10).await.expect("read").records.len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     stop(nodes).await;
 }
 
@@ -263,7 +274,10 @@ async fn another_cas_certificates_are_refused_by_clients_and_by_peers() {
     // Node 3's certificate comes from another CA (it trusts the cluster's CA itself); the
     // admin that forms the cluster trusts both, so node 3 is a member from the start.
     let both = pki.path("both-cas.pem");
-    replace(&both, &format!("{}{}", pki.ca.cert_pem(), foreign.cert_pem()));
+    replace(
+        &both,
+        &format!("{}{}", pki.ca.cert_pem(), foreign.cert_pem()),
+    );
     let tls = |id| pki.node(id, (id == 3).then_some(&foreign));
     let tokens = pki.tokens(&[("write", WRITE_TOKEN)]);
     let (nodes, _dirs) = cluster(&pki, 3, tls, Some(tokens), Some(both)).await;
@@ -289,7 +303,10 @@ async fn another_cas_certificates_are_refused_by_clients_and_by_peers() {
     // Nodes 1 and 2 elect a leader and commit without node 3, which receives nothing: the
     // leader refuses its certificate, and its own vote requests are refused by both.
     let mut writer = client(&nodes[..2], &writer);
-    writer.append(record("kept")).await.expect("the cluster writes");
+    writer
+        .append(record("kept"))
+        .await
+        .expect("the cluster writes");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let metrics = |node: &RaftNode| {
         let m = node.shared().raft.metrics().borrow_watched().clone();
@@ -299,7 +316,10 @@ async fn another_cas_certificates_are_refused_by_clients_and_by_peers() {
     assert!(matches!(leader, Some(1 | 2)), "{leader:?}");
     let (intruder_leader, intruder_log) = metrics(intruder);
     assert_eq!(intruder_leader, None, "node 3 heard from a leader");
-    assert!(intruder_log < committed, "node 3 at {intruder_log:?}, the leader at {committed:?}");
+    assert!(
+        intruder_log < committed,
+        "node 3 at {intruder_log:?}, the leader at {committed:?}"
+    );
     let logs = String::from_utf8_lossy(&captured_logs().lock().expect("logs")).into_owned();
     assert!(
         logs.lines()
@@ -344,9 +364,9 @@ async fn a_tls_cluster_keeps_its_writes_through_a_leader_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_cas_rotate_while_the_node_runs() {
-    let pki = Pki::new();
     const OLD: &str = "old-write-token-0123";
     const NEW: &str = "new-write-token-0123";
+    let pki = Pki::new();
     let tokens = pki.tokens(&[("write", OLD)]);
     let (nodes, _dirs) = cluster(&pki, 1, |id| pki.node(id, None), Some(tokens), None).await;
     let credentials = pki.token_client("rotating", OLD);
@@ -357,18 +377,26 @@ async fn tokens_and_cas_rotate_while_the_node_runs() {
     pki.tokens(&[("write", OLD), ("write", NEW)]);
     replace(credentials.token_file.as_deref().expect("token file"), NEW);
     tokio::time::sleep(CHECK_EVERY + Duration::from_millis(100)).await;
-    writer.append(record("2")).await.expect("new token, both valid");
+    writer
+        .append(record("2"))
+        .await
+        .expect("new token, both valid");
     pki.tokens(&[("write", NEW)]);
     tokio::time::sleep(CHECK_EVERY + Duration::from_millis(100)).await;
     writer.append(record("3")).await.expect("new token only");
     let stale = pki.token_client("stale", OLD);
     let message = denied(client(&nodes, &stale).append(record("x")).await);
-    assert!(message.contains("not in this node's tokens file"), "{message}");
+    assert!(
+        message.contains("not in this node's tokens file"),
+        "{message}"
+    );
 
     // A client certificate of a new CA is refused until the node trusts that CA too.
     let next_ca = LocalCa::create("next").expect("next ca");
     let next_dir = tempfile::tempdir().expect("tempdir");
-    let issued = next_ca.issue("next admin", Role::Admin, &[]).expect("issue");
+    let issued = next_ca
+        .issue("next admin", Role::Admin, &[])
+        .expect("issue");
     let (cert, key) = write_pair(next_dir.path(), "admin", &issued).expect("write");
     let next_admin = Credentials {
         ca: Some(pki.ca_file()),
@@ -377,11 +405,17 @@ async fn tokens_and_cas_rotate_while_the_node_runs() {
         token_file: None,
     };
     let message = denied(client(&nodes, &next_admin).read(0, 10).await);
-    assert!(message.contains("refused: received fatal alert: UnknownCA"), "{message}");
+    assert!(
+        message.contains("refused: received fatal alert: UnknownCA"),
+        "{message}"
+    );
     let both = format!("{}{}", pki.ca.cert_pem(), next_ca.cert_pem());
     replace(&pki.ca_file(), &both);
     tokio::time::sleep(CHECK_EVERY + Duration::from_millis(100)).await;
-    let read = client(&nodes, &next_admin).read(0, 10).await.expect("trusted now");
+    let read = client(&nodes, &next_admin)
+        .read(0, 10)
+        .await
+        .expect("trusted now");
     assert_eq!(read.records.len(), 3);
     stop(nodes).await;
 }

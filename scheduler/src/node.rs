@@ -232,8 +232,17 @@ mod tests {
         for method in &methods {
             assert!(roles.names(method), "{method} has no role");
         }
-        assert_eq!(roles.needed("/keel.workflows.v2.Workflows/Start"), Role::Write);
-        assert_eq!(roles.needed("/keel.workflows.v2.Workers/Journal"), Role::Worker);
-        assert_eq!(roles.needed("/keel.workflows.v2.Workflows/List"), Role::Read);
+        assert_eq!(
+            roles.needed("/keel.workflows.v2.Workflows/Start"),
+            Role::Write
+        );
+        assert_eq!(
+            roles.needed("/keel.workflows.v2.Workers/Journal"),
+            Role::Worker
+        );
+        assert_eq!(
+            roles.needed("/keel.workflows.v2.Workflows/List"),
+            Role::Read
+        );
     }
 }

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use keel_raft::client::{ClientError, KeelClient, retry_any_but_invalid};
 use keel_raft::limits::MESSAGE_MAX_BYTES;
+use keel_raft::security::credentials::{Credentials, KeelChannel};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use keel_raft::security::credentials::{Credentials, KeelChannel};
 
 use crate::command::{self, Answer, Command, EntryState};
 use crate::engine::AbortOnDrop;

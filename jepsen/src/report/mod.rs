@@ -120,12 +120,17 @@ pub fn summary(config: &RunConfig, ops: &[Op], checked: &Checked) -> String {
         .filter(|op| matches!(op.call, Call::Fault { .. }))
         .count();
     format!(
-        "test {} · seed {} · {:?} · {} clients · {} faults injected\nverdict: {:?}\n{}",
+        "test {} · seed {} · {:?} · {} clients · {} faults injected{}\nverdict: {:?}\n{}",
         config.test_name(),
         config.seed,
         config.time_limit,
         config.clients,
         faults,
+        if config.tls {
+            " · TLS and authentication on"
+        } else {
+            ""
+        },
         checked.validity,
         checked.summary
     )

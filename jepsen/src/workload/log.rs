@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use keel_raft::client::{ClientError, KeelClient, WriteId};
+use keel_raft::security::credentials::Credentials;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -63,12 +64,13 @@ impl LogClient {
     pub fn new(
         process: u64,
         addrs: Vec<String>,
+        credentials: &Credentials,
         seed: u64,
         high: Arc<AtomicU64>,
     ) -> Result<Self, ClientError> {
         Ok(Self {
             process,
-            client: KeelClient::new(&addrs)?,
+            client: KeelClient::with_credentials(&addrs, credentials)?,
             addrs,
             rng: StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             high,

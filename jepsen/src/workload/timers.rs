@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_raft::clock::now_ms;
+use keel_raft::security::credentials::Credentials;
 use keel_scheduler::client::{TimerDue, WorkflowClient, WorkflowClientError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,10 +46,15 @@ impl TimerClient {
     ///
     /// # Errors
     /// A bad address.
-    pub fn new(process: u64, addrs: &[String], seed: u64) -> Result<Self, WorkflowClientError> {
+    pub fn new(
+        process: u64,
+        addrs: &[String],
+        credentials: &Credentials,
+        seed: u64,
+    ) -> Result<Self, WorkflowClientError> {
         Ok(Self {
             process,
-            client: WorkflowClient::new(addrs)?,
+            client: WorkflowClient::with_credentials(addrs, credentials)?,
             rng: StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x7469),
         })
     }

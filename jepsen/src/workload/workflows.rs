@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use keel_raft::security::credentials::Credentials;
 use keel_scheduler::client::{WorkflowClient, WorkflowClientError, WorkflowInfo};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,12 +53,13 @@ impl WorkflowsClient {
     pub fn new(
         process: u64,
         addrs: &[String],
+        credentials: &Credentials,
         seed: u64,
         mix: WorkflowMix,
     ) -> Result<Self, WorkflowClientError> {
         Ok(Self {
             process,
-            client: WorkflowClient::new(addrs)?,
+            client: WorkflowClient::with_credentials(addrs, credentials)?,
             rng: StdRng::seed_from_u64(seed ^ process.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x7766),
             mix,
         })

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::security::credentials::KeelChannel;
 use futures::SinkExt;
 use futures::channel::{mpsc, oneshot};
-use crate::security::credentials::KeelChannel;
 
 use crate::pb::client::{self as api, keel_log_client::KeelLogClient};
 use crate::wire_error::{self};

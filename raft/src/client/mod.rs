@@ -23,9 +23,9 @@ pub use admin::STATUS_TIMEOUT;
 use append_stream::{AppendStreams, stream_append};
 
 use crate::network::client::endpoint;
+use crate::pb::client::{self as api, keel_log_client::KeelLogClient};
 use crate::security::credentials::{Connector, Credentials, KeelChannel};
 use crate::security::dial::tls_refusal;
-use crate::pb::client::{self as api, keel_log_client::KeelLogClient};
 use crate::wire_error::{self, WriteErrorKind};
 
 /// How long a request keeps retrying through elections and redirects.

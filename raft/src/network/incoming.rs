@@ -60,7 +60,9 @@ pub(crate) fn accept(
     let tcp = TcpIncoming::from(listener).with_nodelay(Some(true));
     let Some(tls) = tls else {
         return tcp
-            .map(move |accepted| accepted.map(|io| ServerConn::Plain(StoppableIo::new(io, stop.clone()))))
+            .map(move |accepted| {
+                accepted.map(|io| ServerConn::Plain(StoppableIo::new(io, stop.clone())))
+            })
             .boxed();
     };
     let (accepted, queue) = mpsc::channel(ACCEPTED_QUEUE);

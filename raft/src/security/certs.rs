@@ -54,8 +54,8 @@ fn validity(params: &mut CertificateParams) {
     // The wall clock as Keel reads it everywhere (a test's skipped time included).
     let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(crate::clock::now_ms());
     params.not_before = (now - std::time::Duration::from_secs(3600)).into();
-    params.not_after = (now + std::time::Duration::from_secs(86_400 * VALID_DAYS.unsigned_abs()))
-        .into();
+    params.not_after =
+        (now + std::time::Duration::from_secs(86_400 * VALID_DAYS.unsigned_abs())).into();
 }
 
 impl LocalCa {
@@ -221,7 +221,11 @@ mod tests {
 
     /// Verifies `leaf` against the CA `roots` as a server certificate for `name` (a node
     /// dialled by that name) or, without a name, as a client certificate.
-    fn verify(roots: &rustls::RootCertStore, leaf: &CertificateDer<'_>, name: Option<&str>) -> Result<(), String> {
+    fn verify(
+        roots: &rustls::RootCertStore,
+        leaf: &CertificateDer<'_>,
+        name: Option<&str>,
+    ) -> Result<(), String> {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let roots = std::sync::Arc::new(roots.clone());
         let now = rustls_pki_types::UnixTime::now();
@@ -233,7 +237,12 @@ mod tests {
             let name = rustls_pki_types::ServerName::try_from(name.to_owned())
                 .map_err(|e| e.to_string())?;
             rustls::client::danger::ServerCertVerifier::verify_server_cert(
-                &*verifier, leaf, &[], &name, &[], now,
+                &*verifier,
+                leaf,
+                &[],
+                &name,
+                &[],
+                now,
             )
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -282,8 +291,8 @@ mod tests {
         // Another CA's certificates are refused.
         let foreign = LocalCa::create("other").expect("other ca");
         let stranger = foreign.issue("node-1", Role::Node, &[]).expect("stranger");
-        let refused = verify(&roots, &der(&stranger.cert_pem), Some("localhost"))
-            .expect_err("foreign CA");
+        let refused =
+            verify(&roots, &der(&stranger.cert_pem), Some("localhost")).expect_err("foreign CA");
         assert!(refused.contains("UnknownIssuer"), "{refused}");
 
         let mode = std::fs::metadata(&key).expect("key").permissions().mode();

@@ -125,9 +125,11 @@ impl Connector {
         let token = match &credentials.token_file {
             Some(path) => {
                 let file = path.clone();
-                Some(Arc::new(Reloading::new("token", vec![path.clone()], move || {
-                    read_token(&file)
-                })?))
+                Some(Arc::new(Reloading::new(
+                    "token",
+                    vec![path.clone()],
+                    move || read_token(&file),
+                )?))
             }
             None => None,
         };

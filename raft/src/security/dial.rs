@@ -105,7 +105,9 @@ impl tower::Service<Uri> for TlsDial {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned();
-            let port = uri.port_u16().ok_or_else(|| format!("{uri} names no port"))?;
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| format!("{uri} names no port"))?;
             let addr = format!("{host}:{port}");
             let name = ServerName::try_from(host.clone())
                 .map_err(|e| format!("{host} is not a name TLS can verify: {e}"))?;

@@ -186,24 +186,36 @@ mod tests {
     #[test]
     fn plaintext_beyond_loopback_needs_insecure_in_so_many_words() {
         let plain = NodeSecurity::default();
-        plain.check(addr("127.0.0.1:7101"), Some(addr("[::1]:9101"))).expect("loopback");
-        let error = plain.check(addr("0.0.0.0:7101"), None).expect_err("any address");
+        plain
+            .check(addr("127.0.0.1:7101"), Some(addr("[::1]:9101")))
+            .expect("loopback");
+        let error = plain
+            .check(addr("0.0.0.0:7101"), None)
+            .expect_err("any address");
         assert!(error.to_string().contains("insecure = true"), "{error}");
         let error = plain
             .check(addr("127.0.0.1:7101"), Some(addr("10.0.0.1:9101")))
             .expect_err("metrics");
-        assert!(error.to_string().contains("metrics endpoint has no TLS"), "{error}");
+        assert!(
+            error.to_string().contains("metrics endpoint has no TLS"),
+            "{error}"
+        );
         let insecure = NodeSecurity {
             insecure: true,
             ..NodeSecurity::default()
         };
-        insecure.check(addr("10.0.0.1:7101"), Some(addr("10.0.0.1:9101"))).expect("insecure");
+        insecure
+            .check(addr("10.0.0.1:7101"), Some(addr("10.0.0.1:9101")))
+            .expect("insecure");
         let tls = NodeSecurity {
             tls: Some(files()),
             ..NodeSecurity::default()
         };
         tls.check(addr("10.0.0.1:7101"), None).expect("TLS");
-        assert!(tls.check(addr("10.0.0.1:7101"), Some(addr("10.0.0.1:9101"))).is_err());
+        assert!(
+            tls.check(addr("10.0.0.1:7101"), Some(addr("10.0.0.1:9101")))
+                .is_err()
+        );
     }
 
     #[test]
@@ -213,7 +225,9 @@ mod tests {
             insecure: true,
             ..NodeSecurity::default()
         };
-        let error = auth.check(addr("127.0.0.1:7101"), None).expect_err("auth without TLS");
+        let error = auth
+            .check(addr("127.0.0.1:7101"), None)
+            .expect_err("auth without TLS");
         assert!(error.to_string().contains("[auth] needs [tls]"), "{error}");
     }
 }

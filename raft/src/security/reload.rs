@@ -149,7 +149,11 @@ mod tests {
         assert_eq!(*value.current(), 2);
         replace(&path, "not a number");
         std::thread::sleep(CHECK_EVERY);
-        assert_eq!(*value.current(), 2, "a broken file keeps the previous value");
+        assert_eq!(
+            *value.current(),
+            2,
+            "a broken file keeps the previous value"
+        );
         replace(&path, "3");
         std::thread::sleep(CHECK_EVERY);
         assert_eq!(*value.current(), 3);

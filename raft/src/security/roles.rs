@@ -88,7 +88,8 @@ impl MethodRoles {
     /// This table with `other`'s entries added.
     #[must_use]
     pub fn with(mut self, other: &MethodRoles) -> Self {
-        self.0.extend(other.0.iter().map(|(path, role)| (*path, *role)));
+        self.0
+            .extend(other.0.iter().map(|(path, role)| (*path, *role)));
         self
     }
 
@@ -192,7 +193,10 @@ mod tests {
             roles.needed("/keel.client.v2.KeelLog/ChangeMembership"),
             Role::Admin
         );
-        assert_eq!(roles.needed("/keel.client.v2.KeelLog/NewMethod"), Role::Admin);
+        assert_eq!(
+            roles.needed("/keel.client.v2.KeelLog/NewMethod"),
+            Role::Admin
+        );
         assert_eq!(roles.needed("/grpc.health.v1.Health/Check"), Role::Admin);
         assert_eq!(roles.needed("garbage"), Role::Admin);
     }

@@ -64,11 +64,13 @@ const ALPN_H2: &[u8] = b"h2";
 /// A file that cannot be used, or a key that does not match the certificate.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(pem::roots(&files.ca)?), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(refused)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(pem::roots(&files.ca)?),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(refused)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(refused)?

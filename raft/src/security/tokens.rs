@@ -22,7 +22,7 @@ use std::path::Path;
 
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
-use subtle::{ConstantTimeEq, ConditionallySelectable};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::error::{Result, SecurityError};
 use super::roles::Role;
@@ -198,16 +198,31 @@ mod tests {
     #[test]
     fn bad_token_files_are_refused_with_the_reason() {
         let cases = [
-            ("[[token]]\nrole = \"write\"\nvalue = \"short\"\n", "at least 16 bytes"),
-            ("[[token]]\nrole = \"node\"\nvalue = \"0123456789abcdef\"\n", "node certificates only"),
+            (
+                "[[token]]\nrole = \"write\"\nvalue = \"short\"\n",
+                "at least 16 bytes",
+            ),
+            (
+                "[[token]]\nrole = \"node\"\nvalue = \"0123456789abcdef\"\n",
+                "node certificates only",
+            ),
             ("[[token]]\nrole = \"write\"\n", "exactly one of"),
             (
                 "[[token]]\nrole = \"write\"\nvalue = \"0123456789abcdef\"\nenv = \"X\"\n",
                 "exactly one of",
             ),
-            ("[[token]]\nrole = \"write\"\nenv = \"UNSET\"\n", "UNSET is not set"),
-            ("[[token]]\nrole = \"root\"\nvalue = \"0123456789abcdef\"\n", "unknown variant"),
-            ("[[token]]\nrole = \"read\"\nvalu = \"0123456789abcdef\"\n", "unknown field"),
+            (
+                "[[token]]\nrole = \"write\"\nenv = \"UNSET\"\n",
+                "UNSET is not set",
+            ),
+            (
+                "[[token]]\nrole = \"root\"\nvalue = \"0123456789abcdef\"\n",
+                "unknown variant",
+            ),
+            (
+                "[[token]]\nrole = \"read\"\nvalu = \"0123456789abcdef\"\n",
+                "unknown field",
+            ),
         ];
         for (text, reason) in cases {
             let error = load(text, &[]).expect_err(text).to_string();

@@ -29,7 +29,10 @@ pub(crate) struct CertsArgs {
 /// The file of the client certificate for `role` in `dir`, and its key.
 pub(crate) fn client_pair(dir: &Path, role: Role) -> (PathBuf, PathBuf) {
     let stem = format!("client-{role}");
-    (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")))
+    (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    )
 }
 
 /// Writes the certificates `args` asks for; returns what it wrote, a line each.
@@ -44,7 +47,11 @@ pub(crate) fn write_certs(args: &CertsArgs) -> anyhow::Result<Vec<String>> {
     } else {
         let ca = LocalCa::create("keel")?;
         ca.write(&args.dir)?;
-        wrote.push(format!("CA: {} (its key: {})", ca_cert.display(), ca_key.display()));
+        wrote.push(format!(
+            "CA: {} (its key: {})",
+            ca_cert.display(),
+            ca_key.display()
+        ));
         ca
     };
     for id in 1..=args.nodes {
