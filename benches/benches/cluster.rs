@@ -6,6 +6,11 @@
 //!   entry is `fdatasync`ed on a majority (`durable`) or held in a majority's page cache
 //!   (`relaxed`, NON-DURABLE). Latency p50/p99 of every request measured is printed per
 //!   configuration and appended to `target/keel-bench/cluster_latency.txt`.
+//! - `cluster_append_tls`: 100 B durable appends at 64 concurrent clients on a plaintext
+//!   cluster and on one with TLS everywhere (mutual between nodes) and authentication (a
+//!   bearer token checked on every request); then five interleaved rounds of each, whose
+//!   median throughputs give the ratio TLS / plaintext, printed and appended to
+//!   `target/keel-bench/tls_cost.txt`.
 //! - `cluster_failover`: SIGKILL the leader, then time until the first acknowledged append.
 //! - `cluster_restart_1gib`: SIGKILL a follower holding a 1 GiB Raft log and time its restart
 //!   until it serves (answers status having applied everything committed before the kill).
@@ -21,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    BenchCluster, drop_page_cache, leader, report_latency, run_as_node, run_clients, wait_until,
-    wanted,
+    BenchCluster, drop_page_cache, leader, measuring, record, report_latency, run_as_node,
+    run_clients, wait_until, wanted,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 use keel_raft::client::KeelClient;
@@ -50,6 +55,9 @@ fn main() {
         }) {
             bench_append(&mut criterion, &runtime, relaxed);
         }
+    }
+    if wanted("cluster_append_tls") {
+        bench_tls(&mut criterion, &runtime);
     }
     if wanted("cluster_failover") {
         bench_failover(&mut criterion, &runtime);
@@ -92,7 +100,6 @@ fn flush_means(cluster: &BenchCluster) -> String {
 fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, relaxed: bool) {
     let cluster = BenchCluster::start(relaxed);
     runtime.block_on(cluster.init());
-    let addrs = cluster.addrs();
     let mode = if relaxed { "relaxed" } else { "durable" };
     let mut group = criterion.benchmark_group(format!("cluster_append/{mode}"));
     group
@@ -108,7 +115,7 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, re
                 |b| {
                     b.iter_custom(|iters| {
                         let (elapsed, measured) =
-                            runtime.block_on(run_clients(&addrs, clients, iters, payload));
+                            runtime.block_on(run_clients(&cluster, clients, iters, payload));
                         latencies.lock().expect("latencies").extend(measured);
                         elapsed
                     });
@@ -126,6 +133,65 @@ fn bench_append(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime, re
         }
     }
     group.finish();
+}
+
+/// Concurrent clients of the TLS comparison.
+const TLS_CLIENTS: usize = 64;
+/// Interleaved rounds of the TLS comparison, whose medians are compared.
+const TLS_ROUNDS: usize = 5;
+/// The record of the TLS comparison.
+const TLS_PAYLOAD: usize = 100;
+
+fn bench_tls(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let plaintext = BenchCluster::start_with(false, false);
+    let tls = BenchCluster::start_with(false, true);
+    runtime.block_on(plaintext.init());
+    runtime.block_on(tls.init());
+    let clusters = [("plaintext", &plaintext), ("tls", &tls)];
+    let mut group = criterion.benchmark_group("cluster_append_tls");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .throughput(Throughput::Elements(TLS_CLIENTS as u64));
+    for (name, cluster) in clusters {
+        group.bench_function(
+            BenchmarkId::new(name, format!("{TLS_CLIENTS}_clients")),
+            |b| {
+                b.iter_custom(|iters| {
+                    runtime
+                        .block_on(run_clients(cluster, TLS_CLIENTS, iters, TLS_PAYLOAD))
+                        .0
+                });
+            },
+        );
+    }
+    group.finish();
+    // The same load on each in turn, five times: drift of the machine hits both alike.
+    let per_client: u64 = if measuring() { 300 } else { 2 };
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..TLS_ROUNDS {
+        for (rate, (_, cluster)) in rates.iter_mut().zip(clusters) {
+            let (elapsed, _) =
+                runtime.block_on(run_clients(cluster, TLS_CLIENTS, per_client, TLS_PAYLOAD));
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a count of appends far below 2^52"
+            )]
+            rate.push((TLS_CLIENTS as u64 * per_client) as f64 / elapsed.as_secs_f64());
+        }
+    }
+    let [plain_rate, tls_rate] = rates.map(|mut r| {
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    });
+    record(
+        "tls_cost.txt",
+        &format!(
+            "cluster_append_tls/{TLS_CLIENTS}_clients/{TLS_PAYLOAD}B durable, median of {TLS_ROUNDS} interleaved rounds: plaintext {plain_rate:.0}/s, TLS+auth {tls_rate:.0}/s, TLS/plaintext = {:.3}",
+            tls_rate / plain_rate
+        ),
+    );
 }
 
 fn bench_failover(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {

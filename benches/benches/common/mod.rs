@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusResponse;
+use keel_raft::security::credentials::Credentials;
 
 /// Makes every file under `dir` cold: each is `fsync`ed (so its pages are clean) and then
 /// dropped from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)`, so the next read
@@ -79,12 +80,60 @@ pub(crate) struct BenchCluster {
     pub(crate) nodes: Vec<(u64, String, PathBuf, Option<Child>)>,
     /// Each node's Prometheus endpoint.
     pub(crate) metrics: Vec<String>,
+    /// What clients present (nothing for a plaintext cluster).
+    pub(crate) credentials: Credentials,
     _dir: tempfile::TempDir,
+}
+
+/// The admin token of a TLS benchmark cluster (a benchmark's secret need not be secret).
+const BENCH_TOKEN: &str = "keel-bench-admin-token";
+
+/// Issues a CA, node certificates and an admin token into `dir`; returns each node's
+/// configuration sections and the clients' credentials.
+fn bench_pki(dir: &Path) -> (Vec<String>, Credentials) {
+    use keel_raft::security::certs::{LocalCa, write_pair};
+    use keel_raft::security::roles::Role;
+    let ca = LocalCa::create("keel-bench").expect("CA");
+    ca.write(dir).expect("write the CA");
+    let sections = (1..=3u64)
+        .map(|id| {
+            let stem = format!("node-{id}");
+            let issued = ca.issue(&stem, Role::Node, &[]).expect("node certificate");
+            write_pair(dir, &stem, &issued).expect("write a node certificate");
+            format!(
+                "[tls]\ncert = \"{stem}.pem\"\nkey = \"{stem}.key\"\nca = \"ca.pem\"\n[auth]\ntokens = \"tokens.toml\"\n"
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("tokens.toml"),
+        format!("[[token]]\nrole = \"admin\"\nvalue = \"{BENCH_TOKEN}\"\n"),
+    )
+    .expect("tokens file");
+    std::fs::write(dir.join("admin.token"), BENCH_TOKEN).expect("token file");
+    let credentials = Credentials {
+        ca: Some(dir.join("ca.pem")),
+        cert: None,
+        key: None,
+        token_file: Some(dir.join("admin.token")),
+    };
+    (sections, credentials)
 }
 
 impl BenchCluster {
     pub(crate) fn start(relaxed: bool) -> Self {
+        Self::start_with(relaxed, false)
+    }
+
+    /// Three nodes, each with TLS and authentication when `tls` (clients then present the
+    /// CA and an admin token, checked on every request).
+    pub(crate) fn start_with(relaxed: bool, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let (sections, credentials) = if tls {
+            bench_pki(dir.path())
+        } else {
+            (vec![String::new(); 3], Credentials::none())
+        };
         let mut nodes = Vec::new();
         let mut metrics = Vec::new();
         let ports = free_ports::<6>();
@@ -93,8 +142,9 @@ impl BenchCluster {
             let metrics_port = pair[1];
             let config = dir.path().join(format!("node-{id}.toml"));
             let sync = if relaxed { "relaxed" } else { "durable" };
+            let security = &sections[usize::try_from(id - 1).expect("node index")];
             let text = format!(
-                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n[retention]\nmax_bytes = 268435456\n"
+                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n[retention]\nmax_bytes = 268435456\n{security}"
             );
             std::fs::write(&config, text).expect("config");
             nodes.push((id, addr, config, None));
@@ -103,6 +153,7 @@ impl BenchCluster {
         let mut cluster = Self {
             nodes,
             metrics,
+            credentials,
             _dir: dir,
         };
         for index in 0..3 {
@@ -135,6 +186,11 @@ impl BenchCluster {
         self.nodes.iter().map(|n| n.1.clone()).collect()
     }
 
+    /// A client of the cluster, presenting its credentials.
+    pub(crate) fn client(&self) -> KeelClient {
+        KeelClient::with_credentials(&self.addrs(), &self.credentials).expect("client")
+    }
+
     /// Node `index`'s data directory.
     pub(crate) fn data_dir(&self, index: usize) -> PathBuf {
         let (id, _, config, _) = &self.nodes[index];
@@ -155,7 +211,7 @@ impl BenchCluster {
     /// leader committed.
     pub(crate) async fn respawn_and_catch_up(&mut self, index: usize) {
         self.spawn(index);
-        let client = KeelClient::new(&self.addrs()).expect("client");
+        let client = self.client();
         let addr = self.nodes[index].1.clone();
         wait_until("the restarted node caught up", || {
             let mut client = client.clone();
@@ -184,7 +240,7 @@ impl BenchCluster {
     /// the client retries it when its outcome is unknown — as when it reached the leader's
     /// connection as it died.
     pub(crate) async fn failover_once(&mut self) -> Duration {
-        let mut client = KeelClient::new(&self.addrs()).expect("client");
+        let mut client = self.client();
         client.register_session().await.expect("register a session");
         let leader_id = leader(&mut client).await.expect("a leader").node_id;
         let index = self.index_of(leader_id);
@@ -200,7 +256,7 @@ impl BenchCluster {
     }
 
     pub(crate) async fn init(&self) {
-        let mut client = KeelClient::new(&self.addrs()).expect("client");
+        let mut client = self.client();
         wait_until("all nodes answer", || {
             let mut client = client.clone();
             async move { client.statuses().await.iter().all(|(_, s)| s.is_ok()) }
@@ -304,16 +360,16 @@ pub(crate) async fn keel_writers(
     futures::future::join_all(writers).await
 }
 
-/// Runs `per_client` appends on each of `clients` concurrent clients; returns the elapsed
-/// time and every request's latency.
+/// Runs `per_client` appends on each of `clients` concurrent clients of `cluster`; returns
+/// the elapsed time and every request's latency.
 pub(crate) async fn run_clients(
-    addrs: &[String],
+    cluster: &BenchCluster,
     clients: usize,
     per_client: u64,
     payload: usize,
 ) -> (Duration, Vec<Duration>) {
     let record = Bytes::from(vec![b'k'; payload]);
-    let shared = KeelClient::new(addrs).expect("client");
+    let shared = cluster.client();
     let writers = keel_writers(&shared, clients, &record).await;
     closed_loop(writers, per_client).await
 }
