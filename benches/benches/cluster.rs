@@ -143,9 +143,11 @@ const TLS_ROUNDS: usize = 5;
 const TLS_PAYLOAD: usize = 100;
 
 fn bench_tls(criterion: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    // One after the other: a cluster's free ports are bound once it answers, so the second
+    // cannot be handed the same ones.
     let plaintext = BenchCluster::start_with(false, false);
-    let tls = BenchCluster::start_with(false, true);
     runtime.block_on(plaintext.init());
+    let tls = BenchCluster::start_with(false, true);
     runtime.block_on(tls.init());
     let clusters = [("plaintext", &plaintext), ("tls", &tls)];
     let mut group = criterion.benchmark_group("cluster_append_tls");

@@ -1,11 +1,13 @@
 //! `NativeClient`: the workflow client an `App` (or a remote client) uses, over gRPC.
 //! Every method has a blocking form and an awaitable `_async` form.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use keel_raft::client::KeelClient;
+use keel_raft::security::credentials::Credentials;
 use keel_scheduler::client::{WorkflowClient, WorkflowClientError, WorkflowInfo};
 use keel_scheduler::wire::RejectionKind;
 use pyo3::IntoPyObjectExt as _;
@@ -109,16 +111,34 @@ fn answer<T>(py: Python<'_>, result: Result<T, WorkflowClientError>) -> PyResult
 
 #[pymethods]
 impl NativeClient {
-    /// A client of the cluster at `endpoints` (`host:port`).
+    /// A client of the cluster at `endpoints` (`host:port`), presenting `ca` (TLS), a client
+    /// certificate (`cert`, `key`) and a bearer token's file as given.
     #[new]
+    #[pyo3(signature = (endpoints, ca=None, cert=None, key=None, token_file=None))]
     #[expect(
         clippy::needless_pass_by_value,
         reason = "pyo3 hands over owned arguments"
     )]
-    fn new(py: Python<'_>, endpoints: Vec<String>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        endpoints: Vec<String>,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        token_file: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let credentials = Credentials {
+            ca,
+            cert,
+            key,
+            token_file,
+        };
         let _runtime = runtime()?.enter();
-        let client = answer(py, WorkflowClient::new(&endpoints))?;
-        let admin = KeelClient::new(&endpoints)
+        let client = answer(
+            py,
+            WorkflowClient::with_credentials(&endpoints, &credentials),
+        )?;
+        let admin = KeelClient::with_credentials(&endpoints, &credentials)
             .map_err(|error| keel_error(py, "InvalidRequest", error.to_string(), None))?;
         Ok(Self {
             admin: tokio::sync::Mutex::new(admin),

@@ -35,6 +35,10 @@ pub(crate) fn client_error(py: Python<'_>, error: &WorkflowClientError) -> PyErr
             }
             RejectionKind::Finished | RejectionKind::Conflict => "KeelError",
         },
+        WorkflowClientError::Cluster(keel_raft::client::ClientError::Refused {
+            kind: keel_raft::wire_error::WriteErrorKind::Denied,
+            ..
+        }) => "PermissionDenied",
         WorkflowClientError::Cluster(_) => "Unavailable",
     };
     keel_error(py, kind, error.to_string(), None)

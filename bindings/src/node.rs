@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use keel_raft::client::KeelClient;
 use keel_raft::node::NodeConfig;
+use keel_raft::security::credentials::Credentials;
 use keel_scheduler::Node;
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::engine::registry::Registry;
@@ -217,7 +218,12 @@ async fn launch(
     }
     let worker = match membership {
         None => None,
-        Some(_) => match WorkerTask::start(&endpoints, random_worker_id(), registry) {
+        Some(_) => match WorkerTask::start(
+            &endpoints,
+            &Credentials::none(),
+            random_worker_id(),
+            registry,
+        ) {
             Ok(worker) => Some(worker),
             Err(error) => {
                 node.shutdown().await;

@@ -4,9 +4,11 @@
 //! each leased run journaled through the leader.
 
 use std::hash::{BuildHasher as _, RandomState};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use keel_raft::client::ClientError;
+use keel_raft::security::credentials::Credentials;
 use keel_scheduler::engine::registry::Registry;
 use keel_scheduler::worker::Worker;
 use pyo3::prelude::*;
@@ -34,10 +36,11 @@ impl WorkerTask {
     /// (on the runtime this is called in).
     pub(crate) fn start(
         endpoints: &[String],
+        credentials: &Credentials,
         id: u64,
         registry: Registry,
     ) -> Result<Self, ClientError> {
-        let worker = Worker::new(endpoints, id, registry)?;
+        let worker = Worker::with_credentials(endpoints, credentials, id, registry)?;
         Ok(Self {
             task: Some(tokio::spawn(worker.run())),
         })
@@ -73,12 +76,17 @@ pub(crate) struct NativeWorker {
 impl NativeWorker {
     /// Starts a worker of the cluster at `endpoints` running workflow `kinds` (`(name,
     /// version, is_async)`) through `runner` (async kinds on `event_loop`), as worker
-    /// `worker_id` (random when not given).
+    /// `worker_id` (random when not given), presenting `ca` (TLS), a client certificate
+    /// (`cert`, `key`) and a bearer token's file as given.
     #[staticmethod]
-    #[pyo3(signature = (endpoints, kinds, runner, event_loop, worker_id=None))]
+    #[pyo3(signature = (endpoints, kinds, runner, event_loop, worker_id=None, ca=None, cert=None, key=None, token_file=None))]
     #[expect(
         clippy::needless_pass_by_value,
         reason = "pyo3 hands over owned arguments"
+    )]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the keyword arguments of keel.Worker, credentials among them"
     )]
     fn start(
         py: Python<'_>,
@@ -87,7 +95,17 @@ impl NativeWorker {
         runner: Py<PyAny>,
         event_loop: Option<Bound<'_, PyAny>>,
         worker_id: Option<u64>,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        token_file: Option<PathBuf>,
     ) -> PyResult<Self> {
+        let credentials = Credentials {
+            ca,
+            cert,
+            key,
+            token_file,
+        };
         if worker_id == Some(0) {
             return Err(keel_error(
                 py,
@@ -107,7 +125,7 @@ impl NativeWorker {
         let registry = bridge::registry(kinds, runner, event_loop)?;
         let id = worker_id.unwrap_or_else(random_worker_id);
         let _runtime = runtime()?.enter();
-        let task = WorkerTask::start(&endpoints, id, registry)
+        let task = WorkerTask::start(&endpoints, &credentials, id, registry)
             .map_err(|error| keel_error(py, "InvalidRequest", error.to_string(), None))?;
         Ok(Self {
             task: Mutex::new(Some(task)),

@@ -8,7 +8,7 @@ import pathlib
 import signal
 import subprocess
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import pytest
 
@@ -81,17 +81,43 @@ def log_lines(log: pathlib.Path) -> list[str]:
 
 
 def keel_nodes(
-    processes: Processes, tmp_path: pathlib.Path, run_workflows: bool
+    processes: Processes,
+    tmp_path: pathlib.Path,
+    run_workflows: bool,
+    certs: Optional[pathlib.Path] = None,
 ) -> list[str]:
-    """A three-node cluster of `keel node` processes, initialized: their addresses."""
+    """A three-node cluster of `keel node` processes, initialized: their addresses. With
+    `certs`, `keel certs` writes a CA and certificates there, the nodes run TLS with
+    authentication (and the tokens file `certs/tokens.toml`, which may be empty), and the
+    cluster is formed with the admin client certificate."""
     ports = free_ports(3)
     addresses = [f"127.0.0.1:{p}" for p in ports]
+    env = dict(os.environ)
+    if certs is not None:
+        subprocess.run(
+            [str(keel_binary()), "certs", "--dir", str(certs), "--nodes", "3"], check=True
+        )
+        tokens = certs / "tokens.toml"
+        if not tokens.exists():
+            tokens.write_text("")
+        env.update(
+            KEEL_CA=str(certs / "ca.pem"),
+            KEEL_CERT=str(certs / "client-admin.pem"),
+            KEEL_KEY=str(certs / "client-admin.key"),
+        )
     for node_id, address in enumerate(addresses, start=1):
         config = tmp_path / f"node-{node_id}.toml"
+        security = ""
+        if certs is not None:
+            security = (
+                f'[tls]\ncert = "{certs / f"node-{node_id}.pem"}"\n'
+                f'key = "{certs / f"node-{node_id}.key"}"\nca = "{certs / "ca.pem"}"\n'
+                f'[auth]\ntokens = "{certs / "tokens.toml"}"\n'
+            )
         config.write_text(
             f'node_id = {node_id}\nlisten = "{address}"\n'
             f'data_dir = "{tmp_path / f"node-{node_id}"}"\n'
-            f"[scheduler]\nrun_workflows = {str(run_workflows).lower()}\n"
+            f"[scheduler]\nrun_workflows = {str(run_workflows).lower()}\n" + security
         )
         processes.start(
             [str(keel_binary()), "node", "--config", str(config)],
@@ -100,7 +126,7 @@ def keel_nodes(
     init = [str(keel_binary()), "init", "--cluster", ",".join(addresses)]
     deadline = time.monotonic() + 60
     while True:
-        done = subprocess.run(init, capture_output=True, text=True)
+        done = subprocess.run(init, capture_output=True, text=True, env=env)
         if done.returncode == 0 or "already part of a cluster" in done.stderr:
             break
         assert time.monotonic() < deadline, f"the keel nodes did not form a cluster: {done}"

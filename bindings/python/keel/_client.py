@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from . import _native
 from ._codec import Codec, Serializer, _hints
+from ._credentials import PathLike, credential_paths
 from ._errors import Cancelled, KeelError, Timeout, WorkflowFailed
 from ._time import Duration, seconds
 
@@ -258,12 +259,25 @@ class WorkflowHandle:
         return await asyncio.to_thread(self.cancel, reason)
 
 
-def connect(addresses: Union[str, Sequence[str]], *, serializer: Optional[Serializer] = None) -> Client:
+def connect(
+    addresses: Union[str, Sequence[str]],
+    *,
+    serializer: Optional[Serializer] = None,
+    ca: Optional[PathLike] = None,
+    cert: Optional[PathLike] = None,
+    key: Optional[PathLike] = None,
+    token_file: Optional[PathLike] = None,
+) -> Client:
     """A client of the cluster at ``addresses`` (``host:port`` of some of its nodes: it finds
     the leader itself). Its values use ``serializer`` (JSON by default): the one the
-    workflows' app uses."""
+    workflows' app uses.
+
+    For a cluster with TLS, ``ca`` is the CA file to trust; for one with authentication, the
+    client presents a certificate (``cert`` and ``key``, PEM files) or the bearer token held
+    in ``token_file`` (never the token itself). Files are reread when they change. A refusal
+    raises ``keel.PermissionDenied`` saying which credential was refused and why."""
     endpoints = [addresses] if isinstance(addresses, str) else list(addresses)
     if not endpoints:
         raise ValueError("connect needs the address of at least one node")
-    native = _native.NativeClient(endpoints)
+    native = _native.NativeClient(endpoints, *credential_paths(ca, cert, key, token_file))
     return Client(lambda: native, Codec(serializer))

@@ -23,6 +23,12 @@ class InvalidRequest(KeelError, ValueError):
     """The request is malformed or over a limit; the same request would fail again."""
 
 
+class PermissionDenied(KeelError, PermissionError):
+    """The cluster refused the caller's credentials (none given, a token it does not hold, a
+    certificate of another CA) or the caller's role may not make the call. Nothing was done;
+    the message says which credential was refused and why."""
+
+
 class Unavailable(KeelError):
     """The node or cluster could not be reached, or did not answer in time."""
 
@@ -95,6 +101,7 @@ _NATIVE_KINDS: dict[str, type[BaseException]] = {
     "NotFound": NotFound,
     "InvalidRequest": InvalidRequest,
     "Unavailable": Unavailable,
+    "PermissionDenied": PermissionDenied,
     "Cancelled": Cancelled,
     "NonDeterminismError": NonDeterminismError,
     "_Suspend": _Suspend,

@@ -96,6 +96,10 @@ class NativeWorker:
         runner: Callable[[str, NativeContext, bytes], Any],
         event_loop: Optional[AbstractEventLoop],
         worker_id: Optional[int] = None,
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        token_file: Optional[str] = None,
     ) -> NativeWorker: ...
     @property
     def worker_id(self) -> int: ...
@@ -103,7 +107,14 @@ class NativeWorker:
 
 @final
 class NativeClient:
-    def __new__(cls, endpoints: list[str]) -> NativeClient: ...
+    def __new__(
+        cls,
+        endpoints: list[str],
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        token_file: Optional[str] = None,
+    ) -> NativeClient: ...
     def start(self, id: str, kind: str, input: bytes) -> bool: ...
     def start_async(self, id: str, kind: str, input: bytes) -> Awaitable[bool]: ...
     def get(self, id: str, wait_s: float = 0.0, journal: bool = False) -> dict[str, Any]: ...

@@ -11,6 +11,7 @@ import threading
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from . import _native
+from ._credentials import PathLike, credential_paths
 
 if TYPE_CHECKING:
     from ._app import App
@@ -33,6 +34,10 @@ class Worker:
     ``run()`` works until Ctrl-C (or ``stop()`` from another thread); ``start()`` works in
     the background until ``stop()`` or the end of a ``with`` block. The app's own node is not
     launched: the worker only runs workflows.
+
+    For a cluster with TLS and authentication, ``ca`` is the CA file to trust, and the worker
+    presents a certificate of the ``worker`` role (``cert`` and ``key``) or a worker token
+    held in ``token_file``.
     """
 
     def __init__(
@@ -41,8 +46,13 @@ class Worker:
         addresses: Union[str, Sequence[str]],
         *,
         id: Optional[int] = None,
+        ca: Optional[PathLike] = None,
+        cert: Optional[PathLike] = None,
+        key: Optional[PathLike] = None,
+        token_file: Optional[PathLike] = None,
     ) -> None:
         self.app = app
+        self._credentials = credential_paths(ca, cert, key, token_file)
         self.addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not self.addresses:
             raise ValueError("a worker needs the address of at least one node")
@@ -64,7 +74,7 @@ class Worker:
                 with self.app._lock:
                     kinds, loop = self.app._runner()
                 self._native = _native.NativeWorker.start(
-                    self.addresses, kinds, self.app._run, loop, self._requested_id
+                    self.addresses, kinds, self.app._run, loop, self._requested_id, *self._credentials
                 )
                 self._stopped.clear()
                 _started_workers.add(self)

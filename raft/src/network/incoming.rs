@@ -1,5 +1,5 @@
 //! A node's accepted connections: plain TCP, or TLS when the node has a certificate, each
-//! ending when the node stops ([`super::stoppable`]).
+//! ending when the node stops (`network::stoppable`).
 //!
 //! TLS handshakes run on tasks of their own, so a slow or silent client never holds up the
 //! next connection; a refused handshake (a certificate of another CA, a client speaking

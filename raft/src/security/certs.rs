@@ -119,7 +119,7 @@ impl LocalCa {
     }
 
     /// Issues a certificate for `name` with `role`: a node's (`Role::Node`) names
-    /// [`LOCAL_NAMES`] and `hosts` and may serve; any other is a client's.
+    /// `localhost`, `127.0.0.1`, `::1` and `hosts` and may serve; any other is a client's.
     ///
     /// # Errors
     /// A host that is neither an IP address nor a DNS name, or a signing failure.

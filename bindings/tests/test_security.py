@@ -1,0 +1,83 @@
+"""A cluster of `keel node` processes with TLS and authentication: `keel.connect` and
+`keel.Worker` refused without the right credentials, with `keel.PermissionDenied` saying
+why, and served with them (a certificate or a token file)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+import keel
+from conftest import Processes, keel_nodes, wait_until
+
+WRITE_TOKEN = "python-write-token-0123"
+WORKER_TOKEN = "python-worker-token-0123"
+
+app = keel.App()
+
+
+@app.step(name="greeting")
+def greeting(name: str) -> str:
+    return f"hello, {name}"
+
+
+@app.workflow(name="greet")
+def greet(ctx: keel.Context, name: str) -> str:
+    return greeting(name)
+
+
+def token_file(directory: pathlib.Path, name: str, token: str) -> pathlib.Path:
+    path = directory / f"{name}.token"
+    path.write_text(token + "\n")
+    return path
+
+
+@pytest.fixture
+def certs(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The certificates directory, with a tokens file of one write and one worker token."""
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    (directory / "tokens.toml").write_text(
+        f'[[token]]\nrole = "write"\nvalue = "{WRITE_TOKEN}"\n'
+        f'[[token]]\nrole = "worker"\nvalue = "{WORKER_TOKEN}"\n'
+    )
+    return directory
+
+
+def test_clients_and_workers_present_certificates_or_tokens_and_are_refused_without(
+    processes: Processes, tmp_path: pathlib.Path, certs: pathlib.Path
+) -> None:
+    nodes = keel_nodes(processes, tmp_path, run_workflows=False, certs=certs)
+    ca = certs / "ca.pem"
+
+    anonymous = keel.connect(nodes, ca=ca)
+    with pytest.raises(keel.PermissionDenied, match="no credentials"):
+        anonymous.start("greet", "nobody", id="refused-1")
+    reader = keel.connect(
+        nodes, ca=ca, cert=certs / "client-read.pem", key=certs / "client-read.key"
+    )
+    with pytest.raises(keel.PermissionDenied, match="needs the write role"):
+        reader.start("greet", "a reader", id="refused-2")
+    stranger = keel.connect(nodes, ca=ca, token_file=token_file(tmp_path, "s", "x" * 20))
+    with pytest.raises(keel.PermissionDenied, match="not in this node's tokens file"):
+        stranger.start("greet", "a stranger", id="refused-3")
+    with pytest.raises(ValueError, match="needs its key"):
+        keel.connect(nodes, ca=ca, cert=certs / "client-read.pem")
+
+    writer = keel.connect(nodes, ca=ca, token_file=token_file(tmp_path, "w", WRITE_TOKEN))
+    worker_token = token_file(tmp_path, "worker", WORKER_TOKEN)
+    with keel.Worker(app, nodes, ca=ca, token_file=worker_token):
+        wait_until(lambda: _declared(writer), "the worker's kinds declared")
+        assert writer.start("greet", "keel", id="served").result(timeout=60) == "hello, keel"
+    # The read certificate may read what the writer started.
+    assert reader.handle("served").result(timeout=10) == "hello, keel"
+
+
+def _declared(client: keel.Client) -> bool:
+    """Whether the cluster takes workflows of kind `greet` (its worker declared it)."""
+    try:
+        client.start("greet", "warm-up", id="warm-up")
+    except keel.NotFound:
+        return False
+    return True
