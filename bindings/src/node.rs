@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use keel_raft::client::KeelClient;
 use keel_raft::node::NodeConfig;
 use keel_raft::security::credentials::Credentials;
+use keel_raft::security::tls::TlsFiles;
+use keel_raft::security::{AuthSettings, NodeSecurity};
 use keel_scheduler::Node;
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::engine::registry::Registry;
@@ -134,8 +136,51 @@ async fn start_node(
     }
 }
 
+/// A node's security as `keel.App` gives it: with `ca`, `cert` and `key`, TLS and
+/// authentication (certificates, and the bearer tokens of `tokens`), the member presenting
+/// its certificate to the others and to its own node; `insecure` allows plaintext beyond
+/// loopback. Also what the member itself presents.
+fn member_security(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    tokens: Option<PathBuf>,
+    insecure: bool,
+) -> Result<(NodeSecurity, Credentials), String> {
+    match (ca, cert, key) {
+        (None, None, None) if tokens.is_some() => {
+            Err("tokens are accepted over TLS only: give ca, cert and key too".to_owned())
+        }
+        (None, None, None) => Ok((
+            NodeSecurity {
+                insecure,
+                ..NodeSecurity::default()
+            },
+            Credentials::none(),
+        )),
+        (Some(ca), Some(cert), Some(key)) => Ok((
+            NodeSecurity {
+                tls: Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: ca.clone(),
+                }),
+                auth: Some(AuthSettings { tokens }),
+                insecure,
+            },
+            Credentials {
+                ca: Some(ca),
+                cert: Some(cert),
+                key: Some(key),
+                token_file: None,
+            },
+        )),
+        _ => Err("a node's TLS needs ca, cert and key together".to_owned()),
+    }
+}
+
 /// Forms the single-node cluster of `node` (or, formed before, elects it at once).
-async fn form_single(node: &Node) -> Result<(), LaunchError> {
+async fn form_single(node: &Node, credentials: &Credentials) -> Result<(), LaunchError> {
     if node.initialized() {
         return node
             .campaign()
@@ -143,7 +188,7 @@ async fn form_single(node: &Node) -> Result<(), LaunchError> {
             .map_err(|error| LaunchError::Failed(error.to_string()));
     }
     let addr = node.addr().to_string();
-    let mut client = KeelClient::new(std::slice::from_ref(&addr))
+    let mut client = KeelClient::with_credentials(std::slice::from_ref(&addr), credentials)
         .map_err(|error| LaunchError::Failed(error.to_string()))?;
     client
         .init(&BTreeMap::from([(1, addr)]))
@@ -156,9 +201,10 @@ async fn form_single(node: &Node) -> Result<(), LaunchError> {
 async fn form_cluster(
     node: &Node,
     membership: &Membership,
+    credentials: &Credentials,
     deadline: Instant,
 ) -> Result<(), LaunchError> {
-    let mut client = KeelClient::new(&membership.endpoints())
+    let mut client = KeelClient::with_credentials(&membership.endpoints(), credentials)
         .map_err(|error| LaunchError::Invalid(error.to_string()))?;
     let forming = !node.initialized();
     while !node.initialized() {
@@ -191,6 +237,7 @@ async fn launch(
     membership: Option<Membership>,
     registry: Registry,
     timeout: Duration,
+    (security, credentials): (NodeSecurity, Credentials),
 ) -> Result<(Node, Option<WorkerTask>), LaunchError> {
     let deadline = Instant::now() + timeout;
     std::fs::create_dir_all(&data_dir).map_err(|error| {
@@ -202,6 +249,7 @@ async fn launch(
     if let Some(membership) = &membership {
         config.peers = membership.via.clone().into_iter().collect();
     }
+    config.security = security;
     let node = start_node(&config, &registry, deadline).await?;
     let endpoints = membership
         .as_ref()
@@ -209,8 +257,8 @@ async fn launch(
     std::fs::write(data_dir.join(ENDPOINTS_FILE), endpoints.join("\n") + "\n")
         .map_err(|error| LaunchError::Failed(format!("recording the node's address: {error}")))?;
     let formed = match &membership {
-        None => form_single(&node).await,
-        Some(membership) => form_cluster(&node, membership, deadline).await,
+        None => form_single(&node, &credentials).await,
+        Some(membership) => form_cluster(&node, membership, &credentials, deadline).await,
     };
     if let Err(error) = formed {
         node.shutdown().await;
@@ -218,18 +266,15 @@ async fn launch(
     }
     let worker = match membership {
         None => None,
-        Some(_) => match WorkerTask::start(
-            &endpoints,
-            &Credentials::none(),
-            random_worker_id(),
-            registry,
-        ) {
-            Ok(worker) => Some(worker),
-            Err(error) => {
-                node.shutdown().await;
-                return Err(LaunchError::Invalid(error.to_string()));
+        Some(_) => {
+            match WorkerTask::start(&endpoints, &credentials, random_worker_id(), registry) {
+                Ok(worker) => Some(worker),
+                Err(error) => {
+                    node.shutdown().await;
+                    return Err(LaunchError::Invalid(error.to_string()));
+                }
             }
-        },
+        }
     };
     // A single node is ready once it runs its kinds; a member once it knows a leader (it
     // joined, or rejoined) and the cluster knows its kinds (the leader runs them, or leases
@@ -259,8 +304,11 @@ impl NativeNode {
     /// is ready: a single node (no `node_id`) leads with its kinds declared; a member of the
     /// cluster of `node_id` and `peers` (id to address; `listen` is its own) belongs to the
     /// formed cluster, which knows its kinds; it dials a peer at `via[peer]` when given.
+    /// With `ca`, `cert` and `key` (PEM files), TLS and authentication on, the member
+    /// presenting its certificate; `tokens` names a tokens file of accepted bearer tokens;
+    /// `insecure` allows plaintext on an address beyond loopback.
     #[staticmethod]
-    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None, via=None))]
+    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None, via=None, ca=None, cert=None, key=None, tokens=None, insecure=false))]
     #[expect(
         clippy::too_many_arguments,
         reason = "the launch's keyword arguments from Python"
@@ -276,7 +324,14 @@ impl NativeNode {
         node_id: Option<u64>,
         peers: Option<BTreeMap<u64, String>>,
         via: Option<BTreeMap<u64, String>>,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        tokens: Option<PathBuf>,
+        insecure: bool,
     ) -> PyResult<Self> {
+        let security = member_security(ca, cert, key, tokens, insecure)
+            .map_err(|message| keel_error(py, "InvalidRequest", message, None))?;
         let membership = match (node_id, peers, &listen) {
             (None, None, _) => None,
             (Some(node_id), Some(mut members), Some(listen)) => {
@@ -314,8 +369,8 @@ impl NativeNode {
         let registry = bridge::registry(kinds, runner, event_loop)?;
         let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::MAX);
         let _runtime = runtime()?.enter();
-        let (node, worker) = wait(py, launch(data_dir, listen, membership, registry, timeout))?
-            .map_err(|error| error.into_py(py))?;
+        let launched = launch(data_dir, listen, membership, registry, timeout, security);
+        let (node, worker) = wait(py, launched)?.map_err(|error| error.into_py(py))?;
         LIVE_NODES.fetch_add(1, Ordering::AcqRel);
         Ok(Self {
             addr: node.addr(),

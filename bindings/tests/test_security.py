@@ -5,11 +5,12 @@ why, and served with them (a certificate or a token file)."""
 from __future__ import annotations
 
 import pathlib
+import subprocess
 
 import pytest
 
 import keel
-from conftest import Processes, keel_nodes, wait_until
+from conftest import Processes, keel_binary, keel_nodes, wait_until
 
 WRITE_TOKEN = "python-write-token-0123"
 WORKER_TOKEN = "python-worker-token-0123"
@@ -81,3 +82,32 @@ def _declared(client: keel.Client) -> bool:
     except keel.NotFound:
         return False
     return True
+
+
+def test_an_app_with_a_node_certificate_serves_tls_and_refuses_anonymous_callers(
+    tmp_path: pathlib.Path, certs: pathlib.Path
+) -> None:
+    subprocess.run([str(keel_binary()), "certs", "--dir", str(certs), "--nodes", "1"], check=True)
+    ca = certs / "ca.pem"
+    with pytest.raises(ValueError, match="needs ca, cert and key together"):
+        keel.App(tmp_path / "bad", ca=ca)
+    secured = keel.App(
+        tmp_path / "app",
+        ca=ca,
+        cert=certs / "node-1.pem",
+        key=certs / "node-1.key",
+        tokens=certs / "tokens.toml",
+    )
+
+    @secured.workflow(name="double")
+    def double(ctx: keel.Context, n: int) -> int:
+        return 2 * n
+
+    with secured:
+        # The app's own client presents its node certificate, which may start workflows.
+        assert secured.start("double", 21, id="own").result(timeout=30) == 42
+        address = secured.address
+        with pytest.raises(keel.PermissionDenied, match="no credentials"):
+            keel.connect(address, ca=ca).start("double", 1, id="anonymous")
+        writer = keel.connect(address, ca=ca, token_file=token_file(tmp_path, "w", WRITE_TOKEN))
+        assert writer.start("double", 4, id="by-token").result(timeout=30) == 8

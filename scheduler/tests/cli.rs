@@ -41,6 +41,22 @@ fn a_config_file_with_errors_is_refused_with_the_reason() {
             "node_id = 1\nlisten = \"nowhere\"\ndata_dir = \"d\"\n",
             "listen",
         ),
+        (
+            "plaintext.toml",
+            "node_id = 1\nlisten = \"0.0.0.0:0\"\ndata_dir = \"d\"\n",
+            "say `insecure = true`",
+        ),
+        (
+            "auth.toml",
+            "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"d\"\n[auth]\n",
+            "[auth] needs [tls]",
+        ),
+        (
+            "tls.toml",
+            "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"d\"\n\
+             [tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\nca = \"ca.pem\"\n",
+            "missing.pem",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = write_config(dir.path(), name, text);
@@ -107,4 +123,67 @@ fn a_data_directory_marked_for_repair_is_refused() {
         stderr.contains("needs repair") && stderr.contains("fdatasync failed"),
         "{stderr}"
     );
+}
+
+/// A base port for `keel dev`: it and the next two free, and the same three 100 higher
+/// (metrics), a moment ago.
+fn free_dev_base_port() -> u16 {
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = probe.local_addr().expect("addr").port();
+        drop(probe);
+        let Some(top) = base.checked_add(102) else {
+            continue;
+        };
+        let ports = [base, base + 1, base + 2, top - 2, top - 1, top];
+        let held: Vec<_> = ports
+            .iter()
+            .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).ok())
+            .collect();
+        if held.len() == ports.len() {
+            return base;
+        }
+    }
+    panic!("no free base port for keel dev");
+}
+
+/// `keel dev --tls` issues its certificates, forms its cluster over TLS with client
+/// certificates required, and the client commands find them in its data directory;
+/// a client with the CA but no credential is refused, saying so.
+#[test]
+fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("dev");
+    let data_arg = data.to_string_lossy().into_owned();
+    let base = free_dev_base_port().to_string();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["dev", "--tls", "--data-dir", &data_arg, "--base-port", &base])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("keel dev");
+    let appended = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        keel(&["append", "--data-dir", &data_arg, "over TLS"]).0
+    });
+    let certs = data.join("certs");
+    let cluster = std::fs::read_to_string(data.join("endpoints"))
+        .expect("endpoints")
+        .lines()
+        .collect::<Vec<_>>()
+        .join(",");
+    let ca = certs.join("ca.pem").to_string_lossy().into_owned();
+    let anonymous = keel(&["append", "--cluster", &cluster, "--ca", &ca, "refused"]);
+    let read = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["read", "--data-dir", &data_arg])
+        .output()
+        .expect("keel read");
+    let _ = dev.kill();
+    let _ = dev.wait();
+    assert!(appended, "keel append never succeeded against keel dev --tls");
+    assert!(!anonymous.0, "an anonymous append was accepted");
+    assert!(anonymous.1.contains("no credentials"), "{}", anonymous.1);
+    let records = String::from_utf8_lossy(&read.stdout);
+    assert!(records.contains("over TLS") && !records.contains("refused"), "{records}");
 }

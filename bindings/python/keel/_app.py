@@ -18,6 +18,7 @@ from . import _native
 from ._client import Client, WorkflowHandle, WorkflowInfo, Workflow, workflow_kind
 from ._codec import Codec, Serializer, _hints
 from ._context import AsyncContext, Context, _current_context
+from ._credentials import PathLike, credential_paths
 from ._errors import KeelError, NotFound, _Suspend, failure_text
 from ._time import Duration, seconds
 
@@ -115,6 +116,14 @@ class App:
     launch, and a member that is restarted rejoins. Only the leader runs workflows; a member
     that is not the leader runs, as a remote worker, the kinds the leader lacks. Its launch
     waits until the cluster has formed (a majority of the members runs) and knows its kinds.
+
+    With ``ca``, ``cert`` and ``key`` (PEM files: the CA, and this member's certificate of
+    the ``node`` role, as ``keel certs`` issues them), every port of the node is TLS, the
+    members authenticate each other by certificate, and every call needs a role; the app's
+    own client and worker present the certificate, or the bearer token held in
+    ``token_file``. ``tokens`` is a tokens file of bearer tokens the node accepts (other
+    clients'). A node listening in plaintext on an address beyond loopback is refused unless
+    ``insecure=True``.
     """
 
     def __init__(
@@ -126,9 +135,22 @@ class App:
         peers: Optional[Mapping[int, str]] = None,
         serializer: Optional[Serializer] = None,
         timeout: Duration = 30.0,
+        ca: Optional[PathLike] = None,
+        cert: Optional[PathLike] = None,
+        key: Optional[PathLike] = None,
+        token_file: Optional[PathLike] = None,
+        tokens: Optional[PathLike] = None,
+        insecure: bool = False,
     ) -> None:
         if (node_id is None) != (peers is None) or (peers is not None and listen is None):
             raise ValueError("a cluster member is given node_id, listen and peers together")
+        if (ca is None) != (cert is None) or (cert is None) != (key is None):
+            raise ValueError("a node's TLS needs ca, cert and key together")
+        if cert is None and (token_file is not None or tokens is not None):
+            raise ValueError("tokens travel over TLS only: give ca, cert and key too")
+        self._credentials = credential_paths(ca, cert, key, token_file)
+        self._tokens = None if tokens is None else os.fspath(tokens)
+        self._insecure = insecure
         self.data_dir = Path(data_dir)
         self.node_id = node_id
         self.listen = listen
@@ -313,9 +335,13 @@ class App:
                     self.timeout,
                     self.node_id,
                     self.peers,
+                    None,
+                    *self._credentials[:3],
+                    self._tokens,
+                    self._insecure,
                 )
                 endpoints = [self._node.addr, *(self.peers or {}).values()]
-                self._native_client = _native.NativeClient(endpoints)
+                self._native_client = _native.NativeClient(endpoints, *self._credentials)
                 _open_apps.add(self)
         return self
 

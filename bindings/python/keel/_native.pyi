@@ -66,6 +66,11 @@ class NativeNode:
         node_id: Optional[int] = None,
         peers: Optional[dict[int, str]] = None,
         via: Optional[dict[int, str]] = None,
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        tokens: Optional[str] = None,
+        insecure: bool = False,
     ) -> NativeNode: ...
     @property
     def addr(self) -> str: ...

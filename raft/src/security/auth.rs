@@ -56,7 +56,7 @@ impl Authenticator {
     ) -> Result<Caller, Status> {
         let caller = self.authenticate(headers, peer)?;
         let needed = self.methods.needed(path);
-        if caller.role.permits(needed) {
+        if self.methods.allows(path, caller.role) {
             Ok(caller)
         } else {
             Err(Status::permission_denied(format!(

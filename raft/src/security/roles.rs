@@ -6,10 +6,12 @@
 //! | `write`  | what `read` may, and writes: append, start, signal, cancel, timers, schedules |
 //! | `worker` | what `read` may, and the workers service (leases, journal records)  |
 //! | `admin`  | everything but the raft service: also init, membership, repair      |
-//! | `node`   | the raft service between nodes (certificates only), and reads       |
+//! | `node`   | the raft service between nodes (certificates only), and what `write` and `worker` may |
 //!
 //! A method no table names needs `admin`: a new method is closed until someone says who
-//! may call it.
+//! may call it. A node certificate may also write and work (an embedded member's own
+//! client and worker present it): denying it would protect nothing, since a node may
+//! append any entry through the raft service; it may not administer.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,7 +30,7 @@ pub enum Role {
     Worker,
     /// Everything but the raft service.
     Admin,
-    /// A cluster member: the raft service, and reads.
+    /// A cluster member: the raft service, and what `write` and `worker` may.
     Node,
 }
 
@@ -63,6 +65,7 @@ impl Role {
         match (self, needed) {
             (_, Role::Read) => true,
             (Role::Admin, other) => other != Role::Node,
+            (Role::Node, other) => other != Role::Admin,
             (held, other) => held == other,
         }
     }
@@ -75,27 +78,42 @@ impl fmt::Display for Role {
 }
 
 /// The role each method needs, by gRPC path: `/package.Service/Method` for one method, or
-/// `/package.Service/` for every method of a service the table does not name one by one.
+/// `/package.Service/` for every method of a service the table does not name one by one;
+/// and the few methods another role may call too.
 #[derive(Debug, Clone, Default)]
-pub struct MethodRoles(HashMap<&'static str, Role>);
+pub struct MethodRoles {
+    needed: HashMap<&'static str, Role>,
+    also: HashMap<&'static str, Role>,
+}
 
 impl MethodRoles {
     /// A table of `entries`.
     pub fn new(entries: &[(&'static str, Role)]) -> Self {
-        Self(entries.iter().copied().collect())
+        Self {
+            needed: entries.iter().copied().collect(),
+            also: HashMap::new(),
+        }
+    }
+
+    /// This table, letting `role` call `path` too.
+    #[must_use]
+    pub fn also(mut self, path: &'static str, role: Role) -> Self {
+        self.also.insert(path, role);
+        self
     }
 
     /// This table with `other`'s entries added.
     #[must_use]
     pub fn with(mut self, other: &MethodRoles) -> Self {
-        self.0
-            .extend(other.0.iter().map(|(path, role)| (*path, *role)));
+        self.needed
+            .extend(other.needed.iter().map(|(p, r)| (*p, *r)));
+        self.also.extend(other.also.iter().map(|(p, r)| (*p, *r)));
         self
     }
 
     /// The role `path` needs: its own entry, else its service's, else `admin`.
     pub fn needed(&self, path: &str) -> Role {
-        if let Some(role) = self.0.get(path) {
+        if let Some(role) = self.needed.get(path) {
             return *role;
         }
         let service = path
@@ -103,21 +121,28 @@ impl MethodRoles {
             .filter(|&slash| slash > 0)
             .map(|slash| &path[..=slash]);
         service
-            .and_then(|service| self.0.get(service))
+            .and_then(|service| self.needed.get(service))
             .copied()
             .unwrap_or(Role::Admin)
     }
 
+    /// Whether a caller holding `held` may call `path`.
+    pub fn allows(&self, path: &str, held: Role) -> bool {
+        held.permits(self.needed(path)) || self.also.get(path) == Some(&held)
+    }
+
     /// Whether the table names `path` or its service.
     pub fn names(&self, path: &str) -> bool {
-        self.0.contains_key(path)
+        self.needed.contains_key(path)
             || path
                 .rfind('/')
-                .is_some_and(|slash| self.0.contains_key(&path[..=slash]))
+                .is_some_and(|slash| self.needed.contains_key(&path[..=slash]))
     }
 }
 
 /// The roles of keel-raft's own services: the raft service and the log client service.
+/// `Init` is also a node's: members of a cluster of embedded nodes form it themselves, and
+/// `Init` changes only a node that was never initialized.
 pub fn raft_method_roles() -> MethodRoles {
     MethodRoles::new(&[
         ("/keel.raft.v2.Raft/", Role::Node),
@@ -131,6 +156,7 @@ pub fn raft_method_roles() -> MethodRoles {
         ("/keel.client.v2.KeelLog/AddLearner", Role::Admin),
         ("/keel.client.v2.KeelLog/ChangeMembership", Role::Admin),
     ])
+    .also("/keel.client.v2.KeelLog/Init", Role::Node)
 }
 
 /// The gRPC paths of every `rpc` a `.proto` file's services declare (for tests that check
@@ -172,7 +198,7 @@ mod tests {
         assert_eq!(permitted(Write), [Read, Write]);
         assert_eq!(permitted(Worker), [Read, Worker]);
         assert_eq!(permitted(Admin), [Read, Write, Worker, Admin]);
-        assert_eq!(permitted(Node), [Read, Node]);
+        assert_eq!(permitted(Node), [Read, Write, Worker, Node]);
         for role in Role::ALL {
             assert_eq!(Role::from_name(role.name()), Some(role));
         }
@@ -198,6 +224,11 @@ mod tests {
             Role::Admin
         );
         assert_eq!(roles.needed("/grpc.health.v1.Health/Check"), Role::Admin);
+        let init = "/keel.client.v2.KeelLog/Init";
+        assert!(roles.allows(init, Role::Node) && roles.allows(init, Role::Admin));
+        assert!(!roles.allows(init, Role::Write));
+        let membership = "/keel.client.v2.KeelLog/ChangeMembership";
+        assert!(!roles.allows(membership, Role::Node));
         assert_eq!(roles.needed("garbage"), Role::Admin);
     }
 }
