@@ -54,8 +54,8 @@ fn a_config_file_with_errors_is_refused_with_the_reason() {
         (
             "tls.toml",
             "node_id = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"d\"\n\
-             [tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\nca = \"ca.pem\"\n",
-            "missing.pem",
+             [tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\nca = \"missing-ca.pem\"\n",
+            "reading the CA",
         ),
     ];
     for (name, text, needle) in cases {
