@@ -157,7 +157,14 @@ fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
     let data_arg = data.to_string_lossy().into_owned();
     let base = free_dev_base_port().to_string();
     let mut dev = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["dev", "--tls", "--data-dir", &data_arg, "--base-port", &base])
+        .args([
+            "dev",
+            "--tls",
+            "--data-dir",
+            &data_arg,
+            "--base-port",
+            &base,
+        ])
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -181,9 +188,15 @@ fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
         .expect("keel read");
     let _ = dev.kill();
     let _ = dev.wait();
-    assert!(appended, "keel append never succeeded against keel dev --tls");
+    assert!(
+        appended,
+        "keel append never succeeded against keel dev --tls"
+    );
     assert!(!anonymous.0, "an anonymous append was accepted");
     assert!(anonymous.1.contains("no credentials"), "{}", anonymous.1);
     let records = String::from_utf8_lossy(&read.stdout);
-    assert!(records.contains("over TLS") && !records.contains("refused"), "{records}");
+    assert!(
+        records.contains("over TLS") && !records.contains("refused"),
+        "{records}"
+    );
 }
