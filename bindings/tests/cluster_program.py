@@ -7,6 +7,9 @@
   cluster at the comma-separated ADDRESSES; writes `worker ready` and works (`run()`) until
   killed or interrupted.
 
+With `KEEL_TEST_CERTS` (a `keel certs` directory) in the environment, a member runs TLS
+with authentication, presenting `node-NODE_ID.pem`.
+
 Each member also registers `only-NODE_ID`, a kind no other process has. Workflow kinds are
 named explicitly (`pipeline`, ...), the same in every process and in the
 tests that start them by name. Step bodies write `body WORKFLOW I PID` to LOG (appended and synced), so a test counts how many
@@ -24,12 +27,16 @@ import keel
 if sys.argv[1] == "member":
     NODE_ID, LOG = int(sys.argv[2]), sys.argv[4]
     MEMBERS = {int(k): v for k, v in json.loads(sys.argv[5]).items()}
+    CERTS = os.environ.get("KEEL_TEST_CERTS")
     app = keel.App(
         sys.argv[3],
         node_id=NODE_ID,
         listen=MEMBERS[NODE_ID],
         peers={k: v for k, v in MEMBERS.items() if k != NODE_ID},
         timeout=60,
+        ca=None if CERTS is None else os.path.join(CERTS, "ca.pem"),
+        cert=None if CERTS is None else os.path.join(CERTS, f"node-{NODE_ID}.pem"),
+        key=None if CERTS is None else os.path.join(CERTS, f"node-{NODE_ID}.key"),
     )
 else:
     LOG = sys.argv[3]

@@ -3,10 +3,12 @@ processes killed after the test; a cluster of `keel node` processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 from typing import Callable, Iterator, Optional
 
@@ -16,6 +18,8 @@ import keel
 from keel.testing import free_ports
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+#: The program the cluster tests run in child interpreters.
+PROGRAM = str(pathlib.Path(__file__).with_name("cluster_program.py"))
 
 
 @pytest.fixture
@@ -43,9 +47,13 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: list[str], log: pathlib.Path, env: Optional[dict[str, str]] = None
+    ) -> subprocess.Popen[bytes]:
         out = open(log, "ab")
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env}
+        )
         out.close()
         self.started.append(process)
         return process
@@ -132,3 +140,39 @@ def keel_nodes(
         assert time.monotonic() < deadline, f"the keel nodes did not form a cluster: {done}"
         time.sleep(0.1)
     return addresses
+
+
+class Members:
+    """Three `cluster_program.py member` processes forming one cluster (with TLS and
+    authentication when given a `keel certs` directory)."""
+
+    def __init__(
+        self, processes: Processes, tmp_path: pathlib.Path, certs: Optional[pathlib.Path] = None
+    ) -> None:
+        self.processes = processes
+        self.tmp_path = tmp_path
+        self.env = None if certs is None else {"KEEL_TEST_CERTS": str(certs)}
+        self.log = tmp_path / "log"
+        self.addresses = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(free_ports(3))}
+        self.running: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, node_id: int) -> None:
+        args = [
+            sys.executable,
+            PROGRAM,
+            "member",
+            str(node_id),
+            str(self.tmp_path / f"member-{node_id}"),
+            str(self.log),
+            json.dumps(self.addresses),
+        ]
+        self.running[node_id] = self.processes.start(
+            args, self.tmp_path / f"member-{node_id}.out", self.env
+        )
+
+    def kill(self, node_id: int) -> None:
+        self.processes.kill(self.running.pop(node_id))
+
+    def ready(self, node_id: int, launches: int = 1) -> bool:
+        """Whether member `node_id` has launched `launches` times."""
+        return log_lines(self.log).count(f"ready {node_id}") >= launches

@@ -5,7 +5,6 @@ kill of whichever leads, a restart that rejoins); `keel.connect` and `keel.Worke
 from __future__ import annotations
 
 import collections
-import json
 import os
 import pathlib
 import signal
@@ -17,9 +16,8 @@ import pytest
 
 import keel
 
-from conftest import Processes, free_ports, keel_nodes, log_lines, wait_until
+from conftest import PROGRAM, Members, Processes, keel_nodes, log_lines, wait_until
 
-PROGRAM = str(pathlib.Path(__file__).with_name("cluster_program.py"))
 
 
 def bodies(log: pathlib.Path) -> collections.Counter[tuple[str, int]]:
@@ -37,36 +35,6 @@ def body_pids(log: pathlib.Path, workflow: str) -> list[int]:
         for parts in (line.split() for line in log_lines(log))
         if parts[0] == "body" and parts[1] == workflow
     ]
-
-
-class Members:
-    """Three `cluster_program.py member` processes forming one cluster."""
-
-    def __init__(self, processes: Processes, tmp_path: pathlib.Path) -> None:
-        self.processes = processes
-        self.tmp_path = tmp_path
-        self.log = tmp_path / "log"
-        self.addresses = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(free_ports(3))}
-        self.running: dict[int, subprocess.Popen[bytes]] = {}
-
-    def start(self, node_id: int) -> None:
-        args = [
-            sys.executable,
-            PROGRAM,
-            "member",
-            str(node_id),
-            str(self.tmp_path / f"member-{node_id}"),
-            str(self.log),
-            json.dumps(self.addresses),
-        ]
-        self.running[node_id] = self.processes.start(args, self.tmp_path / f"member-{node_id}.out")
-
-    def kill(self, node_id: int) -> None:
-        self.processes.kill(self.running.pop(node_id))
-
-    def ready(self, node_id: int, launches: int = 1) -> bool:
-        """Whether member `node_id` has launched `launches` times."""
-        return log_lines(self.log).count(f"ready {node_id}") >= launches
 
 
 def test_three_python_processes_form_a_cluster_that_survives_the_kill_of_its_leader(

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import keel
-from conftest import Processes, keel_binary, keel_nodes, wait_until
+from conftest import Members, Processes, keel_binary, keel_nodes, wait_until
 
 WRITE_TOKEN = "python-write-token-0123"
 WORKER_TOKEN = "python-worker-token-0123"
@@ -111,3 +111,22 @@ def test_an_app_with_a_node_certificate_serves_tls_and_refuses_anonymous_callers
             keel.connect(address, ca=ca).start("double", 1, id="anonymous")
         writer = keel.connect(address, ca=ca, token_file=token_file(tmp_path, "w", WRITE_TOKEN))
         assert writer.start("double", 4, id="by-token").result(timeout=30) == 8
+
+
+def test_python_members_with_node_certificates_form_a_tls_cluster_and_serve_clients(
+    processes: Processes, tmp_path: pathlib.Path, certs: pathlib.Path
+) -> None:
+    subprocess.run([str(keel_binary()), "certs", "--dir", str(certs), "--nodes", "3"], check=True)
+    members = Members(processes, tmp_path, certs)
+    for node_id in (1, 2, 3):
+        members.start(node_id)
+    # Forming the cluster (init), the members' own workers and clients all present their
+    # node certificates to each other.
+    wait_until(lambda: all(members.ready(i) for i in (1, 2, 3)), "the members' launch")
+    addresses = list(members.addresses.values())
+    writer = keel.connect(
+        addresses, ca=certs / "ca.pem", cert=certs / "client-write.pem", key=certs / "client-write.key"
+    )
+    assert writer.start("pipeline", 3, 0.0, id="tls-members").result(timeout=60) == 3
+    with pytest.raises(keel.PermissionDenied, match="no credentials"):
+        keel.connect(addresses, ca=certs / "ca.pem").start("pipeline", 1, 0.0, id="anonymous")

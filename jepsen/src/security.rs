@@ -32,6 +32,9 @@ impl ClusterPki {
     /// A file error.
     pub fn create(dir: &Path, listen: &[(u64, String)], seed: u64) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Absolute: the nodes resolve relative paths from their configuration's directory,
+        // the harness and the workers from the working directory.
+        let dir = &std::fs::canonicalize(dir)?;
         let ca = LocalCa::create("keel-jepsen")?;
         ca.write(dir)?;
         let hosts: Vec<String> = listen

@@ -320,11 +320,14 @@ async fn another_cas_certificates_are_refused_by_clients_and_by_peers() {
         intruder_log < committed,
         "node 3 at {intruder_log:?}, the leader at {committed:?}"
     );
+    // Nodes 1 and 2 (named in the line, so no other test's refusal counts) logged it.
     let logs = String::from_utf8_lossy(&captured_logs().lock().expect("logs")).into_owned();
+    let members = [nodes[0].addr().to_string(), nodes[1].addr().to_string()];
     assert!(
-        logs.lines()
-            .any(|l| l.contains("refused a TLS connection") && l.contains("UnknownIssuer")),
-        "no log line says a peer's TLS connection was refused for its issuer"
+        logs.lines().any(|l| l.contains("refused a TLS connection")
+            && l.contains("UnknownIssuer")
+            && members.iter().any(|addr| l.contains(addr.as_str()))),
+        "no log line of nodes 1 or 2 says a peer's TLS connection was refused for its issuer"
     );
     stop(nodes).await;
 }
@@ -418,4 +421,66 @@ async fn tokens_and_cas_rotate_while_the_node_runs() {
         .expect("trusted now");
     assert_eq!(read.records.len(), 3);
     stop(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_but_no_auth_the_raft_service_still_takes_node_certificates_only() {
+    use keel_raft::pb::raft::{Empty, raft_client::RaftClient};
+    captured_logs();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, "127.0.0.1:0".parse().expect("addr"), dir.path());
+    config.segment_size_bytes = 8 << 20;
+    config.security = NodeSecurity {
+        tls: Some(pki.node(1, None)),
+        auth: None,
+        insecure: false,
+    };
+    let node = RaftNode::start(config).await.expect("node starts");
+    let addr = node.addr().to_string();
+    let tls_only = Credentials {
+        ca: Some(pki.ca_file()),
+        ..Credentials::none()
+    };
+    // Without [auth], clients need no credential beyond TLS.
+    let mut client =
+        KeelClient::with_credentials(std::slice::from_ref(&addr), &tls_only).expect("client");
+    client
+        .init(&BTreeMap::from([(1, addr.clone())]))
+        .await
+        .expect("init");
+    client.append(record("open")).await.expect("append");
+
+    let read_index = |credentials: Credentials| {
+        let addr = addr.clone();
+        async move {
+            let mut client =
+                KeelClient::with_credentials(std::slice::from_ref(&addr), &credentials)
+                    .expect("client");
+            let channel = client.raw_channel(&addr).expect("channel");
+            RaftClient::new(channel).read_index(Empty {}).await
+        }
+    };
+    let anonymous = read_index(tls_only.clone())
+        .await
+        .expect_err("no certificate");
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    let writer = read_index(pki.cert_client(Role::Write))
+        .await
+        .expect_err("a client certificate");
+    assert_eq!(writer.code(), tonic::Code::PermissionDenied, "{writer:?}");
+    let files = pki.node(2, None);
+    let peer = Credentials {
+        ca: Some(files.ca),
+        cert: Some(files.cert),
+        key: Some(files.key),
+        token_file: None,
+    };
+    let answer = read_index(peer).await.expect("a node certificate");
+    assert!(answer.into_inner().has_read_index);
+    node.shutdown().await;
 }

@@ -206,8 +206,21 @@ impl Worker {
     /// reconnecting as needed.
     pub async fn run(mut self) {
         loop {
-            if let Err(error) = self.session().await {
-                tracing::info!(worker = self.id, %error, "work session ended; reconnecting");
+            match self.session().await {
+                Err(
+                    error @ ClientError::Refused {
+                        kind: keel_raft::wire_error::WriteErrorKind::Denied,
+                        ..
+                    },
+                ) => tracing::warn!(
+                    worker = self.id,
+                    %error,
+                    "the cluster refused this worker's credentials; trying again"
+                ),
+                Err(error) => {
+                    tracing::info!(worker = self.id, %error, "work session ended; reconnecting");
+                }
+                Ok(()) => {}
             }
             tokio::time::sleep(RECONNECT_PAUSE).await;
         }

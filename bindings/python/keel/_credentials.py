@@ -21,6 +21,10 @@ def credential_paths(
         raise ValueError("a client certificate needs its key, and a key its certificate")
     if cert is not None and ca is None:
         raise ValueError("a client certificate is presented over TLS only: give ca= too")
+    if token_file is not None and ca is None:
+        raise ValueError(
+            "a bearer token is sent over TLS only (it would travel in plaintext): give ca= too"
+        )
 
     def path(value: Optional[PathLike]) -> Optional[str]:
         return None if value is None else os.fspath(value)

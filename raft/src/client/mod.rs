@@ -304,6 +304,18 @@ impl KeelClient {
                 }
             })
             .await;
+        self.settle(id, maybe_applied.load(Ordering::Relaxed), result)
+    }
+
+    /// What a write's last refusal means for it (`id`), given whether an earlier attempt
+    /// may have been applied: a refusal of its session or of the credentials is an unknown
+    /// outcome then, and certainly-not-applied otherwise; a refused session is forgotten.
+    fn settle<T>(
+        &mut self,
+        id: WriteId,
+        maybe_applied: bool,
+        result: Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         match result {
             Err(ClientError::Refused {
                 kind: WriteErrorKind::UnknownSession,
@@ -312,7 +324,7 @@ impl KeelClient {
                 if self.session().is_some_and(|now| now.session == id.session) {
                     self.writes = Writes::ExactlyOnce(None);
                 }
-                if maybe_applied.load(Ordering::Relaxed) {
+                if maybe_applied {
                     Err(ClientError::SessionExpired {
                         session: id.session,
                         seq: id.seq,
@@ -325,6 +337,19 @@ impl KeelClient {
                     })
                 }
             }
+            // A refusal of the credentials says nothing was done by that attempt, not by an
+            // earlier one whose outcome is unknown (a rotation can refuse the retry).
+            Err(ClientError::Refused {
+                kind: WriteErrorKind::Denied,
+                message,
+            }) if maybe_applied => Err(ClientError::Refused {
+                kind: WriteErrorKind::OutcomeUnknown,
+                message: format!(
+                    "write {} of session {}: an earlier attempt's outcome is unknown, and the \
+                     retry was refused: {message}",
+                    id.seq, id.session
+                ),
+            }),
             other => other,
         }
     }
@@ -588,4 +613,43 @@ pub fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {
             | WriteErrorKind::UnknownSession
             | WriteErrorKind::Denied
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(kind: WriteErrorKind) -> Result<(), ClientError> {
+        Err(ClientError::Refused {
+            kind,
+            message: "refused".to_owned(),
+        })
+    }
+
+    fn kind(result: &Result<(), ClientError>) -> Option<WriteErrorKind> {
+        match result {
+            Err(ClientError::Refused { kind, .. }) => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// A refusal of the credentials means "nothing done" only if no earlier attempt may
+    /// have been applied; after an attempt whose outcome is unknown, the write's outcome
+    /// stays unknown (a token rotated out between two attempts of one write).
+    #[tokio::test]
+    async fn a_denied_retry_of_a_write_whose_first_attempt_may_have_applied_is_an_unknown_outcome()
+    {
+        let mut client = KeelClient::new(&["127.0.0.1:1".to_owned()]).expect("client");
+        let id = WriteId { session: 7, seq: 3 };
+        let first = client.settle(id, false, refused(WriteErrorKind::Denied));
+        assert_eq!(kind(&first), Some(WriteErrorKind::Denied));
+        let retried = client.settle(id, true, refused(WriteErrorKind::Denied));
+        assert_eq!(kind(&retried), Some(WriteErrorKind::OutcomeUnknown));
+        assert!(
+            matches!(&retried, Err(e) if e.to_string().contains("write 3 of session 7")),
+            "{retried:?}"
+        );
+        let expired = client.settle(id, true, refused(WriteErrorKind::UnknownSession));
+        assert!(matches!(expired, Err(ClientError::SessionExpired { .. })));
+    }
 }

@@ -25,7 +25,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpIncoming};
 
-use super::stoppable::StoppableIo;
+use super::stoppable::{StoppableIo, stopped};
 use crate::security::tls::ServerTls;
 
 /// How long a client has to complete its TLS handshake.
@@ -57,6 +57,7 @@ pub(crate) fn accept(
     tls: Option<Arc<ServerTls>>,
     stop: watch::Receiver<bool>,
 ) -> BoxStream<'static, io::Result<ServerConn>> {
+    let node = listener.local_addr().ok();
     let tcp = TcpIncoming::from(listener).with_nodelay(Some(true));
     let Some(tls) = tls else {
         return tcp
@@ -68,11 +69,13 @@ pub(crate) fn accept(
     let (accepted, queue) = mpsc::channel(ACCEPTED_QUEUE);
     tokio::spawn(async move {
         let mut tcp = tcp;
+        let mut node_stopped = stopped(stop.clone());
         loop {
-            // Ends (dropping the listener) when the server drops the queue.
+            // Ends (dropping the listener) when the node stops or the server drops the queue.
             let next = tokio::select! {
                 next = tcp.next() => next,
                 () = accepted.closed() => return,
+                () = &mut node_stopped => return,
             };
             let io = match next {
                 Some(Ok(io)) => io,
@@ -94,9 +97,10 @@ pub(crate) fn accept(
                         let _ = accepted.send(Ok(ServerConn::Tls(Box::new(stream)))).await;
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(?remote, %error, "refused a TLS connection");
+                        tracing::warn!(?node, ?remote, %error, "refused a TLS connection");
                     }
                     Err(_) => tracing::warn!(
+                        ?node,
                         ?remote,
                         "refused a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}"
                     ),

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// A future that resolves once `stop` is true (or its sender is gone).
-fn stopped(mut stop: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+pub(crate) fn stopped(mut stop: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         while !*stop.borrow_and_update() {
             if stop.changed().await.is_err() {

@@ -30,17 +30,39 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// A node's authentication: its tokens (if it accepts any) and the roles its methods need.
+/// A node's authentication: its tokens (if it accepts any), the roles its methods need,
+/// and which methods it checks.
 #[derive(Debug)]
 pub struct Authenticator {
     tokens: Option<Reloading<Tokens>>,
     methods: MethodRoles,
+    nodes_only: bool,
 }
 
 impl Authenticator {
     /// Authentication by `tokens` (if any) and client certificates, for `methods`.
     pub fn new(tokens: Option<Reloading<Tokens>>, methods: MethodRoles) -> Self {
-        Self { tokens, methods }
+        Self {
+            tokens,
+            methods,
+            nodes_only: false,
+        }
+    }
+
+    /// A TLS node without `[auth]`: only the methods that need the `node` role (the raft
+    /// service) are checked — a peer must present a node certificate of the cluster's CA,
+    /// so TLS is mutual between nodes; every other call passes.
+    pub fn nodes_only(methods: MethodRoles) -> Self {
+        Self {
+            tokens: None,
+            methods,
+            nodes_only: true,
+        }
+    }
+
+    /// Whether calls of `path` are checked.
+    pub fn checks(&self, path: &str) -> bool {
+        !self.nodes_only || self.methods.needed(path) == Role::Node
     }
 
     /// The caller of a request with `headers` on a connection described by `peer`, if it
@@ -166,7 +188,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if let Some(auth) = &self.auth {
+        if let Some(auth) = self
+            .auth
+            .as_ref()
+            .filter(|a| a.checks(request.uri().path()))
+        {
             let peer = request.extensions().get::<PeerInfo>();
             match auth.authorize(request.uri().path(), request.headers(), peer) {
                 Ok(caller) => {

@@ -102,8 +102,14 @@ impl Connector {
     ///
     /// # Errors
     /// A file that cannot be used, a certificate without its key (or the reverse), or a
-    /// client certificate without a CA.
+    /// client certificate or token without a CA (it would travel in plaintext).
     pub fn new(credentials: &Credentials) -> Result<Self> {
+        if credentials.token_file.is_some() && credentials.ca.is_none() {
+            return Err(SecurityError::Config(
+                "a bearer token is sent over TLS only (it would travel in plaintext): give the CA too"
+                    .into(),
+            ));
+        }
         let identity = match (&credentials.cert, &credentials.key) {
             (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
             (None, None) => None,

@@ -26,8 +26,9 @@ use super::tls::ClientTls;
 
 /// How long dialling (TCP and TLS handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a client with a certificate waits for the server's first bytes.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a client with a certificate waits for the server's first bytes (well inside
+/// the endpoint's connect timeout, which covers the whole dial).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A TLS handshake that either side refused: retrying with the same credentials fails the
 /// same way.

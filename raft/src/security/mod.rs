@@ -12,7 +12,9 @@
 //!
 //! A node's settings ([`NodeSecurity`], TOML `[tls]`, `[auth]`, `insecure`):
 //! - `[tls]` (`cert`, `key`, `ca`): every connection to the node is TLS, and the node dials
-//!   its peers over TLS presenting the same certificate (mutual TLS between nodes).
+//!   its peers over TLS presenting the same certificate; the raft service accepts only
+//!   callers with a node certificate of the CA (mutual TLS between nodes), with or
+//!   without `[auth]`.
 //! - `[auth]` (`tokens`: a tokens file, optional): every call needs a caller whose role
 //!   permits the method ([`roles`]); the raft service accepts node certificates only.
 //!   Needs `[tls]`: credentials never travel in plaintext.
@@ -144,8 +146,10 @@ impl NodeSecurity {
             ),
             None => (None, Connector::default()),
         };
-        let auth = match &self.auth {
-            Some(settings) => {
+        let auth = match (&self.auth, &self.tls) {
+            (None, Some(_)) => Some(Arc::new(Authenticator::nodes_only(methods))),
+            (None, None) => None,
+            (Some(settings), _) => {
                 let tokens = match &settings.tokens {
                     Some(path) => {
                         let file = path.clone();
@@ -157,7 +161,6 @@ impl NodeSecurity {
                 };
                 Some(Arc::new(Authenticator::new(tokens, methods)))
             }
-            None => None,
         };
         Ok(OpenedSecurity {
             server_tls,

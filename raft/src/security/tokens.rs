@@ -93,7 +93,14 @@ impl Tokens {
             path: path.to_owned(),
             source,
         })?;
-        let file: TokensFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        // toml's own message quotes the offending line, which may hold a token: say only
+        // where and what.
+        let file: TokensFile = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(0, |span| {
+                text[..span.start.min(text.len())].matches('\n').count() + 1
+            });
+            invalid(format!("line {line}: {}", e.message()))
+        })?;
         let mut accepted = Vec::with_capacity(file.token.len());
         for (i, entry) in file.token.into_iter().enumerate() {
             let name = entry.name.unwrap_or_else(|| format!("token {}", i + 1));
@@ -223,10 +230,18 @@ mod tests {
                 "[[token]]\nrole = \"read\"\nvalu = \"0123456789abcdef\"\n",
                 "unknown field",
             ),
+            (
+                "[[token]]\nrole = \"read\"\nvalue = \"0123456789abcdef\n",
+                "line 3",
+            ),
         ];
         for (text, reason) in cases {
             let error = load(text, &[]).expect_err(text).to_string();
             assert!(error.contains(reason), "{text:?}: {error}");
+            assert!(
+                !error.contains("0123456789abcdef"),
+                "a token in an error: {error}"
+            );
         }
         assert!(load("", &[]).expect("an empty file").is_empty());
     }

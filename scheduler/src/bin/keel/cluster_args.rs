@@ -20,6 +20,9 @@ pub(crate) const ENDPOINTS_FILE: &str = "endpoints";
 pub(crate) const DEV_BASE_PORT: u16 = 7101;
 /// Directory in the dev data directory holding the certificates of `keel dev --tls`.
 pub(crate) const DEV_CERTS_DIR: &str = "certs";
+/// File in the dev data directory saying its cluster runs TLS (written by `keel dev --tls`,
+/// removed by a plain `keel dev`), so clients use its certificates only then.
+pub(crate) const DEV_TLS_MARKER: &str = "tls";
 
 #[derive(Debug, Args)]
 pub(crate) struct ClusterArgs {
@@ -60,8 +63,12 @@ pub(crate) fn credentials(args: &ClusterArgs) -> Credentials {
     dev_credentials(dir).unwrap_or(given)
 }
 
-/// The admin credentials of the `keel dev --tls` cluster whose data directory is `dir`.
+/// The admin credentials of the `keel dev --tls` cluster whose data directory is `dir`
+/// (none when it last ran without TLS).
 pub(crate) fn dev_credentials(dir: &Path) -> Option<Credentials> {
+    if !dir.join(DEV_TLS_MARKER).is_file() {
+        return None;
+    }
     let certs = dir.join(DEV_CERTS_DIR);
     let ca = certs.join("ca.pem");
     let (cert, key) = client_pair(&certs, Role::Admin);

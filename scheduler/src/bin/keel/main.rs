@@ -27,8 +27,8 @@ mod demo;
 mod workflows;
 
 use cluster_args::{
-    ClusterArgs, DEV_BASE_PORT, DEV_CERTS_DIR, DEV_DATA_DIR, ENDPOINTS_FILE, client, credentials,
-    dev_credentials, endpoints,
+    ClusterArgs, DEV_BASE_PORT, DEV_CERTS_DIR, DEV_DATA_DIR, DEV_TLS_MARKER, ENDPOINTS_FILE,
+    client, credentials, dev_credentials, endpoints,
 };
 
 #[derive(Debug, Parser)]
@@ -342,18 +342,33 @@ fn dev_node_config(
     config
 }
 
+/// The certificates directory of `keel dev` in `data_dir`: with `tls`, certificates issued
+/// there unless they are, and the TLS marker written; without, the marker removed (so
+/// clients do not dial a plaintext cluster over TLS).
+fn prepare_dev_certs(data_dir: &Path, tls: bool) -> anyhow::Result<PathBuf> {
+    let certs_dir = data_dir.join(DEV_CERTS_DIR);
+    let marker = data_dir.join(DEV_TLS_MARKER);
+    if tls {
+        let (cert, key) = certs::client_pair(&certs_dir, keel_raft::security::roles::Role::Admin);
+        if !(certs_dir.join("ca.pem").is_file() && cert.is_file() && key.is_file()) {
+            certs::write_certs(&certs::CertsArgs {
+                dir: certs_dir.clone(),
+                nodes: 3,
+                host: Vec::new(),
+            })?;
+        }
+        std::fs::write(&marker, "keel dev runs with TLS\n")?;
+    } else if marker.exists() {
+        std::fs::remove_file(&marker)?;
+    }
+    Ok(certs_dir)
+}
+
 async fn run_dev(data_dir: &Path, base_port: u16, relaxed: bool, tls: bool) -> anyhow::Result<()> {
     init_tracing();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let certs_dir = data_dir.join(DEV_CERTS_DIR);
-    if tls && dev_credentials(data_dir).is_none() {
-        certs::write_certs(&certs::CertsArgs {
-            dir: certs_dir.clone(),
-            nodes: 3,
-            host: Vec::new(),
-        })?;
-    }
+    let certs_dir = prepare_dev_certs(data_dir, tls)?;
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3u16 {
