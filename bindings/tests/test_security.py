@@ -65,6 +65,8 @@ def test_clients_and_workers_present_certificates_or_tokens_and_are_refused_with
         stranger.start("greet", "a stranger", id="refused-3")
     with pytest.raises(ValueError, match="needs its key"):
         keel.connect(nodes, ca=ca, cert=certs / "client-read.pem")
+    with pytest.raises(ValueError, match="over TLS only"):
+        keel.connect(nodes, token_file=token_file(tmp_path, "w", WRITE_TOKEN))
 
     writer = keel.connect(nodes, ca=ca, token_file=token_file(tmp_path, "w", WRITE_TOKEN))
     worker_token = token_file(tmp_path, "worker", WORKER_TOKEN)

@@ -91,3 +91,41 @@ impl ClusterPki {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nodes read their configuration's paths relative to its own directory, the
+    /// harness relative to its working directory: with a relative store (as the ci profile
+    /// gives), every path written must be absolute and name a file that exists.
+    #[test]
+    fn a_relative_directory_gives_absolute_paths_to_existing_files() {
+        let base = tempfile::tempdir_in(".").expect("tempdir");
+        let cwd = std::env::current_dir().expect("cwd");
+        let relative = base
+            .path()
+            .strip_prefix(&cwd)
+            .expect("under the working directory")
+            .join("certs");
+        assert!(relative.is_relative());
+        let pki =
+            ClusterPki::create(&relative, &[(1, "127.0.0.1:7000".to_owned())], 7).expect("pki");
+        let sections = pki.node_sections(1);
+        let paths: Vec<&str> = sections
+            .lines()
+            .filter_map(|line| {
+                line.split_once(" = \"")
+                    .map(|(_, v)| v.trim_end_matches('"'))
+            })
+            .collect();
+        assert_eq!(paths.len(), 4, "{sections}");
+        for path in paths {
+            assert!(Path::new(path).is_absolute(), "{path}");
+            assert!(Path::new(path).is_file(), "{path}");
+        }
+        for (_, path) in pki.worker_env() {
+            assert!(path.is_absolute() && path.is_file(), "{}", path.display());
+        }
+    }
+}

@@ -185,3 +185,39 @@ impl tower::Service<http::Request<tonic::body::Body>> for KeelChannel {
         tower::Service::call(&mut self.inner, request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(credentials: &Credentials) -> String {
+        Connector::new(credentials)
+            .expect_err("credentials that cannot work")
+            .to_string()
+    }
+
+    /// Nothing is opened (the files named need not exist): a token or a certificate
+    /// without a CA would travel in plaintext, and half a certificate is no identity.
+    #[test]
+    fn credentials_that_would_travel_in_plaintext_or_are_half_given_are_refused() {
+        let path = |name: &str| Some(PathBuf::from(name));
+        let token = Credentials {
+            token_file: path("t.token"),
+            ..Credentials::none()
+        };
+        assert!(refusal(&token).contains("over TLS only"));
+        let certificate = Credentials {
+            cert: path("c.pem"),
+            key: path("c.key"),
+            ..Credentials::none()
+        };
+        assert!(refusal(&certificate).contains("over TLS only"));
+        let half = Credentials {
+            ca: path("ca.pem"),
+            cert: path("c.pem"),
+            ..Credentials::none()
+        };
+        assert!(refusal(&half).contains("needs its key"));
+        assert!(Connector::new(&Credentials::none()).is_ok());
+    }
+}
