@@ -519,6 +519,48 @@ async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
     }
 }
 
+/// `BuildSnapshot` builds a snapshot on the node asked, covering what it applied, though
+/// the policy (every million entries) would not have built one; the log is purged behind
+/// it as configured; the other nodes build none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_snapshot_builds_one_now_on_the_node_asked() {
+    let cluster = Cluster::start(3, |config| {
+        config.snapshot_every_entries = 1_000_000;
+        config.keep_behind_snapshot = 5;
+    })
+    .await;
+    let mut client = cluster.client();
+    client.init(&cluster.members()).await.expect("init");
+    for i in 0..40 {
+        client
+            .append(records(&[&format!("r{i}")]))
+            .await
+            .expect("append");
+    }
+    let addrs = cluster.addrs();
+    let before = status_of(&mut client, &addrs[1]).await;
+    assert_eq!(before.snapshot_index, None, "the policy built none");
+    let applied = before.applied_index.expect("applied");
+    let index = client.build_snapshot(&addrs[1]).await.expect("snapshot");
+    assert!(index >= applied, "{index} covers {applied}");
+    let after = status_of(&mut client, &addrs[1]).await;
+    assert_eq!(after.snapshot_index, Some(index));
+    assert!(
+        after.purged_index.is_some_and(|p| p + 5 >= index),
+        "purged behind the snapshot: {after:?}"
+    );
+    for other in [&addrs[0], &addrs[2]] {
+        assert_eq!(
+            status_of(&mut client, other).await.snapshot_index,
+            None,
+            "only the node asked built one"
+        );
+    }
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
 /// Node `addr`'s status.
 async fn status_of(client: &mut KeelClient, addr: &str) -> api::StatusResponse {
     client

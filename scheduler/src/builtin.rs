@@ -79,12 +79,33 @@ async fn summarize(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
     .await
 }
 
-/// `steps`: runs the input's number of trivial steps; returns how many ran.
+/// Largest step result `steps` makes on request.
+const STEP_RESULT_MAX_BYTES: usize = 64 * 1024;
+
+/// `steps`: runs the input's number of trivial steps; returns how many ran. Input `N`: step
+/// `i` returns `i`; input `N:B`: each step returns `i` padded with dots to `B` bytes (at
+/// most 64 KiB), as an agent's step returns a model's answer.
 async fn steps(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
-    let count = number(&input)?;
+    let (count, size) = match text(&input)?.split_once(':') {
+        Some((count, size)) => (
+            number(&Bytes::copy_from_slice(count.as_bytes()))?,
+            usize::try_from(number(&Bytes::copy_from_slice(size.as_bytes()))?)
+                .unwrap_or(usize::MAX),
+        ),
+        None => (number(&input)?, 0),
+    };
+    if size > STEP_RESULT_MAX_BYTES {
+        return Err(WorkflowError::failed(format!(
+            "a step result of {size} bytes is over {STEP_RESULT_MAX_BYTES}"
+        )));
+    }
     for i in 0..count {
         ctx.step_with(&format!("step-{i}"), RetryPolicy::once(), |_| async move {
-            Ok::<_, std::convert::Infallible>(Bytes::from(i.to_string()))
+            let mut result = i.to_string().into_bytes();
+            if result.len() < size {
+                result.resize(size, b'.');
+            }
+            Ok::<_, std::convert::Infallible>(Bytes::from(result))
         })
         .await?;
     }

@@ -123,6 +123,19 @@ impl KeelClient {
         Ok(response.log_index)
     }
 
+    /// Has the node at `addr` build a snapshot now; returns the index it covers.
+    ///
+    /// # Errors
+    /// The node refusing or failing to build one.
+    pub async fn build_snapshot(&mut self, addr: &str) -> Result<u64, ClientError> {
+        let response = self
+            .channel(addr)?
+            .build_snapshot(api::BuildSnapshotRequest {})
+            .await?
+            .into_inner();
+        Ok(response.snapshot_index)
+    }
+
     /// Replaces the voters with `voters`; `retain` keeps removed voters as learners.
     ///
     /// # Errors

@@ -155,6 +155,7 @@ pub fn raft_method_roles() -> MethodRoles {
         ("/keel.client.v2.KeelLog/Init", Role::Admin),
         ("/keel.client.v2.KeelLog/AddLearner", Role::Admin),
         ("/keel.client.v2.KeelLog/ChangeMembership", Role::Admin),
+        ("/keel.client.v2.KeelLog/BuildSnapshot", Role::Admin),
     ])
     .also("/keel.client.v2.KeelLog/Init", Role::Node)
 }
@@ -209,7 +210,7 @@ mod tests {
         let roles = raft_method_roles();
         let mut methods = proto_methods(include_str!("../../proto/raft.proto"));
         methods.extend(proto_methods(include_str!("../../proto/client.proto")));
-        assert_eq!(methods.len(), 15, "{methods:?}");
+        assert_eq!(methods.len(), 16, "{methods:?}");
         for method in &methods {
             assert!(roles.names(method), "{method} has no role");
         }

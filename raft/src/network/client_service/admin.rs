@@ -19,6 +19,8 @@ use super::ClientService;
 const LEARNER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a blocking `AddLearner` waits for the learner to catch up.
 const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `BuildSnapshot` waits for the snapshot it asked for.
+const BUILD_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl ClientService {
     pub(super) fn status_response(&self) -> api::StatusResponse {
@@ -255,6 +257,42 @@ impl ClientService {
                 "cannot initialize: {e}"
             ))),
         }
+    }
+
+    /// Builds a snapshot covering at least what this node has applied; answers its index.
+    pub(super) async fn serve_build_snapshot(
+        &self,
+    ) -> Result<Response<api::BuildSnapshotResponse>, Status> {
+        let applied = self
+            .shared
+            .host
+            .applied_state()
+            .applied
+            .map_or(0, |id| id.index);
+        self.shared.raft.trigger().snapshot().await.map_err(|e| {
+            status(
+                WriteErrorKind::Unavailable,
+                format!("this node cannot build a snapshot: {e}"),
+            )
+        })?;
+        let metrics = self
+            .shared
+            .raft
+            .wait(Some(BUILD_SNAPSHOT_TIMEOUT))
+            .metrics(
+                |metrics| metrics.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| {
+                status(
+                    WriteErrorKind::Unavailable,
+                    format!("no snapshot covering index {applied} was built: {e}"),
+                )
+            })?;
+        Ok(Response::new(api::BuildSnapshotResponse {
+            snapshot_index: metrics.snapshot.map_or(applied, |s| s.index),
+        }))
     }
 
     pub(super) async fn serve_add_learner(

@@ -156,4 +156,11 @@ impl KeelLog for ClientService {
     ) -> Result<Response<api::MembershipResponse>, Status> {
         self.serve_change_membership(request).await
     }
+
+    async fn build_snapshot(
+        &self,
+        _request: Request<api::BuildSnapshotRequest>,
+    ) -> Result<Response<api::BuildSnapshotResponse>, Status> {
+        self.serve_build_snapshot().await
+    }
 }

@@ -157,6 +157,14 @@ enum Command {
         #[arg(long)]
         retain: bool,
     },
+    /// Have one node build a snapshot of its state now (its log is then purged behind it).
+    Snapshot {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// The node's gRPC address.
+        #[arg(long)]
+        addr: String,
+    },
     /// Re-admit a node whose data directory was wiped: remove it as a voter, add it as a
     /// learner with its new data directory, wait for it to catch up, promote it.
     Repair {
@@ -250,6 +258,16 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             max,
             follow,
         } => read(&cluster, from, max, follow).await,
+        command @ (Command::AddLearner { .. }
+        | Command::ChangeMembership { .. }
+        | Command::Snapshot { .. }
+        | Command::Repair { .. }) => administer(command).await,
+    }
+}
+
+/// The cluster administration commands.
+async fn administer(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::AddLearner { cluster, id, addr } => {
             let index = client(&cluster)?.add_learner(id, &addr, false).await?;
             println!("node {id} added as a learner (log index {index})");
@@ -264,7 +282,13 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
             println!("voters are now {voters:?} (log index {index})");
             Ok(())
         }
+        Command::Snapshot { cluster, addr } => {
+            let index = client(&cluster)?.build_snapshot(&addr).await?;
+            println!("{addr} built a snapshot covering index {index}");
+            Ok(())
+        }
         Command::Repair { cluster, id, addr } => repair(&cluster, id, &addr).await,
+        other => unreachable!("not an administration command: {other:?}"),
     }
 }
 

@@ -1,0 +1,252 @@
+//! What retained workflows cost a cluster (issue #20), on three node processes on loopback
+//! (this binary re-executed as a node; relaxed sync, as in the issue's measurement).
+//!
+//! For each count N (10 000 and 100 000 under `cargo bench`; 200 in a test run):
+//! - **leader memory**: the leader's `RssAnon` (anonymous resident memory: heap, not the
+//!   mapped log) after 64 warm-up workflows, then N finished workflows later, each time once
+//!   load stopped and the leader built a snapshot (`BuildSnapshot`): `(after − before) / N`.
+//!   `RssFile` (mapped pages of files) is reported beside it. Workflows are the built-in
+//!   `steps` kind with input `10:2048`: ten steps, each result 2 KiB; ids are 36 bytes;
+//!   32 drivers start them and wait for their results (every result checked).
+//! - **restart**: every node killed with SIGKILL, then all started again; the time from
+//!   their start to the first successful `status` of a retained workflow (its state loaded)
+//!   and a successful `start` of a new one. Warm (files in the page cache) and cold (every
+//!   data file dropped from it first).
+//!
+//! Lines are printed and appended to `target/keel-bench/scale.txt`.
+//!
+//! ```text
+//! cargo bench -p keel-benches --bench scale
+//! ```
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{BenchCluster, drop_page_cache, leader, measuring, record, run_as_node, wait_until};
+use keel_scheduler::client::WorkflowClient;
+
+const DRIVERS: u64 = 32;
+const STEPS: usize = 10;
+const RESULT_BYTES: usize = 2048;
+const WARM_UP: u64 = 64;
+const REPORT_FILE: &str = "scale.txt";
+
+fn main() {
+    if run_as_node() {
+        return;
+    }
+    let counts: &[u64] = if measuring() {
+        &[10_000, 100_000]
+    } else {
+        &[200]
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _entered = runtime.enter();
+    for &count in counts {
+        runtime.block_on(measure(count));
+    }
+}
+
+/// A 36-byte id, unique to `n`, shaped like a UUID.
+fn workflow_id(n: u64) -> String {
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        h >> 32,
+        (h >> 16) & 0xffff,
+        h & 0xfff,
+        (h >> 12) & 0xfff,
+        n
+    )
+}
+
+/// A field of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("node status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("a field of /proc/PID/status")
+}
+
+/// Runs workflows `first..first + count` from 32 drivers; checks each result.
+async fn run(client: &WorkflowClient, first: u64, count: u64) {
+    let next = Arc::new(AtomicU64::new(first));
+    let end = first + count;
+    let input = Bytes::from(format!("{STEPS}:{RESULT_BYTES}"));
+    let drivers: Vec<_> = (0..DRIVERS)
+        .map(|_| {
+            let mut client = client.clone();
+            let next = Arc::clone(&next);
+            let input = input.clone();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= end {
+                        return;
+                    }
+                    let id = workflow_id(n);
+                    client
+                        .start(&id, "steps", input.clone())
+                        .await
+                        .expect("start");
+                    let info = client
+                        .get_after(&id, Duration::from_secs(120), false)
+                        .await
+                        .expect("result");
+                    assert_eq!(info.status, "completed", "{info:?}");
+                    assert_eq!(info.result, STEPS.to_string().as_bytes(), "{info:?}");
+                }
+            })
+        })
+        .collect();
+    for driver in drivers {
+        driver.await.expect("driver");
+    }
+}
+
+/// The leader's index in the cluster, its process id, and how long it took to build a
+/// snapshot covering everything it applied.
+///
+/// A node that builds its snapshot on its runtime's thread may not answer HTTP/2 pings
+/// meanwhile, and the call then fails: the node's status then says when the snapshot is
+/// there.
+async fn snapshot_on_leader(cluster: &BenchCluster) -> (usize, u32, Duration) {
+    let mut client = cluster.client();
+    let status = leader(&mut client).await.expect("a leader");
+    let index = cluster.index_of(status.node_id);
+    let addr = cluster.nodes[index].1.clone();
+    let applied = status.applied_index.expect("applied");
+    let started = Instant::now();
+    if let Err(error) = client.build_snapshot(&addr).await {
+        eprintln!("BuildSnapshot failed ({error}); waiting for the snapshot in its status");
+        wait_until("the leader's snapshot", || {
+            let mut client = client.clone();
+            let addr = addr.clone();
+            async move {
+                let Ok(mut node) = client.node(&addr) else {
+                    return false;
+                };
+                node.status(keel_raft::pb::client::StatusRequest {})
+                    .await
+                    .is_ok_and(|s| s.into_inner().snapshot_index >= Some(applied))
+            }
+        })
+        .await;
+    }
+    (index, pid_of(cluster, index), started.elapsed())
+}
+
+/// The process id of node `index`.
+fn pid_of(cluster: &BenchCluster, index: usize) -> u32 {
+    cluster.nodes[index].3.as_ref().expect("running").id()
+}
+
+async fn measure(count: u64) {
+    let mut cluster = BenchCluster::start(true);
+    cluster.init().await;
+    let client = WorkflowClient::new(&cluster.addrs()).expect("client");
+    run(&client, 0, WARM_UP).await;
+    snapshot_on_leader(&cluster).await;
+    // Every node's: leadership may move during the load (a node that blocks building a
+    // snapshot loses it), and the leader at the end is the one measured.
+    let anon_before: Vec<u64> = (0..cluster.nodes.len())
+        .map(|index| status_kib(pid_of(&cluster, index), "RssAnon:"))
+        .collect();
+    let loading = Instant::now();
+    run(&client, WARM_UP, count).await;
+    let loaded = loading.elapsed();
+    let (index, pid_after, snapshot_took) = snapshot_on_leader(&cluster).await;
+    let anon_before = anon_before[index];
+    let anon_after = status_kib(pid_after, "RssAnon:");
+    let file_after = status_kib(pid_after, "RssFile:");
+    let journal = client
+        .clone()
+        .get(&workflow_id(WARM_UP), true)
+        .await
+        .expect("a retained workflow");
+    assert_eq!(journal.journal.len(), STEPS, "{journal:?}");
+    assert!(
+        journal
+            .journal
+            .iter()
+            .all(|e| e.value.len() == RESULT_BYTES),
+        "every step result is {RESULT_BYTES} bytes"
+    );
+    let per_workflow = anon_after.saturating_sub(anon_before) * 1024 / count;
+    let line = format!(
+        "{count} retained 10-step workflows (2 KiB results, 36-byte ids): leader RssAnon {} → {} MiB, {per_workflow} B per workflow; RssFile {} MiB; load {:.1} s ({:.0} steps/s); snapshot built in {:.0} ms",
+        anon_before / 1024,
+        anon_after / 1024,
+        file_after / 1024,
+        loaded.as_secs_f64(),
+        f64::from(u32::try_from(count * STEPS as u64).expect("steps fit u32"))
+            / loaded.as_secs_f64(),
+        snapshot_took.as_secs_f64() * 1000.0
+    );
+    record(REPORT_FILE, &line);
+    for cold in [false, true] {
+        let took = restart(&mut cluster, count, cold).await;
+        let line = format!(
+            "{count} retained: restart of all three nodes after SIGKILL to a retained workflow's status and a new start, {}: {:.0} ms",
+            if cold { "cold" } else { "warm" },
+            took.as_secs_f64() * 1000.0
+        );
+        record(REPORT_FILE, &line);
+    }
+}
+
+/// Kills every node, starts them again and times the first status of a retained workflow
+/// and the first start of a new one.
+async fn restart(cluster: &mut BenchCluster, count: u64, cold: bool) -> Duration {
+    for index in 0..cluster.nodes.len() {
+        cluster.kill(index);
+    }
+    if cold {
+        for index in 0..cluster.nodes.len() {
+            drop_page_cache(&cluster.data_dir(index));
+        }
+    }
+    let started = Instant::now();
+    for index in 0..cluster.nodes.len() {
+        cluster.spawn(index);
+    }
+    let client = WorkflowClient::new(&cluster.addrs()).expect("client");
+    let retained = workflow_id(WARM_UP + count - 1);
+    wait_until("a retained workflow's status", || {
+        let mut client = client.clone();
+        let retained = retained.clone();
+        async move {
+            client
+                .get(&retained, false)
+                .await
+                .is_ok_and(|info| info.status == "completed")
+        }
+    })
+    .await;
+    // A fresh id per attempt: an attempt whose outcome was unknown may have started one.
+    let attempts = Arc::new(AtomicU64::new(0));
+    wait_until("a new workflow started", || {
+        let mut client = client.clone();
+        let fresh = format!(
+            "after-restart-{}-{}",
+            u64::from(cold),
+            attempts.fetch_add(1, Ordering::SeqCst)
+        );
+        async move {
+            client
+                .start(&fresh, "steps", Bytes::from("1"))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    started.elapsed()
+}
