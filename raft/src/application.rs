@@ -5,6 +5,8 @@ use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 
+use crate::values::ValueRef;
+
 /// Where a command is applied: its Raft log id.
 ///
 /// The pair is the same on every replica, and unique cluster-wide to the entry, so it serves
@@ -25,6 +27,12 @@ pub struct AppliedAt {
 /// keel-raft calls it from one task at a time. It must do no I/O and read no clock while
 /// applying: two replicas applying the same commands must reach the same state (compare them
 /// with [`Application::digest`]).
+///
+/// A state may hold values by reference instead of by copy: a [`ValueRef`] names bytes of a
+/// command it applied (its Raft index and range), the same on every replica. The host keeps
+/// every value [`Application::live_values`] lists readable, through the node's
+/// [`ValueStore`](crate::values::ValueStore), also after the log is purged; applying never
+/// reads one back (a value is read when someone asks for it: a status, a replay).
 pub trait Application: Send + Sync + fmt::Debug + 'static {
     /// Applies the committed command at log id `at`; returns the answer to its writer.
     /// The command may be a view into the Raft log's memory mapping: an application that
@@ -56,4 +64,11 @@ pub trait Application: Send + Sync + fmt::Debug + 'static {
 
     /// A digest of the whole state, equal on replicas that applied the same commands.
     fn digest(&self) -> u64;
+
+    /// Every value this state references, in any order, repeats allowed. The host calls it
+    /// under its lock when it builds a snapshot, so a large state should keep the list cheap
+    /// to produce. None by default.
+    fn live_values(&self) -> Vec<ValueRef> {
+        Vec::new()
+    }
 }

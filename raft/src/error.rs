@@ -47,6 +47,9 @@ pub enum Error {
         /// Identity of the node being started.
         expected: String,
     },
+    /// A value the state references could not be read or kept ([`crate::values`]).
+    #[error("values: {0}")]
+    Values(#[from] crate::values::ValueError),
     /// Raft itself refused or failed.
     #[error("raft: {0}")]
     Raft(String),

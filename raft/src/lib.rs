@@ -76,6 +76,7 @@ pub mod shared;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
+pub mod values;
 pub mod wire_error;
 
 pub use error::{DecodeError, Error, Result};

@@ -25,6 +25,7 @@ use crate::record::{
 };
 use crate::repair::mark_needs_repair;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::values::{ValueError, ValueStore};
 
 /// keel-log holding Raft entries.
 pub(crate) type EntryLog = Log<StoredPayload>;
@@ -110,6 +111,23 @@ impl LogStore {
     /// keel-log's error when the log is poisoned.
     pub fn state(&self) -> crate::Result<keel_log::LogState> {
         Ok(self.log.state()?)
+    }
+
+    /// The value store beside this log: value files in `dir`, the application's command
+    /// starting `body_offset` bytes into an entry's command, `covered` as the published
+    /// snapshot recorded it: files past it are removed, as are temporary leftovers, and of
+    /// two files for one range the newer generation is kept ([`crate::values`]).
+    ///
+    /// # Errors
+    /// [`ValueError::Corrupt`] for a file that does not check, or files whose ranges
+    /// overlap; [`ValueError::Io`].
+    pub fn value_store(
+        &self,
+        dir: &Path,
+        body_offset: usize,
+        covered: Option<u64>,
+    ) -> Result<ValueStore, ValueError> {
+        ValueStore::open(dir, Arc::clone(&self.log), body_offset, covered)
     }
 
     /// Converts a write failure, marking the data directory first.

@@ -32,6 +32,12 @@ impl AppTag {
     }
 }
 
+/// Bytes of an entry's command before the application's own: the tag. A [`ValueRef`]
+/// an application makes counts from its own command, after them.
+///
+/// [`ValueRef`]: crate::values::ValueRef
+pub const BODY_OFFSET: usize = 1;
+
 /// The Raft command carrying `body` for the application `tag`.
 pub fn tagged(tag: AppTag, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(1 + body.len());
@@ -143,6 +149,13 @@ impl Application for Multiplex {
             Some(app) => app.check_snapshot(&mut extension.as_slice(), applied_index),
             None => no_extension(&extension),
         }
+    }
+
+    fn live_values(&self) -> Vec<crate::values::ValueRef> {
+        // The plain log holds its records itself; only the extension references values.
+        self.extension
+            .as_ref()
+            .map_or_else(Vec::new, |app| app.live_values())
     }
 
     fn digest(&self) -> u64 {

@@ -229,6 +229,21 @@ fn open_extension(config: &NodeConfig, extension: Option<Extension>) -> Result<O
     Ok((app, services, security))
 }
 
+/// The state machine host of `app`, restored from the newest snapshot, with the value
+/// files that snapshot's coverage names.
+fn open_host(config: &NodeConfig, store: &LogStore, app: Multiplex) -> Result<StateMachineHost> {
+    let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
+    let covered = snapshots
+        .current()?
+        .and_then(|(_, header)| header.values.covered);
+    let values = Arc::new(store.value_store(
+        &config.data_dir.join("values"),
+        crate::multiplex::BODY_OFFSET,
+        covered,
+    )?);
+    StateMachineHost::open(Box::new(app), snapshots, values)
+}
+
 impl RaftNode {
     /// Opens the data directory (verifying identity, the repair marker, the log and the
     /// newest snapshot), starts Raft and serves gRPC.
@@ -250,8 +265,7 @@ impl RaftNode {
         let metrics = Arc::new(NodeMetrics::default());
         let (identity, store) = open_storage(&config, &metrics)?;
         let log = PlainLog::new(config.retention);
-        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
-        let host = StateMachineHost::open(Box::new(Multiplex::new(log.clone(), app)), snapshots)?;
+        let host = open_host(&config, &store, Multiplex::new(log.clone(), app))?;
         let network = Network::new(config.peers.clone(), security.peers.clone());
         let raft = Raft::new(
             config.node_id,

@@ -139,6 +139,11 @@ impl AsRef<[u8]> for MappedCommand {
     }
 }
 
+/// A `Normal` record's command, shared with the mapping (no copy); empty for other records.
+pub(crate) fn mapped_command(record: keel_log::Record<StoredPayload>) -> Bytes {
+    Bytes::from_owner(MappedCommand(record))
+}
+
 /// The openraft entry a log record holds, its command shared with the mapping (no copy).
 ///
 /// # Errors
@@ -150,7 +155,7 @@ pub(crate) fn entry_from_record(
     match &*record {
         ArchivedStoredPayload::Normal { session, seq, .. } => {
             let (session, seq) = (session.to_native(), seq.to_native());
-            let command = Bytes::from_owner(MappedCommand(record));
+            let command = mapped_command(record);
             Ok(Entry {
                 log_id: id,
                 payload: EntryPayload::Normal(ClientRequest {

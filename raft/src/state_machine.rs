@@ -7,6 +7,14 @@
 //! batch ([`crate::coalesce`]). Snapshots are files (see
 //! [`crate::snapshot`]); the host builds them from a copy of the state serialized under its
 //! lock, then writes and fsyncs the file off that lock.
+//!
+//! The host also keeps the values an application's state references readable after the
+//! log is purged ([`crate::values`]): building a snapshot at index `S`, it takes the
+//! state's references ([`Application::live_values`]) under the lock, copies those recorded
+//! at or below `S` into a value file before the snapshot is published (openraft purges the
+//! log only behind a published snapshot), and drops values no published state references
+//! after. A snapshot sent to another node carries the values' bytes; installing one writes
+//! them into this node's value files before the state is restored from it.
 
 use std::io;
 use std::path::Path;
@@ -21,11 +29,15 @@ use crate::application::{Application, AppliedAt};
 use crate::coalesce::{decode_batch, is_batch};
 use crate::record::StoredMembershipConfig;
 use crate::session::{Admission, SessionTable, decode_register};
-use crate::snapshot::{SnapshotDir, SnapshotFile, SnapshotHeader, open_body};
+use crate::snapshot::{
+    SnapshotDir, SnapshotFile, SnapshotHeader, SnapshotValues, encode_refs, inline_values,
+    open_body, open_values,
+};
 use crate::types::{
     ClientRequest, ClientResponse, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
     log_id,
 };
+use crate::values::{ValueRef, ValueStore};
 
 /// Everything the state machine holds, under one lock.
 #[derive(Debug)]
@@ -50,15 +62,22 @@ pub struct AppliedState {
 pub struct StateMachineHost {
     state: Arc<Mutex<HostState>>,
     snapshots: SnapshotDir,
+    values: Arc<ValueStore>,
 }
 
 impl StateMachineHost {
-    /// A host for `app`, restored from the newest snapshot in `snapshots` if there is one.
+    /// A host for `app`, restored from the newest snapshot in `snapshots` if there is one;
+    /// the values its state references are read from `values`, opened with the coverage
+    /// that snapshot recorded.
     ///
     /// # Errors
     /// The snapshot's read or decode error: a node must not serve from a state it could not
     /// restore.
-    pub fn open(app: Box<dyn Application>, snapshots: SnapshotDir) -> crate::Result<Self> {
+    pub fn open(
+        app: Box<dyn Application>,
+        snapshots: SnapshotDir,
+        values: Arc<ValueStore>,
+    ) -> crate::Result<Self> {
         let host = Self {
             state: Arc::new(Mutex::new(HostState {
                 app,
@@ -67,11 +86,21 @@ impl StateMachineHost {
                 sessions: SessionTable::default(),
             })),
             snapshots,
+            values,
         };
-        if let Some((file, _)) = host.snapshots.current()? {
+        if let Some((file, header)) = host.snapshots.current()? {
+            if header.values.inline && host.values.covered() != header.values.covered {
+                // Installed, but the node stopped before its values reached the value files.
+                host.install_values(&file.path)?;
+            }
             host.restore(&file)?;
         }
         Ok(host)
+    }
+
+    /// The values the state references.
+    pub fn values(&self) -> &Arc<ValueStore> {
+        &self.values
     }
 
     /// The directory holding this state machine's snapshots.
@@ -110,6 +139,13 @@ impl StateMachineHost {
             .into());
         }
         header_membership(&header)?;
+        if header.values.count > 0 && !header.values.inline {
+            return Err(crate::error::DecodeError::Snapshot(format!(
+                "the snapshot references {} values without carrying them",
+                header.values.count
+            ))
+            .into());
+        }
         let applied_index = header.last_log_id.map_or(0, |(_, index)| index);
         SessionTable::from_stored(header.sessions, applied_index)?;
         let (_, mut body) = open_body(path)?;
@@ -117,6 +153,16 @@ impl StateMachineHost {
             .app
             .check_snapshot(&mut body, applied_index)
             .map_err(crate::Error::io("check snapshot", path))
+    }
+
+    /// Writes the values a transferred snapshot carries into the value files.
+    fn install_values(&self, path: &Path) -> crate::Result<()> {
+        let (header, refs, reader) = open_values(path)?;
+        let upto = header.last_log_id.map_or(0, |(_, index)| index);
+        self.values
+            .install(inline_values(&refs, reader), upto)
+            .map_err(crate::Error::from)?;
+        Ok(())
     }
 
     fn restore(&self, file: &SnapshotFile) -> crate::Result<()> {
@@ -205,7 +251,7 @@ impl HostState {
         }
     }
 
-    fn header(&self) -> SnapshotHeader {
+    fn header(&self, values: SnapshotValues) -> SnapshotHeader {
         SnapshotHeader {
             last_log_id: self.applied.map(|id| (id.leader_id.term, id.index)),
             membership_log_id: self
@@ -214,6 +260,7 @@ impl HostState {
                 .map(|id| (id.leader_id.term, id.index)),
             membership: StoredMembershipConfig::from_membership(self.membership.membership()),
             sessions: self.sessions.to_stored(),
+            values,
         }
     }
 }
@@ -289,6 +336,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
                 ))
                 .into());
             }
+            // The snapshot is current before its values are in place: a node stopped in
+            // between installs them when it opens (`StateMachineHost::open`).
+            if header.values.inline {
+                this.install_values(&file.path)?;
+            }
             this.restore(&file)
         })
         .await
@@ -306,7 +358,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
         };
         Ok(Some(openraft::Snapshot {
             meta,
-            snapshot: file,
+            snapshot: SnapshotFile {
+                values: Some(Arc::clone(&self.values)),
+                ..file
+            },
         }))
     }
 }
@@ -315,16 +370,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (header, app_bytes, membership) = {
+        let (state, app_bytes, membership, mut live) = {
             let state = self.lock();
             let mut app_bytes = Vec::new();
             state.app.write_snapshot(&mut app_bytes)?;
-            (state.header(), app_bytes, state.membership.clone())
+            let live = state.app.live_values();
+            (
+                state.header(SnapshotValues::default()),
+                app_bytes,
+                state.membership.clone(),
+                live,
+            )
         };
-        let snapshots = self.snapshots.clone();
-        let last_log_id = header.last_log_id.map(|(t, i)| log_id(t, i));
+        live.sort_unstable();
+        live.dedup();
+        let (snapshots, values) = (self.snapshots.clone(), Arc::clone(&self.values));
+        let last_log_id = state.last_log_id.map(|(t, i)| log_id(t, i));
         let file = tokio::task::spawn_blocking(move || {
-            snapshots.write(&header, |out| out.write_all(&app_bytes))
+            write_snapshot(&snapshots, &values, state, &live, &app_bytes)
         })
         .await
         .map_err(io::Error::other)??;
@@ -334,9 +397,41 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
         };
         Ok(openraft::Snapshot {
             meta,
-            snapshot: file,
+            snapshot: SnapshotFile {
+                values: Some(Arc::clone(&self.values)),
+                ..file
+            },
         })
     }
+}
+
+/// Publishes a snapshot of a state whose header is `header` and whose values are `live`
+/// (sorted): the values recorded up to its index go to a value file first, then the file is
+/// written; values no longer live are dropped last.
+fn write_snapshot(
+    snapshots: &SnapshotDir,
+    values: &ValueStore,
+    mut header: SnapshotHeader,
+    live: &[ValueRef],
+    app_bytes: &[u8],
+) -> crate::Result<SnapshotFile> {
+    if let Some((_, index)) = header.last_log_id {
+        values.relocate(live, index)?;
+    }
+    let refs = encode_refs(live);
+    header.values = SnapshotValues {
+        covered: values.covered(),
+        count: live.len() as u64,
+        inline: false,
+        section_bytes: refs.len() as u64,
+    };
+    let file = snapshots.write(
+        &header,
+        |out| out.write_all(&refs),
+        |out| out.write_all(app_bytes),
+    )?;
+    values.collect(live)?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -512,6 +607,7 @@ mod check_tests {
                 nodes: Vec::new(),
             },
             sessions,
+            values: SnapshotValues::default(),
         }
     }
 
@@ -524,10 +620,18 @@ mod check_tests {
         let app = Multiplex::new(PlainLog::new(Retention::default()), None);
         let mut app_bytes = Vec::new();
         app.write_snapshot(&mut app_bytes).expect("snapshot");
-        let host = StateMachineHost::open(Box::new(app), snapshots.clone()).expect("host");
+        let values = ValueStore::empty_for_test(dir.path());
+        let host = StateMachineHost::open(Box::new(app), snapshots.clone(), values).expect("host");
         let write = |header: &SnapshotHeader, bytes: &[u8]| {
             snapshots
-                .write(header, |out| out.write_all(bytes))
+                .write(
+                    header,
+                    |out| {
+                        let section = usize::try_from(header.values.section_bytes).expect("small");
+                        out.write_all(&vec![0; section])
+                    },
+                    |out| out.write_all(bytes),
+                )
                 .expect("write")
                 .path
         };
@@ -549,6 +653,23 @@ mod check_tests {
             .check_incoming(&short_app, Some(log_id(2, 11)))
             .expect_err("application bytes that do not restore");
         assert!(error.to_string().contains("check snapshot"), "{error}");
+        // A snapshot that references values without carrying them (a node's own file,
+        // sent as it is): the receiver could not read them.
+        let mut bare = header(12, Vec::new());
+        bare.values = SnapshotValues {
+            covered: Some(12),
+            count: 1,
+            inline: false,
+            section_bytes: 16,
+        };
+        let bare = write(&bare, &app_bytes);
+        let error = host
+            .check_incoming(&bare, Some(log_id(2, 12)))
+            .expect_err("values referenced, not carried");
+        assert!(
+            error.to_string().contains("without carrying them"),
+            "{error}"
+        );
         assert_eq!(
             host.applied_state().applied,
             None,

@@ -24,8 +24,15 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineHost, TempDir> for KeelStore
         };
         let store = LogStore::open(&dir.path().join("log"), options, dir.path()).expect("open log");
         let snapshots = SnapshotDir::open(dir.path().join("snapshots")).expect("snapshot dir");
-        let host = StateMachineHost::open(Box::new(PlainLog::new(Retention::default())), snapshots)
-            .expect("state machine");
+        let values = store
+            .value_store(&dir.path().join("values"), 0, None)
+            .expect("value store");
+        let host = StateMachineHost::open(
+            Box::new(PlainLog::new(Retention::default())),
+            snapshots,
+            std::sync::Arc::new(values),
+        )
+        .expect("state machine");
         Ok((dir, store, host))
     }
 }

@@ -339,8 +339,12 @@ impl NetSnapshot<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
-        let path = snapshot.snapshot.path.clone();
-        let file = tokio::fs::File::open(&path)
+        let source = snapshot.snapshot.clone();
+        let transfer = tokio::task::spawn_blocking(move || source.transfer())
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let file = tokio::fs::File::open(&transfer.path)
             .await
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let size_bytes = file

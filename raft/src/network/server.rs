@@ -228,7 +228,7 @@ impl RaftRpc for RaftService {
         }
         let snapshot = Snapshot {
             meta: snapshot_meta,
-            snapshot: SnapshotFile { path },
+            snapshot: SnapshotFile::received(path),
         };
         let response = self
             .raft

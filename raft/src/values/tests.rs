@@ -1,0 +1,378 @@
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test values and counts are small numbers"
+)]
+
+use std::collections::BTreeMap;
+
+use keel_log::{Encoded, Log, Options, SyncPolicy};
+use proptest::prelude::*;
+
+use super::*;
+use crate::record::StoredPayload;
+
+/// Bytes before the application's command in these tests' entries (a multiplexer's tag).
+const TAG: usize = 1;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    log: Arc<EntryLog>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options {
+            segment_size_bytes: 8 << 20,
+            sync: SyncPolicy::Relaxed,
+            ..Options::default()
+        };
+        let log = Arc::new(Log::open(dir.path().join("log"), options).expect("log"));
+        Self { dir, log }
+    }
+
+    fn store(&self, covered: Option<u64>) -> ValueStore {
+        ValueStore::open(
+            &self.dir.path().join("values"),
+            Arc::clone(&self.log),
+            TAG,
+            covered,
+        )
+        .expect("open the value store")
+    }
+
+    /// Appends an entry whose application command is `prefix` then `value`; returns the
+    /// value's reference.
+    fn append(&self, prefix: &[u8], value: &[u8]) -> ValueRef {
+        let mut command = vec![0xEE];
+        command.extend_from_slice(prefix);
+        command.extend_from_slice(value);
+        let payload = Encoded::new(&StoredPayload::Normal {
+            session: 0,
+            seq: 0,
+            command,
+        })
+        .expect("encode");
+        let appended = self.log.append_next(1, &[&payload]).expect("append");
+        ValueRef {
+            index: appended.last.expect("one").index,
+            offset: u32::try_from(prefix.len()).expect("short"),
+            len: u32::try_from(value.len()).expect("short"),
+        }
+    }
+
+    fn value_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path().join("values"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn value(n: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (n as usize * 31 + i) as u8).collect()
+}
+
+#[test]
+fn a_value_is_read_from_the_log_then_from_its_file_after_the_purge() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let refs: Vec<ValueRef> = (0..10)
+        .map(|n| fixture.append(b"head", &value(n, 100 + n as usize)))
+        .collect();
+    for (n, at) in refs.iter().enumerate() {
+        assert_eq!(
+            store.read(at).expect("from the log"),
+            value(n as u64, 100 + n)
+        );
+    }
+    // Values 0, 2, 4 and 6 are live; the log is purged up to index 7.
+    let live: Vec<ValueRef> = [0, 2, 4, 6].iter().map(|&i| refs[i]).collect();
+    let change = store.relocate(&live, refs[7].index).expect("relocate");
+    assert_eq!(change.values_written, 4);
+    fixture
+        .log
+        .purge_upto(keel_log::LogId::new(1, refs[7].index))
+        .expect("purge");
+    assert_eq!(store.covered(), Some(refs[7].index));
+    for &i in &[0usize, 2, 4, 6] {
+        assert_eq!(
+            store.read(&refs[i]).expect("from the file"),
+            value(i as u64, 100 + i)
+        );
+    }
+    for &i in &[1usize, 3, 5, 7] {
+        assert!(
+            matches!(store.read(&refs[i]), Err(ValueError::Missing { .. })),
+            "value {i} was not live"
+        );
+    }
+    // Past the coverage, still the log.
+    assert_eq!(store.read(&refs[9]).expect("from the log"), value(9, 109));
+    drop(store);
+    // Reopened with the coverage the published snapshot recorded: the same answers.
+    let reopened = fixture.store(Some(refs[7].index));
+    assert_eq!(
+        reopened.read(&refs[4]).expect("from the file"),
+        value(4, 104)
+    );
+}
+
+#[test]
+fn a_live_value_missing_from_the_log_fails_the_relocation_and_covers_nothing() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let at = fixture.append(b"", b"value");
+    let wrong = ValueRef { len: 999, ..at };
+    assert!(matches!(
+        store.relocate(&[wrong], at.index),
+        Err(ValueError::Missing { .. })
+    ));
+    assert_eq!(store.covered(), None);
+    assert_eq!(store.read(&at).expect("still in the log"), "value");
+}
+
+#[test]
+fn collect_rewrites_a_file_under_half_live_and_keeps_what_is_live() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let refs: Vec<ValueRef> = (0..20)
+        .map(|n| fixture.append(b"", &value(n, 1000)))
+        .collect();
+    let last = refs[19].index;
+    store.relocate(&refs, last).expect("relocate all");
+    let before = fixture.value_files();
+    assert_eq!(before.len(), 1);
+    // Half plus one live: the file stays.
+    let mostly: Vec<ValueRef> = refs[..11].to_vec();
+    assert_eq!(store.collect(&mostly).expect("collect").files_removed, 0);
+    assert_eq!(fixture.value_files(), before);
+    // Three live: rewritten with those three, a new generation of the same range.
+    let few = [refs[1], refs[10], refs[18]];
+    let change = store.collect(&few).expect("collect");
+    assert_eq!((change.values_written, change.files_removed), (3, 1));
+    let after = fixture.value_files();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before);
+    for at in few {
+        assert_eq!(
+            store.read(&at).expect("kept"),
+            value(at.index - refs[0].index, 1000)
+        );
+    }
+    assert!(matches!(
+        store.read(&refs[2]),
+        Err(ValueError::Missing { .. })
+    ));
+    // Nothing live: an empty file keeps the range covered.
+    store.collect(&[]).expect("collect");
+    assert_eq!(store.covered(), Some(last));
+    assert!(matches!(
+        store.read(&refs[1]),
+        Err(ValueError::Missing { .. })
+    ));
+}
+
+#[test]
+fn open_keeps_the_newest_generation_and_drops_files_past_the_published_coverage() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let refs: Vec<ValueRef> = (0..6).map(|n| fixture.append(b"", &value(n, 50))).collect();
+    store.relocate(&refs, refs[2].index).expect("relocate");
+    // Published with only value 0 live: its file is rewritten (generation 2).
+    store.collect(&refs[..1]).expect("collect");
+    let rewritten = fixture.value_files();
+    assert_eq!(rewritten.len(), 1);
+    assert!(
+        rewritten[0].ends_with(&format!("-{:020}.values", 2)),
+        "{rewritten:?}"
+    );
+    // The next range relocated, but its snapshot never published.
+    store.relocate(&refs, refs[5].index).expect("relocate");
+    drop(store);
+    // An older generation of the first range, as a stop between a rewrite's rename and
+    // the removal of its source leaves it, and a temporary file.
+    let values_dir = fixture.dir.path().join("values");
+    let older = rewritten[0].replace(&format!("-{:020}.values", 2), &format!("-{:020}.values", 1));
+    std::fs::copy(values_dir.join(&rewritten[0]), values_dir.join(&older)).expect("copy");
+    std::fs::write(values_dir.join("x.tmp"), b"half written").expect("tmp");
+    let store = fixture.store(Some(refs[2].index));
+    assert_eq!(store.covered(), Some(refs[2].index));
+    assert_eq!(
+        fixture.value_files(),
+        rewritten,
+        "only the published, newest file stays"
+    );
+    assert_eq!(store.read(&refs[0]).expect("kept"), value(0, 50));
+    // Above the coverage: the log.
+    assert_eq!(store.read(&refs[4]).expect("log"), value(4, 50));
+    // A new relocation never reuses a name: generations only grow.
+    store
+        .relocate(&refs, refs[5].index)
+        .expect("relocate again");
+    assert_eq!(fixture.value_files().len(), 2);
+}
+
+#[test]
+fn small_files_are_merged_and_a_range_with_nothing_live_has_no_file() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let refs: Vec<ValueRef> = (0..12)
+        .map(|n| fixture.append(b"", &value(n, 64)))
+        .collect();
+    // Four snapshots, each relocating three values; one range has nothing live.
+    let live: Vec<ValueRef> = refs
+        .iter()
+        .copied()
+        .filter(|at| !(6..9).contains(&(at.index - refs[0].index)))
+        .collect();
+    for upto in [2usize, 5, 8, 11] {
+        store.relocate(&live, refs[upto].index).expect("relocate");
+    }
+    assert_eq!(
+        fixture.value_files().len(),
+        3,
+        "no file for the range without live values"
+    );
+    let change = store.collect(&live).expect("collect");
+    assert_eq!(change.files_removed, 3);
+    assert_eq!(change.values_written, 9);
+    assert_eq!(
+        fixture.value_files().len(),
+        1,
+        "small files merged into one"
+    );
+    for at in &live {
+        assert_eq!(
+            store.read(at).expect("merged"),
+            value(at.index - refs[0].index, 64)
+        );
+    }
+    assert_eq!(store.covered(), Some(refs[11].index));
+    drop(store);
+    let store = fixture.store(Some(refs[11].index));
+    assert_eq!(
+        store.read(&live[8]).expect("after reopening"),
+        value(11, 64)
+    );
+}
+
+#[test]
+fn a_damaged_value_file_is_refused_or_its_value_reported_never_misread() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let at = fixture.append(b"", &value(1, 300));
+    store.relocate(&[at], at.index).expect("relocate");
+    drop(store);
+    let path = fixture
+        .dir
+        .path()
+        .join("values")
+        .join(&fixture.value_files()[0]);
+    let good = std::fs::read(&path).expect("read");
+    // A flipped byte in the value (right after the 32-byte header): the read says which.
+    let mut bytes = good.clone();
+    bytes[40] ^= 1;
+    std::fs::write(&path, &bytes).expect("write");
+    let store = fixture.store(Some(at.index));
+    let error = store.read(&at).expect_err("a damaged value");
+    assert!(
+        error.to_string().contains("does not match its checksum"),
+        "{error}"
+    );
+    drop(store);
+    // A flipped byte in the table (the file's last rows): refused at open.
+    let mut bytes = good.clone();
+    let in_table = bytes.len() - 20;
+    bytes[in_table] ^= 1;
+    std::fs::write(&path, &bytes).expect("write");
+    let error = ValueStore::open(
+        &fixture.dir.path().join("values"),
+        Arc::clone(&fixture.log),
+        TAG,
+        Some(at.index),
+    )
+    .expect_err("a damaged table");
+    assert!(error.to_string().contains("checksum"), "{error}");
+    // Another format: refused, naming what it found.
+    let mut bytes = good;
+    bytes[7] = b'9';
+    std::fs::write(&path, &bytes).expect("write");
+    let error = ValueStore::open(
+        &fixture.dir.path().join("values"),
+        Arc::clone(&fixture.log),
+        TAG,
+        Some(at.index),
+    )
+    .expect_err("another format");
+    assert!(error.to_string().contains("KEELVAL9"), "{error}");
+}
+
+#[test]
+fn install_replaces_every_file_with_the_snapshots_values() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let refs: Vec<ValueRef> = (0..4).map(|n| fixture.append(b"", &value(n, 10))).collect();
+    store.relocate(&refs, refs[3].index).expect("relocate");
+    let received = ValueRef {
+        index: 500,
+        offset: 3,
+        len: 5,
+    };
+    store
+        .install([Ok((received, Bytes::from_static(b"hello")))], 600)
+        .expect("install");
+    assert_eq!(store.covered(), Some(600));
+    assert_eq!(fixture.value_files().len(), 1);
+    assert_eq!(store.read(&received).expect("installed"), "hello");
+    assert!(matches!(
+        store.read(&refs[0]),
+        Err(ValueError::Missing { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any set of values round-trips through a file, and a file with any one byte flipped
+    /// is refused at open or reports the damaged value: a read never returns other bytes.
+    #[test]
+    fn value_files_round_trip_and_never_misread_a_flipped_byte(
+        values in prop::collection::btree_map((1u64..400, 0u32..50), prop::collection::vec(any::<u8>(), 0..200), 1..40),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v.values");
+        let values: Vec<(ValueRef, Bytes)> = values
+            .into_iter()
+            .map(|((index, offset), bytes)| {
+                let len = u32::try_from(bytes.len()).expect("short");
+                (ValueRef { index, offset, len }, Bytes::from(bytes))
+            })
+            .collect();
+        file::write(&path, 0, 400, values.iter().cloned().map(Ok)).expect("write");
+        let opened = ValueFile::open(&path).expect("open");
+        for (at, bytes) in &values {
+            let read = opened.get(at).expect("read");
+            prop_assert_eq!(read.as_ref(), Some(bytes));
+        }
+        let absent = ValueRef { index: 401, offset: 0, len: 0 };
+        prop_assert_eq!(opened.get(&absent).expect("read"), None);
+        let mut raw = std::fs::read(&path).expect("read");
+        let at = flip.index(raw.len());
+        raw[at] ^= 0x40;
+        std::fs::write(&path, &raw).expect("write");
+        let Ok(damaged) = ValueFile::open(&path) else {
+            return Ok(());
+        };
+        let original: BTreeMap<(u64, u32), &Bytes> =
+            values.iter().map(|(at, bytes)| (at.key(), bytes)).collect();
+        for (at, _) in &values {
+            if let Ok(Some(read)) = damaged.get(at) {
+                prop_assert_eq!(&read, original[&at.key()]);
+            }
+        }
+    }
+}
