@@ -282,6 +282,8 @@ impl SnapshotDir {
         };
         let mut inline = header.clone();
         inline.values.inline = true;
+        // The receiver's files will cover everything up to the snapshot's index.
+        inline.values.covered = header.last_log_id.map(|(_, index)| index);
         inline.values.section_bytes =
             REF_LEN * refs.len() as u64 + refs.iter().map(|at| u64::from(at.len)).sum::<u64>();
         let (_, mut app) = open_body(&file.path)?;
@@ -525,18 +527,28 @@ pub(crate) fn open_values(path: &Path) -> Result<(SnapshotHeader, Vec<ValueRef>,
         .map_err(Error::io("read", path))?;
     let refs = decode_refs(&table);
     let last = header.last_log_id.map_or(0, |(_, index)| index);
-    let ordered = refs.windows(2).all(|pair| pair[0] < pair[1]);
+    let ordered = refs
+        .windows(2)
+        .all(|pair| (pair[0].index, pair[0].offset) < (pair[1].index, pair[1].offset));
     if !ordered || refs.iter().any(|at| at.index > last) {
         return Err(malformed(format!(
             "{}: its value references are out of order or past index {last}",
             path.display()
         )));
     }
-    let bytes: u64 = refs.iter().map(|at| u64::from(at.len)).sum();
-    let expected = if values.inline {
-        listed + bytes
-    } else {
-        listed
+    let bytes = refs
+        .iter()
+        .try_fold(0u64, |sum, at| sum.checked_add(u64::from(at.len)));
+    let expected = match bytes {
+        Some(bytes) if values.inline => listed.checked_add(bytes),
+        Some(_) => Some(listed),
+        None => None,
+    };
+    let Some(expected) = expected else {
+        return Err(malformed(format!(
+            "{}: its values' lengths overflow",
+            path.display()
+        )));
     };
     if expected != values.section_bytes {
         return Err(malformed(format!(
@@ -548,8 +560,9 @@ pub(crate) fn open_values(path: &Path) -> Result<(SnapshotHeader, Vec<ValueRef>,
     Ok((header, refs, reader.take(values.section_bytes - listed)))
 }
 
-/// Reads the bytes of `refs` (inline, in order) from `reader`.
+/// Reads the bytes of `refs` (inline, in order) from `reader`, the snapshot at `path`.
 pub(crate) fn inline_values<'a>(
+    path: &'a Path,
     refs: &'a [ValueRef],
     mut reader: impl Read + 'a,
 ) -> impl Iterator<Item = std::result::Result<(ValueRef, Bytes), ValueError>> + 'a {
@@ -559,7 +572,7 @@ pub(crate) fn inline_values<'a>(
             .read_exact(&mut value)
             .map_err(|source| ValueError::Io {
                 op: "read a snapshot's value",
-                path: PathBuf::new(),
+                path: path.to_owned(),
                 source,
             })?;
         Ok((*at, Bytes::from(value)))
@@ -721,7 +734,7 @@ mod tests {
             (header.values, listed.as_slice()),
             (with_values.values, &refs[..])
         );
-        let values: Vec<(ValueRef, Bytes)> = inline_values(&listed, reader)
+        let values: Vec<(ValueRef, Bytes)> = inline_values(&file.path, &listed, reader)
             .collect::<std::result::Result<_, _>>()
             .expect("inline values");
         assert_eq!(values[0].1, "abcd");

@@ -63,6 +63,9 @@ pub struct StateMachineHost {
     state: Arc<Mutex<HostState>>,
     snapshots: SnapshotDir,
     values: Arc<ValueStore>,
+    /// Held while a snapshot is published or installed: openraft builds snapshots on a task
+    /// of their own, so a build may overlap an installation.
+    publishing: Arc<Mutex<()>>,
 }
 
 impl StateMachineHost {
@@ -87,9 +90,11 @@ impl StateMachineHost {
             })),
             snapshots,
             values,
+            publishing: Arc::default(),
         };
         if let Some((file, header)) = host.snapshots.current()? {
-            if header.values.inline && host.values.covered() != header.values.covered {
+            let index = header.last_log_id.map_or(0, |(_, index)| index);
+            if header.values.inline && !host.values.holds_installed(index) {
                 // Installed, but the node stopped before its values reached the value files.
                 host.install_values(&file.path)?;
             }
@@ -160,7 +165,7 @@ impl StateMachineHost {
         let (header, refs, reader) = open_values(path)?;
         let upto = header.last_log_id.map_or(0, |(_, index)| index);
         self.values
-            .install(inline_values(&refs, reader), upto)
+            .install(inline_values(path, &refs, reader), upto)
             .map_err(crate::Error::from)?;
         Ok(())
     }
@@ -328,6 +333,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineHost {
         let this = self.clone();
         let expected = meta.last_log_id;
         tokio::task::spawn_blocking(move || -> crate::Result<()> {
+            let _publishing = this.publishing.lock().expect("publishing lock poisoned");
             let (file, header) = snapshots.install(&snapshot)?;
             let found = header.last_log_id.map(|(t, i)| log_id(t, i));
             if found != expected {
@@ -370,30 +376,25 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (state, app_bytes, membership, mut live) = {
+        let (state, app_bytes, mut live) = {
             let state = self.lock();
             let mut app_bytes = Vec::new();
             state.app.write_snapshot(&mut app_bytes)?;
             let live = state.app.live_values();
-            (
-                state.header(SnapshotValues::default()),
-                app_bytes,
-                state.membership.clone(),
-                live,
-            )
+            (state.header(SnapshotValues::default()), app_bytes, live)
         };
-        live.sort_unstable();
-        live.dedup();
+        let live = crate::values::by_place(live.drain(..));
         let (snapshots, values) = (self.snapshots.clone(), Arc::clone(&self.values));
-        let last_log_id = state.last_log_id.map(|(t, i)| log_id(t, i));
-        let file = tokio::task::spawn_blocking(move || {
+        let publishing = Arc::clone(&self.publishing);
+        let (file, header) = tokio::task::spawn_blocking(move || {
+            let _publishing = publishing.lock().expect("publishing lock poisoned");
             write_snapshot(&snapshots, &values, state, &live, &app_bytes)
         })
         .await
         .map_err(io::Error::other)??;
         let meta = SnapshotMeta {
-            last_log_id,
-            last_membership: membership,
+            last_log_id: header.last_log_id.map(|(t, i)| log_id(t, i)),
+            last_membership: header_membership(&header)?,
         };
         Ok(openraft::Snapshot {
             meta,
@@ -407,15 +408,32 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
 
 /// Publishes a snapshot of a state whose header is `header` and whose values are `live`
 /// (sorted): the values recorded up to its index go to a value file first, then the file is
-/// written; values no longer live are dropped last.
+/// written; values no longer live are dropped last. When a snapshot at least as new is
+/// current already (one was installed while this one was built), that one stands and
+/// is returned. Called with the host's publishing lock held.
 fn write_snapshot(
     snapshots: &SnapshotDir,
     values: &ValueStore,
     mut header: SnapshotHeader,
     live: &[ValueRef],
     app_bytes: &[u8],
-) -> crate::Result<SnapshotFile> {
-    if let Some((_, index)) = header.last_log_id {
+) -> crate::Result<(SnapshotFile, SnapshotHeader)> {
+    if let Some((file, current)) = snapshots.current()?
+        && current.last_log_id >= header.last_log_id
+    {
+        return Ok((file, current));
+    }
+    let index = header.last_log_id.map_or(0, |(_, index)| index);
+    if let Some(late) = live.iter().find(|at| at.index > index) {
+        return Err(crate::Error::Invalid {
+            what: "application state",
+            reason: format!(
+                "it references a value recorded at index {}, after its snapshot's index {index}",
+                late.index
+            ),
+        });
+    }
+    if header.last_log_id.is_some() {
         values.relocate(live, index)?;
     }
     let refs = encode_refs(live);
@@ -431,7 +449,7 @@ fn write_snapshot(
         |out| out.write_all(app_bytes),
     )?;
     values.collect(live)?;
-    Ok(file)
+    Ok((file, header))
 }
 
 #[cfg(test)]
@@ -593,6 +611,8 @@ mod tests {
 
 #[cfg(test)]
 mod check_tests {
+    use std::path::Path;
+
     use super::*;
     use crate::multiplex::Multiplex;
     use crate::plain_log::{PlainLog, Retention};
@@ -675,5 +695,106 @@ mod check_tests {
             None,
             "the check installed nothing"
         );
+    }
+
+    fn inline_header(last: u64, refs: &[ValueRef], bytes: usize) -> SnapshotHeader {
+        let mut header = header(last, Vec::new());
+        header.values = SnapshotValues {
+            covered: Some(last),
+            count: refs.len() as u64,
+            inline: true,
+            section_bytes: 16 * refs.len() as u64 + bytes as u64,
+        };
+        header
+    }
+
+    fn test_store(dir: &Path, covered: Option<u64>) -> Arc<ValueStore> {
+        let options = keel_log::Options {
+            segment_size_bytes: 8 << 20,
+            ..keel_log::Options::default()
+        };
+        let log = Arc::new(keel_log::Log::open(dir.join("log"), options).expect("log"));
+        Arc::new(ValueStore::open(&dir.join("values"), log, 0, covered).expect("values"))
+    }
+
+    /// A node that made a received snapshot current but stopped before its values reached
+    /// the value files writes them when it opens (the coverage the node opens its store
+    /// with is the snapshot's index, so the store alone cannot tell).
+    #[test]
+    fn a_node_stopped_before_an_installed_snapshots_values_were_written_writes_them_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = SnapshotDir::open(dir.path().join("snapshots")).expect("open");
+        let app = Multiplex::new(PlainLog::new(Retention::default()), None);
+        let mut app_bytes = Vec::new();
+        app.write_snapshot(&mut app_bytes).expect("snapshot");
+        let refs = [
+            ValueRef {
+                index: 3,
+                offset: 1,
+                len: 4,
+            },
+            ValueRef {
+                index: 7,
+                offset: 0,
+                len: 2,
+            },
+        ];
+        snapshots
+            .write(
+                &inline_header(9, &refs, 6),
+                |out| {
+                    out.write_all(&encode_refs(&refs))?;
+                    out.write_all(b"abcdxy")
+                },
+                |out| out.write_all(&app_bytes),
+            )
+            .expect("the received snapshot, current");
+        let values = test_store(dir.path(), Some(9));
+        assert!(matches!(
+            values.read(&refs[0]),
+            Err(crate::values::ValueError::Missing { .. })
+        ));
+        let host =
+            StateMachineHost::open(Box::new(app), snapshots, Arc::clone(&values)).expect("host");
+        assert_eq!(values.read(&refs[0]).expect("installed at open"), "abcd");
+        assert_eq!(values.read(&refs[1]).expect("installed at open"), "xy");
+        assert_eq!(host.applied_state().applied, Some(log_id(2, 9)));
+    }
+
+    /// A snapshot built while a newer one was installed does not replace it: the newer one
+    /// stands, and its values stay.
+    #[test]
+    fn a_build_that_an_installation_overtook_publishes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = SnapshotDir::open(dir.path().join("snapshots")).expect("open");
+        let values = test_store(dir.path(), Some(9));
+        let refs = [ValueRef {
+            index: 3,
+            offset: 0,
+            len: 2,
+        }];
+        values
+            .install([Ok((refs[0], Bytes::from_static(b"ok")))], 9)
+            .expect("install");
+        snapshots
+            .write(
+                &inline_header(9, &refs, 2),
+                |out| {
+                    out.write_all(&encode_refs(&refs))?;
+                    out.write_all(b"ok")
+                },
+                |out| out.write_all(b"app"),
+            )
+            .expect("installed");
+        let (file, current) =
+            write_snapshot(&snapshots, &values, header(5, Vec::new()), &[], b"older")
+                .expect("build");
+        assert_eq!(
+            current.last_log_id,
+            Some((2, 9)),
+            "the installed one stands"
+        );
+        assert_eq!(snapshots.current().expect("current").expect("one").0, file);
+        assert_eq!(values.read(&refs[0]).expect("its value stays"), "ok");
     }
 }

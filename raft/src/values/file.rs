@@ -8,9 +8,14 @@
 //! values   the values back to back
 //! table    count × ( index u64 · offset u32 · len u32 · position u64 · crc32c u32 · reserved u32 )
 //!          sorted by (index, offset), every index within first..=last; `position` counts
-//!          from the file's start
+//!          from the file's start; `crc32c` covers the row's index, offset and len (16 bytes,
+//!          as in the row) and then the value, so a row damaged after the file was opened
+//!          cannot serve another value's bytes
 //! check    crc32c u32 of header and table · reserved u32 (0)
 //! ```
+//!
+//! One value is kept per `(index, offset)`, the longest referenced: a shorter reference at
+//! the same place reads its prefix.
 //!
 //! Values come before the table so a file is written in one pass from a stream of values
 //! (a received snapshot's, say). A value is read with one `pread` and checked against its
@@ -73,6 +78,15 @@ impl Row {
             position: u64_at(16),
             crc: u32_at(24),
         }
+    }
+
+    /// The checksum of a value stored under `key` with `len` bytes.
+    fn checksum(key: Key, len: u32, value: &[u8]) -> u32 {
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&key.0.to_le_bytes());
+        head[8..12].copy_from_slice(&key.1.to_le_bytes());
+        head[12..].copy_from_slice(&len.to_le_bytes());
+        crc32c::crc32c_append(crc32c::crc32c(&head), value)
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -147,7 +161,7 @@ fn write_temporary(
         let (at, value) = value?;
         assert!(
             rows.last().is_none_or(|row| row.key < at.key()),
-            "values are written in key order, once each"
+            "values are written in key order, once each place"
         );
         assert!(
             (first..=last).contains(&at.index),
@@ -164,7 +178,7 @@ fn write_temporary(
             key: at.key(),
             len: at.len,
             position,
-            crc: crc32c::crc32c(&value),
+            crc: Row::checksum(at.key(), at.len, &value),
         });
         position += u64::from(at.len);
     }
@@ -304,7 +318,7 @@ impl ValueFile {
         let Some(row) = self.find(at.key())? else {
             return Ok(None);
         };
-        if row.len != at.len {
+        if row.len < at.len {
             return Err(corrupt(
                 &self.path,
                 format!(
@@ -313,7 +327,7 @@ impl ValueFile {
                 ),
             ));
         }
-        self.read(&row).map(Some)
+        Ok(Some(self.read(&row)?.slice(..at.len as usize)))
     }
 
     /// The value of table row `row`, checked against its checksum.
@@ -322,7 +336,7 @@ impl ValueFile {
         self.file
             .read_exact_at(&mut value, row.position)
             .map_err(io_error("read", &self.path))?;
-        if crc32c::crc32c(&value) != row.crc {
+        if Row::checksum(row.key, row.len, &value) != row.crc {
             return Err(corrupt(
                 &self.path,
                 format!(

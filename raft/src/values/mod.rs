@@ -28,7 +28,7 @@ mod file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -59,6 +59,15 @@ impl ValueRef {
     fn key(&self) -> (u64, u32) {
         (self.index, self.offset)
     }
+}
+
+/// `refs` in order, one per place `(index, offset)`: the longest (a shorter reference at
+/// the same place reads its prefix). What value files and snapshots list.
+pub fn by_place(refs: impl IntoIterator<Item = ValueRef>) -> Vec<ValueRef> {
+    let mut refs: Vec<ValueRef> = refs.into_iter().collect();
+    refs.sort_unstable_by_key(|at| (at.index, at.offset, std::cmp::Reverse(at.len)));
+    refs.dedup_by_key(|at| at.key());
+    refs
 }
 
 /// Why a value could not be read or kept.
@@ -105,6 +114,9 @@ pub struct ValueStore {
     /// Bytes of an entry's command before the application's own (the multiplexer's tag).
     body_offset: usize,
     files: RwLock<Files>,
+    /// Held by whatever writes files (relocation, collection, installation), so they never
+    /// interleave: one generation number each, and `covered` only grows between them.
+    writer: Mutex<()>,
 }
 
 /// The value files, by first index; their ranges are disjoint and cover `..= covered`.
@@ -208,11 +220,15 @@ impl ValueStore {
                 continue;
             }
             let file = ValueFile::open(&path)?;
-            assert_eq!(
-                file.range(),
-                (first, last),
-                "a value file's name is its range"
-            );
+            if file.range() != (first, last) {
+                return Err(ValueError::Corrupt {
+                    path,
+                    what: format!(
+                        "its name says {first}..={last}, its header {:?}",
+                        file.range()
+                    ),
+                });
+            }
             files.by_first.insert(first, Arc::new(file));
         }
         for path in remove {
@@ -224,7 +240,12 @@ impl ValueStore {
             log,
             body_offset,
             files: RwLock::new(files),
+            writer: Mutex::new(()),
         })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().expect("value writer lock poisoned")
     }
 
     fn files(&self) -> RwLockReadGuard<'_, Files> {
@@ -233,6 +254,17 @@ impl ValueStore {
 
     fn files_mut(&self) -> RwLockWriteGuard<'_, Files> {
         self.files.write().expect("value files lock poisoned")
+    }
+
+    /// Whether the files are exactly those an installation of a snapshot at `upto` wrote
+    /// (one file covering `0..=upto`).
+    pub fn holds_installed(&self, upto: u64) -> bool {
+        let files = self.files();
+        files.by_first.len() == 1
+            && files
+                .by_first
+                .get(&0)
+                .is_some_and(|file| file.range() == (0, upto))
     }
 
     /// The highest Raft index whose values are in files (references at or below it are read
@@ -248,24 +280,34 @@ impl ValueStore {
     /// [`ValueError::Missing`] when no file or log entry holds it; a file's
     /// [`ValueError::Corrupt`] or [`ValueError::Io`]; the log's errors.
     pub fn read(&self, at: &ValueRef) -> Result<Bytes, ValueError> {
-        let file = {
-            let files = self.files();
-            if files.covered.is_some_and(|covered| at.index <= covered) {
-                files
-                    .by_first
-                    .range(..=at.index)
-                    .next_back()
-                    .map(|(_, file)| Arc::clone(file))
-            } else {
-                None
-            }
-        };
-        let value = match file {
-            Some(file) => file.get(at)?,
-            None if self.covered().is_some_and(|covered| at.index <= covered) => None,
-            None => self.in_log(at)?,
-        };
-        value.ok_or(ValueError::Missing { at: *at })
+        // Twice at most: a reference found above the coverage may be relocated and its
+        // entry purged before the log is read; the files hold it then.
+        for _ in 0..2 {
+            let file = {
+                let files = self.files();
+                if files.covered.is_some_and(|covered| at.index <= covered) {
+                    Some(
+                        files
+                            .by_first
+                            .range(..=at.index)
+                            .next_back()
+                            .map(|(_, file)| Arc::clone(file)),
+                    )
+                } else {
+                    None
+                }
+            };
+            let value = match file {
+                Some(Some(file)) => file.get(at)?,
+                Some(None) => None,
+                None => match self.in_log(at)? {
+                    Some(value) => Some(value),
+                    None => continue,
+                },
+            };
+            return value.ok_or(ValueError::Missing { at: *at });
+        }
+        Err(ValueError::Missing { at: *at })
     }
 
     fn in_log(&self, at: &ValueRef) -> Result<Option<Bytes>, ValueError> {
@@ -273,7 +315,13 @@ impl ValueStore {
             return Ok(None);
         };
         let command = match &*record {
-            ArchivedStoredPayload::Normal { command, .. } => command.as_slice(),
+            // A batch's writes are each an application's command: offsets in them are not
+            // offsets in the entry. Only the plain log's appends are batched.
+            ArchivedStoredPayload::Normal { command, .. }
+                if !crate::coalesce::is_batch(command.as_slice()) =>
+            {
+                command.as_slice()
+            }
             _ => return Ok(None),
         };
         let start = self.body_offset + at.offset as usize;
@@ -294,20 +342,22 @@ impl ValueStore {
     /// [`ValueError::Missing`] when a live value is not in the log; I/O errors. Nothing is
     /// covered then.
     pub fn relocate(&self, live: &[ValueRef], upto: u64) -> Result<StoreChange, ValueError> {
+        let _writer = self.writer();
         let (start, generation) = {
             let files = self.files();
-            (files.covered.map_or(0, |c| c + 1), files.generation + 1)
+            (
+                files.covered.map_or(0, |c| c.saturating_add(1)),
+                files.generation + 1,
+            )
         };
         if upto < start {
             return Ok(StoreChange::default());
         }
-        let mut moving: Vec<ValueRef> = live
-            .iter()
-            .filter(|at| (start..=upto).contains(&at.index))
-            .copied()
-            .collect();
-        moving.sort_unstable();
-        moving.dedup();
+        let moving = by_place(
+            live.iter()
+                .filter(|at| (start..=upto).contains(&at.index))
+                .copied(),
+        );
         if moving.is_empty() {
             // Nothing to keep: the range is covered without a file.
             self.files_mut().covered = Some(upto);
@@ -327,8 +377,9 @@ impl ValueStore {
     }
 
     /// Serves from the file just written at `path` (if any) instead of the files `replace`
-    /// names by first index (every file when `None`); `covered` grows to `cover`. Returns
-    /// the files replaced, for the caller to remove.
+    /// names by first index (every file when `None`, and `covered` becomes `cover`; else it
+    /// grows to `cover` if that is higher). Returns the files replaced, for the caller to
+    /// remove.
     fn swap(
         &self,
         path: Option<&Path>,
@@ -349,9 +400,13 @@ impl ValueStore {
             files.by_first.insert(opened.range().0, opened);
         }
         files.generation = files.generation.max(generation);
-        if cover.is_some() {
-            files.covered = cover;
-        }
+        // An installation replaces everything, its coverage with it; otherwise coverage
+        // only grows.
+        files.covered = if replace.is_none() {
+            cover
+        } else {
+            files.covered.max(cover)
+        };
         Ok(replaced)
     }
 
@@ -376,9 +431,8 @@ impl ValueStore {
     /// I/O errors, a file's corruption; [`ValueError::Missing`] when a live value of a
     /// file's range is not in it.
     pub fn collect(&self, live: &[ValueRef]) -> Result<StoreChange, ValueError> {
-        let mut live: Vec<ValueRef> = live.to_vec();
-        live.sort_unstable();
-        live.dedup();
+        let _writer = self.writer();
+        let live = by_place(live.iter().copied());
         let files: Vec<Arc<ValueFile>> = self.files().by_first.values().cloned().collect();
         let mut change = StoreChange::default();
         let mut run: Vec<(Arc<ValueFile>, &[ValueRef], bool)> = Vec::new();
@@ -448,6 +502,7 @@ impl ValueStore {
         values: impl IntoIterator<Item = Result<(ValueRef, Bytes), ValueError>>,
         upto: u64,
     ) -> Result<StoreChange, ValueError> {
+        let _writer = self.writer();
         let generation = self.files().generation + 1;
         let path = self.dir.join(file_name(0, upto, generation));
         let (values_written, bytes_written) = file::write(&path, 0, upto, values)?;
@@ -468,10 +523,9 @@ impl ValueStore {
         &self,
         live: &[ValueRef],
     ) -> impl Iterator<Item = Result<(ValueRef, Bytes), ValueError>> + '_ {
-        let mut live: Vec<ValueRef> = live.to_vec();
-        live.sort_unstable();
-        live.dedup();
-        live.into_iter().map(|at| Ok((at, self.read(&at)?)))
+        by_place(live.iter().copied())
+            .into_iter()
+            .map(|at| Ok((at, self.read(&at)?)))
     }
 }
 

@@ -120,6 +120,25 @@ fn a_value_is_read_from_the_log_then_from_its_file_after_the_purge() {
     );
 }
 
+/// Two references at one place, one a prefix of the other (the review found they panicked
+/// the file writer): the longer is kept, the shorter reads its prefix.
+#[test]
+fn references_at_one_place_keep_the_longest_and_read_their_prefixes() {
+    let fixture = Fixture::new();
+    let store = fixture.store(None);
+    let long = fixture.append(b"", b"abcdefg");
+    let short = ValueRef { len: 3, ..long };
+    store
+        .relocate(&[short, long], long.index)
+        .expect("relocate");
+    fixture
+        .log
+        .purge_upto(keel_log::LogId::new(1, long.index))
+        .expect("purge");
+    assert_eq!(store.read(&long).expect("long"), "abcdefg");
+    assert_eq!(store.read(&short).expect("its prefix"), "abc");
+}
+
 #[test]
 fn a_live_value_missing_from_the_log_fails_the_relocation_and_covers_nothing() {
     let fixture = Fixture::new();
@@ -166,7 +185,7 @@ fn collect_rewrites_a_file_under_half_live_and_keeps_what_is_live() {
         store.read(&refs[2]),
         Err(ValueError::Missing { .. })
     ));
-    // Nothing live: an empty file keeps the range covered.
+    // Nothing live: no file is left, and the range stays covered.
     store.collect(&[]).expect("collect");
     assert_eq!(store.covered(), Some(last));
     assert!(matches!(
