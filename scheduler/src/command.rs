@@ -6,6 +6,7 @@
 //! epoch from the leader's wall clock, stamped when it proposed the command: the state
 //! machine itself reads no clock.
 
+use keel_raft::values::ValueRef;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -47,6 +48,70 @@ pub enum Outcome {
     Ok(Vec<u8>),
     /// Failure, with its message.
     Err(String),
+}
+
+/// A value as the replicated state and its answers hold it: where it was recorded (read
+/// through the node's value store, see `keel_raft::values`), or its bytes: values of at
+/// most [`INLINE_MAX_BYTES`], and values the state machine composed itself (a
+/// cancellation's message).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+pub enum Value {
+    /// Bytes of the command applied at a Raft index.
+    Recorded(ValueRef),
+    /// The bytes themselves.
+    Inline(Vec<u8>),
+}
+
+/// Values up to this long are held inline: a reference is 16 bytes.
+pub const INLINE_MAX_BYTES: usize = 32;
+
+impl Value {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Recorded(at) => at.len as usize,
+            Self::Inline(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where it was recorded, when it is held by reference.
+    pub fn recorded(&self) -> Option<ValueRef> {
+        match self {
+            Self::Recorded(at) => Some(*at),
+            Self::Inline(_) => None,
+        }
+    }
+}
+
+/// How something ended, as the state holds it: [`Outcome`] with its value or error
+/// message held as a [`Value`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+pub enum StoredOutcome {
+    /// Success, with its value.
+    Ok(Value),
+    /// Failure, with its message (UTF-8).
+    Err(Value),
+}
+
+impl StoredOutcome {
+    /// Whether it is a success.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok(_))
+    }
+
+    /// Its value or message.
+    pub fn value(&self) -> &Value {
+        match self {
+            Self::Ok(value) | Self::Err(value) => value,
+        }
+    }
 }
 
 /// Who runs a workflow under its current fence.
@@ -347,7 +412,7 @@ pub enum Rejection {
         /// The entry.
         seq: u32,
         /// Its recorded outcome.
-        outcome: Outcome,
+        outcome: StoredOutcome,
     },
     /// A cron expression that does not parse.
     #[error("invalid cron expression {cron:?}: {reason}")]
@@ -387,7 +452,7 @@ pub enum EntryState {
         attempts: u32,
     },
     /// Resolved with an outcome.
-    Done(Outcome),
+    Done(StoredOutcome),
     /// A signal wait that timed out.
     TimedOut,
 }
@@ -472,6 +537,50 @@ where
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
     rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|_| Rejection::Malformed)
+}
+
+/// Decodes the stamped command the state machine applies at Raft index `index`, with where
+/// its value lies in `bytes` (a [`ValueRef`] into them): the input of a start or a call, a
+/// step's final outcome, a finish's outcome, a signal's payload, a park's reason.
+///
+/// # Errors
+/// [`Rejection::Malformed`] for bytes that do not validate.
+pub(crate) fn decode_recorded(
+    bytes: &[u8],
+    index: u64,
+) -> Result<(Stamped, Option<ValueRef>), Rejection> {
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    let archived = rkyv::access::<ArchivedStamped, rancor::Error>(&aligned)
+        .map_err(|_| Rejection::Malformed)?;
+    fn outcome_bytes(outcome: &ArchivedOutcome) -> &[u8] {
+        match outcome {
+            ArchivedOutcome::Ok(value) => value.as_slice(),
+            ArchivedOutcome::Err(message) => message.as_bytes(),
+        }
+    }
+    let value: Option<&[u8]> = match &archived.command {
+        ArchivedCommand::Start { input, .. } | ArchivedCommand::Call { input, .. } => {
+            Some(input.as_slice())
+        }
+        ArchivedCommand::Step {
+            record: ArchivedStepRecord::Done(outcome),
+            ..
+        }
+        | ArchivedCommand::Finish { outcome, .. } => Some(outcome_bytes(outcome)),
+        ArchivedCommand::Signal { payload, .. } => Some(payload.as_slice()),
+        ArchivedCommand::Park { reason, .. } => Some(reason.as_bytes()),
+        _ => None,
+    };
+    let recorded = value.map(|value| ValueRef {
+        index,
+        offset: u32::try_from(value.as_ptr().addr() - aligned.as_ptr().addr())
+            .expect("a command is shorter than 4 GiB"),
+        len: u32::try_from(value.len()).expect("a value is shorter than 4 GiB"),
+    });
+    let stamped = rkyv::deserialize::<Stamped, rancor::Error>(archived)
+        .map_err(|_| Rejection::Malformed)?;
+    Ok((stamped, recorded))
 }
 
 #[cfg(test)]

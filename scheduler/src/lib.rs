@@ -100,8 +100,8 @@ pub mod worker;
 pub mod workers_service;
 
 pub use command::{
-    Answer, Command, Due, EntryState, Outcome, Owner, Rejection, Stamped, StepRecord,
-    WorkflowStatus,
+    Answer, Command, Due, EntryState, INLINE_MAX_BYTES, Outcome, Owner, Rejection, Stamped,
+    StepRecord, StoredOutcome, Value, WorkflowStatus,
 };
 pub use config::{ConfigFile, NodeSettings};
 pub use error::{Error, Result};

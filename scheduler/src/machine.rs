@@ -12,16 +12,20 @@ mod snapshot;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_raft::application::{Application, AppliedAt};
+use keel_raft::values::{ValueError, ValueRef, ValueStore};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use self::snapshot::SnapshotError;
 use self::snapshot::{decode_snapshot, encode_snapshot};
-use crate::command::{self, Answer, EntryState, Stamped};
+use crate::command::{
+    self, Answer, EntryState, Outcome, Rejection, StoredOutcome, Value,
+};
+use crate::state::JournalEntry;
 use crate::state::{Effect, FireRecord, SchedulerState};
 
 /// Test access to the snapshot codec, for tests that corrupt a decoded state on purpose.
@@ -89,6 +93,8 @@ struct Shared {
     local: Mutex<Local>,
     timers_changed: Notify,
     fires: broadcast::Sender<NamedFire>,
+    /// The node's value store, once the node started.
+    values: OnceLock<Arc<ValueStore>>,
 }
 
 /// The scheduler state machine; clones share one state (give one to keel-raft, keep one to
@@ -125,6 +131,7 @@ impl SchedulerMachine {
                 }),
                 timers_changed: Notify::new(),
                 fires: broadcast::channel(FIRE_WATCH_BUFFER).0,
+                values: OnceLock::new(),
             }),
         }
     }
@@ -145,6 +152,103 @@ impl SchedulerMachine {
             .local
             .lock()
             .expect("scheduler local lock poisoned")
+    }
+
+    /// Reads the values the state holds by reference from `values` (the node's store; set
+    /// once, when the node has started).
+    pub fn set_values(&self, values: Arc<ValueStore>) {
+        // A second node over the same machine would be a bug; the first store stays.
+        let _ = self.shared.values.set(values);
+    }
+
+    /// The bytes of `value`: a reference read through the node's value store.
+    ///
+    /// # Errors
+    /// The store's errors; [`ValueError::Missing`] before the node started.
+    pub fn value(&self, value: &Value) -> Result<Bytes, ValueError> {
+        match value {
+            Value::Inline(bytes) => Ok(Bytes::copy_from_slice(bytes)),
+            Value::Recorded(at) => match self.shared.values.get() {
+                Some(values) => values.read(at),
+                None => Err(ValueError::Missing { at: *at }),
+            },
+        }
+    }
+
+    /// `outcome` with its value read (see [`SchedulerMachine::value`]).
+    ///
+    /// # Errors
+    /// As [`SchedulerMachine::value`].
+    pub fn outcome(&self, outcome: &StoredOutcome) -> Result<Outcome, ValueError> {
+        Ok(match outcome {
+            StoredOutcome::Ok(value) => Outcome::Ok(self.value(value)?.to_vec()),
+            StoredOutcome::Err(message) => {
+                Outcome::Err(String::from_utf8_lossy(&self.value(message)?).into_owned())
+            }
+        })
+    }
+
+    /// `value` with its bytes in it, for a reader without the value store (a remote worker).
+    ///
+    /// # Errors
+    /// As [`SchedulerMachine::value`].
+    pub fn inlined(&self, value: &Value) -> Result<Value, ValueError> {
+        Ok(Value::Inline(self.value(value)?.to_vec()))
+    }
+
+    /// `outcome` with its bytes in it (see [`SchedulerMachine::inlined`]).
+    ///
+    /// # Errors
+    /// As [`SchedulerMachine::value`].
+    pub fn inlined_outcome(&self, outcome: &StoredOutcome) -> Result<StoredOutcome, ValueError> {
+        Ok(match outcome {
+            StoredOutcome::Ok(value) => StoredOutcome::Ok(self.inlined(value)?),
+            StoredOutcome::Err(message) => StoredOutcome::Err(self.inlined(message)?),
+        })
+    }
+
+    /// `state` with its bytes in it (see [`SchedulerMachine::inlined`]).
+    ///
+    /// # Errors
+    /// As [`SchedulerMachine::value`].
+    pub fn inlined_state(&self, state: &EntryState) -> Result<EntryState, ValueError> {
+        Ok(match state {
+            EntryState::Done(outcome) => EntryState::Done(self.inlined_outcome(outcome)?),
+            other => other.clone(),
+        })
+    }
+
+    /// `journal` with its bytes in it (see [`SchedulerMachine::inlined`]).
+    ///
+    /// # Errors
+    /// As [`SchedulerMachine::value`].
+    pub fn inlined_journal(&self, journal: &[JournalEntry]) -> Result<Vec<JournalEntry>, ValueError> {
+        journal
+            .iter()
+            .map(|entry| {
+                Ok(JournalEntry {
+                    state: self.inlined_state(&entry.state)?,
+                    ..entry.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// `answer` with its bytes in it (see [`SchedulerMachine::inlined`]).
+    ///
+    /// # Errors
+    /// As [`SchedulerMachine::value`].
+    pub fn inlined_answer(&self, answer: Answer) -> Result<Answer, ValueError> {
+        Ok(match answer {
+            Answer::Entry(state) => Answer::Entry(self.inlined_state(&state)?),
+            Answer::Rejected(Rejection::AlreadyRecorded { seq, outcome }) => {
+                Answer::Rejected(Rejection::AlreadyRecorded {
+                    seq,
+                    outcome: self.inlined_outcome(&outcome)?,
+                })
+            }
+            other => other,
+        })
     }
 
     /// Sends every runnable workflow to `sender` from now on.
@@ -343,13 +447,13 @@ impl SchedulerMachine {
 impl Application for SchedulerMachine {
     fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes {
         let mut effects = Vec::new();
-        let answer = match command::decode::<Stamped>(command) {
-            Ok(stamped) => self
+        let answer = match command::decode_recorded(command, at.index) {
+            Ok((stamped, recorded)) => self
                 .shared
                 .state
                 .write()
                 .expect("scheduler state lock poisoned")
-                .apply(at, stamped, &mut effects),
+                .apply_recorded(at, stamped, recorded, &mut effects),
             Err(rejection) => Answer::Rejected(rejection),
         };
         let answer = command::encode(&answer);
@@ -404,5 +508,9 @@ impl Application for SchedulerMachine {
 
     fn digest(&self) -> u64 {
         *self.shared.digest.lock().expect("digest lock poisoned")
+    }
+
+    fn live_values(&self) -> Vec<ValueRef> {
+        self.read().recorded_values()
     }
 }

@@ -89,6 +89,7 @@ impl Node {
             method_roles: method_roles(),
         };
         let inner = RaftNode::start_with(config, Some(extension)).await?;
+        machine.set_values(std::sync::Arc::clone(inner.shared().host.values()));
         let engine = Engine::start(
             inner.shared().clone(),
             machine.clone(),

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use keel_raft::values::ValueError;
 use keel_raft::wire_error::{WriteErrorKind, status};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -54,8 +55,12 @@ fn unexpected(answer: &Answer) -> Status {
     )
 }
 
-/// The wire form of journal entry `seq`.
-fn entry_info(seq: u32, entry: &JournalEntry) -> pb::JournalEntry {
+/// The wire form of journal entry `seq`, its value read through `machine`.
+fn entry_info(
+    seq: u32,
+    entry: &JournalEntry,
+    machine: &SchedulerMachine,
+) -> Result<pb::JournalEntry, ValueError> {
     let (kind, name) = match &entry.kind {
         EntryKind::Step { name } => ("step", name.clone()),
         EntryKind::Sleep { .. } => ("sleep", String::new()),
@@ -75,27 +80,44 @@ fn entry_info(seq: u32, entry: &JournalEntry) -> pb::JournalEntry {
             "pending".clone_into(&mut entry.state);
             entry.attempts = *attempts;
         }
-        EntryState::Done(Outcome::Ok(value)) => {
-            "done".clone_into(&mut entry.state);
-            entry.value = value.clone().into();
-        }
-        EntryState::Done(Outcome::Err(error)) => {
-            "failed".clone_into(&mut entry.state);
-            entry.error.clone_from(error);
-        }
+        EntryState::Done(outcome) => match machine.outcome(outcome)? {
+            Outcome::Ok(value) => {
+                "done".clone_into(&mut entry.state);
+                entry.value = value.into();
+            }
+            Outcome::Err(error) => {
+                "failed".clone_into(&mut entry.state);
+                entry.error = error;
+            }
+        },
         EntryState::TimedOut => "timed-out".clone_into(&mut entry.state),
     }
-    entry
+    Ok(entry)
 }
 
-/// The wire form of workflow `id`.
-pub(crate) fn workflow_info(id: &str, workflow: &Workflow, journal: bool) -> pb::WorkflowInfo {
-    let (result, error) = match &workflow.outcome {
-        Some(Outcome::Ok(value)) => (value.clone(), String::new()),
-        Some(Outcome::Err(error)) => (Vec::new(), error.clone()),
+/// The wire form of workflow `id`, its values read through `machine`.
+pub(crate) fn workflow_info(
+    id: &str,
+    workflow: &Workflow,
+    journal: bool,
+    machine: &SchedulerMachine,
+) -> Result<pb::WorkflowInfo, ValueError> {
+    let (result, error) = match workflow.outcome.as_ref().map(|o| machine.outcome(o)).transpose()? {
+        Some(Outcome::Ok(value)) => (value, String::new()),
+        Some(Outcome::Err(error)) => (Vec::new(), error),
         None => (Vec::new(), String::new()),
     };
-    pb::WorkflowInfo {
+    let journal = if journal {
+        workflow
+            .journal
+            .iter()
+            .zip(0u32..)
+            .map(|(entry, seq)| entry_info(seq, entry, machine))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(pb::WorkflowInfo {
         id: id.to_owned(),
         kind: workflow.kind.clone(),
         version: workflow.version.clone(),
@@ -110,18 +132,14 @@ pub(crate) fn workflow_info(id: &str, workflow: &Workflow, journal: bool) -> pb:
             .as_ref()
             .map(|(parent, _)| parent.clone())
             .unwrap_or_default(),
-        journal: if journal {
-            workflow
-                .journal
-                .iter()
-                .zip(0u32..)
-                .map(|(entry, seq)| entry_info(seq, entry))
-                .collect()
-        } else {
-            Vec::new()
-        },
+        journal,
         journal_len: u32::try_from(workflow.journal.len()).unwrap_or(u32::MAX),
-    }
+    })
+}
+
+/// A value the state references could not be read: the node lost data it should hold.
+fn value_lost(error: &ValueError) -> Status {
+    Status::data_loss(format!("reading a workflow's value: {error}"))
 }
 
 impl WorkflowService {
@@ -193,7 +211,8 @@ impl WorkflowService {
                     .workflow(id)
                     .ok_or_else(|| rejected(&Rejection::UnknownWorkflow(id.to_owned())))?;
                 if workflow.is_finished() || tokio::time::Instant::now() >= deadline {
-                    return Ok(workflow_info(id, workflow, journal));
+                    return workflow_info(id, workflow, journal, &self.machine)
+                        .map_err(|e| value_lost(&e));
                 }
             }
             // Woken by a change, or at the deadline to answer with the workflow as it is.
@@ -297,8 +316,9 @@ impl Workflows for WorkflowService {
         let after = (!request.after.is_empty()).then_some(request.after.as_str());
         let workflows = state
             .list(kind, status, after, limit)
-            .map(|(id, w)| workflow_info(id, w, false))
-            .collect();
+            .map(|(id, w)| workflow_info(id, w, false, &self.machine))
+            .collect::<Result<_, _>>()
+            .map_err(|e| value_lost(&e))?;
         Ok(Response::new(pb::ListResponse { workflows }))
     }
 

@@ -18,10 +18,10 @@ use keel_raft::security::credentials::{Credentials, KeelChannel};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::command::{self, Answer, Command, EntryState};
+use crate::command::{self, Answer, Command, EntryState, Outcome, StoredOutcome};
 use crate::engine::AbortOnDrop;
 use crate::engine::context::WorkflowError;
-use crate::engine::journal::{JournalPort, refused};
+use crate::engine::journal::{JournalPort, inline_outcome, refused};
 use crate::engine::registry::Registry;
 use crate::engine::run::run_to_end;
 use crate::pb::{self, workers_client::WorkersClient};
@@ -165,6 +165,10 @@ impl JournalPort for RemoteJournal {
         seq: u32,
     ) -> BoxFuture<'a, Result<EntryState, WorkflowError>> {
         Box::pin(self.wait_resolved(workflow, fence, seq))
+    }
+
+    fn outcome(&self, outcome: &StoredOutcome) -> Result<Outcome, WorkflowError> {
+        inline_outcome(outcome)
     }
 }
 

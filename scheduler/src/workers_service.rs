@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use keel_raft::values::ValueError;
 use keel_raft::wire_error::not_leader;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,16 +23,25 @@ const TASK_QUEUE: usize = 1024;
 /// Longest `WaitEntry` wait.
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
-impl From<Task> for pb::Task {
-    fn from(task: Task) -> Self {
-        Self {
-            workflow: task.workflow,
-            fence: task.fence,
-            kind: task.kind,
-            input: task.input.into(),
-            journal: command::encode(&task.journal).into(),
-        }
-    }
+/// The wire form of `task`: a remote worker has no value store, so its input and journal
+/// carry their values' bytes.
+fn task_to_wire(task: Task, machine: &SchedulerMachine) -> Result<pb::Task, Status> {
+    let input = machine.value(&task.input).map_err(|e| value_lost(&e))?;
+    let journal = machine
+        .inlined_journal(&task.journal)
+        .map_err(|e| value_lost(&e))?;
+    Ok(pb::Task {
+        workflow: task.workflow,
+        fence: task.fence,
+        kind: task.kind,
+        input,
+        journal: command::encode(&journal).into(),
+    })
+}
+
+/// A value the state references could not be read: the node lost data it should hold.
+fn value_lost(error: &ValueError) -> Status {
+    Status::data_loss(format!("reading a workflow's value: {error}"))
 }
 
 /// The `Workers` service of one node.
@@ -127,11 +137,15 @@ impl Workers for WorkersService {
             dispatcher.disconnect(worker, connection);
             tracing::info!(worker, "worker disconnected");
         });
-        let stream = futures::stream::unfold(queued, |mut queued| async move {
-            queued
-                .recv()
-                .await
-                .map(|task| (Ok(pb::Task::from(task)), queued))
+        let machine = self.machine.clone();
+        let stream = futures::stream::unfold(queued, move |mut queued| {
+            let machine = machine.clone();
+            async move {
+                queued
+                    .recv()
+                    .await
+                    .map(|task| (task_to_wire(task, &machine), queued))
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -159,6 +173,10 @@ impl Workers for WorkersService {
             return Err(rejected(&Rejection::StaleFence { fence, current: 0 }));
         }
         let answer = self.proposer.propose(command, None).await?;
+        let answer = self
+            .machine
+            .inlined_answer(answer)
+            .map_err(|e| value_lost(&e))?;
         Ok(Response::new(pb::JournalResponse {
             answer: command::encode(&answer).into(),
         }))
@@ -172,19 +190,20 @@ impl Workers for WorkersService {
             return Err(not_leader(None));
         }
         let request = request.into_inner();
-        let state = self.machine.read();
-        let workflow = state
-            .workflow(&request.workflow)
-            .filter(|w| !w.is_finished() && w.fence == request.fence)
-            .ok_or_else(|| {
-                rejected(&Rejection::StaleFence {
-                    fence: request.fence,
-                    current: 0,
-                })
-            })?;
-        Ok(Response::new(
-            Task::new(&request.workflow, request.fence, workflow).into(),
-        ))
+        let task = {
+            let state = self.machine.read();
+            let workflow = state
+                .workflow(&request.workflow)
+                .filter(|w| !w.is_finished() && w.fence == request.fence)
+                .ok_or_else(|| {
+                    rejected(&Rejection::StaleFence {
+                        fence: request.fence,
+                        current: 0,
+                    })
+                })?;
+            Task::new(&request.workflow, request.fence, workflow)
+        };
+        Ok(Response::new(task_to_wire(task, &self.machine)?))
     }
 
     async fn wait_entry(
@@ -204,7 +223,13 @@ impl Workers for WorkersService {
         {
             Ok(Some(state)) => pb::WaitEntryResponse {
                 resolved: true,
-                state: command::encode(&state).into(),
+                state: command::encode(
+                    &self
+                        .machine
+                        .inlined_state(&state)
+                        .map_err(|e| value_lost(&e))?,
+                )
+                .into(),
                 superseded: false,
             },
             Ok(None) => pb::WaitEntryResponse::default(),

@@ -14,7 +14,9 @@ use keel_scheduler::client::{WorkflowClient, WorkflowInfo};
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::engine::context::{Context, WorkflowError};
 use keel_scheduler::engine::registry::Registry;
-use keel_scheduler::{Answer, Command, EntryState, Outcome, Owner, Rejection, StepRecord};
+use keel_scheduler::{
+    Answer, Command, EntryState, Outcome, Owner, Rejection, StepRecord, StoredOutcome, Value,
+};
 
 static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
 static SHIFTED: AtomicBool = AtomicBool::new(false);
@@ -208,7 +210,7 @@ async fn every_node_agrees_on_c(cluster: &Embedded) {
         let journal = &state.workflow("c").expect("c").journal;
         assert_eq!(
             journal[0].state,
-            EntryState::Done(Outcome::Ok(b"one".to_vec()))
+            EntryState::Done(StoredOutcome::Ok(Value::Inline(b"one".to_vec())))
         );
         assert_eq!(journal.len(), 5, "first, signal, second, now, random");
     }
@@ -249,7 +251,7 @@ async fn a_replayed_run_returns_journaled_steps_without_running_them_and_a_dupli
         duplicate,
         Answer::Rejected(Rejection::AlreadyRecorded {
             seq: 0,
-            outcome: Outcome::Ok(b"one".to_vec())
+            outcome: StoredOutcome::Ok(Value::Inline(b"one".to_vec()))
         })
     );
 

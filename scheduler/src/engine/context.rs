@@ -271,7 +271,7 @@ impl Context {
             } = reserved?;
             let mut attempts = match existing {
                 Some(EntryState::Done(outcome)) => {
-                    return step_result(&name, 0, outcome);
+                    return step_result(&name, 0, run.port.outcome(&outcome)?);
                 }
                 Some(EntryState::Pending { attempts }) => attempts,
                 Some(EntryState::TimedOut) | None => 0,
@@ -309,7 +309,9 @@ impl Context {
                     record,
                 };
                 match run.journal(&mut held, command).await? {
-                    EntryState::Done(outcome) => return step_result(&name, attempts, outcome),
+                    EntryState::Done(outcome) => {
+                        return step_result(&name, attempts, run.port.outcome(&outcome)?);
+                    }
                     EntryState::Pending { .. } if retry => {
                         tokio::time::sleep(policy.backoff().pause_after(attempts)).await;
                     }
@@ -390,7 +392,12 @@ impl Context {
                 timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             };
             match run.resolved_entry(reserved, command).await? {
-                (_, EntryState::Done(Outcome::Ok(payload))) => Ok(Some(Bytes::from(payload))),
+                (seq, EntryState::Done(outcome)) => match run.port.outcome(&outcome)? {
+                    Outcome::Ok(payload) => Ok(Some(Bytes::from(payload))),
+                    Outcome::Err(error) => Err(WorkflowError::Journal(format!(
+                        "signal wait {seq} resolved as an error: {error}"
+                    ))),
+                },
                 (_, EntryState::TimedOut) => Ok(None),
                 (seq, other) => Err(WorkflowError::Journal(format!(
                     "signal wait {seq} resolved as {other:?}"
@@ -425,11 +432,13 @@ impl Context {
                 input: input.to_vec(),
             };
             match run.resolved_entry(reserved, command).await? {
-                (_, EntryState::Done(Outcome::Ok(value))) => Ok(Bytes::from(value)),
-                (seq, EntryState::Done(Outcome::Err(error))) => Err(WorkflowError::ChildFailed {
-                    child: format!("{}/{seq}", run.workflow),
-                    error,
-                }),
+                (seq, EntryState::Done(outcome)) => match run.port.outcome(&outcome)? {
+                    Outcome::Ok(value) => Ok(Bytes::from(value)),
+                    Outcome::Err(error) => Err(WorkflowError::ChildFailed {
+                        child: format!("{}/{seq}", run.workflow),
+                        error,
+                    }),
+                },
                 (seq, other) => Err(WorkflowError::Journal(format!(
                     "call {seq} resolved as {other:?}"
                 ))),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
 
+use crate::command::Value;
 use crate::state::{JournalEntry, Workflow};
 
 /// A workflow leased to a worker: what the worker needs to run it under `fence` (the
@@ -27,7 +28,7 @@ pub(crate) struct Task {
     /// Its kind.
     pub(crate) kind: String,
     /// Its input.
-    pub(crate) input: Vec<u8>,
+    pub(crate) input: Value,
     /// Its journal when the fence was granted.
     pub(crate) journal: Vec<JournalEntry>,
 }

@@ -9,7 +9,7 @@ use keel_raft::wire_error::{self, WriteErrorKind};
 
 use super::error::WorkflowError;
 use super::proposer::Proposer;
-use crate::command::{Answer, Command, EntryState, Rejection};
+use crate::command::{Answer, Command, EntryState, Outcome, Rejection, StoredOutcome, Value};
 use crate::machine::SchedulerMachine;
 
 /// Times a proposal whose outcome is unknown, or refused as overloaded, is retried (every
@@ -29,6 +29,25 @@ pub(crate) trait JournalPort: Send + Sync + 'static {
         fence: u64,
         seq: u32,
     ) -> BoxFuture<'a, Result<EntryState, WorkflowError>>;
+
+    /// A journaled outcome with its value read.
+    fn outcome(&self, outcome: &StoredOutcome) -> Result<Outcome, WorkflowError>;
+}
+
+/// An outcome whose value was sent inline (to a remote worker, which has no value store).
+pub(crate) fn inline_outcome(outcome: &StoredOutcome) -> Result<Outcome, WorkflowError> {
+    let bytes = |value: &Value| match value {
+        Value::Inline(bytes) => Ok(bytes.clone()),
+        Value::Recorded(_) => Err(WorkflowError::Journal(
+            "the leader sent a journaled value by reference".to_owned(),
+        )),
+    };
+    Ok(match outcome {
+        StoredOutcome::Ok(value) => Outcome::Ok(bytes(value)?),
+        StoredOutcome::Err(message) => {
+            Outcome::Err(String::from_utf8_lossy(&bytes(message)?).into_owned())
+        }
+    })
 }
 
 /// The journal of a run on the leader itself.
@@ -108,5 +127,11 @@ impl JournalPort for LocalJournal {
         seq: u32,
     ) -> BoxFuture<'a, Result<EntryState, WorkflowError>> {
         Box::pin(self.wait_resolved(workflow, fence, seq))
+    }
+
+    fn outcome(&self, outcome: &StoredOutcome) -> Result<Outcome, WorkflowError> {
+        self.machine
+            .outcome(outcome)
+            .map_err(|error| WorkflowError::Journal(error.to_string()))
     }
 }

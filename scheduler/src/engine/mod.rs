@@ -34,7 +34,6 @@ use self::error::WorkflowError;
 use self::journal::{JournalPort, LocalJournal};
 use self::proposer::Proposer;
 use self::registry::{Kind, Registry};
-use bytes::Bytes;
 
 use crate::command::{Answer, Command, Owner};
 use crate::machine::{Runnable, SchedulerMachine};
@@ -340,12 +339,19 @@ impl Inner {
     async fn run(self: Arc<Self>, workflow: String, fence: u64) {
         if let Some(kind) = self.local_kind(&workflow) {
             let load = || async {
-                let state = self.machine.read();
-                let current = state
-                    .workflow(&workflow)
-                    .filter(|w| !w.is_finished() && w.fence == fence)
-                    .ok_or(WorkflowError::Superseded)?;
-                Ok((Bytes::from(current.input.clone()), current.journal.clone()))
+                let (input, journal) = {
+                    let state = self.machine.read();
+                    let current = state
+                        .workflow(&workflow)
+                        .filter(|w| !w.is_finished() && w.fence == fence)
+                        .ok_or(WorkflowError::Superseded)?;
+                    (current.input.clone(), current.journal.clone())
+                };
+                let input = self
+                    .machine
+                    .value(&input)
+                    .map_err(|error| WorkflowError::Journal(error.to_string()))?;
+                Ok((input, journal))
             };
             run::run_to_end(&kind, &self.journal, &workflow, fence, load).await;
         }

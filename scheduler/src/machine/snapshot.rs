@@ -1,6 +1,6 @@
-//! The scheduler snapshot's bytes: format 3 (magic, rkyv body, CRC32C) written and read,
-//! format 2 migrated on read, format 1 refused; the checks a snapshot passes before it is
-//! restored, and why one is refused ([`SnapshotError`]).
+//! The scheduler snapshot's bytes: format 5 (magic, rkyv body, CRC32C) written and read,
+//! formats 4, 3 and 2 migrated on read, format 1 refused; the checks a snapshot passes
+//! before it is restored, and why one is refused ([`SnapshotError`]).
 
 use std::io;
 
@@ -8,6 +8,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::command::{self, Rejection};
 use crate::state::format2::StateV2;
+use crate::state::format4::StateV4;
 use crate::state::{CronRefused, Inconsistency, SchedulerState};
 
 /// What a snapshot holds.
@@ -18,6 +19,13 @@ pub(super) struct SnapshotBody {
     pub(super) digest: u64,
 }
 
+/// Format 4's (and 3's) body, read to migrate it.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+struct SnapshotBodyV4 {
+    state: StateV4,
+    digest: u64,
+}
+
 /// Format 2's body, read to migrate it.
 #[derive(Archive, Serialize, Deserialize, Debug)]
 struct SnapshotBodyV2 {
@@ -26,10 +34,15 @@ struct SnapshotBodyV2 {
 }
 
 /// The scheduler snapshot's first bytes; a CRC32C of the rkyv bytes follows them at the end.
-/// Format 4 may hold parked workflows (a status value format 3 did not have).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH4";
-/// Format 3 (each schedule's parsed cron spec and the state's last applied index): the same
-/// layout without parked workflows, read as it is.
+/// Format 5 holds inputs, outcomes and signal payloads as [`Value`]s: by reference to the
+/// log entry that recorded them, or inline.
+///
+/// [`Value`]: crate::command::Value
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH5";
+/// Format 4 (parked workflows; every value inline): migrated on restore.
+const SNAPSHOT_MAGIC_V4: &[u8; 8] = b"KEELSCH4";
+/// Format 3 (each schedule's parsed cron spec and the state's last applied index): format
+/// 4's layout without parked workflows, migrated as it.
 const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"KEELSCH3";
 /// Format 2 (each journal entry's fence; schedules without their parsed spec): migrated on
 /// restore.
@@ -100,17 +113,18 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotErro
     if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
         return Err(SnapshotError::Format1);
     }
-    let (body, format2) = match bytes
-        .strip_prefix(SNAPSHOT_MAGIC)
+    let (body, format) = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        (body, 5)
+    } else if let Some(body) = bytes
+        .strip_prefix(SNAPSHOT_MAGIC_V4)
         .or_else(|| bytes.strip_prefix(SNAPSHOT_MAGIC_V3))
     {
-        Some(body) => (body, false),
-        None => (
-            bytes
-                .strip_prefix(SNAPSHOT_MAGIC_V2)
-                .ok_or(SnapshotError::NotScheduler)?,
-            true,
-        ),
+        (body, 4)
+    } else {
+        let body = bytes
+            .strip_prefix(SNAPSHOT_MAGIC_V2)
+            .ok_or(SnapshotError::NotScheduler)?;
+        (body, 2)
     };
     let (body, crc) = body
         .split_last_chunk::<4>()
@@ -119,14 +133,22 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotErro
         return Err(SnapshotError::Checksum);
     }
     let decode_failed = |_: Rejection| SnapshotError::Decode;
-    let body = if format2 {
-        let old = command::decode::<SnapshotBodyV2>(body).map_err(decode_failed)?;
-        SnapshotBody {
-            state: old.state.upgrade()?,
-            digest: old.digest,
+    let body = match format {
+        5 => command::decode::<SnapshotBody>(body).map_err(decode_failed)?,
+        4 => {
+            let old = command::decode::<SnapshotBodyV4>(body).map_err(decode_failed)?;
+            SnapshotBody {
+                state: old.state.upgrade(),
+                digest: old.digest,
+            }
         }
-    } else {
-        command::decode::<SnapshotBody>(body).map_err(decode_failed)?
+        _ => {
+            let old = command::decode::<SnapshotBodyV2>(body).map_err(decode_failed)?;
+            SnapshotBody {
+                state: old.state.upgrade()?.upgrade(),
+                digest: old.digest,
+            }
+        }
     };
     body.state.consistency()?;
     Ok(body)

@@ -3,7 +3,7 @@
 //! its fire), or a schedule's occurrence.
 
 use super::{Apply, Effect, EntryKind, FireRecord, SchedulerState, Timer, TimerTarget};
-use crate::command::{Answer, EntryState, Outcome};
+use crate::command::{Answer, EntryState, StoredOutcome, Value};
 
 impl SchedulerState {
     pub(super) fn fire_timers(&mut self, apply: &mut Apply<'_>, ids: &[u64]) -> Answer {
@@ -42,7 +42,7 @@ impl SchedulerState {
                     .expect("a pending entry timer belongs to a running workflow's entry");
                 match &mut entry.kind {
                     EntryKind::Sleep { .. } => {
-                        entry.state = EntryState::Done(Outcome::Ok(Vec::new()));
+                        entry.state = EntryState::Done(StoredOutcome::Ok(Value::Inline(Vec::new())));
                     }
                     EntryKind::Signal { timer, .. } => {
                         *timer = None;

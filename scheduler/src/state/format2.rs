@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::{FireRecord, Schedule, SchedulerState, TimerQueue, Workflow, cron};
+use super::format4::{StateV4, WorkflowV4};
+use super::{FireRecord, Schedule, TimerQueue, cron};
 
 /// A format 2 schedule.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -20,7 +21,7 @@ pub(crate) struct ScheduleV2 {
 /// A format 2 state: the same fields as [`SchedulerState`] up to its schedules, in order.
 #[derive(Archive, Serialize, Deserialize, Debug)]
 pub(crate) struct StateV2 {
-    workflows: BTreeMap<String, Workflow>,
+    workflows: BTreeMap<String, WorkflowV4>,
     timers: TimerQueue,
     named: HashMap<String, u64>,
     fired: HashMap<String, FireRecord>,
@@ -41,13 +42,13 @@ pub struct CronRefused {
 }
 
 impl StateV2 {
-    /// The state in the current layout: each schedule's expression parsed, and the last
+    /// The state in format 4's layout: each schedule's expression parsed, and the last
     /// applied index taken as the largest index the state holds (every fence and fire
     /// record's), as format 2 did not record it.
     ///
     /// # Errors
     /// The first schedule whose expression does not parse now.
-    pub(crate) fn upgrade(self) -> Result<SchedulerState, CronRefused> {
+    pub(crate) fn upgrade(self) -> Result<StateV4, CronRefused> {
         let mut schedules = BTreeMap::new();
         for (name, old) in self.schedules {
             let spec = cron::parse(&old.cron).map_err(|reason| CronRefused {
@@ -66,7 +67,7 @@ impl StateV2 {
         }
         let fences = self.workflows.values().map(|w| w.fence);
         let fires = self.fired.values().map(|r| r.index);
-        Ok(SchedulerState {
+        Ok(StateV4 {
             applied_index: fences.chain(fires).max().unwrap_or(0),
             workflows: self.workflows,
             timers: self.timers,

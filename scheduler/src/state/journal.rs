@@ -6,12 +6,13 @@ use super::{
     Apply, Effect, EntryKind, JournalEntry, SchedulerState, TimerTarget, Workflow, check_len,
     check_name, check_outcome,
 };
-use crate::command::{Answer, Due, EntryState, Outcome, Rejection, StepRecord};
+use crate::command::{Answer, Due, EntryState, Rejection, StepRecord, StoredOutcome};
 use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES, SIGNALS_BUFFERED_MAX};
 
 impl SchedulerState {
     pub(super) fn step(
         &mut self,
+        apply: &Apply<'_>,
         id: &str,
         fence: u64,
         seq: u32,
@@ -29,7 +30,7 @@ impl SchedulerState {
         let kind = EntryKind::Step { name };
         let Some(entry) = existing_entry(workflow, seq, &kind)? else {
             let state = match record {
-                StepRecord::Done(outcome) => EntryState::Done(outcome),
+                StepRecord::Done(outcome) => EntryState::Done(apply.outcome(outcome)),
                 StepRecord::AttemptFailed { attempt, .. } => {
                     EntryState::Pending { attempts: attempt }
                 }
@@ -43,7 +44,7 @@ impl SchedulerState {
         };
         match (&mut entry.state, record) {
             (EntryState::Pending { .. }, StepRecord::Done(outcome)) => {
-                entry.state = EntryState::Done(outcome);
+                entry.state = EntryState::Done(apply.outcome(outcome));
             }
             (EntryState::Pending { attempts }, StepRecord::AttemptFailed { attempt, .. }) => {
                 *attempts = (*attempts).max(attempt);
@@ -113,7 +114,7 @@ impl SchedulerState {
             workflow.signals.remove(&signal);
         }
         if let Some(payload) = buffered {
-            let state = EntryState::Done(Outcome::Ok(payload));
+            let state = EntryState::Done(StoredOutcome::Ok(payload));
             workflow.journal.push(JournalEntry {
                 kind,
                 state: state.clone(),
@@ -172,7 +173,7 @@ impl SchedulerState {
         let workflow = Workflow::new(
             kind,
             version,
-            input,
+            apply.value(input),
             Some((id.to_owned(), seq)),
             apply.stamp_ms,
             apply.at,
@@ -215,10 +216,10 @@ impl SchedulerState {
                     max: SIGNALS_BUFFERED_MAX as u64,
                 });
             }
-            buffered.push(payload);
+            buffered.push(apply.value(payload));
             return Ok(Answer::Done);
         };
-        entry.state = EntryState::Done(Outcome::Ok(payload));
+        entry.state = EntryState::Done(StoredOutcome::Ok(apply.value(payload)));
         let timer = match &mut entry.kind {
             EntryKind::Signal { timer, .. } => timer.take(),
             _ => unreachable!("matched a signal entry"),

@@ -5,7 +5,9 @@
 use super::{
     Apply, Effect, EntryKind, SchedulerState, Workflow, check_len, check_name, check_outcome,
 };
-use crate::command::{Answer, EntryState, Outcome, Owner, Rejection, WorkflowStatus};
+use crate::command::{
+    Answer, EntryState, Outcome, Owner, Rejection, StoredOutcome, Value, WorkflowStatus,
+};
 use crate::limits::PAYLOAD_MAX_BYTES;
 
 impl SchedulerState {
@@ -32,7 +34,14 @@ impl SchedulerState {
         }
         check_len("workflow input", input.len(), PAYLOAD_MAX_BYTES)?;
         let version = self.version_of(&kind)?;
-        let workflow = Workflow::new(kind, version, input, None, apply.stamp_ms, apply.at);
+        let workflow = Workflow::new(
+            kind,
+            version,
+            apply.value(input),
+            None,
+            apply.stamp_ms,
+            apply.at,
+        );
         let fence = workflow.fence;
         apply.effects.push(Effect::Runnable {
             workflow: id.clone(),
@@ -91,7 +100,7 @@ impl SchedulerState {
         check_outcome(&Outcome::Err(reason.clone()))?;
         let workflow = self.fenced(id, fence)?;
         workflow.status = WorkflowStatus::Parked;
-        workflow.outcome = Some(Outcome::Err(reason));
+        workflow.outcome = Some(StoredOutcome::Err(apply.value(reason.into_bytes())));
         apply.effects.push(Effect::Changed {
             workflow: id.to_owned(),
         });
@@ -111,12 +120,19 @@ impl SchedulerState {
             Outcome::Ok(_) => WorkflowStatus::Completed,
             Outcome::Err(_) => WorkflowStatus::Failed,
         };
+        let outcome = apply.outcome(outcome);
         self.end(apply, id, status, outcome);
         Ok(Answer::Done)
     }
 
     /// Ends the running workflow `id`: cancels its timers and resolves its parent's entry.
-    fn end(&mut self, apply: &mut Apply<'_>, id: &str, status: WorkflowStatus, outcome: Outcome) {
+    fn end(
+        &mut self,
+        apply: &mut Apply<'_>,
+        id: &str,
+        status: WorkflowStatus,
+        outcome: StoredOutcome,
+    ) {
         let workflow = self.workflows.get_mut(id).expect("ending a known workflow");
         assert!(!workflow.is_finished(), "a workflow ends once");
         workflow.status = status;
@@ -137,7 +153,7 @@ impl SchedulerState {
                     apply,
                     &child,
                     WorkflowStatus::Cancelled,
-                    Outcome::Err(message),
+                    StoredOutcome::Err(Value::Inline(message.into_bytes())),
                 );
             }
         }
@@ -178,7 +194,7 @@ impl SchedulerState {
             apply,
             id,
             WorkflowStatus::Cancelled,
-            Outcome::Err(format!("cancelled: {reason}")),
+            StoredOutcome::Err(Value::Inline(format!("cancelled: {reason}").into_bytes())),
         );
         Ok(Answer::Done)
     }

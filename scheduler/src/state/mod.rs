@@ -22,6 +22,7 @@ mod consistency;
 mod cron;
 mod fire;
 pub(crate) mod format2;
+pub(crate) mod format4;
 mod journal;
 mod lifecycle;
 mod named;
@@ -32,6 +33,7 @@ mod workflow;
 use std::collections::{BTreeMap, HashMap};
 
 use keel_raft::application::AppliedAt;
+use keel_raft::values::ValueRef;
 use rkyv::{Archive, Deserialize, Serialize};
 
 pub use self::consistency::Inconsistency;
@@ -40,7 +42,8 @@ pub use self::format2::CronRefused;
 pub use self::timers::{Timer, TimerQueue, TimerTarget};
 pub use self::workflow::{EntryKind, JournalEntry, Workflow};
 use crate::command::{
-    Answer, Command, Due, EntryState, Outcome, Owner, Rejection, Stamped, WorkflowStatus,
+    Answer, Command, Due, EntryState, INLINE_MAX_BYTES, Outcome, Owner, Rejection, Stamped,
+    StoredOutcome, Value, WorkflowStatus,
 };
 use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
 use crate::mono::MonoStamp;
@@ -138,12 +141,41 @@ pub struct SchedulerState {
     applied_index: u64,
 }
 
-/// The command being applied: where, when, and the effects it produces.
+/// The command being applied: where, when, where its value lies, and the effects it
+/// produces.
 struct Apply<'a> {
     at: AppliedAt,
     stamp_ms: u64,
     mono: Option<MonoStamp>,
+    /// Where the command's value (see `command::decode_recorded`) lies in its bytes.
+    recorded: Option<ValueRef>,
     effects: &'a mut Vec<Effect>,
+}
+
+impl Apply<'_> {
+    /// The command's value, `bytes`, as the state holds it: by reference when the command
+    /// was applied with its place known and it is longer than [`INLINE_MAX_BYTES`], else
+    /// inline. Call it only with the command's own value field.
+    ///
+    /// # Panics
+    /// If the place known is not `bytes` long (the caller passed another field).
+    fn value(&self, bytes: Vec<u8>) -> Value {
+        match self.recorded {
+            Some(at) if bytes.len() > INLINE_MAX_BYTES => {
+                assert_eq!(at.len as usize, bytes.len(), "the command's own value");
+                Value::Recorded(at)
+            }
+            _ => Value::Inline(bytes),
+        }
+    }
+
+    /// The command's outcome as the state holds it (see [`Apply::value`]).
+    fn outcome(&self, outcome: Outcome) -> StoredOutcome {
+        match outcome {
+            Outcome::Ok(value) => StoredOutcome::Ok(self.value(value)),
+            Outcome::Err(message) => StoredOutcome::Err(self.value(message.into_bytes())),
+        }
+    }
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), Rejection> {
@@ -196,13 +228,27 @@ fn sabotaged_delay(delay_ms: u64) -> u64 {
 }
 
 impl SchedulerState {
-    /// Applies `stamped`, committed at `at`; returns the answer and pushes the effects.
+    /// Applies `stamped`, committed at `at`, holding its value inline; returns the answer
+    /// and pushes the effects.
     pub fn apply(&mut self, at: AppliedAt, stamped: Stamped, effects: &mut Vec<Effect>) -> Answer {
+        self.apply_recorded(at, stamped, None, effects)
+    }
+
+    /// Applies `stamped`, committed at `at`, whose value lies at `recorded` in the command's
+    /// bytes (from `command::decode_recorded`): the state holds it by reference.
+    pub fn apply_recorded(
+        &mut self,
+        at: AppliedAt,
+        stamped: Stamped,
+        recorded: Option<ValueRef>,
+        effects: &mut Vec<Effect>,
+    ) -> Answer {
         self.applied_index = self.applied_index.max(at.index);
         let mut apply = Apply {
             at,
             stamp_ms: stamped.stamp_ms,
             mono: stamped.mono,
+            recorded,
             effects,
         };
         let answer = self
@@ -223,7 +269,7 @@ impl SchedulerState {
                 seq,
                 name,
                 record,
-            } => self.step(&workflow, fence, seq, name, record),
+            } => self.step(apply, &workflow, fence, seq, name, record),
             Command::Sleep {
                 workflow,
                 fence,
@@ -427,6 +473,14 @@ impl SchedulerState {
     /// The highest index of a command applied to this state.
     pub fn applied_index(&self) -> u64 {
         self.applied_index
+    }
+
+    /// Every value the state holds by reference (repeats possible).
+    pub fn recorded_values(&self) -> Vec<ValueRef> {
+        self.workflows
+            .values()
+            .flat_map(Workflow::recorded_values)
+            .collect()
     }
 }
 

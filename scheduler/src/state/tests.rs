@@ -100,5 +100,5 @@ impl Harness {
 }
 
 fn done(value: &str) -> EntryState {
-    EntryState::Done(Outcome::Ok(value.as_bytes().to_vec()))
+    EntryState::Done(StoredOutcome::Ok(Value::Inline(value.as_bytes().to_vec())))
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use keel_raft::application::AppliedAt;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::command::{EntryState, Outcome, Owner, WorkflowStatus};
+use keel_raft::values::ValueRef;
+
+use crate::command::{EntryState, Owner, StoredOutcome, Value, WorkflowStatus};
 
 /// What a journal entry is.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -83,13 +85,13 @@ pub struct Workflow {
     /// The code version marker of its kind when it started.
     pub version: String,
     /// Its input.
-    pub input: Vec<u8>,
+    pub input: Value,
     /// The parent workflow and the parent's journal entry this workflow resolves.
     pub parent: Option<(String, u32)>,
     /// Its status.
     pub status: WorkflowStatus,
     /// Its result once finished; while parked, why (an error).
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<StoredOutcome>,
     /// When it started (the start command's stamp).
     pub created_ms: u64,
     /// When it finished.
@@ -105,7 +107,7 @@ pub struct Workflow {
     /// The journal, by sequence number.
     pub journal: Vec<JournalEntry>,
     /// Signals delivered before a wait for them, by name, oldest first.
-    pub signals: BTreeMap<String, Vec<Vec<u8>>>,
+    pub signals: BTreeMap<String, Vec<Value>>,
 }
 
 impl Workflow {
@@ -113,7 +115,7 @@ impl Workflow {
     pub fn new(
         kind: String,
         version: String,
-        input: Vec<u8>,
+        input: Value,
         parent: Option<(String, u32)>,
         created_ms: u64,
         granted: AppliedAt,
@@ -162,6 +164,20 @@ impl Workflow {
                 ) => Some(*timer),
                 _ => None,
             })
+    }
+
+    /// Every value it holds by reference: its input and outcome, its journal's, the signals
+    /// buffered for it.
+    pub fn recorded_values(&self) -> impl Iterator<Item = ValueRef> + '_ {
+        let entries = self.journal.iter().filter_map(|entry| match &entry.state {
+            EntryState::Done(outcome) => Some(outcome.value()),
+            _ => None,
+        });
+        std::iter::once(&self.input)
+            .chain(self.outcome.as_ref().map(StoredOutcome::value))
+            .chain(entries)
+            .chain(self.signals.values().flatten())
+            .filter_map(Value::recorded)
     }
 
     /// Children still running (their pending call entries).

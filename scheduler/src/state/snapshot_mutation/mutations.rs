@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::FAR_MS;
-use crate::command::{EntryState, Outcome, WorkflowStatus};
+use crate::command::{EntryState, StoredOutcome, Value, WorkflowStatus};
 use crate::state::{EntryKind, FireRecord, SchedulerState, TimerTarget};
 
 /// A structural change to a decoded state. Indexes pick among what the state holds.
@@ -208,8 +208,8 @@ pub(super) fn mutate(state: &mut SchedulerState, mutation: &Mutation) {
                 workflow.journal[seq].state = match choice {
                     0 => EntryState::Pending { attempts: 0 },
                     1 => EntryState::TimedOut,
-                    2 => EntryState::Done(Outcome::Ok(Vec::new())),
-                    _ => EntryState::Done(Outcome::Err("x".into())),
+                    2 => EntryState::Done(StoredOutcome::Ok(Value::Inline(Vec::new()))),
+                    _ => EntryState::Done(StoredOutcome::Err(Value::Inline(b"x".to_vec()))),
                 };
             }
         }

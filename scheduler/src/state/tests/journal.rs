@@ -14,7 +14,7 @@ fn the_first_step_record_wins_and_a_second_is_rejected_with_it() {
         h.step("w", 2, 0, "fetch", "second"),
         Answer::Rejected(Rejection::AlreadyRecorded {
             seq: 0,
-            outcome: Outcome::Ok(b"first".to_vec())
+            outcome: StoredOutcome::Ok(Value::Inline(b"first".to_vec()))
         })
     );
     assert_eq!(h.journal("w")[0].state, done("first"));
