@@ -539,6 +539,14 @@ where
     rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|_| Rejection::Malformed)
 }
 
+/// The bytes of an archived outcome: its value or its message.
+fn outcome_bytes(outcome: &ArchivedOutcome) -> &[u8] {
+    match outcome {
+        ArchivedOutcome::Ok(value) => value.as_slice(),
+        ArchivedOutcome::Err(message) => message.as_bytes(),
+    }
+}
+
 /// Decodes the stamped command the state machine applies at Raft index `index`, with where
 /// its value lies in `bytes` (a [`ValueRef`] into them): the input of a start or a call, a
 /// step's final outcome, a finish's outcome, a signal's payload, a park's reason.
@@ -553,12 +561,6 @@ pub(crate) fn decode_recorded(
     aligned.extend_from_slice(bytes);
     let archived = rkyv::access::<ArchivedStamped, rancor::Error>(&aligned)
         .map_err(|_| Rejection::Malformed)?;
-    fn outcome_bytes(outcome: &ArchivedOutcome) -> &[u8] {
-        match outcome {
-            ArchivedOutcome::Ok(value) => value.as_slice(),
-            ArchivedOutcome::Err(message) => message.as_bytes(),
-        }
-    }
     let value: Option<&[u8]> = match &archived.command {
         ArchivedCommand::Start { input, .. } | ArchivedCommand::Call { input, .. } => {
             Some(input.as_slice())
@@ -578,8 +580,8 @@ pub(crate) fn decode_recorded(
             .expect("a command is shorter than 4 GiB"),
         len: u32::try_from(value.len()).expect("a value is shorter than 4 GiB"),
     });
-    let stamped = rkyv::deserialize::<Stamped, rancor::Error>(archived)
-        .map_err(|_| Rejection::Malformed)?;
+    let stamped =
+        rkyv::deserialize::<Stamped, rancor::Error>(archived).map_err(|_| Rejection::Malformed)?;
     Ok((stamped, recorded))
 }
 

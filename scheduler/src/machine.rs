@@ -22,9 +22,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use self::snapshot::SnapshotError;
 use self::snapshot::{decode_snapshot, encode_snapshot};
-use crate::command::{
-    self, Answer, EntryState, Outcome, Rejection, StoredOutcome, Value,
-};
+use crate::command::{self, Answer, EntryState, Outcome, Rejection, StoredOutcome, Value};
 use crate::state::JournalEntry;
 use crate::state::{Effect, FireRecord, SchedulerState};
 
@@ -222,7 +220,10 @@ impl SchedulerMachine {
     ///
     /// # Errors
     /// As [`SchedulerMachine::value`].
-    pub fn inlined_journal(&self, journal: &[JournalEntry]) -> Result<Vec<JournalEntry>, ValueError> {
+    pub fn inlined_journal(
+        &self,
+        journal: &[JournalEntry],
+    ) -> Result<Vec<JournalEntry>, ValueError> {
         journal
             .iter()
             .map(|entry| {

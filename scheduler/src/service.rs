@@ -102,7 +102,12 @@ pub(crate) fn workflow_info(
     journal: bool,
     machine: &SchedulerMachine,
 ) -> Result<pb::WorkflowInfo, ValueError> {
-    let (result, error) = match workflow.outcome.as_ref().map(|o| machine.outcome(o)).transpose()? {
+    let (result, error) = match workflow
+        .outcome
+        .as_ref()
+        .map(|o| machine.outcome(o))
+        .transpose()?
+    {
         Some(Outcome::Ok(value)) => (value, String::new()),
         Some(Outcome::Err(error)) => (Vec::new(), error),
         None => (Vec::new(), String::new()),

@@ -64,6 +64,10 @@ pub struct Worker {
     registry: Arc<Registry>,
 }
 
+/// The journal protocol this build speaks with the leader (see `Hello.protocol`): the rkyv
+/// layouts of tasks' journals, answers and entry states, whose values travel inline.
+pub const JOURNAL_PROTOCOL: u32 = 2;
+
 /// A run's journal, through the leader's `Workers` service.
 #[derive(Debug, Clone)]
 struct RemoteJournal {
@@ -234,6 +238,7 @@ impl Worker {
     async fn session(&mut self) -> Result<(), ClientError> {
         let hello = pb::WorkerMessage {
             message: Some(pb::worker_message::Message::Hello(pb::Hello {
+                protocol: JOURNAL_PROTOCOL,
                 worker_id: self.id,
                 kinds: self
                     .registry

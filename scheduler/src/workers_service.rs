@@ -17,6 +17,7 @@ use crate::engine::proposer::Proposer;
 use crate::machine::SchedulerMachine;
 use crate::pb::{self, workers_server::Workers};
 use crate::wire::rejected;
+use crate::worker::JOURNAL_PROTOCOL;
 
 /// Tasks queued to one worker before the leader stops leasing it more.
 const TASK_QUEUE: usize = 1024;
@@ -37,6 +38,20 @@ fn task_to_wire(task: Task, machine: &SchedulerMachine) -> Result<pb::Task, Stat
         input,
         journal: command::encode(&journal).into(),
     })
+}
+
+/// Refuses a worker's hello with id 0, or of another journal protocol than this node's.
+fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
+    if hello.worker_id == 0 {
+        return Err(invalid("worker ids start at 1"));
+    }
+    if hello.protocol != JOURNAL_PROTOCOL {
+        return Err(invalid(format!(
+            "worker {} speaks journal protocol {}, this node {JOURNAL_PROTOCOL}: run workers of this node's version",
+            hello.worker_id, hello.protocol
+        )));
+    }
+    Ok(())
 }
 
 /// A value the state references could not be read: the node lost data it should hold.
@@ -111,9 +126,7 @@ impl Workers for WorkersService {
         else {
             return Err(invalid("a work session starts with a hello"));
         };
-        if hello.worker_id == 0 {
-            return Err(invalid("worker ids start at 1"));
-        }
+        check_hello(&hello)?;
         let kinds: BTreeMap<String, String> = hello
             .kinds
             .into_iter()
@@ -239,5 +252,30 @@ impl Workers for WorkersService {
             },
         };
         Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker of the protocol before values by reference (it sends no protocol: 0) is
+    /// refused with a message that names both protocols; this build's worker is not.
+    #[test]
+    fn a_worker_of_another_journal_protocol_is_refused_by_name() {
+        let hello = |protocol| pb::Hello {
+            worker_id: 7,
+            kinds: Vec::new(),
+            protocol,
+        };
+        let refused = check_hello(&hello(0)).expect_err("protocol 0");
+        assert!(
+            refused
+                .message()
+                .contains("speaks journal protocol 0, this node 2"),
+            "{}",
+            refused.message()
+        );
+        check_hello(&hello(JOURNAL_PROTOCOL)).expect("this build's protocol");
     }
 }

@@ -247,19 +247,33 @@ mod tests {
         );
     }
 
-    /// A format 3 snapshot (written by the build before parking existed; this one has
-    /// format 2's state) is read as it is: format 4 only adds a status value.
+    /// Formats 3 and 4 share a layout (format 4 added a status value), every value inline:
+    /// both are migrated, their values held inline, and written again as format 5. The
+    /// format 3 fixture was written by the build before parking existed (format 2's state,
+    /// migrated); its format 4 twin is the same bytes under format 4's magic.
     #[test]
-    fn a_format_3_snapshot_is_read_and_written_again_as_format_4() {
-        let mut machine = SchedulerMachine::new();
-        machine
-            .restore(&mut &FORMAT3[..])
-            .expect("a format 3 snapshot is read");
-        assert_eq!(machine.read().workflow("w").map(|w| w.fence), Some(2));
-        let mut bytes = Vec::new();
-        machine.write_snapshot(&mut bytes).expect("snapshot");
-        assert!(bytes.starts_with(b"KEELSCH4"));
-        assert_eq!(bytes[8..bytes.len() - 4], FORMAT3[8..FORMAT3.len() - 4]);
+    fn formats_3_and_4_are_migrated_with_their_values_inline_and_written_as_format_5() {
+        let mut format4 = FORMAT3.to_vec();
+        format4[..8].copy_from_slice(b"KEELSCH4");
+        for old in [FORMAT3, format4.as_slice()] {
+            let mut machine = SchedulerMachine::new();
+            machine
+                .restore(&mut &old[..])
+                .expect("an old snapshot is read");
+            let migrated = machine.read().clone();
+            let workflow = migrated.workflow("w").expect("w");
+            assert_eq!(workflow.fence, 2);
+            assert!(matches!(workflow.input, crate::command::Value::Inline(_)));
+            assert!(
+                migrated.recorded_values().is_empty(),
+                "nothing by reference"
+            );
+            let mut bytes = Vec::new();
+            machine.write_snapshot(&mut bytes).expect("snapshot");
+            assert!(bytes.starts_with(b"KEELSCH5"));
+            let again = decode_snapshot(&bytes).expect("format 5 reads back");
+            assert_eq!(again.state, migrated);
+        }
     }
 
     #[test]

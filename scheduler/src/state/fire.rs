@@ -42,7 +42,8 @@ impl SchedulerState {
                     .expect("a pending entry timer belongs to a running workflow's entry");
                 match &mut entry.kind {
                     EntryKind::Sleep { .. } => {
-                        entry.state = EntryState::Done(StoredOutcome::Ok(Value::Inline(Vec::new())));
+                        entry.state =
+                            EntryState::Done(StoredOutcome::Ok(Value::Inline(Vec::new())));
                     }
                     EntryKind::Signal { timer, .. } => {
                         *timer = None;

@@ -210,7 +210,9 @@ fn a_parked_workflow_stays_unfinished_until_a_claim_runs_it_again() {
         assert!(!w.is_finished() && w.is_parked() && w.finished_ms.is_none());
         assert_eq!(
             w.outcome,
-            Some(StoredOutcome::Err(Value::Inline(b"non-determinism at entry 0".to_vec())))
+            Some(StoredOutcome::Err(Value::Inline(
+                b"non-determinism at entry 0".to_vec()
+            )))
         );
     }
     assert_eq!(
