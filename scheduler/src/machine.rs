@@ -159,7 +159,9 @@ impl SchedulerMachine {
         let _ = self.shared.values.set(values);
     }
 
-    /// The bytes of `value`: a reference read through the node's value store.
+    /// The bytes of `value`: a reference read through the node's value store, copied (a
+    /// view into the log's mapping would keep its segment on disk for as long as the bytes
+    /// live: a run holds its input for days).
     ///
     /// # Errors
     /// The store's errors; [`ValueError::Missing`] before the node started.
@@ -167,7 +169,7 @@ impl SchedulerMachine {
         match value {
             Value::Inline(bytes) => Ok(Bytes::copy_from_slice(bytes)),
             Value::Recorded(at) => match self.shared.values.get() {
-                Some(values) => values.read(at),
+                Some(values) => Ok(Bytes::copy_from_slice(&values.read(at)?)),
                 None => Err(ValueError::Missing { at: *at }),
             },
         }

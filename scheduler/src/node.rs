@@ -67,6 +67,8 @@ impl Node {
         let extension = Extension {
             app: Box::new(machine.clone()),
             services: Box::new(move |shared, routes| {
+                // Before anything is served: status and runs read values through it.
+                service_machine.set_values(Arc::clone(shared.host.values()));
                 let proposer = Proposer::new(shared.clone());
                 let workers = WorkersService::new(
                     proposer.clone(),
@@ -89,7 +91,9 @@ impl Node {
             method_roles: method_roles(),
         };
         let inner = RaftNode::start_with(config, Some(extension)).await?;
-        machine.set_values(std::sync::Arc::clone(inner.shared().host.values()));
+        // The services set it too (they may be served before this line; the engine starts
+        // after it): whichever comes first.
+        machine.set_values(Arc::clone(inner.shared().host.values()));
         let engine = Engine::start(
             inner.shared().clone(),
             machine.clone(),

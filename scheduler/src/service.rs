@@ -210,15 +210,19 @@ impl WorkflowService {
             let notified = waiter.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let answer = {
                 let state = self.machine.read();
                 let workflow = state
                     .workflow(id)
                     .ok_or_else(|| rejected(&Rejection::UnknownWorkflow(id.to_owned())))?;
-                if workflow.is_finished() || tokio::time::Instant::now() >= deadline {
-                    return workflow_info(id, workflow, journal, &self.machine)
-                        .map_err(|e| value_lost(&e));
-                }
+                (workflow.is_finished() || tokio::time::Instant::now() >= deadline)
+                    .then(|| workflow.clone())
+            };
+            // Values are read with the state's lock released: reading a file under it would
+            // hold up apply.
+            if let Some(workflow) = answer {
+                return workflow_info(id, &workflow, journal, &self.machine)
+                    .map_err(|e| value_lost(&e));
             }
             // Woken by a change, or at the deadline to answer with the workflow as it is.
             let _ = tokio::time::timeout_at(deadline, notified).await;
@@ -316,11 +320,17 @@ impl Workflows for WorkflowService {
             n => (n as usize).min(LIST_MAX),
         };
         self.proposer.service().linearize().await?;
-        let state = self.machine.read();
         let kind = (!request.kind.is_empty()).then_some(request.kind.as_str());
         let after = (!request.after.is_empty()).then_some(request.after.as_str());
-        let workflows = state
+        let listed: Vec<(String, crate::state::Workflow)> = self
+            .machine
+            .read()
             .list(kind, status, after, limit)
+            .map(|(id, w)| (id.clone(), w.clone()))
+            .collect();
+        // Values are read with the state's lock released (see `get`).
+        let workflows = listed
+            .iter()
             .map(|(id, w)| workflow_info(id, w, false, &self.machine))
             .collect::<Result<_, _>>()
             .map_err(|e| value_lost(&e))?;

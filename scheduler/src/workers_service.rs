@@ -26,11 +26,9 @@ const WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// The wire form of `task`: a remote worker has no value store, so its input and journal
 /// carry their values' bytes.
-fn task_to_wire(task: Task, machine: &SchedulerMachine) -> Result<pb::Task, Status> {
-    let input = machine.value(&task.input).map_err(|e| value_lost(&e))?;
-    let journal = machine
-        .inlined_journal(&task.journal)
-        .map_err(|e| value_lost(&e))?;
+fn task_to_wire(task: Task, machine: &SchedulerMachine) -> Result<pb::Task, ValueError> {
+    let input = machine.value(&task.input)?;
+    let journal = machine.inlined_journal(&task.journal)?;
     Ok(pb::Task {
         workflow: task.workflow,
         fence: task.fence,
@@ -151,13 +149,23 @@ impl Workers for WorkersService {
             tracing::info!(worker, "worker disconnected");
         });
         let machine = self.machine.clone();
+        let leases = Arc::clone(&self.dispatcher);
         let stream = futures::stream::unfold(queued, move |mut queued| {
-            let machine = machine.clone();
+            let (machine, leases) = (machine.clone(), Arc::clone(&leases));
             async move {
-                queued
-                    .recv()
-                    .await
-                    .map(|task| (task_to_wire(task, &machine), queued))
+                loop {
+                    let task = queued.recv().await?;
+                    let (workflow, fence) = (task.workflow.clone(), task.fence);
+                    match task_to_wire(task, &machine) {
+                        Ok(task) => return Some((Ok(task), queued)),
+                        // One task's unreadable value must not end the worker's session
+                        // (and its other runs): the lease goes back, to be tried again.
+                        Err(error) => {
+                            tracing::error!(%workflow, fence, %error, "a task's values cannot be read; its lease is released");
+                            leases.release(&workflow, fence);
+                        }
+                    }
+                }
             }
         });
         Ok(Response::new(Box::pin(stream)))
@@ -216,7 +224,9 @@ impl Workers for WorkersService {
                 })?;
             Task::new(&request.workflow, request.fence, workflow)
         };
-        Ok(Response::new(task_to_wire(task, &self.machine)?))
+        Ok(Response::new(
+            task_to_wire(task, &self.machine).map_err(|e| value_lost(&e))?,
+        ))
     }
 
     async fn wait_entry(

@@ -5,6 +5,7 @@
 //! replica.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use keel_raft::client::KeelClient;
 use keel_raft::node::NodeConfig;
 use keel_scheduler::client::{WorkflowClient, WorkflowInfo};
 use keel_scheduler::engine::EngineSettings;
-use keel_scheduler::engine::context::{Context, WorkflowError};
+use keel_scheduler::engine::context::{Context, RetryPolicy, WorkflowError};
 use keel_scheduler::engine::registry::Registry;
 use keel_scheduler::{Command, Node, Owner, Value};
 
@@ -23,29 +24,49 @@ fn filled(label: &str, len: usize) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// Two large steps, a large signal, a child call; returns the lengths it saw.
+/// Runs of `large`'s step bodies (a replay must not run them again).
+static STEP_BODIES: AtomicU32 = AtomicU32::new(0);
+
+/// The error message of `fails`'s step: long enough to be held by reference.
+const LONG_ERROR: &str = "the model refused: this error message is longer than a reference";
+
+/// Two large steps, a large signal, a child call, then a signal that was buffered while it
+/// waited for the first; returns the lengths it saw.
 async fn large(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
     let first = ctx
         .step("first", |_| async {
+            STEP_BODIES.fetch_add(1, Ordering::SeqCst);
             Ok::<_, String>(filled("first", 2048))
         })
         .await?;
     let second = ctx
         .step("second", |_| async {
+            STEP_BODIES.fetch_add(1, Ordering::SeqCst);
             Ok::<_, String>(filled("second", 1500))
         })
         .await?;
     let signal = ctx.wait_signal("go", None).await?.unwrap_or_default();
     let child = ctx.call("child", filled("to the child", 700)).await?;
+    let later = ctx.wait_signal("later", None).await?.unwrap_or_default();
     Ok(Bytes::from(format!(
-        "{} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {}",
         String::from_utf8_lossy(&input[..8]),
         first.len(),
         second.len(),
         String::from_utf8_lossy(&signal[..6]),
         signal.len(),
-        String::from_utf8_lossy(&child)
+        String::from_utf8_lossy(&child),
+        String::from_utf8_lossy(&later[..5]),
+        later.len()
     )))
+}
+
+/// A step that fails once, for good, with a long message.
+async fn fails(ctx: Context, _input: Bytes) -> Result<Bytes, WorkflowError> {
+    ctx.step_with("refused", RetryPolicy::once(), |_| async {
+        Err::<Bytes, _>(LONG_ERROR)
+    })
+    .await
 }
 
 /// Answers with its input's first bytes and length.
@@ -82,6 +103,7 @@ async fn start() -> (Vec<Node>, Vec<String>, tempfile::TempDir) {
         let registry = Registry::new()
             .register("large", "v1", large)
             .register("child", "v1", child)
+            .register("fails", "v1", fails)
             .register("bulk", "v1", bulk);
         let node = Node::start(config, registry, EngineSettings::default())
             .await
@@ -136,19 +158,52 @@ async fn snapshot_everywhere(admin: &mut KeelClient, addrs: &[String]) {
     }
 }
 
-/// Every value every node's state holds by reference reads back; returns how many.
+/// Every value every node's state holds by reference reads back, the same bytes on every
+/// node; returns how many were compared.
 fn every_value_reads_back(nodes: &[Node]) -> usize {
+    let mut seen: BTreeMap<(u64, u32, u32), Bytes> = BTreeMap::new();
     let mut recorded = 0;
     for node in nodes {
-        let state = node.scheduler().read();
-        for at in state.recorded_values() {
-            node.scheduler()
+        let refs = node.scheduler().read().recorded_values();
+        for at in refs {
+            let bytes = node
+                .scheduler()
                 .value(&Value::Recorded(at))
                 .unwrap_or_else(|e| panic!("node {}: {at:?}: {e}", node.addr()));
+            let first = seen
+                .entry((at.index, at.offset, at.len))
+                .or_insert_with(|| bytes.clone());
+            assert_eq!(*first, bytes, "{at:?} reads alike on every node");
             recorded += 1;
         }
     }
     recorded
+}
+
+/// Twenty `bulk` workflows, one after another, each checked.
+async fn run_bulk(client: &mut WorkflowClient) {
+    for n in 0..20 {
+        let id = format!("bulk-{n}");
+        client
+            .start(&id, "bulk", filled("bulk input", 300))
+            .await
+            .expect("start");
+        let info = wait_for(client, &id, |i| i.status == "completed").await;
+        assert_eq!(info.result, filled("bulk done", 100));
+    }
+}
+
+/// The node running workflows, and an owner that makes it run a claimed workflow.
+fn leader(nodes: &[Node]) -> (&Node, Owner) {
+    nodes
+        .iter()
+        .zip(1u64..)
+        .find_map(|(n, id)| {
+            n.engine()
+                .active_term()
+                .map(|term| (n, Owner::Leader { node: id, term }))
+        })
+        .expect("a leader")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,31 +216,28 @@ async fn large_values_are_read_back_after_snapshots_purges_and_a_replay() {
         .await
         .expect("start");
     wait_for(&mut client, "w", waiting_for_go).await;
-    for n in 0..20 {
-        let id = format!("bulk-{n}");
-        client
-            .start(&id, "bulk", filled("bulk input", 300))
-            .await
-            .expect("start");
-        let info = wait_for(&mut client, &id, |i| i.status == "completed").await;
-        assert_eq!(info.result, filled("bulk done", 100));
-    }
+    // Buffered: w waits for "go" first.
+    client
+        .signal("w", "later", filled("later", 900))
+        .await
+        .expect("signal");
+    client
+        .start("f", "fails", Bytes::new())
+        .await
+        .expect("start");
+    wait_for(&mut client, "f", |i| i.status == "failed").await;
+    run_bulk(&mut client).await;
     snapshot_everywhere(&mut admin, &addrs).await;
     // The log behind the snapshots is gone: w's steps are read from value files.
     let info = client.get("w", true).await.expect("get");
     assert_eq!(info.journal[0].value, filled("first", 2048));
     assert_eq!(info.journal[1].value, filled("second", 1500));
+    let failed = client.get("f", true).await.expect("get");
+    assert_eq!(failed.journal[0].error, LONG_ERROR);
+    assert!(failed.error.contains(LONG_ERROR), "{failed:?}");
     // A new claim replays w from its journal (its steps are not run again; their values
     // come from the value files).
-    let leader = nodes
-        .iter()
-        .zip(1u64..)
-        .find_map(|(n, id)| {
-            n.engine()
-                .active_term()
-                .map(|term| (n, Owner::Leader { node: id, term }))
-        })
-        .expect("a leader");
+    let leader = leader(&nodes);
     leader
         .0
         .proposer()
@@ -205,7 +257,12 @@ async fn large_values_are_read_back_after_snapshots_purges_and_a_replay() {
     let info = wait_for(&mut client, "w", |i| i.status == "completed").await;
     assert_eq!(
         String::from_utf8_lossy(&info.result),
-        "input of 2048 1500 signal 1200 to the child:700"
+        "input of 2048 1500 signal 1200 to the child:700 later 900"
+    );
+    assert_eq!(
+        STEP_BODIES.load(Ordering::SeqCst),
+        2,
+        "the replay ran no step body again"
     );
     assert_eq!(info.journal[2].value, filled("signal", 1200));
     let child = client.get("w/3", false).await.expect("the child");

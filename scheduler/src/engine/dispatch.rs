@@ -231,6 +231,19 @@ impl Dispatcher {
         true
     }
 
+    /// Forgets the lease of `workflow` under `fence` (its task could not be sent), so it is
+    /// leased again.
+    pub(crate) fn release(&self, workflow: &str, fence: u64) {
+        let mut table = self.table();
+        if table
+            .leases
+            .get(workflow)
+            .is_some_and(|lease| lease.fence == fence)
+        {
+            table.leases.remove(workflow);
+        }
+    }
+
     /// Forgets leases of workflows `keep` rejects (finished, or claimed by someone else).
     pub(crate) fn retain_leases(&self, mut keep: impl FnMut(&str, Lease) -> bool) {
         self.table()

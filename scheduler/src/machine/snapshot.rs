@@ -107,8 +107,8 @@ impl SnapshotError {
     }
 }
 
-/// The body of a scheduler snapshot, checked: magic, checksum, archive (format 2 migrated),
-/// consistency.
+/// The body of a scheduler snapshot, checked: magic, checksum, archive (formats 4, 3 and 2
+/// migrated), consistency.
 pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
     if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
         return Err(SnapshotError::Format1);
@@ -322,7 +322,7 @@ mod tests {
         machine.write_snapshot(&mut again).expect("snapshot");
         assert!(again.starts_with(SNAPSHOT_MAGIC));
         let mut restored = SchedulerMachine::new();
-        restored.restore(&mut again.as_slice()).expect("format 3");
+        restored.restore(&mut again.as_slice()).expect("format 5");
         assert_eq!(*restored.read(), *machine.read());
     }
 

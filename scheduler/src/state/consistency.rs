@@ -7,7 +7,9 @@
 //!   driver `expect`s each listed id), and the next timer id is above every pending one
 //!   and not exhausted (`TimerQueue::insert` would overwrite a pending timer, or overflow);
 //! - fences are at most the last applied index (`claim` asserts a new grant is larger), and
-//!   fire records' indexes too (their `(term, index)` is a token of a committed command);
+//!   fire records' indexes too (their `(term, index)` is a token of a committed command),
+//!   and the values a workflow references were recorded at or before it (the host's
+//!   snapshot build refuses one from later, and a receiver could not have it);
 //! - a running workflow has no finish time and a finished one has it (`expire` keeps only
 //!   what is running by its finish time: an expired running workflow leaves its timers
 //!   dangling);
@@ -29,6 +31,18 @@ use super::{EntryKind, EntryState, SchedulerState, TimerTarget, Workflow};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Inconsistency {
+    /// A workflow references a value recorded after the state's last applied index.
+    #[error(
+        "workflow {workflow} references a value recorded at index {index}, after the state's applied index {applied_index}"
+    )]
+    ValueAhead {
+        /// The workflow.
+        workflow: String,
+        /// Where the value was recorded.
+        index: u64,
+        /// The state's applied index.
+        applied_index: u64,
+    },
     /// A journal's fences go back, or past its workflow's fence.
     #[error("workflow {workflow}'s journal fences are not ordered up to its fence")]
     JournalFences {
@@ -236,6 +250,16 @@ impl SchedulerState {
             return Err(Inconsistency::FenceAhead {
                 workflow: id.to_owned(),
                 fence: workflow.fence,
+                applied_index: self.applied_index,
+            });
+        }
+        if let Some(late) = workflow
+            .recorded_values()
+            .find(|at| at.index > self.applied_index)
+        {
+            return Err(Inconsistency::ValueAhead {
+                workflow: id.to_owned(),
+                index: late.index,
                 applied_index: self.applied_index,
             });
         }
