@@ -233,21 +233,13 @@ fn open_extension(config: &NodeConfig, extension: Option<Extension>) -> Result<O
 /// files that snapshot's coverage names.
 fn open_host(config: &NodeConfig, store: &LogStore, app: Multiplex) -> Result<StateMachineHost> {
     let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
-    // A received snapshot carries its values, installed into one file covering up to its
-    // index; a node's own covers what its relocations did.
-    let covered = snapshots.current()?.and_then(|(_, header)| {
-        if header.values.inline {
-            header.last_log_id.map(|(_, index)| index)
-        } else {
-            header.values.covered
-        }
-    });
-    let values = Arc::new(store.value_store(
-        &config.data_dir.join("values"),
-        crate::multiplex::BODY_OFFSET,
-        covered,
-    )?);
-    StateMachineHost::open(Box::new(app), snapshots, values)
+    StateMachineHost::open(Box::new(app), snapshots, |covered| {
+        Ok(Arc::new(store.value_store(
+            &config.data_dir.join("values"),
+            crate::multiplex::BODY_OFFSET,
+            covered,
+        )?))
+    })
 }
 
 impl RaftNode {

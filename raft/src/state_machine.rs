@@ -70,17 +70,26 @@ pub struct StateMachineHost {
 
 impl StateMachineHost {
     /// A host for `app`, restored from the newest snapshot in `snapshots` if there is one;
-    /// the values its state references are read from `values`, opened with the coverage
-    /// that snapshot recorded.
+    /// the values its state references are read from the store `open_values` opens with
+    /// the coverage that snapshot recorded (a received snapshot's values cover up to its
+    /// index). The snapshot is read and verified once.
     ///
     /// # Errors
-    /// The snapshot's read or decode error: a node must not serve from a state it could not
-    /// restore.
+    /// The snapshot's read or decode error, or the value store's: a node must not serve
+    /// from a state it could not restore.
     pub fn open(
         app: Box<dyn Application>,
         snapshots: SnapshotDir,
-        values: Arc<ValueStore>,
+        open_values: impl FnOnce(Option<u64>) -> crate::Result<Arc<ValueStore>>,
     ) -> crate::Result<Self> {
+        let current = snapshots.current()?;
+        let covered = current.as_ref().and_then(|(_, header)| {
+            if header.values.inline {
+                header.last_log_id.map(|(_, index)| index)
+            } else {
+                header.values.covered
+            }
+        });
         let host = Self {
             state: Arc::new(Mutex::new(HostState {
                 app,
@@ -89,10 +98,10 @@ impl StateMachineHost {
                 sessions: SessionTable::default(),
             })),
             snapshots,
-            values,
+            values: open_values(covered)?,
             publishing: Arc::default(),
         };
-        if let Some((file, header)) = host.snapshots.current()? {
+        if let Some((file, header)) = current {
             let index = header.last_log_id.map_or(0, |(_, index)| index);
             if header.values.inline && !host.values.holds_installed(index) {
                 // Installed, but the node stopped before its values reached the value files.
@@ -641,7 +650,8 @@ mod check_tests {
         let mut app_bytes = Vec::new();
         app.write_snapshot(&mut app_bytes).expect("snapshot");
         let values = ValueStore::empty_for_test(dir.path());
-        let host = StateMachineHost::open(Box::new(app), snapshots.clone(), values).expect("host");
+        let host =
+            StateMachineHost::open(Box::new(app), snapshots.clone(), |_| Ok(values)).expect("host");
         let write = |header: &SnapshotHeader, bytes: &[u8]| {
             snapshots
                 .write(
@@ -754,8 +764,15 @@ mod check_tests {
             values.read(&refs[0]),
             Err(crate::values::ValueError::Missing { .. })
         ));
-        let host =
-            StateMachineHost::open(Box::new(app), snapshots, Arc::clone(&values)).expect("host");
+        let host = StateMachineHost::open(Box::new(app), snapshots, |covered| {
+            assert_eq!(
+                covered,
+                Some(9),
+                "a received snapshot covers up to its index"
+            );
+            Ok(Arc::clone(&values))
+        })
+        .expect("host");
         assert_eq!(values.read(&refs[0]).expect("installed at open"), "abcd");
         assert_eq!(values.read(&refs[1]).expect("installed at open"), "xy");
         assert_eq!(host.applied_state().applied, Some(log_id(2, 9)));

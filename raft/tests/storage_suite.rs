@@ -24,13 +24,16 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineHost, TempDir> for KeelStore
         };
         let store = LogStore::open(&dir.path().join("log"), options, dir.path()).expect("open log");
         let snapshots = SnapshotDir::open(dir.path().join("snapshots")).expect("snapshot dir");
-        let values = store
-            .value_store(&dir.path().join("values"), 0, None)
-            .expect("value store");
         let host = StateMachineHost::open(
             Box::new(PlainLog::new(Retention::default())),
             snapshots,
-            std::sync::Arc::new(values),
+            |covered| {
+                Ok(std::sync::Arc::new(store.value_store(
+                    &dir.path().join("values"),
+                    0,
+                    covered,
+                )?))
+            },
         )
         .expect("state machine");
         Ok((dir, store, host))
