@@ -40,6 +40,7 @@ pub(crate) fn client_error(py: Python<'_>, error: &WorkflowClientError) -> PyErr
             ..
         }) => "PermissionDenied",
         WorkflowClientError::Cluster(_) => "Unavailable",
+        WorkflowClientError::DataLoss { .. } => "KeelError",
     };
     keel_error(py, kind, error.to_string(), None)
 }

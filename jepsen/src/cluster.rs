@@ -602,6 +602,25 @@ impl Cluster {
         }
     }
 
+    /// Has every node build a snapshot of what it applied: each moves the live values of
+    /// the log it may purge into its value files, so reads after it find them there.
+    /// Returns each node's snapshot index.
+    ///
+    /// # Errors
+    /// The first node that failed to build one.
+    pub async fn snapshot_all(&self) -> anyhow::Result<Vec<u64>> {
+        let mut client = self.client()?;
+        let mut indexes = Vec::with_capacity(self.nodes.len());
+        for node in self.nodes.values() {
+            let index = client
+                .build_snapshot(&node.addr)
+                .await
+                .with_context(|| format!("node {} building a snapshot", node.id))?;
+            indexes.push(index);
+        }
+        Ok(indexes)
+    }
+
     /// Whether a node announced a deliberate fault in its log.
     pub fn announced_sabotage(&self) -> bool {
         self.nodes.values().any(|node| {

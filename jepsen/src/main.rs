@@ -63,8 +63,8 @@ enum Command {
         keel: Option<PathBuf>,
         /// A deliberate fault for the nodes of a sabotage build: `stale-reads`,
         /// `forgetful-sessions`, `unfenced-fires`, `ack-before-fsync`,
-        /// `off-by-one-truncation`, `halved-delays`, `no-takeover`, `unordered-answers` or
-        /// `unfenced-runs`.
+        /// `off-by-one-truncation`, `halved-delays`, `no-takeover`, `unordered-answers`,
+        /// `unfenced-runs` or `dropped-values`.
         #[arg(long)]
         sabotage: Option<String>,
         /// The sabotage build's `keel`, for the ci profile's negative controls (default:

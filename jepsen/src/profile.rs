@@ -222,7 +222,7 @@ struct Control {
 }
 
 /// The negative controls.
-const CONTROLS: [Control; 9] = [
+const CONTROLS: [Control; 10] = [
     Control {
         fault: "stale-reads",
         scenario: None,
@@ -285,6 +285,13 @@ const CONTROLS: [Control; 9] = [
         workload: Workload::Workflows,
         seconds: 12,
         must_report: "log-fences: stale-run-recorded",
+    },
+    Control {
+        fault: "dropped-values",
+        scenario: None,
+        workload: Workload::Workflows,
+        seconds: 8,
+        must_report: "workflows: lost-value",
     },
 ];
 
@@ -567,7 +574,8 @@ mod tests {
                 "halved-delays",
                 "no-takeover",
                 "unordered-answers",
-                "unfenced-runs"
+                "unfenced-runs",
+                "dropped-values"
             ]
         );
         assert!(
@@ -580,7 +588,7 @@ mod tests {
             "each control's configuration also runs for real"
         );
         let seconds: u64 = plan.iter().map(|p| p.seconds).sum();
-        assert!(seconds <= 6 * 60 + 30, "{seconds} s of runs");
+        assert!(seconds <= 7 * 60, "{seconds} s of runs");
     }
 
     fn profile_run(expected: Validity, actual: Validity) -> ProfileRun {

@@ -43,6 +43,9 @@ pub enum Fault {
     /// after another worker took its workflow over, records into a journal it no longer
     /// holds.
     UnfencedRuns,
+    /// Relocation leaves out the newest live value of each range it moves out of the log:
+    /// the state still references it, its log entry is purged, and reading it back fails.
+    DroppedValues,
 }
 
 /// The fault this process runs with, if any.
@@ -58,6 +61,7 @@ pub fn fault() -> Option<Fault> {
         Ok("no-takeover") => Some(Fault::NoTakeover),
         Ok("unordered-answers") => Some(Fault::UnorderedAnswers),
         Ok("unfenced-runs") => Some(Fault::UnfencedRuns),
+        Ok("dropped-values") => Some(Fault::DroppedValues),
         _ => None,
     })
 }

@@ -26,6 +26,13 @@ pub enum WorkflowClientError {
         /// The scheduler's message.
         message: String,
     },
+    /// A node answered that it lost data it should hold (a value the workflow's record
+    /// references could not be read), and no node answered the request whole.
+    #[error("data loss: {message}")]
+    DataLoss {
+        /// The node's message.
+        message: String,
+    },
     /// The cluster could not be reached or refused in another way.
     #[error(transparent)]
     Cluster(#[from] ClientError),
@@ -46,14 +53,19 @@ impl Seen {
         }
     }
 
-    /// `error` typed by the last status seen.
+    /// `error` typed by the statuses seen: data loss if any node reported it, else by the
+    /// last status.
     fn typed(&self, error: ClientError) -> WorkflowClientError {
-        let last = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last()
-            .and_then(rejection_kind);
+        let seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lost) = seen
+            .iter()
+            .find(|status| status.code() == tonic::Code::DataLoss)
+        {
+            return WorkflowClientError::DataLoss {
+                message: lost.message().to_owned(),
+            };
+        }
+        let last = seen.last().and_then(rejection_kind);
         match (&error, last) {
             (ClientError::Refused { message, .. }, Some(kind)) => WorkflowClientError::Rejected {
                 kind,

@@ -434,6 +434,7 @@ mod tests {
                 name: format!("step-{seq}"),
                 state: "done".into(),
                 fence,
+                value: seq.to_string(),
             })
             .collect();
         BTreeMap::from([(
@@ -566,6 +567,7 @@ mod tests {
                     name: "step-0".into(),
                     state: "done".into(),
                     fence: 6,
+                    value: "0".into(),
                 }],
             },
         );

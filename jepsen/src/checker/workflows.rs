@@ -15,6 +15,10 @@
 //!   checks on every record) is at most the workflow's, and fences never go back along the
 //!   journal — a run that lost the workflow to another recorded nothing after it
 //!   (*stale-run-recorded*);
+//! - each step's value read back is the one its code returned (`steps n:b` returns step
+//!   `i`'s number padded with dots to `b` bytes, past the inline limit, so the value is read
+//!   from the log or the value files) (*wrong-value*), and a record a node could not read
+//!   whole because it lost a referenced value is *lost-value*;
 //! - a sleep is never cut short: the workflow is seen finished no sooner than its start was
 //!   invoked plus the sleep, on the harness's clock, with no tolerance (*sleep-cut-short*).
 
@@ -38,12 +42,19 @@ pub struct FinalEntry {
     pub state: String,
     /// The fence of the run that created it.
     pub fence: u64,
+    /// Its value as text (a step's result), when done.
+    #[serde(default)]
+    pub value: String,
 }
+
+/// The status of a final record the cluster could not read whole (see
+/// [`FinalWorkflow::error`] for why).
+pub const UNREADABLE: &str = "unreadable";
 
 /// A workflow's final record, read from the cluster after the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalWorkflow {
-    /// `running`, `completed`, `failed` or `cancelled`.
+    /// `running`, `completed`, `failed`, `cancelled` or [`UNREADABLE`].
     pub status: String,
     /// Its result (completed).
     pub result: String,
@@ -73,6 +84,9 @@ pub struct WorkflowStats {
     /// Journal entries of completed workflows whose fences were checked.
     #[serde(default)]
     pub fences_checked: u64,
+    /// Step values compared with what their code returned.
+    #[serde(default)]
+    pub values_checked: u64,
 }
 
 /// The workflows checker's verdict.
@@ -119,30 +133,51 @@ impl std::fmt::Debug for ExpectedResult {
 struct Expected {
     result: ExpectedResult,
     journal: Vec<(&'static str, String)>,
+    /// Each journal entry's value, where the code fixes it.
+    values: Vec<Option<String>>,
     sleep_ms: u64,
 }
 
+/// The value step `i` of a `steps` workflow returns: `i`, padded with dots to `size` bytes.
+fn step_value(i: u64, size: usize) -> String {
+    let mut value = i.to_string();
+    if value.len() < size {
+        value.extend(std::iter::repeat_n('.', size - value.len()));
+    }
+    value
+}
+
 fn expected(id: &str, kind: &str, input: &str) -> Option<Expected> {
-    let n: u64 = input.parse().ok()?;
-    Some(match kind {
-        "steps" => Expected {
+    if kind == "steps" {
+        let (n, size) = match input.split_once(':') {
+            Some((n, size)) => (n.parse::<u64>().ok()?, size.parse().ok()?),
+            None => (input.parse().ok()?, 0),
+        };
+        return Some(Expected {
             result: ExpectedResult::Exact(n.to_string()),
             journal: (0..n).map(|i| ("step", format!("step-{i}"))).collect(),
+            values: (0..n).map(|i| Some(step_value(i, size))).collect(),
             sleep_ms: 0,
-        },
+        });
+    }
+    let n: u64 = input.parse().ok()?;
+    Some(match kind {
         "sleep" => Expected {
             result: ExpectedResult::Exact(format!("slept {n} ms")),
             journal: vec![("sleep", String::new())],
+            values: Vec::new(),
             sleep_ms: n,
         },
         "call-sleep" => Expected {
             result: ExpectedResult::Exact(format!("child: slept {n} ms")),
             journal: vec![("call", format!("{id}/0"))],
+            values: Vec::new(),
             sleep_ms: n,
         },
         "slow-step" => Expected {
             result: ExpectedResult::Prefix("slow done by process "),
             journal: vec![("step", "quick".to_owned()), ("step", "slow".to_owned())],
+            values: Vec::new(),
             sleep_ms: 0,
         },
         _ => return None,
@@ -254,6 +289,7 @@ fn coverage(stats: &WorkflowStats) -> Coverage {
             "journal entries fence-checked".to_owned(),
             stats.fences_checked,
         ),
+        ("step values compared".to_owned(), stats.values_checked),
     ])
 }
 
@@ -291,6 +327,16 @@ fn check_one(
 ) {
     match workflow.status.as_str() {
         "completed" => stats.completed += 1,
+        UNREADABLE => {
+            findings.add(
+                "lost-value",
+                format!(
+                    "{id} ({kind} {input}) could not be read: {}",
+                    workflow.error
+                ),
+            );
+            return;
+        }
         "running" => {
             findings.add(
                 "stuck-workflow",
@@ -322,7 +368,9 @@ fn check_one(
             ),
         );
     }
-    if !journal_matches(&workflow.journal, &expected.journal) {
+    if journal_matches(&workflow.journal, &expected.journal) {
+        check_values(id, workflow, &expected, findings, stats);
+    } else {
         findings.add(
             "bad-journal",
             format!("{id} ({kind} {input}): journal {:?}", workflow.journal),
@@ -338,6 +386,30 @@ fn check_one(
             findings.add(
                 "bad-journal",
                 format!("{id}: child {child} is {:?}", finals.get(&child)),
+            );
+        }
+    }
+}
+
+/// Every entry's value its code fixes is the value read back (the journal has the
+/// entries its code makes).
+fn check_values(
+    id: &str,
+    workflow: &FinalWorkflow,
+    expected: &Expected,
+    findings: &mut Findings,
+    stats: &mut WorkflowStats,
+) {
+    for (entry, value) in workflow.journal.iter().zip(&expected.values) {
+        let Some(value) = value else { continue };
+        stats.values_checked += 1;
+        if entry.value != *value {
+            findings.add(
+                "wrong-value",
+                format!(
+                    "{id}: entry {} holds {:?}, its code returned {value:?}",
+                    entry.seq, entry.value
+                ),
             );
         }
     }
@@ -411,6 +483,15 @@ mod tests {
             name: name.into(),
             state: "done".into(),
             fence: FENCE,
+            value: String::new(),
+        }
+    }
+
+    /// Step `seq` of a `steps` workflow, holding `value`.
+    fn step(seq: u32, value: &str) -> FinalEntry {
+        FinalEntry {
+            value: value.into(),
+            ..entry(seq, "step", &format!("step-{seq}"))
         }
     }
 
@@ -439,10 +520,7 @@ mod tests {
         let finals = BTreeMap::from([
             (
                 "a".to_owned(),
-                completed(
-                    "2",
-                    vec![entry(0, "step", "step-0"), entry(1, "step", "step-1")],
-                ),
+                completed("2", vec![step(0, "0"), step(1, "1")]),
             ),
             (
                 "b".to_owned(),
@@ -471,6 +549,45 @@ mod tests {
         assert_eq!(verdict.validity, Validity::Valid, "{:?}", verdict.anomalies);
         assert_eq!(verdict.stats.started_ok, 3);
         assert_eq!(verdict.stats.completed, 3);
+    }
+
+    #[test]
+    fn every_step_value_is_compared_with_what_its_code_returned() {
+        let (mut history, mut finals) = valid();
+        history.push(op(50, 4, OpType::Invoke, start("d", "steps", "2:40")));
+        history.push(op(60, 4, OpType::Ok, start("d", "steps", "2:40")));
+        let padded = |i: u32| format!("{i}{}", ".".repeat(39));
+        finals.insert(
+            "d".into(),
+            completed("2", vec![step(0, &padded(0)), step(1, &padded(1))]),
+        );
+        let verdict = check_workflows(&history, &finals);
+        assert_eq!(verdict.validity, Validity::Valid, "{:?}", verdict.anomalies);
+        assert_eq!(verdict.stats.values_checked, 4, "a's two and d's two");
+        finals.insert(
+            "d".into(),
+            completed("2", vec![step(0, &padded(0)), step(1, &padded(0))]),
+        );
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["wrong-value"]);
+        finals.insert(
+            "d".into(),
+            completed("2", vec![step(0, &padded(0)), step(1, "1")]),
+        );
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["wrong-value"]);
+    }
+
+    #[test]
+    fn a_record_a_node_could_not_read_whole_is_a_lost_value() {
+        let (history, mut finals) = valid();
+        finals.insert(
+            "a".into(),
+            FinalWorkflow {
+                status: UNREADABLE.into(),
+                error: "data loss: reading a workflow's value".into(),
+                ..completed("", Vec::new())
+            },
+        );
+        assert_eq!(kinds(&check_workflows(&history, &finals)), ["lost-value"]);
     }
 
     #[test]
@@ -602,6 +719,10 @@ mod tests {
         let (mut history, mut finals) = valid();
         history[1] = op(5, 1, OpType::Info, start("a", "steps", "2"));
         finals.remove("a");
+        // Another `steps` workflow, so that some step value is compared.
+        history.push(op(50, 4, OpType::Invoke, start("d", "steps", "1")));
+        history.push(op(60, 4, OpType::Ok, start("d", "steps", "1")));
+        finals.insert("d".into(), completed("1", vec![step(0, "0")]));
         let verdict = check_workflows(&history, &finals);
         assert_eq!(verdict.validity, Validity::Valid, "{:?}", verdict.anomalies);
         assert_eq!(verdict.stats.started_unknown, 1);

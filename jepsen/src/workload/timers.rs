@@ -27,6 +27,7 @@ pub fn classify_workflow(error: &WorkflowClientError) -> OpType {
     match error {
         WorkflowClientError::Rejected { .. } => OpType::Fail,
         WorkflowClientError::Cluster(error) => classify(error),
+        WorkflowClientError::DataLoss { .. } => OpType::Info,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The workflows workload: clients start workflows of the built-in kinds (`steps`, `sleep`,
 //! `call-sleep`: a parent whose child sleeps; with remote workers also `slow-step`, whose
 //! second step's body outlasts a paused worker's lease) with unique ids, then wait for each
-//! to finish; at the end every started workflow is read back with its journal.
+//! to finish; at the end every started workflow is read back with its journal and its
+//! values.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use super::timers::classify_workflow;
 use super::{OP_TIMEOUT, read_concurrently};
-use crate::checker::workflows::{FinalEntry, FinalWorkflow};
+use crate::checker::workflows::{FinalEntry, FinalWorkflow, UNREADABLE};
 use crate::history::{Call, Op, OpType, Recorder};
 
 /// How long a client waits for its workflow to finish before starting the next.
@@ -26,6 +27,11 @@ const FINAL_WAIT: Duration = Duration::from_secs(20);
 /// worker is paused, it ends as the worker resumes, after the workflow's new run began the
 /// same step, so the paused run is first to try to record it.
 const SLOW_STEP_MS: std::ops::Range<u64> = 1_500..2_500;
+
+/// Sizes of the padded step results `steps N:B` workflows ask for: past the scheduler's
+/// inline limit, so the state holds them by reference and the final read reads them back
+/// from the log or the value files.
+const STEP_RESULT_BYTES: std::ops::Range<usize> = 64..512;
 
 /// The kinds the clients start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +72,22 @@ impl WorkflowsClient {
     }
 
     /// The next workflow's kind and input.
-    fn next_kind(&mut self) -> (&'static str, u64) {
+    fn next_kind(&mut self) -> (&'static str, String) {
         if self.mix == WorkflowMix::WithSlowSteps && self.rng.random_bool(0.5) {
-            return ("slow-step", self.rng.random_range(SLOW_STEP_MS));
+            return ("slow-step", self.rng.random_range(SLOW_STEP_MS).to_string());
         }
-        match self.rng.random_range(0..3) {
-            0 => ("steps", self.rng.random_range(2..7u64)),
-            1 => ("sleep", self.rng.random_range(100..1_500u64)),
-            _ => ("call-sleep", self.rng.random_range(100..1_500u64)),
+        match self.rng.random_range(0..4) {
+            0 => ("steps", self.rng.random_range(2..7u64).to_string()),
+            1 => {
+                let count = self.rng.random_range(2..7u64);
+                let size = self.rng.random_range(STEP_RESULT_BYTES);
+                ("steps", format!("{count}:{size}"))
+            }
+            2 => ("sleep", self.rng.random_range(100..1_500u64).to_string()),
+            _ => (
+                "call-sleep",
+                self.rng.random_range(100..1_500u64).to_string(),
+            ),
         }
     }
 
@@ -87,10 +101,10 @@ impl WorkflowsClient {
             let call = Call::StartWorkflow {
                 id: id.clone(),
                 kind: kind.to_owned(),
-                input: input.to_string(),
+                input: input.clone(),
             };
             history.record(self.process, OpType::Invoke, call.clone(), None);
-            let started = self.client.start(&id, kind, Bytes::from(input.to_string()));
+            let started = self.client.start(&id, kind, Bytes::from(input));
             let (outcome, error) = match tokio::time::timeout(OP_TIMEOUT, started).await {
                 Ok(Ok(_)) => (OpType::Ok, None),
                 Ok(Err(error)) => (classify_workflow(&error), Some(error.to_string())),
@@ -140,8 +154,21 @@ fn final_workflow(info: &WorkflowInfo) -> FinalWorkflow {
                 name: entry.name.clone(),
                 state: entry.state.clone(),
                 fence: entry.fence,
+                value: String::from_utf8_lossy(&entry.value).into_owned(),
             })
             .collect(),
+    }
+}
+
+/// The final record of a workflow the cluster could not read whole: a node lost a value
+/// its record references.
+fn unreadable(message: String) -> FinalWorkflow {
+    FinalWorkflow {
+        status: UNREADABLE.to_owned(),
+        result: String::new(),
+        error: message,
+        fence: 0,
+        journal: Vec::new(),
     }
 }
 
@@ -168,9 +195,11 @@ pub async fn final_workflows(
         .into_iter()
         .collect();
     Ok(read_concurrently(client, &ids, async |client, id| {
-        Ok(final_workflow(
-            &client.get_after(id, FINAL_WAIT, true).await?,
-        ))
+        match client.get_after(id, FINAL_WAIT, true).await {
+            Ok(info) => Ok(final_workflow(&info)),
+            Err(WorkflowClientError::DataLoss { message }) => Ok(unreadable(message)),
+            Err(error) => Err(error),
+        }
     })
     .await?)
 }

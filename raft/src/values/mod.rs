@@ -353,11 +353,19 @@ impl ValueStore {
         if upto < start {
             return Ok(StoreChange::default());
         }
-        let moving = by_place(
+        #[cfg_attr(
+            not(feature = "sabotage"),
+            expect(unused_mut, reason = "sabotage only")
+        )]
+        let mut moving = by_place(
             live.iter()
                 .filter(|at| (start..=upto).contains(&at.index))
                 .copied(),
         );
+        #[cfg(feature = "sabotage")]
+        if crate::sabotage::on(crate::sabotage::Fault::DroppedValues) {
+            moving.pop();
+        }
         if moving.is_empty() {
             // Nothing to keep: the range is covered without a file.
             self.files_mut().covered = Some(upto);
