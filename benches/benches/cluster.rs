@@ -20,14 +20,13 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    BenchCluster, drop_page_cache, leader, measuring, record, report_latency, run_as_node,
-    run_clients, wait_until, wanted,
+    BenchCluster, drop_page_cache, leader, measuring, metric, record, report_latency, run_as_node,
+    run_clients, scrape_metrics, wait_until, wanted,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 use keel_raft::client::KeelClient;
@@ -72,23 +71,12 @@ fn main() {
 fn flush_means(cluster: &BenchCluster) -> String {
     let mut out = Vec::new();
     for addr in &cluster.metrics {
-        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        let Some(text) = scrape_metrics(addr) else {
             continue;
         };
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stream, &mut text);
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                })
-                .unwrap_or(0.0)
-        };
         let (sum, count) = (
-            value("keel_log_flush_seconds_sum "),
-            value("keel_log_flush_seconds_count "),
+            metric(&text, "keel_log_flush_seconds_sum"),
+            metric(&text, "keel_log_flush_seconds_count"),
         );
         if count > 0.0 {
             out.push(format!("{:.2}ms", sum / count * 1e3));

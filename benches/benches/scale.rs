@@ -8,6 +8,10 @@
 //!   `RssFile` (mapped pages of files) is reported beside it. Workflows are the built-in
 //!   `steps` kind with input `10:2048`: ten steps, each result 2 KiB; ids are 36 bytes;
 //!   32 drivers start them and wait for their results (every result checked).
+//! - **snapshot**: how long the leader's `BuildSnapshot` took, and how long applying waited
+//!   meanwhile for the snapshot's image (`keel_snapshot_capture_seconds` on its metrics
+//!   endpoint: the copy taken under the state machine's lock; encoding and writing follow
+//!   off it).
 //! - **restart**: every node killed with SIGKILL, then all started again; the time from
 //!   their start to the first successful `status` of a retained workflow (its state loaded)
 //!   and a successful `start` of a new one. Warm (files in the page cache) and cold (every
@@ -27,7 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BenchCluster, drop_page_cache, leader, measuring, record, run_as_node, wait_until};
+use common::{
+    BenchCluster, drop_page_cache, leader, measuring, metric, record, run_as_node, scrape_metrics,
+    wait_until,
+};
 use keel_scheduler::client::WorkflowClient;
 
 const DRIVERS: u64 = 32;
@@ -144,6 +151,16 @@ async fn snapshot_on_leader(cluster: &BenchCluster) -> (usize, u32, Duration) {
     (index, pid_of(cluster, index), started.elapsed())
 }
 
+/// Node `index`'s snapshot images so far: the total time applying waited for them, in
+/// seconds, and how many.
+fn captures(cluster: &BenchCluster, index: usize) -> (f64, f64) {
+    let text = scrape_metrics(&cluster.metrics[index]).expect("the node's metrics");
+    (
+        metric(&text, "keel_snapshot_capture_seconds_sum"),
+        metric(&text, "keel_snapshot_capture_seconds_count"),
+    )
+}
+
 /// The process id of node `index`.
 fn pid_of(cluster: &BenchCluster, index: usize) -> u32 {
     cluster.nodes[index].3.as_ref().expect("running").id()
@@ -163,7 +180,13 @@ async fn measure(count: u64) {
     let loading = Instant::now();
     run(&client, WARM_UP, count).await;
     let loaded = loading.elapsed();
+    let captures_before: Vec<(f64, f64)> = (0..cluster.nodes.len())
+        .map(|index| captures(&cluster, index))
+        .collect();
     let (index, pid_after, snapshot_took) = snapshot_on_leader(&cluster).await;
+    let (sum_before, count_before) = captures_before[index];
+    let (sum_after, count_after) = captures(&cluster, index);
+    let image_ms = (sum_after - sum_before) / (count_after - count_before).max(1.0) * 1e3;
     let anon_before = anon_before[index];
     let anon_after = status_kib(pid_after, "RssAnon:");
     let file_after = status_kib(pid_after, "RssFile:");
@@ -182,7 +205,7 @@ async fn measure(count: u64) {
     );
     let per_workflow = anon_after.saturating_sub(anon_before) * 1024 / count;
     let line = format!(
-        "{count} retained 10-step workflows (2 KiB results, 36-byte ids): leader RssAnon {} → {} MiB, {per_workflow} B per workflow; RssFile {} MiB; load {:.1} s ({:.0} steps/s); snapshot built in {:.0} ms",
+        "{count} retained 10-step workflows (2 KiB results, 36-byte ids): leader RssAnon {} → {} MiB, {per_workflow} B per workflow; RssFile {} MiB; load {:.1} s ({:.0} steps/s); snapshot built in {:.0} ms, apply waited {image_ms:.1} ms for its image",
         anon_before / 1024,
         anon_after / 1024,
         file_after / 1024,

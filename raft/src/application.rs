@@ -30,7 +30,7 @@ pub struct AppliedAt {
 ///
 /// A state may hold values by reference instead of by copy: a [`ValueRef`] names bytes of a
 /// command it applied (its Raft index and range), the same on every replica. The host keeps
-/// every value [`Application::live_values`] lists readable, through the node's
+/// every value a snapshot's image lists ([`SnapshotImage::live_values`]) readable, through the node's
 /// [`ValueStore`](crate::values::ValueStore), also after the log is purged; applying never
 /// reads one back (a value is read when someone asks for it: a status, a replay).
 pub trait Application: Send + Sync + fmt::Debug + 'static {
@@ -39,11 +39,20 @@ pub trait Application: Send + Sync + fmt::Debug + 'static {
     /// keeps it (or slices of it) for long should copy it, or it pins a log segment.
     fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes;
 
-    /// Writes the whole state, for a snapshot.
+    /// A copy of the whole state, for a snapshot. The host takes it under its lock, so
+    /// applying waits meanwhile: it should cost memory copies in proportion to the state's
+    /// metadata (clone what is cheap to clone, share what is immutable), leaving the
+    /// encoding, and the listing of its values, to [`SnapshotImage`] after the lock is
+    /// released.
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage>;
+
+    /// Writes the whole state, for a snapshot: its image, written at once.
     ///
     /// # Errors
     /// The writer's errors.
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        self.snapshot_image().write(out)
+    }
 
     /// Replaces the whole state with one written by [`Application::write_snapshot`].
     ///
@@ -64,11 +73,40 @@ pub trait Application: Send + Sync + fmt::Debug + 'static {
 
     /// A digest of the whole state, equal on replicas that applied the same commands.
     fn digest(&self) -> u64;
+}
 
-    /// Every value this state references, in any order, repeats allowed. The host calls it
-    /// under its lock when it builds a snapshot, so a large state should keep the list cheap
-    /// to produce. None by default.
+/// A copy of an application's state taken for a snapshot ([`Application::snapshot_image`]):
+/// written, and its values listed, off the host's lock while applying goes on.
+pub trait SnapshotImage: Send + 'static {
+    /// Every value the copied state references, in any order, repeats allowed: the host
+    /// keeps them readable ([`crate::values`]). None by default.
     fn live_values(&self) -> Vec<ValueRef> {
         Vec::new()
+    }
+
+    /// Writes the copied state, as [`Application::restore`] reads it.
+    ///
+    /// # Errors
+    /// The writer's errors.
+    fn write(self: Box<Self>, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// An image already encoded, with the values it references: for a state small enough to
+/// encode under the host's lock.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedImage {
+    /// The snapshot bytes.
+    pub bytes: Vec<u8>,
+    /// The values the state references.
+    pub values: Vec<ValueRef>,
+}
+
+impl SnapshotImage for EncodedImage {
+    fn live_values(&self) -> Vec<ValueRef> {
+        self.values.clone()
+    }
+
+    fn write(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.bytes)
     }
 }

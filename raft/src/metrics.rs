@@ -55,6 +55,8 @@ pub struct NodeMetrics {
     pub append_latency: Histogram,
     /// Raft log appends, from write to durable (`fdatasync` and the wait for it).
     pub log_flush_latency: Histogram,
+    /// How long applying waited while a snapshot's image was taken.
+    pub snapshot_capture_latency: Histogram,
     /// Leader changes seen by this node.
     pub leader_changes: AtomicU64,
     /// Client appends answered with an error.
@@ -135,6 +137,11 @@ impl NodeMetrics {
             &mut out,
             "keel_log_flush_seconds",
             "Raft log append to durable (fdatasync).",
+        );
+        self.snapshot_capture_latency.render(
+            &mut out,
+            "keel_snapshot_capture_seconds",
+            "Time applying waited while a snapshot's image was taken.",
         );
         out
     }

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::application::{Application, AppliedAt};
+use crate::application::{Application, AppliedAt, SnapshotImage};
 use crate::plain_log::PlainLog;
 
 /// Which application a command is for: its first byte.
@@ -107,6 +107,32 @@ fn read_section(input: &mut dyn Read) -> io::Result<Vec<u8>> {
     Ok(section)
 }
 
+/// Both applications' images: written as the two sections, in order.
+struct MultiplexImage {
+    plain: Box<dyn SnapshotImage>,
+    extension: Option<Box<dyn SnapshotImage>>,
+}
+
+impl SnapshotImage for MultiplexImage {
+    fn live_values(&self) -> Vec<crate::values::ValueRef> {
+        // The plain log holds its records itself; only the extension references values.
+        self.extension
+            .as_ref()
+            .map_or_else(Vec::new, |image| image.live_values())
+    }
+
+    fn write(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        let mut plain = Vec::new();
+        self.plain.write(&mut plain)?;
+        write_section(out, &plain)?;
+        let mut extension = Vec::new();
+        if let Some(image) = self.extension {
+            image.write(&mut extension)?;
+        }
+        write_section(out, &extension)
+    }
+}
+
 impl Application for Multiplex {
     fn apply(&mut self, at: AppliedAt, command: &Bytes) -> Bytes {
         let Some((&tag, _)) = command.split_first() else {
@@ -121,15 +147,11 @@ impl Application for Multiplex {
         }
     }
 
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        let mut plain = Vec::new();
-        self.plain.write_snapshot(&mut plain)?;
-        write_section(out, &plain)?;
-        let mut extension = Vec::new();
-        if let Some(app) = &self.extension {
-            app.write_snapshot(&mut extension)?;
-        }
-        write_section(out, &extension)
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+        Box::new(MultiplexImage {
+            plain: self.plain.snapshot_image(),
+            extension: self.extension.as_ref().map(|app| app.snapshot_image()),
+        })
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
@@ -149,13 +171,6 @@ impl Application for Multiplex {
             Some(app) => app.check_snapshot(&mut extension.as_slice(), applied_index),
             None => no_extension(&extension),
         }
-    }
-
-    fn live_values(&self) -> Vec<crate::values::ValueRef> {
-        // The plain log holds its records itself; only the extension references values.
-        self.extension
-            .as_ref()
-            .map_or_else(Vec::new, |app| app.live_values())
     }
 
     fn digest(&self) -> u64 {
@@ -183,8 +198,11 @@ mod tests {
             self.0 += command.len() as u64 + at.term;
             Bytes::copy_from_slice(&self.0.to_le_bytes())
         }
-        fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-            out.write_all(&self.0.to_le_bytes())
+        fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+            Box::new(crate::application::EncodedImage {
+                bytes: self.0.to_le_bytes().to_vec(),
+                values: Vec::new(),
+            })
         }
         fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
             let mut bytes = [0u8; 8];

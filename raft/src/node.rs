@@ -231,15 +231,21 @@ fn open_extension(config: &NodeConfig, extension: Option<Extension>) -> Result<O
 
 /// The state machine host of `app`, restored from the newest snapshot, with the value
 /// files that snapshot's coverage names.
-fn open_host(config: &NodeConfig, store: &LogStore, app: Multiplex) -> Result<StateMachineHost> {
+fn open_host(
+    config: &NodeConfig,
+    store: &LogStore,
+    app: Multiplex,
+    metrics: &Arc<NodeMetrics>,
+) -> Result<StateMachineHost> {
     let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
-    StateMachineHost::open(Box::new(app), snapshots, |covered| {
+    let host = StateMachineHost::open(Box::new(app), snapshots, |covered| {
         Ok(Arc::new(store.value_store(
             &config.data_dir.join("values"),
             crate::multiplex::BODY_OFFSET,
             covered,
         )?))
-    })
+    })?;
+    Ok(host.with_metrics(Arc::clone(metrics)))
 }
 
 impl RaftNode {
@@ -263,7 +269,7 @@ impl RaftNode {
         let metrics = Arc::new(NodeMetrics::default());
         let (identity, store) = open_storage(&config, &metrics)?;
         let log = PlainLog::new(config.retention);
-        let host = open_host(&config, &store, Multiplex::new(log.clone(), app))?;
+        let host = open_host(&config, &store, Multiplex::new(log.clone(), app), &metrics)?;
         let network = Network::new(config.peers.clone(), security.peers.clone());
         let raft = Raft::new(
             config.node_id,

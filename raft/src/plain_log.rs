@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
 
-use crate::application::{Application, AppliedAt};
+use crate::application::{Application, AppliedAt, SnapshotImage};
 
 /// What the plain log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +223,28 @@ impl State {
     }
 }
 
+/// The plain log's state, copied for a snapshot.
+struct PlainLogImage {
+    next_offset: u64,
+    digest: u64,
+    records: VecDeque<LogRecord>,
+}
+
+impl SnapshotImage for PlainLogImage {
+    fn write(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.next_offset.to_le_bytes())?;
+        out.write_all(&self.digest.to_le_bytes())?;
+        out.write_all(&(self.records.len() as u64).to_le_bytes())?;
+        for record in &self.records {
+            out.write_all(&record.offset.to_le_bytes())?;
+            out.write_all(&record.stamp_ms.to_le_bytes())?;
+            out.write_all(&(record.data.len() as u64).to_le_bytes())?;
+            out.write_all(&record.data)?;
+        }
+        Ok(())
+    }
+}
+
 impl Application for PlainLog {
     fn apply(&mut self, _at: AppliedAt, command: &Bytes) -> Bytes {
         // One copy of the whole batch, which its records then share: the command may be a
@@ -248,18 +270,14 @@ impl Application for PlainLog {
         answer
     }
 
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
         let state = self.read();
-        out.write_all(&state.next_offset.to_le_bytes())?;
-        out.write_all(&state.digest.to_le_bytes())?;
-        out.write_all(&(state.records.len() as u64).to_le_bytes())?;
-        for record in &state.records {
-            out.write_all(&record.offset.to_le_bytes())?;
-            out.write_all(&record.stamp_ms.to_le_bytes())?;
-            out.write_all(&(record.data.len() as u64).to_le_bytes())?;
-            out.write_all(&record.data)?;
-        }
-        Ok(())
+        // The records' bytes are shared, not copied.
+        Box::new(PlainLogImage {
+            next_offset: state.next_offset,
+            digest: state.digest,
+            records: state.records.clone(),
+        })
     }
 
     fn check_snapshot(&self, input: &mut dyn Read, _applied_index: u64) -> io::Result<()> {

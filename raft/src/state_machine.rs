@@ -5,12 +5,13 @@
 //! retried `(session, seq)` gets its first answer back instead of being applied twice, and a
 //! write of an unknown or expired session is refused), also for each write of a coalesced
 //! batch ([`crate::coalesce`]). Snapshots are files (see
-//! [`crate::snapshot`]); the host builds them from a copy of the state serialized under its
-//! lock, then writes and fsyncs the file off that lock.
+//! [`crate::snapshot`]); the host takes a copy of the state under its lock
+//! ([`Application::snapshot_image`]: applying waits only for that copy), then encodes it,
+//! writes and fsyncs the file off that lock.
 //!
 //! The host also keeps the values an application's state references readable after the
-//! log is purged ([`crate::values`]): building a snapshot at index `S`, it takes the
-//! state's references ([`Application::live_values`]) under the lock, copies those recorded
+//! log is purged ([`crate::values`]): building a snapshot at index `S`, it lists the
+//! image's references ([`SnapshotImage::live_values`]), copies those recorded
 //! at or below `S` into a value file before the snapshot is published (openraft purges the
 //! log only behind a published snapshot), and drops values no published state references
 //! after. A snapshot sent to another node carries the values' bytes; installing one writes
@@ -19,6 +20,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
@@ -27,6 +29,7 @@ use openraft::{EntryPayload, OptionalSend};
 
 use crate::application::{Application, AppliedAt};
 use crate::coalesce::{decode_batch, is_batch};
+use crate::metrics::NodeMetrics;
 use crate::record::StoredMembershipConfig;
 use crate::session::{Admission, SessionTable, decode_register};
 use crate::snapshot::{
@@ -66,6 +69,8 @@ pub struct StateMachineHost {
     /// Held while a snapshot is published or installed: openraft builds snapshots on a task
     /// of their own, so a build may overlap an installation.
     publishing: Arc<Mutex<()>>,
+    /// Where the time applying waited for a snapshot's image is observed.
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl StateMachineHost {
@@ -100,6 +105,7 @@ impl StateMachineHost {
             snapshots,
             values: open_values(covered)?,
             publishing: Arc::default(),
+            metrics: None,
         };
         if let Some((file, header)) = current {
             let index = header.last_log_id.map_or(0, |(_, index)| index);
@@ -110,6 +116,14 @@ impl StateMachineHost {
             host.restore(&file)?;
         }
         Ok(host)
+    }
+
+    /// This host, observing how long applying waits for each snapshot's image in
+    /// `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The values the state references.
@@ -385,19 +399,32 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (state, app_bytes, mut live) = {
+        // Applying waits only while the image is taken; it is encoded, and its values
+        // listed, after.
+        let (state, image) = {
+            let capturing = Instant::now();
             let state = self.lock();
-            let mut app_bytes = Vec::new();
-            state.app.write_snapshot(&mut app_bytes)?;
-            let live = state.app.live_values();
-            (state.header(SnapshotValues::default()), app_bytes, live)
+            let taken = (
+                state.header(SnapshotValues::default()),
+                state.app.snapshot_image(),
+            );
+            if let Some(metrics) = &self.metrics {
+                metrics
+                    .snapshot_capture_latency
+                    .observe(capturing.elapsed());
+            }
+            taken
         };
-        let live = crate::values::by_place(live.drain(..));
         let (snapshots, values) = (self.snapshots.clone(), Arc::clone(&self.values));
         let publishing = Arc::clone(&self.publishing);
-        let (file, header) = tokio::task::spawn_blocking(move || {
+        let (file, header) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let live = crate::values::by_place(image.live_values());
+            let mut app_bytes = Vec::new();
+            image.write(&mut app_bytes)?;
             let _publishing = publishing.lock().expect("publishing lock poisoned");
-            write_snapshot(&snapshots, &values, state, &live, &app_bytes)
+            Ok(write_snapshot(
+                &snapshots, &values, state, &live, &app_bytes,
+            )?)
         })
         .await
         .map_err(io::Error::other)??;

@@ -8,12 +8,12 @@
 )]
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use keel_raft::application::{Application, AppliedAt};
+use keel_raft::application::{Application, AppliedAt, EncodedImage, SnapshotImage};
 use keel_raft::client::KeelClient;
 use keel_raft::multiplex::{AppTag, tagged};
 use keel_raft::node::{Extension, NodeConfig, RaftNode};
@@ -57,12 +57,17 @@ impl Application for Keeper {
         Bytes::new()
     }
 
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        for at in self.refs.lock().expect("lock").values() {
-            out.write_all(&at.index.to_le_bytes())?;
-            out.write_all(&at.len.to_le_bytes())?;
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+        let refs = self.refs.lock().expect("lock");
+        let mut bytes = Vec::new();
+        for at in refs.values() {
+            bytes.extend_from_slice(&at.index.to_le_bytes());
+            bytes.extend_from_slice(&at.len.to_le_bytes());
         }
-        Ok(())
+        Box::new(EncodedImage {
+            bytes,
+            values: refs.values().copied().collect(),
+        })
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
@@ -91,10 +96,6 @@ impl Application for Keeper {
 
     fn digest(&self) -> u64 {
         self.refs.lock().expect("lock").keys().sum()
-    }
-
-    fn live_values(&self) -> Vec<ValueRef> {
-        self.refs.lock().expect("lock").values().copied().collect()
     }
 }
 

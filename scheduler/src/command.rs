@@ -54,7 +54,17 @@ pub enum Outcome {
 /// through the node's value store, see `keel_raft::values`), or its bytes: values of at
 /// most [`INLINE_MAX_BYTES`], and values the state machine composed itself (a
 /// cancellation's message).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub enum Value {
     /// Bytes of the command applied at a Raft index.
@@ -91,7 +101,17 @@ impl Value {
 
 /// How something ended, as the state holds it: [`Outcome`] with its value or error
 /// message held as a [`Value`].
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub enum StoredOutcome {
     /// Success, with its value.
@@ -115,7 +135,18 @@ impl StoredOutcome {
 }
 
 /// Who runs a workflow under its current fence.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub enum Owner {
     /// The embedded executor of the leader of `term`.
@@ -320,7 +351,19 @@ impl Command {
 }
 
 /// A workflow's status.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub enum WorkflowStatus {
     /// Not finished.
@@ -443,7 +486,17 @@ pub enum Rejection {
 }
 
 /// A journal entry's state as an answer reports it.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub enum EntryState {
     /// Not resolved yet (a step between attempts, a sleep, a wait, a call).

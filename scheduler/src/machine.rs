@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_raft::application::{Application, AppliedAt};
+use keel_raft::application::{Application, AppliedAt, SnapshotImage};
 use keel_raft::values::{ValueError, ValueRef, ValueStore};
 use tokio::sync::{Notify, broadcast, mpsc};
 
@@ -267,7 +267,7 @@ impl SchedulerMachine {
         let ended = self
             .read()
             .workflow(workflow)
-            .is_none_or(crate::state::Workflow::is_finished);
+            .is_none_or(|w| w.is_finished());
         if ended {
             self.local().waiters.remove(workflow);
         }
@@ -468,9 +468,12 @@ impl Application for SchedulerMachine {
         Bytes::from(answer)
     }
 
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        let state = self.read().clone();
-        out.write_all(&encode_snapshot(state, self.digest()))
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+        // A clone: running workflows whole, finished ones as their packed bytes.
+        Box::new(SchedulerImage {
+            state: self.read().clone(),
+            digest: self.digest(),
+        })
     }
 
     fn check_snapshot(&self, input: &mut dyn Read, applied_index: u64) -> io::Result<()> {
@@ -512,8 +515,20 @@ impl Application for SchedulerMachine {
     fn digest(&self) -> u64 {
         *self.shared.digest.lock().expect("digest lock poisoned")
     }
+}
 
+/// The scheduler's state and digest, copied for a snapshot.
+struct SchedulerImage {
+    state: SchedulerState,
+    digest: u64,
+}
+
+impl SnapshotImage for SchedulerImage {
     fn live_values(&self) -> Vec<ValueRef> {
-        self.read().recorded_values()
+        self.state.recorded_values()
+    }
+
+    fn write(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&encode_snapshot(self.state, self.digest))
     }
 }

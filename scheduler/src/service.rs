@@ -216,7 +216,7 @@ impl WorkflowService {
                     .workflow(id)
                     .ok_or_else(|| rejected(&Rejection::UnknownWorkflow(id.to_owned())))?;
                 (workflow.is_finished() || tokio::time::Instant::now() >= deadline)
-                    .then(|| workflow.clone())
+                    .then(|| workflow.into_owned())
             };
             // Values are read with the state's lock released: reading a file under it would
             // hold up apply.
@@ -326,7 +326,7 @@ impl Workflows for WorkflowService {
             .machine
             .read()
             .list(kind, status, after, limit)
-            .map(|(id, w)| (id.clone(), w.clone()))
+            .map(|(id, w)| (id.to_owned(), w.into_owned()))
             .collect();
         // Values are read with the state's lock released (see `get`).
         let workflows = listed

@@ -222,7 +222,7 @@ impl Workers for WorkersService {
                         current: 0,
                     })
                 })?;
-            Task::new(&request.workflow, request.fence, workflow)
+            Task::new(&request.workflow, request.fence, &workflow)
         };
         Ok(Response::new(
             task_to_wire(task, &self.machine).map_err(|e| value_lost(&e))?,

@@ -427,6 +427,27 @@ pub(crate) fn report_latency(file: &str, label: &str, mut latencies: Vec<Duratio
     record(file, &line);
 }
 
+/// The Prometheus text of the node whose metrics endpoint is `addr`, if it answers.
+pub(crate) fn scrape_metrics(addr: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
+    Some(text)
+}
+
+/// The value of sample `name` (with its labels, if any) in Prometheus `text`; 0 if absent.
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .filter(|rest| rest.starts_with([' ', '{']))
+                .and_then(|rest| rest.rsplit(' ').next())
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// Prints `line`, and appends it to `target/keel-bench/<file>` when measuring.
 pub(crate) fn record(file: &str, line: &str) {
     eprintln!("{line}");

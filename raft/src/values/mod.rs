@@ -42,7 +42,19 @@ pub use self::file::{MAGIC, SPARSE_EVERY};
 /// Where a value was recorded: bytes `offset .. offset + len` of the command an
 /// application applied at Raft index `index` (the bytes its `apply` was given).
 #[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]

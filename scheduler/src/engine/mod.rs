@@ -499,7 +499,7 @@ impl Inner {
         let current = state
             .workflow(workflow)
             .filter(|w| !w.is_finished() && w.fence == fence)?;
-        Some(Task::new(workflow, fence, current))
+        Some(Task::new(workflow, fence, &current))
     }
 
     async fn expire(self: Arc<Self>) {

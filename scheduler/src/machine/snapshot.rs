@@ -1,5 +1,5 @@
-//! The scheduler snapshot's bytes: format 5 (magic, rkyv body, CRC32C) written and read,
-//! formats 4, 3 and 2 migrated on read, format 1 refused; the checks a snapshot passes
+//! The scheduler snapshot's bytes: format 6 (magic, rkyv body, CRC32C) written and read,
+//! formats 5, 4, 3 and 2 migrated on read, format 1 refused; the checks a snapshot passes
 //! before it is restored, and why one is refused ([`SnapshotError`]).
 
 use std::io;
@@ -9,6 +9,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::command::{self, Rejection};
 use crate::state::format2::StateV2;
 use crate::state::format4::StateV4;
+use crate::state::format5::StateV5;
 use crate::state::{CronRefused, Inconsistency, SchedulerState};
 
 /// What a snapshot holds.
@@ -17,6 +18,13 @@ use crate::state::{CronRefused, Inconsistency, SchedulerState};
 pub(super) struct SnapshotBody {
     pub(super) state: SchedulerState,
     pub(super) digest: u64,
+}
+
+/// Format 5's body, read to migrate it.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+struct SnapshotBodyV5 {
+    state: StateV5,
+    digest: u64,
 }
 
 /// Format 4's (and 3's) body, read to migrate it.
@@ -34,11 +42,15 @@ struct SnapshotBodyV2 {
 }
 
 /// The scheduler snapshot's first bytes; a CRC32C of the rkyv bytes follows them at the end.
-/// Format 5 holds inputs, outcomes and signal payloads as [`Value`]s: by reference to the
-/// log entry that recorded them, or inline.
+/// Format 6 holds finished workflows packed ([`FinishedWorkflow`]: postcard bytes beside
+/// their status and finish time), running ones whole, and inputs, outcomes and signal
+/// payloads as [`Value`]s: by reference to the log entry that recorded them, or inline.
 ///
+/// [`FinishedWorkflow`]: crate::state::FinishedWorkflow
 /// [`Value`]: crate::command::Value
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH5";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH6";
+/// Format 5 (every workflow whole in one map): migrated on restore.
+const SNAPSHOT_MAGIC_V5: &[u8; 8] = b"KEELSCH5";
 /// Format 4 (parked workflows; every value inline): migrated on restore.
 const SNAPSHOT_MAGIC_V4: &[u8; 8] = b"KEELSCH4";
 /// Format 3 (each schedule's parsed cron spec and the state's last applied index): format
@@ -107,13 +119,15 @@ impl SnapshotError {
     }
 }
 
-/// The body of a scheduler snapshot, checked: magic, checksum, archive (formats 4, 3 and 2
-/// migrated), consistency.
+/// The body of a scheduler snapshot, checked: magic, checksum, archive (formats 5, 4, 3 and
+/// 2 migrated), consistency.
 pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
     if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
         return Err(SnapshotError::Format1);
     }
     let (body, format) = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        (body, 6)
+    } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_V5) {
         (body, 5)
     } else if let Some(body) = bytes
         .strip_prefix(SNAPSHOT_MAGIC_V4)
@@ -134,7 +148,14 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotErro
     }
     let decode_failed = |_: Rejection| SnapshotError::Decode;
     let body = match format {
-        5 => command::decode::<SnapshotBody>(body).map_err(decode_failed)?,
+        6 => command::decode::<SnapshotBody>(body).map_err(decode_failed)?,
+        5 => {
+            let old = command::decode::<SnapshotBodyV5>(body).map_err(decode_failed)?;
+            SnapshotBody {
+                state: old.state.upgrade(),
+                digest: old.digest,
+            }
+        }
         4 => {
             let old = command::decode::<SnapshotBodyV4>(body).map_err(decode_failed)?;
             SnapshotBody {
@@ -201,6 +222,12 @@ mod tests {
     const FORMAT2_CRON_L: &[u8] = include_bytes!("../../tests/fixtures/keelsch2-cron-l.snap");
     /// Format 3, as the build before parking wrote it (the state of `FORMAT2`, migrated).
     const FORMAT3: &[u8] = include_bytes!("../../tests/fixtures/keelsch3.snap");
+    /// Format 5, as the build before packed finished workflows wrote it (commit c21fb69):
+    /// kind `k` declared; `done` started at 2 with a 40-byte input, claimed at 3, step `s`
+    /// recorded at 4 and finished at 5 (40-byte result and output); `running` started at 6
+    /// with a short input, claimed at 7, step `s` recorded at 8. Values over 32 bytes are
+    /// held by reference to the command that recorded them.
+    const FORMAT5: &[u8] = include_bytes!("../../tests/fixtures/keelsch5.snap");
     const MIDNIGHT_MS: u64 = 1_767_225_600_000;
 
     fn apply(machine: &mut SchedulerMachine, index: u64, stamp_ms: u64, command: Command) {
@@ -248,11 +275,11 @@ mod tests {
     }
 
     /// Formats 3 and 4 share a layout (format 4 added a status value), every value inline:
-    /// both are migrated, their values held inline, and written again as format 5. The
+    /// both are migrated, their values held inline, and written again as format 6. The
     /// format 3 fixture was written by the build before parking existed (format 2's state,
     /// migrated); its format 4 twin is the same bytes under format 4's magic.
     #[test]
-    fn formats_3_and_4_are_migrated_with_their_values_inline_and_written_as_format_5() {
+    fn formats_3_and_4_are_migrated_with_their_values_inline_and_written_as_format_6() {
         let mut format4 = FORMAT3.to_vec();
         format4[..8].copy_from_slice(b"KEELSCH4");
         for old in [FORMAT3, format4.as_slice()] {
@@ -270,10 +297,104 @@ mod tests {
             );
             let mut bytes = Vec::new();
             machine.write_snapshot(&mut bytes).expect("snapshot");
-            assert!(bytes.starts_with(b"KEELSCH5"));
-            let again = decode_snapshot(&bytes).expect("format 5 reads back");
+            assert!(bytes.starts_with(b"KEELSCH6"));
+            let again = decode_snapshot(&bytes).expect("format 6 reads back");
             assert_eq!(again.state, migrated);
         }
+    }
+
+    /// Format 5 held every workflow whole: its finished workflow is packed on restore (and
+    /// unpacks to what format 5 held, values by reference kept), its running one stays
+    /// whole, and the state is written again as format 6 and reads back equal.
+    #[test]
+    fn format_5_is_migrated_with_its_finished_workflows_packed() {
+        use crate::command::{EntryState, StoredOutcome, Value, WorkflowStatus};
+        use keel_raft::values::ValueRef;
+        let mut machine = SchedulerMachine::new();
+        machine
+            .restore(&mut &FORMAT5[..])
+            .expect("a format 5 snapshot migrates");
+        let migrated = machine.read().clone();
+        assert_eq!(
+            migrated.workflow_counts(),
+            (1, 1),
+            "one running, one finished"
+        );
+        let done = migrated.workflow("done").expect("done").into_owned();
+        assert_eq!(done.status, WorkflowStatus::Completed);
+        assert_eq!(done.fence, 3);
+        let at = |index| {
+            Value::Recorded(ValueRef {
+                index,
+                offset: 0,
+                len: 40,
+            })
+        };
+        assert_eq!(done.input, at(2));
+        assert_eq!(
+            done.journal[0].state,
+            EntryState::Done(StoredOutcome::Ok(at(4)))
+        );
+        assert_eq!(done.outcome, Some(StoredOutcome::Ok(at(5))));
+        let running = migrated.workflow("running").expect("running");
+        assert_eq!(running.status, WorkflowStatus::Running);
+        assert_eq!(running.input, Value::Inline(b"short".to_vec()));
+        let mut recorded: Vec<u64> = migrated.recorded_values().iter().map(|v| v.index).collect();
+        recorded.sort_unstable();
+        assert_eq!(recorded, [2, 4, 5, 8]);
+        let mut bytes = Vec::new();
+        machine.write_snapshot(&mut bytes).expect("snapshot");
+        assert!(bytes.starts_with(b"KEELSCH6"));
+        let again = decode_snapshot(&bytes).expect("format 6 reads back");
+        assert_eq!(again.state, migrated);
+    }
+
+    /// A snapshot's image is the state when it was taken: commands applied after it (the
+    /// host applies them while the image is encoded) are not in what it writes.
+    #[test]
+    fn an_image_holds_the_state_it_was_taken_from_not_what_applied_after() {
+        let mut machine = SchedulerMachine::new();
+        machine.restore(&mut &FORMAT5[..]).expect("format 5");
+        let before = machine.read().clone();
+        let image = machine.snapshot_image();
+        apply(
+            &mut machine,
+            9,
+            MIDNIGHT_MS + 9,
+            Command::Start {
+                id: "later".into(),
+                kind: "k".into(),
+                input: Vec::new(),
+            },
+        );
+        assert!(machine.read().workflow("later").is_some());
+        let mut bytes = Vec::new();
+        image.write(&mut bytes).expect("write");
+        let written = decode_snapshot(&bytes).expect("decodes");
+        assert_eq!(written.state, before);
+        assert!(written.state.workflow("later").is_none());
+    }
+
+    /// A format 6 snapshot whose finished workflow's record is damaged (its checksum made
+    /// valid again, as a bug writing it would leave it) is refused as inconsistent, naming
+    /// the workflow, rather than restored to panic on the first read.
+    #[test]
+    fn a_snapshot_with_a_damaged_packed_record_is_refused() {
+        let mut machine = SchedulerMachine::new();
+        machine.restore(&mut &FORMAT5[..]).expect("format 5");
+        let (state, digest) = (machine.read().clone(), 0);
+        let damaged = codec::encode(state.with_damaged_record_for_test("done"), digest);
+        let error = SchedulerMachine::new()
+            .restore(&mut damaged.as_slice())
+            .expect_err("a record that does not decode");
+        assert!(
+            matches!(
+                SnapshotError::of(&error),
+                Some(SnapshotError::Inconsistent(Inconsistency::Unpackable { workflow, .. }))
+                    if workflow == "done"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -322,7 +443,7 @@ mod tests {
         machine.write_snapshot(&mut again).expect("snapshot");
         assert!(again.starts_with(SNAPSHOT_MAGIC));
         let mut restored = SchedulerMachine::new();
-        restored.restore(&mut again.as_slice()).expect("format 5");
+        restored.restore(&mut again.as_slice()).expect("format 6");
         assert_eq!(*restored.read(), *machine.read());
     }
 

@@ -10,9 +10,11 @@
 //!   fire records' indexes too (their `(term, index)` is a token of a committed command),
 //!   and the values a workflow references were recorded at or before it (the host's
 //!   snapshot build refuses one from later, and a receiver could not have it);
-//! - a running workflow has no finish time and a finished one has it (`expire` keeps only
-//!   what is running by its finish time: an expired running workflow leaves its timers
-//!   dangling);
+//! - a running workflow has no finish time and a finished one has it; running and parked
+//!   workflows are held whole and finished ones packed, each id once, and every packed
+//!   record decodes into a finished workflow whose status and finish time are the ones kept
+//!   beside it (`running` tells a finished id by its map, `expire` scans the finish times
+//!   kept beside the records, and `unpack` `expect`s a record to decode);
 //! - only signal waits time out (`step` and `fire` treat anything else as unreachable);
 //! - each pending timer of a running workflow's entry targets that entry, and each entry
 //!   timer targets a running workflow's pending sleep or signal wait holding it (`fire`
@@ -25,7 +27,7 @@
 //! - each schedule holds exactly one pending timer that fires it, and each schedule timer's
 //!   schedule holds it (`fire_schedule` `expect`s the schedule).
 
-use super::{EntryKind, EntryState, SchedulerState, TimerTarget, Workflow};
+use super::{EntryKind, EntryState, SchedulerState, TimerTarget, Unpackable, Workflow};
 
 /// A broken cross-reference in a scheduler state: a snapshot holding one is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +44,24 @@ pub enum Inconsistency {
         index: u64,
         /// The state's applied index.
         applied_index: u64,
+    },
+    /// A finished workflow's packed record does not decode or disagrees with what is kept
+    /// beside it.
+    #[error("finished workflow {workflow}: {reason}")]
+    Unpackable {
+        /// The workflow.
+        workflow: String,
+        /// What is wrong.
+        reason: Unpackable,
+    },
+    /// A workflow held in the wrong place: finished among the running ones, or held both
+    /// running and finished.
+    #[error("workflow {workflow} is held as running, yet it {why}")]
+    Misplaced {
+        /// The workflow.
+        workflow: String,
+        /// What it is as well.
+        why: &'static str,
     },
     /// A journal's fences go back, or past its workflow's fence.
     #[error("workflow {workflow}'s journal fences are not ordered up to its fence")]
@@ -197,7 +217,29 @@ impl SchedulerState {
     pub fn consistency(&self) -> Result<(), Inconsistency> {
         self.timers.consistency()?;
         for (id, workflow) in &self.workflows {
+            let why = if workflow.is_finished() {
+                Some("finished")
+            } else if self.finished.contains_key(id.as_str()) {
+                Some("is held finished too")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Inconsistency::Misplaced {
+                    workflow: id.clone(),
+                    why,
+                });
+            }
             self.check_workflow(id, workflow)?;
+        }
+        for (id, finished) in &self.finished {
+            let workflow = finished
+                .check()
+                .map_err(|reason| Inconsistency::Unpackable {
+                    workflow: id.to_string(),
+                    reason,
+                })?;
+            self.check_workflow(id, &workflow)?;
         }
         self.check_timer_targets()?;
         for (name, &timer) in &self.named {
@@ -312,8 +354,7 @@ impl SchedulerState {
                 EntryKind::Call { child, .. } => {
                     let linked = *child == format!("{id}/{seq}")
                         && self.workflows.get(child).is_some_and(|c| {
-                            !c.is_finished()
-                                && c.parent.as_ref().is_some_and(|(p, s)| p == id && *s == seq)
+                            c.parent.as_ref().is_some_and(|(p, s)| p == id && *s == seq)
                         });
                     if !linked {
                         return Err(Inconsistency::CallLink {
@@ -335,7 +376,6 @@ impl SchedulerState {
             let waits = self
                 .workflows
                 .get(parent)
-                .filter(|p| !p.is_finished())
                 .and_then(|p| p.journal.get(*seq as usize))
                 .is_some_and(|entry| {
                     matches!(&entry.kind, EntryKind::Call { child, .. } if child == id)
@@ -363,7 +403,6 @@ impl SchedulerState {
                 TimerTarget::Entry { workflow, seq } => self
                     .workflows
                     .get(workflow)
-                    .filter(|w| !w.is_finished())
                     .and_then(|w| w.journal.get(*seq as usize))
                     .is_some_and(|entry| {
                         matches!(entry.state, EntryState::Pending { .. })

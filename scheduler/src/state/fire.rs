@@ -37,7 +37,6 @@ impl SchedulerState {
                 let entry = self
                     .workflows
                     .get_mut(&workflow)
-                    .filter(|w| !w.is_finished())
                     .and_then(|w| w.journal.get_mut(seq as usize))
                     .expect("a pending entry timer belongs to a running workflow's entry");
                 match &mut entry.kind {

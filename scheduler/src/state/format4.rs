@@ -101,20 +101,19 @@ impl WorkflowV4 {
 }
 
 impl StateV4 {
-    /// The state in the current layout, every value inline.
+    /// The state in the current layout, every value inline, finished workflows packed.
     pub(crate) fn upgrade(self) -> SchedulerState {
-        SchedulerState {
-            workflows: self
-                .workflows
+        SchedulerState::assemble(
+            self.workflows
                 .into_iter()
                 .map(|(id, workflow)| (id, workflow.upgrade()))
                 .collect(),
-            timers: self.timers,
-            named: self.named,
-            fired: self.fired,
-            schedules: self.schedules,
-            kinds: self.kinds,
-            applied_index: self.applied_index,
-        }
+            self.timers,
+            self.named,
+            self.fired,
+            self.schedules,
+            self.kinds,
+            self.applied_index,
+        )
     }
 }

@@ -163,7 +163,7 @@ impl SchedulerState {
         }
         let version = self.version_of(&kind)?;
         check_len("workflow id", child.len(), NAME_MAX_BYTES)?;
-        if self.workflows.contains_key(&child) {
+        if self.exists(&child) {
             // A finished child of an earlier workflow of this id, not expired yet.
             return Err(Rejection::Invalid {
                 what: "child workflow id".to_owned(),

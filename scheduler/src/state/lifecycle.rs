@@ -25,7 +25,7 @@ impl SchedulerState {
                 reason: "'/' is reserved for child workflows' ids".to_owned(),
             });
         }
-        if let Some(existing) = self.workflows.get(&id) {
+        if let Some(existing) = self.workflow(&id) {
             return Ok(Answer::Started {
                 fence: existing.fence,
                 created: false,
@@ -125,7 +125,8 @@ impl SchedulerState {
         Ok(Answer::Done)
     }
 
-    /// Ends the running workflow `id`: cancels its timers and resolves its parent's entry.
+    /// Ends the running workflow `id`: cancels its timers and its running children, packs
+    /// it, and resolves its parent's entry.
     fn end(
         &mut self,
         apply: &mut Apply<'_>,
@@ -147,7 +148,7 @@ impl SchedulerState {
         // A child never outlives its parent: its result would have nowhere to go, and its
         // id must be free when the parent's id is reused after expiry.
         for child in children {
-            if self.workflows.get(&child).is_some_and(|c| !c.is_finished()) {
+            if self.workflows.contains_key(&child) {
                 let message = format!("cancelled: its parent {id} ended");
                 self.end(
                     apply,
@@ -157,6 +158,7 @@ impl SchedulerState {
                 );
             }
         }
+        self.retire(id);
         apply.effects.push(Effect::Finished {
             workflow: id.to_owned(),
         });
@@ -203,12 +205,11 @@ impl SchedulerState {
     /// command's stamp less `retention_ms` (the same rule for both).
     pub(super) fn expire(&mut self, apply: &mut Apply<'_>, retention_ms: u64) -> Answer {
         let cutoff_ms = apply.stamp_ms.saturating_sub(retention_ms);
-        let before = (self.workflows.len(), self.fired.len());
-        self.workflows
-            .retain(|_, w| w.finished_ms.is_none_or(|finished| finished > cutoff_ms));
+        let before = (self.finished.len(), self.fired.len());
+        self.finished.retain(|_, w| w.finished_ms() > cutoff_ms);
         self.fired.retain(|_, record| record.fired_ms > cutoff_ms);
         Answer::Expired {
-            workflows: (before.0 - self.workflows.len()) as u64,
+            workflows: (before.0 - self.finished.len()) as u64,
             fires: (before.1 - self.fired.len()) as u64,
         }
     }
@@ -219,9 +220,6 @@ impl SchedulerState {
         self.fired
             .values()
             .any(|record| record.fired_ms <= cutoff_ms)
-            || self
-                .workflows
-                .values()
-                .any(|w| w.finished_ms.is_some_and(|finished| finished <= cutoff_ms))
+            || self.finished.values().any(|w| w.finished_ms() <= cutoff_ms)
     }
 }

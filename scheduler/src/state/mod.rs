@@ -17,12 +17,18 @@
 //! claim, finish, cancel and its cascade, expiry), `journal` (steps, sleeps, signal waits,
 //! calls, signals), `named` (named timers), `fire` (firing due timers) and
 //! `schedules` (cron).
+//!
+//! Running and parked workflows are held whole; a workflow that finishes is packed
+//! (`finished`: its record in a compact encoding, a few hundred bytes) until it expires, and
+//! unpacked when read.
 
 mod consistency;
 mod cron;
+mod finished;
 mod fire;
 pub(crate) mod format2;
 pub(crate) mod format4;
+pub(crate) mod format5;
 mod journal;
 mod lifecycle;
 mod named;
@@ -30,6 +36,7 @@ mod schedules;
 mod timers;
 mod workflow;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use keel_raft::application::AppliedAt;
@@ -38,6 +45,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 pub use self::consistency::Inconsistency;
 pub use self::cron::{CronSpec, DayRule, Schedule};
+pub use self::finished::{FinishedWorkflow, Unpackable};
 pub use self::format2::CronRefused;
 pub use self::timers::{Timer, TimerQueue, TimerTarget};
 pub use self::workflow::{EntryKind, JournalEntry, Workflow};
@@ -127,7 +135,10 @@ pub const CHECKED_WORKFLOWS_MAX: usize = 1024;
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub struct SchedulerState {
+    /// Running and parked workflows.
     workflows: BTreeMap<String, Workflow>,
+    /// Finished workflows, packed, until they expire. An id is in one map at most.
+    finished: BTreeMap<Box<str>, FinishedWorkflow>,
     timers: TimerQueue,
     /// Pending named timers by name.
     named: HashMap<String, u64>,
@@ -337,14 +348,27 @@ impl SchedulerState {
     }
 
     fn running(&mut self, id: &str) -> Result<&mut Workflow, Rejection> {
-        let workflow = self
-            .workflows
-            .get_mut(id)
-            .ok_or_else(|| Rejection::UnknownWorkflow(id.to_owned()))?;
-        if workflow.is_finished() {
-            return Err(Rejection::Finished(workflow.status));
+        if let Some(finished) = self.finished.get(id) {
+            return Err(Rejection::Finished(finished.status()));
         }
-        Ok(workflow)
+        self.workflows
+            .get_mut(id)
+            .ok_or_else(|| Rejection::UnknownWorkflow(id.to_owned()))
+    }
+
+    /// Whether a workflow `id` exists, running or finished.
+    fn exists(&self, id: &str) -> bool {
+        self.workflows.contains_key(id) || self.finished.contains_key(id)
+    }
+
+    /// Moves workflow `id`, which just finished, to the finished workflows, packed.
+    fn retire(&mut self, id: &str) {
+        let (id, workflow) = self
+            .workflows
+            .remove_entry(id)
+            .expect("retiring a known workflow");
+        self.finished
+            .insert(id.into_boxed_str(), FinishedWorkflow::pack(&workflow));
     }
 
     /// The running workflow `id`, if `fence` is its current fence.
@@ -385,34 +409,47 @@ impl SchedulerState {
         Some(timer)
     }
 
-    /// Workflow `id`.
-    pub fn workflow(&self, id: &str) -> Option<&Workflow> {
-        self.workflows.get(id)
+    /// Workflow `id`: borrowed while it runs, unpacked once it finished.
+    pub fn workflow(&self, id: &str) -> Option<Cow<'_, Workflow>> {
+        match self.workflows.get(id) {
+            Some(workflow) => Some(Cow::Borrowed(workflow)),
+            None => self.finished.get(id).map(|f| Cow::Owned(f.unpack())),
+        }
     }
 
-    /// Workflows in id order after `after`, filtered by kind and status, at most `limit`.
+    /// Workflows in id order after `after`, filtered by kind and status, at most `limit`
+    /// (finished ones unpacked).
     pub fn list<'a>(
         &'a self,
         kind: Option<&'a str>,
         status: Option<WorkflowStatus>,
         after: Option<&'a str>,
         limit: usize,
-    ) -> impl Iterator<Item = (&'a String, &'a Workflow)> + 'a {
-        let range = match after {
-            Some(after) => self
-                .workflows
-                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => self.workflows.range::<str, _>(..),
-        };
-        range
+    ) -> impl Iterator<Item = (&'a str, Cow<'a, Workflow>)> + 'a {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let running = self
+            .workflows
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .map(|(id, w)| (id.as_str(), Cow::Borrowed(w)));
+        let finished = self
+            .finished
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .filter(move |(_, f)| status.is_none_or(|s| f.status() == s))
+            .map(|(id, f)| (&**id, Cow::Owned(f.unpack())));
+        merge_by_id(running, finished)
             .filter(move |(_, w)| kind.is_none_or(|k| w.kind == k))
             .filter(move |(_, w)| status.is_none_or(|s| w.status == s))
             .take(limit)
     }
 
-    /// Running workflows, in id order.
+    /// Running (and parked) workflows, in id order.
     pub fn running_workflows(&self) -> impl Iterator<Item = (&String, &Workflow)> + '_ {
-        self.workflows.iter().filter(|(_, w)| !w.is_finished())
+        self.workflows.iter()
+    }
+
+    /// How many workflows it holds: running and parked, finished.
+    pub fn workflow_counts(&self) -> (usize, usize) {
+        (self.workflows.len(), self.finished.len())
     }
 
     /// The pending timers.
@@ -447,6 +484,15 @@ impl SchedulerState {
         self.named.remove(name);
     }
 
+    /// This state with finished workflow `id`'s packed record cut in half, for tests that
+    /// corrupt a state on purpose.
+    #[cfg(test)]
+    pub(crate) fn with_damaged_record_for_test(mut self, id: &str) -> Self {
+        let record = self.finished.get_mut(id).expect("a finished workflow");
+        record.truncate_for_test();
+        self
+    }
+
     /// Declared kinds and their version markers.
     pub fn kinds(&self) -> &BTreeMap<String, String> {
         &self.kinds
@@ -455,7 +501,9 @@ impl SchedulerState {
     /// Checks [`SchedulerState::consistency`] (debug builds, states of at most
     /// [`CHECKED_WORKFLOWS_MAX`] workflows).
     pub fn check_invariants(&self) {
-        if cfg!(debug_assertions) && self.workflows.len() <= CHECKED_WORKFLOWS_MAX {
+        if cfg!(debug_assertions)
+            && self.workflows.len() + self.finished.len() <= CHECKED_WORKFLOWS_MAX
+        {
             self.assert_consistent();
         }
     }
@@ -477,11 +525,58 @@ impl SchedulerState {
 
     /// Every value the state holds by reference (repeats possible).
     pub fn recorded_values(&self) -> Vec<ValueRef> {
-        self.workflows
+        let mut values: Vec<ValueRef> = self
+            .workflows
             .values()
             .flat_map(Workflow::recorded_values)
-            .collect()
+            .collect();
+        for finished in self.finished.values() {
+            values.extend(finished.unpack().recorded_values());
+        }
+        values
     }
+
+    /// The state holding `workflows` (finished ones packed) and the rest as given: how a
+    /// migrated snapshot's state, which held every workflow whole, is laid out now.
+    pub(crate) fn assemble(
+        workflows: BTreeMap<String, Workflow>,
+        timers: TimerQueue,
+        named: HashMap<String, u64>,
+        fired: HashMap<String, FireRecord>,
+        schedules: BTreeMap<String, Schedule>,
+        kinds: BTreeMap<String, String>,
+        applied_index: u64,
+    ) -> Self {
+        let (finished, running): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            workflows.into_iter().partition(|(_, w)| w.is_finished());
+        Self {
+            workflows: running,
+            finished: finished
+                .into_iter()
+                .map(|(id, w)| (id.into_boxed_str(), FinishedWorkflow::pack(&w)))
+                .collect(),
+            timers,
+            named,
+            fired,
+            schedules,
+            kinds,
+            applied_index,
+        }
+    }
+}
+
+/// Two id-ordered sequences of workflows, merged in id order (no id is in both).
+fn merge_by_id<'a>(
+    a: impl Iterator<Item = (&'a str, Cow<'a, Workflow>)>,
+    b: impl Iterator<Item = (&'a str, Cow<'a, Workflow>)>,
+) -> impl Iterator<Item = (&'a str, Cow<'a, Workflow>)> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((x, _)), Some((y, _))) if x <= y => a.next(),
+        (Some(_), Some(_)) | (None, _) => b.next(),
+        (Some(_), None) => a.next(),
+    })
 }
 
 #[cfg(test)]

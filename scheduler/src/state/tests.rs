@@ -81,8 +81,12 @@ impl Harness {
         self.state.workflow(id).expect("workflow").fence
     }
 
-    fn journal(&self, id: &str) -> &[JournalEntry] {
-        &self.state.workflow(id).expect("workflow").journal
+    fn journal(&self, id: &str) -> Vec<JournalEntry> {
+        self.state
+            .workflow(id)
+            .expect("workflow")
+            .into_owned()
+            .journal
     }
 
     fn fire_all(&mut self, stamp_ms: u64) -> Vec<u64> {

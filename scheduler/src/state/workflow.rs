@@ -10,7 +10,17 @@ use keel_raft::values::ValueRef;
 use crate::command::{EntryState, Owner, StoredOutcome, Value, WorkflowStatus};
 
 /// What a journal entry is.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub enum EntryKind {
     /// A step, by name.
@@ -63,7 +73,17 @@ impl EntryKind {
 }
 
 /// One journal entry.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub struct JournalEntry {
     /// What it is.
@@ -77,7 +97,17 @@ pub struct JournalEntry {
 }
 
 /// A workflow.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+)]
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub struct Workflow {
     /// Its kind.

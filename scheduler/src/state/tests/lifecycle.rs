@@ -150,6 +150,89 @@ fn expiry_forgets_only_workflows_finished_before_the_retention() {
     assert!(h.state.workflow("new").is_some() && h.state.workflow("running").is_some());
 }
 
+/// A workflow that finishes is packed: it leaves the running workflows, reads back whole
+/// (journal, outcome, status), answers a start under its id and refuses a late record as
+/// finished.
+#[test]
+fn a_finished_workflow_is_packed_and_reads_back_whole() {
+    let mut h = Harness::new();
+    h.start("w");
+    let fence = h.fence("w");
+    h.step("w", fence, 0, "s", "result");
+    let before = h.state.workflow("w").expect("w").into_owned();
+    h.apply(
+        2_000,
+        Command::Finish {
+            workflow: "w".into(),
+            fence,
+            outcome: Outcome::Ok(b"out".to_vec()),
+        },
+    );
+    assert_eq!(h.state.workflow_counts(), (0, 1));
+    assert_eq!(h.state.running_workflows().count(), 0);
+    let after = h.state.workflow("w").expect("w").into_owned();
+    assert_eq!(after.journal, before.journal);
+    assert_eq!(after.status, WorkflowStatus::Completed);
+    assert_eq!(after.finished_ms, Some(2_000));
+    assert_eq!(
+        after.outcome,
+        Some(StoredOutcome::Ok(Value::Inline(b"out".to_vec())))
+    );
+    assert!(matches!(
+        h.start("w"),
+        Answer::Started {
+            created: false,
+            status: WorkflowStatus::Completed,
+            ..
+        }
+    ));
+    assert_eq!(
+        h.step("w", fence, 1, "late", "x"),
+        Answer::Rejected(Rejection::Finished(WorkflowStatus::Completed))
+    );
+    let listed: Vec<String> = h
+        .state
+        .list(None, Some(WorkflowStatus::Completed), None, 10)
+        .map(|(id, _)| id.to_owned())
+        .collect();
+    assert_eq!(listed, ["w"]);
+}
+
+/// Listing merges running and finished workflows in id order, filters each by status and
+/// kind, and pages after an id.
+#[test]
+fn a_list_interleaves_running_and_finished_workflows_by_id() {
+    let mut h = Harness::new();
+    for id in ["a", "b", "c", "d"] {
+        h.start(id);
+    }
+    for id in ["a", "c"] {
+        let fence = h.fence(id);
+        h.apply(
+            300,
+            Command::Finish {
+                workflow: id.into(),
+                fence,
+                outcome: Outcome::Ok(Vec::new()),
+            },
+        );
+    }
+    let ids = |h: &Harness, status, after, limit| -> Vec<String> {
+        h.state
+            .list(None, status, after, limit)
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&h, None, None, 10), ["a", "b", "c", "d"]);
+    assert_eq!(ids(&h, None, Some("a"), 2), ["b", "c"]);
+    assert_eq!(ids(&h, Some(WorkflowStatus::Running), None, 10), ["b", "d"]);
+    assert_eq!(
+        ids(&h, Some(WorkflowStatus::Completed), Some("a"), 10),
+        ["c"]
+    );
+    assert!(h.state.list(Some("child"), None, None, 10).next().is_none());
+}
+
 #[test]
 fn a_fire_record_older_than_the_retention_is_removed_by_expiry() {
     let mut h = Harness::new();
