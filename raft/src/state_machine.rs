@@ -419,12 +419,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
         let publishing = Arc::clone(&self.publishing);
         let (file, header) = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let live = crate::values::by_place(image.live_values());
-            let mut app_bytes = Vec::new();
-            image.write(&mut app_bytes)?;
             let _publishing = publishing.lock().expect("publishing lock poisoned");
-            Ok(write_snapshot(
-                &snapshots, &values, state, &live, &app_bytes,
-            )?)
+            Ok(write_snapshot(&snapshots, &values, state, &live, |out| {
+                image.write(out)
+            })?)
         })
         .await
         .map_err(io::Error::other)??;
@@ -444,7 +442,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
 
 /// Publishes a snapshot of a state whose header is `header` and whose values are `live`
 /// (sorted): the values recorded up to its index go to a value file first, then the file is
-/// written; values no longer live are dropped last. When a snapshot at least as new is
+/// written, the application's part by `write_app` (straight into the file, so the state is
+/// not copied whole once more); values no longer live are dropped last. When a snapshot at least as new is
 /// current already (one was installed while this one was built), that one stands and
 /// is returned. Called with the host's publishing lock held.
 fn write_snapshot(
@@ -452,7 +451,7 @@ fn write_snapshot(
     values: &ValueStore,
     mut header: SnapshotHeader,
     live: &[ValueRef],
-    app_bytes: &[u8],
+    write_app: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
 ) -> crate::Result<(SnapshotFile, SnapshotHeader)> {
     if let Some((file, current)) = snapshots.current()?
         && current.last_log_id >= header.last_log_id
@@ -479,11 +478,7 @@ fn write_snapshot(
         inline: false,
         section_bytes: refs.len() as u64,
     };
-    let file = snapshots.write(
-        &header,
-        |out| out.write_all(&refs),
-        |out| out.write_all(app_bytes),
-    )?;
+    let file = snapshots.write(&header, |out| out.write_all(&refs), write_app)?;
     values.collect(live)?;
     Ok((file, header))
 }
@@ -831,7 +826,9 @@ mod check_tests {
             )
             .expect("installed");
         let (file, current) =
-            write_snapshot(&snapshots, &values, header(5, Vec::new()), &[], b"older")
+            write_snapshot(&snapshots, &values, header(5, Vec::new()), &[], |out| {
+                out.write_all(b"older")
+            })
                 .expect("build");
         assert_eq!(
             current.last_log_id,

@@ -37,7 +37,8 @@
 //!
 //! [scheduler]
 //! max_clock_skew_ms = 500           # how far wall clocks may disagree (timers)
-//! retention_ms = 604800000          # keep finished workflows this long
+//! retention_ms = 604800000          # keep finished workflows this long (expired every
+//!                                   # quarter of it, at most every minute)
 //! run_workflows = true              # false: leave every kind to remote workers (`keel worker`)
 //!
 //! [peers]                           # optional: reach peers here instead (a proxy)
@@ -213,6 +214,9 @@ impl Default for SnapshotSettings {
     }
 }
 
+/// The shortest pause between expiries, whatever the retention.
+const EXPIRE_EVERY_MIN: Duration = Duration::from_millis(100);
+
 /// Workflow engine settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -333,10 +337,15 @@ impl ConfigFile {
             .security
             .check(config.listen, config.metrics_listen)
             .map_err(|e| Error::Config(e.to_string()))?;
+        let retention = Duration::from_millis(self.scheduler.retention_ms);
+        let defaults = EngineSettings::default();
         let engine = EngineSettings {
             max_clock_skew: Duration::from_millis(self.scheduler.max_clock_skew_ms),
-            retention: Duration::from_millis(self.scheduler.retention_ms),
-            ..EngineSettings::default()
+            retention,
+            // Often enough that a finished workflow outlives its retention by at most a
+            // quarter of it (and at most the default's minute).
+            expire_every: (retention / 4).clamp(EXPIRE_EVERY_MIN, defaults.expire_every),
+            ..defaults
         };
         Ok(NodeSettings {
             node: config,
@@ -373,6 +382,7 @@ mod tests {
         assert_eq!(settings.runtime_threads, 1);
         assert_eq!(settings.engine.max_clock_skew, Duration::from_millis(250));
         assert_eq!(settings.engine.retention, Duration::from_secs(1));
+        assert_eq!(settings.engine.expire_every, Duration::from_millis(250));
         assert!(
             settings.run_workflows,
             "a partial table keeps the other defaults"

@@ -21,7 +21,7 @@ use keel_raft::values::{ValueError, ValueRef, ValueStore};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use self::snapshot::SnapshotError;
-use self::snapshot::{decode_snapshot, encode_snapshot};
+use self::snapshot::{decode_snapshot, write_snapshot};
 use crate::command::{self, Answer, EntryState, Outcome, Rejection, StoredOutcome, Value};
 use crate::state::JournalEntry;
 use crate::state::{Effect, FireRecord, SchedulerState};
@@ -529,6 +529,6 @@ impl SnapshotImage for SchedulerImage {
     }
 
     fn write(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(&encode_snapshot(self.state, self.digest))
+        write_snapshot(out, self.state, self.digest)
     }
 }

@@ -85,6 +85,11 @@ pub(crate) struct BenchCluster {
     _dir: tempfile::TempDir,
 }
 
+/// The benchmarks' snapshot policy: rarely by entries (a benchmark asks for one when it
+/// needs one), far behind.
+const DEFAULT_TUNING: &str =
+    "[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n";
+
 /// The admin token of a TLS benchmark cluster (a benchmark's secret need not be secret).
 const BENCH_TOKEN: &str = "keel-bench-admin-token";
 
@@ -128,6 +133,16 @@ impl BenchCluster {
     /// Three nodes, each with TLS and authentication when `tls` (clients then present the
     /// CA and an admin token, checked on every request).
     pub(crate) fn start_with(relaxed: bool, tls: bool) -> Self {
+        Self::configured(relaxed, tls, DEFAULT_TUNING)
+    }
+
+    /// Three plaintext nodes whose configuration ends with `tuning` (its `[snapshot]` and
+    /// any other sections) instead of the benchmarks' default snapshot policy.
+    pub(crate) fn start_tuned(relaxed: bool, tuning: &str) -> Self {
+        Self::configured(relaxed, false, tuning)
+    }
+
+    fn configured(relaxed: bool, tls: bool, tuning: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (sections, credentials) = if tls {
             bench_pki(dir.path())
@@ -144,7 +159,7 @@ impl BenchCluster {
             let sync = if relaxed { "relaxed" } else { "durable" };
             let security = &sections[usize::try_from(id - 1).expect("node index")];
             let text = format!(
-                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[snapshot]\nevery_entries = 1000000\nkeep_behind = 10000\ninstall_timeout_ms = 60000\n[retention]\nmax_bytes = 268435456\n{security}"
+                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[retention]\nmax_bytes = 268435456\n{security}{tuning}"
             );
             std::fs::write(&config, text).expect("config");
             nodes.push((id, addr, config, None));

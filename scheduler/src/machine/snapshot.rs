@@ -175,15 +175,26 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotErro
     Ok(body)
 }
 
-/// A snapshot of `state` and `digest`, framed as [`Application::write_snapshot`] frames it.
-///
-/// [`Application::write_snapshot`]: keel_raft::application::Application::write_snapshot
-pub(super) fn encode_snapshot(state: SchedulerState, digest: u64) -> Vec<u8> {
-    let bytes = command::encode(&SnapshotBody { state, digest });
-    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + bytes.len() + 4);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&bytes);
-    out.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+/// Writes a snapshot of `state` and `digest` to `out`: magic, archive, checksum (the
+/// archive written as it is, not copied into a frame first).
+pub(super) fn write_snapshot(
+    out: &mut dyn io::Write,
+    state: SchedulerState,
+    digest: u64,
+) -> io::Result<()> {
+    // The aligned archive itself: `command::encode` would copy it into a `Vec`.
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&SnapshotBody { state, digest })
+        .map_err(io::Error::other)?;
+    out.write_all(SNAPSHOT_MAGIC)?;
+    out.write_all(&bytes)?;
+    out.write_all(&crc32c::crc32c(&bytes).to_le_bytes())
+}
+
+/// A snapshot of `state` and `digest`, framed as [`write_snapshot`] frames it.
+#[cfg(test)]
+fn encode_snapshot(state: SchedulerState, digest: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_snapshot(&mut out, state, digest).expect("a Vec takes every write");
     out
 }
 

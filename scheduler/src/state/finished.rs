@@ -13,6 +13,8 @@
 //! form, fields in declaration order. It is part of scheduler snapshot format 6: a change
 //! to [`Workflow`] or to a type inside it changes it, and bumps that format.
 
+use std::sync::Arc;
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::Workflow;
@@ -26,8 +28,9 @@ pub struct FinishedWorkflow {
     finished_ms: u64,
     /// How it finished.
     status: WorkflowStatus,
-    /// The whole [`Workflow`], postcard-encoded.
-    packed: Box<[u8]>,
+    /// The whole [`Workflow`], postcard-encoded; shared, never changed, so a snapshot's
+    /// image copies a pointer, not the record.
+    packed: Arc<[u8]>,
 }
 
 /// A packed record that does not decode, or does not say what is kept beside it.
@@ -44,7 +47,7 @@ impl FinishedWorkflow {
         assert!(workflow.is_finished(), "only a finished workflow is packed");
         let packed = postcard::to_allocvec(workflow)
             .expect("a workflow encodes: every field has a serde form")
-            .into_boxed_slice();
+            .into();
         Self {
             finished_ms: workflow
                 .finished_ms

@@ -38,6 +38,7 @@ mod workflow;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use keel_raft::application::AppliedAt;
 use keel_raft::values::ValueRef;
@@ -137,8 +138,9 @@ pub const CHECKED_WORKFLOWS_MAX: usize = 1024;
 pub struct SchedulerState {
     /// Running and parked workflows.
     workflows: BTreeMap<String, Workflow>,
-    /// Finished workflows, packed, until they expire. An id is in one map at most.
-    finished: BTreeMap<Box<str>, FinishedWorkflow>,
+    /// Finished workflows, packed, until they expire. An id is in one map at most. Ids and
+    /// records are shared: a snapshot's image clones the map, not what it holds.
+    finished: BTreeMap<Arc<str>, FinishedWorkflow>,
     timers: TimerQueue,
     /// Pending named timers by name.
     named: HashMap<String, u64>,
@@ -368,7 +370,7 @@ impl SchedulerState {
             .remove_entry(id)
             .expect("retiring a known workflow");
         self.finished
-            .insert(id.into_boxed_str(), FinishedWorkflow::pack(&workflow));
+            .insert(id.into(), FinishedWorkflow::pack(&workflow));
     }
 
     /// The running workflow `id`, if `fence` is its current fence.
@@ -553,7 +555,7 @@ impl SchedulerState {
             workflows: running,
             finished: finished
                 .into_iter()
-                .map(|(id, w)| (id.into_boxed_str(), FinishedWorkflow::pack(&w)))
+                .map(|(id, w)| (id.into(), FinishedWorkflow::pack(&w)))
                 .collect(),
             timers,
             named,
