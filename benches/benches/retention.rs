@@ -107,7 +107,10 @@ async fn load(client: &WorkflowClient, rate: u64, stop: Arc<AtomicBool>) -> u64 
                 while !stop.load(Ordering::SeqCst) {
                     ticks.tick().await;
                     let id = format!("retained-{}", started.fetch_add(1, Ordering::SeqCst));
-                    client.start(&id, "steps", input.clone()).await.expect("start");
+                    client
+                        .start(&id, "steps", input.clone())
+                        .await
+                        .expect("start");
                     let info = client
                         .get_after(&id, Duration::from_secs(60), false)
                         .await
@@ -189,7 +192,11 @@ async fn measure(plan: &Plan) {
             finished,
             elapsed.as_secs(),
             finished / elapsed.as_secs().max(1),
-            if held { "held on every node" } else { "did NOT hold" }
+            if held {
+                "held on every node"
+            } else {
+                "did NOT hold"
+            }
         ),
     );
     assert!(held, "a data directory outgrew its bound");

@@ -119,7 +119,8 @@ fn main() {
         driver.run(n);
     }
     let after = dhat::HeapStats::get();
-    assert_eq!(driver.state.workflow_counts(), (0, WORKFLOWS as usize));
+    let (running, finished) = driver.state.workflow_counts();
+    assert_eq!((running, u64::try_from(finished)), (0, Ok(WORKFLOWS)));
     let bytes = after.curr_bytes as u64 - before.curr_bytes as u64;
     let blocks = after.curr_blocks as u64 - before.curr_blocks as u64;
     let per_workflow = (bytes + blocks * BLOCK_OVERHEAD) / WORKFLOWS;

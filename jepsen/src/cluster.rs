@@ -604,21 +604,23 @@ impl Cluster {
 
     /// Has every node build a snapshot of what it applied: each moves the live values of
     /// the log it may purge into its value files, so reads after it find them there.
-    /// Returns each node's snapshot index.
+    /// Every node is asked, whatever the others answer; returns each node's snapshot
+    /// index, or why it built none.
     ///
     /// # Errors
-    /// The first node that failed to build one.
-    pub async fn snapshot_all(&self) -> anyhow::Result<Vec<u64>> {
+    /// No client could be made.
+    pub async fn snapshot_all(&self) -> anyhow::Result<Vec<Result<u64, String>>> {
         let mut client = self.client()?;
-        let mut indexes = Vec::with_capacity(self.nodes.len());
+        let mut built = Vec::with_capacity(self.nodes.len());
         for node in self.nodes.values() {
-            let index = client
-                .build_snapshot(&node.addr)
-                .await
-                .with_context(|| format!("node {} building a snapshot", node.id))?;
-            indexes.push(index);
+            built.push(
+                client
+                    .build_snapshot(&node.addr)
+                    .await
+                    .map_err(|error| format!("node {}: {error}", node.id)),
+            );
         }
-        Ok(indexes)
+        Ok(built)
     }
 
     /// Whether a node announced a deliberate fault in its log.

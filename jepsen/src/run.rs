@@ -524,7 +524,7 @@ async fn check_workflows_part(
     // the log. A node that cannot build one is not an anomaly of this checker; its reads
     // still are checked.
     match cluster.snapshot_all().await {
-        Ok(indexes) => tracing::info!(?indexes, "every node built a snapshot"),
+        Ok(built) => tracing::info!(?built, "snapshots built before the final reads"),
         Err(error) => tracing::warn!(%error, "building snapshots before the final reads"),
     }
     let finals = match cluster.workflow_client() {

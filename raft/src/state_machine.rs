@@ -11,10 +11,10 @@
 //!
 //! The host also keeps the values an application's state references readable after the
 //! log is purged ([`crate::values`]): building a snapshot at index `S`, it lists the
-//! image's references ([`SnapshotImage::live_values`]), copies those recorded
-//! at or below `S` into a value file before the snapshot is published (openraft purges the
-//! log only behind a published snapshot), and drops values no published state references
-//! after. A snapshot sent to another node carries the values' bytes; installing one writes
+//! image's references ([`crate::application::SnapshotImage::live_values`]), copies those
+//! recorded at or below `S` into a value file before the snapshot is published (openraft
+//! purges the log only behind a published snapshot), and drops values no published state
+//! references after. A snapshot sent to another node carries the values' bytes; installing one writes
 //! them into this node's value files before the state is restored from it.
 
 use std::io;
@@ -402,8 +402,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineHost {
         // Applying waits only while the image is taken; it is encoded, and its values
         // listed, after.
         let (state, image) = {
-            let capturing = Instant::now();
             let state = self.lock();
+            let capturing = Instant::now();
             let taken = (
                 state.header(SnapshotValues::default()),
                 state.app.snapshot_image(),
@@ -829,7 +829,7 @@ mod check_tests {
             write_snapshot(&snapshots, &values, header(5, Vec::new()), &[], |out| {
                 out.write_all(b"older")
             })
-                .expect("build");
+            .expect("build");
         assert_eq!(
             current.last_log_id,
             Some((2, 9)),

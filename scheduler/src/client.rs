@@ -53,16 +53,17 @@ impl Seen {
         }
     }
 
-    /// `error` typed by the statuses seen: data loss if any node reported it, else by the
-    /// last status.
+    /// `error` typed by the statuses seen: a refusal by the last status; data loss if a
+    /// node reported it and no node answered definitely (the request gave up retrying);
+    /// else the cluster's error.
     fn typed(&self, error: ClientError) -> WorkflowClientError {
         let seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(lost) = seen
+        let data_loss = seen
             .iter()
-            .find(|status| status.code() == tonic::Code::DataLoss)
-        {
+            .find(|status| status.code() == tonic::Code::DataLoss);
+        if let (ClientError::GaveUp { .. }, Some(status)) = (&error, data_loss) {
             return WorkflowClientError::DataLoss {
-                message: lost.message().to_owned(),
+                message: status.message().to_owned(),
             };
         }
         let last = seen.last().and_then(rejection_kind);
@@ -353,5 +354,46 @@ impl WorkflowClient {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Rejection;
+    use crate::wire::rejected;
+
+    fn seen(statuses: &[tonic::Status]) -> Seen {
+        let seen = Seen::default();
+        for status in statuses {
+            seen.note::<()>(&Err(status.clone()));
+        }
+        seen
+    }
+
+    /// A node's data loss is the answer only when no node answered definitely: a retry
+    /// that gave up reports it, a later refusal stands as the refusal.
+    #[test]
+    fn data_loss_is_reported_only_when_the_request_gave_up() {
+        let lost = tonic::Status::data_loss("reading a workflow's value: gone");
+        let gave_up = ClientError::GaveUp {
+            last: "data loss".into(),
+        };
+        assert!(matches!(
+            seen(&[lost.clone(), lost.clone()]).typed(gave_up),
+            WorkflowClientError::DataLoss { message } if message.contains("gone")
+        ));
+        let unknown = rejected(&Rejection::UnknownWorkflow("w".into()));
+        let refused = ClientError::Refused {
+            kind: keel_raft::wire_error::WriteErrorKind::Invalid,
+            message: unknown.message().to_owned(),
+        };
+        assert!(matches!(
+            seen(&[lost, unknown]).typed(refused),
+            WorkflowClientError::Rejected {
+                kind: RejectionKind::UnknownWorkflow,
+                ..
+            }
+        ));
     }
 }

@@ -71,8 +71,14 @@ impl FinishedWorkflow {
     /// # Errors
     /// [`Unpackable`] when it does not.
     pub fn check(&self) -> Result<Workflow, Unpackable> {
-        let workflow: Workflow = postcard::from_bytes(&self.packed)
+        let (workflow, rest): (Workflow, _) = postcard::take_from_bytes(&self.packed)
             .map_err(|e| Unpackable(format!("does not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Unpackable(format!(
+                "has {} bytes after the workflow",
+                rest.len()
+            )));
+        }
         if !workflow.is_finished()
             || workflow.status != self.status
             || workflow.finished_ms != Some(self.finished_ms)
@@ -216,14 +222,22 @@ mod tests {
             prop_assert_eq!(Some(packed.finished_ms()), workflow.finished_ms);
         }
 
-        /// A record cut short is refused: decoding it follows the whole record's path and
-        /// runs out of bytes.
+        /// A record cut short is refused (decoding it follows the whole record's path and
+        /// runs out of bytes), and so is one with bytes after it.
         #[test]
-        fn a_truncated_record_is_refused(workflow in finished(), cut in 1usize..64) {
-            let mut packed = FinishedWorkflow::pack(&workflow);
-            let keep = packed.packed.len().saturating_sub(cut);
-            packed.packed = packed.packed[..keep].into();
-            prop_assert!(packed.check().is_err());
+        fn a_truncated_or_padded_record_is_refused(
+            workflow in finished(),
+            cut in 1usize..64,
+            extra in proptest::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let whole = FinishedWorkflow::pack(&workflow);
+            let mut cut_short = whole.clone();
+            let keep = whole.packed.len().saturating_sub(cut);
+            cut_short.packed = whole.packed[..keep].into();
+            prop_assert!(cut_short.check().is_err());
+            let mut padded = whole.clone();
+            padded.packed = [&whole.packed[..], &extra[..]].concat().into();
+            prop_assert!(padded.check().is_err());
         }
     }
 

@@ -539,7 +539,9 @@ impl SchedulerState {
     }
 
     /// The state holding `workflows` (finished ones packed) and the rest as given: how a
-    /// migrated snapshot's state, which held every workflow whole, is laid out now.
+    /// migrated snapshot's state, which held every workflow whole, is laid out now. A
+    /// finished workflow without its end stamp (an inconsistent old snapshot) is left
+    /// whole, for the consistency check to refuse as misplaced rather than packing it.
     pub(crate) fn assemble(
         workflows: BTreeMap<String, Workflow>,
         timers: TimerQueue,
@@ -549,8 +551,9 @@ impl SchedulerState {
         kinds: BTreeMap<String, String>,
         applied_index: u64,
     ) -> Self {
-        let (finished, running): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            workflows.into_iter().partition(|(_, w)| w.is_finished());
+        let (finished, running): (BTreeMap<_, _>, BTreeMap<_, _>) = workflows
+            .into_iter()
+            .partition(|(_, w)| w.is_finished() && w.finished_ms.is_some());
         Self {
             workflows: running,
             finished: finished
