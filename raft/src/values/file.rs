@@ -19,7 +19,8 @@
 //!
 //! Values come before the table so a file is written in one pass from a stream of values
 //! (a received snapshot's, say). A value is read with one `pread` and checked against its
-//! CRC32C; the table is read and checked whole when the file is opened, and only every
+//! CRC32C; the table is read and checked whole when the file is opened (and every value
+//! when a node opens its store: [`ValueFile::verify`]), and only every
 //! [`SPARSE_EVERY`]th key stays in memory (half a byte per value), so a lookup reads one
 //! block of at most that many table rows.
 
@@ -328,6 +329,19 @@ impl ValueFile {
             ));
         }
         Ok(Some(self.read(&row)?.slice(..at.len as usize)))
+    }
+
+    /// Reads every value and checks it against its checksum: a node verifies its value
+    /// files when it opens them, so damage done while it was stopped is refused at start
+    /// (and repaired from the cluster) rather than found by a later read.
+    ///
+    /// # Errors
+    /// [`ValueError::Corrupt`] naming the first value that does not check; [`ValueError::Io`].
+    pub(crate) fn verify(&self) -> Result<(), ValueError> {
+        for row in self.rows(0, self.count)? {
+            self.read(&row)?;
+        }
+        Ok(())
     }
 
     /// The value of table row `row`, checked against its checksum.

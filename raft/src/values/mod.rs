@@ -232,6 +232,7 @@ impl ValueStore {
                 continue;
             }
             let file = ValueFile::open(&path)?;
+            file.verify()?;
             if file.range() != (first, last) {
                 return Err(ValueError::Corrupt {
                     path,

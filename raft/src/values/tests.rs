@@ -279,7 +279,7 @@ fn small_files_are_merged_and_a_range_with_nothing_live_has_no_file() {
 }
 
 #[test]
-fn a_damaged_value_file_is_refused_or_its_value_reported_never_misread() {
+fn a_damaged_value_file_is_refused_at_open_or_its_value_reported_never_misread() {
     let fixture = Fixture::new();
     let store = fixture.store(None);
     let at = fixture.append(b"", &value(1, 300));
@@ -291,11 +291,26 @@ fn a_damaged_value_file_is_refused_or_its_value_reported_never_misread() {
         .join("values")
         .join(&fixture.value_files()[0]);
     let good = std::fs::read(&path).expect("read");
-    // A flipped byte in the value (right after the 32-byte header): the read says which.
+    // A flipped byte in the value (right after the 32-byte header), made while the node
+    // was stopped: refused at open, naming the value.
     let mut bytes = good.clone();
     bytes[40] ^= 1;
     std::fs::write(&path, &bytes).expect("write");
+    let error = ValueStore::open(
+        &fixture.dir.path().join("values"),
+        Arc::clone(&fixture.log),
+        TAG,
+        Some(at.index),
+    )
+    .expect_err("a damaged value");
+    assert!(
+        error.to_string().contains("does not match its checksum"),
+        "{error}"
+    );
+    // Made while the store is open: the read says which value.
+    std::fs::write(&path, &good).expect("write");
     let store = fixture.store(Some(at.index));
+    std::fs::write(&path, &bytes).expect("write");
     let error = store.read(&at).expect_err("a damaged value");
     assert!(
         error.to_string().contains("does not match its checksum"),
