@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 
-use common::{record, wanted};
+use common::{measuring, record, wanted};
 use dbos::Dbos;
 use driver::{Driver, run_split};
 use postgres::Postgres;
@@ -206,6 +206,10 @@ fn cluster_of_python_processes(dir: &Path) -> (Driver, [Driver; 2]) {
                 ("KEEL_PY_MEMBERS", members_json.clone()),
                 ("KEEL_PY_NODE_ID", id.to_string()),
                 ("KEEL_PEER_CONCURRENCY", DRIVERS.to_string()),
+                (
+                    "KEEL_PY_LEAD",
+                    if measuring() { "this" } else { "any" }.to_owned(),
+                ),
             ],
         )
     };

@@ -77,11 +77,16 @@ def run(pool: ThreadPoolExecutor, count: int) -> None:
 
 def lead() -> None:
     """As the driver of a cluster: waits until this member leads (the benchmark measures a
-    leader in this process), or exits with why not."""
+    leader in this process), or exits with why not. In a check run (`KEEL_PY_LEAD=any`, no
+    timing) another member may lead: the workflows then go to it."""
     deadline = time.monotonic() + LEAD_WAIT_S
     while app.leader_id != app.node_id:
         if time.monotonic() > deadline:
-            sys.exit(f"node {app.node_id} did not lead within {LEAD_WAIT_S} s: {app.leader_id} does")
+            why = f"node {app.node_id} did not lead within {LEAD_WAIT_S} s: {app.leader_id} does"
+            if os.environ.get("KEEL_PY_LEAD") == "any":
+                print(f"{why}; a check run goes on", file=sys.stderr, flush=True)
+                return
+            sys.exit(why)
         time.sleep(0.01)
 
 
