@@ -237,6 +237,7 @@ fn open_host(
     app: Multiplex,
     metrics: &Arc<NodeMetrics>,
 ) -> Result<StateMachineHost> {
+    let opening = std::time::Instant::now();
     let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
     let host = StateMachineHost::open(Box::new(app), snapshots, |covered| {
         Ok(Arc::new(store.value_store(
@@ -245,6 +246,7 @@ fn open_host(
             covered,
         )?))
     })?;
+    tracing::info!(ms = opening.elapsed().as_millis(), "state restored");
     Ok(host.with_metrics(Arc::clone(metrics)))
 }
 
@@ -306,7 +308,11 @@ impl RaftNode {
             security,
             stopped.clone(),
         ));
-        let mut tasks = vec![tokio::spawn(watch_raft(shared.clone(), stop.clone()))];
+        let data_dir = config.data_dir.clone();
+        let mut tasks = vec![
+            tokio::spawn(watch_raft(shared.clone(), stop.clone())),
+            tokio::spawn(verify_values(shared.clone(), data_dir, stop.clone())),
+        ];
         if let Some(metrics_addr) = config.metrics_listen {
             let listener = TcpListener::bind(metrics_addr)
                 .await
@@ -368,6 +374,7 @@ impl RaftNode {
 
 /// Verifies the data directory (repair marker, identity) and opens the Raft log in it.
 fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Identity, LogStore)> {
+    let opening = std::time::Instant::now();
     std::fs::create_dir_all(&config.data_dir).map_err(Error::io("create", &config.data_dir))?;
     repair::check_not_marked(&config.data_dir)?;
     let identity = identity::open_or_create(&config.data_dir, config.node_id, &config.cluster)?;
@@ -396,10 +403,43 @@ fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Iden
             store.copying_purged_to(copy)
         }
     };
+    tracing::info!(ms = opening.elapsed().as_millis(), "log opened");
     Ok((identity, store))
 }
 
 /// Logs leader changes and terms readably; stops the node on a fatal Raft error.
+/// Reads every value of the node's value files once, off the runtime's threads (opening
+/// checked their tables only, so start-up does not grow with the bytes of values). A value
+/// that does not match its checksum was damaged while the node was stopped, or since: the
+/// data directory is marked as needing repair and the node stops (reads of that value
+/// meanwhile were refused by its checksum, never answered with other bytes).
+async fn verify_values(shared: NodeShared, data_dir: PathBuf, stop: watch::Sender<bool>) {
+    let values = Arc::clone(shared.host.values());
+    let stopping = stop.subscribe();
+    let started = std::time::Instant::now();
+    let verified = tokio::task::spawn_blocking(move || values.verify(&|| *stopping.borrow())).await;
+    match verified {
+        Ok(Ok(verified)) if verified.complete => tracing::info!(
+            node = shared.node_id,
+            files = verified.files,
+            values = verified.values,
+            bytes = verified.bytes,
+            ms = started.elapsed().as_millis(),
+            "value files verified"
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            repair::mark_needs_repair(&data_dir, &format!("value files: {error}"));
+            tracing::error!(node = shared.node_id, %error, "a value file is damaged; the node stops serving (wipe and `keel repair` it)");
+            stop.send_replace(true);
+        }
+        Err(error) => {
+            tracing::error!(node = shared.node_id, %error, "verifying the value files failed; the node stops serving");
+            stop.send_replace(true);
+        }
+    }
+}
+
 async fn watch_raft(shared: NodeShared, stop: watch::Sender<bool>) {
     let mut metrics = shared.raft.metrics();
     let mut leader = None;

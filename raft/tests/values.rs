@@ -238,15 +238,22 @@ async fn write_values(leader: &RaftNode) -> (BTreeMap<u64, Vec<u8>>, usize, u64)
     (expected, 150 - forgotten.len(), last)
 }
 
-/// Stops `member` and starts it again from its data directory (retried while the stopped
-/// node's last tasks still hold its log, as long as 5 s).
+/// Stops `member` and starts it again from its data directory.
 async fn restart(member: Member) -> Member {
     member.node.shutdown().await;
+    start_again(member.config)
+        .await
+        .unwrap_or_else(|error| panic!("the node restarts: {error}"))
+}
+
+/// Starts a node from `config`'s data directory (retried while a stopped node's last tasks
+/// still hold its log, as long as 5 s).
+async fn start_again(config: NodeConfig) -> keel_raft::Result<Member> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let keeper = Keeper::default();
         let started = RaftNode::start_with(
-            member.config.clone(),
+            config.clone(),
             Some(Extension {
                 app: Box::new(keeper.clone()),
                 services: Box::new(|_, routes| routes),
@@ -256,18 +263,18 @@ async fn restart(member: Member) -> Member {
         .await;
         match started {
             Ok(node) => {
-                return Member {
+                return Ok(Member {
                     node,
                     keeper,
-                    config: member.config,
-                };
+                    config,
+                });
             }
             Err(keel_raft::Error::Log(keel_log::Error::Locked { .. }))
                 if std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err(error) => panic!("the node restarts: {error}"),
+            Err(error) => return Err(error),
         }
     }
 }
@@ -316,6 +323,53 @@ async fn referenced_values_survive_purges_transfers_and_restarts() {
     wait_applied(&mut client, &restarted.node.addr().to_string(), last).await;
     assert_eq!(assert_values_readable(&restarted, &expected), live);
     for member in members.into_iter().chain([fourth, restarted]) {
+        member.node.shutdown().await;
+    }
+}
+
+/// A value damaged while its node was stopped: the node starts (opening reads the value
+/// files' tables, not their values), its verification after start finds the value, marks
+/// the data directory as needing repair and stops the node; started again, the node is
+/// refused, the refusal naming the damaged value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_damaged_while_stopped_stops_its_node_for_repair() {
+    let dirs: Vec<TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let (mut members, mut client, leader) = three(&dirs).await;
+    let (_, _, last) = write_values(&members[leader].node).await;
+    let victim = members.remove((leader + 1) % 3);
+    let addr = victim.node.addr().to_string();
+    wait_applied(&mut client, &addr, last).await;
+    client.build_snapshot(&addr).await.expect("snapshot");
+    let config = victim.config.clone();
+    victim.node.shutdown().await;
+    let values_dir = config.data_dir.join("values");
+    let file = std::fs::read_dir(&values_dir)
+        .expect("value files")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.extension().is_some_and(|e| e == "values"))
+        .expect("the snapshot moved values into a value file");
+    let mut bytes = std::fs::read(&file).expect("read");
+    // The first value starts after the 32-byte header.
+    bytes[40] ^= 0x08;
+    std::fs::write(&file, &bytes).expect("write");
+    let damaged = start_again(config.clone())
+        .await
+        .expect("a damaged value does not keep the node from starting");
+    tokio::time::timeout(Duration::from_secs(20), damaged.node.stopped())
+        .await
+        .expect("the node stops itself once its verification finds the value");
+    damaged.node.shutdown().await;
+    let Err(refused) = start_again(config).await else {
+        panic!("a node marked for repair starts");
+    };
+    assert!(
+        matches!(&refused, keel_raft::Error::NeedsRepair { reason, .. }
+            if reason.contains("does not match its checksum")),
+        "{refused}"
+    );
+    for member in members {
         member.node.shutdown().await;
     }
 }

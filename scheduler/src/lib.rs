@@ -79,9 +79,10 @@
 //! # Ok(())
 //! # }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod allocator;
 pub mod builtin;
 pub mod client;
 mod command;

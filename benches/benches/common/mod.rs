@@ -43,6 +43,7 @@ pub(crate) fn run_as_node() -> bool {
     let Ok(config) = std::env::var(NODE_ENV) else {
         return false;
     };
+    keel_scheduler::allocator::fix_mmap_threshold();
     run_node(Path::new(&config));
     true
 }
@@ -59,8 +60,17 @@ pub(crate) fn wanted(group: &str) -> bool {
         .map_or(true, |groups| groups.split(',').any(|g| group.contains(g)))
 }
 
-/// Runs a node the way `keel node` does: its configured runtime, then the node.
+/// Runs a node the way `keel node` does: its configured runtime, then the node (the
+/// allocator tuned as `keel` tunes it, by the caller).
+///
+/// `KEEL_BENCH_NODE_LOG` (a tracing filter such as `info`) makes the nodes log to stderr.
 fn run_node(config: &Path) {
+    if let Ok(filter) = std::env::var("KEEL_BENCH_NODE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let settings = keel_scheduler::ConfigFile::load(config).expect("node config");
     let runtime = settings.build_runtime().expect("runtime");
     runtime.block_on(async {

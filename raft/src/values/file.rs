@@ -20,7 +20,7 @@
 //! Values come before the table so a file is written in one pass from a stream of values
 //! (a received snapshot's, say). A value is read with one `pread` and checked against its
 //! CRC32C; the table is read and checked whole when the file is opened (and every value
-//! when a node opens its store: [`ValueFile::verify`]), and only every
+//! once after a node starts, in the background: [`ValueFile::verify`]), and only every
 //! [`SPARSE_EVERY`]th key stays in memory (half a byte per value), so a lookup reads one
 //! block of at most that many table rows.
 
@@ -40,6 +40,10 @@ const ROW_LEN: usize = 32;
 const CHECK_LEN: usize = 8;
 /// One table row in this many stays in memory.
 pub const SPARSE_EVERY: usize = 64;
+/// [`ValueFile::verify`] reads the table this many rows at a time ...
+const VERIFY_ROWS: usize = 4096;
+/// ... and their values in runs of at most this many bytes (a longer value alone).
+const VERIFY_READ: u64 = 4 << 20;
 
 /// A value file's key for a value: where it was recorded.
 type Key = (u64, u32);
@@ -79,6 +83,11 @@ impl Row {
             position: u64_at(16),
             crc: u32_at(24),
         }
+    }
+
+    /// Where its value ends in the file.
+    fn end(&self) -> u64 {
+        self.position + u64::from(self.len)
     }
 
     /// The checksum of a value stored under `key` with `len` bytes.
@@ -332,14 +341,38 @@ impl ValueFile {
     }
 
     /// Reads every value and checks it against its checksum: a node verifies its value
-    /// files when it opens them, so damage done while it was stopped is refused at start
-    /// (and repaired from the cluster) rather than found by a later read.
+    /// files once after it starts ([`super::ValueStore::verify`]), so damage done while it
+    /// was stopped stops it (to be repaired from the cluster) rather than waiting for a read
+    /// of the damaged value.
     ///
     /// # Errors
     /// [`ValueError::Corrupt`] naming the first value that does not check; [`ValueError::Io`].
     pub(crate) fn verify(&self) -> Result<(), ValueError> {
-        for row in self.rows(0, self.count)? {
-            self.read(&row)?;
+        // The values lie back to back in table order (checked at open), so they are read
+        // in runs of up to VERIFY_READ bytes: a few large reads, not one per value.
+        let mut buffer = Vec::new();
+        for from in (0..self.count).step_by(VERIFY_ROWS) {
+            let rows = self.rows(from, VERIFY_ROWS.min(self.count - from))?;
+            let mut rest = rows.as_slice();
+            while let Some(head) = rest.first() {
+                let start = head.position;
+                let run = rest
+                    .iter()
+                    .skip(1)
+                    .take_while(|row| row.end() - start <= VERIFY_READ)
+                    .count()
+                    + 1;
+                let end = rest[run - 1].end();
+                buffer.resize(usize::try_from(end - start).expect("a run in memory"), 0);
+                self.file
+                    .read_exact_at(&mut buffer, start)
+                    .map_err(io_error("read", &self.path))?;
+                for row in &rest[..run] {
+                    let at = usize::try_from(row.position - start).expect("within the run");
+                    self.check(row, &buffer[at..at + row.len as usize])?;
+                }
+                rest = &rest[run..];
+            }
         }
         Ok(())
     }
@@ -350,16 +383,23 @@ impl ValueFile {
         self.file
             .read_exact_at(&mut value, row.position)
             .map_err(io_error("read", &self.path))?;
-        if Row::checksum(row.key, row.len, &value) != row.crc {
-            return Err(corrupt(
+        self.check(row, &value)?;
+        Ok(Bytes::from(value))
+    }
+
+    /// Whether `value` is the value of table row `row`.
+    fn check(&self, row: &Row, value: &[u8]) -> Result<(), ValueError> {
+        if Row::checksum(row.key, row.len, value) == row.crc {
+            Ok(())
+        } else {
+            Err(corrupt(
                 &self.path,
                 format!(
                     "the value of index {} offset {} does not match its checksum",
                     row.key.0, row.key.1
                 ),
-            ));
+            ))
         }
-        Ok(Bytes::from(value))
     }
 
     fn rows(&self, from: usize, count: usize) -> Result<Vec<Row>, ValueError> {

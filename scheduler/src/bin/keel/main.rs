@@ -189,6 +189,7 @@ pub(crate) fn init_tracing() {
 }
 
 fn main() -> anyhow::Result<()> {
+    keel_scheduler::allocator::fix_mmap_threshold();
     let cli = Cli::parse();
     if let Command::Node { config } = &cli.command {
         init_tracing();
