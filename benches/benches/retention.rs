@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BenchCluster, measuring, record, run_as_node};
+use common::{BenchCluster, measuring, record, run_as_node, run_steps};
 use keel_scheduler::client::WorkflowClient;
 
 const REPORT_FILE: &str = "retention.txt";
@@ -107,16 +107,7 @@ async fn load(client: &WorkflowClient, rate: u64, stop: Arc<AtomicBool>) -> u64 
                 while !stop.load(Ordering::SeqCst) {
                     ticks.tick().await;
                     let id = format!("retained-{}", started.fetch_add(1, Ordering::SeqCst));
-                    client
-                        .start(&id, "steps", input.clone())
-                        .await
-                        .expect("start");
-                    let info = client
-                        .get_after(&id, Duration::from_secs(60), false)
-                        .await
-                        .expect("result");
-                    assert_eq!(info.status, "completed", "{info:?}");
-                    assert_eq!(info.result, b"10".as_slice(), "{info:?}");
+                    run_steps(&mut client, &id, input.clone(), 10).await;
                     finished.fetch_add(1, Ordering::SeqCst);
                 }
             })

@@ -12,15 +12,24 @@
 //!   meanwhile for the snapshot's image (`keel_snapshot_capture_seconds` on its metrics
 //!   endpoint: the copy taken under the state machine's lock; encoding and writing follow
 //!   off it).
+//! - **snapshot transfer**: a follower killed, its data directory wiped, started again and
+//!   brought back by `keel repair`'s steps (out of the voters, back as a learner, a voter
+//!   again): the time from its start on the empty directory until it applied everything the
+//!   leader had, and the bytes of the snapshot it received (the live values travel in it;
+//!   `keel_snapshot_received_bytes_total` on its metrics endpoint).
 //! - **restart**: every node killed with SIGKILL, then all started again; the time from
 //!   their start to the first successful `status` of a retained workflow (its state loaded)
 //!   and a successful `start` of a new one. Warm (files in the page cache) and cold (every
 //!   data file dropped from it first).
 //!
-//! Lines are printed and appended to `target/keel-bench/scale.txt`.
+//! Lines are printed and appended to `target/keel-bench/scale.txt`. `KEEL_SCALE_COUNTS`
+//! (comma-separated) replaces the counts; `KEEL_SCALE_NODES=1` runs one node, a cluster of
+//! its own (no transfer then), for the 1 000 000 row run by hand (three nodes would need
+//! three times its ~25 GB of values on one disk).
 //!
 //! ```text
 //! cargo bench -p keel-benches --bench scale
+//! KEEL_SCALE_COUNTS=1000000 KEEL_SCALE_NODES=1 cargo bench -p keel-benches --bench scale
 //! ```
 #![forbid(unsafe_code)]
 
@@ -32,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    BenchCluster, drop_page_cache, leader, measuring, metric, record, run_as_node, scrape_metrics,
-    wait_until,
+    BenchCluster, drop_page_cache, leader, measuring, metric, record, run_as_node, run_steps,
+    scrape_metrics, wait_until,
 };
 use keel_scheduler::client::WorkflowClient;
 
@@ -47,15 +56,23 @@ fn main() {
     if run_as_node() {
         return;
     }
-    let counts: &[u64] = if measuring() {
-        &[10_000, 100_000]
-    } else {
-        &[200]
+    let counts: Vec<u64> = match std::env::var("KEEL_SCALE_COUNTS") {
+        Ok(counts) => counts
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("KEEL_SCALE_COUNTS: counts, comma-separated")
+            })
+            .collect(),
+        Err(_) if measuring() => vec![10_000, 100_000],
+        Err(_) => vec![200],
     };
+    let single = std::env::var("KEEL_SCALE_NODES").is_ok_and(|nodes| nodes == "1");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let _entered = runtime.enter();
-    for &count in counts {
-        runtime.block_on(measure(count));
+    for count in counts {
+        runtime.block_on(measure(count, single));
     }
 }
 
@@ -99,17 +116,7 @@ async fn run(client: &WorkflowClient, first: u64, count: u64) {
                     if n >= end {
                         return;
                     }
-                    let id = workflow_id(n);
-                    client
-                        .start(&id, "steps", input.clone())
-                        .await
-                        .expect("start");
-                    let info = client
-                        .get_after(&id, Duration::from_secs(120), false)
-                        .await
-                        .expect("result");
-                    assert_eq!(info.status, "completed", "{info:?}");
-                    assert_eq!(info.result, STEPS.to_string().as_bytes(), "{info:?}");
+                    run_steps(&mut client, &workflow_id(n), input.clone(), STEPS as u64).await;
                 }
             })
         })
@@ -166,8 +173,12 @@ fn pid_of(cluster: &BenchCluster, index: usize) -> u32 {
     cluster.nodes[index].3.as_ref().expect("running").id()
 }
 
-async fn measure(count: u64) {
-    let mut cluster = BenchCluster::start(true);
+async fn measure(count: u64, single: bool) {
+    let mut cluster = if single {
+        BenchCluster::start_single(true)
+    } else {
+        BenchCluster::start(true)
+    };
     cluster.init().await;
     let client = WorkflowClient::new(&cluster.addrs()).expect("client");
     run(&client, 0, WARM_UP).await;
@@ -205,7 +216,8 @@ async fn measure(count: u64) {
     );
     let per_workflow = anon_after.saturating_sub(anon_before) * 1024 / count;
     let line = format!(
-        "{count} retained 10-step workflows (2 KiB results, 36-byte ids): leader RssAnon {} → {} MiB, {per_workflow} B per workflow; RssFile {} MiB; load {:.1} s ({:.0} steps/s); snapshot built in {:.0} ms, apply waited {image_ms:.1} ms for its image",
+        "{count} retained 10-step workflows (2 KiB results, 36-byte ids) on {} node(s): leader RssAnon {} → {} MiB, {per_workflow} B per workflow; RssFile {} MiB; load {:.1} s ({:.0} steps/s); snapshot built in {:.0} ms, apply waited {image_ms:.1} ms for its image",
+        cluster.nodes.len(),
         anon_before / 1024,
         anon_after / 1024,
         file_after / 1024,
@@ -215,15 +227,87 @@ async fn measure(count: u64) {
         snapshot_took.as_secs_f64() * 1000.0
     );
     record(REPORT_FILE, &line);
+    if !single {
+        report_transfer(&mut cluster, count).await;
+    }
     for cold in [false, true] {
         let took = restart(&mut cluster, count, cold).await;
         let line = format!(
-            "{count} retained: restart of all three nodes after SIGKILL to a retained workflow's status and a new start, {}: {:.0} ms",
+            "{count} retained: restart of every node ({}) after SIGKILL to a retained workflow's status and a new start, {}: {:.0} ms",
+            cluster.nodes.len(),
             if cold { "cold" } else { "warm" },
             took.as_secs_f64() * 1000.0
         );
         record(REPORT_FILE, &line);
     }
+}
+
+/// Measures a snapshot transfer to a wiped follower and records it.
+async fn report_transfer(cluster: &mut BenchCluster, count: u64) {
+    let (caught_up, received) = transfer_to_wiped(cluster).await;
+    // From 10 000 on, the log behind the leader's snapshot is purged (10 000 entries
+    // kept behind it), so the follower can only catch up from a snapshot; a check run's
+    // 200 catch up from the log.
+    assert!(
+        received > 0.0 || !measuring(),
+        "the wiped follower received a snapshot"
+    );
+    let line = format!(
+        "{count} retained: a wiped follower brought back by `keel repair`'s steps caught up in {:.0} ms, receiving {:.1} MiB of snapshot",
+        caught_up.as_secs_f64() * 1000.0,
+        received / f64::from(1u32 << 20)
+    );
+    record(REPORT_FILE, &line);
+}
+
+/// Wipes a follower and brings it back the way `keel repair` does; returns the time from
+/// its start on the empty directory until it applied what the leader had applied, and the
+/// bytes of snapshot it received.
+async fn transfer_to_wiped(cluster: &mut BenchCluster) -> (Duration, f64) {
+    let mut client = cluster.client();
+    let status = leader(&mut client).await.expect("a leader");
+    let target = status.applied_index.expect("applied");
+    let follower = (cluster.index_of(status.node_id) + 1) % cluster.nodes.len();
+    let (id, addr) = (cluster.nodes[follower].0, cluster.nodes[follower].1.clone());
+    let all: Vec<u64> = cluster.nodes.iter().map(|node| node.0).collect();
+    let others: Vec<u64> = all.iter().copied().filter(|&v| v != id).collect();
+    cluster.kill(follower);
+    std::fs::remove_dir_all(cluster.data_dir(follower)).expect("wipe the follower");
+    let started = Instant::now();
+    cluster.spawn(follower);
+    client
+        .change_membership(&others, false)
+        .await
+        .expect("the wiped follower leaves the voters");
+    wait_until("the wiped follower added back as a learner", || {
+        let mut client = client.clone();
+        let addr = addr.clone();
+        async move { client.add_learner(id, &addr, false).await.is_ok() }
+    })
+    .await;
+    wait_until("the wiped follower caught up", || {
+        let mut client = client.clone();
+        let addr = addr.clone();
+        async move {
+            let Ok(mut node) = client.node(&addr) else {
+                return false;
+            };
+            node.status(keel_raft::pb::client::StatusRequest {})
+                .await
+                .is_ok_and(|s| s.into_inner().applied_index >= Some(target))
+        }
+    })
+    .await;
+    let caught_up = started.elapsed();
+    client
+        .change_membership(&all, false)
+        .await
+        .expect("the follower is a voter again");
+    let text = scrape_metrics(&cluster.metrics[follower]).expect("the follower's metrics");
+    (
+        caught_up,
+        metric(&text, "keel_snapshot_received_bytes_total"),
+    )
 }
 
 /// Kills every node, starts them again and times the first status of a retained workflow

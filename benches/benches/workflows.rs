@@ -35,7 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::{
-    BenchCluster, leader, measuring, record, report_latency, run_as_node, wait_until, wanted,
+    BenchCluster, leader, measuring, record, report_latency, run_as_node, run_steps, wait_until,
+    wanted,
 };
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use keel_raft::application::{Application, AppliedAt};
@@ -121,16 +122,8 @@ async fn run_workflows(
                     if n >= end {
                         return;
                     }
-                    let id = format!("w-{n}");
-                    client
-                        .start(&id, "steps", Bytes::from(STEPS.to_string()))
-                        .await
-                        .expect("start");
-                    let info = client
-                        .get_after(&id, Duration::from_secs(60), false)
-                        .await
-                        .expect("result");
-                    assert_eq!(info.status, "completed", "{info:?}");
+                    let input = Bytes::from(STEPS.to_string());
+                    run_steps(&mut client, &format!("w-{n}"), input, STEPS).await;
                 }
             })
         })

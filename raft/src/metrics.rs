@@ -61,6 +61,11 @@ pub struct NodeMetrics {
     pub leader_changes: AtomicU64,
     /// Client appends answered with an error.
     pub append_errors: AtomicU64,
+    /// Snapshots received whole from a leader, checked and handed to Raft to install (Raft
+    /// skips one no newer than what this node has).
+    pub snapshots_received: AtomicU64,
+    /// Their bytes, as sent (the values they carry included).
+    pub snapshot_received_bytes: AtomicU64,
 }
 
 /// Values read from Raft at render time.
@@ -110,24 +115,7 @@ impl NodeMetrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node_id}\"}} {value}"
             );
         }
-        for (name, help, counter) in [
-            (
-                "keel_leader_changes_total",
-                "Leader changes seen by this node.",
-                &self.leader_changes,
-            ),
-            (
-                "keel_append_errors_total",
-                "Client appends answered with an error.",
-                &self.append_errors,
-            ),
-        ] {
-            let value = counter.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node_id}\"}} {value}"
-            );
-        }
+        self.render_counters(&mut out, node_id);
         self.append_latency.render(
             &mut out,
             "keel_append_latency_seconds",
@@ -144,6 +132,37 @@ impl NodeMetrics {
             "Time applying waited while a snapshot's image was taken.",
         );
         out
+    }
+
+    fn render_counters(&self, out: &mut String, node_id: u64) {
+        for (name, help, counter) in [
+            (
+                "keel_leader_changes_total",
+                "Leader changes seen by this node.",
+                &self.leader_changes,
+            ),
+            (
+                "keel_append_errors_total",
+                "Client appends answered with an error.",
+                &self.append_errors,
+            ),
+            (
+                "keel_snapshots_received_total",
+                "Snapshots received whole from a leader and checked.",
+                &self.snapshots_received,
+            ),
+            (
+                "keel_snapshot_received_bytes_total",
+                "Bytes of the snapshots received whole from a leader and checked.",
+                &self.snapshot_received_bytes,
+            ),
+        ] {
+            let value = counter.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node_id}\"}} {value}"
+            );
+        }
     }
 }
 

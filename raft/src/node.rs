@@ -407,7 +407,6 @@ fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Iden
     Ok((identity, store))
 }
 
-/// Logs leader changes and terms readably; stops the node on a fatal Raft error.
 /// Reads every value of the node's value files once, off the runtime's threads (opening
 /// checked their tables only, so start-up does not grow with the bytes of values). A value
 /// that does not match its checksum was damaged while the node was stopped, or since: the
@@ -440,6 +439,7 @@ async fn verify_values(shared: NodeShared, data_dir: PathBuf, stop: watch::Sende
     }
 }
 
+/// Logs leader changes and terms readably; stops the node on a fatal Raft error.
 async fn watch_raft(shared: NodeShared, stop: watch::Sender<bool>) {
     let mut metrics = shared.raft.metrics();
     let mut leader = None;

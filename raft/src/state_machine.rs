@@ -19,6 +19,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -118,12 +119,23 @@ impl StateMachineHost {
         Ok(host)
     }
 
-    /// This host, observing how long applying waits for each snapshot's image in
-    /// `metrics`.
+    /// This host, observing how long applying waits for each snapshot's image, and the
+    /// snapshots it receives, in `metrics`.
     #[must_use]
     pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Counts a snapshot received whole from a leader, checked and handed to Raft,
+    /// `bytes` long.
+    pub fn count_received_snapshot(&self, bytes: u64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.snapshots_received.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .snapshot_received_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// The values the state references.

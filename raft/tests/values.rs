@@ -318,6 +318,26 @@ async fn referenced_values_survive_purges_transfers_and_restarts() {
         live,
         "the learner holds every live value"
     );
+    let metrics = &fourth.node.shared().metrics;
+    assert_eq!(
+        metrics
+            .snapshots_received
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the learner was brought up by one snapshot"
+    );
+    let live_bytes: usize = expected
+        .iter()
+        .filter(|(index, _)| fourth.keeper.refs().contains_key(index))
+        .map(|(_, bytes)| bytes.len())
+        .sum();
+    assert!(
+        metrics
+            .snapshot_received_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > live_bytes as u64,
+        "the snapshot carried the live values ({live_bytes} bytes) and more"
+    );
     // A restarted node reads them from its value files.
     let restarted = restart(members.pop().expect("third")).await;
     wait_applied(&mut client, &restarted.node.addr().to_string(), last).await;

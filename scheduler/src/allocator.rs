@@ -9,29 +9,34 @@
 //! keep the freed space from going back to the system. Measured with the scale benchmark
 //! (100 000 retained 10-step workflows, `cargo bench -p keel-benches --bench scale`): the
 //! leader's anonymous memory grew by 1 459 B per workflow with the dynamic threshold and by
-//! 594 B with it fixed at 128 KiB, the state itself holding 447 B
+//! 593 B with it fixed at 128 KiB, the state itself holding 447 B
 //! (`benches/README.md`). Fixing the threshold (any explicit `M_MMAP_THRESHOLD`) turns the
 //! dynamic adjustment off.
 //!
 //! Other allocators and C libraries are left as they are: the call does nothing there.
-#![expect(unsafe_code, reason = "mallopt is a C function")]
+#![cfg_attr(
+    all(target_os = "linux", target_env = "gnu"),
+    expect(unsafe_code, reason = "mallopt is a C function")
+)]
 
 /// The mmap threshold a node process runs with, in bytes (glibc's initial default).
 pub const MMAP_THRESHOLD_BYTES: i32 = 128 * 1024;
 
 /// Fixes glibc malloc's mmap threshold at [`MMAP_THRESHOLD_BYTES`] (see the module's
-/// documentation). Returns whether the setting took: false under another C library.
-///
-/// Call it first thing in `main`, before the process starts a thread: glibc documents
-/// `mallopt` as unsafe to run while another thread allocates.
+/// documentation) if the process has one thread; call it first thing in `main`. Returns
+/// whether the setting took: false under another C library, or when another thread
+/// exists (glibc's `free` adjusts the threshold without a lock, so a free racing the
+/// change could undo it; the call is then not made).
 pub fn fix_mmap_threshold() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt takes two integers, no pointers, and changes the parameter
-        // under the main arena's lock. glibc marks it MT-Unsafe (`const`: allocating
-        // threads read the parameter without that lock), hence the rule above that it runs
-        // before any other thread exists; a racing reader would see the old threshold or
-        // the new one, both valid.
+        if !single_threaded() {
+            return false;
+        }
+        // SAFETY: mallopt takes two integers and no pointers, and changes malloc's
+        // parameters under the main arena's lock. The one thing that may touch them
+        // without it, the dynamic adjustment in another thread's `free`, cannot run: the
+        // process has this thread only (checked above, and no thread is started here).
         let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
         set == 1
     }
@@ -39,4 +44,10 @@ pub fn fix_mmap_threshold() -> bool {
     {
         false
     }
+}
+
+/// Whether this process has exactly one thread (Linux: one entry in `/proc/self/task`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
 }

@@ -1,14 +1,17 @@
-//! The node process's allocator tuning (`keel_scheduler::allocator`).
-//!
-//! Its own test binary with one test: the setting is process-wide, and the test's thread is
-//! the only one allocating when it is made.
+//! The node process's allocator tuning (`keel_scheduler::allocator`), in a test binary
+//! without libtest's harness: `main` is the process's only thread, as in `keel`'s `main`.
 
-/// On glibc the mmap threshold is fixed (mallopt reports success); elsewhere the call
-/// reports that it did nothing.
-#[test]
-fn the_mmap_threshold_is_fixed_on_glibc_only() {
-    assert_eq!(
-        keel_scheduler::allocator::fix_mmap_threshold(),
-        cfg!(all(target_os = "linux", target_env = "gnu"))
+fn main() {
+    let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
+    // On glibc, with this thread alone, mallopt takes the threshold.
+    assert_eq!(keel_scheduler::allocator::fix_mmap_threshold(), glibc);
+    // Once another thread exists, the call is refused (not made), on any C library.
+    let (release, parked) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || parked.recv());
+    assert!(
+        !keel_scheduler::allocator::fix_mmap_threshold(),
+        "refused while another thread runs"
     );
+    drop(release);
+    other.join().expect("the other thread").ok();
 }

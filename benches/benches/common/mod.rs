@@ -16,6 +16,24 @@ use keel_raft::client::KeelClient;
 use keel_raft::pb::client::StatusResponse;
 use keel_raft::security::credentials::Credentials;
 
+/// Starts the built-in `steps` workflow `id` with `input` (`"<steps>"` or
+/// `"<steps>:<result bytes>"`), waits for its result and checks that it completed with
+/// `steps` (its step count, as text) as its result.
+pub(crate) async fn run_steps(
+    client: &mut keel_scheduler::client::WorkflowClient,
+    id: &str,
+    input: Bytes,
+    steps: u64,
+) {
+    client.start(id, "steps", input).await.expect("start");
+    let info = client
+        .get_after(id, Duration::from_secs(120), false)
+        .await
+        .expect("result");
+    assert_eq!(info.status, "completed", "{info:?}");
+    assert_eq!(info.result, steps.to_string().as_bytes(), "{info:?}");
+}
+
 /// Makes every file under `dir` cold: each is `fsync`ed (so its pages are clean) and then
 /// dropped from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)`, so the next read
 /// goes to the disk. Untimed preparation for the "cold" variants of reopen and restart.
@@ -43,7 +61,11 @@ pub(crate) fn run_as_node() -> bool {
     let Ok(config) = std::env::var(NODE_ENV) else {
         return false;
     };
-    keel_scheduler::allocator::fix_mmap_threshold();
+    assert!(
+        keel_scheduler::allocator::fix_mmap_threshold()
+            || !cfg!(all(target_os = "linux", target_env = "gnu")),
+        "a node process tunes glibc's allocator as `keel` does"
+    );
     run_node(Path::new(&config));
     true
 }
@@ -143,16 +165,26 @@ impl BenchCluster {
     /// Three nodes, each with TLS and authentication when `tls` (clients then present the
     /// CA and an admin token, checked on every request).
     pub(crate) fn start_with(relaxed: bool, tls: bool) -> Self {
-        Self::configured(relaxed, tls, DEFAULT_TUNING)
+        Self::configured(3, relaxed, tls, DEFAULT_TUNING)
+    }
+
+    /// One plaintext node, a cluster of its own (for rows too large for three nodes' disks).
+    pub(crate) fn start_single(relaxed: bool) -> Self {
+        Self::configured(1, relaxed, false, DEFAULT_TUNING)
     }
 
     /// Three plaintext nodes whose configuration ends with `tuning` (its `[snapshot]` and
     /// any other sections) instead of the benchmarks' default snapshot policy.
     pub(crate) fn start_tuned(relaxed: bool, tuning: &str) -> Self {
-        Self::configured(relaxed, false, tuning)
+        Self::configured(3, relaxed, false, tuning)
     }
 
-    fn configured(relaxed: bool, tls: bool, tuning: &str) -> Self {
+    /// `size` nodes (at most three).
+    fn configured(size: u64, relaxed: bool, tls: bool, tuning: &str) -> Self {
+        assert!(
+            (1..=3).contains(&size),
+            "a bench cluster has one to three nodes"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let (sections, credentials) = if tls {
             bench_pki(dir.path())
@@ -162,7 +194,7 @@ impl BenchCluster {
         let mut nodes = Vec::new();
         let mut metrics = Vec::new();
         let ports = free_ports::<6>();
-        for (id, pair) in (1..=3u64).zip(ports.chunks(2)) {
+        for (id, pair) in (1..=size).zip(ports.chunks(2)) {
             let addr = format!("127.0.0.1:{}", pair[0]);
             let metrics_port = pair[1];
             let config = dir.path().join(format!("node-{id}.toml"));
@@ -181,7 +213,7 @@ impl BenchCluster {
             credentials,
             _dir: dir,
         };
-        for index in 0..3 {
+        for index in 0..cluster.nodes.len() {
             cluster.spawn(index);
         }
         cluster

@@ -235,6 +235,7 @@ impl RaftRpc for RaftService {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| fatal(&e))?;
+        self.host.count_received_snapshot(meta.size_bytes);
         Ok(Response::new(wire::SnapshotResponse {
             vote: Some((&response.vote).into()),
         }))

@@ -85,11 +85,6 @@ impl Row {
         }
     }
 
-    /// Where its value ends in the file.
-    fn end(&self) -> u64 {
-        self.position + u64::from(self.len)
-    }
-
     /// The checksum of a value stored under `key` with `len` bytes.
     fn checksum(key: Key, len: u32, value: &[u8]) -> u32 {
         let mut head = [0u8; 16];
@@ -343,38 +338,57 @@ impl ValueFile {
     /// Reads every value and checks it against its checksum: a node verifies its value
     /// files once after it starts ([`super::ValueStore::verify`]), so damage done while it
     /// was stopped stops it (to be repaired from the cluster) rather than waiting for a read
-    /// of the damaged value.
+    /// of the damaged value. Returns false, having stopped early, once `cancelled` says so
+    /// (asked before each read of up to 4 MiB).
     ///
     /// # Errors
-    /// [`ValueError::Corrupt`] naming the first value that does not check; [`ValueError::Io`].
-    pub(crate) fn verify(&self) -> Result<(), ValueError> {
+    /// [`ValueError::Corrupt`] naming the first value that does not check, or a table row
+    /// changed since the file was opened; [`ValueError::Io`].
+    pub(crate) fn verify(&self, cancelled: &dyn Fn() -> bool) -> Result<bool, ValueError> {
         // The values lie back to back in table order (checked at open), so they are read
-        // in runs of up to VERIFY_READ bytes: a few large reads, not one per value.
+        // in runs of up to VERIFY_READ bytes: a few large reads, not one per value. The
+        // table is read again here, unchecked, so each row is held to that layout.
         let mut buffer = Vec::new();
+        let mut position = HEADER_LEN as u64;
         for from in (0..self.count).step_by(VERIFY_ROWS) {
             let rows = self.rows(from, VERIFY_ROWS.min(self.count - from))?;
             let mut rest = rows.as_slice();
-            while let Some(head) = rest.first() {
-                let start = head.position;
-                let run = rest
-                    .iter()
-                    .skip(1)
-                    .take_while(|row| row.end() - start <= VERIFY_READ)
-                    .count()
-                    + 1;
-                let end = rest[run - 1].end();
-                buffer.resize(usize::try_from(end - start).expect("a run in memory"), 0);
+            while !rest.is_empty() {
+                if cancelled() {
+                    return Ok(false);
+                }
+                let start = position;
+                let mut run = 0;
+                for (i, row) in rest.iter().enumerate() {
+                    let end = position + u64::from(row.len);
+                    if row.position != position || end > self.table_start {
+                        return Err(corrupt(
+                            &self.path,
+                            format!("table row {} changed since it was opened", from + i),
+                        ));
+                    }
+                    if run > 0 && end - start > VERIFY_READ {
+                        break;
+                    }
+                    position = end;
+                    run += 1;
+                }
+                buffer.resize(
+                    usize::try_from(position - start).expect("a run in memory"),
+                    0,
+                );
                 self.file
                     .read_exact_at(&mut buffer, start)
                     .map_err(io_error("read", &self.path))?;
+                let mut at = 0;
                 for row in &rest[..run] {
-                    let at = usize::try_from(row.position - start).expect("within the run");
                     self.check(row, &buffer[at..at + row.len as usize])?;
+                    at += row.len as usize;
                 }
                 rest = &rest[run..];
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The value of table row `row`, checked against its checksum.

@@ -376,46 +376,46 @@ fn a_damaged_value_file_is_found_by_verify_or_refused_at_open_and_never_misread(
 }
 
 /// `verify` reads a file's values in runs (the table 4 096 rows at a time, values up to
-/// 4 MiB a read): a byte flipped in any value — the first, the last of a table block, the
-/// first of the next, one past a 4 MiB run, the file's last — is named, and the same file
-/// undamaged verifies.
+/// 4 MiB a read; 1 500-byte values, so a run holds 2 796 of them and a table block spans
+/// two runs; one 5 MiB value, a run of its own): a byte flipped in any value — the first,
+/// the last of the first run, the first of the second, the last of a table block, the
+/// first of the next, the large one, the last — is named; the same file undamaged
+/// verifies; a table row changed after the file was opened is refused, not followed.
 #[test]
 fn verify_names_a_damaged_value_wherever_its_run_falls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("v.values");
-    let count = 10_000u64;
-    let len = 1000u32;
+    let count = 6_000u64;
+    let len = 1500u32;
+    let large = 5u32 << 20;
+    let len_of = |index: u64| if index == 5_000 { large } else { len };
     let values: Vec<(ValueRef, Bytes)> = (0..count)
         .map(|index| {
             let at = ValueRef {
                 index,
                 offset: 7,
-                len,
+                len: len_of(index),
             };
-            (at, Bytes::from(vec![(index % 251) as u8; len as usize]))
+            (at, Bytes::from(vec![(index % 251) as u8; at.len as usize]))
         })
         .collect();
     file::write(&path, 0, count, values.into_iter().map(Ok)).expect("write");
-    ValueFile::open(&path)
-        .expect("open")
-        .verify()
-        .expect("undamaged");
+    let opened = ValueFile::open(&path).expect("open");
+    assert!(opened.verify(&|| false).expect("undamaged"), "read whole");
+    assert!(
+        !opened.verify(&|| true).expect("cancelled"),
+        "cancelled before its first read"
+    );
     let good = std::fs::read(&path).expect("read");
-    let header = 32;
-    for index in [
-        0u64,
-        4095,
-        4096,
-        4 * 1024 * 1024 / u64::from(len) + 1,
-        count - 1,
-    ] {
+    let start_of = |index: u64| 32 + (0..index).map(|i| len_of(i) as usize).sum::<usize>();
+    let per_run = (4u64 << 20) / u64::from(len);
+    for index in [0, per_run - 1, per_run, 4095, 4096, 5_000, count - 1] {
         let mut bytes = good.clone();
-        let at = header + usize::try_from(index).expect("small") * len as usize + 500;
-        bytes[at] ^= 0x10;
+        bytes[start_of(index) + 500] ^= 0x10;
         std::fs::write(&path, &bytes).expect("write");
         let error = ValueFile::open(&path)
             .expect("the table is whole")
-            .verify()
+            .verify(&|| false)
             .expect_err("a damaged value");
         assert!(
             error.to_string().contains(&format!(
@@ -424,6 +424,20 @@ fn verify_names_a_damaged_value_wherever_its_run_falls() {
             "{index}: {error}"
         );
     }
+    // Row 10's position, changed in place after the file was opened.
+    std::fs::write(&path, &good).expect("write");
+    let opened = ValueFile::open(&path).expect("open");
+    let table_start = good.len() - (32 * count as usize + 8);
+    let mut bytes = good;
+    bytes[table_start + 10 * 32 + 16] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let error = opened.verify(&|| false).expect_err("a changed row");
+    assert!(
+        error
+            .to_string()
+            .contains("table row 10 changed since it was opened"),
+        "{error}"
+    );
 }
 
 #[test]
