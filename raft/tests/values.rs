@@ -238,6 +238,28 @@ async fn write_values(leader: &RaftNode) -> (BTreeMap<u64, Vec<u8>>, usize, u64)
     (expected, 150 - forgotten.len(), last)
 }
 
+/// Waits (10 s at most) until the node at `addr` says it verified its value files.
+async fn wait_values_verified(client: &mut KeelClient, addr: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client
+            .node(addr)
+            .expect("client")
+            .status(keel_raft::pb::client::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.values_verified {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} never reported its value files verified"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Stops `member` and starts it again from its data directory.
 async fn restart(member: Member) -> Member {
     member.node.shutdown().await;
@@ -338,10 +360,13 @@ async fn referenced_values_survive_purges_transfers_and_restarts() {
             > live_bytes as u64,
         "the snapshot carried the live values ({live_bytes} bytes) and more"
     );
-    // A restarted node reads them from its value files.
+    // A restarted node reads them from its value files, and its status says when it has
+    // verified every one of them.
     let restarted = restart(members.pop().expect("third")).await;
-    wait_applied(&mut client, &restarted.node.addr().to_string(), last).await;
+    let restarted_addr = restarted.node.addr().to_string();
+    wait_applied(&mut client, &restarted_addr, last).await;
     assert_eq!(assert_values_readable(&restarted, &expected), live);
+    wait_values_verified(&mut client, &restarted_addr).await;
     for member in members.into_iter().chain([fourth, restarted]) {
         member.node.shutdown().await;
     }

@@ -15,8 +15,10 @@ use crate::network::LinkFault;
 
 /// How long a cut-off follower waits at most for the leader to purge past it.
 const PURGE_WAIT: Duration = Duration::from_secs(15);
-/// How long a restarted node has to refuse its damaged data before it counts as running.
-const REFUSAL_WAIT: Duration = Duration::from_secs(3);
+/// How long a restarted node has to refuse its damaged data — at open, or when the
+/// verification of its value files after start finds a damaged value — before it counts as
+/// running; one whose status says its value files are verified counts as running at once.
+const REFUSAL_WAIT: Duration = Duration::from_secs(15);
 
 /// A family of faults a nemesis picks from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -519,8 +521,8 @@ pub(super) enum Restarted {
     Refused(Result<(), String>),
 }
 
-/// Restarts `nodes` at once; each that refuses its data within [`REFUSAL_WAIT`] is wiped
-/// and repaired with `keel repair`.
+/// Restarts `nodes` at once; each that refuses its data (exits) before it reports its value
+/// files verified, within [`REFUSAL_WAIT`], is wiped and repaired with `keel repair`.
 async fn restart_or_repair(
     cluster: &mut Cluster,
     nodes: &[u64],
@@ -529,11 +531,17 @@ async fn restart_or_repair(
         cluster.restart(node)?;
     }
     let mut refused = Vec::new();
+    let mut verified = Vec::new();
     let deadline = Instant::now() + REFUSAL_WAIT;
-    while Instant::now() < deadline && refused.len() < nodes.len() {
+    while Instant::now() < deadline && refused.len() + verified.len() < nodes.len() {
         for &node in nodes {
-            if !refused.contains(&node) && cluster.exited(node) {
+            if !refused.contains(&node) && !verified.contains(&node) && cluster.exited(node) {
                 refused.push(node);
+            }
+        }
+        for node in values_verified(cluster).await {
+            if nodes.contains(&node) && !refused.contains(&node) && !verified.contains(&node) {
+                verified.push(node);
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -550,6 +558,20 @@ async fn restart_or_repair(
         }
     }
     Ok(outcomes)
+}
+
+/// The nodes whose status says they verified their value files since they started.
+async fn values_verified(cluster: &Cluster) -> Vec<u64> {
+    let Ok(mut client) = cluster.client() else {
+        return Vec::new();
+    };
+    client
+        .statuses()
+        .await
+        .into_iter()
+        .filter_map(|(_, status)| status.ok().filter(|s| s.values_verified))
+        .map(|status| status.node_id)
+        .collect()
 }
 
 fn restarted_note(node: u64, restarted: &Restarted) -> String {

@@ -28,6 +28,7 @@ mod file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -129,6 +130,8 @@ pub struct ValueStore {
     /// Held by whatever writes files (relocation, collection, installation), so they never
     /// interleave: one generation number each, and `covered` only grows between them.
     writer: Mutex<()>,
+    /// Whether [`ValueStore::verify`] read every file through.
+    verified: AtomicBool,
 }
 
 /// The value files, by first index; their ranges are disjoint and cover `..= covered`.
@@ -266,6 +269,7 @@ impl ValueStore {
             body_offset,
             files: RwLock::new(files),
             writer: Mutex::new(()),
+            verified: AtomicBool::new(false),
         })
     }
 
@@ -305,7 +309,13 @@ impl ValueStore {
             verified.bytes += file.data_len();
         }
         verified.complete = true;
+        self.verified.store(true, Ordering::Release);
         Ok(verified)
+    }
+
+    /// Whether [`ValueStore::verify`] has read every file through since the store opened.
+    pub fn verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
     }
 
     fn writer(&self) -> MutexGuard<'_, ()> {

@@ -71,6 +71,7 @@ impl ClientService {
             incarnation: self.shared.identity.incarnation,
             admitted: self.shared.admitted(),
             initialized: membership.nodes().next().is_some(),
+            values_verified: self.shared.host.values().verified(),
         }
     }
 

@@ -490,7 +490,7 @@ fn opt(value: Option<u64>) -> String {
 async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
     let mut client = client(cluster)?;
     println!(
-        "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8}",
+        "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8} {:<8}",
         "NODE",
         "ADDRESS",
         "ROLE",
@@ -501,7 +501,8 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
         "APPLIED",
         "OFFSETS",
         "DIGEST",
-        "ADMITTED"
+        "ADMITTED",
+        "VALUES"
     );
     let mut any = false;
     for (addr, status) in client.statuses().await {
@@ -509,7 +510,7 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
             Ok(s) => {
                 any = true;
                 println!(
-                    "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8}",
+                    "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8} {:<8}",
                     s.node_id,
                     addr,
                     s.role,
@@ -520,7 +521,12 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
                     opt(s.applied_index),
                     s.next_offset,
                     s.state_digest,
-                    if s.admitted { "yes" } else { "no" }
+                    if s.admitted { "yes" } else { "no" },
+                    if s.values_verified {
+                        "verified"
+                    } else {
+                        "checking"
+                    }
                 );
             }
             Err(error) => println!("{:<5} {addr:<21} unreachable: {error}", "?"),
