@@ -44,6 +44,7 @@ use common::{
     BenchCluster, drop_page_cache, leader, measuring, metric, record, run_as_node, run_steps,
     scrape_metrics, wait_until,
 };
+use keel_raft::client::KeelClient;
 use keel_scheduler::client::WorkflowClient;
 
 const DRIVERS: u64 = 32;
@@ -142,20 +143,27 @@ async fn snapshot_on_leader(cluster: &BenchCluster) -> (usize, u32, Duration) {
     if let Err(error) = client.build_snapshot(&addr).await {
         eprintln!("BuildSnapshot failed ({error}); waiting for the snapshot in its status");
         wait_until("the leader's snapshot", || {
-            let mut client = client.clone();
-            let addr = addr.clone();
-            async move {
-                let Ok(mut node) = client.node(&addr) else {
-                    return false;
-                };
-                node.status(keel_raft::pb::client::StatusRequest {})
-                    .await
-                    .is_ok_and(|s| s.into_inner().snapshot_index >= Some(applied))
-            }
+            node_status_says(client.clone(), addr.clone(), move |s| {
+                s.snapshot_index >= Some(applied)
+            })
         })
         .await;
     }
     (index, pid_of(cluster, index), started.elapsed())
+}
+
+/// Whether the node at `addr` answers its status and the status satisfies `holds`.
+async fn node_status_says(
+    mut client: KeelClient,
+    addr: String,
+    holds: impl Fn(&keel_raft::pb::client::StatusResponse) -> bool,
+) -> bool {
+    let Ok(mut node) = client.node(&addr) else {
+        return false;
+    };
+    node.status(keel_raft::pb::client::StatusRequest {})
+        .await
+        .is_ok_and(|status| holds(&status.into_inner()))
 }
 
 /// Node `index`'s snapshot images so far: the total time applying waited for them, in
@@ -286,16 +294,9 @@ async fn transfer_to_wiped(cluster: &mut BenchCluster) -> (Duration, f64) {
     })
     .await;
     wait_until("the wiped follower caught up", || {
-        let mut client = client.clone();
-        let addr = addr.clone();
-        async move {
-            let Ok(mut node) = client.node(&addr) else {
-                return false;
-            };
-            node.status(keel_raft::pb::client::StatusRequest {})
-                .await
-                .is_ok_and(|s| s.into_inner().applied_index >= Some(target))
-        }
+        node_status_says(client.clone(), addr.clone(), move |s| {
+            s.applied_index >= Some(target)
+        })
     })
     .await;
     let caught_up = started.elapsed();
