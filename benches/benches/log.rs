@@ -2,8 +2,10 @@
 //! one run on one machine state.
 //!
 //! - `log_append`: durable appends (append + wait for fdatasync) of 100 B and 1 KiB records
-//!   at batch sizes 1, 16, 256, 4096; `keel` alternates with `raw`, one `pwrite` of the same
-//!   frame bytes plus `fdatasync` per batch into a pre-zeroed file, serially.
+//!   at batch sizes 1, 16, 256, 4096. `keel` appends a batch encoded beforehand (records
+//!   serialized, checksummed and framed on the caller's thread, untimed);
+//!   `keel_encoding` times that encoding too; `raw` is one `pwrite` of the same bytes (batch
+//!   header and frames) plus `fdatasync` per batch into a pre-zeroed file, serially.
 //! - `log_append_relaxed`: page-cache-only appends, batches of 256; `raw` is a bare `pwrite`.
 //! - `log_read`: zero-copy read by index of a 1 KiB record with its CRC check, hot (64
 //!   records cycled, in cache) and cold (a stride over 32 MiB); `validated` is the hot read
@@ -25,7 +27,7 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use keel_log::{Encoded, Log, LogId, Options, SyncPolicy};
+use keel_log::{Batch, Encoded, Log, LogId, Options, SyncPolicy};
 
 type Bytes = Vec<u8>;
 
@@ -33,12 +35,14 @@ type Bytes = Vec<u8>;
 /// exactly 100 B and 1 KiB.
 const RECORD_SIZES: [(usize, &str); 2] = [(92, "100B"), (1016, "1KiB")];
 const BATCHES: [usize; 4] = [1, 16, 256, 4096];
-/// Frame header plus padding to 16 bytes: what the raw baseline writes per record.
-const FRAME_OVERHEAD: usize = 32;
+/// A batch header: what Keel writes per batch besides the record frames.
+const BATCH_HEADER_BYTES: usize = 32;
 /// The raw baseline's pre-zeroed file; writes wrap around in it.
 const RAW_FILE_BYTES: u64 = 256 * 1024 * 1024;
-/// Purge the log every this many bytes, outside the timed region, to bound disk use.
-const PURGE_EVERY_BYTES: usize = 128 * 1024 * 1024;
+/// Purge the log every this many bytes, outside the timed region: half a segment, so each
+/// roll finds the segment before it purged and recycled (the steady state of a Raft log that
+/// snapshots), and the preparer never zero-fills a new file while appends are timed.
+const PURGE_EVERY_BYTES: usize = 32 * 1024 * 1024;
 /// Bytes appended and purged before measuring, to fill the recycle pool.
 const WARM_BYTES: usize = 320 * 1024 * 1024;
 
@@ -46,16 +50,28 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory")
 }
 
-fn records(payload: usize, count: usize) -> Vec<Encoded<Bytes>> {
+/// The values of one batch: `count` byte vectors of `payload` bytes.
+fn values(payload: usize, count: usize) -> Vec<Bytes> {
     (0..count)
-        .map(|i| {
-            Encoded::new(&vec![u8::try_from(i % 251).expect("below 256"); payload]).expect("encode")
-        })
+        .map(|i| vec![u8::try_from(i % 251).expect("below 256"); payload])
         .collect()
 }
 
-fn frame_bytes(record: &Encoded<Bytes>) -> usize {
-    FRAME_OVERHEAD + record.len().next_multiple_of(16)
+fn records(payload: usize, count: usize) -> Vec<Encoded<Bytes>> {
+    values(payload, count)
+        .iter()
+        .map(|value| Encoded::new(value).expect("encode"))
+        .collect()
+}
+
+/// `records` as a batch continuing a log whose next index is `next`.
+fn batch_at(batch: &mut Batch<Bytes>, next: u64, records: &[Encoded<Bytes>]) {
+    batch.clear();
+    for (index, record) in (next..).zip(records) {
+        batch
+            .push_encoded(LogId::new(1, index), record)
+            .expect("contiguous");
+    }
 }
 
 /// A pre-zeroed, synced file for the raw baseline.
@@ -75,21 +91,46 @@ fn raw_file(dir: &Path) -> File {
     file
 }
 
+/// What one durable append of a batch includes in the timing.
+#[derive(Debug, Clone, Copy)]
+enum Timed {
+    /// The append of a batch encoded beforehand (the caller's work, not timed): the writer's
+    /// work and the sync.
+    Append,
+    /// Also the encoding: serializing each value into the batch, its CRC32C and its frame
+    /// header, as Keel's Raft log store does before it appends.
+    EncodeAndAppend,
+}
+
 /// Appends batches and waits for each to be durable; purges old segments untimed.
-fn keel_batches(
-    log: &Log<Bytes>,
-    refs: &[&Encoded<Bytes>],
-    batch_bytes: usize,
-    iters: u64,
-) -> Duration {
+fn keel_batches(log: &Log<Bytes>, values: &[Bytes], timed: Timed, iters: u64) -> Duration {
+    let encoded: Vec<_> = values
+        .iter()
+        .map(|v| Encoded::new(v).expect("encode"))
+        .collect();
+    let mut batch = Batch::new();
     let mut elapsed = Duration::ZERO;
     let mut since_purge = 0;
     for _ in 0..iters {
-        let start = Instant::now();
-        let appended = log.append_next(1, refs).expect("append");
+        let next = log.state().expect("state").last.map_or(0, |l| l.index + 1);
+        let start = match timed {
+            Timed::Append => {
+                batch_at(&mut batch, next, &encoded);
+                Instant::now()
+            }
+            Timed::EncodeAndAppend => {
+                let start = Instant::now();
+                batch.clear();
+                for (index, value) in (next..).zip(values) {
+                    batch.push(LogId::new(1, index), value).expect("push");
+                }
+                start
+            }
+        };
+        let appended = log.append_batch(&batch).expect("append");
         appended.ticket.wait().expect("durable");
         elapsed += start.elapsed();
-        since_purge += batch_bytes;
+        since_purge += batch.frame_bytes();
         if since_purge > PURGE_EVERY_BYTES {
             let last = appended.last.expect("non-empty batch");
             log.purge_upto(LogId::new(1, last.index)).expect("purge");
@@ -102,7 +143,7 @@ fn keel_batches(
 /// A log in its steady state: earlier segments were purged and wait in the recycle pool,
 /// as in a Raft log that snapshots and purges, so rolls reuse allocated files the way the
 /// raw baseline reuses its pre-zeroed file.
-fn steady_log(dir: &Path, sync: SyncPolicy, refs: &[&Encoded<Bytes>]) -> Log<Bytes> {
+fn steady_log(dir: &Path, sync: SyncPolicy, records: &[Encoded<Bytes>]) -> Log<Bytes> {
     let log = Log::<Bytes>::open(
         dir,
         Options {
@@ -111,10 +152,13 @@ fn steady_log(dir: &Path, sync: SyncPolicy, refs: &[&Encoded<Bytes>]) -> Log<Byt
         },
     )
     .expect("open");
-    let batch_bytes: usize = refs.iter().map(|r| frame_bytes(r)).sum();
+    let mut batch = Batch::new();
+    batch_at(&mut batch, 0, records);
     let mut last = None;
-    for _ in 0..=WARM_BYTES / batch_bytes {
-        last = log.append_next(1, refs).expect("append").last;
+    for _ in 0..=WARM_BYTES / batch.frame_bytes() {
+        let next = last.map_or(0, |l: LogId| l.index + 1);
+        batch_at(&mut batch, next, records);
+        last = log.append_batch(&batch).expect("append").last;
     }
     log.purge_upto(last.expect("appended")).expect("purge");
     log
@@ -146,16 +190,23 @@ fn append_group(c: &mut Criterion, group_name: &str, sync: SyncPolicy, batches: 
         .measurement_time(Duration::from_secs(3));
     for (payload, size_name) in RECORD_SIZES {
         for &batch in batches {
+            let batch_values = values(payload, batch);
             let batch_records = records(payload, batch);
-            let refs: Vec<_> = batch_records.iter().collect();
-            let batch_bytes: usize = batch_records.iter().map(frame_bytes).sum();
-            let raw_bytes = vec![0x5au8; batch_bytes];
+            let mut framed = Batch::new();
+            batch_at(&mut framed, 0, &batch_records);
+            // The bytes Keel writes per batch: one batch header and the record frames.
+            let raw_bytes = vec![0x5au8; BATCH_HEADER_BYTES + framed.frame_bytes()];
             let param = format!("{size_name}/{batch}");
             group.throughput(Throughput::Elements(batch as u64));
             let log_dir = scratch();
-            let log = steady_log(log_dir.path(), sync, &refs);
+            let log = steady_log(log_dir.path(), sync, &batch_records);
             group.bench_function(BenchmarkId::new("keel", &param), |b| {
-                b.iter_custom(|iters| keel_batches(&log, &refs, batch_bytes, iters));
+                b.iter_custom(|iters| keel_batches(&log, &batch_values, Timed::Append, iters));
+            });
+            group.bench_function(BenchmarkId::new("keel_encoding", &param), |b| {
+                b.iter_custom(|iters| {
+                    keel_batches(&log, &batch_values, Timed::EncodeAndAppend, iters)
+                });
             });
             drop(log);
             group.bench_function(BenchmarkId::new("raw", &param), |b| {

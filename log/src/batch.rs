@@ -1,151 +1,322 @@
-//! A group of frames ready for the file: headers, short payloads and padding are copied
-//! into one buffer ("glue"); long payloads stay in the caller's `Encoded` buffers and are
-//! handed to one vectored `pwritev` per [`IOV_CHUNK`] pieces, so the writer does not copy
-//! the bulk of a batch before the kernel copies it again.
+//! Batches: records encoded on the caller's thread straight into the bytes the log writes.
 
-use std::io::IoSlice;
+use std::{fmt, marker::PhantomData};
+
+use rkyv::{rancor, util::AlignedVec};
 
 use crate::{
-    frame::{self, Frame, FrameCrc},
-    fs::{FileIo, write_all_vectored_at},
+    Encoded, Error, LogId, Payload, Result,
+    frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, Frame, FrameCrc, FrameKind},
 };
 
-/// Payloads shorter than this are copied into the glue buffer (a copy is cheaper than an
-/// extra iovec for the kernel to walk).
-const COPY_PAYLOAD_BELOW_BYTES: usize = 512;
-/// Iovecs per `pwritev` call (Linux accepts up to 1024).
-const IOV_CHUNK: usize = 512;
-const ZEROS: [u8; frame::FRAME_ALIGN] = [0; frame::FRAME_ALIGN];
-
-/// One contiguous piece of the batch, in file order.
-#[derive(Debug, Clone, Copy)]
-enum Piece {
-    /// `glue[start..end]`.
-    Glue(usize, usize),
-    /// The payload of the batch's `n`th record.
-    Payload(usize),
+/// Records ready to append: their frames (header, rkyv bytes, padding) back to back, as
+/// they will lie in a segment file.
+///
+/// [`Batch::push`] serializes a value into the batch's buffer and checksums it there, on the
+/// caller's thread; [`Log::append_batch`](crate::Log::append_batch) then writes the buffer
+/// with one batch header in front, doing no work per record but recording its offset. A
+/// batch can be cleared and reused, keeping its buffers.
+///
+/// ```
+/// use keel_log::{Batch, Log, LogId, Options};
+///
+/// let dir = tempfile::tempdir()?;
+/// let log = Log::<String>::open(dir.path(), Options::default())?;
+/// let mut batch = Batch::new();
+/// batch.push(LogId::new(1, 0), &"hello".to_owned())?;
+/// batch.push(LogId::new(1, 1), &"world".to_owned())?;
+/// log.append_batch(&batch)?.ticket.wait()?;
+/// assert_eq!(log.get(1)?.expect("record 1").as_str(), "world");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Batch<T> {
+    /// The record frames, back to back; 16-aligned, so payloads are too.
+    body: AlignedVec,
+    /// Start of each record's frame in `body`.
+    offsets: Vec<u32>,
+    /// Each record frame's checksum, 4 LE bytes, in order: what a batch header's body check
+    /// covers.
+    crcs: Vec<u8>,
+    first: Option<LogId>,
+    last: Option<LogId>,
+    /// The longest payload pushed, for the log's record size limit.
+    largest_payload: usize,
+    _type: PhantomData<fn() -> T>,
 }
 
-/// Reusable buffers for building one write.
-#[derive(Debug, Default)]
-pub(crate) struct Batch {
-    glue: Vec<u8>,
-    pieces: Vec<Piece>,
-    /// Start of glue not yet covered by a piece.
-    open_glue: usize,
-    /// Records pushed.
-    records: usize,
-    /// Bytes of the batch in the file.
-    len: usize,
+impl<T> fmt::Debug for Batch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("first", &self.first)
+            .field("last", &self.last)
+            .field("bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
-impl Batch {
-    pub(crate) fn clear(&mut self) {
-        self.glue.clear();
-        self.pieces.clear();
-        self.open_glue = 0;
-        self.records = 0;
-        self.len = 0;
-    }
-
-    /// Bytes the batch will occupy in the file.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Adds the next record; [`Batch::write`] asks for its payload by its position.
-    pub(crate) fn push(&mut self, crc: FrameCrc, frame: Frame, payload: &[u8], payload_crc: u32) {
-        frame::encode_header(&mut self.glue, crc, frame, payload_crc);
-        if payload.len() < COPY_PAYLOAD_BELOW_BYTES {
-            self.glue.extend_from_slice(payload);
-        } else {
-            self.pieces
-                .push(Piece::Glue(self.open_glue, self.glue.len()));
-            self.pieces.push(Piece::Payload(self.records));
-            self.open_glue = self.glue.len();
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Self {
+            body: AlignedVec::new(),
+            offsets: Vec::new(),
+            crcs: Vec::new(),
+            first: None,
+            last: None,
+            largest_payload: 0,
+            _type: PhantomData,
         }
-        self.glue
-            .extend_from_slice(&ZEROS[..frame::padding(payload.len())]);
-        self.records += 1;
-        self.len += frame.len();
+    }
+}
+
+impl<T: Payload> Batch<T> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Writes the batch at `offset`; `payload(n)` returns the payload of the `n`th record
-    /// pushed.
-    pub(crate) fn write<'a>(
-        &mut self,
-        file: &dyn FileIo,
-        offset: u64,
-        payload: impl Fn(usize) -> &'a [u8],
-    ) -> std::io::Result<()> {
-        if self.open_glue < self.glue.len() {
-            self.pieces
-                .push(Piece::Glue(self.open_glue, self.glue.len()));
-            self.open_glue = self.glue.len();
+    /// Serializes `value` as the record `id` at the end of the batch.
+    ///
+    /// # Errors
+    /// [`Error::NonContiguous`] unless `id` directly follows the last record pushed;
+    /// [`Error::TermRegression`] if its term is below that record's; [`Error::Encode`] if
+    /// rkyv cannot serialize the value; [`Error::RecordTooLarge`] past 4 GiB;
+    /// [`Error::BatchTooLarge`] once the batch holds 4 GiB. The batch is unchanged by an
+    /// error.
+    pub fn push(&mut self, id: LogId, value: &T) -> Result<()> {
+        self.check_follows(id)?;
+        let start = self.body.len();
+        self.body.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        let serialized = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, &mut self.body);
+        if let Err(source) = serialized {
+            self.body.resize(start, 0);
+            return Err(Error::Encode { source });
         }
-        let mut at = offset;
-        for chunk in self.pieces.chunks(IOV_CHUNK) {
-            let mut iov = [IoSlice::new(&[]); IOV_CHUNK];
-            let mut bytes = 0;
-            for (slot, piece) in iov.iter_mut().zip(chunk) {
-                let slice = match *piece {
-                    Piece::Glue(start, end) => &self.glue[start..end],
-                    Piece::Payload(n) => payload(n),
-                };
-                bytes += slice.len();
-                *slot = IoSlice::new(slice);
+        let payload_start = start + FRAME_HEADER_LEN;
+        let crc = frame::payload_crc(&self.body[payload_start..]);
+        self.seal_frame(id, start, crc)
+    }
+
+    /// Copies an encoded record in as the record `id`.
+    ///
+    /// # Errors
+    /// As [`Batch::push`], but for [`Error::Encode`].
+    pub fn push_encoded(&mut self, id: LogId, encoded: &Encoded<T>) -> Result<()> {
+        self.check_follows(id)?;
+        let start = self.body.len();
+        self.body.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        self.body.extend_from_slice(encoded.as_bytes());
+        self.seal_frame(id, start, encoded.crc())
+    }
+}
+
+impl<T> Batch<T> {
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.body.clear();
+        self.offsets.clear();
+        self.crcs.clear();
+        self.first = None;
+        self.last = None;
+        self.largest_payload = 0;
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// The first record's id.
+    pub fn first(&self) -> Option<LogId> {
+        self.first
+    }
+
+    /// The last record's id.
+    pub fn last(&self) -> Option<LogId> {
+        self.last
+    }
+
+    /// Bytes of the record frames.
+    pub fn frame_bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    pub(crate) fn largest_payload(&self) -> usize {
+        self.largest_payload
+    }
+
+    /// Start of record `k`'s frame in the body.
+    pub(crate) fn offset(&self, k: usize) -> usize {
+        self.offsets[k] as usize
+    }
+
+    /// End of record `k`'s frame in the body.
+    pub(crate) fn frame_end(&self, k: usize) -> usize {
+        self.offsets
+            .get(k + 1)
+            .map_or(self.body.len(), |&next| next as usize)
+    }
+
+    /// One past the last record of the longest run from `from` on whose frames take at most
+    /// `room_bytes` (`from` itself if its frame does not fit).
+    pub(crate) fn fitting(&self, from: usize, room_bytes: u64) -> usize {
+        let skipped = self.offset(from);
+        let (mut fit, mut unfit) = (from, self.len());
+        while fit < unfit {
+            let mid = fit + (unfit - fit) / 2;
+            if (self.frame_end(mid) - skipped) as u64 <= room_bytes {
+                fit = mid + 1;
+            } else {
+                unfit = mid;
             }
-            write_all_vectored_at(file, &mut iov[..chunk.len()], at)?;
-            at += bytes as u64;
         }
-        assert_eq!(
-            at - offset,
-            self.len as u64,
-            "the batch wrote its frames' length"
-        );
+        fit
+    }
+
+    /// The frames of records `from..to`.
+    pub(crate) fn frames(&self, from: usize, to: usize) -> &[u8] {
+        &self.body[self.offset(from)..self.frame_end(to - 1)]
+    }
+
+    /// The frame checksums of records `from..to`, as a batch header's body check covers them.
+    pub(crate) fn crcs(&self, from: usize, to: usize) -> &[u8] {
+        &self.crcs[from * 4..to * 4]
+    }
+
+    fn check_follows(&self, id: LogId) -> Result<()> {
+        let Some(last) = self.last else {
+            return Ok(());
+        };
+        if last.index.checked_add(1) != Some(id.index) {
+            return Err(Error::NonContiguous {
+                expected: last.index.saturating_add(1),
+                got: id.index,
+            });
+        }
+        if id.term < last.term {
+            return Err(Error::TermRegression {
+                id,
+                previous_term: last.term,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the header of the frame whose payload runs from `start + 32` to the body's end,
+    /// pads it, and records it; on a payload too long, undoes the push.
+    fn seal_frame(&mut self, id: LogId, start: usize, payload_crc: u32) -> Result<()> {
+        let payload_len = self.body.len() - start - FRAME_HEADER_LEN;
+        let Ok(len) = u32::try_from(payload_len) else {
+            self.body.resize(start, 0);
+            return Err(Error::RecordTooLarge {
+                len_bytes: payload_len,
+                limit_bytes: u32::MAX as usize,
+            });
+        };
+        let Ok(offset) = u32::try_from(start) else {
+            self.body.resize(start, 0);
+            return Err(Error::BatchTooLarge {
+                limit_bytes: u32::MAX as usize,
+            });
+        };
+        let frame = Frame {
+            kind: FrameKind::Record,
+            id,
+            payload_len: len,
+            synced_hint: 0,
+        };
+        let header = frame::header(FrameCrc::unseeded(), frame, payload_crc);
+        self.body[start..start + FRAME_HEADER_LEN].copy_from_slice(&header);
+        let padded = self.body.len().next_multiple_of(FRAME_ALIGN);
+        self.body.resize(padded, 0);
+        self.offsets.push(offset);
+        self.crcs.extend_from_slice(&header[..4]);
+        self.first.get_or_insert(id);
+        self.last = Some(id);
+        self.largest_payload = self.largest_payload.max(payload_len);
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, os::unix::fs::FileExt};
+    use proptest::prelude::*;
 
     use super::*;
-    use crate::{
-        LogId, SegmentId,
-        frame::{FrameKind, payload_crc},
-        fs::{Fs, StdFs},
-    };
+
+    fn pushed(values: &[String]) -> Batch<String> {
+        let mut batch = Batch::new();
+        for (index, value) in (0..).zip(values) {
+            batch.push(LogId::new(2, index), value).unwrap();
+        }
+        batch
+    }
 
     #[test]
-    fn a_vectored_batch_writes_the_same_bytes_as_encoding_each_frame() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = StdFs.create_new(&dir.path().join("f")).unwrap();
-        let crc = FrameCrc::new(SegmentId(3));
-        let payloads: Vec<Vec<u8>> = [0usize, 5, 511, 512, 1000, 3, 4096]
-            .iter()
-            .map(|&n| vec![u8::try_from(n % 251).unwrap(); n])
-            .collect();
-        let mut batch = Batch::default();
-        let mut expected = Vec::new();
-        for (i, payload) in payloads.iter().enumerate() {
-            let frame = Frame {
-                kind: FrameKind::Record,
-                id: LogId::new(1, i as u64),
-                payload_len: u32::try_from(payload.len()).unwrap(),
-                synced_hint: 4096,
-            };
-            batch.push(crc, frame, payload, payload_crc(payload));
-            frame::encode(&mut expected, crc, frame, payload, payload_crc(payload));
+    fn records_must_follow_one_another() {
+        let mut batch = pushed(&["a".to_owned()]);
+        let before = batch.frame_bytes();
+        assert!(matches!(
+            batch.push(LogId::new(2, 2), &"c".to_owned()),
+            Err(Error::NonContiguous {
+                expected: 1,
+                got: 2
+            })
+        ));
+        assert!(matches!(
+            batch.push(LogId::new(1, 1), &"b".to_owned()),
+            Err(Error::TermRegression { .. })
+        ));
+        assert_eq!(
+            batch.frame_bytes(),
+            before,
+            "a refused push leaves no bytes"
+        );
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn fitting_takes_the_longest_run_whose_frames_fit() {
+        let batch = pushed(&["a".repeat(20), "b".repeat(100), "c".repeat(5)]);
+        let ends: Vec<usize> = (0..3).map(|k| batch.frame_end(k)).collect();
+        assert_eq!(batch.fitting(0, ends[2] as u64), 3);
+        assert_eq!(batch.fitting(0, ends[1] as u64), 2);
+        assert_eq!(batch.fitting(0, ends[1] as u64 - 1), 1);
+        assert_eq!(batch.fitting(0, 0), 0);
+        assert_eq!(batch.fitting(1, (ends[1] - ends[0]) as u64), 2);
+        assert_eq!(batch.fitting(2, 1 << 20), 3);
+    }
+
+    proptest! {
+        /// Serializing in place gives the bytes `Encoded::new` gives, framed as
+        /// `frame::encode` frames them (unseeded), whatever came before in the buffer.
+        #[test]
+        fn pushed_frames_are_the_frames_of_encoded_records(
+            values in proptest::collection::vec(".{0,80}", 1..20),
+        ) {
+            let batch = pushed(&values);
+            let mut expected = Vec::new();
+            for (index, value) in (0..).zip(&values) {
+                let encoded = Encoded::new(value).unwrap();
+                let frame = Frame {
+                    kind: FrameKind::Record,
+                    id: LogId::new(2, index),
+                    payload_len: u32::try_from(encoded.len()).unwrap(),
+                    synced_hint: 0,
+                };
+                frame::encode(&mut expected, FrameCrc::unseeded(), frame, encoded.as_bytes(), encoded.crc());
+            }
+            prop_assert_eq!(batch.frames(0, batch.len()), &expected[..]);
+            let mut copied = Batch::new();
+            for (index, value) in (0..).zip(&values) {
+                copied.push_encoded(LogId::new(2, index), &Encoded::new(value).unwrap()).unwrap();
+            }
+            prop_assert_eq!(copied.frames(0, copied.len()), &expected[..]);
+            prop_assert_eq!(batch.crcs(0, batch.len()).len(), 4 * values.len());
         }
-        assert_eq!(batch.len(), expected.len());
-        batch.write(file.as_ref(), 16, |n| &payloads[n]).unwrap();
-        let mut written = vec![0u8; expected.len()];
-        File::open(dir.path().join("f"))
-            .unwrap()
-            .read_exact_at(&mut written, 16)
-            .unwrap();
-        assert_eq!(written, expected);
     }
 }

@@ -13,19 +13,22 @@ use rkyv::{
 
 use crate::{Error, Result};
 
-/// A type the log can store: rkyv-serializable, with a validatable archived form.
+/// A type the log can store: rkyv-serializable (into a buffer of its own, or at the end of
+/// a [`Batch`](crate::Batch)'s), with a validatable archived form.
 ///
 /// Implemented for every type deriving `rkyv::{Archive, Serialize}` with `CheckBytes`
 /// on its archived form (rkyv's default `bytecheck` feature).
 pub trait Payload:
     Archive<Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
     + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+    + for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, rancor::Error>>
 {
 }
 
 impl<T> Payload for T where
     T: Archive<Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
         + for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+        + for<'a, 'b> Serialize<HighSerializer<&'b mut AlignedVec, ArenaHandle<'a>, rancor::Error>>
 {
 }
 

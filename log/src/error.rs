@@ -171,6 +171,27 @@ pub enum Error {
     /// The log was closed before the operation finished.
     #[error("log closed")]
     Closed,
+    /// A batch grew past what one batch can hold (frame offsets are `u32`); append it and
+    /// start another.
+    #[error("batch holds {limit_bytes} bytes, the most one batch can")]
+    BatchTooLarge {
+        /// The most bytes of frames one batch holds.
+        limit_bytes: usize,
+    },
+    /// A segment file is in a format this build does not read (written by a newer Keel).
+    #[error(
+        "segment {segment} is in format {version}; this build reads formats {oldest} to {newest}"
+    )]
+    UnsupportedFormat {
+        /// The segment.
+        segment: SegmentId,
+        /// The format its header gives.
+        version: u32,
+        /// The oldest format this build reads.
+        oldest: u32,
+        /// The format this build writes.
+        newest: u32,
+    },
 }
 
 /// What failed when verifying bytes read from disk.

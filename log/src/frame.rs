@@ -2,22 +2,27 @@
 //!
 //! ```text
 //! offset size field
-//!  0     4    crc           u32 LE: CRC32C(bytes 4..32) ^ CRC32C(payload) ^ segment seed
+//!  0     4    crc           u32 LE: CRC32C(bytes 4..32) ^ CRC32C(payload) [^ segment seed]
 //!  4     4    payload_len   u32 LE, bytes of rkyv payload (padding excluded)
 //!  8     2    len_guard     u16 LE, !(low16(len) ^ high16(len)): checked before the length is trusted
 //! 10     1    kind          1 = record, 2 = seal (end of a sealed segment)
 //! 11     1    reserved      0
 //! 12     4    synced_hint   u32 LE, segment offset known durable when this frame was written
+//!                           (format 1); 0 in format 2, where the batch header holds it
 //! 16     8    index         u64 LE
 //! 24     8    term          u64 LE
 //! 32     len  payload
 //! ```
-//! The payload's CRC32C is computed once, when the record is encoded (on the caller's
-//! thread, see [`Encoded`](crate::Encoded)), and combined by XOR with the header's and the
-//! segment's seed, so the single writer only checksums 28 header bytes per record. The seed
-//! is CRC32C of the segment id, so bytes left from another segment never verify. Frames start
-//! 16-aligned inside a page-aligned mapping, so every payload is 16-aligned for zero-copy
-//! rkyv access. An all-zero header marks the end of written data.
+//! The payload's CRC32C is computed once, when the record is encoded on the caller's thread
+//! (see [`Encoded`](crate::Encoded) and [`Batch`](crate::Batch)), and combined by XOR with
+//! the header's. In segment format 1 every frame's checksum also took the segment's seed
+//! (CRC32C of the segment id), so that bytes left from another segment never verify, and the
+//! single writer built and checksummed every header. In format 2 a record frame depends on
+//! nothing but the record, so the caller's thread builds it whole, and the seed and synced
+//! hint live in one header per batch ([`batch_frame`](crate::batch_frame)); the seal frame
+//! is the same in both. Frames start 16-aligned inside a page-aligned mapping, so every
+//! payload is 16-aligned for zero-copy rkyv access. An all-zero header marks the end of
+//! written data.
 
 use crate::{Corruption, LogId, SegmentId};
 
@@ -67,8 +72,9 @@ pub(crate) enum FrameError {
     Bad(Corruption),
 }
 
-/// Checksum state for one segment: a seed derived from the segment id is combined (XOR) into every
-/// frame's CRC, so bytes left from another segment never verify.
+/// Checksum state: a seed derived from the segment id is combined (XOR) into the CRC of every
+/// batch header and seal (and, in format 1, every record frame), so bytes left from another
+/// segment never verify; format-2 record frames use [`FrameCrc::unseeded`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FrameCrc {
     seed: u32,
@@ -79,6 +85,12 @@ impl FrameCrc {
         Self {
             seed: crc32c(&segment.0.to_le_bytes()),
         }
+    }
+
+    /// No seed: the checksum of a format-2 record frame, which belongs to no segment until
+    /// a batch header (seeded) covers it.
+    pub(crate) const fn unseeded() -> Self {
+        Self { seed: 0 }
     }
 
     /// CRC32C of `bytes` under this segment's seed.
@@ -106,9 +118,7 @@ pub(crate) fn payload_crc(payload: &[u8]) -> u32 {
     crc32c(payload)
 }
 
-impl FrameCrc {}
-
-fn len_guard(len: u32) -> u16 {
+pub(crate) fn len_guard(len: u32) -> u16 {
     let low = (len & 0xffff) as u16;
     let high = (len >> 16) as u16;
     !(low ^ high)
@@ -130,14 +140,14 @@ pub(crate) fn encode(
         "frame length matches its payload"
     );
     let start = buf.len();
-    encode_header(buf, crc, frame, payload_crc);
+    buf.extend_from_slice(&header(crc, frame, payload_crc));
     buf.extend_from_slice(payload);
     buf.resize(start + frame.len(), 0);
 }
 
-/// Appends a frame's 32-byte header to `buf`; the payload and its padding follow it in the
-/// file (see [`padding`]).
-pub(crate) fn encode_header(buf: &mut Vec<u8>, crc: FrameCrc, frame: Frame, payload_crc: u32) {
+/// A frame's 32-byte header; the payload and its zero padding to [`FRAME_ALIGN`] follow it
+/// in the file. The frame's checksum is the first four bytes.
+pub(crate) fn header(crc: FrameCrc, frame: Frame, payload_crc: u32) -> [u8; FRAME_HEADER_LEN] {
     let mut header = [0u8; FRAME_HEADER_LEN];
     header[4..8].copy_from_slice(&frame.payload_len.to_le_bytes());
     header[8..10].copy_from_slice(&len_guard(frame.payload_len).to_le_bytes());
@@ -147,19 +157,14 @@ pub(crate) fn encode_header(buf: &mut Vec<u8>, crc: FrameCrc, frame: Frame, payl
     header[24..32].copy_from_slice(&frame.id.term.to_le_bytes());
     let sum = crc.frame(&header[4..], payload_crc);
     header[0..4].copy_from_slice(&sum.to_le_bytes());
-    buf.extend_from_slice(&header);
+    header
 }
 
-/// Zero bytes after a payload of `payload_len` bytes, up to the next frame.
-pub(crate) fn padding(payload_len: usize) -> usize {
-    payload_len.next_multiple_of(FRAME_ALIGN) - payload_len
-}
-
-fn read_u32(bytes: &[u8], at: usize) -> u32 {
+pub(crate) fn read_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4-byte field"))
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
+pub(crate) fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8-byte field"))
 }
 

@@ -27,8 +27,9 @@ impl fmt::Display for LogId {
 }
 
 /// A segment file's identity. Ids grow with each activation, and no byte written under an
-/// older id survives into a file with a newer one verifying (the id seeds each frame's
-/// checksum), so a recycled file's old frames are never read as new ones.
+/// older id survives into a file with a newer one verifying (the id seeds each batch header's
+/// checksum, and each frame's in format 1), so a recycled file's old records are never read
+/// as new ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SegmentId(pub u64);
 

@@ -1,12 +1,14 @@
 //! keel-log: Keel's durable append-only log.
 //!
-//! Records of one rkyv type `T` are appended in batches to fixed-size, prepared-ahead
-//! segment files with one `pwrite` per batch, made durable by a syncer thread with one
-//! `fdatasync` per group of appends (group commit, no timer), and read zero-copy from
-//! read-only memory mappings, checked by CRC32C on every read.
+//! Records of one rkyv type `T` are serialized and framed on the caller's thread into a
+//! [`Batch`], appended to fixed-size, prepared-ahead segment files with one `pwritev` per
+//! batch (a seeded batch header, then the frames as built), made durable by a syncer thread
+//! with one `fdatasync` per group of appends (group commit, no timer), and read zero-copy
+//! from read-only memory mappings, checked by CRC32C on every read. `log/FORMAT.md` gives
+//! every byte on disk.
 //!
 //! ```text
-//!  append(batch) ──► writer (mutex) ──pwrite──► segment file ◄──mmap── readers (no lock)
+//!  append_batch ──► writer (mutex) ──pwritev─► segment file ◄──mmap── readers (no lock)
 //!                      │   publish offsets ──────────────────────────► Reader::get/range
 //!                      └─► syncer thread ──fdatasync──► tickets/callbacks: "durable"
 //!  truncate_from / purge_upto / vote / committed ──► meta file (2 slots, always synced)
@@ -15,7 +17,8 @@
 //! Guarantees:
 //! - A record whose ticket resolved [`Durability::Synced`] survives a crash or power cut;
 //!   recovery never returns a record that was not appended, in an order it was not.
-//! - Every record is checksummed (CRC32C seeded by the segment id); corruption where the
+//! - Every record is checksummed (CRC32C), and every batch header (seeded by the segment id,
+//!   with a check over its records' checksums); corruption where the
 //!   log had made bytes durable is a typed error naming segment and offset, never skipped.
 //! - A failed write or `fdatasync` poisons the log; a failed sync is never retried.
 //! - Published bytes are never rewritten while mapped.
@@ -37,6 +40,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod batch;
+mod batch_frame;
 mod encoded;
 mod error;
 mod frame;
@@ -52,6 +56,7 @@ mod sync;
 mod view;
 mod writer;
 
+pub use batch::Batch;
 pub use encoded::{Encoded, Payload};
 pub use error::{Corruption, Error, Result};
 pub use id::{LogId, SegmentId};

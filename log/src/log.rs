@@ -9,7 +9,8 @@ use std::{
 };
 
 use crate::{
-    Appended, Encoded, Entry, Error, LogId, Options, Payload, Reader, Record, Result, SyncPolicy,
+    Appended, Batch, Encoded, Entry, Error, LogId, Options, Payload, Reader, Record, Result,
+    SyncPolicy,
     fs::{Fs, StdFs},
     recovery,
     segment::name,
@@ -145,8 +146,25 @@ impl<T: Payload> Log<T> {
     /// # Errors
     /// [`Error::RecordTooLarge`], [`Error::NonContiguous`], [`Error::TermRegression`]
     /// (nothing written); [`Error::Poisoned`]; [`Error::Io`] (the log is then poisoned).
+    ///
+    /// Each record is copied into a [`Batch`] first: a caller that builds the batch itself
+    /// ([`Log::append_batch`]) encodes each record in place, once.
     pub fn append(&self, entries: &[Entry<'_, T>]) -> Result<Appended> {
-        self.write(|w| w.append(entries))
+        let mut batch = Batch::new();
+        for entry in entries {
+            batch.push_encoded(entry.id, entry.payload)?;
+        }
+        self.append_batch(&batch)
+    }
+
+    /// Appends a batch built on the caller's thread: its first record must continue the log,
+    /// as for [`Log::append`]. The writer adds one batch header per segment the batch reaches
+    /// and writes header and frames with one `pwritev`.
+    ///
+    /// # Errors
+    /// As [`Log::append`].
+    pub fn append_batch(&self, batch: &Batch<T>) -> Result<Appended> {
+        self.write(|w| w.append(batch))
     }
 
     /// Appends payloads at the next indexes (0 for a log never written), all with `term`.
@@ -156,14 +174,11 @@ impl<T: Payload> Log<T> {
     pub fn append_next(&self, term: u64, payloads: &[&Encoded<T>]) -> Result<Appended> {
         self.write(|w| {
             let first = w.next_index.unwrap_or(0);
-            let entries: Vec<_> = (first..)
-                .zip(payloads)
-                .map(|(index, payload)| Entry {
-                    id: LogId::new(term, index),
-                    payload,
-                })
-                .collect();
-            w.append(&entries)
+            let mut batch = Batch::new();
+            for (index, payload) in (first..).zip(payloads) {
+                batch.push_encoded(LogId::new(term, index), payload)?;
+            }
+            w.append(&batch)
         })
     }
 

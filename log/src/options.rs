@@ -2,6 +2,7 @@
 
 use crate::{
     Error, Result,
+    batch_frame::BATCH_HEADER_LEN,
     frame::{FRAME_HEADER_LEN, frame_len},
     segment::RECORDS_START,
 };
@@ -96,10 +97,13 @@ impl Options {
         Ok(())
     }
 
-    /// Bytes of a segment available to record frames: the header and room for the seal
-    /// frame are reserved.
+    /// Bytes of a segment available to record frames: the header, one batch header and
+    /// room for the seal frame are reserved.
     pub(crate) fn record_capacity_bytes(&self) -> u64 {
-        self.segment_size_bytes - RECORDS_START as u64 - FRAME_HEADER_LEN as u64
+        self.segment_size_bytes
+            - RECORDS_START as u64
+            - FRAME_HEADER_LEN as u64
+            - BATCH_HEADER_LEN as u64
     }
 }
 

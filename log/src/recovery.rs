@@ -2,16 +2,18 @@
 //!
 //! 1. Classify directory entries; a foreign file is an error, prepared files are removed.
 //! 2. Read the meta file (vote, committed, purge mark, newest segment id).
-//! 3. For each segment, in id order: verify the header against the file name and the file
-//!    size against the header *before* mapping it, then walk its frames, checking each
-//!    frame's CRC32C, index continuity, term order and rkyv validity. A sealed segment must
-//!    end in a seal frame. The last segment's walk stops at the first zero or bad header.
-//! 4. Tail: the largest `synced_hint` among the tail's verifiable frames, and its sync mark,
-//!    bound from below what was durable. A walk that stops below that point hit corruption
-//!    (an error naming segment and offset). Frames that still verify past the stop are the
-//!    rest of a torn group of appends: an error under the strict policy, else zeroed and
-//!    synced. Other bytes past the stop never verify (zeros, torn frames, or another
-//!    segment's bytes in a recycled file) and are simply overwritten by later appends.
+//! 3. For each segment, in id order: verify the header (a format this build reads) against
+//!    the file name and the file size against the header *before* mapping it, then walk its
+//!    batches (format 2; frames in format 1), checking each batch whole and each frame's
+//!    CRC32C, index continuity, term order and rkyv validity. A sealed segment must end in a
+//!    seal frame. The last segment's walk stops at the first zero or bad header or batch.
+//! 4. Tail: the largest `synced_hint` among the tail's verifiable batch headers (format 1:
+//!    frames), and its sync mark, bound from below what was durable. A walk that stops below
+//!    that point hit corruption (an error naming segment and offset). Batch headers (frames)
+//!    that still verify past the stop are the rest of a torn group of appends: an error under
+//!    the strict policy, else zeroed and synced. Other bytes past the stop never verify
+//!    (zeros, torn writes, or another segment's bytes in a recycled file) and are simply
+//!    overwritten by later appends.
 //! 5. A newer segment supersedes the records of older ones from its base index on
 //!    (truncation); records at or below the purge mark are dropped; what is left must be
 //!    contiguous, or records are missing.
@@ -25,13 +27,14 @@ use std::{
 
 use crate::{
     Corruption, Error, LogId, Options, Payload, RecoveryPolicy, Result, SegmentId,
+    batch_frame::{self, BATCH_HEADER_LEN, BatchHeader, Unit},
     encoded::validate,
-    frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, FrameCrc, FrameError, FrameKind},
+    frame::{self, FRAME_ALIGN, FRAME_HEADER_LEN, Frame, FrameCrc, FrameError, FrameKind},
     fs::{FileIo, Fs, write_zeros},
     meta::{Meta, MetaState},
     segment::{
-        Header, RECORDS_START, RECORDS_START_OFFSET, RecoveryMap, SEGMENT_HEADER_LEN, Segment,
-        name, payload_bound, sync_mark,
+        FORMAT_VERSION, FORMAT_VERSION_OLDEST, Header, RECORDS_START, RECORDS_START_OFFSET,
+        RecoveryMap, SEGMENT_HEADER_LEN, Segment, name, payload_bound, sync_mark,
     },
     view::Span,
 };
@@ -82,15 +85,7 @@ struct Found<T> {
     walk: Walk,
 }
 
-/// Walks frames from the header on. CRC-valid frames that break continuity or fail rkyv
-/// validation are corruption wherever they are (they were written whole).
 fn walk<T: Payload>(segment: &Segment<T>, bytes: &[u8]) -> Result<Walk> {
-    let payload_max = segment.payload_max();
-    let corrupted = |offset: usize, reason| Error::Corrupted {
-        segment: segment.id,
-        offset: offset as u64,
-        reason,
-    };
     let mut walk = Walk {
         offsets: Vec::new(),
         last_term: None,
@@ -98,57 +93,171 @@ fn walk<T: Payload>(segment: &Segment<T>, bytes: &[u8]) -> Result<Walk> {
         stop: Stop::Zero,
         synced_hint: RECORDS_START_OFFSET,
     };
+    if segment.format == FORMAT_VERSION_OLDEST {
+        walk_frames(segment, bytes, &mut walk)?;
+    } else {
+        walk_batches(segment, bytes, &mut walk)?;
+    }
+    Ok(walk)
+}
+
+/// Format 1: walks seeded record frames from the header on.
+fn walk_frames<T: Payload>(segment: &Segment<T>, bytes: &[u8], walk: &mut Walk) -> Result<()> {
     loop {
         let at = walk.end;
-        let frame = match frame::decode(bytes, at, segment.crc, payload_max) {
+        let frame = match frame::decode(bytes, at, segment.crc, segment.payload_max()) {
             Ok(frame) => frame,
-            Err(FrameError::End) => break,
+            Err(FrameError::End) => return Ok(()),
             Err(FrameError::Bad(reason)) => {
                 walk.stop = Stop::Bad(reason);
-                break;
+                return Ok(());
             }
         };
         walk.synced_hint = walk.synced_hint.max(frame.synced_hint);
         if frame.kind == FrameKind::Seal {
             walk.stop = Stop::Seal;
-            break;
+            return Ok(());
         }
-        let expected = segment.base + walk.offsets.len() as u64;
-        if frame.id.index != expected {
-            let found = frame.id.index;
-            return Err(corrupted(
-                at,
-                Corruption::IndexOutOfOrder { expected, found },
-            ));
-        }
-        if walk.last_term.is_some_and(|last| frame.id.term < last) {
-            return Err(corrupted(at, Corruption::TermRegression));
-        }
-        let payload_start = at + FRAME_HEADER_LEN;
-        if validate::<T>(&bytes[payload_start..payload_start + frame.payload_len as usize]).is_err()
-        {
-            return Err(corrupted(at, Corruption::InvalidArchive));
-        }
-        walk.offsets
-            .push(u32::try_from(at).expect("segments are below 4 GiB"));
-        walk.last_term = Some(frame.id.term);
+        accept(segment, bytes, walk, at, frame)?;
         walk.end = at + frame.len();
     }
-    Ok(walk)
 }
 
-/// Past the walk's end in the tail, frames that still verify under this segment's seed are
-/// pieces of a torn group of appends (bytes left from another segment in a recycled file
-/// never verify). Returns their largest synced hint and the end of the last one (0 if none).
-fn probe_beyond(crc: FrameCrc, payload_max: usize, bytes: &[u8], from: usize) -> (u32, usize) {
+/// Format 2: walks batches from the header on. A batch counts only whole (see
+/// [`batch_frame`]); one that is not stops the walk like a bad frame.
+fn walk_batches<T: Payload>(segment: &Segment<T>, bytes: &[u8], walk: &mut Walk) -> Result<()> {
+    let mut records = Vec::new();
+    loop {
+        let at = walk.end;
+        let header = match batch_frame::decode(bytes, at, segment.crc) {
+            Ok(Unit::Batch(header)) => header,
+            Ok(Unit::Seal { synced_hint }) => {
+                walk.synced_hint = walk.synced_hint.max(synced_hint);
+                walk.stop = Stop::Seal;
+                return Ok(());
+            }
+            Err(FrameError::End) => return Ok(()),
+            Err(FrameError::Bad(reason)) => {
+                walk.stop = Stop::Bad(reason);
+                return Ok(());
+            }
+        };
+        walk.synced_hint = walk.synced_hint.max(header.synced_hint);
+        if let Err(reason) = whole_batch(segment, bytes, at, &header, &mut records) {
+            walk.stop = Stop::Bad(reason);
+            return Ok(());
+        }
+        let expected = segment.base + walk.offsets.len() as u64;
+        if header.first != expected {
+            let found = header.first;
+            return Err(Error::Corrupted {
+                segment: segment.id,
+                offset: at as u64,
+                reason: Corruption::IndexOutOfOrder { expected, found },
+            });
+        }
+        for &(offset, frame) in &records {
+            accept(segment, bytes, walk, offset, frame)?;
+        }
+        walk.end = at + header.len();
+    }
+}
+
+/// Fills `records` with the record frames of the batch at `at`, if it is whole: exactly
+/// `count` frames that verify fill its body, and their checksums give its body check.
+fn whole_batch<T>(
+    segment: &Segment<T>,
+    bytes: &[u8],
+    at: usize,
+    header: &BatchHeader,
+    records: &mut Vec<(usize, Frame)>,
+) -> Result<(), Corruption> {
+    let body_end = at + header.len();
+    let body = &bytes[..body_end];
+    records.clear();
+    let mut check = 0;
+    let mut offset = at + BATCH_HEADER_LEN;
+    while offset < body_end {
+        let frame = frame::decode(body, offset, segment.record_crc, segment.payload_max())
+            .map_err(|error| match error {
+                FrameError::End => Corruption::BadLength,
+                FrameError::Bad(reason) => reason,
+            })?;
+        if frame.kind != FrameKind::Record {
+            return Err(Corruption::BadKind);
+        }
+        check = batch_frame::body_check_append(check, &body[offset..offset + 4]);
+        records.push((offset, frame));
+        offset += frame.len();
+    }
+    if records.len() != header.count as usize {
+        return Err(Corruption::BadLength);
+    }
+    if check != header.body_check {
+        return Err(Corruption::BadChecksum);
+    }
+    Ok(())
+}
+
+/// Takes a verified record frame into the walk. Frames that verify but break continuity or
+/// fail rkyv validation are corruption wherever they are (they were written whole).
+fn accept<T: Payload>(
+    segment: &Segment<T>,
+    bytes: &[u8],
+    walk: &mut Walk,
+    at: usize,
+    frame: Frame,
+) -> Result<()> {
+    let corrupted = |reason| Error::Corrupted {
+        segment: segment.id,
+        offset: at as u64,
+        reason,
+    };
+    let expected = segment.base + walk.offsets.len() as u64;
+    if frame.id.index != expected {
+        let found = frame.id.index;
+        return Err(corrupted(Corruption::IndexOutOfOrder { expected, found }));
+    }
+    if walk.last_term.is_some_and(|last| frame.id.term < last) {
+        return Err(corrupted(Corruption::TermRegression));
+    }
+    let payload_start = at + FRAME_HEADER_LEN;
+    if validate::<T>(&bytes[payload_start..payload_start + frame.payload_len as usize]).is_err() {
+        return Err(corrupted(Corruption::InvalidArchive));
+    }
+    walk.offsets
+        .push(u32::try_from(at).expect("segments are below 4 GiB"));
+    walk.last_term = Some(frame.id.term);
+    Ok(())
+}
+
+/// Past the walk's end in the tail, frames (format 1) or batch headers (format 2) that still
+/// verify under this segment's seed are pieces of a torn group of appends (bytes left from
+/// another segment in a recycled file never verify). Returns their largest synced hint and
+/// the end of the last one (0 if none).
+fn probe_beyond(
+    format: u32,
+    crc: FrameCrc,
+    payload_max: usize,
+    bytes: &[u8],
+    from: usize,
+) -> (u32, usize) {
     let mut hint = 0;
     let mut torn_end = 0;
     let mut at = skip_zeros(bytes, from);
     while at + FRAME_HEADER_LEN <= bytes.len() {
-        match frame::decode(bytes, at, crc, payload_max) {
-            Ok(frame) => {
-                hint = hint.max(frame.synced_hint);
-                at += frame.len();
+        let found = if format == FORMAT_VERSION_OLDEST {
+            frame::decode(bytes, at, crc, payload_max).map(|frame| (frame.synced_hint, frame.len()))
+        } else {
+            batch_frame::decode(bytes, at, crc).map(|unit| match unit {
+                Unit::Batch(header) => (header.synced_hint, header.len()),
+                Unit::Seal { synced_hint } => (synced_hint, FRAME_HEADER_LEN),
+            })
+        };
+        match found {
+            Ok((synced_hint, len)) => {
+                hint = hint.max(synced_hint);
+                at += len;
                 torn_end = at;
             }
             Err(_) => at += FRAME_ALIGN,
@@ -195,6 +304,14 @@ fn read_header(path: &Path, id: SegmentId, base: u64) -> Result<(Header, File)> 
     file.read_exact_at(&mut bytes, 0)
         .map_err(Error::io("read", path))?;
     let header = Header::decode(&bytes).map_err(corrupted)?;
+    if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&header.format) {
+        return Err(Error::UnsupportedFormat {
+            segment: id,
+            version: header.format,
+            oldest: FORMAT_VERSION_OLDEST,
+            newest: FORMAT_VERSION,
+        });
+    }
     if header.id != id || header.base != base {
         return Err(corrupted(Corruption::HeaderMismatch));
     }
@@ -247,7 +364,13 @@ fn settle_tail<T>(found: &Found<T>, policy: RecoveryPolicy) -> Result<()> {
     let segment = &found.segment;
     let walk = &found.walk;
     let bytes = found.view.bytes();
-    let (beyond_hint, torn_end) = probe_beyond(segment.crc, segment.payload_max(), bytes, walk.end);
+    let (beyond_hint, torn_end) = probe_beyond(
+        segment.format,
+        segment.crc,
+        segment.payload_max(),
+        bytes,
+        walk.end,
+    );
     let marked = sync_mark::durable_end(segment.id, bytes);
     let durable = walk.synced_hint.max(beyond_hint).max(marked) as usize;
     let reason = match walk.stop {
@@ -297,7 +420,13 @@ fn load<T: Payload>(fs: &dyn Fs, listed: Listed, options: &Options) -> Result<Lo
         let is_tail = position + 1 == count;
         let (header, file) = match read_header(&path, id, base) {
             Ok(found) => found,
-            Err(error) if is_tail && cut_short(&path, id, options)? => {
+            // A header in a format this build does not read verified: it is no cut-short
+            // activation, and discarding it could drop a newer build's records.
+            Err(error)
+                if is_tail
+                    && !matches!(error, Error::UnsupportedFormat { .. })
+                    && cut_short(&path, id, options)? =>
+            {
                 tracing::warn!(segment = %id, %error, "discarding a newest segment whose activation was cut short");
                 cut_short_tail = Some(path);
                 continue;
@@ -359,12 +488,18 @@ fn cut_short(path: &Path, id: SegmentId, options: &Options) -> Result<bool> {
     let Ok(view) = RecoveryMap::new(&file, size_bytes) else {
         return Ok(false);
     };
-    let (hint, torn_end) = probe_beyond(
-        FrameCrc::new(id),
-        payload_bound(size_bytes),
-        view.bytes(),
-        RECORDS_START,
-    );
+    let (hint, torn_end) = [FORMAT_VERSION_OLDEST, FORMAT_VERSION]
+        .map(|format| {
+            probe_beyond(
+                format,
+                FrameCrc::new(id),
+                payload_bound(size_bytes),
+                view.bytes(),
+                RECORDS_START,
+            )
+        })
+        .into_iter()
+        .fold((0, 0), |(hint, end), (h, e)| (hint.max(h), end.max(e)));
     let marked = sync_mark::durable_end(id, view.bytes());
     if hint.max(marked) > RECORDS_START_OFFSET {
         return Ok(false);

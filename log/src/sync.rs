@@ -226,7 +226,7 @@ impl SyncShared {
         self.done.notify_all();
     }
 
-    /// The offset of `segment` known durable, for frames' synced hints.
+    /// The offset of `segment` known durable, for batch headers' synced hints.
     pub(crate) fn synced_hint(&self, segment: SegmentId) -> u32 {
         match self.lock().synced_at {
             Some((s, offset)) if s == segment => offset,
@@ -361,7 +361,7 @@ impl SyncShared {
     /// The syncer thread's loop. Threads waiting on a ticket run group syncs themselves; the
     /// syncer runs them for callbacks and at close. When the writer stays idle for
     /// [`MARK_DELAY`] after a sync, it records the durable end in the segment's sync mark
-    /// (while appends keep coming, their frames' synced hints record it instead, so the hot
+    /// (while appends keep coming, their batch headers' synced hints record it instead, so the hot
     /// path pays nothing for marks). It sleeps otherwise and is woken only when needed.
     fn sync_loop(&self) {
         // The durable point the syncer last looked at: while other threads keep syncing, it

@@ -1,22 +1,23 @@
 //! The single writer: appends, rolls, seals, truncation and purge.
 //!
-//! It runs under the log's writer mutex. Each append packs its frames into one buffer per
-//! segment and issues one `pwrite`; then it publishes the frames' offsets (readers see the
-//! records at once) and hands the write to the syncer for group commit.
+//! It runs under the log's writer mutex. Each append writes the batch's frames, built on the
+//! caller's thread, behind one batch header per segment it reaches, with one `pwritev`;
+//! then it publishes the frames' offsets (readers see the records at once) and hands the
+//! write to the syncer for group commit.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{io::IoSlice, path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
 
 use crate::{
-    Encoded, Error, LogId, Options, Payload, Result, SegmentId,
-    batch::Batch,
-    frame::{self, FRAME_HEADER_LEN, Frame, FrameKind, frame_len},
-    fs::{FileIo, Fs},
+    Batch, Encoded, Error, LogId, Options, Payload, Result, SegmentId,
+    batch_frame::{self, BATCH_HEADER_LEN, BatchHeader},
+    frame::{self, FRAME_HEADER_LEN, Frame, FrameKind},
+    fs::{FileIo, Fs, write_all_vectored_at},
     meta::{Meta, MetaState},
     prepare::Preparer,
     recovery::Tail,
-    segment::{Header, RECORDS_START, Segment, name},
+    segment::{FORMAT_VERSION, Header, RECORDS_START, Segment, name},
     sync::{SyncShared, SyncTarget, SyncTicket},
     view::{Span, View},
 };
@@ -65,7 +66,7 @@ pub(crate) struct Writer<T> {
     pub(crate) last_term: u64,
     /// The seal frame's bytes.
     buf: Vec<u8>,
-    batch: Batch,
+    /// The offsets of the records of one write, as published.
     offsets: Vec<u32>,
 }
 
@@ -113,69 +114,74 @@ impl<T: Payload> Writer<T> {
             next_index: recovered.next_index,
             last_term: recovered.last_term,
             buf: Vec::new(),
-            batch: Batch::default(),
             offsets: Vec::new(),
         })
     }
 
-    /// Checks a batch before any byte is written: sizes, contiguity, term order.
-    fn validate(&self, entries: &[Entry<'_, T>]) -> Result<()> {
-        let mut next = self.next_index;
-        let mut term = self.last_term;
-        for entry in entries {
-            let len = entry.payload.len();
-            if len > self.options.record_size_max_bytes {
-                let limit_bytes = self.options.record_size_max_bytes;
-                return Err(Error::RecordTooLarge {
-                    len_bytes: len,
-                    limit_bytes,
-                });
-            }
-            if let Some(expected) = next
-                && entry.id.index != expected
-            {
-                return Err(Error::NonContiguous {
-                    expected,
-                    got: entry.id.index,
-                });
-            }
-            if entry.id.term < term {
-                return Err(Error::TermRegression {
-                    id: entry.id,
-                    previous_term: term,
-                });
-            }
-            next = Some(entry.id.index.checked_add(1).ok_or(Error::NonContiguous {
-                expected: entry.id.index,
+    /// Checks a batch before any byte is written: sizes, contiguity, term order (the batch
+    /// checked them between its own records when they were pushed).
+    fn validate(&self, batch: &Batch<T>) -> Result<()> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        if batch.largest_payload() > self.options.record_size_max_bytes {
+            return Err(Error::RecordTooLarge {
+                len_bytes: batch.largest_payload(),
+                limit_bytes: self.options.record_size_max_bytes,
+            });
+        }
+        if let Some(expected) = self.next_index
+            && first.index != expected
+        {
+            return Err(Error::NonContiguous {
+                expected,
+                got: first.index,
+            });
+        }
+        if first.term < self.last_term {
+            return Err(Error::TermRegression {
+                id: first,
+                previous_term: self.last_term,
+            });
+        }
+        if last.index == u64::MAX {
+            return Err(Error::NonContiguous {
+                expected: last.index,
                 got: u64::MAX,
-            })?);
-            term = entry.id.term;
+            });
         }
         Ok(())
     }
 
-    /// Appends a batch; see [`Log::append`](crate::Log::append).
-    pub(crate) fn append(&mut self, entries: &[Entry<'_, T>]) -> Result<Appended> {
+    /// Appends a batch; see [`Log::append_batch`](crate::Log::append_batch).
+    pub(crate) fn append(&mut self, batch: &Batch<T>) -> Result<Appended> {
         self.sync.check()?;
-        self.validate(entries)?;
+        self.validate(batch)?;
         let mut ticket = self.sync.current();
-        let mut rest = entries;
-        while let Some(first) = rest.first() {
-            if self.active.is_none() {
-                self.activate(first.id.index, false)?;
+        let mut from = 0;
+        while from < batch.len() {
+            let Some(active) = &self.active else {
+                let first = batch.first().expect("a batch with records has a first");
+                self.activate(first.index + from as u64, false)?;
+                continue;
+            };
+            if active.segment.format != FORMAT_VERSION {
+                // A tail left by an older format is sealed, never appended to.
+                self.seal()?;
+                continue;
             }
-            let written = self.write_some(rest)?;
+            let written = self.write_some(batch, from)?;
             if written == 0 {
                 self.seal()?;
                 continue;
             }
             ticket = self.sync.written(self.sync_target());
-            rest = &rest[written..];
-            if !rest.is_empty() {
+            from += written;
+            if from < batch.len() {
                 self.seal()?;
             }
         }
-        let last = entries.last().map(|e| e.id);
+        let last = batch.last();
         if let Some(last) = last {
             self.next_index = Some(last.index + 1);
             self.last_term = last.term;
@@ -197,45 +203,41 @@ impl<T: Payload> Writer<T> {
         }
     }
 
-    /// Writes as many entries as fit in the active segment, with one vectored write per
-    /// chunk of pieces; returns how many.
-    fn write_some(&mut self, entries: &[Entry<'_, T>]) -> Result<usize> {
+    /// Writes as many of the batch's records from `from` on as fit in the active segment,
+    /// behind one batch header, with one `pwritev` of header and frames; returns how many.
+    fn write_some(&mut self, batch: &Batch<T>, from: usize) -> Result<usize> {
         let active = self.active.as_mut().expect("caller activated a segment");
         // The segment's own size: it may predate a change of `segment_size_bytes`.
         let capacity_end = active.segment.size_bytes() - FRAME_HEADER_LEN as u64;
-        let synced_hint = self.sync.synced_hint(active.segment.id);
-        self.batch.clear();
-        self.offsets.clear();
-        for entry in entries {
-            let at = active.write_offset + self.batch.len() as u64;
-            if at + frame_len(entry.payload.len()) as u64 > capacity_end {
-                break;
-            }
-            let frame = Frame {
-                kind: FrameKind::Record,
-                id: entry.id,
-                payload_len: u32::try_from(entry.payload.len()).expect("checked against limit"),
-                synced_hint,
-            };
-            let payload = entry.payload;
-            self.batch
-                .push(active.segment.crc, frame, payload.as_bytes(), payload.crc());
-            self.offsets
-                .push(u32::try_from(at).expect("segments are below 4 GiB"));
-        }
-        let count = self.offsets.len();
-        if count == 0 {
+        let body_at = active.write_offset + BATCH_HEADER_LEN as u64;
+        let room = capacity_end.saturating_sub(body_at);
+        let to = batch.fitting(from, room);
+        if to == from {
             return Ok(0);
         }
-        self.batch
-            .write(active.file.as_ref(), active.write_offset, |n| {
-                entries[n].payload.as_bytes()
-            })
+        let frames = batch.frames(from, to);
+        let first = batch.first().expect("a batch with records has a first");
+        let header = BatchHeader {
+            body_len: u32::try_from(frames.len()).expect("segments are below 4 GiB"),
+            synced_hint: self.sync.synced_hint(active.segment.id),
+            first: first.index + from as u64,
+            count: u32::try_from(to - from).expect("segments are below 4 GiB"),
+            body_check: batch_frame::body_check(batch.crcs(from, to)),
+        }
+        .encode(active.segment.crc);
+        let mut pieces = [IoSlice::new(&header), IoSlice::new(frames)];
+        write_all_vectored_at(active.file.as_ref(), &mut pieces, active.write_offset)
             .map_err(Error::io("pwrite", &active.segment.path))?;
-        active.write_offset += self.batch.len() as u64;
+        let skipped = batch.offset(from);
+        self.offsets.clear();
+        self.offsets.extend((from..to).map(|k| {
+            u32::try_from(body_at + (batch.offset(k) - skipped) as u64)
+                .expect("segments are below 4 GiB")
+        }));
+        active.write_offset = body_at + frames.len() as u64;
         let end = usize::try_from(active.write_offset).expect("segments are below 4 GiB");
         active.segment.publish(&self.offsets, end);
-        Ok(count)
+        Ok(to - from)
     }
 
     /// Writes the seal frame, syncs the segment, and leaves no segment active.
@@ -292,6 +294,7 @@ impl<T: Payload> Writer<T> {
         let id = SegmentId(self.next_segment_id);
         self.next_segment_id += 1;
         let header = Header {
+            format: FORMAT_VERSION,
             id,
             base,
             size_bytes: self.options.segment_size_bytes,

@@ -11,7 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Bytes, append_durably, read_all, small_options, value};
+use common::{Bytes, append_durably, read_all, segments, small_options, value};
 use keel_log::{Error, Log, LogId, Options, RecoveryPolicy};
 
 /// A log with several sealed segments and an unsealed tail, closed cleanly.
@@ -22,16 +22,6 @@ fn build(dir: &Path) -> Vec<(LogId, Bytes)> {
         append_durably(&log, 1, chunk_no as u64 * 40, chunk);
     }
     read_all(&log)
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    paths.sort();
-    paths
 }
 
 fn open(dir: &Path) -> keel_log::Result<Log<Bytes>> {
@@ -207,10 +197,10 @@ fn a_foreign_file_is_refused() {
     assert_eq!(read_all(&open(dir.path()).unwrap()).len(), 600);
 }
 
-/// Leaves the tail as a crash in the middle of a group of appends can: the first frame of
-/// the last group is torn while later frames of the group reached the disk, and no sync
-/// mark records the group as durable. Returns the records before the group, the tail's
-/// path, and the torn frame's offset.
+/// Leaves the tail as a crash in the middle of a write can: the last batch's header and
+/// its later records reached the disk, its first record did not (a byte of it is flipped),
+/// and no sync mark records the write as durable. Returns the records before the batch, the
+/// tail's path, and the torn batch's offset.
 fn leave_torn_tail(dir: &Path) -> (Vec<(LogId, Bytes)>, PathBuf, u64) {
     let expected = build(dir);
     let log = open(dir).unwrap();
@@ -219,27 +209,21 @@ fn leave_torn_tail(dir: &Path) -> (Vec<(LogId, Bytes)>, PathBuf, u64) {
     drop(log);
     let tail = segments(dir).pop().unwrap();
     let mut bytes = std::fs::read(&tail).unwrap();
-    let first_of_group = frame_offsets(&bytes)[expected.len() - first_index_of(&tail)];
+    let torn_batch = *batch_offsets(&bytes).last().unwrap();
     bytes[64..128].fill(0);
-    bytes[first_of_group + 40] ^= 0xff;
+    bytes[torn_batch + 32 + 40] ^= 0xff;
     std::fs::write(&tail, bytes).unwrap();
-    (expected, tail, first_of_group as u64)
+    (expected, tail, torn_batch as u64)
 }
 
-/// Base index of a segment, from its file name.
-fn first_index_of(path: &Path) -> usize {
-    let name = path.file_stem().unwrap().to_str().unwrap();
-    usize::from_str_radix(name.split_once('-').unwrap().1, 16).unwrap()
-}
-
-/// Offsets of the frames in a segment's bytes, walking their length fields.
-fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+/// Offsets of the batches in a segment's bytes, walking their headers' length fields.
+fn batch_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut at = 4096;
-    while bytes[at..at + 32].iter().any(|&b| b != 0) && bytes[at + 10] == 1 {
+    while bytes[at..at + 32].iter().any(|&b| b != 0) && bytes[at + 10] == 3 {
         offsets.push(at);
-        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-        at += 32 + len.next_multiple_of(16);
+        let body_len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 32 + body_len;
     }
     offsets
 }
@@ -323,5 +307,37 @@ fn a_newest_segment_whose_activation_was_cut_short_is_discarded() {
     assert_eq!(
         read_all(&open(dir.path()).unwrap()),
         vec![(LogId::new(1, 701), value(701, 9))]
+    );
+}
+
+/// A write torn over a recycled file: the new batch header reached the disk, its body did
+/// not, and the body's place still holds records a truncation removed, with the same
+/// indexes and lengths, each frame verifying on its own. Recovery must not take them for
+/// the batch (that would bring back removed entries): the header's body check does not
+/// match their checksums, so the batch is torn and zeroed. Built from two logs whose first
+/// segments share an id (so a seed): one holds the removed records (term 1), the other the
+/// header of their replacements (term 2, other bytes).
+#[test]
+fn stale_records_behind_a_new_batch_header_are_not_taken_for_its_records() {
+    let removed = tempfile::tempdir().unwrap();
+    let replaced = tempfile::tempdir().unwrap();
+    let old: Vec<Bytes> = (0..3).map(|i| vec![1u8; 100 + i]).collect();
+    let new: Vec<Bytes> = (0..3).map(|i| vec![2u8; 100 + i]).collect();
+    append_durably(&open(removed.path()).unwrap(), 1, 0, &old);
+    append_durably(&open(replaced.path()).unwrap(), 2, 0, &new);
+    let old_bytes = std::fs::read(segments(removed.path()).pop().unwrap()).unwrap();
+    let path = segments(replaced.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let body_len = u32::from_le_bytes(bytes[4096 + 4..4096 + 8].try_into().unwrap()) as usize;
+    let body = 4096 + 32..4096 + 32 + body_len;
+    assert_ne!(bytes[body.clone()], old_bytes[body.clone()]);
+    bytes[body.clone()].copy_from_slice(&old_bytes[body]);
+    bytes[64..128].fill(0);
+    std::fs::write(&path, bytes).unwrap();
+    let log = open(replaced.path()).unwrap();
+    assert_eq!(
+        read_all(&log),
+        [],
+        "neither the removed records nor a torn batch"
     );
 }

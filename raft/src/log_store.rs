@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_log::{Encoded, Log};
+use keel_log::{Batch, Log};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
@@ -251,21 +251,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut ids = Vec::new();
-        let mut payloads = Vec::new();
+        // Each entry is serialized straight into the bytes the log writes, here, before the
+        // log's writer is taken.
+        let mut batch = Batch::new();
         for entry in entries {
-            ids.push(to_keel_id(&entry.log_id));
-            payloads.push(Encoded::new(&StoredPayload::from_entry(&entry.payload)).map_err(to_io)?);
+            let payload = StoredPayload::from_entry(&entry.payload);
+            batch
+                .push(to_keel_id(&entry.log_id), &payload)
+                .map_err(|e| self.failed("append", e))?;
         }
-        let batch: Vec<keel_log::Entry<'_, StoredPayload>> = ids
-            .iter()
-            .zip(&payloads)
-            .map(|(id, payload)| keel_log::Entry { id: *id, payload })
-            .collect();
         let started = Instant::now();
         let appended = self
             .log
-            .append(&batch)
+            .append_batch(&batch)
             .map_err(|e| self.failed("append", e))?;
         let data_dir = self.data_dir.clone();
         let metrics = self.metrics.clone();

@@ -228,7 +228,7 @@ impl<T: Payload> Segment<T> {
             .map
             .published(offset..self.map.published_end())
             .ok_or(Corruption::BadLength)?;
-        let frame = match frame::decode(published, 0, self.crc, self.payload_max) {
+        let frame = match frame::decode(published, 0, self.record_crc, self.payload_max) {
             Ok(frame) => frame,
             Err(FrameError::End) => return Err(Corruption::BadLength),
             Err(FrameError::Bad(reason)) => return Err(reason),

@@ -43,7 +43,12 @@ const SYNC_MARKS_AT: usize = SEGMENT_HEADER_LEN;
 const _: () = assert!(SYNC_MARKS_AT + 2 * sync_mark::LEN <= RECORDS_START);
 
 const MAGIC: [u8; 8] = *b"KEELSEG1";
-const FORMAT_VERSION: u32 = 1;
+/// The format new segments are written in: batch frames ([`crate::batch_frame`]).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format still read: one seeded frame per record, no batch headers. A segment
+/// in it is read as it is and sealed, never appended to; the next append rolls to a segment
+/// in the current format, and purging retires the old ones.
+pub(crate) const FORMAT_VERSION_OLDEST: u32 = 1;
 
 /// Sync marks: after a group commit leaves the writer idle, the syncer records the durable
 /// end of the segment in one of two checksummed 32-byte slots in the header page. The mark
@@ -98,7 +103,7 @@ pub(crate) mod sync_mark {
 /// ```text
 /// offset size field
 ///  0     8    magic "KEELSEG1"
-///  8     4    format version (1), u32 LE
+///  8     4    format version (2; 1 is still read), u32 LE
 /// 12     4    header length (64), u32 LE
 /// 16     8    segment id, u64 LE
 /// 24     8    base index (index of the first record), u64 LE
@@ -108,6 +113,7 @@ pub(crate) mod sync_mark {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
+    pub(crate) format: u32,
     pub(crate) id: SegmentId,
     pub(crate) base: u64,
     pub(crate) size_bytes: u64,
@@ -117,7 +123,7 @@ impl Header {
     pub(crate) fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut out = [0u8; SEGMENT_HEADER_LEN];
         out[0..8].copy_from_slice(&MAGIC);
-        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..12].copy_from_slice(&self.format.to_le_bytes());
         out[12..16].copy_from_slice(&HEADER_LEN_FIELD.to_le_bytes());
         out[16..24].copy_from_slice(&self.id.0.to_le_bytes());
         out[24..32].copy_from_slice(&self.base.to_le_bytes());
@@ -127,6 +133,7 @@ impl Header {
         out
     }
 
+    /// Decodes and verifies a header of any format version; the caller checks the version.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Corruption> {
         let bytes = bytes
             .get(..SEGMENT_HEADER_LEN)
@@ -134,13 +141,13 @@ impl Header {
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         if bytes[0..8] != MAGIC
-            || u32_at(8) != FORMAT_VERSION
             || u32_at(12) != HEADER_LEN_FIELD
             || crate::frame::crc32c(&bytes[0..60]) != u32_at(60)
         {
             return Err(Corruption::BadSegmentHeader);
         }
         Ok(Self {
+            format: u32_at(8),
             id: SegmentId(u64_at(16)),
             base: u64_at(24),
             size_bytes: u64_at(32),
@@ -151,10 +158,15 @@ impl Header {
 /// A mapped segment shared by the writer and all readers.
 pub(crate) struct Segment<T> {
     pub(crate) id: SegmentId,
+    /// The format version of the file.
+    pub(crate) format: u32,
     /// Index of the first record in this file.
     pub(crate) base: u64,
     pub(crate) path: PathBuf,
+    /// The segment's seeded checksum: batch headers, seals (and format 1's record frames).
     pub(crate) crc: FrameCrc,
+    /// The checksum of this segment's record frames: seeded in format 1, unseeded in 2.
+    pub(crate) record_crc: FrameCrc,
     map: ReadMap,
     /// The frame offset of record `base + k`, for `k` below `published`.
     offsets: OffsetTable,
@@ -166,7 +178,8 @@ pub(crate) struct Segment<T> {
     _type: PhantomData<fn() -> T>,
 }
 
-/// Largest payload that fits a segment of `size_bytes` (with room for the seal frame).
+/// Largest payload that fits a segment of `size_bytes` with room for the seal frame: a bound
+/// for decoding (a record of format 2 also leaves room for its batch header).
 pub(crate) fn payload_bound(size_bytes: u64) -> usize {
     let bound =
         size_bytes.saturating_sub((RECORDS_START + 2 * crate::frame::FRAME_HEADER_LEN) as u64);
@@ -186,11 +199,18 @@ impl<T> fmt::Debug for Segment<T> {
 impl<T> Segment<T> {
     /// Maps a segment file whose header says `header`.
     pub(crate) fn map(header: Header, path: PathBuf, file: &File) -> io::Result<Self> {
+        let crc = FrameCrc::new(header.id);
         Ok(Self {
             id: header.id,
+            format: header.format,
             base: header.base,
             path,
-            crc: FrameCrc::new(header.id),
+            crc,
+            record_crc: if header.format == FORMAT_VERSION_OLDEST {
+                crc
+            } else {
+                FrameCrc::unseeded()
+            },
             map: ReadMap::new(file, header.size_bytes)?,
             offsets: OffsetTable::new(
                 usize::try_from(header.size_bytes).unwrap_or(usize::MAX) / FRAME_HEADER_LEN,
@@ -312,6 +332,7 @@ mod tests {
         file.write_all_at(&forged, RECORDS_START as u64)
             .expect("write");
         let header = Header {
+            format: FORMAT_VERSION_OLDEST,
             id,
             base: 0,
             size_bytes,
@@ -336,6 +357,7 @@ mod tests {
     #[test]
     fn header_round_trips_and_rejects_flips() {
         let header = Header {
+            format: FORMAT_VERSION,
             id: SegmentId(9),
             base: 100,
             size_bytes: 1 << 20,

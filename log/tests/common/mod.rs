@@ -1,7 +1,7 @@
 //! Helpers shared by keel-log's integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use keel_log::{Encoded, Entry, Log, LogId, Options, Record};
+use keel_log::{Batch, Encoded, Entry, Log, LogId, Options, Record};
 
 /// The record type used in tests.
 pub(crate) type Bytes = Vec<u8>;
@@ -45,10 +45,14 @@ pub(crate) fn entries(term: u64, first: u64, payloads: &[Encoded<Bytes>]) -> Vec
         .collect()
 }
 
-/// Appends `values` at indexes from `first` with `term` and waits until durable.
+/// Appends `values` at indexes from `first` with `term`, serialized in place into one
+/// [`Batch`], and waits until durable.
 pub(crate) fn append_durably(log: &Log<Bytes>, term: u64, first: u64, values: &[Bytes]) -> LogId {
-    let encoded: Vec<_> = values.iter().map(encode).collect();
-    let appended = log.append(&entries(term, first, &encoded)).unwrap();
+    let mut batch = Batch::new();
+    for (index, value) in (first..).zip(values) {
+        batch.push(LogId::new(term, index), value).unwrap();
+    }
+    let appended = log.append_batch(&batch).unwrap();
     appended.ticket.wait().unwrap();
     appended.last.unwrap()
 }
@@ -62,4 +66,15 @@ pub(crate) fn read_all(log: &Log<Bytes>) -> Vec<(LogId, Bytes)> {
             (record.id(), record.as_slice().to_vec())
         })
         .collect()
+}
+
+/// The segment files in `dir`, in name (so id) order.
+pub(crate) fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    paths.sort();
+    paths
 }
