@@ -145,6 +145,13 @@ impl<T> Batch<T> {
         self.body.len()
     }
 
+    /// The record frames, back to back, exactly as [`Log::append_batch`](crate::Log::append_batch)
+    /// writes them after its batch header (which it builds when it appends: the header holds
+    /// the segment's seed and the durable point, which the batch cannot know).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.body
+    }
+
     pub(crate) fn largest_payload(&self) -> usize {
         self.largest_payload
     }
@@ -311,6 +318,7 @@ mod tests {
                 frame::encode(&mut expected, FrameCrc::unseeded(), frame, encoded.as_bytes(), encoded.crc());
             }
             prop_assert_eq!(batch.frames(0, batch.len()), &expected[..]);
+            prop_assert_eq!(batch.as_bytes(), &expected[..]);
             let mut copied = Batch::new();
             for (index, value) in (0..).zip(&values) {
                 copied.push_encoded(LogId::new(2, index), &Encoded::new(value).unwrap()).unwrap();

@@ -182,3 +182,26 @@ fn a_segment_in_an_unknown_format_is_refused_by_name() {
     assert!(error.to_string().contains("is in format 3"), "{error}");
     assert_eq!(segments(dir.path()), [path], "the segment is kept");
 }
+
+#[test]
+fn a_batch_lies_in_its_segment_as_its_bytes_after_one_batch_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::<String>::open(dir.path(), options()).unwrap();
+    let mut batch = Batch::new();
+    for index in 0..5 {
+        batch
+            .push(LogId::new(1, index), &format!("record {index}"))
+            .unwrap();
+    }
+    log.append_batch(&batch).unwrap().ticket.wait().unwrap();
+    drop(log);
+    let bytes = std::fs::read(segments(dir.path()).pop().unwrap()).unwrap();
+    let frames = batch.as_bytes();
+    assert_eq!(frames.len(), batch.frame_bytes());
+    let at = bytes
+        .windows(frames.len())
+        .position(|window| window == frames)
+        .expect("the batch's bytes are in the segment");
+    // The records start after the 4 KiB segment header area and one 32-byte batch header.
+    assert_eq!(at, 4096 + 32);
+}
