@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 
 mod admin;
 mod append_stream;
+mod reads;
 
 pub use admin::STATUS_TIMEOUT;
 use append_stream::{AppendStreams, stream_append};
@@ -483,77 +483,6 @@ impl KeelClient {
             raft_index: response.raft_index,
         })
     }
-
-    /// Reads from `from_offset` on the node at `addr` (linearizable or local).
-    ///
-    /// # Errors
-    /// The node's error.
-    pub async fn read_at(
-        &mut self,
-        addr: &str,
-        from_offset: u64,
-        max_records: u32,
-        linearizable: bool,
-    ) -> Result<api::ReadResponse, ClientError> {
-        let mut client = self.channel(addr)?;
-        let response = client
-            .read(api::ReadRequest {
-                from_offset,
-                max_records,
-                linearizable,
-            })
-            .await?;
-        Ok(response.into_inner())
-    }
-
-    /// Reads from `from_offset`, linearizably, from whichever node answers.
-    ///
-    /// # Errors
-    /// [`ClientError::GaveUp`] when no node could serve in time.
-    pub async fn read(
-        &mut self,
-        from_offset: u64,
-        max_records: u32,
-    ) -> Result<api::ReadResponse, ClientError> {
-        self.on_leader(
-            WriteErrorKind::is_safe_to_retry,
-            |_, mut client| async move {
-                client
-                    .read(api::ReadRequest {
-                        from_offset,
-                        max_records,
-                        linearizable: true,
-                    })
-                    .await
-                    .map(tonic::Response::into_inner)
-            },
-        )
-        .await
-    }
-
-    /// Streams committed records from `from_offset` on the node at `addr`, calling `each`
-    /// until it returns `false` or the stream ends.
-    ///
-    /// # Errors
-    /// The node's error.
-    pub async fn subscribe(
-        &mut self,
-        addr: &str,
-        from_offset: u64,
-        mut each: impl FnMut(api::Record) -> bool,
-    ) -> Result<(), ClientError> {
-        let mut stream = self
-            .channel(addr)?
-            .subscribe(api::SubscribeRequest { from_offset })
-            .await?
-            .into_inner();
-        while let Some(record) = stream.next().await {
-            if !each(record?) {
-                break;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// What an error status says of its request. Without Keel's kind the error came from the
@@ -616,40 +545,4 @@ pub fn retry_any_but_invalid(kind: WriteErrorKind) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(kind: WriteErrorKind) -> Result<(), ClientError> {
-        Err(ClientError::Refused {
-            kind,
-            message: "refused".to_owned(),
-        })
-    }
-
-    fn kind(result: &Result<(), ClientError>) -> Option<WriteErrorKind> {
-        match result {
-            Err(ClientError::Refused { kind, .. }) => Some(*kind),
-            _ => None,
-        }
-    }
-
-    /// A refusal of the credentials means "nothing done" only if no earlier attempt may
-    /// have been applied; after an attempt whose outcome is unknown, the write's outcome
-    /// stays unknown (a token rotated out between two attempts of one write).
-    #[tokio::test]
-    async fn a_denied_retry_of_a_write_whose_first_attempt_may_have_applied_is_an_unknown_outcome()
-    {
-        let mut client = KeelClient::new(&["127.0.0.1:1".to_owned()]).expect("client");
-        let id = WriteId { session: 7, seq: 3 };
-        let first = client.settle(id, false, refused(WriteErrorKind::Denied));
-        assert_eq!(kind(&first), Some(WriteErrorKind::Denied));
-        let retried = client.settle(id, true, refused(WriteErrorKind::Denied));
-        assert_eq!(kind(&retried), Some(WriteErrorKind::OutcomeUnknown));
-        assert!(
-            matches!(&retried, Err(e) if e.to_string().contains("write 3 of session 7")),
-            "{retried:?}"
-        );
-        let expired = client.settle(id, true, refused(WriteErrorKind::UnknownSession));
-        assert!(matches!(expired, Err(ClientError::SessionExpired { .. })));
-    }
-}
+mod tests;

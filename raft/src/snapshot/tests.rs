@@ -1,0 +1,164 @@
+use std::io::Read;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::values::ValueRef;
+
+fn header() -> SnapshotHeader {
+    SnapshotHeader {
+        last_log_id: Some((2, 9)),
+        membership_log_id: None,
+        membership: StoredMembershipConfig {
+            configs: Vec::new(),
+            nodes: Vec::new(),
+        },
+        sessions: vec![(3, 1, b"answer".to_vec(), 5)],
+        values: SnapshotValues::default(),
+    }
+}
+
+/// Rewrites the magic of the snapshot at `path` and its checksum to match, so only the
+/// format differs.
+fn rewrite_magic(path: &Path, magic: [u8; 8]) {
+    let mut bytes = fs::read(path).expect("read");
+    bytes[..8].copy_from_slice(&magic);
+    let body_len = bytes.len() - 12;
+    let crc = crc32c::crc32c(&bytes[..body_len]);
+    bytes[body_len + 8..].copy_from_slice(&crc.to_le_bytes());
+    fs::write(path, bytes).expect("write");
+}
+
+#[test]
+fn a_snapshot_round_trips_its_header_and_application_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshots = SnapshotDir::open(dir.path()).expect("open");
+    let file = snapshots
+        .write(&header(), |_| Ok(()), |out| out.write_all(b"app"))
+        .expect("write");
+    let verified = verify(&file.path).expect("verify");
+    assert_eq!(verified.sessions, header().sessions);
+    let (_, mut app) = open_body(&file.path).expect("open body");
+    let mut bytes = Vec::new();
+    app.read_to_end(&mut bytes).expect("read");
+    assert_eq!(bytes, b"app");
+}
+
+#[test]
+fn a_format_1_snapshot_is_refused_with_a_message_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshots = SnapshotDir::open(dir.path()).expect("open");
+    let file = snapshots
+        .write(&header(), |_| Ok(()), |out| out.write_all(b"app"))
+        .expect("write");
+    rewrite_magic(&file.path, *MAGIC_V1);
+    let error = verify(&file.path).expect_err("format 1 is refused");
+    assert!(error.to_string().contains("format 1 snapshot"), "{error}");
+    rewrite_magic(&file.path, *b"KEELSNPX");
+    let error = verify(&file.path).expect_err("an unknown magic is refused");
+    assert!(error.to_string().contains("no snapshot magic"), "{error}");
+}
+
+/// A format 2 file (no values section) reads as a snapshot referencing no values, its
+/// header and application bytes intact.
+#[test]
+fn a_format_2_snapshot_is_read_as_one_without_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.snap");
+    let old = SnapshotHeaderV2 {
+        last_log_id: Some((2, 9)),
+        membership_log_id: None,
+        membership: StoredMembershipConfig {
+            configs: Vec::new(),
+            nodes: Vec::new(),
+        },
+        sessions: vec![(3, 1, b"answer".to_vec(), 5)],
+    };
+    let header_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).expect("encode");
+    let mut bytes = MAGIC_V2.to_vec();
+    bytes.extend_from_slice(
+        &u32::try_from(header_bytes.len())
+            .expect("short")
+            .to_le_bytes(),
+    );
+    bytes.extend_from_slice(&header_bytes);
+    bytes.extend_from_slice(b"app");
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    fs::write(&path, &bytes).expect("write");
+    let verified = verify(&path).expect("a format 2 snapshot is read");
+    assert_eq!(verified.values, SnapshotValues::default());
+    assert_eq!(verified.sessions, old.sessions);
+    let (_, mut app) = open_body(&path).expect("open body");
+    let mut read = Vec::new();
+    app.read_to_end(&mut read).expect("read");
+    assert_eq!(read, b"app");
+}
+
+#[test]
+fn a_values_section_round_trips_and_one_that_disagrees_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snapshots = SnapshotDir::open(dir.path()).expect("open");
+    let refs = [
+        ValueRef {
+            index: 3,
+            offset: 1,
+            len: 4,
+        },
+        ValueRef {
+            index: 7,
+            offset: 0,
+            len: 2,
+        },
+    ];
+    let mut with_values = header();
+    with_values.values = SnapshotValues {
+        covered: Some(9),
+        count: 2,
+        inline: true,
+        section_bytes: 32 + 6,
+    };
+    let file = snapshots
+        .write(
+            &with_values,
+            |out| {
+                out.write_all(&encode_refs(&refs))?;
+                out.write_all(b"abcdxy")
+            },
+            |out| out.write_all(b"app"),
+        )
+        .expect("write");
+    let (header, listed, reader) = open_values(&file.path).expect("values");
+    assert_eq!(
+        (header.values, listed.as_slice()),
+        (with_values.values, &refs[..])
+    );
+    let values: Vec<(ValueRef, Bytes)> = inline_values(&file.path, &listed, reader)
+        .collect::<std::result::Result<_, _>>()
+        .expect("inline values");
+    assert_eq!(values[0].1, "abcd");
+    assert_eq!(values[1].1, "xy");
+    let (_, mut app) = open_body(&file.path).expect("open body");
+    let mut read = Vec::new();
+    app.read_to_end(&mut read).expect("read");
+    assert_eq!(read, b"app");
+    // A section whose references do not fill it: refused.
+    let mut short = with_values.clone();
+    short.values.section_bytes = 32 + 5;
+    let file = snapshots
+        .write(
+            &short,
+            |out| {
+                out.write_all(&encode_refs(&refs))?;
+                out.write_all(b"abcdx")
+            },
+            |out| out.write_all(b"app"),
+        )
+        .expect("write");
+    let error = verify(&file.path).expect_err("a section that disagrees");
+    assert!(
+        error.to_string().contains("its references need 38"),
+        "{error}"
+    );
+}

@@ -1,0 +1,153 @@
+use super::*;
+use crate::coalesce::encode_batch;
+use crate::multiplex::{AppTag, Multiplex, tagged};
+use crate::plain_log::{PlainLog, Retention, decode_append_answer, encode_append};
+use crate::session::encode_register;
+
+fn host() -> HostState {
+    HostState {
+        app: Box::new(Multiplex::new(PlainLog::new(Retention::default()), None)),
+        applied: None,
+        membership: StoredMembership::default(),
+        sessions: SessionTable::default(),
+    }
+}
+
+fn at(index: u64) -> AppliedAt {
+    AppliedAt { term: 1, index }
+}
+
+fn append(session: u64, seq: u64, record: &'static str) -> ClientRequest {
+    ClientRequest {
+        session,
+        seq,
+        command: tagged(
+            AppTag::PlainLog,
+            &encode_append(1, &[Bytes::from_static(record.as_bytes())]),
+        ),
+    }
+}
+
+fn register(host: &mut HostState, index: u64, sessions_max: u64) -> u64 {
+    let request = ClientRequest {
+        session: 0,
+        seq: 0,
+        command: encode_register(sessions_max),
+    };
+    match host.apply_entry(at(index), &request) {
+        ClientResponse::SessionRegistered { session } => session,
+        other => panic!("a registration answered {other:?}"),
+    }
+}
+
+fn offset(response: &ClientResponse) -> Option<u64> {
+    match response {
+        ClientResponse::Applied { answer, .. } => decode_append_answer(answer).map(|(o, _)| o),
+        _ => None,
+    }
+}
+
+/// The plain log's next offset: how many records were applied.
+fn records(host: &HostState) -> u64 {
+    let mut bytes = Vec::new();
+    host.app.write_snapshot(&mut bytes).expect("snapshot");
+    // The plain log's section: its length, then `next_offset` first.
+    u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"))
+}
+
+#[test]
+fn a_batch_applies_each_write_once_with_its_own_session() {
+    let mut host = host();
+    let (a, b, c) = (
+        register(&mut host, 1, 100),
+        register(&mut host, 2, 100),
+        register(&mut host, 3, 100),
+    );
+    let first = host.apply_entry(at(4), &append(a, 1, "a"));
+    assert_eq!(offset(&first), Some(0));
+    let batch = ClientRequest {
+        session: 0,
+        seq: 0,
+        command: encode_batch(&[
+            append(b, 1, "b"),
+            // A retry of session a's applied write: its first answer, not a new record.
+            append(a, 1, "a"),
+            append(c, 5, "c"),
+            // Session b again in the same batch, next sequence.
+            append(b, 2, "d"),
+            // A session nobody registered: refused, not applied.
+            append(77, 1, "x"),
+        ]),
+    };
+    let ClientResponse::Batch(answers) = host.apply_entry(at(5), &batch) else {
+        panic!("a batch is answered as one");
+    };
+    let offsets: Vec<Option<u64>> = answers.iter().map(offset).collect();
+    assert_eq!(offsets, [Some(1), Some(0), Some(2), Some(3), None]);
+    assert_eq!(answers[4], ClientResponse::UnknownSession);
+    let ClientResponse::Applied { answer, .. } = &first else {
+        panic!("applied")
+    };
+    assert_eq!(
+        answers[1],
+        ClientResponse::Applied {
+            answer: answer.clone(),
+            index: 4
+        }
+    );
+    // A stale sequence inside a batch is refused, the others applied.
+    let stale = ClientRequest {
+        session: 0,
+        seq: 0,
+        command: encode_batch(&[append(b, 1, "old"), append(c, 6, "e")]),
+    };
+    let ClientResponse::Batch(answers) = host.apply_entry(at(6), &stale) else {
+        panic!("a batch is answered as one");
+    };
+    assert_eq!(
+        answers[0],
+        ClientResponse::StaleSequence {
+            last_applied_seq: 2
+        }
+    );
+    assert_eq!(offset(&answers[1]), Some(4));
+    assert_eq!(records(&host), 5);
+    // A registration inside a batch registers nothing.
+    let inner = ClientRequest {
+        session: 0,
+        seq: 0,
+        command: encode_register(100),
+    };
+    let batch = ClientRequest {
+        session: 0,
+        seq: 0,
+        command: encode_batch(&[inner.clone(), inner]),
+    };
+    host.apply_entry(at(7), &batch);
+    assert_eq!(host.sessions.len(), 3);
+}
+
+/// The hole this module closes: a client's write, then more sessions than the limit
+/// registered and written, then the same `(session, seq)` again. The session has
+/// expired, so the late retry is refused and the record is in the log once.
+#[test]
+fn a_retry_after_its_session_expired_is_refused_not_applied() {
+    let mut host = host();
+    let sessions_max = 8;
+    let first = register(&mut host, 1, sessions_max);
+    assert_eq!(
+        offset(&host.apply_entry(at(2), &append(first, 1, "once"))),
+        Some(0)
+    );
+    let mut index = 3;
+    for _ in 0..20 {
+        let other = register(&mut host, index, sessions_max);
+        host.apply_entry(at(index + 1), &append(other, 1, "other"));
+        index += 2;
+    }
+    assert_eq!(host.sessions.len(), 8);
+    assert_eq!(records(&host), 21);
+    let retry = host.apply_entry(at(index), &append(first, 1, "once"));
+    assert_eq!(retry, ClientResponse::UnknownSession);
+    assert_eq!(records(&host), 21, "the late retry applied nothing");
+}
