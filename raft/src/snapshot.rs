@@ -11,9 +11,9 @@
 //!  end - 12  u64 LE length of all before the trailer, u32 LE CRC32C of all before it
 //! ```
 //!
-//! The values section lists the [`ValueRef`]s the application's state holds
-//! ([`crate::values`]). A node's own snapshot lists them only (their bytes are in its value
-//! files); a snapshot sent to another node carries their bytes too ("inline"), built for
+//! The values section lists the value references the application's state holds
+//! ([`crate::values::ValueRef`]). A node's own snapshot lists them only (their bytes are in
+//! its value files); a snapshot sent to another node carries their bytes too ("inline"), built for
 //! the transfer by [`SnapshotFile::transfer`], and the receiver writes them into its value
 //! files. Format 2 (no values section) is read as a snapshot that references no values.
 
