@@ -53,6 +53,7 @@
 pub mod application;
 pub mod client;
 pub mod clock;
+pub mod cluster_identity;
 pub mod coalesce;
 pub mod error;
 pub mod identity;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::application::Application;
+use crate::cluster_identity::ClusterIdentity;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::log_store::LogStore;
@@ -29,10 +30,13 @@ use crate::security::roles::{MethodRoles, raft_method_roles};
 use crate::security::{NodeSecurity, OpenedSecurity};
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::StateMachineHost;
-use crate::types::{NodeId, Raft};
+use crate::types::{ClientRequest, NodeId, Raft};
 
 pub use crate::shared::{LeaderWatch, NodeShared};
 
+/// How long a leader waits before proposing the cluster's identity again after a failed
+/// proposal.
+const IDENTITY_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long a stopping node lets open connections finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 
@@ -308,11 +312,7 @@ impl RaftNode {
             security,
             stopped.clone(),
         ));
-        let data_dir = config.data_dir.clone();
-        let mut tasks = vec![
-            tokio::spawn(watch_raft(shared.clone(), stop.clone())),
-            tokio::spawn(verify_values(shared.clone(), data_dir, stop.clone())),
-        ];
+        let mut tasks = background_tasks(&shared, &config, &stop);
         if let Some(metrics_addr) = config.metrics_listen {
             let listener = TcpListener::bind(metrics_addr)
                 .await
@@ -412,6 +412,63 @@ fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Iden
 /// that does not match its checksum was damaged while the node was stopped, or since: the
 /// data directory is marked as needing repair and the node stops (reads of that value
 /// meanwhile were refused by its checksum, never answered with other bytes).
+/// The node's tasks beside the server: the Raft watchdog, the value files' verification and
+/// the cluster identity's commit.
+fn background_tasks(
+    shared: &NodeShared,
+    config: &NodeConfig,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(watch_raft(shared.clone(), stop.clone())),
+        tokio::spawn(verify_values(
+            shared.clone(),
+            config.data_dir.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(commit_cluster_identity(
+            shared.clone(),
+            config.cluster.clone(),
+        )),
+    ]
+}
+
+/// Commits the cluster's identity: whenever this node leads and no identity is applied
+/// yet, it mints one named `cluster` and proposes it; applying is first-wins, so a
+/// proposal racing another (or an identity committed but not yet applied here) changes
+/// nothing. Ends once an identity is in force, or when Raft stops.
+async fn commit_cluster_identity(shared: NodeShared, cluster: String) {
+    let mut leadership = shared.leader_watch();
+    loop {
+        if let Some(committed) = shared.host.cluster_identity() {
+            tracing::info!(node = shared.node_id, identity = %committed.identity, index = committed.index, "cluster identity in force");
+            return;
+        }
+        if leadership.leading().is_some() {
+            let identity = match ClusterIdentity::mint(&cluster) {
+                Ok(identity) => identity,
+                Err(error) => {
+                    tracing::warn!(node = shared.node_id, %error, "no cluster identity: calls between clusters are not possible");
+                    return;
+                }
+            };
+            let request = ClientRequest {
+                session: 0,
+                seq: 0,
+                command: identity.commit_command(false),
+            };
+            if let Err(error) = shared.raft.client_write(request).await {
+                tracing::debug!(node = shared.node_id, %error, "proposing the cluster identity");
+                tokio::time::sleep(IDENTITY_RETRY_PAUSE).await;
+            }
+            continue;
+        }
+        if !leadership.changed().await {
+            return;
+        }
+    }
+}
+
 async fn verify_values(shared: NodeShared, data_dir: PathBuf, stop: watch::Sender<bool>) {
     let values = Arc::clone(shared.host.values());
     let stopping = stop.subscribe();

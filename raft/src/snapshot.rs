@@ -2,9 +2,10 @@
 //! into place, so a snapshot either exists complete or not at all.
 //!
 //! ```text
-//! offset 0   "KEELSNP3"                      magic and format version
+//! offset 0   "KEELSNP4"                      magic and format version
 //!        8   u32 LE header length H
-//!       12   header (rkyv SnapshotHeader)    last log id, membership, client sessions, values
+//!       12   header (rkyv SnapshotHeader)    last log id, membership, client sessions, values,
+//!                                            the cluster identity
 //!   12 + H   values section (V bytes)        count × (index u64, offset u32, len u32) LE,
 //!                                            sorted; then, in a transfer, their bytes in order
 //!   12+H+V   application bytes               Application::write_snapshot
@@ -15,7 +16,8 @@
 //! ([`crate::values::ValueRef`]). A node's own snapshot lists them only (their bytes are in
 //! its value files); a snapshot sent to another node carries their bytes too ("inline"), built for
 //! the transfer by [`SnapshotFile::transfer`], and the receiver writes them into its value
-//! files. Format 2 (no values section) is read as a snapshot that references no values.
+//! files. Format 3 (no identity) is read as a snapshot of a cluster that committed none yet,
+//! format 2 (no values section either) as one that also references no values.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -25,6 +27,7 @@ use std::sync::Arc;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::cluster_identity::CommittedIdentity;
 use crate::error::{DecodeError, Error, Result};
 use crate::record::StoredMembershipConfig;
 use crate::values::{ValueError, ValueStore};
@@ -33,7 +36,9 @@ mod read;
 
 pub(crate) use read::{encode_refs, inline_values, open_body, open_values, verify};
 
-const MAGIC: &[u8; 8] = b"KEELSNP3";
+const MAGIC: &[u8; 8] = b"KEELSNP4";
+/// Format 3: no cluster identity. Read as a snapshot of a cluster that committed none yet.
+const MAGIC_V3: &[u8; 8] = b"KEELSNP3";
 /// Format 2: no values section. Read as a snapshot whose state references no values.
 const MAGIC_V2: &[u8; 8] = b"KEELSNP2";
 /// Bytes of one reference in the values section.
@@ -63,6 +68,8 @@ pub(crate) struct SnapshotHeader {
     pub(crate) sessions: Vec<crate::session::StoredSession>,
     /// The values section.
     pub(crate) values: SnapshotValues,
+    /// The cluster's identity, once committed ([`crate::cluster_identity`]).
+    pub(crate) identity: Option<CommittedIdentity>,
 }
 
 /// What a snapshot's values section holds.
@@ -76,6 +83,16 @@ pub(crate) struct SnapshotValues {
     pub(crate) inline: bool,
     /// Bytes of the section.
     pub(crate) section_bytes: u64,
+}
+
+/// A format 3 header: a format 4 one without the cluster identity.
+#[derive(Debug, Archive, Serialize, Deserialize)]
+struct SnapshotHeaderV3 {
+    last_log_id: Option<(u64, u64)>,
+    membership_log_id: Option<(u64, u64)>,
+    membership: StoredMembershipConfig,
+    sessions: Vec<crate::session::StoredSession>,
+    values: SnapshotValues,
 }
 
 /// A format 2 header: a format 3 one without values.

@@ -29,6 +29,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::application::{Application, AppliedAt};
+use crate::cluster_identity::{self, CommittedIdentity, decode_commit};
 use crate::coalesce::{decode_batch, is_batch};
 use crate::metrics::NodeMetrics;
 use crate::record::StoredMembershipConfig;
@@ -50,6 +51,8 @@ struct HostState {
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: SessionTable,
+    /// The cluster's identity, once an identity command was applied.
+    identity: Option<CommittedIdentity>,
 }
 
 /// What `Status` reports of a state machine: where it stands and a digest of its state there.
@@ -102,6 +105,7 @@ impl StateMachineHost {
                 applied: None,
                 membership: StoredMembership::default(),
                 sessions: SessionTable::default(),
+                identity: None,
             })),
             snapshots,
             values: open_values(covered)?,
@@ -163,6 +167,11 @@ impl StateMachineHost {
         }
     }
 
+    /// The cluster's identity in force at the last applied entry, if one was committed.
+    pub fn cluster_identity(&self) -> Option<CommittedIdentity> {
+        self.lock().identity.clone()
+    }
+
     /// Checks a received snapshot file before it is installed: its checksum and header,
     /// that it holds `expected` as its last applied id, its session table, and the
     /// application's state ([`Application::check_snapshot`]). This state is not touched.
@@ -218,6 +227,7 @@ impl StateMachineHost {
         state.applied = header.last_log_id.map(|(term, index)| log_id(term, index));
         state.membership = membership;
         state.sessions = sessions;
+        state.identity = header.identity;
         Ok(())
     }
 }
@@ -231,10 +241,18 @@ fn header_membership(header: &SnapshotHeader) -> crate::Result<StoredMembership>
 }
 
 impl HostState {
-    /// Applies an entry's request: a session registration, one write, or each write of a
-    /// batch in order.
+    /// Applies an entry's request: a session registration, the cluster's identity, one
+    /// write, or each write of a batch in order.
     fn apply_entry(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
         if request.session == 0 {
+            if let Some((identity, replace)) = decode_commit(&request.command) {
+                return ClientResponse::ClusterIdentity(cluster_identity::apply(
+                    &mut self.identity,
+                    identity,
+                    replace,
+                    at.index,
+                ));
+            }
             if let Some(sessions_max) = decode_register(&request.command) {
                 return ClientResponse::SessionRegistered {
                     session: self.sessions.register(at.index, sessions_max),
@@ -301,6 +319,7 @@ impl HostState {
             membership: StoredMembershipConfig::from_membership(self.membership.membership()),
             sessions: self.sessions.to_stored(),
             values,
+            identity: self.identity.clone(),
         }
     }
 }

@@ -94,6 +94,9 @@ pub enum ClientResponse {
     },
     /// A coalesced batch's answers, one per write, in order ([`crate::coalesce`]).
     Batch(Vec<ClientResponse>),
+    /// An identity command was applied: the identity in force afterwards (the proposed one,
+    /// unless another was committed first; [`crate::cluster_identity`]).
+    ClusterIdentity(crate::cluster_identity::CommittedIdentity),
 }
 
 openraft::declare_raft_types!(

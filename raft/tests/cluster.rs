@@ -460,6 +460,7 @@ async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
     .await;
     let mut client = cluster.client();
     client.init(&cluster.members()).await.expect("init");
+    let identity = identity_of(&mut client, &cluster.addrs()[0]).await;
     for i in 0..200 {
         client
             .append(records(&[&format!("r{i}")]))
@@ -486,6 +487,12 @@ async fn a_learner_catches_up_by_snapshot_and_is_promoted() {
     assert!(
         status.snapshot_index.is_some(),
         "the learner was brought up by a snapshot"
+    );
+    // The identity's entry was purged behind the snapshot: the learner has it from the
+    // snapshot's header.
+    assert_eq!(
+        status.cluster_identity, identity,
+        "the snapshot carried the cluster identity"
     );
     client
         .change_membership(&[1, 2, 4], false)
@@ -554,6 +561,58 @@ async fn build_snapshot_builds_one_now_on_the_node_asked() {
             status_of(&mut client, other).await.snapshot_index,
             None,
             "only the node asked built one"
+        );
+    }
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Node `addr`'s cluster identity, once it applied one (waits up to 10 s).
+async fn identity_of(client: &mut KeelClient, addr: &str) -> String {
+    for _ in 0..200 {
+        let identity = status_of(client, addr).await.cluster_identity;
+        if !identity.is_empty() {
+            return identity;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} applied no cluster identity in 10 s");
+}
+
+/// The first leader commits the cluster's identity; every member reports the same one,
+/// and a new leader after the first one stops keeps it (it does not mint another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_commits_one_identity_that_outlives_its_first_leader() {
+    let mut cluster = Cluster::start(3, |config| config.cluster = "research".to_owned()).await;
+    let mut client = cluster.client();
+    client.init(&cluster.members()).await.expect("init");
+    let addrs = cluster.addrs();
+    let identity = identity_of(&mut client, &addrs[0]).await;
+    let (name, incarnation) = identity.rsplit_once('.').expect("name.incarnation");
+    assert_eq!(name, "research");
+    assert_eq!(incarnation.len(), 32, "{identity}");
+    for addr in &addrs[1..] {
+        assert_eq!(identity_of(&mut client, addr).await, identity);
+    }
+    let leader = leader_addr(&mut client).await;
+    let position = addrs
+        .iter()
+        .position(|a| *a == leader)
+        .expect("a member leads");
+    cluster.nodes.remove(position).shutdown().await;
+    let mut survivors = KeelClient::new(&cluster.addrs()).expect("client");
+    survivors
+        .append(records(&["after failover"]))
+        .await
+        .expect("a new leader serves");
+    let new_leader = leader_addr(&mut survivors).await;
+    assert_ne!(new_leader, leader);
+    for addr in cluster.addrs() {
+        assert_eq!(
+            status_of(&mut survivors, &addr).await.cluster_identity,
+            identity,
+            "the identity committed first stays in force"
         );
     }
     for node in cluster.nodes {

@@ -8,8 +8,8 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::{
-    HEADER_MAX_BYTES, MAGIC, MAGIC_V1, MAGIC_V2, REF_BYTES, REF_LEN, SnapshotHeader,
-    SnapshotHeaderV2, SnapshotValues, TRAILER_LEN, malformed,
+    HEADER_MAX_BYTES, MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, REF_BYTES, REF_LEN, SnapshotHeader,
+    SnapshotHeaderV2, SnapshotHeaderV3, SnapshotValues, TRAILER_LEN, malformed,
 };
 use crate::error::{Error, Result};
 use crate::values::{ValueError, ValueRef};
@@ -71,8 +71,8 @@ fn open_header(path: &Path) -> Result<(SnapshotHeader, BufReader<File>, u64)> {
             path.display()
         )));
     }
-    let version_2 = &fixed[..8] == MAGIC_V2;
-    if !version_2 && &fixed[..8] != MAGIC {
+    let magic = &fixed[..8];
+    if magic != MAGIC && magic != MAGIC_V3 && magic != MAGIC_V2 {
         return Err(malformed(format!(
             "{} has no snapshot magic",
             path.display()
@@ -91,21 +91,7 @@ fn open_header(path: &Path) -> Result<(SnapshotHeader, BufReader<File>, u64)> {
     reader
         .read_exact(&mut header_bytes)
         .map_err(Error::io("read", path))?;
-    let bad_header = |e: rkyv::rancor::Error| malformed(format!("{}: header: {e}", path.display()));
-    let header = if version_2 {
-        let old = rkyv::from_bytes::<SnapshotHeaderV2, rkyv::rancor::Error>(&header_bytes)
-            .map_err(bad_header)?;
-        SnapshotHeader {
-            last_log_id: old.last_log_id,
-            membership_log_id: old.membership_log_id,
-            membership: old.membership,
-            sessions: old.sessions,
-            values: SnapshotValues::default(),
-        }
-    } else {
-        rkyv::from_bytes::<SnapshotHeader, rkyv::rancor::Error>(&header_bytes)
-            .map_err(bad_header)?
-    };
+    let header = decode_header(magic, &header_bytes, path)?;
     let app_end = size - TRAILER_LEN;
     if header.values.section_bytes > app_end - app_start {
         return Err(malformed(format!(
@@ -116,6 +102,44 @@ fn open_header(path: &Path) -> Result<(SnapshotHeader, BufReader<File>, u64)> {
     }
     let app_len = app_end - app_start - header.values.section_bytes;
     Ok((header, reader, app_len))
+}
+
+/// The header of a snapshot in the format `magic` names, from its rkyv bytes (`bytes`,
+/// 16-aligned), as this format's header: older formats without what they lacked. The
+/// identity, built by rkyv without its checks, is checked here.
+fn decode_header(magic: &[u8], bytes: &[u8], path: &Path) -> Result<SnapshotHeader> {
+    let bad_header = |e: rkyv::rancor::Error| malformed(format!("{}: header: {e}", path.display()));
+    let header = if magic == MAGIC_V2 {
+        let old =
+            rkyv::from_bytes::<SnapshotHeaderV2, rkyv::rancor::Error>(bytes).map_err(bad_header)?;
+        SnapshotHeader {
+            last_log_id: old.last_log_id,
+            membership_log_id: old.membership_log_id,
+            membership: old.membership,
+            sessions: old.sessions,
+            values: SnapshotValues::default(),
+            identity: None,
+        }
+    } else if magic == MAGIC_V3 {
+        let old =
+            rkyv::from_bytes::<SnapshotHeaderV3, rkyv::rancor::Error>(bytes).map_err(bad_header)?;
+        SnapshotHeader {
+            last_log_id: old.last_log_id,
+            membership_log_id: old.membership_log_id,
+            membership: old.membership,
+            sessions: old.sessions,
+            values: old.values,
+            identity: None,
+        }
+    } else {
+        rkyv::from_bytes::<SnapshotHeader, rkyv::rancor::Error>(bytes).map_err(bad_header)?
+    };
+    if let Some(committed) = &header.identity {
+        committed
+            .check()
+            .map_err(|e| malformed(format!("{}: header: {e}", path.display())))?;
+    }
+    Ok(header)
 }
 
 /// Opens a verified snapshot: its header and a reader positioned at the application bytes,

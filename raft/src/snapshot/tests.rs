@@ -3,6 +3,7 @@ use std::io::Read;
 use bytes::Bytes;
 
 use super::*;
+use crate::cluster_identity::ClusterIdentity;
 use crate::values::ValueRef;
 
 fn header() -> SnapshotHeader {
@@ -15,7 +16,38 @@ fn header() -> SnapshotHeader {
         },
         sessions: vec![(3, 1, b"answer".to_vec(), 5)],
         values: SnapshotValues::default(),
+        identity: Some(CommittedIdentity {
+            identity: ClusterIdentity::new("research", [7; 16]).expect("a valid name"),
+            index: 4,
+        }),
     }
+}
+
+/// Writes a snapshot file of an older format at `path`: `magic`, the header `old` as that
+/// format encoded it, and the application bytes `app`.
+fn write_old_format<H>(path: &Path, magic: [u8; 8], old: &H, app: &[u8])
+where
+    H: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+{
+    let header_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(old).expect("encode");
+    let mut bytes = magic.to_vec();
+    bytes.extend_from_slice(
+        &u32::try_from(header_bytes.len())
+            .expect("short")
+            .to_le_bytes(),
+    );
+    bytes.extend_from_slice(&header_bytes);
+    bytes.extend_from_slice(app);
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    fs::write(path, &bytes).expect("write");
 }
 
 /// Rewrites the magic of the snapshot at `path` and its checksum to match, so only the
@@ -38,6 +70,7 @@ fn a_snapshot_round_trips_its_header_and_application_bytes() {
         .expect("write");
     let verified = verify(&file.path).expect("verify");
     assert_eq!(verified.sessions, header().sessions);
+    assert_eq!(verified.identity, header().identity);
     let (_, mut app) = open_body(&file.path).expect("open body");
     let mut bytes = Vec::new();
     app.read_to_end(&mut bytes).expect("read");
@@ -74,22 +107,44 @@ fn a_format_2_snapshot_is_read_as_one_without_values() {
         },
         sessions: vec![(3, 1, b"answer".to_vec(), 5)],
     };
-    let header_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).expect("encode");
-    let mut bytes = MAGIC_V2.to_vec();
-    bytes.extend_from_slice(
-        &u32::try_from(header_bytes.len())
-            .expect("short")
-            .to_le_bytes(),
-    );
-    bytes.extend_from_slice(&header_bytes);
-    bytes.extend_from_slice(b"app");
-    let crc = crc32c::crc32c(&bytes);
-    bytes.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    fs::write(&path, &bytes).expect("write");
+    write_old_format(&path, *MAGIC_V2, &old, b"app");
     let verified = verify(&path).expect("a format 2 snapshot is read");
     assert_eq!(verified.values, SnapshotValues::default());
     assert_eq!(verified.sessions, old.sessions);
+    assert_eq!(verified.identity, None);
+    let (_, mut app) = open_body(&path).expect("open body");
+    let mut read = Vec::new();
+    app.read_to_end(&mut read).expect("read");
+    assert_eq!(read, b"app");
+}
+
+/// A format 3 file (no cluster identity) reads as the snapshot of a cluster that committed
+/// none yet, its values section and application bytes intact.
+#[test]
+fn a_format_3_snapshot_is_read_as_one_without_an_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.snap");
+    let values = SnapshotValues {
+        covered: Some(8),
+        count: 0,
+        inline: false,
+        section_bytes: 0,
+    };
+    let old = SnapshotHeaderV3 {
+        last_log_id: Some((2, 9)),
+        membership_log_id: None,
+        membership: StoredMembershipConfig {
+            configs: Vec::new(),
+            nodes: Vec::new(),
+        },
+        sessions: vec![(3, 1, b"answer".to_vec(), 5)],
+        values,
+    };
+    write_old_format(&path, *MAGIC_V3, &old, b"app");
+    let verified = verify(&path).expect("a format 3 snapshot is read");
+    assert_eq!(verified.values, values);
+    assert_eq!(verified.sessions, old.sessions);
+    assert_eq!(verified.identity, None);
     let (_, mut app) = open_body(&path).expect("open body");
     let mut read = Vec::new();
     app.read_to_end(&mut read).expect("read");

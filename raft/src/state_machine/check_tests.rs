@@ -15,6 +15,7 @@ fn header(last: u64, sessions: Vec<crate::session::StoredSession>) -> SnapshotHe
         },
         sessions,
         values: SnapshotValues::default(),
+        identity: None,
     }
 }
 

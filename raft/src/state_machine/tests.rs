@@ -1,4 +1,5 @@
 use super::*;
+use crate::cluster_identity::ClusterIdentity;
 use crate::coalesce::encode_batch;
 use crate::multiplex::{AppTag, Multiplex, tagged};
 use crate::plain_log::{PlainLog, Retention, decode_append_answer, encode_append};
@@ -10,6 +11,7 @@ fn host() -> HostState {
         applied: None,
         membership: StoredMembership::default(),
         sessions: SessionTable::default(),
+        identity: None,
     }
 }
 
@@ -150,4 +152,41 @@ fn a_retry_after_its_session_expired_is_refused_not_applied() {
     let retry = host.apply_entry(at(index), &append(first, 1, "once"));
     assert_eq!(retry, ClientResponse::UnknownSession);
     assert_eq!(records(&host), 21, "the late retry applied nothing");
+}
+
+fn commit_identity(
+    host: &mut HostState,
+    index: u64,
+    identity: &ClusterIdentity,
+    replace: bool,
+) -> CommittedIdentity {
+    let request = ClientRequest {
+        session: 0,
+        seq: 0,
+        command: identity.commit_command(replace),
+    };
+    match host.apply_entry(at(index), &request) {
+        ClientResponse::ClusterIdentity(committed) => committed,
+        other => panic!("an identity command answered {other:?}"),
+    }
+}
+
+/// The first identity applied is in force and every later one without `replace` is
+/// answered with it; the host's snapshot header carries it.
+#[test]
+fn the_first_cluster_identity_applied_stays_in_force() {
+    let mut host = host();
+    let first = ClusterIdentity::mint("research").expect("mint");
+    let second = ClusterIdentity::mint("research").expect("mint");
+    let committed = commit_identity(&mut host, 3, &first, false);
+    assert_eq!(committed.identity, first);
+    assert_eq!(committed.index, 3);
+    assert_eq!(commit_identity(&mut host, 7, &second, false), committed);
+    assert_eq!(host.identity, Some(committed.clone()));
+    assert_eq!(
+        host.header(SnapshotValues::default()).identity,
+        Some(committed)
+    );
+    let replaced = commit_identity(&mut host, 9, &second, true);
+    assert_eq!((replaced.identity, replaced.index), (second, 9));
 }

@@ -72,6 +72,12 @@ impl ClientService {
             admitted: self.shared.admitted(),
             initialized: membership.nodes().next().is_some(),
             values_verified: self.shared.host.values().verified(),
+            cluster_identity: self
+                .shared
+                .host
+                .cluster_identity()
+                .map(|committed| committed.identity.to_string())
+                .unwrap_or_default(),
         }
     }
 

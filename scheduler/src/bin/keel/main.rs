@@ -375,10 +375,14 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
         "VALUES"
     );
     let mut any = false;
+    let mut identities = BTreeSet::new();
     for (addr, status) in client.statuses().await {
         match status {
             Ok(s) => {
                 any = true;
+                if !s.cluster_identity.is_empty() {
+                    identities.insert(s.cluster_identity.clone());
+                }
                 println!(
                     "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8} {:<8}",
                     s.node_id,
@@ -404,6 +408,12 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
     }
     if !any {
         bail!("no node answered");
+    }
+    if identities.is_empty() {
+        println!("cluster identity: none committed yet");
+    }
+    for identity in identities {
+        println!("cluster identity: {identity}");
     }
     Ok(())
 }

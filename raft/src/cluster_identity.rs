@@ -1,0 +1,325 @@
+//! A cluster's identity: its name and an incarnation of 16 bytes drawn once from the
+//! operating system's random source, committed in the Raft log so that every replica agrees
+//! on it from the same entry (scheduler/REMOTE.md §3: what calls between clusters build on).
+//!
+//! The first leader that finds no identity committed mints one with its `cluster` name and
+//! proposes it as a host command: the byte [`IDENTITY_TAG`], a `replace` flag (0 or 1), the
+//! name's length (one byte) and bytes, and the 16 incarnation bytes. Applying it is
+//! first-wins: a later identity without `replace` changes nothing, and every proposal is
+//! answered with the identity in force. A cluster re-created from old data must mint a new
+//! one with `replace` set, so that "the same name, another history" is visible to the
+//! clusters it talks to. The identity lives in the host's state and its snapshots and is
+//! reported in `Status` as `name.incarnation` (32 lower-case hex digits).
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ring::rand::{SecureRandom, SystemRandom};
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The first byte of an identity command; applications' tags are small, a session
+/// registration is `0xFE` and a coalesced batch `0xFF`.
+pub const IDENTITY_TAG: u8 = 0xFD;
+/// The longest cluster name an identity holds.
+pub const NAME_MAX_BYTES: usize = 64;
+/// Bytes of an incarnation.
+pub const INCARNATION_BYTES: usize = 16;
+/// Bytes of an identity command before the name: tag, `replace` flag, name length.
+const COMMAND_PREFIX_BYTES: usize = 3;
+
+/// Why an identity cannot be made or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The name breaks the naming rule.
+    #[error(
+        "cluster name {0:?} cannot name a cluster identity: it must be 1 to 64 bytes of A-Z, a-z, 0-9, '.', '_' and '-'"
+    )]
+    Name(String),
+    /// The text is not `name.` and 32 lower-case hex digits.
+    #[error("{0:?} is not a cluster identity (`name.` and 32 lower-case hex digits)")]
+    Malformed(String),
+    /// The operating system's random source failed.
+    #[error("the operating system's random source failed")]
+    Random,
+}
+
+/// A cluster's name and incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+pub struct ClusterIdentity {
+    name: String,
+    incarnation: [u8; INCARNATION_BYTES],
+}
+
+impl ClusterIdentity {
+    /// The identity `name` with `incarnation`.
+    ///
+    /// # Errors
+    /// [`IdentityError::Name`] if `name` breaks the naming rule.
+    pub fn new(name: &str, incarnation: [u8; INCARNATION_BYTES]) -> Result<Self, IdentityError> {
+        let valid = (1..=NAME_MAX_BYTES).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(IdentityError::Name(name.to_owned()));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            incarnation,
+        })
+    }
+
+    /// A new identity for the cluster `name`: its incarnation drawn from the operating
+    /// system's random source.
+    ///
+    /// # Errors
+    /// [`IdentityError::Name`]; [`IdentityError::Random`] if the random source fails.
+    pub fn mint(name: &str) -> Result<Self, IdentityError> {
+        let mut incarnation = [0u8; INCARNATION_BYTES];
+        SystemRandom::new()
+            .fill(&mut incarnation)
+            .map_err(|_| IdentityError::Random)?;
+        Self::new(name, incarnation)
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The incarnation's bytes.
+    pub fn incarnation(&self) -> [u8; INCARNATION_BYTES] {
+        self.incarnation
+    }
+
+    /// The command that commits this identity (replacing one in force when `replace`).
+    ///
+    /// # Panics
+    /// Never: a valid name is at most 64 bytes, so its length fits the command's length byte.
+    pub fn commit_command(&self, replace: bool) -> Bytes {
+        let name_len = u8::try_from(self.name.len()).expect("a valid name is at most 64 bytes");
+        let mut out =
+            BytesMut::with_capacity(COMMAND_PREFIX_BYTES + self.name.len() + INCARNATION_BYTES);
+        out.put_u8(IDENTITY_TAG);
+        out.put_u8(u8::from(replace));
+        out.put_u8(name_len);
+        out.put_slice(self.name.as_bytes());
+        out.put_slice(&self.incarnation);
+        out.freeze()
+    }
+}
+
+impl fmt::Display for ClusterIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.", self.name)?;
+        self.incarnation
+            .iter()
+            .try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+impl FromStr for ClusterIdentity {
+    type Err = IdentityError;
+
+    fn from_str(text: &str) -> Result<Self, IdentityError> {
+        let malformed = || IdentityError::Malformed(text.to_owned());
+        let (name, hex) = text.rsplit_once('.').ok_or_else(malformed)?;
+        if hex.len() != 2 * INCARNATION_BYTES
+            || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(malformed());
+        }
+        let mut incarnation = [0u8; INCARNATION_BYTES];
+        for (byte, pair) in incarnation.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| malformed())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| malformed())?;
+        }
+        Self::new(name, incarnation)
+    }
+}
+
+/// The identity in force and the Raft index of the entry that committed it.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
+pub struct CommittedIdentity {
+    /// The identity.
+    pub identity: ClusterIdentity,
+    /// Index of the entry that committed it.
+    pub index: u64,
+}
+
+impl CommittedIdentity {
+    /// Checks an identity read from a snapshot (rkyv builds it without [`ClusterIdentity::new`]).
+    ///
+    /// # Errors
+    /// [`IdentityError::Name`] for a name that breaks the naming rule.
+    pub(crate) fn check(&self) -> Result<(), IdentityError> {
+        ClusterIdentity::new(&self.identity.name, self.identity.incarnation).map(drop)
+    }
+}
+
+/// The identity and `replace` flag of identity command `command`; `None` if it is not a
+/// well-formed one (it then goes to the application, like any command it does not know).
+pub(crate) fn decode_commit(command: &[u8]) -> Option<(ClusterIdentity, bool)> {
+    let [tag, replace, name_len, rest @ ..] = command else {
+        return None;
+    };
+    if *tag != IDENTITY_TAG || *replace > 1 {
+        return None;
+    }
+    let name_len = usize::from(*name_len);
+    if rest.len() != name_len + INCARNATION_BYTES {
+        return None;
+    }
+    let (name, incarnation) = rest.split_at(name_len);
+    let identity = ClusterIdentity::new(
+        std::str::from_utf8(name).ok()?,
+        incarnation.try_into().ok()?,
+    )
+    .ok()?;
+    Some((identity, *replace == 1))
+}
+
+/// Applies an identity command committed at `index` to `current`: first-wins unless
+/// `replace`. Returns the identity in force afterwards.
+pub(crate) fn apply(
+    current: &mut Option<CommittedIdentity>,
+    proposed: ClusterIdentity,
+    replace: bool,
+    index: u64,
+) -> CommittedIdentity {
+    match current {
+        Some(committed) if !replace => committed.clone(),
+        _ => current
+            .insert(CommittedIdentity {
+                identity: proposed,
+                index,
+            })
+            .clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn identity(name: &str, fill: u8) -> ClusterIdentity {
+        ClusterIdentity::new(name, [fill; INCARNATION_BYTES]).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_rule() {
+        for good in ["keel", "research.eu-1", "A_b-9", &"x".repeat(64)] {
+            assert!(ClusterIdentity::new(good, [0; 16]).is_ok(), "{good}");
+        }
+        for bad in ["", "two words", "naïve", "a/b", &"x".repeat(65)] {
+            assert_eq!(
+                ClusterIdentity::new(bad, [0; 16]),
+                Err(IdentityError::Name(bad.to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn minted_incarnations_differ() {
+        let first = ClusterIdentity::mint("keel").unwrap();
+        let second = ClusterIdentity::mint("keel").unwrap();
+        assert_eq!(first.name(), "keel");
+        assert_ne!(first.incarnation(), second.incarnation());
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn text_form_is_name_dot_hex() {
+        let mut incarnation = [0u8; 16];
+        incarnation[0] = 0x3f;
+        incarnation[15] = 0xc1;
+        let id = ClusterIdentity::new("research.eu", incarnation).unwrap();
+        assert_eq!(
+            id.to_string(),
+            "research.eu.3f0000000000000000000000000000c1"
+        );
+        assert_eq!(id.to_string().parse::<ClusterIdentity>().unwrap(), id);
+        for bad in [
+            "keel",
+            "keel.3F0000000000000000000000000000c1",
+            "keel.3f00",
+            ".3f0000000000000000000000000000c1",
+            "keel.+f0000000000000000000000000000c1",
+        ] {
+            assert!(bad.parse::<ClusterIdentity>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_first_identity_wins_unless_replaced() {
+        let mut current = None;
+        let first = apply(&mut current, identity("a", 1), false, 5);
+        assert_eq!(first.index, 5);
+        assert_eq!(first.identity, identity("a", 1));
+        let later = apply(&mut current, identity("a", 2), false, 9);
+        assert_eq!(
+            later, first,
+            "a later identity without replace is not applied"
+        );
+        let replaced = apply(&mut current, identity("a", 3), true, 12);
+        assert_eq!(replaced.identity, identity("a", 3));
+        assert_eq!(replaced.index, 12);
+        assert_eq!(current, Some(replaced));
+    }
+
+    #[test]
+    fn an_identity_read_back_is_checked_against_the_naming_rule() {
+        let bad = CommittedIdentity {
+            identity: ClusterIdentity {
+                name: "two words".to_owned(),
+                incarnation: [0; 16],
+            },
+            index: 1,
+        };
+        assert_eq!(
+            bad.check(),
+            Err(IdentityError::Name("two words".to_owned()))
+        );
+        let good = CommittedIdentity {
+            identity: identity("keel", 1),
+            index: 1,
+        };
+        assert_eq!(good.check(), Ok(()));
+    }
+
+    #[test]
+    fn malformed_commands_are_not_identity_commands() {
+        let good = identity("keel", 7).commit_command(false);
+        assert_eq!(decode_commit(&good), Some((identity("keel", 7), false)));
+        let mut bad_flag = good.to_vec();
+        bad_flag[1] = 2;
+        assert_eq!(decode_commit(&bad_flag), None);
+        assert_eq!(decode_commit(&good[..good.len() - 1]), None, "short");
+        let mut long = good.to_vec();
+        long.push(0);
+        assert_eq!(decode_commit(&long), None, "long");
+        let mut bad_name = good.to_vec();
+        bad_name[3] = b' ';
+        assert_eq!(decode_commit(&bad_name), None, "a name against the rule");
+        assert_eq!(decode_commit(&[IDENTITY_TAG]), None);
+        assert_eq!(decode_commit(&[]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn commands_round_trip(
+            name in "[A-Za-z0-9._-]{1,64}",
+            incarnation in proptest::array::uniform16(any::<u8>()),
+            replace in any::<bool>(),
+        ) {
+            let id = ClusterIdentity::new(&name, incarnation).unwrap();
+            prop_assert_eq!(decode_commit(&id.commit_command(replace)), Some((id.clone(), replace)));
+            prop_assert_eq!(id.to_string().parse::<ClusterIdentity>().unwrap(), id);
+        }
+    }
+}
