@@ -104,6 +104,33 @@ struct SnapshotHeaderV2 {
     sessions: Vec<crate::session::StoredSession>,
 }
 
+impl From<SnapshotHeaderV2> for SnapshotHeaderV3 {
+    /// Format 2 had no values section: a state that references no values.
+    fn from(old: SnapshotHeaderV2) -> Self {
+        Self {
+            last_log_id: old.last_log_id,
+            membership_log_id: old.membership_log_id,
+            membership: old.membership,
+            sessions: old.sessions,
+            values: SnapshotValues::default(),
+        }
+    }
+}
+
+impl From<SnapshotHeaderV3> for SnapshotHeader {
+    /// Format 3 had no identity: a cluster that committed none yet.
+    fn from(old: SnapshotHeaderV3) -> Self {
+        Self {
+            last_log_id: old.last_log_id,
+            membership_log_id: old.membership_log_id,
+            membership: old.membership,
+            sessions: old.sessions,
+            values: old.values,
+            identity: None,
+        }
+    }
+}
+
 /// A complete snapshot file on disk (the data openraft moves between state machines), and
 /// the value store its references are read from when it is sent to another node.
 #[derive(Debug, Clone)]

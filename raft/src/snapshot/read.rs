@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::{
     HEADER_MAX_BYTES, MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, REF_BYTES, REF_LEN, SnapshotHeader,
-    SnapshotHeaderV2, SnapshotHeaderV3, SnapshotValues, TRAILER_LEN, malformed,
+    SnapshotHeaderV2, SnapshotHeaderV3, TRAILER_LEN, malformed,
 };
 use crate::error::{Error, Result};
 use crate::values::{ValueError, ValueRef};
@@ -112,25 +112,11 @@ fn decode_header(magic: &[u8], bytes: &[u8], path: &Path) -> Result<SnapshotHead
     let header = if magic == MAGIC_V2 {
         let old =
             rkyv::from_bytes::<SnapshotHeaderV2, rkyv::rancor::Error>(bytes).map_err(bad_header)?;
-        SnapshotHeader {
-            last_log_id: old.last_log_id,
-            membership_log_id: old.membership_log_id,
-            membership: old.membership,
-            sessions: old.sessions,
-            values: SnapshotValues::default(),
-            identity: None,
-        }
+        SnapshotHeaderV3::from(old).into()
     } else if magic == MAGIC_V3 {
-        let old =
-            rkyv::from_bytes::<SnapshotHeaderV3, rkyv::rancor::Error>(bytes).map_err(bad_header)?;
-        SnapshotHeader {
-            last_log_id: old.last_log_id,
-            membership_log_id: old.membership_log_id,
-            membership: old.membership,
-            sessions: old.sessions,
-            values: old.values,
-            identity: None,
-        }
+        rkyv::from_bytes::<SnapshotHeaderV3, rkyv::rancor::Error>(bytes)
+            .map_err(bad_header)?
+            .into()
     } else {
         rkyv::from_bytes::<SnapshotHeader, rkyv::rancor::Error>(bytes).map_err(bad_header)?
     };

@@ -92,45 +92,24 @@ fn a_format_1_snapshot_is_refused_with_a_message_naming_it() {
     assert!(error.to_string().contains("no snapshot magic"), "{error}");
 }
 
-/// A format 2 file (no values section) reads as a snapshot referencing no values, its
-/// header and application bytes intact.
-#[test]
-fn a_format_2_snapshot_is_read_as_one_without_values() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("old.snap");
-    let old = SnapshotHeaderV2 {
-        last_log_id: Some((2, 9)),
-        membership_log_id: None,
-        membership: StoredMembershipConfig {
-            configs: Vec::new(),
-            nodes: Vec::new(),
-        },
-        sessions: vec![(3, 1, b"answer".to_vec(), 5)],
-    };
-    write_old_format(&path, *MAGIC_V2, &old, b"app");
-    let verified = verify(&path).expect("a format 2 snapshot is read");
-    assert_eq!(verified.values, SnapshotValues::default());
-    assert_eq!(verified.sessions, old.sessions);
-    assert_eq!(verified.identity, None);
-    let (_, mut app) = open_body(&path).expect("open body");
+/// The header of the older-format snapshot at `path`, checking its application bytes are
+/// `app`.
+fn read_old_format(path: &Path) -> SnapshotHeader {
+    let verified = verify(path).expect("an older format is read");
+    let (_, mut app) = open_body(path).expect("open body");
     let mut read = Vec::new();
     app.read_to_end(&mut read).expect("read");
     assert_eq!(read, b"app");
+    verified
 }
 
-/// A format 3 file (no cluster identity) reads as the snapshot of a cluster that committed
-/// none yet, its values section and application bytes intact.
+/// A format 2 file (no values section) reads as a snapshot referencing no values and no
+/// identity, and a format 3 file (no identity) as the snapshot of a cluster that committed
+/// none yet; their headers and application bytes intact.
 #[test]
-fn a_format_3_snapshot_is_read_as_one_without_an_identity() {
+fn formats_2_and_3_are_read_without_what_they_lacked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("old.snap");
-    let values = SnapshotValues {
-        covered: Some(8),
-        count: 0,
-        inline: false,
-        section_bytes: 0,
-    };
-    let old = SnapshotHeaderV3 {
+    let v3 = SnapshotHeaderV3 {
         last_log_id: Some((2, 9)),
         membership_log_id: None,
         membership: StoredMembershipConfig {
@@ -138,17 +117,49 @@ fn a_format_3_snapshot_is_read_as_one_without_an_identity() {
             nodes: Vec::new(),
         },
         sessions: vec![(3, 1, b"answer".to_vec(), 5)],
-        values,
+        values: SnapshotValues {
+            covered: Some(8),
+            count: 0,
+            inline: false,
+            section_bytes: 0,
+        },
     };
-    write_old_format(&path, *MAGIC_V3, &old, b"app");
-    let verified = verify(&path).expect("a format 3 snapshot is read");
-    assert_eq!(verified.values, values);
-    assert_eq!(verified.sessions, old.sessions);
-    assert_eq!(verified.identity, None);
-    let (_, mut app) = open_body(&path).expect("open body");
-    let mut read = Vec::new();
-    app.read_to_end(&mut read).expect("read");
-    assert_eq!(read, b"app");
+    let path = dir.path().join("format3.snap");
+    write_old_format(&path, *MAGIC_V3, &v3, b"app");
+    let read = read_old_format(&path);
+    assert_eq!(
+        (
+            read.last_log_id,
+            &read.sessions,
+            read.values,
+            &read.identity
+        ),
+        (v3.last_log_id, &v3.sessions, v3.values, &None)
+    );
+
+    let v2 = SnapshotHeaderV2 {
+        last_log_id: v3.last_log_id,
+        membership_log_id: None,
+        membership: v3.membership.clone(),
+        sessions: v3.sessions.clone(),
+    };
+    let path = dir.path().join("format2.snap");
+    write_old_format(&path, *MAGIC_V2, &v2, b"app");
+    let read = read_old_format(&path);
+    assert_eq!(
+        (
+            read.last_log_id,
+            &read.sessions,
+            read.values,
+            &read.identity
+        ),
+        (
+            v2.last_log_id,
+            &v2.sessions,
+            SnapshotValues::default(),
+            &None
+        )
+    );
 }
 
 #[test]
