@@ -407,11 +407,6 @@ fn open_storage(config: &NodeConfig, metrics: &Arc<NodeMetrics>) -> Result<(Iden
     Ok((identity, store))
 }
 
-/// Reads every value of the node's value files once, off the runtime's threads (opening
-/// checked their tables only, so start-up does not grow with the bytes of values). A value
-/// that does not match its checksum was damaged while the node was stopped, or since: the
-/// data directory is marked as needing repair and the node stops (reads of that value
-/// meanwhile were refused by its checksum, never answered with other bytes).
 /// The node's tasks beside the server: the Raft watchdog, the value files' verification and
 /// the cluster identity's commit.
 fn background_tasks(
@@ -469,6 +464,11 @@ async fn commit_cluster_identity(shared: NodeShared, cluster: String) {
     }
 }
 
+/// Reads every value of the node's value files once, off the runtime's threads (opening
+/// checked their tables only, so start-up does not grow with the bytes of values). A value
+/// that does not match its checksum was damaged while the node was stopped, or since: the
+/// data directory is marked as needing repair and the node stops (reads of that value
+/// meanwhile were refused by its checksum, never answered with other bytes).
 async fn verify_values(shared: NodeShared, data_dir: PathBuf, stop: watch::Sender<bool>) {
     let values = Arc::clone(shared.host.values());
     let stopping = stop.subscribe();

@@ -71,10 +71,7 @@ fn a_snapshot_round_trips_its_header_and_application_bytes() {
     let verified = verify(&file.path).expect("verify");
     assert_eq!(verified.sessions, header().sessions);
     assert_eq!(verified.identity, header().identity);
-    let (_, mut app) = open_body(&file.path).expect("open body");
-    let mut bytes = Vec::new();
-    app.read_to_end(&mut bytes).expect("read");
-    assert_eq!(bytes, b"app");
+    assert_eq!(app_bytes(&file.path), b"app");
 }
 
 #[test]
@@ -92,15 +89,33 @@ fn a_format_1_snapshot_is_refused_with_a_message_naming_it() {
     assert!(error.to_string().contains("no snapshot magic"), "{error}");
 }
 
-/// The header of the older-format snapshot at `path`, checking its application bytes are
-/// `app`.
-fn read_old_format(path: &Path) -> SnapshotHeader {
-    let verified = verify(path).expect("an older format is read");
+/// The application bytes of the snapshot at `path`.
+fn app_bytes(path: &Path) -> Vec<u8> {
     let (_, mut app) = open_body(path).expect("open body");
     let mut read = Vec::new();
     app.read_to_end(&mut read).expect("read");
-    assert_eq!(read, b"app");
-    verified
+    read
+}
+
+/// What an older-format snapshot at `path` is read as: its last log id, sessions, values
+/// section and identity, and its application bytes.
+type ReadBack = (
+    Option<(u64, u64)>,
+    Vec<crate::session::StoredSession>,
+    SnapshotValues,
+    Option<CommittedIdentity>,
+    Vec<u8>,
+);
+
+fn read_old_format(path: &Path) -> ReadBack {
+    let read = verify(path).expect("an older format is read");
+    (
+        read.last_log_id,
+        read.sessions,
+        read.values,
+        read.identity,
+        app_bytes(path),
+    )
 }
 
 /// A format 2 file (no values section) reads as a snapshot referencing no values and no
@@ -126,15 +141,15 @@ fn formats_2_and_3_are_read_without_what_they_lacked() {
     };
     let path = dir.path().join("format3.snap");
     write_old_format(&path, *MAGIC_V3, &v3, b"app");
-    let read = read_old_format(&path);
     assert_eq!(
+        read_old_format(&path),
         (
-            read.last_log_id,
-            &read.sessions,
-            read.values,
-            &read.identity
-        ),
-        (v3.last_log_id, &v3.sessions, v3.values, &None)
+            v3.last_log_id,
+            v3.sessions.clone(),
+            v3.values,
+            None,
+            b"app".to_vec()
+        )
     );
 
     let v2 = SnapshotHeaderV2 {
@@ -145,19 +160,14 @@ fn formats_2_and_3_are_read_without_what_they_lacked() {
     };
     let path = dir.path().join("format2.snap");
     write_old_format(&path, *MAGIC_V2, &v2, b"app");
-    let read = read_old_format(&path);
     assert_eq!(
-        (
-            read.last_log_id,
-            &read.sessions,
-            read.values,
-            &read.identity
-        ),
+        read_old_format(&path),
         (
             v2.last_log_id,
-            &v2.sessions,
+            v2.sessions,
             SnapshotValues::default(),
-            &None
+            None,
+            b"app".to_vec()
         )
     );
 }
@@ -205,10 +215,7 @@ fn a_values_section_round_trips_and_one_that_disagrees_is_refused() {
         .expect("inline values");
     assert_eq!(values[0].1, "abcd");
     assert_eq!(values[1].1, "xy");
-    let (_, mut app) = open_body(&file.path).expect("open body");
-    let mut read = Vec::new();
-    app.read_to_end(&mut read).expect("read");
-    assert_eq!(read, b"app");
+    assert_eq!(app_bytes(&file.path), b"app");
     // A section whose references do not fill it: refused.
     let mut short = with_values.clone();
     short.values.section_bytes = 32 + 5;
