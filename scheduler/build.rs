@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.bytes(["."]);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/workflows.proto"],
+        &["proto/workflows.proto", "proto/remote.proto"],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");

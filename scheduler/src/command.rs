@@ -9,7 +9,15 @@
 use keel_raft::values::ValueRef;
 use rkyv::{Archive, Deserialize, Serialize};
 
+mod answer;
 mod codec;
+mod remote;
+
+pub use answer::{Answer, EntryState, Rejection};
+pub use remote::{
+    AckStatus, CallId, CancelItem, CancelResult, CancelStatus, Completion, InboundStart, Refusal,
+    RemoteOutcome, StartResult, StartStatus,
+};
 
 pub(crate) use codec::{decode, decode_recorded, encode};
 
@@ -322,11 +330,94 @@ pub enum Command {
         /// Why (the non-determinism found).
         reason: String,
     },
+    /// Calls a workflow of `kind` in the remote cluster `remote` as journal entry `seq`
+    /// (caller side): its stream seq and deadline are assigned at apply, and its call id is
+    /// this command's Raft index (`scheduler/REMOTE.md` §4).
+    RemoteCall {
+        /// The calling workflow.
+        workflow: String,
+        /// The run's fence.
+        fence: u64,
+        /// The entry's sequence number.
+        seq: u32,
+        /// The remote's alias in the nodes' `[remotes]`.
+        remote: String,
+        /// The kind to start there.
+        kind: String,
+        /// Its input.
+        input: Vec<u8>,
+        /// The call's deadline, after the command's stamp.
+        deadline_after_ms: u64,
+    },
+    /// Binds `remote`'s stream to the callee identity `callee` (first-wins).
+    RemoteBind {
+        /// The remote's alias.
+        remote: String,
+        /// The callee's identity text.
+        callee: String,
+    },
+    /// What a callee answered to starts (and the watermark it reported), decided under
+    /// binding `generation`.
+    RemoteStartsAcked {
+        /// The remote's alias.
+        remote: String,
+        /// The binding generation the answers came under.
+        generation: u64,
+        /// The callee's watermark.
+        watermark: u64,
+        /// The results, in seq order.
+        results: Vec<StartResult>,
+    },
+    /// Completions a callee delivered for calls made under binding `generation`.
+    RemoteComplete {
+        /// The remote's alias.
+        remote: String,
+        /// The binding generation.
+        generation: u64,
+        /// The completions.
+        completions: Vec<Completion>,
+    },
+    /// What a callee answered to cancels (terminal ones only), under binding `generation`.
+    RemoteCancelsAcked {
+        /// The remote's alias.
+        remote: String,
+        /// The binding generation.
+        generation: u64,
+        /// The results.
+        results: Vec<CancelResult>,
+    },
+    /// Takes a caller's start items (callee side), in stream order from its watermark.
+    RemoteStart {
+        /// The caller's identity text.
+        caller: String,
+        /// The Raft index of this cluster's identity in force (names the workflows).
+        callee_index: u64,
+        /// The items, in increasing seq.
+        items: Vec<InboundStart>,
+        /// How long past a call's deadline its record is kept.
+        grace_ms: u64,
+        /// The longest deadline this cluster accepts, after the stamp.
+        deadline_max_ms: u64,
+    },
+    /// The caller acknowledged these completions, `(seq, call index)`: their records go.
+    RemoteCompletionsAcked {
+        /// The caller's identity text.
+        caller: String,
+        /// The acknowledged completions.
+        acks: Vec<(u64, u64)>,
+    },
+    /// The caller cancels these calls.
+    RemoteCancel {
+        /// The caller's identity text.
+        caller: String,
+        /// The cancels.
+        items: Vec<CancelItem>,
+    },
 }
 
 impl Command {
     /// The workflow and fence of a run's journal command (step, sleep, wait, call,
-    /// finish, park); `None` for every other command.
+    /// remote call, finish, park); `None` for every other command.
     pub fn run_fence(&self) -> Option<(&str, u64)> {
         match self {
             Self::Step {
@@ -339,6 +430,9 @@ impl Command {
                 workflow, fence, ..
             }
             | Self::Call {
+                workflow, fence, ..
+            }
+            | Self::RemoteCall {
                 workflow, fence, ..
             }
             | Self::Finish {
@@ -405,159 +499,6 @@ impl WorkflowStatus {
         .into_iter()
         .find(|s| s.as_str() == name)
     }
-}
-
-/// Why the state machine refused a command; the same on every replica.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
-pub enum Rejection {
-    /// The command bytes did not decode.
-    #[error("malformed command")]
-    Malformed,
-    /// No executor declared this workflow kind.
-    #[error("unknown workflow kind {0:?}")]
-    UnknownKind(String),
-    /// No workflow has this id.
-    #[error("unknown workflow {0:?}")]
-    UnknownWorkflow(String),
-    /// The run's fence is not the workflow's current one: another run owns it.
-    #[error("stale fence {fence}: the workflow's fence is {current}")]
-    StaleFence {
-        /// The command's fence.
-        fence: u64,
-        /// The current fence.
-        current: u64,
-    },
-    /// The workflow already finished.
-    #[error("the workflow already finished ({})", .0.as_str())]
-    Finished(WorkflowStatus),
-    /// The journal's entry `seq` is something else than the code asks for.
-    #[error(
-        "non-determinism at journal entry {seq}: it records {recorded}, the code asks for {requested}"
-    )]
-    NonDeterminism {
-        /// The entry.
-        seq: u32,
-        /// What it records.
-        recorded: String,
-        /// What the command asked for.
-        requested: String,
-    },
-    /// Journal entries are appended in order; this one skips ahead.
-    #[error("journal entry {seq} out of order: the next entry is {expected}")]
-    OutOfOrder {
-        /// The command's entry.
-        seq: u32,
-        /// The next entry.
-        expected: u32,
-    },
-    /// The step already has an outcome (the first record wins); here it is.
-    #[error("step {seq} was already recorded")]
-    AlreadyRecorded {
-        /// The entry.
-        seq: u32,
-        /// Its recorded outcome.
-        outcome: StoredOutcome,
-    },
-    /// A cron expression that does not parse.
-    #[error("invalid cron expression {cron:?}: {reason}")]
-    InvalidCron {
-        /// The expression.
-        cron: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A field over its limit.
-    #[error("{what} of {len} bytes is over the limit of {max}")]
-    TooLarge {
-        /// Which field.
-        what: String,
-        /// Its size.
-        len: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// An empty or otherwise unusable name.
-    #[error("invalid {what}: {reason}")]
-    Invalid {
-        /// Which field.
-        what: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// A journal entry's state as an answer reports it.
-#[derive(
-    serde::Serialize,
-    serde::Deserialize,
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-)]
-#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
-pub enum EntryState {
-    /// Not resolved yet (a step between attempts, a sleep, a wait, a call).
-    Pending {
-        /// Failed attempts so far (steps).
-        attempts: u32,
-    },
-    /// Resolved with an outcome.
-    Done(StoredOutcome),
-    /// A signal wait that timed out.
-    TimedOut,
-}
-
-/// The state machine's answer to a command.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
-pub enum Answer {
-    /// Applied; nothing to report.
-    Done,
-    /// A start: the workflow's current fence and status; `created` is false when the id
-    /// already existed (the existing workflow is the answer).
-    Started {
-        /// Its fence.
-        fence: u64,
-        /// Whether this command created it.
-        created: bool,
-        /// Its status.
-        status: WorkflowStatus,
-    },
-    /// A claim: the new fence.
-    Claimed {
-        /// The fence.
-        fence: u64,
-    },
-    /// A journal command: the entry's state after it.
-    Entry(EntryState),
-    /// A named timer: its id and due time; `created` is false when the name existed.
-    Timer {
-        /// The timer's id.
-        id: u64,
-        /// Its due time.
-        due_ms: u64,
-        /// Whether this command created it.
-        created: bool,
-    },
-    /// The timers this command fired.
-    Fired {
-        /// Their ids.
-        ids: Vec<u64>,
-    },
-    /// What an expiry removed.
-    Expired {
-        /// Workflows forgotten.
-        workflows: u64,
-        /// Timer fire records forgotten.
-        fires: u64,
-    },
-    /// Refused.
-    Rejected(Rejection),
 }
 
 #[cfg(test)]

@@ -94,6 +94,7 @@ pub mod machine;
 pub mod mono;
 pub mod node;
 mod pb;
+pub mod peer;
 pub mod service;
 pub mod state;
 pub mod wire;
@@ -101,8 +102,9 @@ pub mod worker;
 pub mod workers_service;
 
 pub use command::{
-    Answer, Command, Due, EntryState, INLINE_MAX_BYTES, Outcome, Owner, Rejection, Stamped,
-    StepRecord, StoredOutcome, Value, WorkflowStatus,
+    AckStatus, Answer, CallId, CancelItem, CancelResult, CancelStatus, Command, Completion, Due,
+    EntryState, INLINE_MAX_BYTES, InboundStart, Outcome, Owner, Refusal, Rejection, RemoteOutcome,
+    Stamped, StartResult, StartStatus, StepRecord, StoredOutcome, Value, WorkflowStatus,
 };
 pub use config::{ConfigFile, NodeSettings};
 pub use error::{Error, Result};

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keel_raft::application::{Application, AppliedAt, SnapshotImage};
 use keel_raft::values::{ValueError, ValueRef, ValueStore};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 pub use self::snapshot::SnapshotError;
 use self::snapshot::{decode_snapshot, write_snapshot};
@@ -84,12 +84,31 @@ struct Local {
     runnable: Option<mpsc::UnboundedSender<Runnable>>,
 }
 
+impl Local {
+    /// Starts this node's wait for relative timer `id`: from the proposer's reading when
+    /// this process took it (never later than now), so the commit does not delay the timer;
+    /// from now when it was proposed elsewhere since this process started; from the restart
+    /// (capped, see `Armed::Restarted`) when it is a replay of older history.
+    fn arm(&mut self, id: u64, proposed: Option<crate::mono::MonoStamp>, stamp_ms: u64) {
+        let armed = match proposed.and_then(crate::mono::instant) {
+            Some(at) => Some(at),
+            None if stamp_ms >= self.started_ms => Some(crate::mono::instant_now()),
+            None => None,
+        };
+        if let Some(at) = armed {
+            self.armed.insert(id, at);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     state: RwLock<SchedulerState>,
     digest: Mutex<u64>,
     local: Mutex<Local>,
     timers_changed: Notify,
+    /// Bumped when something a remote-call driver delivers changed.
+    remote_changed: watch::Sender<u64>,
     fires: broadcast::Sender<NamedFire>,
     /// The node's value store, once the node started.
     values: OnceLock<Arc<ValueStore>>,
@@ -128,6 +147,7 @@ impl SchedulerMachine {
                     runnable: None,
                 }),
                 timers_changed: Notify::new(),
+                remote_changed: watch::channel(0).0,
                 fires: broadcast::channel(FIRE_WATCH_BUFFER).0,
                 values: OnceLock::new(),
             }),
@@ -332,6 +352,12 @@ impl SchedulerMachine {
         &self.shared.timers_changed
     }
 
+    /// Changes whenever something a remote-call driver delivers changed (an outbox item, a
+    /// binding, an inbound completion).
+    pub fn watch_remote(&self) -> watch::Receiver<u64> {
+        self.shared.remote_changed.subscribe()
+    }
+
     /// Named timer fires applied from now on.
     pub fn watch_fires(&self) -> broadcast::Receiver<NamedFire> {
         self.shared.fires.subscribe()
@@ -373,6 +399,7 @@ impl SchedulerMachine {
 
     fn dispatch(&self, effects: Vec<Effect>) {
         let mut timers_changed = false;
+        let mut remote_changed = false;
         let mut local = self.local();
         for effect in effects {
             match effect {
@@ -408,17 +435,8 @@ impl SchedulerMachine {
                     proposed,
                     stamp_ms,
                 } => {
-                    // From the proposer's reading when this process took it (never later
-                    // than now), so the commit does not delay the timer; from now when it
-                    // was proposed elsewhere since this process started; from the restart
-                    // (capped, see `Armed::Restarted`) when it is a replay of older history.
-                    let armed = match proposed.and_then(crate::mono::instant) {
-                        Some(at) => Some(at),
-                        None if stamp_ms >= local.started_ms => Some(crate::mono::instant_now()),
-                        None => None,
-                    };
-                    if relative && let Some(at) = armed {
-                        local.armed.insert(id, at);
+                    if relative {
+                        local.arm(id, proposed, stamp_ms);
                     }
                     timers_changed = true;
                 }
@@ -426,6 +444,7 @@ impl SchedulerMachine {
                     local.armed.remove(&id);
                     timers_changed = true;
                 }
+                Effect::RemoteChanged => remote_changed = true,
                 Effect::NamedFired {
                     name,
                     payload,
@@ -443,6 +462,11 @@ impl SchedulerMachine {
         drop(local);
         if timers_changed {
             self.shared.timers_changed.notify_one();
+        }
+        if remote_changed {
+            self.shared
+                .remote_changed
+                .send_modify(|version| *version += 1);
         }
     }
 }

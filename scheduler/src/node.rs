@@ -17,8 +17,12 @@ use crate::engine::registry::Registry;
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Result;
 use crate::machine::SchedulerMachine;
+use crate::pb::remote::remote_calls_server::RemoteCallsServer;
 use crate::pb::workers_server::WorkersServer;
 use crate::pb::workflows_server::WorkflowsServer;
+use crate::peer::PeerSettings;
+use crate::peer::driver::{Drivers, RemoteStatus};
+use crate::peer::service::PeerService;
 use crate::service::WorkflowService;
 use crate::state::EntryKind;
 use crate::workers_service::WorkersService;
@@ -37,12 +41,14 @@ pub fn method_roles() -> MethodRoles {
         ("/keel.workflows.v2.Workflows/GetTimer", Role::Read),
         ("/keel.workflows.v2.Workflows/WatchFires", Role::Read),
         ("/keel.workflows.v2.Workers/", Role::Worker),
+        ("/keel.remote.v1.RemoteCalls/", Role::Write),
     ])
 }
 
 /// A running Keel node.
 #[derive(Debug)]
 pub struct Node {
+    drivers: Drivers,
     engine: Engine,
     machine: SchedulerMachine,
     inner: RaftNode,
@@ -59,6 +65,23 @@ impl Node {
         registry: Registry,
         settings: EngineSettings,
     ) -> Result<Self> {
+        Self::start_with_peers(config, registry, settings, PeerSettings::default()).await
+    }
+
+    /// Starts a node as [`Node::start`] does, which also calls and is called by the remote
+    /// clusters of `peers` (`scheduler/REMOTE.md`).
+    ///
+    /// # Errors
+    /// Bad peer settings; any verification or startup failure. Nothing is served then.
+    pub async fn start_with_peers(
+        config: NodeConfig,
+        registry: Registry,
+        settings: EngineSettings,
+        peers: PeerSettings,
+    ) -> Result<Self> {
+        peers.validate(config.security.insecure)?;
+        let peers = Arc::new(peers);
+        let service_peers = Arc::clone(&peers);
         let machine = SchedulerMachine::new();
         let service_machine = machine.clone();
         let declarations = registry.declarations();
@@ -75,8 +98,19 @@ impl Node {
                     service_machine.clone(),
                     service_dispatcher,
                 );
+                let peer = PeerService::new(
+                    shared.clone(),
+                    proposer.clone(),
+                    service_machine.clone(),
+                    service_peers,
+                );
                 let service = WorkflowService::new(proposer, service_machine, declarations);
                 routes
+                    .add_service(
+                        RemoteCallsServer::new(peer)
+                            .max_decoding_message_size(MESSAGE_MAX_BYTES)
+                            .max_encoding_message_size(MESSAGE_MAX_BYTES),
+                    )
                     .add_service(
                         WorkflowsServer::new(service)
                             .max_decoding_message_size(MESSAGE_MAX_BYTES)
@@ -101,7 +135,15 @@ impl Node {
             settings,
             dispatcher,
         );
+        let drivers = Drivers::start(
+            inner.shared().clone(),
+            Proposer::new(inner.shared().clone()),
+            machine.clone(),
+            peers,
+            engine.watch_active(),
+        );
         Ok(Self {
+            drivers,
             engine,
             machine,
             inner,
@@ -126,6 +168,11 @@ impl Node {
     /// A proposer of scheduler commands on this node (effective while it leads).
     pub fn proposer(&self) -> Proposer {
         Proposer::new(self.inner.shared().clone())
+    }
+
+    /// What the driver of each remote reports on this node (empty unless it leads).
+    pub fn remote_statuses(&self) -> std::collections::BTreeMap<String, RemoteStatus> {
+        self.drivers.statuses()
     }
 
     /// The node's execution engine.
@@ -218,6 +265,7 @@ impl Node {
 
     /// Stops the node: its runs first, then Raft and the server.
     pub async fn shutdown(self) {
+        drop(self.drivers);
         drop(self.engine);
         self.inner.shutdown().await;
     }

@@ -1,4 +1,5 @@
-//! Generated protobuf and gRPC code of the workflow service.
+//! Generated protobuf and gRPC code of the workflow service, and of the protocol of calls
+//! between clusters (`remote`).
 
 #![allow(
     missing_docs,
@@ -9,3 +10,8 @@
 )]
 
 tonic::include_proto!("keel.workflows.v2");
+
+/// The protocol of calls between clusters, `keel.remote.v1` (`scheduler/REMOTE.md`).
+pub mod remote {
+    tonic::include_proto!("keel.remote.v1");
+}

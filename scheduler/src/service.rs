@@ -66,6 +66,7 @@ fn entry_info(
         EntryKind::Sleep { .. } => ("sleep", String::new()),
         EntryKind::Signal { name, .. } => ("signal", name.clone()),
         EntryKind::Call { child, .. } => ("call", child.clone()),
+        EntryKind::Remote { remote, kind, .. } => ("remote", format!("{remote}/{kind}")),
     };
     let state = &entry.state;
     let mut entry = pb::JournalEntry {
@@ -241,6 +242,13 @@ impl Workflows for WorkflowService {
         let request = request.into_inner();
         too_large("workflow input", request.input.len(), PAYLOAD_MAX_BYTES)?;
         too_large("workflow id", request.id.len(), NAME_MAX_BYTES)?;
+        if request.id.starts_with('@') {
+            // Checked here, not in apply: replaying old entries never depends on the rule.
+            return Err(rejected(&Rejection::Invalid {
+                what: "workflow id".to_owned(),
+                reason: "ids beginning with '@' name calls from other clusters".to_owned(),
+            }));
+        }
         self.declare_if_unknown(&request.kind).await?;
         let command = Command::Start {
             id: request.id,

@@ -66,7 +66,8 @@ pub struct Worker {
 
 /// The journal protocol this build speaks with the leader (see `Hello.protocol`): the rkyv
 /// layouts of tasks' journals, answers and entry states, whose values travel inline.
-pub const JOURNAL_PROTOCOL: u32 = 2;
+/// Version 3 added remote-call entries and commands.
+pub const JOURNAL_PROTOCOL: u32 = 3;
 
 /// A run's journal, through the leader's `Workers` service.
 #[derive(Debug, Clone)]

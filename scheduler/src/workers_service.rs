@@ -282,7 +282,7 @@ mod tests {
         assert!(
             refused
                 .message()
-                .contains("speaks journal protocol 0, this node 2"),
+                .contains("speaks journal protocol 0, this node 3"),
             "{}",
             refused.message()
         );

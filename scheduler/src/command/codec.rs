@@ -6,6 +6,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::remote::ArchivedRemoteOutcome;
 use super::{
     ArchivedCommand, ArchivedOutcome, ArchivedStamped, ArchivedStepRecord, Rejection, Stamped,
 };
@@ -52,39 +53,68 @@ fn outcome_bytes(outcome: &ArchivedOutcome) -> &[u8] {
     }
 }
 
+/// The bytes an archived remote outcome carries (none for a deadline).
+fn remote_outcome_bytes(outcome: &ArchivedRemoteOutcome) -> &[u8] {
+    match outcome {
+        ArchivedRemoteOutcome::Completed(value) => value.as_slice(),
+        ArchivedRemoteOutcome::Failed(message) | ArchivedRemoteOutcome::Cancelled(message) => {
+            message.as_bytes()
+        }
+        ArchivedRemoteOutcome::Deadline => &[],
+    }
+}
+
 /// Decodes the stamped command the state machine applies at Raft index `index`, with where
-/// its value lies in `bytes` (a [`ValueRef`] into them): the input of a start or a call, a
-/// step's final outcome, a finish's outcome, a signal's payload, a park's reason.
+/// its values lie in `bytes` (each a [`ValueRef`] into them), in the order the command holds
+/// them: the input of a start, a call or a remote call, a step's final outcome, a finish's
+/// outcome, a signal's payload, a park's reason; one per item of a `RemoteStart` (its input)
+/// and of a `RemoteComplete` (its value or message, empty for a deadline).
 ///
 /// # Errors
 /// [`Rejection::Malformed`] for bytes that do not validate.
 pub(crate) fn decode_recorded(
     bytes: &[u8],
     index: u64,
-) -> Result<(Stamped, Option<ValueRef>), Rejection> {
+) -> Result<(Stamped, Vec<ValueRef>), Rejection> {
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
     let archived = rkyv::access::<ArchivedStamped, rancor::Error>(&aligned)
         .map_err(|_| Rejection::Malformed)?;
-    let value: Option<&[u8]> = match &archived.command {
-        ArchivedCommand::Start { input, .. } | ArchivedCommand::Call { input, .. } => {
-            Some(input.as_slice())
-        }
+    let values: Vec<&[u8]> = match &archived.command {
+        ArchivedCommand::Start { input, .. }
+        | ArchivedCommand::Call { input, .. }
+        | ArchivedCommand::RemoteCall { input, .. } => vec![input.as_slice()],
         ArchivedCommand::Step {
             record: ArchivedStepRecord::Done(outcome),
             ..
         }
-        | ArchivedCommand::Finish { outcome, .. } => Some(outcome_bytes(outcome)),
-        ArchivedCommand::Signal { payload, .. } => Some(payload.as_slice()),
-        ArchivedCommand::Park { reason, .. } => Some(reason.as_bytes()),
-        _ => None,
+        | ArchivedCommand::Finish { outcome, .. } => vec![outcome_bytes(outcome)],
+        ArchivedCommand::Signal { payload, .. } => vec![payload.as_slice()],
+        ArchivedCommand::Park { reason, .. } => vec![reason.as_bytes()],
+        ArchivedCommand::RemoteStart { items, .. } => {
+            items.iter().map(|item| item.input.as_slice()).collect()
+        }
+        ArchivedCommand::RemoteComplete { completions, .. } => completions
+            .iter()
+            .map(|completion| remote_outcome_bytes(&completion.outcome))
+            .collect(),
+        _ => Vec::new(),
     };
-    let recorded = value.map(|value| ValueRef {
-        index,
-        offset: u32::try_from(value.as_ptr().addr() - aligned.as_ptr().addr())
-            .expect("a command is shorter than 4 GiB"),
-        len: u32::try_from(value.len()).expect("a value is shorter than 4 GiB"),
-    });
+    let recorded = values
+        .into_iter()
+        .map(|value| ValueRef {
+            index,
+            // An empty value (a deadline's) may lie outside the bytes: it is never read
+            // through its place, since empty values are held inline.
+            offset: if value.is_empty() {
+                0
+            } else {
+                u32::try_from(value.as_ptr().addr() - aligned.as_ptr().addr())
+                    .expect("a command is shorter than 4 GiB")
+            },
+            len: u32::try_from(value.len()).expect("a value is shorter than 4 GiB"),
+        })
+        .collect();
     let stamped =
         rkyv::deserialize::<Stamped, rancor::Error>(archived).map_err(|_| Rejection::Malformed)?;
     Ok((stamped, recorded))

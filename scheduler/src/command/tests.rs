@@ -77,9 +77,18 @@ fn decode_recorded_points_at_each_commands_value() {
             payload: value.clone(),
         },
         Command::Park {
-            workflow: w,
+            workflow: w.clone(),
             fence: 1,
             reason: text,
+        },
+        Command::RemoteCall {
+            workflow: w,
+            fence: 1,
+            seq: 3,
+            remote: "writers".into(),
+            kind: "draft".into(),
+            input: value.clone(),
+            deadline_after_ms: 1000,
         },
     ];
     for command in valued {
@@ -87,15 +96,73 @@ fn decode_recorded_points_at_each_commands_value() {
         let bytes = encode(&stamped);
         let (decoded, at) = decode_recorded(&bytes, 9).expect("decodes");
         assert_eq!(decoded, stamped);
-        let at = at.expect("a value");
-        assert_eq!(at.index, 9);
-        let start = at.offset as usize;
-        assert_eq!(
-            &bytes[start..start + at.len as usize],
-            value.as_slice(),
-            "{stamped:?}"
-        );
+        assert_eq!(values_at(&bytes, &at), [value.as_slice()], "{stamped:?}");
     }
+}
+
+/// The bytes each place in `at` points at, checking each is of index 9.
+fn values_at<'b>(bytes: &'b [u8], at: &[ValueRef]) -> Vec<&'b [u8]> {
+    at.iter()
+        .map(|at| {
+            assert_eq!(at.index, 9);
+            let start = at.offset as usize;
+            &bytes[start..start + at.len as usize]
+        })
+        .collect()
+}
+
+/// A command with a list of items has one place per item, in item order: a remote start's
+/// inputs, a remote completion's values and messages (an empty one for a deadline).
+#[test]
+fn decode_recorded_points_at_each_items_value_in_order() {
+    let item = |seq: u64, input: &[u8]| InboundStart {
+        seq,
+        call: CallId {
+            index: seq * 10,
+            workflow: "w".into(),
+            position: 0,
+        },
+        withdrawn: false,
+        kind: "k".into(),
+        input: input.to_vec(),
+        deadline_ms: 5,
+        refusal: None,
+    };
+    let start = Command::RemoteStart {
+        caller: "a.00".into(),
+        callee_index: 3,
+        items: vec![
+            item(1, b"first input"),
+            item(2, b""),
+            item(3, VALUE.as_bytes()),
+        ],
+        grace_ms: 1,
+        deadline_max_ms: 2,
+    };
+    let bytes = encode(&stamped(start));
+    let (_, at) = decode_recorded(&bytes, 9).expect("decodes");
+    let expected: [&[u8]; 3] = [b"first input", b"", VALUE.as_bytes()];
+    assert_eq!(values_at(&bytes, &at), expected);
+
+    let completion = |seq: u64, outcome: RemoteOutcome| Completion {
+        seq,
+        call: seq,
+        outcome,
+    };
+    let complete = Command::RemoteComplete {
+        remote: "writers".into(),
+        generation: 4,
+        completions: vec![
+            completion(1, RemoteOutcome::Completed(b"value".to_vec())),
+            completion(2, RemoteOutcome::Deadline),
+            completion(3, RemoteOutcome::Failed("it broke".into())),
+            completion(4, RemoteOutcome::Cancelled("stop".into())),
+        ],
+    };
+    let bytes = encode(&stamped(complete));
+    let (_, at) = decode_recorded(&bytes, 9).expect("decodes");
+    let expected: [&[u8]; 4] = [b"value", b"", b"it broke", b"stop"];
+    assert_eq!(values_at(&bytes, &at), expected);
 }
 
 /// Commands whose values the state does not keep carry no place.
@@ -114,7 +181,7 @@ fn decode_recorded_finds_no_value_in_commands_without_one() {
     ];
     for command in none {
         let (_, at) = decode_recorded(&encode(&stamped(command)), 9).expect("decodes");
-        assert_eq!(at, None);
+        assert_eq!(at, []);
     }
 }
 

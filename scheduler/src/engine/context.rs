@@ -167,6 +167,9 @@ impl Run {
     }
 }
 
+/// A remote call's deadline when it names none (REMOTE.md §12).
+pub const REMOTE_DEADLINE_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+
 const NOW_STEP: &str = "keel.now";
 const RANDOM_STEP: &str = "keel.random";
 
@@ -441,6 +444,71 @@ impl Context {
                 },
                 (seq, other) => Err(WorkflowError::Journal(format!(
                     "call {seq} resolved as {other:?}"
+                ))),
+            }
+        }
+    }
+
+    /// Calls a workflow of `kind` in the remote cluster `remote` (an alias of the nodes'
+    /// `[remotes]`) with [`REMOTE_DEADLINE_DEFAULT`]; see [`Context::call_remote_within`].
+    ///
+    /// # Errors
+    /// As [`Context::call_remote_within`].
+    pub fn call_remote(
+        &self,
+        remote: &str,
+        kind: &str,
+        input: Bytes,
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + use<> {
+        self.call_remote_within(remote, kind, input, REMOTE_DEADLINE_DEFAULT)
+    }
+
+    /// Calls a workflow of `kind` in the remote cluster `remote` and waits durably for its
+    /// outcome, for at most `deadline` (`scheduler/REMOTE.md`): the callee runs it at most
+    /// once — exactly once if the call reaches it in time — however often either cluster
+    /// fails over or the link between them is cut; at the deadline the call times out here
+    /// and is cancelled there.
+    ///
+    /// # Errors
+    /// [`WorkflowError::RemoteFailed`] when the callee's workflow failed or was cancelled,
+    /// or the callee refused the call; [`WorkflowError::RemoteTimedOut`] at the deadline;
+    /// the engine's errors otherwise.
+    pub fn call_remote_within(
+        &self,
+        remote: &str,
+        kind: &str,
+        input: Bytes,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<Bytes, WorkflowError>> + use<> {
+        let (remote, kind) = (remote.to_owned(), kind.to_owned());
+        let reserved = self.next(&EntryKind::Remote {
+            remote: remote.clone(),
+            kind: kind.clone(),
+            seq: 0,
+        });
+        let run = Arc::clone(&self.run);
+        async move {
+            let command = |seq| Command::RemoteCall {
+                workflow: run.workflow.clone(),
+                fence: run.fence,
+                seq,
+                remote: remote.clone(),
+                kind: kind.clone(),
+                input: input.to_vec(),
+                deadline_after_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            };
+            match run.resolved_entry(reserved, command).await? {
+                (_, EntryState::Done(outcome)) => match run.port.outcome(&outcome)? {
+                    Outcome::Ok(value) => Ok(Bytes::from(value)),
+                    Outcome::Err(error) => Err(WorkflowError::RemoteFailed {
+                        remote,
+                        kind,
+                        error,
+                    }),
+                },
+                (_, EntryState::TimedOut) => Err(WorkflowError::RemoteTimedOut { remote, kind }),
+                (seq, other) => Err(WorkflowError::Journal(format!(
+                    "remote call {seq} resolved as {other:?}"
                 ))),
             }
         }

@@ -29,6 +29,25 @@ pub enum WorkflowError {
         /// Its error.
         error: String,
     },
+    /// A workflow called in another cluster failed or was cancelled there, or that cluster
+    /// refused the call.
+    #[error("remote workflow {kind:?} in {remote} failed: {error}")]
+    RemoteFailed {
+        /// The remote's alias.
+        remote: String,
+        /// The kind called.
+        kind: String,
+        /// Its error.
+        error: String,
+    },
+    /// A call of a workflow in another cluster reached its deadline (it is cancelled there).
+    #[error("remote workflow {kind:?} in {remote} timed out")]
+    RemoteTimedOut {
+        /// The remote's alias.
+        remote: String,
+        /// The kind called.
+        kind: String,
+    },
     /// The code asks for another operation than the journal records.
     #[error("{0}")]
     NonDeterminism(String),

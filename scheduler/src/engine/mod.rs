@@ -174,6 +174,12 @@ impl Engine {
         self.inner.registry.declarations()
     }
 
+    /// Follows the term this node runs workflows in (0: it does not lead, or is taking
+    /// over): it leads, and has applied everything committed before its term.
+    pub fn watch_active(&self) -> watch::Receiver<u64> {
+        self.inner.active.subscribe()
+    }
+
     /// The term this node runs workflows in (`None`: it does not lead, or is taking over).
     pub fn active_term(&self) -> Option<u64> {
         let term = *self.inner.active.borrow();

@@ -1,5 +1,5 @@
-//! The scheduler snapshot's bytes: format 6 (magic, rkyv body, CRC32C) written and read,
-//! formats 5, 4, 3 and 2 migrated on read, format 1 refused; the checks a snapshot passes
+//! The scheduler snapshot's bytes: format 7 (magic, rkyv body, CRC32C) written and read,
+//! formats 6, 5, 4, 3 and 2 migrated on read, format 1 refused; the checks a snapshot passes
 //! before it is restored, and why one is refused ([`SnapshotError`]).
 
 use std::io;
@@ -10,6 +10,7 @@ use crate::command::{self, Rejection};
 use crate::state::format2::StateV2;
 use crate::state::format4::StateV4;
 use crate::state::format5::StateV5;
+use crate::state::format6::StateV6;
 use crate::state::{CronRefused, Inconsistency, SchedulerState};
 
 /// What a snapshot holds.
@@ -18,6 +19,13 @@ use crate::state::{CronRefused, Inconsistency, SchedulerState};
 pub(super) struct SnapshotBody {
     pub(super) state: SchedulerState,
     pub(super) digest: u64,
+}
+
+/// Format 6's body, read to migrate it.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+struct SnapshotBodyV6 {
+    state: StateV6,
+    digest: u64,
 }
 
 /// Format 5's body, read to migrate it.
@@ -42,13 +50,17 @@ struct SnapshotBodyV2 {
 }
 
 /// The scheduler snapshot's first bytes; a CRC32C of the rkyv bytes follows them at the end.
-/// Format 6 holds finished workflows packed ([`FinishedWorkflow`]: postcard bytes beside
-/// their status and finish time), running ones whole, and inputs, outcomes and signal
-/// payloads as [`Value`]s: by reference to the log entry that recorded them, or inline.
+/// Format 7 holds finished workflows packed ([`FinishedWorkflow`]: postcard bytes beside
+/// their status and finish time), running ones whole, inputs, outcomes and signal
+/// payloads as [`Value`]s (by reference to the log entry that recorded them, or inline),
+/// and both sides of calls between clusters ([`RemoteState`]).
 ///
 /// [`FinishedWorkflow`]: crate::state::FinishedWorkflow
 /// [`Value`]: crate::command::Value
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH6";
+/// [`RemoteState`]: crate::state::RemoteState
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH7";
+/// Format 6 (no calls between clusters): migrated on restore.
+const SNAPSHOT_MAGIC_V6: &[u8; 8] = b"KEELSCH6";
 /// Format 5 (every workflow whole in one map): migrated on restore.
 const SNAPSHOT_MAGIC_V5: &[u8; 8] = b"KEELSCH5";
 /// Format 4 (parked workflows; every value inline): migrated on restore.
@@ -119,13 +131,15 @@ impl SnapshotError {
     }
 }
 
-/// The body of a scheduler snapshot, checked: magic, checksum, archive (formats 5, 4, 3 and
-/// 2 migrated), consistency.
+/// The body of a scheduler snapshot, checked: magic, checksum, archive (formats 6, 5, 4, 3
+/// and 2 migrated), consistency.
 pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
     if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
         return Err(SnapshotError::Format1);
     }
     let (body, format) = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        (body, 7)
+    } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_V6) {
         (body, 6)
     } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_V5) {
         (body, 5)
@@ -148,7 +162,14 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotErro
     }
     let decode_failed = |_: Rejection| SnapshotError::Decode;
     let body = match format {
-        6 => command::decode::<SnapshotBody>(body).map_err(decode_failed)?,
+        7 => command::decode::<SnapshotBody>(body).map_err(decode_failed)?,
+        6 => {
+            let old = command::decode::<SnapshotBodyV6>(body).map_err(decode_failed)?;
+            SnapshotBody {
+                state: old.state.upgrade(),
+                digest: old.digest,
+            }
+        }
         5 => {
             let old = command::decode::<SnapshotBodyV5>(body).map_err(decode_failed)?;
             SnapshotBody {
@@ -286,11 +307,11 @@ mod tests {
     }
 
     /// Formats 3 and 4 share a layout (format 4 added a status value), every value inline:
-    /// both are migrated, their values held inline, and written again as format 6. The
+    /// both are migrated, their values held inline, and written again as format 7. The
     /// format 3 fixture was written by the build before parking existed (format 2's state,
     /// migrated); its format 4 twin is the same bytes under format 4's magic.
     #[test]
-    fn formats_3_and_4_are_migrated_with_their_values_inline_and_written_as_format_6() {
+    fn formats_3_and_4_are_migrated_with_their_values_inline_and_written_as_format_7() {
         let mut format4 = FORMAT3.to_vec();
         format4[..8].copy_from_slice(b"KEELSCH4");
         for old in [FORMAT3, format4.as_slice()] {
@@ -308,15 +329,15 @@ mod tests {
             );
             let mut bytes = Vec::new();
             machine.write_snapshot(&mut bytes).expect("snapshot");
-            assert!(bytes.starts_with(b"KEELSCH6"));
-            let again = decode_snapshot(&bytes).expect("format 6 reads back");
+            assert!(bytes.starts_with(b"KEELSCH7"));
+            let again = decode_snapshot(&bytes).expect("format 7 reads back");
             assert_eq!(again.state, migrated);
         }
     }
 
     /// Format 5 held every workflow whole: its finished workflow is packed on restore (and
     /// unpacks to what format 5 held, values by reference kept), its running one stays
-    /// whole, and the state is written again as format 6 and reads back equal.
+    /// whole, and the state is written again as format 7 and reads back equal.
     #[test]
     fn format_5_is_migrated_with_its_finished_workflows_packed() {
         use crate::command::{EntryState, StoredOutcome, Value, WorkflowStatus};
@@ -355,9 +376,128 @@ mod tests {
         assert_eq!(recorded, [2, 4, 5, 8]);
         let mut bytes = Vec::new();
         machine.write_snapshot(&mut bytes).expect("snapshot");
-        assert!(bytes.starts_with(b"KEELSCH6"));
-        let again = decode_snapshot(&bytes).expect("format 6 reads back");
+        assert!(bytes.starts_with(b"KEELSCH7"));
+        let again = decode_snapshot(&bytes).expect("format 7 reads back");
         assert_eq!(again.state, migrated);
+    }
+
+    /// The commands behind the format 6 fixture: every journal entry kind (a step with a
+    /// 40-byte result, a sleep that fired, a signal wait with a timeout pending, a call),
+    /// every timer target of format 6 (an entry, a named timer, a schedule), a fired named
+    /// timer and a finished workflow.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one command per line of the fixture's history"
+    )]
+    fn format6_fixture_commands() -> Vec<Command> {
+        use crate::command::{Outcome, Owner, StepRecord};
+        let w = || "w".to_owned();
+        vec![
+            Command::DeclareKinds {
+                kinds: vec![("k".into(), "1".into())],
+            },
+            Command::Start {
+                id: w(),
+                kind: "k".into(),
+                input: vec![7; 40],
+            },
+            Command::Claim {
+                workflow: w(),
+                owner: Owner::Worker { worker: 9 },
+            },
+            Command::Step {
+                workflow: w(),
+                fence: 3,
+                seq: 0,
+                name: "s".into(),
+                record: StepRecord::Done(Outcome::Ok(vec![1; 40])),
+            },
+            Command::Sleep {
+                workflow: w(),
+                fence: 3,
+                seq: 1,
+                due: Due::After { delay_ms: 1000 },
+            },
+            Command::FireTimers { ids: vec![1] },
+            Command::FireTimers { ids: vec![1] },
+            Command::WaitSignal {
+                workflow: w(),
+                fence: 3,
+                seq: 2,
+                signal: "go".into(),
+                timeout_ms: Some(60_000),
+            },
+            Command::Call {
+                workflow: w(),
+                fence: 3,
+                seq: 3,
+                kind: "k".into(),
+                input: vec![2; 3],
+            },
+            Command::ScheduleTimer {
+                name: "u".into(),
+                due: Due::At {
+                    at_ms: MIDNIGHT_MS + 3_600_000,
+                },
+                payload: vec![3],
+            },
+            Command::ScheduleTimer {
+                name: "f".into(),
+                due: Due::At { at_ms: MIDNIGHT_MS },
+                payload: vec![4],
+            },
+            Command::FireTimers { ids: vec![4] },
+            Command::RegisterSchedule {
+                name: "nightly".into(),
+                cron: "0 3 * * *".into(),
+                kind: "k".into(),
+                input: vec![],
+            },
+            Command::Start {
+                id: "done".into(),
+                kind: "k".into(),
+                input: vec![],
+            },
+            Command::Claim {
+                workflow: "done".into(),
+                owner: Owner::Leader { node: 1, term: 3 },
+            },
+            Command::Finish {
+                workflow: "done".into(),
+                fence: 15,
+                outcome: Outcome::Err("no".into()),
+            },
+        ]
+    }
+
+    /// Format 6, written by the build before remote calls (commit 7fad2da) from
+    /// [`format6_fixture_commands`] applied at indexes 1.. (the first five at midnight, the
+    /// rest two seconds later), is migrated to exactly the state this build reaches from the
+    /// same commands: the layouts of workflows and timers it shares with format 7 read the
+    /// same, and the state has no remote calls.
+    #[test]
+    fn format_6_is_migrated_to_the_state_the_same_commands_reach() {
+        const FORMAT6: &[u8] = include_bytes!("../../tests/fixtures/keelsch6.snap");
+        let mut migrated = SchedulerMachine::new();
+        migrated
+            .restore(&mut &FORMAT6[..])
+            .expect("a format 6 snapshot migrates");
+        let mut replayed = SchedulerMachine::new();
+        for (index, command) in (1..).zip(format6_fixture_commands()) {
+            let stamp_ms = if index <= 6 {
+                MIDNIGHT_MS
+            } else {
+                MIDNIGHT_MS + 2000
+            };
+            apply(&mut replayed, index, stamp_ms, command);
+        }
+        assert_eq!(*migrated.read(), *replayed.read());
+        assert_eq!(
+            migrated.read().timers().len(),
+            3,
+            "every target kind pending"
+        );
+        assert_eq!(migrated.read().remote().outgoing_streams().count(), 0);
     }
 
     /// A snapshot's image is the state when it was taken: commands applied after it (the
@@ -386,7 +526,7 @@ mod tests {
         assert!(written.state.workflow("later").is_none());
     }
 
-    /// A format 6 snapshot whose finished workflow's record is damaged (its checksum made
+    /// A format 7 snapshot whose finished workflow's record is damaged (its checksum made
     /// valid again, as a bug writing it would leave it) is refused as inconsistent, naming
     /// the workflow, rather than restored to panic on the first read.
     #[test]
@@ -454,7 +594,7 @@ mod tests {
         machine.write_snapshot(&mut again).expect("snapshot");
         assert!(again.starts_with(SNAPSHOT_MAGIC));
         let mut restored = SchedulerMachine::new();
-        restored.restore(&mut again.as_slice()).expect("format 6");
+        restored.restore(&mut again.as_slice()).expect("format 7");
         assert_eq!(*restored.read(), *machine.read());
     }
 

@@ -25,7 +25,10 @@
 //! - the name index and named timers point at each other, and a name is pending or fired,
 //!   not both (`schedule_timer` and `named_timer` `expect` the indexed timer);
 //! - each schedule holds exactly one pending timer that fires it, and each schedule timer's
-//!   schedule holds it (`fire_schedule` `expect`s the schedule).
+//!   schedule holds it (`fire_schedule` `expect`s the schedule);
+//! - calls between clusters: the invariants C1–C3 and E1–E3 of `scheduler/REMOTE.md`, in
+//!   `remote::consistency` (the caller's and callee's commands `expect` the items, records,
+//!   workflows and timers they name).
 
 use super::{EntryKind, EntryState, SchedulerState, TimerTarget, Unpackable, Workflow};
 
@@ -206,6 +209,9 @@ pub enum Inconsistency {
     /// No timer id is left to hand out.
     #[error("timer ids are exhausted")]
     TimerIdsExhausted,
+    /// A call between clusters whose parts do not agree.
+    #[error(transparent)]
+    Remote(#[from] super::remote::RemoteInconsistency),
 }
 
 impl SchedulerState {
@@ -265,6 +271,7 @@ impl SchedulerState {
                 });
             }
         }
+        self.check_remote()?;
         for (name, schedule) in &self.schedules {
             let fires_it = self.timers.get(schedule.timer).is_some_and(
                 |t| matches!(&t.target, TimerTarget::Schedule { name: n } if n == name),
@@ -324,7 +331,10 @@ impl SchedulerState {
     fn check_entries(&self, id: &str, workflow: &Workflow) -> Result<(), Inconsistency> {
         for (seq, entry) in (0u32..).zip(&workflow.journal) {
             if entry.state == EntryState::TimedOut
-                && !matches!(entry.kind, EntryKind::Signal { .. })
+                && !matches!(
+                    entry.kind,
+                    EntryKind::Signal { .. } | EntryKind::Remote { .. }
+                )
             {
                 return Err(Inconsistency::TimedOut {
                     workflow: id.to_owned(),
@@ -364,6 +374,11 @@ impl SchedulerState {
                         });
                     }
                 }
+                EntryKind::Remote {
+                    remote, seq: call, ..
+                } => {
+                    self.check_remote_entry(id, seq, remote, *call)?;
+                }
                 EntryKind::Step { .. } | EntryKind::Signal { timer: None, .. } => {}
             }
         }
@@ -392,6 +407,20 @@ impl SchedulerState {
         Ok(())
     }
 
+    /// Whether entry `seq` of running workflow `workflow` is a pending sleep or signal wait
+    /// holding timer `id`.
+    fn entry_holds(&self, workflow: &str, seq: u32, id: u64) -> bool {
+        self.workflows
+            .get(workflow)
+            .and_then(|w| w.journal.get(seq as usize))
+            .is_some_and(|entry| {
+                matches!(entry.state, EntryState::Pending { .. })
+                    && matches!(entry.kind,
+                        EntryKind::Sleep { timer } | EntryKind::Signal { timer: Some(timer), .. }
+                        if timer == id)
+            })
+    }
+
     /// Each pending timer's target holds it.
     fn check_timer_targets(&self) -> Result<(), Inconsistency> {
         for (_, id) in self.timers.in_due_order() {
@@ -400,20 +429,14 @@ impl SchedulerState {
                 .get(id)
                 .expect("the due index was checked against the timers");
             let holds_it = match &timer.target {
-                TimerTarget::Entry { workflow, seq } => self
-                    .workflows
-                    .get(workflow)
-                    .and_then(|w| w.journal.get(*seq as usize))
-                    .is_some_and(|entry| {
-                        matches!(entry.state, EntryState::Pending { .. })
-                            && matches!(entry.kind,
-                                EntryKind::Sleep { timer } | EntryKind::Signal { timer: Some(timer), .. }
-                                if timer == id)
-                    }),
+                TimerTarget::Entry { workflow, seq } => {
+                    self.entry_holds(workflow, *seq, id) || self.holds_deadline(workflow, *seq, id)
+                }
                 TimerTarget::Named { name, .. } => self.named.get(name) == Some(&id),
                 TimerTarget::Schedule { name } => {
                     self.schedules.get(name).is_some_and(|s| s.timer == id)
                 }
+                TimerTarget::Inbound { record, forget } => self.inbound_holds(record, *forget, id),
             };
             if holds_it {
                 continue;
@@ -432,6 +455,12 @@ impl SchedulerState {
                     timer: id,
                     schedule: name.clone(),
                 },
+                TimerTarget::Inbound { record, .. } => {
+                    Inconsistency::Remote(super::remote::RemoteInconsistency::new(
+                        record,
+                        format!("timer {id} is not held by its record"),
+                    ))
+                }
             });
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! `FireTimers`: fires each due timer once, never before its due time by the fire's stamp,
-//! and resolves what it was for: a sleep, a signal wait's timeout, a named timer (recording
-//! its fire), or a schedule's occurrence.
+//! and resolves what it was for: a sleep, a signal wait's timeout, a remote call's deadline,
+//! a named timer (recording its fire), a schedule's occurrence, or an inbound remote call's
+//! deadline or forget time.
 
 use super::{Apply, Effect, EntryKind, FireRecord, SchedulerState, Timer, TimerTarget};
 use crate::command::{Answer, EntryState, StoredOutcome, Value};
@@ -48,12 +49,17 @@ impl SchedulerState {
                         *timer = None;
                         entry.state = EntryState::TimedOut;
                     }
+                    EntryKind::Remote { .. } => {
+                        self.remote_deadline(apply, &workflow, seq);
+                        return;
+                    }
                     EntryKind::Step { .. } | EntryKind::Call { .. } => {
-                        unreachable!("only sleeps and signal waits hold timers")
+                        unreachable!("only sleeps, signal waits and remote calls hold timers")
                     }
                 }
                 apply.effects.push(Effect::Changed { workflow });
             }
+            TimerTarget::Inbound { record, forget } => self.inbound_timer(apply, &record, forget),
             TimerTarget::Named { name, payload } => {
                 self.named.remove(&name);
                 let record = FireRecord {

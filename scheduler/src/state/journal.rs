@@ -236,7 +236,7 @@ impl SchedulerState {
 
 /// The existing entry `seq` of `workflow` if it is the operation `kind`; `None` when `seq` is
 /// the next entry.
-fn existing_entry<'w>(
+pub(super) fn existing_entry<'w>(
     workflow: &'w mut Workflow,
     seq: u32,
     kind: &EntryKind,

@@ -125,9 +125,10 @@ impl SchedulerState {
         Ok(Answer::Done)
     }
 
-    /// Ends the running workflow `id`: cancels its timers and its running children, packs
-    /// it, and resolves its parent's entry.
-    fn end(
+    /// Ends the running workflow `id`: cancels its timers, its running children and its
+    /// remote calls, packs it, resolves its parent's entry, and completes the inbound call
+    /// it runs.
+    pub(in crate::state) fn end(
         &mut self,
         apply: &mut Apply<'_>,
         id: &str,
@@ -141,9 +142,16 @@ impl SchedulerState {
         workflow.finished_ms = Some(apply.stamp_ms);
         let timers: Vec<u64> = workflow.pending_timers().collect();
         let children: Vec<String> = workflow.pending_children().map(str::to_owned).collect();
+        let remote_calls: Vec<(String, u64)> = workflow
+            .pending_remote_calls()
+            .map(|(remote, seq)| (remote.to_owned(), seq))
+            .collect();
         let parent = workflow.parent.clone();
         for timer in timers {
             self.remove_timer(apply, timer);
+        }
+        for (remote, seq) in remote_calls {
+            self.abandon(apply, &remote, seq, &format!("its workflow {id} ended"));
         }
         // A child never outlives its parent: its result would have nowhere to go, and its
         // id must be free when the parent's id is reused after expiry.
@@ -158,6 +166,7 @@ impl SchedulerState {
                 );
             }
         }
+        self.inbound_ended(apply, id, status, &outcome);
         self.retire(id);
         apply.effects.push(Effect::Finished {
             workflow: id.to_owned(),

@@ -29,9 +29,11 @@ mod fire;
 pub(crate) mod format2;
 pub(crate) mod format4;
 pub(crate) mod format5;
+pub(crate) mod format6;
 mod journal;
 mod lifecycle;
 mod named;
+pub(crate) mod remote;
 mod schedules;
 mod timers;
 mod workflow;
@@ -48,6 +50,10 @@ pub use self::consistency::Inconsistency;
 pub use self::cron::{CronSpec, DayRule, Schedule};
 pub use self::finished::{FinishedWorkflow, Unpackable};
 pub use self::format2::CronRefused;
+pub use self::remote::{
+    Binding, InOutcome, InRecord, InState, Incoming, OutItem, OutState, Outgoing,
+    RemoteInconsistency, RemoteState, inbound_name, parse_inbound_name,
+};
 pub use self::timers::{Timer, TimerQueue, TimerTarget};
 pub use self::workflow::{EntryKind, JournalEntry, Workflow};
 use crate::command::{
@@ -125,6 +131,9 @@ pub enum Effect {
         /// The fire's record.
         record: FireRecord,
     },
+    /// Something a remote-call driver delivers changed: an outbox item, a binding, an
+    /// inbound record's completion.
+    RemoteChanged,
 }
 
 /// The largest state whose consistency a debug build checks after every command. The check
@@ -152,6 +161,8 @@ pub struct SchedulerState {
     /// The highest index of a command applied to this state: every fence and fire record
     /// is at most this (a restored snapshot is checked against it).
     applied_index: u64,
+    /// Calls between clusters, both sides.
+    remote: RemoteState,
 }
 
 /// The command being applied: where, when, where its value lies, and the effects it
@@ -160,8 +171,9 @@ struct Apply<'a> {
     at: AppliedAt,
     stamp_ms: u64,
     mono: Option<MonoStamp>,
-    /// Where the command's value (see `command::decode_recorded`) lies in its bytes.
-    recorded: Option<ValueRef>,
+    /// Where the command's values (see `command::decode_recorded`) lie in its bytes, in
+    /// order; empty when they are to be held inline.
+    recorded: Vec<ValueRef>,
     effects: &'a mut Vec<Effect>,
 }
 
@@ -173,8 +185,17 @@ impl Apply<'_> {
     /// # Panics
     /// If the place known is not `bytes` long (the caller passed another field).
     fn value(&self, bytes: Vec<u8>) -> Value {
-        match self.recorded {
-            Some(at) if bytes.len() > INLINE_MAX_BYTES => {
+        self.value_at(0, bytes)
+    }
+
+    /// Value `position` of the command (see [`Apply::value`]): the item's own value field of
+    /// item `position` of a command with a list.
+    ///
+    /// # Panics
+    /// If the place known is not `bytes` long (the caller passed another field).
+    fn value_at(&self, position: usize, bytes: Vec<u8>) -> Value {
+        match self.recorded.get(position) {
+            Some(&at) if bytes.len() > INLINE_MAX_BYTES => {
                 assert_eq!(at.len as usize, bytes.len(), "the command's own value");
                 Value::Recorded(at)
             }
@@ -244,16 +265,16 @@ impl SchedulerState {
     /// Applies `stamped`, committed at `at`, holding its value inline; returns the answer
     /// and pushes the effects.
     pub fn apply(&mut self, at: AppliedAt, stamped: Stamped, effects: &mut Vec<Effect>) -> Answer {
-        self.apply_recorded(at, stamped, None, effects)
+        self.apply_recorded(at, stamped, Vec::new(), effects)
     }
 
-    /// Applies `stamped`, committed at `at`, whose value lies at `recorded` in the command's
-    /// bytes (from `command::decode_recorded`): the state holds it by reference.
+    /// Applies `stamped`, committed at `at`, whose values lie at `recorded` in the command's
+    /// bytes (from `command::decode_recorded`): the state holds them by reference.
     pub fn apply_recorded(
         &mut self,
         at: AppliedAt,
         stamped: Stamped,
-        recorded: Option<ValueRef>,
+        recorded: Vec<ValueRef>,
         effects: &mut Vec<Effect>,
     ) -> Answer {
         self.applied_index = self.applied_index.max(at.index);
@@ -330,6 +351,76 @@ impl SchedulerState {
                 fence,
                 reason,
             } => self.park(apply, &workflow, fence, reason),
+            remote => self.dispatch_remote(apply, remote),
+        }
+    }
+
+    fn dispatch_remote(
+        &mut self,
+        apply: &mut Apply<'_>,
+        command: Command,
+    ) -> Result<Answer, Rejection> {
+        match command {
+            Command::RemoteCall {
+                workflow,
+                fence,
+                seq,
+                remote,
+                kind,
+                input,
+                deadline_after_ms,
+            } => self.remote_call(
+                apply,
+                remote::CallRequest {
+                    workflow,
+                    fence,
+                    position: seq,
+                    remote,
+                    kind,
+                    input,
+                    deadline_after_ms,
+                },
+            ),
+            Command::RemoteBind { remote, callee } => self.remote_bind(apply, remote, callee),
+            Command::RemoteStartsAcked {
+                remote,
+                generation,
+                watermark,
+                results,
+            } => Ok(self.remote_starts_acked(apply, &remote, generation, watermark, results)),
+            Command::RemoteComplete {
+                remote,
+                generation,
+                completions,
+            } => Ok(self.remote_complete(apply, &remote, generation, completions)),
+            Command::RemoteCancelsAcked {
+                remote,
+                generation,
+                results,
+            } => Ok(self.remote_cancels_acked(apply, &remote, generation, results)),
+            Command::RemoteStart {
+                caller,
+                callee_index,
+                items,
+                grace_ms,
+                deadline_max_ms,
+            } => self.remote_start(
+                apply,
+                &caller,
+                items,
+                &remote::TakeRules {
+                    callee_index,
+                    grace_ms,
+                    deadline_max_ms,
+                },
+            ),
+            Command::RemoteCompletionsAcked { caller, acks } => {
+                Ok(self.remote_completions_acked(apply, &caller, &acks))
+            }
+            Command::RemoteCancel { caller, items } => {
+                Ok(self.remote_cancel(apply, &caller, items))
+            }
+            other => unreachable!("not a remote command: {other:?}"),
         }
     }
 
@@ -535,11 +626,18 @@ impl SchedulerState {
         for finished in self.finished.values() {
             values.extend(finished.unpack().recorded_values());
         }
+        values.extend(self.remote.recorded_values());
         values
     }
 
-    /// The state holding `workflows` (finished ones packed) and the rest as given: how a
-    /// migrated snapshot's state, which held every workflow whole, is laid out now. A
+    /// Calls between clusters, both sides.
+    pub fn remote(&self) -> &RemoteState {
+        &self.remote
+    }
+
+    /// The state holding `workflows` (finished ones packed), the rest as given and no remote
+    /// calls: how a migrated snapshot's state, which held every workflow whole, is laid out
+    /// now. A
     /// finished workflow without its end stamp (an inconsistent old snapshot) is left
     /// whole, for the consistency check to refuse as misplaced rather than packing it.
     pub(crate) fn assemble(
@@ -566,6 +664,7 @@ impl SchedulerState {
             schedules,
             kinds,
             applied_index,
+            remote: RemoteState::default(),
         }
     }
 }

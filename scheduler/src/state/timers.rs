@@ -30,6 +30,13 @@ pub enum TimerTarget {
         /// The schedule's name.
         name: String,
     },
+    /// An inbound remote call's record: its deadline, or its forget time.
+    Inbound {
+        /// The record's name (see `remote::inbound_name`).
+        record: String,
+        /// Whether it forgets the record (else it is the call's deadline).
+        forget: bool,
+    },
 }
 
 /// A pending timer.

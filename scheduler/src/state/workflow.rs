@@ -47,6 +47,15 @@ pub enum EntryKind {
         /// The child's kind.
         kind: String,
     },
+    /// A call of a workflow in another cluster.
+    Remote {
+        /// The remote's alias.
+        remote: String,
+        /// The kind called there.
+        kind: String,
+        /// The call's seq in the stream to that remote.
+        seq: u64,
+    },
 }
 
 impl EntryKind {
@@ -56,6 +65,14 @@ impl EntryKind {
             (Self::Step { name: a }, Self::Step { name: b })
             | (Self::Signal { name: a, .. }, Self::Signal { name: b, .. })
             | (Self::Call { kind: a, .. }, Self::Call { kind: b, .. }) => a == b,
+            (
+                Self::Remote {
+                    remote: r, kind: k, ..
+                },
+                Self::Remote {
+                    remote: s, kind: l, ..
+                },
+            ) => r == s && k == l,
             (Self::Sleep { .. }, Self::Sleep { .. }) => true,
             _ => false,
         }
@@ -68,6 +85,9 @@ impl EntryKind {
             Self::Sleep { .. } => "a sleep".to_owned(),
             Self::Signal { name, .. } => format!("a wait for signal {name:?}"),
             Self::Call { kind, .. } => format!("a call of a {kind:?} workflow"),
+            Self::Remote { remote, kind, .. } => {
+                format!("a remote call of a {kind:?} workflow in {remote:?}")
+            }
         }
     }
 }
@@ -208,6 +228,18 @@ impl Workflow {
             .chain(entries)
             .chain(self.signals.values().flatten())
             .filter_map(Value::recorded)
+    }
+
+    /// Remote calls unresolved (their pending entries): `(remote, seq)`.
+    pub fn pending_remote_calls(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.journal
+            .iter()
+            .filter_map(|entry| match (&entry.kind, &entry.state) {
+                (EntryKind::Remote { remote, seq, .. }, EntryState::Pending { .. }) => {
+                    Some((remote.as_str(), *seq))
+                }
+                _ => None,
+            })
     }
 
     /// Children still running (their pending call entries).

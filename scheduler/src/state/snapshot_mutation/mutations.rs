@@ -221,6 +221,7 @@ pub(super) fn mutate(state: &mut SchedulerState, mutation: &Mutation) {
                 match &mut workflow.journal[seq].kind {
                     EntryKind::Sleep { timer } => *timer = new,
                     EntryKind::Signal { timer, .. } => *timer = Some(new),
+                    EntryKind::Remote { seq, .. } => *seq = new,
                     EntryKind::Step { .. } | EntryKind::Call { .. } => {}
                 }
             }

@@ -1,0 +1,284 @@
+//! Two three-node clusters in this process, `research` calling `writing` through
+//! `ctx.call_remote` (`scheduler/REMOTE.md`): calls complete with the callee's result, each
+//! call starts one callee workflow, both leaders can be stopped mid-call, a deadline times
+//! the call out here and cancels it there, and callee-side ids are reserved.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_raft::client::KeelClient;
+use keel_raft::node::NodeConfig;
+use keel_scheduler::Node;
+use keel_scheduler::client::{WorkflowClient, WorkflowInfo};
+use keel_scheduler::engine::EngineSettings;
+use keel_scheduler::engine::context::{Context, WorkflowError};
+use keel_scheduler::engine::registry::Registry;
+use keel_scheduler::peer::{PeerSettings, RemoteCallSettings, RemoteConfig};
+
+/// The callee's kind: waits for signal "go" when its input says so, then answers.
+async fn draft(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let topic = String::from_utf8_lossy(&input).into_owned();
+    if topic.starts_with("wait") {
+        ctx.wait_signal("go", None).await?;
+    }
+    let text = ctx
+        .step("write", |_| {
+            let topic = topic.clone();
+            async move { Ok::<_, std::convert::Infallible>(Bytes::from(format!("draft of {topic}"))) }
+        })
+        .await?;
+    Ok(text)
+}
+
+/// The caller's kind: one remote call, its deadline in ms the input's first word if any.
+async fn research(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let text = String::from_utf8_lossy(&input).into_owned();
+    let deadline = text
+        .split_whitespace()
+        .next()
+        .and_then(|word| word.parse::<u64>().ok())
+        .map_or(Duration::from_secs(3600), Duration::from_millis);
+    let topic = text
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    match ctx
+        .call_remote_within("writers", "draft", Bytes::from(topic), deadline)
+        .await
+    {
+        Ok(draft) => Ok(draft),
+        Err(WorkflowError::RemoteTimedOut { .. }) => Ok(Bytes::from_static(b"timed out")),
+        Err(error) => Err(error),
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Option<Node>>,
+    addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn calls() -> RemoteCallSettings {
+    RemoteCallSettings {
+        backoff_first_ms: 20,
+        backoff_max_ms: 500,
+        kinds_settle_ms: 500,
+        get_wait_ms: 2_000,
+        ..RemoteCallSettings::default()
+    }
+}
+
+async fn start_cluster(name: &str, registry: fn() -> Registry, peers: &PeerSettings) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3 {
+        let mut config = NodeConfig::new(
+            id,
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.path().join(format!("node-{id}")),
+        );
+        name.clone_into(&mut config.cluster);
+        config.segment_size_bytes = 8 << 20;
+        let node =
+            Node::start_with_peers(config, registry(), EngineSettings::default(), peers.clone())
+                .await
+                .expect("node");
+        members.insert(id, node.addr().to_string());
+        nodes.push(Some(node));
+    }
+    let addrs: Vec<String> = members.values().cloned().collect();
+    KeelClient::new(&addrs)
+        .expect("client")
+        .init(&members)
+        .await
+        .expect("init");
+    Cluster {
+        nodes,
+        addrs,
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    fn client(&self) -> WorkflowClient {
+        WorkflowClient::new(&self.addrs).expect("client")
+    }
+
+    /// Stops the node that runs workflows (waiting for one to), returns its index.
+    async fn stop_leader(&mut self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leading = self.nodes.iter().position(|node| {
+                node.as_ref()
+                    .is_some_and(|n| n.engine().active_term().is_some())
+            });
+            if let Some(index) = leading {
+                let node = self.nodes[index].take().expect("running");
+                node.shutdown().await;
+                return index;
+            }
+            assert!(Instant::now() < deadline, "no node runs workflows");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The callee-side workflows (`@…`) as the leader's state holds them.
+    async fn inbound(&self) -> Vec<WorkflowInfo> {
+        let mut client = self.client();
+        let all = client.list(None, None, None, 10_000).await.expect("list");
+        all.into_iter().filter(|w| w.id.starts_with('@')).collect()
+    }
+}
+
+async fn wait_finished(client: &mut WorkflowClient, id: &str) -> WorkflowInfo {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(info) = client.get_after(id, Duration::from_secs(5), false).await
+            && info.status != "running"
+        {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "{id} did not finish");
+    }
+}
+
+async fn wait_until<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, mut done: F) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn writing_registry() -> Registry {
+    Registry::new().register("draft", "v1", draft)
+}
+
+fn research_registry() -> Registry {
+    Registry::new().register("research", "v1", research)
+}
+
+/// Both clusters: `writing` exposes `draft` to `research`, which calls it as `writers`.
+async fn start_pair() -> (Cluster, Cluster) {
+    let writing_peers = PeerSettings {
+        remotes: BTreeMap::from([(
+            "research".to_owned(),
+            RemoteConfig {
+                expose: vec!["draft".into()],
+                ..RemoteConfig::default()
+            },
+        )]),
+        calls: calls(),
+    };
+    let writing = start_cluster("writing", writing_registry, &writing_peers).await;
+    let research_peers = PeerSettings {
+        remotes: BTreeMap::from([(
+            "writers".to_owned(),
+            RemoteConfig {
+                cluster: Some("writing".into()),
+                addresses: writing.addrs.clone(),
+                expose: Vec::new(),
+            },
+        )]),
+        calls: calls(),
+    };
+    let research = start_cluster("research", research_registry, &research_peers).await;
+    (research, writing)
+}
+
+async fn start_research(research: &Cluster, ids: &[String], input: &str) {
+    let client = research.client();
+    for id in ids {
+        wait_until("the research kind is declared", || {
+            let mut client = client.clone();
+            let id = id.clone();
+            let input = input.to_owned();
+            async move {
+                client
+                    .start(&id, "research", Bytes::from(input))
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+    }
+}
+
+/// Calls complete with the callee's result, and each call started exactly one callee
+/// workflow, which completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_calls_complete_with_the_callees_result_once_each() {
+    let (research, writing) = start_pair().await;
+    let ids: Vec<String> = (0..5).map(|n| format!("r{n}")).collect();
+    start_research(&research, &ids, "topic").await;
+    let mut client = research.client();
+    for id in &ids {
+        let info = wait_finished(&mut client, id).await;
+        assert_eq!(info.status, "completed", "{info:?}");
+        assert_eq!(info.result.as_ref(), b"draft of topic");
+    }
+    let inbound = writing.inbound().await;
+    assert_eq!(inbound.len(), ids.len(), "one callee workflow per call");
+    assert!(inbound.iter().all(|w| w.status == "completed"));
+
+    // Ids of callee workflows are reserved: a client cannot start one.
+    let error = writing
+        .client()
+        .start("@research.00.1.1", "draft", Bytes::new())
+        .await
+        .expect_err("reserved");
+    assert!(error.to_string().contains("'@'"), "{error}");
+}
+
+/// The leader of each cluster stops while calls are in flight (taken by the callee, its
+/// workflows waiting): the new leaders re-drive them, and every call completes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_both_leaders_stopping_mid_call() {
+    let (mut research, mut writing) = start_pair().await;
+    let ids: Vec<String> = (0..4).map(|n| format!("f{n}")).collect();
+    start_research(&research, &ids, "wait").await;
+    wait_until("the callee took every call", || {
+        let writing = &writing;
+        async move { writing.inbound().await.len() == 4 }
+    })
+    .await;
+    research.stop_leader().await;
+    writing.stop_leader().await;
+    for workflow in writing.inbound().await {
+        wait_until("the signal is delivered", || {
+            let mut client = writing.client();
+            let id = workflow.id.clone();
+            async move { client.signal(&id, "go", Bytes::new()).await.is_ok() }
+        })
+        .await;
+    }
+    let mut client = research.client();
+    for id in &ids {
+        let info = wait_finished(&mut client, id).await;
+        assert_eq!(info.result.as_ref(), b"draft of wait", "{info:?}");
+    }
+    let inbound = writing.inbound().await;
+    assert_eq!(inbound.len(), 4, "no call started twice: {inbound:?}");
+}
+
+/// A call whose deadline passes while the callee's workflow waits times out at the caller,
+/// and the callee's workflow is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_times_the_call_out_and_cancels_the_callee() {
+    let (research, writing) = start_pair().await;
+    start_research(&research, &["d".to_owned()], "1500 wait").await;
+    let mut client = research.client();
+    let info = wait_finished(&mut client, "d").await;
+    assert_eq!(info.result.as_ref(), b"timed out", "{info:?}");
+    wait_until("the callee's workflow is cancelled", || {
+        let writing = &writing;
+        async move {
+            let inbound = writing.inbound().await;
+            inbound.len() == 1 && inbound[0].status == "cancelled"
+        }
+    })
+    .await;
+}
