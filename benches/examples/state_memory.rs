@@ -50,7 +50,7 @@ impl Driver {
                 mono: None,
                 command,
             },
-            recorded,
+            recorded.into_iter().collect(),
             &mut effects,
         );
     }

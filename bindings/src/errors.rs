@@ -65,6 +65,22 @@ pub(crate) fn workflow_error(py: Python<'_>, error: &WorkflowError) -> Option<Py
             format!("child workflow {child} failed"),
             Some(error.clone()),
         ),
+        WorkflowError::RemoteFailed {
+            remote,
+            kind,
+            error,
+        } => keel_error(
+            py,
+            "WorkflowFailed",
+            format!("remote workflow {kind} in {remote} failed"),
+            Some(error.clone()),
+        ),
+        WorkflowError::RemoteTimedOut { remote, kind } => keel_error(
+            py,
+            "Timeout",
+            format!("remote workflow {kind} in {remote} timed out"),
+            None,
+        ),
         WorkflowError::Failed(message) => keel_error(py, "KeelError", message.clone(), None),
         WorkflowError::NonDeterminism(_)
         | WorkflowError::Superseded
