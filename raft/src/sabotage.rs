@@ -46,6 +46,10 @@ pub enum Fault {
     /// Relocation leaves out the newest live value of each range it moves out of the log:
     /// the state still references it, its log entry is purged, and reading it back fails.
     DroppedValues,
+    /// A callee deduplicates calls from other clusters by the records it holds, as a
+    /// time-window table would, not by the stream's watermark: a start whose record was
+    /// forgotten (acknowledged, or past its deadline and grace) is started again.
+    WindowDedup,
 }
 
 /// The fault this process runs with, if any.
@@ -62,6 +66,7 @@ pub fn fault() -> Option<Fault> {
         Ok("unordered-answers") => Some(Fault::UnorderedAnswers),
         Ok("unfenced-runs") => Some(Fault::UnfencedRuns),
         Ok("dropped-values") => Some(Fault::DroppedValues),
+        Ok("window-dedup") => Some(Fault::WindowDedup),
         _ => None,
     })
 }

@@ -166,6 +166,44 @@ async fn call_sleep(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> 
     )))
 }
 
+/// `echo`: returns its input (the trivial call of the remote-call benchmark).
+async fn echo(_ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    Ok(input)
+}
+
+/// `call-echo`: calls an `echo` child with its input: the local counterpart of a remote
+/// call of `echo`.
+async fn call_echo(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    ctx.call("echo", input).await
+}
+
+/// `call-remote`: calls a workflow in another cluster. Input: `<remote> <kind> <deadline ms>
+/// <input…>`; returns `remote: <its result>`, or `timed out` when the deadline passed
+/// first.
+async fn call_remote(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let text = text(&input)?;
+    let mut words = text.splitn(4, ' ');
+    let (Some(remote), Some(kind), Some(deadline)) = (words.next(), words.next(), words.next())
+    else {
+        return Err(WorkflowError::failed(
+            "the input is not `<remote> <kind> <deadline ms> <input…>`",
+        ));
+    };
+    let deadline = number(&Bytes::from(deadline.to_owned()))?;
+    let argument = Bytes::from(words.next().unwrap_or_default().to_owned());
+    match ctx
+        .call_remote_within(remote, kind, argument, Duration::from_millis(deadline))
+        .await
+    {
+        Ok(result) => Ok(Bytes::from(format!(
+            "remote: {}",
+            String::from_utf8_lossy(&result)
+        ))),
+        Err(WorkflowError::RemoteTimedOut { .. }) => Ok(Bytes::from_static(b"timed out")),
+        Err(error) => Err(error),
+    }
+}
+
 /// `flaky`: a step that fails its first attempts (as many as the input says) and then
 /// succeeds; returns the attempt that succeeded.
 async fn flaky(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
@@ -197,4 +235,7 @@ pub fn registry() -> Registry {
         .register("call-sleep", VERSION, call_sleep)
         .register("slow-step", VERSION, slow_step)
         .register("flaky", VERSION, flaky)
+        .register("echo", VERSION, echo)
+        .register("call-echo", VERSION, call_echo)
+        .register("call-remote", VERSION, call_remote)
 }

@@ -45,7 +45,7 @@
 //! 2 = "127.0.0.1:7202"
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +59,7 @@ use serde::Deserialize;
 
 use crate::engine::EngineSettings;
 use crate::error::{Error, Result};
+use crate::peer::{PeerSettings, RemoteCallSettings, RemoteConfig};
 
 /// The configuration file's shape.
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +116,12 @@ pub struct ConfigFile {
     pub tls: Option<TlsFiles>,
     /// Authentication (relative paths are relative to the file).
     pub auth: Option<AuthSettings>,
+    /// Remote clusters this one calls or is called by, by alias (`scheduler/REMOTE.md`).
+    #[serde(default)]
+    pub remotes: BTreeMap<String, RemoteConfig>,
+    /// This cluster's settings as caller and callee of remote calls.
+    #[serde(default)]
+    pub remote_calls: RemoteCallSettings,
 }
 
 fn default_sessions_max() -> u64 {
@@ -132,6 +139,8 @@ pub struct NodeSettings {
     pub engine: EngineSettings,
     /// Whether the node runs the built-in workflow kinds itself.
     pub run_workflows: bool,
+    /// Remote clusters and the settings of calls between clusters.
+    pub peers: PeerSettings,
 }
 
 impl NodeSettings {
@@ -151,6 +160,21 @@ impl NodeSettings {
                 .worker_threads(threads)
                 .enable_all()
                 .build(),
+        }
+    }
+}
+
+impl SchedulerSettings {
+    fn engine(&self) -> EngineSettings {
+        let retention = Duration::from_millis(self.retention_ms);
+        let defaults = EngineSettings::default();
+        EngineSettings {
+            max_clock_skew: Duration::from_millis(self.max_clock_skew_ms),
+            retention,
+            // Often enough that a finished workflow outlives its retention by at most a
+            // quarter of it (and at most the default's minute).
+            expire_every: (retention / 4).clamp(EXPIRE_EVERY_MIN, defaults.expire_every),
+            ..defaults
         }
     }
 }
@@ -337,21 +361,18 @@ impl ConfigFile {
             .security
             .check(config.listen, config.metrics_listen)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let retention = Duration::from_millis(self.scheduler.retention_ms);
-        let defaults = EngineSettings::default();
-        let engine = EngineSettings {
-            max_clock_skew: Duration::from_millis(self.scheduler.max_clock_skew_ms),
-            retention,
-            // Often enough that a finished workflow outlives its retention by at most a
-            // quarter of it (and at most the default's minute).
-            expire_every: (retention / 4).clamp(EXPIRE_EVERY_MIN, defaults.expire_every),
-            ..defaults
+        let engine = self.scheduler.engine();
+        let peers = PeerSettings {
+            remotes: self.remotes,
+            calls: self.remote_calls,
         };
+        peers.validate(self.insecure)?;
         Ok(NodeSettings {
             node: config,
             runtime_threads,
             engine,
             run_workflows: self.scheduler.run_workflows,
+            peers,
         })
     }
 }
@@ -396,6 +417,29 @@ mod tests {
             config.peers.get(&3).map(String::as_str),
             Some("127.0.0.1:9999")
         );
+    }
+
+    #[test]
+    fn remotes_and_remote_call_settings_are_read_and_checked() {
+        let text = format!(
+            "{MINIMAL}[remotes.writers]\ncluster = \"writing\"\naddresses = [\"127.0.0.1:7000\"]\n[remotes.research]\nexpose = [\"draft\"]\n[remote_calls]\nbackoff_max_ms = 1000\n"
+        );
+        let peers = ConfigFile::parse(&text, Path::new("/"))
+            .expect("valid")
+            .peers;
+        assert_eq!(
+            peers.by_cluster("writing").map(|(alias, _)| alias),
+            Some("writers")
+        );
+        assert_eq!(peers.remotes["research"].expose, ["draft"]);
+        assert_eq!(peers.calls.backoff_max_ms, 1000);
+        assert_eq!(
+            peers.calls.backoff_first_ms, 50,
+            "the rest keep their defaults"
+        );
+        let remote = format!("{MINIMAL}[remotes.w]\naddresses = [\"10.0.0.5:7000\"]\n");
+        let error = ConfigFile::parse(&remote, Path::new("/")).expect_err("not loopback");
+        assert!(error.to_string().contains("insecure"), "{error}");
     }
 
     #[test]

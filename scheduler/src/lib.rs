@@ -95,6 +95,7 @@ pub mod mono;
 pub mod node;
 mod pb;
 pub mod peer;
+pub mod proxy;
 pub mod service;
 pub mod state;
 pub mod wire;

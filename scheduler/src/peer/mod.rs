@@ -31,6 +31,12 @@ use crate::state::{InOutcome, InState};
 
 pub use self::settings::{PeerSettings, RemoteCallSettings, RemoteConfig};
 
+/// The messages and gRPC client and server of `keel.remote.v1`, for a caller or callee
+/// written against the protocol itself (and for tests that speak it directly).
+pub mod wire {
+    pub use crate::pb::remote::*;
+}
+
 /// The protocol version this build speaks (REMOTE.md §16).
 pub const PROTOCOL: u32 = 1;
 /// Start items one request carries at most.

@@ -25,6 +25,9 @@ pub(crate) struct NodeProc {
     pub(crate) addr: String,
     pub(crate) config: PathBuf,
     pub(crate) data_dir: PathBuf,
+    /// The `keel` binary and extra environment it runs with.
+    keel: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -33,9 +36,10 @@ impl NodeProc {
     pub(crate) fn start(&mut self) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
         let log = std::fs::File::create(self.data_dir.with_extension("log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        let child = Command::new(&self.keel)
             .args(["node", "--config"])
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,openraft=warn")
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
@@ -88,16 +92,35 @@ pub(crate) struct Cluster {
     pub(crate) nodes: Vec<NodeProc>,
     pub(crate) dir: TempDir,
     extra_config: String,
+    keel: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Writes configs for nodes `1..=count` and starts them (not yet initialized).
     pub(crate) fn start(count: u64, extra_config: &str) -> Self {
+        Self::start_with(
+            count,
+            extra_config,
+            PathBuf::from(env!("CARGO_BIN_EXE_keel")),
+            Vec::new(),
+        )
+    }
+
+    /// As [`Cluster::start`], running the `keel` binary `keel` with `env` added.
+    pub(crate) fn start_with(
+        count: u64,
+        extra_config: &str,
+        keel: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cluster = Self {
             nodes: Vec::new(),
             dir,
             extra_config: extra_config.to_owned(),
+            keel,
+            env,
         };
         for id in 1..=count {
             cluster.add_node(id);
@@ -122,6 +145,8 @@ impl Cluster {
             addr,
             config,
             data_dir,
+            keel: self.keel.clone(),
+            env: self.env.clone(),
             child: None,
         };
         node.start();

@@ -196,7 +196,12 @@ fn main() -> anyhow::Result<()> {
         } else {
             keel_scheduler::engine::registry::Registry::new()
         };
-        return runtime.block_on(run_node(settings.node, registry, settings.engine));
+        return runtime.block_on(run_node(
+            settings.node,
+            registry,
+            settings.engine,
+            settings.peers,
+        ));
     }
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
@@ -291,8 +296,9 @@ async fn run_node(
     config: NodeConfig,
     registry: keel_scheduler::engine::registry::Registry,
     engine: EngineSettings,
+    peers: keel_scheduler::peer::PeerSettings,
 ) -> anyhow::Result<()> {
-    let node = Node::start(config, registry, engine)
+    let node = Node::start_with_peers(config, registry, engine, peers)
         .await
         .context("node failed to start")?;
     tracing::info!(addr = %node.addr(), "serving; Ctrl-C or SIGTERM stops");

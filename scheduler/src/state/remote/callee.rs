@@ -71,6 +71,10 @@ impl SchedulerState {
             .get(caller)
             .and_then(|i| i.records.get(&item.seq))
         else {
+            #[cfg(feature = "sabotage")]
+            if keel_raft::sabotage::on(keel_raft::sabotage::Fault::WindowDedup) && !item.withdrawn {
+                return self.sabotaged_retake(apply, caller, item);
+            }
             return StartStatus::Forgotten;
         };
         if record.call.index != item.call.index {
@@ -95,6 +99,38 @@ impl SchedulerState {
             return StartStatus::Withdrawn;
         }
         status
+    }
+
+    /// Sabotage (`window-dedup`): starts a forgotten item's call again, under a name of its
+    /// own so it does not meet the first run's workflow.
+    #[cfg(feature = "sabotage")]
+    fn sabotaged_retake(
+        &mut self,
+        apply: &mut Apply<'_>,
+        caller: &str,
+        item: &InboundStart,
+    ) -> StartStatus {
+        let name = format!("{}~{}", inbound_name(caller, 0, item.seq), apply.at.index);
+        let version = self.kinds.get(&item.kind).cloned().unwrap_or_default();
+        let workflow = Workflow::new(
+            item.kind.clone(),
+            version,
+            Value::Inline(item.input.clone()),
+            None,
+            apply.stamp_ms,
+            apply.at,
+        );
+        apply.effects.push(Effect::Runnable {
+            workflow: name.clone(),
+            fence: workflow.fence,
+            term: apply.at.term,
+            owner: None,
+        });
+        self.workflows.insert(name.clone(), workflow);
+        StartStatus::Accepted {
+            workflow: name,
+            finished: false,
+        }
     }
 
     /// Takes item `seq` = the new watermark: refuses it, or starts its workflow.
