@@ -48,9 +48,23 @@ impl Histogram {
     }
 }
 
+/// Appends an extension's metrics (Prometheus text) for node `node_id`.
+pub type RenderExtension = dyn Fn(&mut String, u64) + Send + Sync;
+
+/// Renders an extension's own metrics after the node's.
+pub struct ExtensionMetrics(pub Box<RenderExtension>);
+
+impl std::fmt::Debug for ExtensionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtensionMetrics")
+    }
+}
+
 /// A node's metrics.
 #[derive(Debug, Default)]
 pub struct NodeMetrics {
+    /// The extension's metrics, once it set them (see [`NodeMetrics::set_extension`]).
+    extension: std::sync::OnceLock<ExtensionMetrics>,
     /// Client appends, from receipt to answer.
     pub append_latency: Histogram,
     /// Raft log appends, from write to durable (`fdatasync` and the wait for it).
@@ -131,7 +145,15 @@ impl NodeMetrics {
             "keel_snapshot_capture_seconds",
             "Time applying waited while a snapshot's image was taken.",
         );
+        if let Some(extension) = self.extension.get() {
+            (extension.0)(&mut out, node_id);
+        }
         out
+    }
+
+    /// Renders the extension's metrics after the node's from now on (the first call wins).
+    pub fn set_extension(&self, render: ExtensionMetrics) {
+        let _ = self.extension.set(render);
     }
 
     fn render_counters(&self, out: &mut String, node_id: u64) {

@@ -13,7 +13,7 @@ use crate::pb;
 use crate::pb::workflows_client::WorkflowsClient;
 use crate::wire::{RejectionKind, rejection_kind};
 
-pub use crate::pb::{JournalEntry, TimerFire, TimerInfo, WorkflowInfo};
+pub use crate::pb::{JournalEntry, RemoteCall, TimerFire, TimerInfo, WorkflowInfo};
 
 /// What went wrong with a workflow request.
 #[derive(Debug, thiserror::Error)]

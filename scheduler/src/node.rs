@@ -23,6 +23,7 @@ use crate::pb::workflows_server::WorkflowsServer;
 use crate::peer::PeerSettings;
 use crate::peer::driver::{Drivers, RemoteStatus};
 use crate::peer::service::PeerService;
+use crate::peer::status::{RemoteStatuses, render_metrics};
 use crate::service::WorkflowService;
 use crate::state::EntryKind;
 use crate::workers_service::WorkersService;
@@ -43,6 +44,52 @@ pub fn method_roles() -> MethodRoles {
         ("/keel.workflows.v2.Workers/", Role::Worker),
         ("/keel.remote.v1.RemoteCalls/", Role::Write),
     ])
+}
+
+/// The scheduler as keel-raft's extension: its state machine `machine`, and its services
+/// (workflows, workers, remote calls), which start when the server does.
+fn extension(
+    machine: &SchedulerMachine,
+    declarations: Vec<(String, String)>,
+    dispatcher: Arc<Dispatcher>,
+    peers: Arc<PeerSettings>,
+    statuses: RemoteStatuses,
+) -> Extension {
+    let service_machine = machine.clone();
+    Extension {
+        app: Box::new(machine.clone()),
+        services: Box::new(move |shared, routes| {
+            // Before anything is served: status and runs read values through it.
+            service_machine.set_values(Arc::clone(shared.host.values()));
+            let proposer = Proposer::new(shared.clone());
+            let workers =
+                WorkersService::new(proposer.clone(), service_machine.clone(), dispatcher);
+            let peer = PeerService::new(
+                shared.clone(),
+                proposer.clone(),
+                service_machine.clone(),
+                peers,
+            );
+            let service = WorkflowService::new(proposer, service_machine, declarations, statuses);
+            routes
+                .add_service(
+                    RemoteCallsServer::new(peer)
+                        .max_decoding_message_size(MESSAGE_MAX_BYTES)
+                        .max_encoding_message_size(MESSAGE_MAX_BYTES),
+                )
+                .add_service(
+                    WorkflowsServer::new(service)
+                        .max_decoding_message_size(MESSAGE_MAX_BYTES)
+                        .max_encoding_message_size(MESSAGE_MAX_BYTES),
+                )
+                .add_service(
+                    WorkersServer::new(workers)
+                        .max_decoding_message_size(MESSAGE_MAX_BYTES)
+                        .max_encoding_message_size(MESSAGE_MAX_BYTES),
+                )
+        }),
+        method_roles: method_roles(),
+    }
 }
 
 /// A running Keel node.
@@ -81,49 +128,16 @@ impl Node {
     ) -> Result<Self> {
         peers.validate(config.security.insecure)?;
         let peers = Arc::new(peers);
-        let service_peers = Arc::clone(&peers);
+        let statuses = RemoteStatuses::default();
         let machine = SchedulerMachine::new();
-        let service_machine = machine.clone();
-        let declarations = registry.declarations();
         let dispatcher = Arc::new(Dispatcher::default());
-        let service_dispatcher = Arc::clone(&dispatcher);
-        let extension = Extension {
-            app: Box::new(machine.clone()),
-            services: Box::new(move |shared, routes| {
-                // Before anything is served: status and runs read values through it.
-                service_machine.set_values(Arc::clone(shared.host.values()));
-                let proposer = Proposer::new(shared.clone());
-                let workers = WorkersService::new(
-                    proposer.clone(),
-                    service_machine.clone(),
-                    service_dispatcher,
-                );
-                let peer = PeerService::new(
-                    shared.clone(),
-                    proposer.clone(),
-                    service_machine.clone(),
-                    service_peers,
-                );
-                let service = WorkflowService::new(proposer, service_machine, declarations);
-                routes
-                    .add_service(
-                        RemoteCallsServer::new(peer)
-                            .max_decoding_message_size(MESSAGE_MAX_BYTES)
-                            .max_encoding_message_size(MESSAGE_MAX_BYTES),
-                    )
-                    .add_service(
-                        WorkflowsServer::new(service)
-                            .max_decoding_message_size(MESSAGE_MAX_BYTES)
-                            .max_encoding_message_size(MESSAGE_MAX_BYTES),
-                    )
-                    .add_service(
-                        WorkersServer::new(workers)
-                            .max_decoding_message_size(MESSAGE_MAX_BYTES)
-                            .max_encoding_message_size(MESSAGE_MAX_BYTES),
-                    )
-            }),
-            method_roles: method_roles(),
-        };
+        let extension = extension(
+            &machine,
+            registry.declarations(),
+            Arc::clone(&dispatcher),
+            Arc::clone(&peers),
+            RemoteStatuses::clone(&statuses),
+        );
         let inner = RaftNode::start_with(config, Some(extension)).await?;
         // The services set it too (they may be served before this line; the engine starts
         // after it): whichever comes first.
@@ -141,7 +155,15 @@ impl Node {
             machine.clone(),
             peers,
             engine.watch_active(),
+            RemoteStatuses::clone(&statuses),
         );
+        let metrics_machine = machine.clone();
+        inner
+            .shared()
+            .metrics
+            .set_extension(keel_raft::metrics::ExtensionMetrics(Box::new(
+                move |out, node| render_metrics(out, node, &metrics_machine, &statuses),
+            )));
         Ok(Self {
             drivers,
             engine,

@@ -20,6 +20,7 @@ use crate::engine::proposer::Proposer;
 use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
 use crate::machine::SchedulerMachine;
 use crate::pb::{self, workflows_server::Workflows};
+use crate::peer::status::{CallEntry, RemoteStatuses, remote_call_info};
 use crate::state::{EntryKind, JournalEntry, Workflow};
 use crate::wire::rejected;
 
@@ -35,6 +36,8 @@ pub struct WorkflowService {
     machine: SchedulerMachine,
     /// This node's workflow kinds and versions.
     declarations: Vec<(String, String)>,
+    /// What this node's remote-call drivers report.
+    remotes: RemoteStatuses,
 }
 
 fn too_large(what: &str, len: usize, max: usize) -> Result<(), Status> {
@@ -96,12 +99,14 @@ fn entry_info(
     Ok(entry)
 }
 
-/// The wire form of workflow `id`, its values read through `machine`.
+/// The wire form of workflow `id`, its values read through `machine`, its remote calls'
+/// progress with what `remotes` report.
 pub(crate) fn workflow_info(
     id: &str,
     workflow: &Workflow,
     journal: bool,
     machine: &SchedulerMachine,
+    remotes: &RemoteStatuses,
 ) -> Result<pb::WorkflowInfo, ValueError> {
     let (result, error) = match workflow
         .outcome
@@ -118,8 +123,28 @@ pub(crate) fn workflow_info(
             .journal
             .iter()
             .zip(0u32..)
-            .map(|(entry, seq)| entry_info(seq, entry, machine))
-            .collect::<Result<_, _>>()?
+            .map(|(entry, seq)| {
+                let mut info = entry_info(seq, entry, machine)?;
+                if let EntryKind::Remote {
+                    remote,
+                    kind,
+                    seq: call,
+                } = &entry.kind
+                {
+                    let call = CallEntry {
+                        workflow: id,
+                        finished: workflow.is_finished(),
+                        position: seq,
+                        remote,
+                        kind,
+                        seq: *call,
+                        state: &entry.state,
+                    };
+                    info.remote = Some(remote_call_info(machine, remotes, &call));
+                }
+                Ok(info)
+            })
+            .collect::<Result<_, ValueError>>()?
     } else {
         Vec::new()
     };
@@ -150,16 +175,19 @@ fn value_lost(error: &ValueError) -> Status {
 
 impl WorkflowService {
     /// The service of the node `proposer` proposes on, reading `machine`; the node runs
-    /// the workflow kinds `declarations` (`(kind, version)`).
+    /// the workflow kinds `declarations` (`(kind, version)`); its remote-call drivers report
+    /// to `remotes`.
     pub fn new(
         proposer: Proposer,
         machine: SchedulerMachine,
         declarations: Vec<(String, String)>,
+        remotes: RemoteStatuses,
     ) -> Self {
         Self {
             proposer,
             machine,
             declarations,
+            remotes,
         }
     }
 
@@ -222,7 +250,7 @@ impl WorkflowService {
             // Values are read with the state's lock released: reading a file under it would
             // hold up apply.
             if let Some(workflow) = answer {
-                return workflow_info(id, &workflow, journal, &self.machine)
+                return workflow_info(id, &workflow, journal, &self.machine, &self.remotes)
                     .map_err(|e| value_lost(&e));
             }
             // Woken by a change, or at the deadline to answer with the workflow as it is.
@@ -339,7 +367,7 @@ impl Workflows for WorkflowService {
         // Values are read with the state's lock released (see `get`).
         let workflows = listed
             .iter()
-            .map(|(id, w)| workflow_info(id, w, false, &self.machine))
+            .map(|(id, w)| workflow_info(id, w, false, &self.machine, &self.remotes))
             .collect::<Result<_, _>>()
             .map_err(|e| value_lost(&e))?;
         Ok(Response::new(pb::ListResponse { workflows }))

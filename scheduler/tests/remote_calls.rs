@@ -245,6 +245,13 @@ async fn calls_survive_both_leaders_stopping_mid_call() {
         async move { writing.inbound().await.len() == 4 }
     })
     .await;
+    let info = research.client().get("f0", true).await.expect("get");
+    let call = info.journal[0]
+        .remote
+        .as_ref()
+        .expect("a remote call's progress");
+    assert_eq!(call.state, "started", "{call:?}");
+    assert!(call.callee_workflow.starts_with("@research."), "{call:?}");
     research.stop_leader().await;
     writing.stop_leader().await;
     for workflow in writing.inbound().await {
@@ -260,6 +267,12 @@ async fn calls_survive_both_leaders_stopping_mid_call() {
         let info = wait_finished(&mut client, id).await;
         assert_eq!(info.result.as_ref(), b"draft of wait", "{info:?}");
     }
+    let info = research.client().get("f0", true).await.expect("get");
+    let call = info.journal[0]
+        .remote
+        .as_ref()
+        .expect("a remote call's progress");
+    assert_eq!(call.state, "completed");
     let inbound = writing.inbound().await;
     assert_eq!(inbound.len(), 4, "no call started twice: {inbound:?}");
 }

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_raft::cluster_identity::ClusterIdentity;
@@ -28,6 +28,7 @@ use super::convert::{
 use super::errors::{Failure, WRONG_CALLEE, classify};
 use super::link::Link;
 use super::settings::{PeerSettings, RemoteConfig};
+use super::status::RemoteStatuses;
 use super::{PROTOCOL, START_ITEMS_MAX, convert::ack_to_wire};
 use crate::command::{AckStatus, Answer, CancelStatus, Command};
 use crate::engine::AbortOnDrop;
@@ -59,21 +60,22 @@ pub struct RemoteStatus {
 /// The drivers of a node's remotes; stopped when dropped.
 #[derive(Debug)]
 pub struct Drivers {
-    statuses: Arc<Mutex<BTreeMap<String, RemoteStatus>>>,
+    statuses: RemoteStatuses,
     _task: AbortOnDrop,
 }
 
 impl Drivers {
     /// Starts following `active` (the term this node runs workflows in, 0 when none): in
-    /// each such term, drives every remote of `settings` that has addresses.
+    /// each such term, drives every remote of `settings` that has addresses, reporting to
+    /// `statuses`.
     pub fn start(
         shared: NodeShared,
         proposer: Proposer,
         machine: SchedulerMachine,
         settings: Arc<PeerSettings>,
         mut active: watch::Receiver<u64>,
+        statuses: RemoteStatuses,
     ) -> Self {
-        let statuses = Arc::new(Mutex::new(BTreeMap::new()));
         let context = Context {
             shared,
             proposer,
@@ -117,7 +119,7 @@ struct Context {
     proposer: Proposer,
     machine: SchedulerMachine,
     settings: Arc<PeerSettings>,
-    statuses: Arc<Mutex<BTreeMap<String, RemoteStatus>>>,
+    statuses: RemoteStatuses,
 }
 
 impl Context {

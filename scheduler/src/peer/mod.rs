@@ -7,6 +7,7 @@
 //!   bind, starts, cancels) and fetch its completions (a long-poll Get);
 //! - `link`: one remote's configured addresses, with not-leader following, backoff and
 //!   the breaker;
+//! - `status`: each call's progress for `keel status`, and the metrics;
 //! - `convert` and `errors`: messages and whole-request errors.
 //!
 //! Completions travel by the caller's long-poll Get in this build: the callee answers a Get
@@ -20,6 +21,7 @@ mod errors;
 mod link;
 pub mod service;
 pub mod settings;
+pub mod status;
 
 use keel_raft::values::ValueError;
 

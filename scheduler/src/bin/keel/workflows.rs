@@ -92,8 +92,15 @@ pub(crate) fn entry_line(entry: &keel_scheduler::client::JournalEntry) -> String
         "sleep" => "durable sleep".to_owned(),
         "signal" => format!("wait for signal {:?}", entry.name),
         "call" => format!("call child {}", entry.name),
+        "remote" => match &entry.remote {
+            Some(call) => format!("remote call of {:?} in {}", call.kind, call.remote),
+            None => format!("remote call {}", entry.name),
+        },
         other => other.to_owned(),
     };
+    if let Some(call) = &entry.remote {
+        return format!("#{:<3} {what}: {}", entry.seq, remote_state(entry, call));
+    }
     let state = match entry.state.as_str() {
         "done" if entry.value.is_empty() => "done".to_owned(),
         "done" => format!("done → {}", String::from_utf8_lossy(&entry.value)),
@@ -102,6 +109,29 @@ pub(crate) fn entry_line(entry: &keel_scheduler::client::JournalEntry) -> String
         other => other.to_owned(),
     };
     format!("#{:<3} {what}: {state}", entry.seq)
+}
+
+/// A remote call's state, with its callee workflow, or its driver's attempts and last error.
+fn remote_state(
+    entry: &keel_scheduler::client::JournalEntry,
+    call: &keel_scheduler::client::RemoteCall,
+) -> String {
+    let mut state = call.state.clone();
+    match call.state.as_str() {
+        "completed" => state = format!("completed → {}", String::from_utf8_lossy(&entry.value)),
+        "failed" => state = format!("failed: {}", entry.error),
+        "started" => state = format!("started as {} there", call.callee_workflow),
+        _ => {}
+    }
+    if matches!(call.state.as_str(), "pending start" | "started") && call.attempts > 0 {
+        let error = if call.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(", last error: {}", call.last_error)
+        };
+        state = format!("{state} ({} attempts{error})", call.attempts);
+    }
+    state
 }
 
 pub(crate) async fn start(args: StartArgs) -> anyhow::Result<()> {
