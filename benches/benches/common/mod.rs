@@ -96,10 +96,11 @@ fn run_node(config: &Path) {
     let settings = keel_scheduler::ConfigFile::load(config).expect("node config");
     let runtime = settings.build_runtime().expect("runtime");
     runtime.block_on(async {
-        let node = keel_scheduler::Node::start(
+        let node = keel_scheduler::Node::start_with_peers(
             settings.node,
             keel_scheduler::builtin::registry(),
             settings.engine,
+            settings.peers,
         )
         .await
         .expect("node starts");
@@ -165,22 +166,34 @@ impl BenchCluster {
     /// Three nodes, each with TLS and authentication when `tls` (clients then present the
     /// CA and an admin token, checked on every request).
     pub(crate) fn start_with(relaxed: bool, tls: bool) -> Self {
-        Self::configured(3, relaxed, tls, DEFAULT_TUNING)
+        Self::configured(3, relaxed, tls, DEFAULT_TUNING, "keel")
+    }
+
+    /// Three durable plaintext nodes of cluster `name`, configured with `sections` (its
+    /// `[remotes]`, say) after the benchmarks' default snapshot policy.
+    pub(crate) fn start_named(name: &str, sections: &str) -> Self {
+        Self::configured(
+            3,
+            false,
+            false,
+            &format!("{DEFAULT_TUNING}{sections}"),
+            name,
+        )
     }
 
     /// One plaintext node, a cluster of its own (for rows too large for three nodes' disks).
     pub(crate) fn start_single(relaxed: bool) -> Self {
-        Self::configured(1, relaxed, false, DEFAULT_TUNING)
+        Self::configured(1, relaxed, false, DEFAULT_TUNING, "keel")
     }
 
     /// Three plaintext nodes whose configuration ends with `tuning` (its `[snapshot]` and
     /// any other sections) instead of the benchmarks' default snapshot policy.
     pub(crate) fn start_tuned(relaxed: bool, tuning: &str) -> Self {
-        Self::configured(3, relaxed, false, tuning)
+        Self::configured(3, relaxed, false, tuning, "keel")
     }
 
-    /// `size` nodes (at most three).
-    fn configured(size: u64, relaxed: bool, tls: bool, tuning: &str) -> Self {
+    /// `size` nodes (at most three) of cluster `name`.
+    fn configured(size: u64, relaxed: bool, tls: bool, tuning: &str, name: &str) -> Self {
         assert!(
             (1..=3).contains(&size),
             "a bench cluster has one to three nodes"
@@ -201,7 +214,7 @@ impl BenchCluster {
             let sync = if relaxed { "relaxed" } else { "durable" };
             let security = &sections[usize::try_from(id - 1).expect("node index")];
             let text = format!(
-                "node_id = {id}\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[retention]\nmax_bytes = 268435456\n{security}{tuning}"
+                "node_id = {id}\ncluster = \"{name}\"\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"node-{id}\"\nsync = \"{sync}\"\nruntime_threads = 1\n[retention]\nmax_bytes = 268435456\n{security}{tuning}"
             );
             std::fs::write(&config, text).expect("config");
             nodes.push((id, addr, config, None));

@@ -232,7 +232,19 @@ impl RemoteCalls for PeerService {
         {
             return Err(invalid("items are not in increasing seq"));
         }
-        self.proposer.service().linearize().await?;
+        // A kind not known here may be one committed before this node caught up: read the
+        // kinds linearizably then. (The proposal below needs no read: it is ordered by the
+        // log, and its apply decides against the state it meets.)
+        let unknown = {
+            let state = self.machine.read();
+            request
+                .items
+                .iter()
+                .any(|item| !item.withdrawn && !state.kinds().contains_key(&item.kind))
+        };
+        if unknown {
+            self.proposer.service().linearize().await?;
+        }
         let mut items = Vec::with_capacity(request.items.len());
         for item in &request.items {
             items.push(InboundStart {

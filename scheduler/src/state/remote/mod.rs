@@ -87,13 +87,13 @@ impl Outgoing {
             .take(max)
     }
 
-    /// Whether an unresolved item is known taken: its completion is awaited.
+    /// Whether a call is unresolved: its completion may come. (A Get held open from the
+    /// moment a call is made, not only once its start is known taken, keeps the commit of
+    /// the start's answer off a call's round trip.)
     pub fn awaits_completions(&self) -> bool {
-        self.outbox.iter().any(|(&seq, item)| match item.state {
-            OutState::Started { .. } => true,
-            OutState::Pending => seq <= self.acked,
-            _ => false,
-        })
+        self.outbox
+            .values()
+            .any(|item| matches!(item.state, OutState::Pending | OutState::Started { .. }))
     }
 }
 
