@@ -1,5 +1,5 @@
-//! Workflow kinds built into the `keel` program: the demo's research agent, and small kinds
-//! that tests, benchmarks and the failure harness drive through any cluster of `keel node`s.
+//! Workflow kinds built into the `keel` program: the demos' agents, and small kinds that
+//! tests, benchmarks and the failure harness drive through any cluster of `keel node`s.
 //!
 //! Inputs are UTF-8 text so the command line can give them.
 
@@ -68,6 +68,29 @@ async fn research_agent(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowErr
         String::from_utf8_lossy(&approver)
     );
     ctx.step("publish", |_| work(report.clone())).await
+}
+
+/// `brief-agent` (`keel demo agents`): researches its topic, has the writer agent of the
+/// remote cluster `writers` draft the brief (a durable call between clusters), publishes.
+async fn brief_agent(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let topic = text(&input)?.to_owned();
+    let notes = ctx
+        .step("research", |_| work(format!("notes on {topic:?}")))
+        .await?;
+    let draft = ctx.call_remote("writers", "writer-agent", notes).await?;
+    let brief = String::from_utf8_lossy(&draft).into_owned();
+    ctx.step("publish", |_| work(format!("published: {brief}")))
+        .await
+}
+
+/// `writer-agent` (`keel demo agents`): drafts and edits a text from its input.
+async fn writer_agent(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
+    let notes = text(&input)?.to_owned();
+    let draft = ctx
+        .step("draft", |_| work(format!("a brief from {notes}")))
+        .await?;
+    let draft = String::from_utf8_lossy(&draft).into_owned();
+    ctx.step("edit", |_| work(format!("{draft}, edited"))).await
 }
 
 /// `summarize`: one step that condenses its input.
@@ -228,6 +251,8 @@ pub fn registry() -> Registry {
     Registry::new()
         .register("research-agent", VERSION, research_agent)
         .register("summarize", VERSION, summarize)
+        .register("brief-agent", VERSION, brief_agent)
+        .register("writer-agent", VERSION, writer_agent)
         .register("steps", VERSION, steps)
         .register("sleep", VERSION, sleep)
         .register("await-signal", VERSION, await_signal)

@@ -27,16 +27,30 @@ const WORKFLOW_ID: &str = "research-1";
 /// `keel demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
+    /// Which demo: the research agent's failover (the default), or `agents`: an agent in
+    /// one cluster calls an agent in another through leader kills and a cut link.
+    #[arg(value_enum)]
+    scenario: Option<Scenario>,
     /// Where the demo's nodes keep their data and logs (emptied first).
     #[arg(long, default_value = "keel-demo")]
     data_dir: PathBuf,
 }
 
-/// The demo's node processes; killed when dropped.
-struct Cluster {
+/// The demos besides the default one.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Scenario {
+    /// Two clusters: a research agent calls a writer agent in the other cluster.
+    Agents,
+}
+
+/// A demo's node processes; killed when dropped.
+pub(crate) struct Cluster {
     dir: PathBuf,
-    addrs: BTreeMap<u64, String>,
+    pub(crate) addrs: BTreeMap<u64, String>,
     children: HashMap<u64, Child>,
+    /// The cluster's name and its configuration's extra sections.
+    name: String,
+    extra: String,
 }
 
 impl Drop for Cluster {
@@ -49,12 +63,18 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Cluster {
     fn create(dir: &Path) -> anyhow::Result<Self> {
+        Self::create_named(dir, "keel", "")
+    }
+
+    /// Three nodes of cluster `name` under `dir` (emptied first), their configurations
+    /// ending with `extra` (sections such as `[remotes.…]`).
+    pub(crate) fn create_named(dir: &Path, name: &str, extra: &str) -> anyhow::Result<Self> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
         }
@@ -67,6 +87,8 @@ impl Cluster {
             dir: dir.to_owned(),
             addrs,
             children: HashMap::new(),
+            name: name.to_owned(),
+            extra: extra.to_owned(),
         };
         for id in 1..=3 {
             cluster.write_config(id)?;
@@ -77,14 +99,14 @@ impl Cluster {
 
     fn write_config(&self, id: u64) -> anyhow::Result<()> {
         let config = format!(
-            "node_id = {id}\nlisten = \"{}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n",
-            self.addrs[&id]
+            "node_id = {id}\ncluster = \"{}\"\nlisten = \"{}\"\ndata_dir = \"node-{id}\"\nruntime_threads = 1\n{}",
+            self.name, self.addrs[&id], self.extra
         );
         std::fs::write(self.dir.join(format!("node-{id}.toml")), config)?;
         Ok(())
     }
 
-    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+    pub(crate) fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -103,7 +125,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn kill(&mut self, id: u64) -> anyhow::Result<u32> {
+    pub(crate) fn kill(&mut self, id: u64) -> anyhow::Result<u32> {
         let mut child = self.children.remove(&id).context("node not running")?;
         let pid = child.id();
         child.kill()?;
@@ -111,13 +133,13 @@ impl Cluster {
         Ok(pid)
     }
 
-    fn endpoints(&self) -> Vec<String> {
+    pub(crate) fn endpoints(&self) -> Vec<String> {
         self.addrs.values().cloned().collect()
     }
 }
 
 /// The leader's id as the live nodes report it.
-async fn leader(client: &mut KeelClient) -> Option<u64> {
+pub(crate) async fn leader(client: &mut KeelClient) -> Option<u64> {
     client
         .statuses()
         .await
@@ -125,17 +147,20 @@ async fn leader(client: &mut KeelClient) -> Option<u64> {
         .find_map(|(_, s)| s.ok().filter(|s| s.role == "leader").map(|s| s.node_id))
 }
 
-struct Progress {
-    started: Instant,
+pub(crate) struct Progress {
+    pub(crate) started: Instant,
 }
 
 impl Progress {
-    fn say(&self, message: &str) {
+    pub(crate) fn say(&self, message: &str) {
         println!("[{:>5.1}s] {message}", self.started.elapsed().as_secs_f64());
     }
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(Scenario::Agents) = args.scenario {
+        return crate::demo_agents::run(&args.data_dir).await;
+    }
     let progress = Progress {
         started: Instant::now(),
     };
@@ -166,7 +191,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_until_serving(raft: &mut KeelClient, deadline: Instant) -> anyhow::Result<()> {
+pub(crate) async fn wait_until_serving(
+    raft: &mut KeelClient,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         if raft.statuses().await.iter().all(|(_, s)| s.is_ok()) {
             return Ok(());
@@ -176,7 +204,10 @@ async fn wait_until_serving(raft: &mut KeelClient, deadline: Instant) -> anyhow:
     bail!("the nodes did not start serving (see their logs)")
 }
 
-async fn wait_for_leader(raft: &mut KeelClient, deadline: Instant) -> anyhow::Result<u64> {
+pub(crate) async fn wait_for_leader(
+    raft: &mut KeelClient,
+    deadline: Instant,
+) -> anyhow::Result<u64> {
     while Instant::now() < deadline {
         if let Some(id) = leader(raft).await {
             return Ok(id);

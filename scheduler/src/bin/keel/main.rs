@@ -20,6 +20,7 @@ use keel_scheduler::{ConfigFile, Node, builtin};
 mod certs;
 mod cluster_args;
 mod demo;
+mod demo_agents;
 mod dev;
 mod workflows;
 
@@ -91,7 +92,8 @@ enum Command {
         id: u64,
     },
     /// Run the demo: a three-node cluster of `keel node` processes runs a research-agent
-    /// workflow while its leader is killed.
+    /// workflow while its leader is killed (`keel demo agents`: two clusters, an agent in
+    /// one calling an agent in the other through leader kills and a cut link).
     Demo(demo::DemoArgs),
     /// Append records (arguments, or stdin lines when none) as one batch, exactly once: in
     /// a new session the cluster registers, retried through failovers with the same
