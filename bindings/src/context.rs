@@ -259,6 +259,40 @@ impl NativeContext {
         self.awaitable(py, call, |py, value: Bytes| bytes_object(py, &value))
     }
 
+    /// Calls a workflow of `kind` in the remote cluster `remote` with `input`, waiting at
+    /// most `deadline_s` (a day when `None`); its result.
+    #[pyo3(signature = (remote, kind, input, deadline_s=None))]
+    fn call_remote(
+        &self,
+        py: Python<'_>,
+        remote: &str,
+        kind: &str,
+        input: Vec<u8>,
+        deadline_s: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let context = self.check(py)?;
+        let call =
+            context.call_remote_within(remote, kind, Bytes::from(input), deadline(deadline_s));
+        let value = self.blocking(py, call)?;
+        Ok(bytes_object(py, &value))
+    }
+
+    /// Awaitable [`NativeContext::call_remote`].
+    #[pyo3(signature = (remote, kind, input, deadline_s=None))]
+    fn call_remote_async<'py>(
+        &self,
+        py: Python<'py>,
+        remote: &str,
+        kind: &str,
+        input: Vec<u8>,
+        deadline_s: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let context = self.check(py)?;
+        let call =
+            context.call_remote_within(remote, kind, Bytes::from(input), deadline(deadline_s));
+        self.awaitable(py, call, |py, value: Bytes| bytes_object(py, &value))
+    }
+
     /// The wall-clock time in ms since the Unix epoch, journaled.
     fn now_ms(&self, py: Python<'_>) -> PyResult<u64> {
         let context = self.check(py)?;
@@ -292,4 +326,12 @@ impl NativeContext {
                 .map_or_else(|_| py.None(), |n| n.into_any().unbind())
         })
     }
+}
+
+/// A remote call's deadline: `deadline_s` seconds, or the default day.
+fn deadline(deadline_s: Option<f64>) -> std::time::Duration {
+    deadline_s.map_or(
+        keel_scheduler::engine::context::REMOTE_DEADLINE_DEFAULT,
+        seconds,
+    )
 }

@@ -25,6 +25,7 @@ use keel_raft::security::{AuthSettings, NodeSecurity};
 use keel_scheduler::Node;
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::engine::registry::Registry;
+use keel_scheduler::peer::{PeerSettings, RemoteConfig};
 use pyo3::prelude::*;
 
 use crate::blocking::{runtime, wait};
@@ -94,6 +95,10 @@ impl LaunchError {
     }
 }
 
+/// A remote as Python gives it: its cluster name (`None`: the alias), addresses, and the
+/// kinds exposed to it.
+type RemoteTuple = (Option<String>, Vec<String>, Vec<String>);
+
 /// The address to listen on: `listen` when given, else the one recorded by an earlier
 /// launch, else a free port on 127.0.0.1.
 fn listen_address(data_dir: &Path, listen: Option<&str>) -> Result<SocketAddr, LaunchError> {
@@ -112,11 +117,19 @@ fn listen_address(data_dir: &Path, listen: Option<&str>) -> Result<SocketAddr, L
 async fn start_node(
     config: &NodeConfig,
     registry: &Registry,
+    peers: &PeerSettings,
     deadline: Instant,
 ) -> Result<Node, LaunchError> {
     let locked_until = deadline.min(Instant::now() + LOCKED_WAIT_MAX);
     loop {
-        match Node::start(config.clone(), registry.clone(), EngineSettings::default()).await {
+        let started = Node::start_with_peers(
+            config.clone(),
+            registry.clone(),
+            EngineSettings::default(),
+            peers.clone(),
+        )
+        .await;
+        match started {
             Ok(node) => return Ok(node),
             // A node of this process that just stopped may hold the directory a moment
             // longer (its aborted runs drop their handles on the runtime's threads).
@@ -231,6 +244,13 @@ async fn form_cluster(
     Ok(())
 }
 
+/// The cluster's name (`None`: Keel's default) and the remote clusters it calls or is called
+/// by.
+struct Naming {
+    cluster: Option<String>,
+    peers: PeerSettings,
+}
+
 async fn launch(
     data_dir: PathBuf,
     listen: Option<String>,
@@ -238,6 +258,7 @@ async fn launch(
     registry: Registry,
     timeout: Duration,
     (security, credentials): (NodeSecurity, Credentials),
+    naming: Naming,
 ) -> Result<(Node, Option<WorkerTask>), LaunchError> {
     let deadline = Instant::now() + timeout;
     std::fs::create_dir_all(&data_dir).map_err(|error| {
@@ -250,7 +271,10 @@ async fn launch(
         config.peers = membership.via.clone().into_iter().collect();
     }
     config.security = security;
-    let node = start_node(&config, &registry, deadline).await?;
+    if let Some(cluster) = naming.cluster {
+        config.cluster = cluster;
+    }
+    let node = start_node(&config, &registry, &naming.peers, deadline).await?;
     let endpoints = membership
         .as_ref()
         .map_or_else(|| vec![node.addr().to_string()], Membership::endpoints);
@@ -306,9 +330,11 @@ impl NativeNode {
     /// formed cluster, which knows its kinds; it dials a peer at `via[peer]` when given.
     /// With `ca`, `cert` and `key` (PEM files), TLS and authentication on, the member
     /// presenting its certificate; `tokens` names a tokens file of accepted bearer tokens;
-    /// `insecure` allows plaintext on an address beyond loopback.
+    /// `insecure` allows plaintext on an address beyond loopback. `cluster` names the
+    /// cluster (the default `keel` otherwise); `remotes` are the remote clusters it calls or
+    /// is called by, by alias: `(cluster name, addresses, kinds exposed to it)`.
     #[staticmethod]
-    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None, via=None, ca=None, cert=None, key=None, tokens=None, insecure=false))]
+    #[pyo3(signature = (data_dir, listen, kinds, runner, event_loop, timeout_s, node_id=None, peers=None, via=None, ca=None, cert=None, key=None, tokens=None, insecure=false, cluster=None, remotes=None))]
     #[expect(
         clippy::too_many_arguments,
         reason = "the launch's keyword arguments from Python"
@@ -329,7 +355,24 @@ impl NativeNode {
         key: Option<PathBuf>,
         tokens: Option<PathBuf>,
         insecure: bool,
+        cluster: Option<String>,
+        remotes: Option<BTreeMap<String, RemoteTuple>>,
     ) -> PyResult<Self> {
+        let remote_peers = PeerSettings {
+            remotes: remotes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(alias, (cluster, addresses, expose))| {
+                    let remote = RemoteConfig {
+                        cluster,
+                        addresses,
+                        expose,
+                    };
+                    (alias, remote)
+                })
+                .collect(),
+            ..PeerSettings::default()
+        };
         let security = member_security(ca, cert, key, tokens, insecure)
             .map_err(|message| keel_error(py, "InvalidRequest", message, None))?;
         let membership = match (node_id, peers, &listen) {
@@ -369,7 +412,13 @@ impl NativeNode {
         let registry = bridge::registry(kinds, runner, event_loop)?;
         let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::MAX);
         let _runtime = runtime()?.enter();
-        let launched = launch(data_dir, listen, membership, registry, timeout, security);
+        let naming = Naming {
+            cluster,
+            peers: remote_peers,
+        };
+        let launched = launch(
+            data_dir, listen, membership, registry, timeout, security, naming,
+        );
         let (node, worker) = wait(py, launched)?.map_err(|error| error.into_py(py))?;
         LIVE_NODES.fetch_add(1, Ordering::AcqRel);
         Ok(Self {

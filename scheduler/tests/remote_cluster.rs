@@ -121,7 +121,7 @@ impl Pair {
         let writing = Cluster::start(
             3,
             &format!(
-                "cluster = \"writing\"\n[remotes.research]\nexpose = [\"await-signal\"]\n{}",
+                "cluster = \"writing\"\n[remotes.research]\nexpose = [\"await-signal\", \"echo\"]\n{}",
                 remote_calls_config()
             ),
         );
@@ -442,4 +442,67 @@ async fn the_time_window_dedup_sabotage_is_caught() {
         .await
         .expect_err("the sabotage runs the call twice");
     assert!(error.contains("2 workflows"), "{error}");
+}
+
+/// By hand (REMOTE.md §17 scenario 4): the callee cluster is down while a call is made and
+/// for `KEEL_CALLEE_OUTAGE_S` seconds (default 600) after; when it comes back it takes the
+/// call and runs it once, and the caller resolves with its result.
+///
+/// `KEEL_CALLEE_OUTAGE_S=600 cargo test -p keel-scheduler --test remote_cluster
+/// a_callee_down_for_ten_minutes -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "by hand: the outage lasts ten minutes"]
+async fn a_callee_down_for_ten_minutes_runs_the_call_once_when_back() {
+    let outage = std::env::var("KEEL_CALLEE_OUTAGE_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(600), Duration::from_secs);
+    let mut pair = Pair::start().await;
+    for node in &mut pair.writing.nodes {
+        node.kill();
+    }
+    let down = Instant::now();
+    poll("the call starts", || {
+        let mut client = WorkflowClient::new(&pair.research.addrs()).expect("client");
+        async move {
+            client
+                .start(
+                    "long",
+                    "call-remote",
+                    Bytes::from("writers echo 86400000 hello"),
+                )
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    tokio::time::sleep(outage).await;
+    let mut client = WorkflowClient::new(&pair.research.addrs()).expect("client");
+    let info = client.get("long", true).await.expect("get");
+    let call = info.journal[0].remote.clone().expect("a remote call");
+    eprintln!(
+        "after {:?} down: {} ({} attempts, last error: {})",
+        down.elapsed(),
+        call.state,
+        call.attempts,
+        call.last_error
+    );
+    assert_eq!(call.state, "pending start");
+    for node in &mut pair.writing.nodes {
+        node.start();
+    }
+    let back = Instant::now();
+    let info = wait_finished(&pair.research, "long", Duration::from_secs(120)).await;
+    eprintln!(
+        "resolved {:?} after the callee came back: {:?}",
+        back.elapsed(),
+        String::from_utf8_lossy(&info.result)
+    );
+    assert_eq!(info.result.as_ref(), b"remote: hello");
+    let callee_workflows = inbound(&pair.writing).await;
+    eprintln!(
+        "callee workflows: {:?}",
+        callee_workflows.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(callee_workflows.len(), 1, "the call ran once");
 }

@@ -24,7 +24,7 @@ Every step's result, timer and signal is journaled in Keel's log before the work
 on; after a crash the workflow resumes where it stopped, and no completed step runs again.
 """
 
-from ._app import App, kind_name
+from ._app import App, Remote, kind_name
 from ._client import Client, JournalEntry, NodeStatus, WorkflowHandle, WorkflowInfo, connect
 from ._codec import JsonSerializer, PickleSerializer, Serializer
 from ._context import AsyncContext, Context, StepInfo, step_info
@@ -45,6 +45,7 @@ from ._worker import Worker
 
 __all__ = [
     "App",
+    "Remote",
     "AsyncContext",
     "Cancelled",
     "Client",

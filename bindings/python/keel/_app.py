@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, overload
 
 from . import _native
 from ._client import Client, WorkflowHandle, WorkflowInfo, Workflow, workflow_kind
@@ -28,6 +28,18 @@ def kind_name(fn: Callable[..., Any]) -> str:
     """A function's default kind name: its module and qualified name (never ``hash()``,
     which differs between processes)."""
     return f"{fn.__module__}.{fn.__qualname__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Remote:
+    """Another Keel cluster this app's workflows call (``ctx.call_remote(alias, ...)``) or
+    that calls them: its ``cluster`` name (default: the alias it is given under), the
+    ``addresses`` of its nodes (``host:port``; needed to call it), and the workflow kinds
+    of this app it may start (``expose``; none by default)."""
+
+    cluster: Optional[str] = None
+    addresses: Sequence[str] = ()
+    expose: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +136,10 @@ class App:
     ``token_file``. ``tokens`` is a tokens file of bearer tokens the node accepts (other
     clients'). A node listening in plaintext on an address beyond loopback is refused unless
     ``insecure=True``.
+
+    ``cluster`` names the cluster (``keel`` by default); ``remotes`` are the other clusters
+    its workflows call durably with ``ctx.call_remote`` or that call it, by alias (see
+    ``keel.Remote``). Calls between clusters travel in plaintext in this version.
     """
 
     def __init__(
@@ -141,6 +157,8 @@ class App:
         token_file: Optional[PathLike] = None,
         tokens: Optional[PathLike] = None,
         insecure: bool = False,
+        cluster: Optional[str] = None,
+        remotes: Optional[Mapping[str, Remote]] = None,
     ) -> None:
         if (node_id is None) != (peers is None) or (peers is not None and listen is None):
             raise ValueError("a cluster member is given node_id, listen and peers together")
@@ -151,6 +169,8 @@ class App:
         self._credentials = credential_paths(ca, cert, key, token_file)
         self._tokens = None if tokens is None else os.fspath(tokens)
         self._insecure = insecure
+        self.cluster = cluster
+        self.remotes = dict(remotes or {})
         self.data_dir = Path(data_dir)
         self.node_id = node_id
         self.listen = listen
@@ -339,6 +359,11 @@ class App:
                     *self._credentials[:3],
                     self._tokens,
                     self._insecure,
+                    self.cluster,
+                    {
+                        alias: (remote.cluster, list(remote.addresses), list(remote.expose))
+                        for alias, remote in self.remotes.items()
+                    },
                 )
                 endpoints = [self._node.addr, *(self.peers or {}).values()]
                 self._native_client = _native.NativeClient(endpoints, *self._credentials)

@@ -107,6 +107,25 @@ class Context(_RunContext):
         data = self._app._codec.encode_args(args)
         return self._app._codec.decode(self._native.call(kind, data), hint)
 
+    def call_remote(
+        self,
+        remote: str,
+        kind: str,
+        *args: Any,
+        deadline: Optional[Duration] = None,
+        type: Any = None,
+    ) -> Any:
+        """Calls workflow ``kind`` in the remote cluster ``remote`` (an alias of the app's
+        ``remotes``) and waits durably for its result, read as ``type`` when given. The other
+        cluster runs it at most once (exactly once if the call reaches it before
+        ``deadline``, a day by default), however often either cluster fails over or the link
+        between them is cut. Raises ``keel.WorkflowFailed`` when it fails there (or that
+        cluster refuses the call) and ``keel.Timeout`` at the deadline (the call is then
+        cancelled there)."""
+        data = self._app._codec.encode_args(args)
+        limit = None if deadline is None else seconds(deadline)
+        return self._app._codec.decode(self._native.call_remote(remote, kind, data, limit), type)
+
     def now(self) -> datetime.datetime:
         """The wall-clock time (UTC), journaled: a re-run gets the same value."""
         ms = self._native.now_ms()
@@ -217,6 +236,22 @@ class AsyncContext(_RunContext):
         data = self._app._codec.encode_args(args)
         codec = self._app._codec
         return _decoded(self._native.call_async(kind, data), lambda v: codec.decode(v, hint))
+
+    def call_remote(
+        self,
+        remote: str,
+        kind: str,
+        *args: Any,
+        deadline: Optional[Duration] = None,
+        type: Any = None,
+    ) -> Awaitable[Any]:
+        """Calls workflow ``kind`` in the remote cluster ``remote`` and waits durably for its
+        result (see ``Context.call_remote``)."""
+        data = self._app._codec.encode_args(args)
+        limit = None if deadline is None else seconds(deadline)
+        codec = self._app._codec
+        pending = self._native.call_remote_async(remote, kind, data, limit)
+        return _decoded(pending, lambda v: codec.decode(v, type))
 
     def run(self, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
         """Runs a ``def`` step from async code, on a thread of its own (a ``def`` step
