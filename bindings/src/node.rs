@@ -367,6 +367,7 @@ impl NativeNode {
                         cluster,
                         addresses,
                         expose,
+                        ..RemoteConfig::default()
                     };
                     (alias, remote)
                 })

@@ -363,7 +363,11 @@ impl ConfigFile {
             .map_err(|e| Error::Config(e.to_string()))?;
         let engine = self.scheduler.engine();
         let peers = PeerSettings {
-            remotes: self.remotes,
+            remotes: self
+                .remotes
+                .into_iter()
+                .map(|(alias, remote)| (alias, remote.relative_to(base_dir)))
+                .collect(),
             calls: self.remote_calls,
         };
         peers.validate(self.insecure)?;

@@ -42,7 +42,7 @@ pub fn method_roles() -> MethodRoles {
         ("/keel.workflows.v2.Workflows/GetTimer", Role::Read),
         ("/keel.workflows.v2.Workflows/WatchFires", Role::Read),
         ("/keel.workflows.v2.Workers/", Role::Worker),
-        ("/keel.remote.v1.RemoteCalls/", Role::Write),
+        ("/keel.remote.v1.RemoteCalls/", Role::Remote),
     ])
 }
 
@@ -318,6 +318,19 @@ mod tests {
         assert_eq!(
             roles.needed("/keel.workflows.v2.Workflows/List"),
             Role::Read
+        );
+        let remote = proto_methods(include_str!("../proto/remote.proto"));
+        assert_eq!(remote.len(), 5, "{remote:?}");
+        for method in &remote {
+            assert_eq!(roles.needed(method), Role::Remote, "{method}");
+            assert!(
+                !roles.allows(method, Role::Admin),
+                "{method}: admin names no cluster"
+            );
+        }
+        assert!(
+            !roles.allows("/keel.workflows.v2.Workflows/List", Role::Remote),
+            "another cluster reads nothing here"
         );
     }
 }

@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keel_raft::client::KeelClient;
 use keel_raft::node::NodeConfig;
+use keel_raft::security::credentials::{Connector, Credentials};
+use keel_raft::security::tls::TlsFiles;
+use keel_raft::security::{AuthSettings, NodeSecurity};
 use keel_scheduler::Node;
 use keel_scheduler::client::{WorkflowClient, WorkflowInfo};
 use keel_scheduler::engine::EngineSettings;
 use keel_scheduler::engine::context::{Context, WorkflowError};
 use keel_scheduler::engine::registry::Registry;
-use keel_scheduler::peer::{PeerSettings, RemoteCallSettings, RemoteConfig};
+use keel_scheduler::peer::{PeerSettings, RemoteCallSettings, RemoteConfig, wire};
 
 /// The callee's kind: waits for signal "go" when its input says so, then answers.
 async fn draft(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
@@ -57,6 +60,8 @@ async fn research(ctx: Context, input: Bytes) -> Result<Bytes, WorkflowError> {
 struct Cluster {
     nodes: Vec<Option<Node>>,
     addrs: Vec<String>,
+    /// What its clients present.
+    credentials: Credentials,
     _dir: tempfile::TempDir,
 }
 
@@ -71,6 +76,25 @@ fn calls() -> RemoteCallSettings {
 }
 
 async fn start_cluster(name: &str, registry: fn() -> Registry, peers: &PeerSettings) -> Cluster {
+    start_secured(
+        name,
+        registry,
+        peers,
+        &NodeSecurity::default(),
+        Credentials::none(),
+    )
+    .await
+}
+
+/// A cluster whose nodes have `security` (node `id`'s certificate `node-<id>.pem` when TLS
+/// is on), its clients presenting `credentials`.
+async fn start_secured(
+    name: &str,
+    registry: fn() -> Registry,
+    peers: &PeerSettings,
+    security: &NodeSecurity,
+    credentials: Credentials,
+) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
@@ -82,6 +106,11 @@ async fn start_cluster(name: &str, registry: fn() -> Registry, peers: &PeerSetti
         );
         name.clone_into(&mut config.cluster);
         config.segment_size_bytes = 8 << 20;
+        config.security = security.clone();
+        if let Some(tls) = &mut config.security.tls {
+            tls.cert = tls.cert.with_file_name(format!("node-{id}.pem"));
+            tls.key = tls.key.with_file_name(format!("node-{id}.key"));
+        }
         let node =
             Node::start_with_peers(config, registry(), EngineSettings::default(), peers.clone())
                 .await
@@ -90,7 +119,7 @@ async fn start_cluster(name: &str, registry: fn() -> Registry, peers: &PeerSetti
         nodes.push(Some(node));
     }
     let addrs: Vec<String> = members.values().cloned().collect();
-    KeelClient::new(&addrs)
+    KeelClient::with_credentials(&addrs, &credentials)
         .expect("client")
         .init(&members)
         .await
@@ -98,13 +127,14 @@ async fn start_cluster(name: &str, registry: fn() -> Registry, peers: &PeerSetti
     Cluster {
         nodes,
         addrs,
+        credentials,
         _dir: dir,
     }
 }
 
 impl Cluster {
     fn client(&self) -> WorkflowClient {
-        WorkflowClient::new(&self.addrs).expect("client")
+        WorkflowClient::with_credentials(&self.addrs, &self.credentials).expect("client")
     }
 
     /// Stops the node that runs workflows (waiting for one to), returns its index.
@@ -180,7 +210,7 @@ async fn start_pair() -> (Cluster, Cluster) {
             RemoteConfig {
                 cluster: Some("writing".into()),
                 addresses: writing.addrs.clone(),
-                expose: Vec::new(),
+                ..RemoteConfig::default()
             },
         )]),
         calls: calls(),
@@ -294,4 +324,143 @@ async fn a_deadline_times_the_call_out_and_cancels_the_callee() {
         }
     })
     .await;
+}
+
+/// A CA for `writing`, its nodes' certificates, and a tokens file: an admin token for the
+/// test's clients, remote tokens named `research` and `intruder`, and a write token.
+fn writing_pki(dir: &std::path::Path) -> (NodeSecurity, Credentials) {
+    use keel_raft::security::certs::{LocalCa, write_pair};
+    use keel_raft::security::roles::Role;
+    let ca = LocalCa::create("writing").expect("CA");
+    ca.write(dir).expect("write the CA");
+    for id in 1..=3 {
+        let stem = format!("node-{id}");
+        let issued = ca.issue(&stem, Role::Node, &[]).expect("node certificate");
+        write_pair(dir, &stem, &issued).expect("write it");
+    }
+    let tokens = [
+        ("admin", "admin", "writing-admin-token"),
+        ("research", "remote", "research-remote-token"),
+        ("intruder", "remote", "intruder-remote-token"),
+        ("writer", "write", "writing-write-token"),
+    ];
+    let mut text = String::new();
+    for (name, role, value) in tokens {
+        let entry =
+            format!("[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nvalue = \"{value}\"\n");
+        text.push_str(&entry);
+        std::fs::write(dir.join(format!("{name}.token")), value).expect("token file");
+    }
+    std::fs::write(dir.join("tokens.toml"), text).expect("tokens file");
+    let security = NodeSecurity {
+        tls: Some(TlsFiles {
+            cert: dir.join("node-1.pem"),
+            key: dir.join("node-1.key"),
+            ca: dir.join("ca.pem"),
+        }),
+        auth: Some(AuthSettings {
+            tokens: Some(dir.join("tokens.toml")),
+        }),
+        insecure: false,
+    };
+    (security, token_credentials(dir, "admin"))
+}
+
+fn token_credentials(dir: &std::path::Path, name: &str) -> Credentials {
+    Credentials {
+        ca: Some(dir.join("ca.pem")),
+        token_file: Some(dir.join(format!("{name}.token"))),
+        ..Credentials::none()
+    }
+}
+
+/// Hello to `writing`'s first node with the token `name`: its refusal, if any.
+async fn hello_as(writing: &Cluster, pki: &std::path::Path, name: &str) -> Option<tonic::Status> {
+    let connector = Connector::new(&token_credentials(pki, name)).expect("credentials");
+    let endpoint = keel_raft::network::client::endpoint(&writing.addrs[0]).expect("endpoint");
+    let mut client =
+        wire::remote_calls_client::RemoteCallsClient::new(connector.channel(&endpoint));
+    let hello = wire::HelloRequest {
+        protocol_min: 1,
+        protocol_max: 1,
+        caller: Some(wire::ClusterIdentity {
+            name: "research".into(),
+            incarnation: vec![1; 16].into(),
+        }),
+    };
+    client.hello(hello).await.err()
+}
+
+/// With TLS and authentication on the callee, the caller calls with the token issued to it
+/// (role `remote`, principal `research`); another cluster's remote token cannot speak for
+/// `research`, a `write` token cannot call the service at all, and a remote token reads
+/// nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_between_clusters_are_authenticated_by_the_callee() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (security, admin) = writing_pki(pki.path());
+    let writing_peers = PeerSettings {
+        remotes: BTreeMap::from([(
+            "research".to_owned(),
+            RemoteConfig {
+                expose: vec!["draft".into()],
+                ..RemoteConfig::default()
+            },
+        )]),
+        calls: calls(),
+    };
+    let writing = start_secured(
+        "writing",
+        writing_registry,
+        &writing_peers,
+        &security,
+        admin,
+    )
+    .await;
+    let research_peers = PeerSettings {
+        remotes: BTreeMap::from([(
+            "writers".to_owned(),
+            RemoteConfig {
+                cluster: Some("writing".into()),
+                addresses: writing.addrs.clone(),
+                ca: Some(pki.path().join("ca.pem")),
+                token_file: Some(pki.path().join("research.token")),
+                ..RemoteConfig::default()
+            },
+        )]),
+        calls: calls(),
+    };
+    let research = start_cluster("research", research_registry, &research_peers).await;
+    start_research(&research, &["a".to_owned()], "topic").await;
+    let info = wait_finished(&mut research.client(), "a").await;
+    assert_eq!(info.result.as_ref(), b"draft of topic", "{info:?}");
+
+    let intruder = hello_as(&writing, pki.path(), "intruder")
+        .await
+        .expect("refused");
+    assert_eq!(
+        intruder.code(),
+        tonic::Code::PermissionDenied,
+        "{intruder:?}"
+    );
+    assert!(
+        intruder
+            .message()
+            .contains("may not speak for cluster research"),
+        "{intruder:?}"
+    );
+    let writer = hello_as(&writing, pki.path(), "writer")
+        .await
+        .expect("refused");
+    assert_eq!(writer.code(), tonic::Code::PermissionDenied, "{writer:?}");
+    let mut as_remote = WorkflowClient::with_credentials(
+        &writing.addrs,
+        &token_credentials(pki.path(), "research"),
+    )
+    .expect("client");
+    let read = as_remote.list(None, None, None, 10).await;
+    assert!(
+        read.is_err(),
+        "a remote token read the callee's workflows: {read:?}"
+    );
 }

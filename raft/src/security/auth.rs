@@ -50,8 +50,9 @@ impl Authenticator {
     }
 
     /// A TLS node without `[auth]`: only the methods that need the `node` role (the raft
-    /// service) are checked — a peer must present a node certificate of the cluster's CA,
-    /// so TLS is mutual between nodes; every other call passes.
+    /// service) or the `remote` role (calls between clusters) are checked — a peer must
+    /// present a certificate of the cluster's CA, so TLS is mutual between nodes and with
+    /// another cluster; every other call passes.
     pub fn nodes_only(methods: MethodRoles) -> Self {
         Self {
             tokens: None,
@@ -62,7 +63,7 @@ impl Authenticator {
 
     /// Whether calls of `path` are checked.
     pub fn checks(&self, path: &str) -> bool {
-        !self.nodes_only || self.methods.needed(path) == Role::Node
+        !self.nodes_only || matches!(self.methods.needed(path), Role::Node | Role::Remote)
     }
 
     /// The caller of a request with `headers` on a connection described by `peer`, if it

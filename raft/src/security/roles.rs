@@ -7,6 +7,7 @@
 //! | `worker` | what `read` may, and the workers service (leases, journal records)  |
 //! | `admin`  | everything but the raft service: also init, membership, repair      |
 //! | `node`   | the raft service between nodes (certificates only), and what `write` and `worker` may |
+//! | `remote` | the service of calls between clusters, and nothing else — not even reads: its holder is another cluster (its name is the principal) |
 //!
 //! A method no table names needs `admin`: a new method is closed until someone says who
 //! may call it. A node certificate may also write and work (an embedded member's own
@@ -32,16 +33,19 @@ pub enum Role {
     Admin,
     /// A cluster member: the raft service, and what `write` and `worker` may.
     Node,
+    /// Another cluster calling this one's remote-calls service; nothing else.
+    Remote,
 }
 
 impl Role {
     /// Every role, each once.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Read,
         Role::Write,
         Role::Worker,
         Role::Admin,
         Role::Node,
+        Role::Remote,
     ];
 
     /// The role's name, as configuration and certificates spell it.
@@ -52,6 +56,7 @@ impl Role {
             Role::Worker => "worker",
             Role::Admin => "admin",
             Role::Node => "node",
+            Role::Remote => "remote",
         }
     }
 
@@ -63,6 +68,9 @@ impl Role {
     /// Whether a caller holding this role may call a method that needs `needed`.
     pub fn permits(self, needed: Role) -> bool {
         match (self, needed) {
+            // Another cluster names no one here: it may call only what needs it, and
+            // nobody else may (admin and node included).
+            (Role::Remote, needed) | (needed, Role::Remote) => needed == Role::Remote,
             (_, Role::Read) => true,
             (Role::Admin, other) => other != Role::Node,
             (Role::Node, other) => other != Role::Admin,
@@ -188,7 +196,7 @@ mod tests {
 
     #[test]
     fn roles_permit_what_the_table_says() {
-        use Role::{Admin, Node, Read, Worker, Write};
+        use Role::{Admin, Node, Read, Remote, Worker, Write};
         let permitted = |held: Role| -> Vec<Role> {
             Role::ALL
                 .into_iter()
@@ -200,6 +208,13 @@ mod tests {
         assert_eq!(permitted(Worker), [Read, Worker]);
         assert_eq!(permitted(Admin), [Read, Write, Worker, Admin]);
         assert_eq!(permitted(Node), [Read, Write, Worker, Node]);
+        assert_eq!(permitted(Remote), [Remote], "not even reads");
+        assert!(
+            [Read, Write, Worker, Admin, Node]
+                .iter()
+                .all(|held| !held.permits(Remote)),
+            "no role of this cluster calls another cluster's service"
+        );
         for role in Role::ALL {
             assert_eq!(Role::from_name(role.name()), Some(role));
         }

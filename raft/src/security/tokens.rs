@@ -2,8 +2,8 @@
 //!
 //! ```toml
 //! [[token]]
-//! name = "ci"                 # a label for logs (optional)
-//! role = "write"              # read, write, worker or admin
+//! name = "ci"                 # a label for logs (optional; required for `remote`)
+//! role = "write"              # read, write, worker, admin or remote
 //! value = "…at least 16 characters…"
 //!
 //! [[token]]
@@ -103,6 +103,12 @@ impl Tokens {
         })?;
         let mut accepted = Vec::with_capacity(file.token.len());
         for (i, entry) in file.token.into_iter().enumerate() {
+            if entry.role == Role::Remote && entry.name.is_none() {
+                return Err(invalid(format!(
+                    "token {}: a remote token needs a name: the cluster it is issued to, its principal",
+                    i + 1
+                )));
+            }
             let name = entry.name.unwrap_or_else(|| format!("token {}", i + 1));
             if entry.role == Role::Node {
                 return Err(invalid(format!(
@@ -214,6 +220,10 @@ mod tests {
                 "node certificates only",
             ),
             ("[[token]]\nrole = \"write\"\n", "exactly one of"),
+            (
+                "[[token]]\nrole = \"remote\"\nvalue = \"0123456789abcdef\"\n",
+                "a remote token needs a name",
+            ),
             (
                 "[[token]]\nrole = \"write\"\nvalue = \"0123456789abcdef\"\nenv = \"X\"\n",
                 "exactly one of",

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use keel_raft::cluster_identity::ClusterIdentity;
 use keel_raft::node::NodeShared;
+use keel_raft::security::credentials::Connector;
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -169,13 +170,28 @@ fn own_failure(status: &Status) -> Failure {
 }
 
 impl Driver {
-    fn link(&self) -> Link {
+    /// The link to this remote, once its credentials open (they did when the node started;
+    /// a file gone since halts the remote, retried once per backoff cap).
+    async fn link(&self) -> Link {
         let calls = &self.context.settings.calls;
-        Link::new(
-            self.remote.addresses.clone(),
-            calls.backoff_first(),
-            calls.backoff_max(),
-        )
+        loop {
+            match Connector::new(&self.remote.credentials()) {
+                Ok(connector) => {
+                    return Link::new(
+                        self.remote.addresses.clone(),
+                        connector,
+                        calls.backoff_first(),
+                        calls.backoff_max(),
+                    );
+                }
+                Err(error) => {
+                    let mut statuses = self.context.statuses.lock().expect("status lock poisoned");
+                    statuses.entry(self.alias.clone()).or_default().halted =
+                        Some(format!("opening its credentials: {error}"));
+                }
+            }
+            tokio::time::sleep(calls.backoff_max()).await;
+        }
     }
 
     fn own_identity(&self) -> Result<ClusterIdentity, Failure> {
@@ -212,7 +228,7 @@ impl Driver {
     }
 
     async fn deliver(self: Arc<Self>) {
-        let mut link = self.link();
+        let mut link = self.link().await;
         let mut changed = self.context.machine.watch_remote();
         let mut hello = None;
         loop {
@@ -483,7 +499,7 @@ impl Driver {
     }
 
     async fn fetch(self: Arc<Self>) {
-        let mut link = self.link();
+        let mut link = self.link().await;
         let mut changed = self.context.machine.watch_remote();
         let mut acks = Vec::new();
         loop {

@@ -6,23 +6,24 @@
 use std::time::Duration;
 
 use keel_raft::limits::MESSAGE_MAX_BYTES;
+use keel_raft::network::client::endpoint;
 use keel_raft::retry::Backoff;
-use tonic::transport::{Channel, Endpoint};
+use keel_raft::security::credentials::{Connector, KeelChannel};
 
 use super::errors::Failure;
 use crate::pb::remote::remote_calls_client::RemoteCallsClient;
 
 /// Consecutive failures that open the breaker.
 pub(crate) const BREAKER_FAILURES: u32 = 8;
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A remote's configured addresses, the one in use, and the failures in a row.
 #[derive(Debug)]
 pub(crate) struct Link {
     addresses: Vec<String>,
+    /// What this cluster presents to the remote (TLS, certificate, token).
+    connector: Connector,
     current: usize,
-    client: Option<RemoteCallsClient<Channel>>,
+    client: Option<RemoteCallsClient<KeelChannel>>,
     backoff: Backoff,
     failures: u32,
     /// Not-leader answers since the last success or pause: a round of them pauses too.
@@ -33,9 +34,15 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(addresses: Vec<String>, first: Duration, max: Duration) -> Self {
+    pub(crate) fn new(
+        addresses: Vec<String>,
+        connector: Connector,
+        first: Duration,
+        max: Duration,
+    ) -> Self {
         Self {
             addresses,
+            connector,
             current: 0,
             client: None,
             backoff: Backoff {
@@ -51,16 +58,13 @@ impl Link {
     }
 
     /// A client of the address in use (connected lazily); `None` with no addresses.
-    pub(crate) fn client(&mut self) -> Option<RemoteCallsClient<Channel>> {
+    pub(crate) fn client(&mut self) -> Option<RemoteCallsClient<KeelChannel>> {
         self.attempts += 1;
         if self.client.is_none() {
             let address = self.addresses.get(self.current)?;
-            let endpoint = Endpoint::from_shared(format!("http://{address}"))
-                .ok()?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true);
+            let channel = self.connector.channel(&endpoint(address).ok()?);
             self.client = Some(
-                RemoteCallsClient::new(endpoint.connect_lazy())
+                RemoteCallsClient::new(channel)
                     .max_decoding_message_size(MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(MESSAGE_MAX_BYTES),
             );
@@ -118,7 +122,7 @@ mod tests {
     #[test]
     fn pauses_back_off_and_the_breaker_opens_after_eight_failures() {
         let (first, cap) = (Duration::from_millis(50), Duration::from_secs(2));
-        let mut link = Link::new(vec!["127.0.0.1:1".into()], first, cap);
+        let mut link = Link::new(vec!["127.0.0.1:1".into()], Connector::default(), first, cap);
         for n in 1..BREAKER_FAILURES {
             link.failures = n;
             let p = (first * (1 << (n - 1))).min(cap);
@@ -141,6 +145,7 @@ mod tests {
     async fn not_leader_answers_move_on_and_a_round_of_them_pauses() {
         let mut link = Link::new(
             vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            Connector::default(),
             Duration::from_millis(40),
             Duration::from_secs(1),
         );

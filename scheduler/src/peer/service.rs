@@ -3,15 +3,17 @@
 //! a linearizable read on another node fails with "not leader"); every answer reports a
 //! committed command (REMOTE.md §8, §14).
 //!
-//! The caller a request claims is trusted once its cluster name is a configured remote's:
-//! remote calls travel in plaintext in this build (REMOTE.md §15 describes the credentials
-//! that will prove it).
+//! The cluster a request claims to come from must be a configured remote; when this node
+//! authenticates, the request's credentials (role `remote`) must be the ones configured for
+//! that remote (its principal), else the claim is refused. Without authentication (plaintext
+//! on loopback, or `insecure`), the claim is trusted: for development only (REMOTE.md §15).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_raft::cluster_identity::{ClusterIdentity, CommittedIdentity};
 use keel_raft::node::NodeShared;
+use keel_raft::security::auth::Caller;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
@@ -72,14 +74,31 @@ impl PeerService {
             .ok_or_else(|| super::errors::unavailable("this cluster has no identity yet"))
     }
 
-    /// The configured remote a request's claimed identity names.
-    fn remote_of(&self, claimed: &ClusterIdentity) -> Result<(&str, &RemoteConfig), Status> {
-        self.settings.by_cluster(claimed.name()).ok_or_else(|| {
+    /// The configured remote a request's claimed identity names, checked against the
+    /// principal that authenticated it (when this node authenticates: its credentials must
+    /// be the ones configured for that remote, REMOTE.md §15).
+    fn remote_of(
+        &self,
+        claimed: &ClusterIdentity,
+        principal: Option<&Caller>,
+    ) -> Result<(&str, &RemoteConfig), Status> {
+        let (alias, remote) = self.settings.by_cluster(claimed.name()).ok_or_else(|| {
             denied(format!(
                 "cluster {} is not a configured remote here",
                 claimed.name()
             ))
-        })
+        })?;
+        if let Some(principal) = principal
+            && principal.name != remote.principal(alias)
+        {
+            return Err(denied(format!(
+                "{} may not speak for cluster {}: its credentials are {}'s",
+                principal.name,
+                claimed.name(),
+                remote.principal(alias)
+            )));
+        }
+        Ok((alias, remote))
     }
 
     fn check_protocol(protocol: u32) -> Result<(), Status> {
@@ -98,12 +117,13 @@ impl PeerService {
     fn check_caller(
         &self,
         protocol: u32,
+        principal: Option<&Caller>,
         from: Option<&pb::ClusterIdentity>,
         to: Option<&pb::ClusterIdentity>,
     ) -> Result<(ClusterIdentity, RemoteConfig, CommittedIdentity), Status> {
         Self::check_protocol(protocol)?;
         let from = identity_from_wire(from, "caller")?;
-        let remote = self.remote_of(&from)?.1.clone();
+        let remote = self.remote_of(&from, principal)?.1.clone();
         let addressed = identity_from_wire(to, "callee")?;
         let own = self.own_identity()?;
         if addressed != own.identity {
@@ -170,6 +190,7 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::HelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
+        let principal = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         if !(request.protocol_min..=request.protocol_max).contains(&PROTOCOL) {
             return Err(refusal(
@@ -181,7 +202,7 @@ impl RemoteCalls for PeerService {
             ));
         }
         let caller = identity_from_wire(request.caller.as_ref(), "caller")?;
-        self.remote_of(&caller)?;
+        self.remote_of(&caller, principal.as_ref())?;
         let own = self.own_identity()?;
         self.proposer.service().linearize().await?;
         let watermark = self
@@ -213,9 +234,11 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::StartRequest>,
     ) -> Result<Response<pb::StartResponse>, Status> {
+        let principal = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let (caller, remote, own) = self.check_caller(
             request.protocol,
+            principal.as_ref(),
             request.caller.as_ref(),
             request.callee.as_ref(),
         )?;
@@ -285,10 +308,11 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let principal = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         Self::check_protocol(request.protocol)?;
         let sender = identity_from_wire(request.callee.as_ref(), "callee")?;
-        let (alias, _) = self.remote_of(&sender)?;
+        let (alias, _) = self.remote_of(&sender, principal.as_ref())?;
         let addressed = identity_from_wire(request.caller.as_ref(), "caller")?;
         let own = self.own_identity()?;
         if addressed != own.identity {
@@ -340,9 +364,11 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let principal = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let (caller, _, _) = self.check_caller(
             request.protocol,
+            principal.as_ref(),
             request.caller.as_ref(),
             request.callee.as_ref(),
         )?;
@@ -382,9 +408,11 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let principal = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let (caller, _, _) = self.check_caller(
             request.protocol,
+            principal.as_ref(),
             request.caller.as_ref(),
             request.callee.as_ref(),
         )?;

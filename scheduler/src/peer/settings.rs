@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use keel_raft::security::credentials::{Connector, Credentials};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -22,6 +24,18 @@ pub struct RemoteConfig {
     /// Workflow kinds the peer may start here (default: none).
     #[serde(default)]
     pub expose: Vec<String>,
+    /// The principal the peer's credentials carry here, when this node authenticates: the
+    /// name of its token or the common name of its certificate, of role `remote` (default:
+    /// the alias).
+    pub principal: Option<String>,
+    /// The CA that verifies the peer's server certificate; given, calls to it are TLS.
+    pub ca: Option<PathBuf>,
+    /// The client certificate this cluster presents to it (issued by the peer), with `key`.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub key: Option<PathBuf>,
+    /// A file holding the bearer token this cluster presents to it (issued by the peer).
+    pub token_file: Option<PathBuf>,
 }
 
 /// This cluster's own settings as caller and callee.
@@ -92,6 +106,8 @@ impl PeerSettings {
             keel_raft::cluster_identity::ClusterIdentity::new(cluster, [0; 16]).map_err(
                 |error| Error::Config(format!("remotes.{alias}.cluster {cluster:?}: {error}")),
             )?;
+            Connector::new(&remote.credentials())
+                .map_err(|error| Error::Config(format!("remotes.{alias}: {error}")))?;
             for address in &remote.addresses {
                 let resolved: Vec<_> = address
                     .to_socket_addrs()
@@ -99,10 +115,11 @@ impl PeerSettings {
                         Error::Config(format!("remotes.{alias}: address {address:?}: {error}"))
                     })?
                     .collect();
-                if !insecure && resolved.iter().any(|a| !a.ip().is_loopback()) {
+                let plaintext = remote.ca.is_none();
+                if plaintext && !insecure && resolved.iter().any(|a| !a.ip().is_loopback()) {
                     return bad(format!(
-                        "remotes.{alias}: address {address} is not loopback; remote calls are \
-                         plaintext in this build, so it needs `insecure = true`"
+                        "remotes.{alias}: address {address} is not loopback; give the peer's \
+                         `ca` (TLS), or say `insecure = true` for plaintext"
                     ));
                 }
             }
@@ -137,6 +154,40 @@ impl RemoteConfig {
     /// The peer's cluster name: configured, else `alias`.
     pub fn cluster<'a>(&'a self, alias: &'a str) -> &'a str {
         self.cluster.as_deref().unwrap_or(alias)
+    }
+
+    /// The principal the peer's credentials carry here: configured, else `alias`.
+    pub fn principal<'a>(&'a self, alias: &'a str) -> &'a str {
+        self.principal.as_deref().unwrap_or(alias)
+    }
+
+    /// What this cluster presents when it calls the peer.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
+
+    /// This configuration with its relative paths resolved against `base`.
+    #[must_use]
+    pub fn relative_to(mut self, base: &Path) -> Self {
+        for path in [
+            &mut self.ca,
+            &mut self.cert,
+            &mut self.key,
+            &mut self.token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        self
     }
 }
 
@@ -183,6 +234,7 @@ mod tests {
                 "[remotes.a]\naddresses = [\"10.1.2.3:7000\"]",
                 "not loopback",
             ),
+            ("[remotes.a]\ntoken_file = \"a.token\"", "over TLS only"),
             (
                 "[remotes.a]\naddresses = [\"nowhere\"]",
                 "address \"nowhere\"",

@@ -24,6 +24,11 @@ pub(crate) struct CertsArgs {
     /// `127.0.0.1` and `::1`; every node certificate names them all).
     #[arg(long, value_delimiter = ',')]
     pub(crate) host: Vec<String>,
+    /// Other clusters that call this one (`[remotes]`): for each name, a client
+    /// certificate `remote-<name>.pem`/`.key` of role `remote` whose common name is the
+    /// name, to hand to that cluster (its principal here).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) remote: Vec<String>,
 }
 
 /// The file of the client certificate for `role` in `dir`, and its key.
@@ -59,6 +64,11 @@ pub(crate) fn write_certs(args: &CertsArgs) -> anyhow::Result<Vec<String>> {
         let issued = ca.issue(&name, Role::Node, &args.host)?;
         let (cert, _) = write_pair(&args.dir, &name, &issued)?;
         wrote.push(format!("node {id}: {}", cert.display()));
+    }
+    for name in &args.remote {
+        let issued = ca.issue(name, Role::Remote, &[])?;
+        let (cert, _) = write_pair(&args.dir, &format!("remote-{name}"), &issued)?;
+        wrote.push(format!("remote cluster {name}: {}", cert.display()));
     }
     for role in CLIENT_ROLES {
         let issued = ca.issue(&format!("{role} client"), role, &[])?;

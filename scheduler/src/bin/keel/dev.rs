@@ -59,6 +59,7 @@ fn prepare_dev_certs(data_dir: &Path, tls: bool) -> anyhow::Result<PathBuf> {
                 dir: certs_dir.clone(),
                 nodes: 3,
                 host: Vec::new(),
+                remote: Vec::new(),
             })?;
         }
         std::fs::write(&marker, "keel dev runs with TLS\n")?;
