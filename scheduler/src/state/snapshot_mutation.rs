@@ -8,9 +8,11 @@
 //! an accepted state that apply would break is caught as a panic too).
 //!
 //! It lives in the crate, not in `tests/`, because it edits the state's private fields. The
-//! corruptions are in `mutations`; this module builds the states and drives the trials.
+//! corruptions are in `mutations`, those of calls between clusters (and their commands and
+//! sweep) in `remote`; this module builds the states and drives the trials.
 
 mod mutations;
+mod remote;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -129,6 +131,7 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (0u64..200).prop_map(|retention_ms| Command::Expire { retention_ms }),
         // Fire every pending timer (the ids are filled in from the state).
         1 => Just(Command::FireTimers { ids: Vec::new() }),
+        4 => remote::command(),
     ]
 }
 
@@ -144,6 +147,7 @@ fn resolve(machine: &SchedulerMachine, mut command: Command) -> Command {
     if let Command::FireTimers { ids } = &mut command {
         *ids = state.timers().in_due_order().map(|(_, id)| id).collect();
     }
+    remote::resolve(&state, &mut command);
     let current = command
         .run_fence()
         .and_then(|(workflow, _)| state.workflow(workflow))
@@ -153,7 +157,8 @@ fn resolve(machine: &SchedulerMachine, mut command: Command) -> Command {
             Command::Step { fence, seq, .. }
             | Command::Sleep { fence, seq, .. }
             | Command::WaitSignal { fence, seq, .. }
-            | Command::Call { fence, seq, .. } => {
+            | Command::Call { fence, seq, .. }
+            | Command::RemoteCall { fence, seq, .. } => {
                 *fence = current;
                 if *seq == NEXT {
                     *seq = next;
@@ -225,6 +230,7 @@ fn sweep(machine: &SchedulerMachine, end: bool) -> Vec<(u64, Command)> {
             });
         }
     }
+    sweep.extend(remote::sweep(&state));
     if !end {
         return sweep.into_iter().map(|c| (0, c)).collect();
     }

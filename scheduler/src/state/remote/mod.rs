@@ -33,9 +33,9 @@ use crate::command::{CallId, Refusal, Value};
 #[rkyv(attr(allow(missing_docs, reason = "rkyv's archived twin of a documented type")))]
 pub struct RemoteState {
     /// As caller, by remote alias.
-    outgoing: BTreeMap<String, Outgoing>,
+    pub(in crate::state) outgoing: BTreeMap<String, Outgoing>,
     /// As callee, by caller identity.
-    incoming: BTreeMap<String, Incoming>,
+    pub(in crate::state) incoming: BTreeMap<String, Incoming>,
 }
 
 /// A caller's stream to one remote.

@@ -54,6 +54,8 @@ pub(super) enum Mutation {
     RemoveSchedule(Index),
     /// Sets the last timer id handed out: below a pending timer's, or to the largest id.
     SetNextId(Index, bool),
+    /// Corrupts the state of calls between clusters.
+    Remote(super::remote::RemoteMutation),
 }
 
 pub(super) fn mutation() -> impl Strategy<Value = Mutation> {
@@ -80,6 +82,7 @@ pub(super) fn mutation() -> impl Strategy<Value = Mutation> {
         (i(), i()).prop_map(|(s, t)| Mutation::RepointSchedule(s, t)),
         i().prop_map(Mutation::RemoveSchedule),
         (i(), any::<bool>()).prop_map(|(t, exhausted)| Mutation::SetNextId(t, exhausted)),
+        super::remote::mutation().prop_map(Mutation::Remote),
     ]
 }
 
@@ -90,6 +93,10 @@ fn pick<T: Clone>(items: &[T], index: Index) -> Option<T> {
 /// Applies `mutation` to `state`; a mutation that finds nothing to act on does nothing.
 #[expect(clippy::too_many_lines, reason = "one arm per mutation")]
 pub(super) fn mutate(state: &mut SchedulerState, mutation: &Mutation) {
+    if let Mutation::Remote(remote) = mutation {
+        super::remote::mutate(state, remote);
+        return;
+    }
     let timer_ids: Vec<u64> = state.timers.in_due_order().map(|(_, id)| id).collect();
     let workflow_ids: Vec<String> = state.workflows.keys().cloned().collect();
     let (running, finished): (Vec<String>, Vec<String>) = workflow_ids
@@ -266,5 +273,6 @@ pub(super) fn mutate(state: &mut SchedulerState, mutation: &Mutation) {
                 *next_id = id - 1;
             }
         }
+        Mutation::Remote(_) => unreachable!("handled above"),
     }
 }
