@@ -245,6 +245,18 @@ impl WorkflowClient {
         on_leader!(self, request, cancel).map(|_| ())
     }
 
+    /// Rebinds remote `remote` (its callee was re-created): its unresolved calls fail, and
+    /// the next Hello binds whichever cluster answers; how many calls failed.
+    ///
+    /// # Errors
+    /// Cluster errors (`PERMISSION_DENIED` for a caller without the admin role).
+    pub async fn rebind_remote(&mut self, remote: &str) -> Result<u64, WorkflowClientError> {
+        let request = pb::RebindRemoteRequest {
+            remote: remote.to_owned(),
+        };
+        Ok(on_leader!(self, request, rebind_remote)?.failed_calls)
+    }
+
     /// Workflows after id `after`, of `kind` and `status` when given, at most `limit`.
     ///
     /// # Errors

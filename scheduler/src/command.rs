@@ -386,6 +386,14 @@ pub enum Command {
         /// The results.
         results: Vec<CancelResult>,
     },
+    /// An operator's rebind (caller side): `remote`'s binding is dropped, every unresolved
+    /// call of its stream fails (`callee-lost`: whether the old callee took it cannot be
+    /// known), its outbox is emptied and its stream starts again at seq 1; the next Hello
+    /// binds whichever identity answers.
+    RemoteUnbind {
+        /// The remote's alias.
+        remote: String,
+    },
     /// Takes a caller's start items (callee side), in stream order from its watermark.
     RemoteStart {
         /// The caller's identity text.

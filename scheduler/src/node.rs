@@ -37,6 +37,7 @@ pub fn method_roles() -> MethodRoles {
         ("/keel.workflows.v2.Workflows/Cancel", Role::Write),
         ("/keel.workflows.v2.Workflows/ScheduleTimer", Role::Write),
         ("/keel.workflows.v2.Workflows/RegisterSchedule", Role::Write),
+        ("/keel.workflows.v2.Workflows/RebindRemote", Role::Admin),
         ("/keel.workflows.v2.Workflows/Get", Role::Read),
         ("/keel.workflows.v2.Workflows/List", Role::Read),
         ("/keel.workflows.v2.Workflows/GetTimer", Role::Read),
@@ -303,7 +304,7 @@ mod tests {
     fn every_method_of_the_workflow_services_has_its_own_role() {
         let roles = method_roles();
         let methods = proto_methods(include_str!("../proto/workflows.proto"));
-        assert_eq!(methods.len(), 13, "{methods:?}");
+        assert_eq!(methods.len(), 14, "{methods:?}");
         for method in &methods {
             assert!(roles.names(method), "{method} has no role");
         }

@@ -474,6 +474,20 @@ impl Workflows for WorkflowService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn rebind_remote(
+        &self,
+        request: Request<pb::RebindRemoteRequest>,
+    ) -> Result<Response<pb::RebindRemoteResponse>, Status> {
+        let remote = request.into_inner().remote;
+        too_large("remote", remote.len(), NAME_MAX_BYTES)?;
+        match self.propose(Command::RemoteUnbind { remote }, None).await? {
+            Answer::RemoteUnbound { failed } => Ok(Response::new(pb::RebindRemoteResponse {
+                failed_calls: failed,
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn register_schedule(
         &self,
         request: Request<pb::RegisterScheduleRequest>,

@@ -86,6 +86,13 @@ async fn start_cluster(name: &str, registry: fn() -> Registry, peers: &PeerSetti
     .await
 }
 
+/// The listen address of node `id` (1-based) of a cluster: `ports[id - 1]` when given, else
+/// a free port.
+fn listen(ports: Option<&[u16]>, id: u64) -> std::net::SocketAddr {
+    let port = ports.map_or(0, |ports| ports[usize::try_from(id - 1).expect("small")]);
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// A cluster whose nodes have `security` (node `id`'s certificate `node-<id>.pem` when TLS
 /// is on), its clients presenting `credentials`.
 async fn start_secured(
@@ -95,15 +102,24 @@ async fn start_secured(
     security: &NodeSecurity,
     credentials: Credentials,
 ) -> Cluster {
+    start_on(name, registry, peers, security, credentials, None).await
+}
+
+/// As [`start_secured`], its nodes listening on `ports` when given.
+async fn start_on(
+    name: &str,
+    registry: fn() -> Registry,
+    peers: &PeerSettings,
+    security: &NodeSecurity,
+    credentials: Credentials,
+    ports: Option<&[u16]>,
+) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=3 {
-        let mut config = NodeConfig::new(
-            id,
-            "127.0.0.1:0".parse().expect("addr"),
-            dir.path().join(format!("node-{id}")),
-        );
+        let mut config =
+            NodeConfig::new(id, listen(ports, id), dir.path().join(format!("node-{id}")));
         name.clone_into(&mut config.cluster);
         config.segment_size_bytes = 8 << 20;
         config.security = security.clone();
@@ -463,4 +479,102 @@ async fn calls_between_clusters_are_authenticated_by_the_callee() {
         read.is_err(),
         "a remote token read the callee's workflows: {read:?}"
     );
+}
+
+impl Cluster {
+    /// Stops every node (its data goes with the cluster's directory when dropped).
+    async fn stop(mut self) {
+        for node in self.nodes.iter_mut().filter_map(Option::take) {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// The callee cluster wiped and re-created at the same addresses: the caller's driver meets
+/// another identity and halts the remote (`wrong-callee`, shown in `keel status`) rather
+/// than resend the old stream; an operator's rebind fails the calls that were out there
+/// (`callee-lost`), and the next call binds the new cluster and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_callee_halts_the_remote_until_an_operator_rebinds_it() {
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        })
+        .collect();
+    let writing_peers = PeerSettings {
+        remotes: BTreeMap::from([(
+            "research".to_owned(),
+            RemoteConfig {
+                expose: vec!["draft".into()],
+                ..RemoteConfig::default()
+            },
+        )]),
+        calls: calls(),
+    };
+    let plaintext = NodeSecurity::default();
+    let start_writing = || {
+        start_on(
+            "writing",
+            writing_registry,
+            &writing_peers,
+            &plaintext,
+            Credentials::none(),
+            Some(&ports),
+        )
+    };
+    let writing = start_writing().await;
+    let research_peers = PeerSettings {
+        remotes: BTreeMap::from([(
+            "writers".to_owned(),
+            RemoteConfig {
+                cluster: Some("writing".into()),
+                addresses: writing.addrs.clone(),
+                ..RemoteConfig::default()
+            },
+        )]),
+        calls: calls(),
+    };
+    let research = start_cluster("research", research_registry, &research_peers).await;
+    start_research(&research, &["lost".to_owned()], "wait").await;
+    wait_until("the callee took the call", || {
+        let writing = &writing;
+        async move { writing.inbound().await.len() == 1 }
+    })
+    .await;
+    writing.stop().await;
+    let writing = start_writing().await;
+    // A call made now waits: the remote is halted, and says why.
+    start_research(&research, &["next".to_owned()], "topic").await;
+    wait_until("the remote is halted as wrong-callee", || {
+        let mut client = research.client();
+        async move {
+            let info = client.get("next", true).await.expect("get");
+            info.journal
+                .iter()
+                .filter_map(|e| e.remote.as_ref())
+                .any(|call| call.last_error.contains("wrong-callee"))
+        }
+    })
+    .await;
+    assert!(
+        writing.inbound().await.is_empty(),
+        "nothing reached the new callee"
+    );
+
+    let failed = research
+        .client()
+        .rebind_remote("writers")
+        .await
+        .expect("rebind");
+    assert_eq!(failed, 2, "both calls were out when the callee was lost");
+    for id in ["lost", "next"] {
+        let info = wait_finished(&mut research.client(), id).await;
+        assert!(info.error.contains("callee-lost"), "{info:?}");
+    }
+    start_research(&research, &["after".to_owned()], "topic").await;
+    let info = wait_finished(&mut research.client(), "after").await;
+    assert_eq!(info.result.as_ref(), b"draft of topic", "{info:?}");
 }

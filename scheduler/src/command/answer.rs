@@ -169,6 +169,11 @@ pub enum Answer {
         /// The caller's watermark here.
         watermark: u64,
     },
+    /// An unbinding: how many unresolved calls it failed.
+    RemoteUnbound {
+        /// Calls failed.
+        failed: u64,
+    },
     /// A caller's acknowledgements of completions, in their order.
     RemoteAcks {
         /// One per completion.

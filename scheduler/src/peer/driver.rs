@@ -266,13 +266,23 @@ impl Driver {
         link: &mut Link,
         hello: &mut Option<Hello>,
     ) -> Result<bool, Failure> {
-        let has_items = self
-            .context
-            .machine
-            .read()
-            .remote()
-            .outgoing(&self.alias)
-            .is_some_and(|stream| !stream.outbox.is_empty());
+        let (has_items, generation) = {
+            let state = self.context.machine.read();
+            let stream = state.remote().outgoing(&self.alias);
+            (
+                stream.is_some_and(|stream| !stream.outbox.is_empty()),
+                stream
+                    .and_then(|s| s.binding.as_ref())
+                    .map(|b| b.generation),
+            )
+        };
+        // An operator's rebind dropped the binding this Hello established: Hello again.
+        if hello
+            .as_ref()
+            .is_some_and(|h| Some(h.generation) != generation)
+        {
+            *hello = None;
+        }
         if !has_items {
             return Ok(false);
         }

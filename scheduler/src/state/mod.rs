@@ -382,6 +382,7 @@ impl SchedulerState {
                 },
             ),
             Command::RemoteBind { remote, callee } => self.remote_bind(apply, remote, callee),
+            Command::RemoteUnbind { remote } => Ok(self.remote_unbind(apply, &remote)),
             Command::RemoteStartsAcked {
                 remote,
                 generation,

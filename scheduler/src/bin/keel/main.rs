@@ -83,6 +83,9 @@ enum Command {
     Signal(workflows::SignalArgs),
     /// Cancel a workflow and its running children.
     Cancel(workflows::CancelArgs),
+    /// Rebind a remote cluster whose callee was re-created (wiped, restored): its
+    /// unresolved calls fail, and the next Hello binds the cluster at its addresses.
+    RebindRemote(workflows::RebindArgs),
     /// Run a remote worker of the built-in workflow kinds until Ctrl-C.
     Worker {
         #[command(flatten)]
@@ -238,6 +241,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::List(args) => workflows::list(args).await,
         Command::Signal(args) => workflows::signal(args).await,
         Command::Cancel(args) => workflows::cancel(args).await,
+        Command::RebindRemote(args) => workflows::rebind_remote(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Worker { cluster, id } => run_worker(&cluster, id).await,
         Command::Append {

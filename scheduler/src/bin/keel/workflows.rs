@@ -69,6 +69,27 @@ pub(crate) struct CancelArgs {
     reason: String,
 }
 
+/// `keel rebind-remote`.
+#[derive(Debug, Args)]
+pub(crate) struct RebindArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The remote's alias in the nodes' `[remotes]`.
+    remote: String,
+}
+
+pub(crate) async fn rebind_remote(args: RebindArgs) -> anyhow::Result<()> {
+    let failed = client(&args.cluster)?
+        .rebind_remote(&args.remote)
+        .await
+        .with_context(|| format!("rebinding {}", args.remote))?;
+    println!(
+        "{} unbound: {failed} unresolved call(s) failed as callee-lost; the next Hello binds the cluster at its addresses",
+        args.remote
+    );
+    Ok(())
+}
+
 fn client(cluster: &ClusterArgs) -> anyhow::Result<WorkflowClient> {
     Ok(WorkflowClient::with_credentials(
         &endpoints(cluster)?,

@@ -106,6 +106,37 @@ impl SchedulerState {
         Ok(answer)
     }
 
+    pub(in crate::state) fn remote_unbind(
+        &mut self,
+        apply: &mut Apply<'_>,
+        remote: &str,
+    ) -> Answer {
+        let Some(stream) = self.remote.outgoing.get(remote) else {
+            return Answer::RemoteUnbound { failed: 0 };
+        };
+        let seqs: Vec<u64> = stream.outbox.keys().copied().collect();
+        let mut failed = 0;
+        for seq in seqs {
+            let unresolved = matches!(
+                self.remote.outgoing[remote].outbox[&seq].state,
+                OutState::Pending | OutState::Started { .. }
+            );
+            failed += u64::from(unresolved);
+            let message = format!(
+                "callee-lost: {remote} was rebound by an operator; whether its old callee took this call is unknown"
+            );
+            self.settle(apply, remote, seq, failed_state(message));
+        }
+        let stream = self
+            .remote
+            .outgoing
+            .get_mut(remote)
+            .expect("unbinding a known stream");
+        *stream = Outgoing::default();
+        apply.effects.push(Effect::RemoteChanged);
+        Answer::RemoteUnbound { failed }
+    }
+
     /// The stream to `remote` if it is bound under `generation`.
     fn bound_under(&mut self, remote: &str, generation: u64) -> Option<&mut Outgoing> {
         self.remote.outgoing.get_mut(remote).filter(|o| {
@@ -159,11 +190,11 @@ impl SchedulerState {
                     ..
                 }
                 | StartStatus::Forgotten => EntryState::TimedOut,
-                StartStatus::Refused { refusal, message } => failed(format!(
+                StartStatus::Refused { refusal, message } => failed_state(format!(
                     "{remote} refused the call ({}): {message}",
                     refusal.as_str()
                 )),
-                StartStatus::Conflict => failed(format!(
+                StartStatus::Conflict => failed_state(format!(
                     "{remote} holds this call's seq {} under another call (a caller re-created from old data?)",
                     result.seq
                 )),
@@ -346,7 +377,7 @@ impl SchedulerState {
 }
 
 /// A failed call's entry state, with a message the state composed.
-fn failed(message: String) -> EntryState {
+fn failed_state(message: String) -> EntryState {
     EntryState::Done(StoredOutcome::Err(Value::Inline(message.into_bytes())))
 }
 

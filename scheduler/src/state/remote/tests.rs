@@ -127,6 +127,10 @@ impl Side {
         self.apply(stamp_ms, Command::FireTimers { ids });
     }
 
+    fn fence_of(&self, id: &str) -> u64 {
+        self.state.workflow(id).expect("workflow").fence
+    }
+
     fn incoming(&self) -> Option<&Incoming> {
         self.state.remote().incoming(CALLER)
     }
@@ -655,4 +659,45 @@ fn a_claimed_callee_workflow_still_completes_its_record() {
         completions(&writing)[0].outcome,
         RemoteOutcome::Failed("it broke".into())
     );
+}
+
+/// An operator's rebind fails every unresolved call (its fate at the old callee cannot be
+/// known), drops withdrawals and cancels, and restarts the stream unbound at seq 1; answers
+/// of the old binding change nothing after it.
+#[test]
+fn a_rebind_fails_unresolved_calls_and_restarts_the_stream() {
+    let (mut research, mut writing) = (Side::new(), Side::new());
+    let fence = research.start("w");
+    research.call("w", fence, 0, 60_000);
+    research.call("w", fence, 1, 1_000);
+    let generation = research.bind();
+    deliver_starts(&mut research, &mut writing, generation);
+    research.fire_due(T0 + 1_000);
+    assert!(matches!(
+        research.stream().outbox[&2].state,
+        OutState::Cancel { .. }
+    ));
+    let answer = research.apply(
+        T0 + 1_000,
+        Command::RemoteUnbind {
+            remote: REMOTE.into(),
+        },
+    );
+    assert_eq!(answer, Answer::RemoteUnbound { failed: 1 });
+    assert!(matches!(
+        research.entry("w", 0),
+        EntryState::Done(StoredOutcome::Err(Value::Inline(message)))
+            if String::from_utf8_lossy(&message).starts_with("callee-lost")
+    ));
+    assert_eq!(research.stream(), &Outgoing::default());
+    let name = inbound_name(CALLER, CALLEE_INDEX, 1);
+    finish(&mut writing, &name, Outcome::Ok(Vec::new()));
+    assert_eq!(
+        complete(&mut research, generation, completions(&writing)),
+        [AckStatus::CallerGone],
+        "the old binding's completion finds no call"
+    );
+    let fence_again = research.fence_of("w");
+    research.call("w", fence_again, 2, 60_000);
+    assert_eq!(research.stream().outbox.keys().collect::<Vec<_>>(), [&1]);
 }
