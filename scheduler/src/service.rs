@@ -247,6 +247,15 @@ impl WorkflowService {
                 (workflow.is_finished() || tokio::time::Instant::now() >= deadline)
                     .then(|| workflow.into_owned())
             };
+            // An unresolved remote call's attempts and last error are in memory on the leader
+            // (its drivers): a journal holding one is read there.
+            if journal
+                && let Some(workflow) = &answer
+                && workflow.pending_remote_calls().next().is_some()
+                && !workflow.is_finished()
+            {
+                self.proposer.service().require_leader()?;
+            }
             // Values are read with the state's lock released: reading a file under it would
             // hold up apply.
             if let Some(workflow) = answer {

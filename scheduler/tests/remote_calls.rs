@@ -207,9 +207,9 @@ fn research_registry() -> Registry {
     Registry::new().register("research", "v1", research)
 }
 
-/// Both clusters: `writing` exposes `draft` to `research`, which calls it as `writers`.
-async fn start_pair() -> (Cluster, Cluster) {
-    let writing_peers = PeerSettings {
+/// `writing`'s peers: `research` may start `draft`.
+fn writing_peers() -> PeerSettings {
+    PeerSettings {
         remotes: BTreeMap::from([(
             "research".to_owned(),
             RemoteConfig {
@@ -218,20 +218,32 @@ async fn start_pair() -> (Cluster, Cluster) {
             },
         )]),
         calls: calls(),
-    };
-    let writing = start_cluster("writing", writing_registry, &writing_peers).await;
-    let research_peers = PeerSettings {
+    }
+}
+
+/// `research`'s peers: `writers`, the cluster `writing`, reached as `remote` says.
+fn research_peers(remote: RemoteConfig) -> PeerSettings {
+    PeerSettings {
         remotes: BTreeMap::from([(
             "writers".to_owned(),
             RemoteConfig {
                 cluster: Some("writing".into()),
-                addresses: writing.addrs.clone(),
-                ..RemoteConfig::default()
+                ..remote
             },
         )]),
         calls: calls(),
-    };
-    let research = start_cluster("research", research_registry, &research_peers).await;
+    }
+}
+
+/// Both clusters: `writing` exposes `draft` to `research`, which calls it as `writers`.
+async fn start_pair() -> (Cluster, Cluster) {
+    let writing_side = writing_peers();
+    let writing = start_cluster("writing", writing_registry, &writing_side).await;
+    let research_side = research_peers(RemoteConfig {
+        addresses: writing.addrs.clone(),
+        ..RemoteConfig::default()
+    });
+    let research = start_cluster("research", research_registry, &research_side).await;
     (research, writing)
 }
 
@@ -415,38 +427,15 @@ async fn hello_as(writing: &Cluster, pki: &std::path::Path, name: &str) -> Optio
 async fn calls_between_clusters_are_authenticated_by_the_callee() {
     let pki = tempfile::tempdir().expect("tempdir");
     let (security, admin) = writing_pki(pki.path());
-    let writing_peers = PeerSettings {
-        remotes: BTreeMap::from([(
-            "research".to_owned(),
-            RemoteConfig {
-                expose: vec!["draft".into()],
-                ..RemoteConfig::default()
-            },
-        )]),
-        calls: calls(),
-    };
-    let writing = start_secured(
-        "writing",
-        writing_registry,
-        &writing_peers,
-        &security,
-        admin,
-    )
-    .await;
-    let research_peers = PeerSettings {
-        remotes: BTreeMap::from([(
-            "writers".to_owned(),
-            RemoteConfig {
-                cluster: Some("writing".into()),
-                addresses: writing.addrs.clone(),
-                ca: Some(pki.path().join("ca.pem")),
-                token_file: Some(pki.path().join("research.token")),
-                ..RemoteConfig::default()
-            },
-        )]),
-        calls: calls(),
-    };
-    let research = start_cluster("research", research_registry, &research_peers).await;
+    let writing_side = writing_peers();
+    let writing = start_secured("writing", writing_registry, &writing_side, &security, admin).await;
+    let research_side = research_peers(RemoteConfig {
+        addresses: writing.addrs.clone(),
+        ca: Some(pki.path().join("ca.pem")),
+        token_file: Some(pki.path().join("research.token")),
+        ..RemoteConfig::default()
+    });
+    let research = start_cluster("research", research_registry, &research_side).await;
     start_research(&research, &["a".to_owned()], "topic").await;
     let info = wait_finished(&mut research.client(), "a").await;
     assert_eq!(info.result.as_ref(), b"draft of topic", "{info:?}");
@@ -504,40 +493,24 @@ async fn a_recreated_callee_halts_the_remote_until_an_operator_rebinds_it() {
                 .port()
         })
         .collect();
-    let writing_peers = PeerSettings {
-        remotes: BTreeMap::from([(
-            "research".to_owned(),
-            RemoteConfig {
-                expose: vec!["draft".into()],
-                ..RemoteConfig::default()
-            },
-        )]),
-        calls: calls(),
-    };
+    let writing_side = writing_peers();
     let plaintext = NodeSecurity::default();
     let start_writing = || {
         start_on(
             "writing",
             writing_registry,
-            &writing_peers,
+            &writing_side,
             &plaintext,
             Credentials::none(),
             Some(&ports),
         )
     };
     let writing = start_writing().await;
-    let research_peers = PeerSettings {
-        remotes: BTreeMap::from([(
-            "writers".to_owned(),
-            RemoteConfig {
-                cluster: Some("writing".into()),
-                addresses: writing.addrs.clone(),
-                ..RemoteConfig::default()
-            },
-        )]),
-        calls: calls(),
-    };
-    let research = start_cluster("research", research_registry, &research_peers).await;
+    let research_side = research_peers(RemoteConfig {
+        addresses: writing.addrs.clone(),
+        ..RemoteConfig::default()
+    });
+    let research = start_cluster("research", research_registry, &research_side).await;
     start_research(&research, &["lost".to_owned()], "wait").await;
     wait_until("the callee took the call", || {
         let writing = &writing;

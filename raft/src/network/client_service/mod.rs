@@ -72,7 +72,12 @@ impl ClientService {
         Some((leader, node))
     }
 
-    fn require_leader(&self) -> Result<(), Status> {
+    /// `Ok` when this node leads; else "not leader", naming the leader it knows of (for an
+    /// extension's answer only the leader can give).
+    ///
+    /// # Errors
+    /// The "not leader" status.
+    pub fn require_leader(&self) -> Result<(), Status> {
         let metrics = self.shared.raft.metrics();
         if metrics.borrow_watched().state == ServerState::Leader {
             return Ok(());
