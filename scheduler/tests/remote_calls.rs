@@ -485,14 +485,7 @@ impl Cluster {
 /// (`callee-lost`), and the next call binds the new cluster and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_callee_halts_the_remote_until_an_operator_rebinds_it() {
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port()
-        })
-        .collect();
+    let ports = free_ports();
     let writing_side = writing_peers();
     let plaintext = NodeSecurity::default();
     let start_writing = || {
@@ -550,4 +543,56 @@ async fn a_recreated_callee_halts_the_remote_until_an_operator_rebinds_it() {
     start_research(&research, &["after".to_owned()], "topic").await;
     let info = wait_finished(&mut research.client(), "after").await;
     assert_eq!(info.result.as_ref(), b"draft of topic", "{info:?}");
+}
+
+/// Three free loopback ports (bound, read and released).
+fn free_ports() -> Vec<u16> {
+    (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        })
+        .collect()
+}
+
+/// Twenty calls of nearly 1 MiB each wait for a callee that is not up yet (20 MiB of starts, over
+/// gRPC's 16 MiB per message): the driver sends them in batches of at most 2 MiB, the
+/// callee returns their 1 MiB results in Gets of at most 2 MiB, and every call completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_calls_travel_in_bounded_batches() {
+    let ports = free_ports();
+    let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let research_side = research_peers(RemoteConfig {
+        addresses,
+        ..RemoteConfig::default()
+    });
+    let research = start_cluster("research", research_registry, &research_side).await;
+    let ids: Vec<String> = (0..20).map(|n| format!("big-{n}")).collect();
+    let topic = "x".repeat((1 << 20) - 64);
+    start_research(&research, &ids, &topic).await;
+    let writing = start_on(
+        "writing",
+        writing_registry,
+        &writing_peers(),
+        &NodeSecurity::default(),
+        Credentials::none(),
+        Some(&ports),
+    )
+    .await;
+    let mut client = research.client();
+    for id in &ids {
+        let info = wait_finished(&mut client, id).await;
+        assert_eq!(info.status, "completed", "{id}: {}", info.error);
+        assert_eq!(info.result.len(), "draft of ".len() + topic.len());
+    }
+    // Counted in a node's state: a List of twenty 1 MiB results is over a message's limit.
+    let node = writing.nodes[0].as_ref().expect("running");
+    let state = node.scheduler().read();
+    let inbound = state
+        .list(None, None, None, usize::MAX)
+        .filter(|(id, _)| id.starts_with('@'))
+        .count();
+    assert_eq!(inbound, ids.len(), "one callee workflow per call");
 }

@@ -30,7 +30,7 @@ use super::errors::{Failure, WRONG_CALLEE, classify};
 use super::link::Link;
 use super::settings::{PeerSettings, RemoteConfig};
 use super::status::RemoteStatuses;
-use super::{PROTOCOL, START_ITEMS_MAX, convert::ack_to_wire};
+use super::{PROTOCOL, START_BYTES_MAX, START_ITEMS_MAX, convert::ack_to_wire};
 use crate::command::{AckStatus, Answer, CancelStatus, Command};
 use crate::engine::AbortOnDrop;
 use crate::engine::proposer::Proposer;
@@ -162,6 +162,12 @@ fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
+}
+
+/// An answer this build cannot read (an enum value it does not know): retried after a
+/// pause, never taken as terminal (REMOTE.md §16).
+fn unknown_answer(what: &str) -> Failure {
+    Failure::Transient(format!("a {what} answer this build cannot read"))
 }
 
 /// A failure of this node's own proposal (it stopped leading, or is catching up).
@@ -319,13 +325,21 @@ impl Driver {
         link.succeeded();
         let callee = identity_from_wire(response.callee.as_ref(), "callee")
             .map_err(|status| Failure::Halt(status.message().to_owned()))?;
-        let binding = self
+        let (binding, retired) = self
             .context
             .machine
             .read()
             .remote()
             .outgoing(&self.alias)
-            .and_then(|stream| stream.binding.clone());
+            .map_or((None, None), |stream| {
+                (stream.binding.clone(), stream.retired.clone())
+            });
+        if binding.is_none() && retired == Some(callee.to_string()) {
+            return Err(Failure::Halt(format!(
+                "{WRONG_CALLEE}: {callee} answers, the callee an operator unbound from {}; rebinding needs a re-created callee",
+                self.alias
+            )));
+        }
         let (bound, generation) = match binding {
             Some(binding) => (binding.callee, binding.generation),
             None => match self
@@ -383,41 +397,54 @@ impl Driver {
         Ok(())
     }
 
-    /// Sends the next Start request, if any item is to be sent, and commits its answer.
-    async fn send_starts(&self, link: &mut Link, hello: &Hello) -> Result<bool, Failure> {
-        let own = self.own_identity()?;
-        let items = {
-            let machine = &self.context.machine;
-            let state = machine.read();
+    /// The next Start request's items: not known taken, in seq order, within the count and
+    /// byte limits (one larger item alone); their inputs read with the state's lock released
+    /// (a value file read under it would hold up apply).
+    fn start_items(&self) -> Result<Vec<pb::StartItem>, Failure> {
+        let chosen: Vec<(u64, crate::state::OutItem)> = {
+            let state = self.context.machine.read();
             let Some(stream) = state.remote().outgoing(&self.alias) else {
-                return Ok(false);
+                return Ok(Vec::new());
             };
-            let mut items = Vec::new();
+            let mut bytes = 0;
+            let mut chosen = Vec::new();
             for (seq, item) in stream.starts_to_send(START_ITEMS_MAX as usize) {
+                bytes += item.input.len();
+                if !chosen.is_empty() && bytes > START_BYTES_MAX {
+                    break;
+                }
+                chosen.push((seq, item.clone()));
+            }
+            chosen
+        };
+        chosen
+            .into_iter()
+            .map(|(seq, item)| {
                 let withdrawn = item.state == OutState::Withdraw;
                 let input = if withdrawn {
                     bytes::Bytes::new()
                 } else {
-                    machine.value(&item.input).map_err(|error| {
+                    self.context.machine.value(&item.input).map_err(|error| {
                         Failure::Halt(format!("reading call {}'s input: {error}", item.call.index))
                     })?
                 };
-                items.push(pb::StartItem {
+                Ok(pb::StartItem {
                     seq,
                     call: Some(call_to_wire(&item.call)),
                     withdrawn,
-                    kind: if withdrawn {
-                        String::new()
-                    } else {
-                        item.kind.clone()
-                    },
+                    kind: if withdrawn { String::new() } else { item.kind },
                     input,
                     deadline_ms: item.deadline_ms,
                     called_ms: 0,
-                });
-            }
-            items
-        };
+                })
+            })
+            .collect()
+    }
+
+    /// Sends the next Start request, if any item is to be sent, and commits its answer.
+    async fn send_starts(&self, link: &mut Link, hello: &Hello) -> Result<bool, Failure> {
+        let own = self.own_identity()?;
+        let items = self.start_items()?;
         if items.is_empty() {
             return Ok(false);
         }
@@ -442,6 +469,9 @@ impl Driver {
             .iter()
             .map_while(start_result_from_wire)
             .collect();
+        if results.len() < response.results.len() && results.is_empty() {
+            return Err(unknown_answer("start"));
+        }
         self.propose(Command::RemoteStartsAcked {
             remote: self.alias.clone(),
             generation: hello.generation,
@@ -493,6 +523,9 @@ impl Driver {
             .iter()
             .map_while(cancel_result_from_wire)
             .collect();
+        if results.len() < response.results.len() && results.is_empty() {
+            return Err(unknown_answer("cancel"));
+        }
         let not_taken = results.iter().any(|r| r.status == CancelStatus::NotTaken);
         self.propose(Command::RemoteCancelsAcked {
             remote: self.alias.clone(),
@@ -568,13 +601,23 @@ impl Driver {
             .map_err(|status| classify(&status))?
             .into_inner();
         acks.clear();
-        let completions: Vec<_> = response
+        // Completions this build cannot read are skipped (left unacknowledged: the callee
+        // serves them again), never taken as settled.
+        let readable: Vec<&pb::Completion> = response
             .completions
             .iter()
-            .map_while(completion_from_wire)
+            .filter(|c| completion_from_wire(c).is_some())
+            .collect();
+        let completions: Vec<_> = readable
+            .iter()
+            .filter_map(|c| completion_from_wire(c))
             .collect();
         if completions.is_empty() {
-            return Ok(());
+            return if response.completions.is_empty() {
+                Ok(())
+            } else {
+                Err(unknown_answer("completion"))
+            };
         }
         let answer = self
             .propose(Command::RemoteComplete {
@@ -586,7 +629,7 @@ impl Driver {
         let Answer::RemoteAcks { acks: answered } = answer else {
             return Err(Failure::Halt(format!("completions answered {answer:?}")));
         };
-        for (completion, ack) in response.completions.iter().zip(&answered) {
+        for (completion, ack) in readable.into_iter().zip(&answered) {
             if *ack == AckStatus::CallerGone {
                 tracing::debug!(remote = %self.alias, seq = completion.seq, "completion for no call");
             }

@@ -43,6 +43,9 @@ pub mod wire {
 pub const PROTOCOL: u32 = 1;
 /// Start items one request carries at most.
 pub const START_ITEMS_MAX: u32 = 256;
+/// Input bytes one Start request carries at most (one larger item travels alone), and the
+/// value bytes of one Get's completions.
+pub const START_BYTES_MAX: usize = 2 << 20;
 
 /// Up to `max` completions `caller`'s records hold here, lowest seq first, with their values
 /// read, and the caller's watermark.
@@ -59,8 +62,9 @@ pub(crate) fn completions_of(
         return Ok((Vec::new(), 0));
     };
     let mut completions = Vec::new();
+    let mut bytes = 0;
     for (&seq, record) in &incoming.records {
-        if completions.len() == max {
+        if completions.len() == max || (!completions.is_empty() && bytes > START_BYTES_MAX) {
             break;
         }
         let InState::Completed { workflow, outcome } = &record.state else {
@@ -75,6 +79,10 @@ pub(crate) fn completions_of(
             InOutcome::Cancelled(value) => RemoteOutcome::Cancelled(text(value)?),
             InOutcome::Deadline => RemoteOutcome::Deadline,
         };
+        bytes += outcome.bytes().len();
+        if !completions.is_empty() && bytes > START_BYTES_MAX {
+            break;
+        }
         completions.push(pb::Completion {
             seq,
             call: Some(call_to_wire(&record.call)),

@@ -25,7 +25,7 @@ use super::settings::{PeerSettings, RemoteConfig};
 use super::{PROTOCOL, START_ITEMS_MAX, completions_of};
 use crate::command::{Answer, CancelItem, Command, InboundStart, Refusal};
 use crate::engine::proposer::Proposer;
-use crate::limits::PAYLOAD_MAX_BYTES;
+use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
 use crate::machine::SchedulerMachine;
 use crate::pb::remote::{self as pb, remote_calls_server::RemoteCalls};
 
@@ -158,6 +158,13 @@ impl PeerService {
         if item.withdrawn {
             return Ok(None);
         }
+        let workflow_len = item.call.as_ref().map_or(0, |call| call.workflow.len());
+        if item.kind.len() > NAME_MAX_BYTES || workflow_len > NAME_MAX_BYTES {
+            return Ok(Some((
+                Refusal::Invalid,
+                format!("a kind or calling workflow's id over {NAME_MAX_BYTES} bytes"),
+            )));
+        }
         if !remote.expose.contains(&item.kind) {
             return Ok(Some((
                 Refusal::NotExposed,
@@ -181,6 +188,33 @@ impl PeerService {
             )));
         }
         Ok(None)
+    }
+}
+
+impl PeerService {
+    /// `item` as the callee journals it, with the refusal configuration decides; a refused
+    /// item's record keeps nothing the caller could make large.
+    fn inbound_start(
+        &self,
+        remote: &RemoteConfig,
+        item: &pb::StartItem,
+    ) -> Result<InboundStart, Status> {
+        let refusal = self.leader_refusal(remote, item)?;
+        let mut call = call_from_wire(item.call.as_ref());
+        let mut kind = item.kind.clone();
+        let mut input = item.input.to_vec();
+        if refusal.is_some() {
+            (call.workflow, kind, input) = (String::new(), String::new(), Vec::new());
+        }
+        Ok(InboundStart {
+            seq: item.seq,
+            call,
+            withdrawn: item.withdrawn,
+            kind,
+            input,
+            deadline_ms: item.deadline_ms,
+            refusal,
+        })
     }
 }
 
@@ -268,18 +302,11 @@ impl RemoteCalls for PeerService {
         if unknown {
             self.proposer.service().linearize().await?;
         }
-        let mut items = Vec::with_capacity(request.items.len());
-        for item in &request.items {
-            items.push(InboundStart {
-                seq: item.seq,
-                call: call_from_wire(item.call.as_ref()),
-                withdrawn: item.withdrawn,
-                kind: item.kind.clone(),
-                input: item.input.to_vec(),
-                deadline_ms: item.deadline_ms,
-                refusal: self.leader_refusal(&remote, item)?,
-            });
-        }
+        let items = request
+            .items
+            .iter()
+            .map(|item| self.inbound_start(&remote, item))
+            .collect::<Result<Vec<_>, Status>>()?;
         let calls = &self.settings.calls;
         let command = Command::RemoteStart {
             caller: caller.to_string(),

@@ -132,7 +132,15 @@ impl SchedulerState {
             .outgoing
             .get_mut(remote)
             .expect("unbinding a known stream");
-        *stream = Outgoing::default();
+        let retired = stream
+            .binding
+            .take()
+            .map(|b| b.callee)
+            .or(stream.retired.take());
+        *stream = Outgoing {
+            retired,
+            ..Outgoing::default()
+        };
         apply.effects.push(Effect::RemoteChanged);
         Answer::RemoteUnbound { failed }
     }

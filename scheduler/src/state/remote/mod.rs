@@ -50,6 +50,9 @@ pub struct Outgoing {
     pub acked: u64,
     /// Items not settled with the callee, by seq.
     pub outbox: BTreeMap<u64, OutItem>,
+    /// The callee identity an operator's rebind unbound: a Hello answered by it halts the
+    /// remote (its watermark is above the new stream's seqs; REMOTE.md §5).
+    pub retired: Option<String>,
 }
 
 impl Default for Outgoing {
@@ -59,6 +62,7 @@ impl Default for Outgoing {
             next_seq: 1,
             acked: 0,
             outbox: BTreeMap::new(),
+            retired: None,
         }
     }
 }
