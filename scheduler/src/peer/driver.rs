@@ -125,12 +125,15 @@ struct Context {
 
 impl Context {
     fn spawn_all(&self) -> Vec<AbortOnDrop> {
-        self.statuses.lock().expect("status lock poisoned").clear();
+        let mut statuses = self.statuses.lock().expect("status lock poisoned");
+        statuses.clear();
         let mut tasks = Vec::new();
         for (alias, remote) in &self.settings.remotes {
             if remote.addresses.is_empty() {
                 continue;
             }
+            // Listed at once: a remote this leader drives has a status, one it cannot has none.
+            statuses.insert(alias.clone(), RemoteStatus::default());
             let driver = Arc::new(Driver {
                 alias: alias.clone(),
                 remote: remote.clone(),
@@ -139,6 +142,7 @@ impl Context {
             tasks.push(AbortOnDrop(tokio::spawn(Arc::clone(&driver).deliver())));
             tasks.push(AbortOnDrop(tokio::spawn(driver.fetch())));
         }
+        drop(statuses);
         tasks
     }
 }

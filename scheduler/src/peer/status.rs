@@ -64,17 +64,25 @@ pub(crate) fn remote_call_info(
         }
     };
     state.clone_into(&mut info.state);
-    if let Some(status) = statuses
+    let unresolved = matches!(call.state, EntryState::Pending { .. }) && !call.finished;
+    match statuses
         .lock()
         .expect("status lock poisoned")
         .get(call.remote)
     {
-        info.attempts = status.attempts;
-        info.last_error = status
-            .halted
-            .clone()
-            .or_else(|| status.last_error.clone())
-            .unwrap_or_default();
+        Some(status) => {
+            info.attempts = status.attempts;
+            info.last_error = status
+                .halted
+                .clone()
+                .or_else(|| status.last_error.clone())
+                .unwrap_or_default();
+        }
+        None if unresolved => {
+            "no driver on the leader: no [remotes] entry with addresses for this alias"
+                .clone_into(&mut info.last_error);
+        }
+        None => {}
     }
     info
 }
