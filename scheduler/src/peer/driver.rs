@@ -174,6 +174,20 @@ fn unknown_answer(what: &str) -> Failure {
     Failure::Transient(format!("a {what} answer this build cannot read"))
 }
 
+/// The answers `parse` reads, in order up to the first it cannot; a non-empty answer of
+/// which it reads none is [`unknown_answer`].
+fn readable<W, T>(
+    wire: &[W],
+    parse: impl Fn(&W) -> Option<T>,
+    what: &str,
+) -> Result<Vec<T>, Failure> {
+    let read: Vec<T> = wire.iter().map_while(parse).collect();
+    if read.is_empty() && !wire.is_empty() {
+        return Err(unknown_answer(what));
+    }
+    Ok(read)
+}
+
 /// A failure of this node's own proposal (it stopped leading, or is catching up).
 fn own_failure(status: &Status) -> Failure {
     Failure::Transient(format!("committing here: {}", status.message()))
@@ -313,9 +327,7 @@ impl Driver {
     /// checks the binding and the watermark against this side's state.
     async fn hello(&self, link: &mut Link) -> Result<Hello, Failure> {
         let own = self.own_identity()?;
-        let mut client = link
-            .client()
-            .ok_or_else(|| Failure::Halt("no address".to_owned()))?;
+        let mut client = link.dial()?;
         let request = pb::HelloRequest {
             protocol_min: PROTOCOL,
             protocol_max: PROTOCOL,
@@ -452,9 +464,7 @@ impl Driver {
         if items.is_empty() {
             return Ok(false);
         }
-        let mut client = link
-            .client()
-            .ok_or_else(|| Failure::Halt("no address".into()))?;
+        let mut client = link.dial()?;
         let request = pb::StartRequest {
             protocol: PROTOCOL,
             caller: Some(identity_to_wire(&own)),
@@ -468,14 +478,7 @@ impl Driver {
             .map_err(|status| classify(&status))?
             .into_inner();
         link.succeeded();
-        let results: Vec<_> = response
-            .results
-            .iter()
-            .map_while(start_result_from_wire)
-            .collect();
-        if results.len() < response.results.len() && results.is_empty() {
-            return Err(unknown_answer("start"));
-        }
+        let results = readable(&response.results, start_result_from_wire, "start")?;
         self.propose(Command::RemoteStartsAcked {
             remote: self.alias.clone(),
             generation: hello.generation,
@@ -507,9 +510,7 @@ impl Driver {
         if items.is_empty() {
             return Ok(false);
         }
-        let mut client = link
-            .client()
-            .ok_or_else(|| Failure::Halt("no address".into()))?;
+        let mut client = link.dial()?;
         let request = pb::CancelRequest {
             protocol: PROTOCOL,
             caller: Some(identity_to_wire(&own)),
@@ -522,14 +523,7 @@ impl Driver {
             .map_err(|status| classify(&status))?
             .into_inner();
         link.succeeded();
-        let results: Vec<_> = response
-            .results
-            .iter()
-            .map_while(cancel_result_from_wire)
-            .collect();
-        if results.len() < response.results.len() && results.is_empty() {
-            return Err(unknown_answer("cancel"));
-        }
+        let results = readable(&response.results, cancel_result_from_wire, "cancel")?;
         let not_taken = results.iter().any(|r| r.status == CancelStatus::NotTaken);
         self.propose(Command::RemoteCancelsAcked {
             remote: self.alias.clone(),
@@ -586,9 +580,7 @@ impl Driver {
         let own = self.own_identity()?;
         let callee = ClusterIdentity::from_str(&binding.callee)
             .map_err(|error| Failure::Halt(format!("the bound identity: {error}")))?;
-        let mut client = link
-            .client()
-            .ok_or_else(|| Failure::Halt("no address".into()))?;
+        let mut client = link.dial()?;
         let wait_ms = self.context.settings.calls.get_wait_ms;
         let request = pb::GetRequest {
             protocol: PROTOCOL,

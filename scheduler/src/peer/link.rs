@@ -72,6 +72,13 @@ impl Link {
         self.client.clone()
     }
 
+    /// A client of the address in use, as [`Link::client`]; a link without addresses halts
+    /// its remote.
+    pub(crate) fn dial(&mut self) -> Result<RemoteCallsClient<KeelChannel>, Failure> {
+        self.client()
+            .ok_or_else(|| Failure::Halt("no address to dial".to_owned()))
+    }
+
     /// Whether the breaker is open: the next request must be a Hello probe.
     pub(crate) fn breaker_open(&self) -> bool {
         self.failures >= BREAKER_FAILURES

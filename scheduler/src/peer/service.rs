@@ -191,6 +191,50 @@ impl PeerService {
     }
 }
 
+/// A callee-side request: its protocol and the identities it names.
+trait Addressed {
+    fn protocol(&self) -> u32;
+    fn caller(&self) -> Option<&pb::ClusterIdentity>;
+    fn callee(&self) -> Option<&pb::ClusterIdentity>;
+}
+
+macro_rules! addressed {
+    ($($request:ty),*) => {$(
+        impl Addressed for $request {
+            fn protocol(&self) -> u32 {
+                self.protocol
+            }
+            fn caller(&self) -> Option<&pb::ClusterIdentity> {
+                self.caller.as_ref()
+            }
+            fn callee(&self) -> Option<&pb::ClusterIdentity> {
+                self.callee.as_ref()
+            }
+        }
+    )*};
+}
+
+addressed!(pb::StartRequest, pb::CancelRequest, pb::GetRequest);
+
+impl PeerService {
+    /// A callee-side request, and its caller checked against its principal (see
+    /// [`PeerService::check_caller`]).
+    fn accept<T: Addressed>(
+        &self,
+        request: Request<T>,
+    ) -> Result<(T, ClusterIdentity, RemoteConfig, CommittedIdentity), Status> {
+        let principal = request.extensions().get::<Caller>().cloned();
+        let request = request.into_inner();
+        let (caller, remote, own) = self.check_caller(
+            request.protocol(),
+            principal.as_ref(),
+            request.caller(),
+            request.callee(),
+        )?;
+        Ok((request, caller, remote, own))
+    }
+}
+
 impl PeerService {
     /// `item` as the callee journals it, with the refusal configuration decides; a refused
     /// item's record keeps nothing the caller could make large.
@@ -268,14 +312,7 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::StartRequest>,
     ) -> Result<Response<pb::StartResponse>, Status> {
-        let principal = request.extensions().get::<Caller>().cloned();
-        let request = request.into_inner();
-        let (caller, remote, own) = self.check_caller(
-            request.protocol,
-            principal.as_ref(),
-            request.caller.as_ref(),
-            request.callee.as_ref(),
-        )?;
+        let (request, caller, remote, own) = self.accept(request)?;
         if request.items.len() > START_ITEMS_MAX as usize {
             return Err(invalid(format!(
                 "{} items: at most {START_ITEMS_MAX} per request",
@@ -391,14 +428,7 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        let principal = request.extensions().get::<Caller>().cloned();
-        let request = request.into_inner();
-        let (caller, _, _) = self.check_caller(
-            request.protocol,
-            principal.as_ref(),
-            request.caller.as_ref(),
-            request.callee.as_ref(),
-        )?;
+        let (request, caller, _, _) = self.accept(request)?;
         let items = request
             .items
             .iter()
@@ -435,14 +465,7 @@ impl RemoteCalls for PeerService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let principal = request.extensions().get::<Caller>().cloned();
-        let request = request.into_inner();
-        let (caller, _, _) = self.check_caller(
-            request.protocol,
-            principal.as_ref(),
-            request.caller.as_ref(),
-            request.callee.as_ref(),
-        )?;
+        let (request, caller, _, _) = self.accept(request)?;
         let caller = caller.to_string();
         let acks: Vec<(u64, u64)> = request.acks.iter().filter_map(ack_from_wire).collect();
         let mut changed = self.machine.watch_remote();
