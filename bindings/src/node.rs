@@ -95,9 +95,43 @@ impl LaunchError {
     }
 }
 
-/// A remote as Python gives it: its cluster name (`None`: the alias), addresses, and the
-/// kinds exposed to it.
-type RemoteTuple = (Option<String>, Vec<String>, Vec<String>);
+/// A remote as Python gives it: its cluster name (`None`: the alias), addresses, the kinds
+/// exposed to it, the principal its credentials carry here (`None`: the alias), and what
+/// this cluster presents to it: the CA of its certificates, a client certificate and key,
+/// a token file.
+type RemoteTuple = (
+    Option<String>,
+    Vec<String>,
+    Vec<String>,
+    Option<String>,
+    [Option<PathBuf>; 4],
+);
+
+/// The remote clusters Python names, as a node's peer settings.
+fn peer_settings(remotes: BTreeMap<String, RemoteTuple>) -> PeerSettings {
+    let remotes = remotes
+        .into_iter()
+        .map(
+            |(alias, (cluster, addresses, expose, principal, [ca, cert, key, token]))| {
+                let remote = RemoteConfig {
+                    cluster,
+                    addresses,
+                    expose,
+                    principal,
+                    ca,
+                    cert,
+                    key,
+                    token_file: token,
+                };
+                (alias, remote)
+            },
+        )
+        .collect();
+    PeerSettings {
+        remotes,
+        ..PeerSettings::default()
+    }
+}
 
 /// The address to listen on: `listen` when given, else the one recorded by an earlier
 /// launch, else a free port on 127.0.0.1.
@@ -358,22 +392,7 @@ impl NativeNode {
         cluster: Option<String>,
         remotes: Option<BTreeMap<String, RemoteTuple>>,
     ) -> PyResult<Self> {
-        let remote_peers = PeerSettings {
-            remotes: remotes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(alias, (cluster, addresses, expose))| {
-                    let remote = RemoteConfig {
-                        cluster,
-                        addresses,
-                        expose,
-                        ..RemoteConfig::default()
-                    };
-                    (alias, remote)
-                })
-                .collect(),
-            ..PeerSettings::default()
-        };
+        let remote_peers = peer_settings(remotes.unwrap_or_default());
         let security = member_security(ca, cert, key, tokens, insecure)
             .map_err(|message| keel_error(py, "InvalidRequest", message, None))?;
         let membership = match (node_id, peers, &listen) {

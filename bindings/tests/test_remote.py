@@ -1,10 +1,12 @@
 """Calls between clusters from Python: two single-node apps, each a cluster of its own,
 ``research`` calling ``writing`` with ``ctx.call_remote`` (sync and async), a failure there
-raised here, and a deadline that times the call out here and cancels it there."""
+raised here, a deadline that times the call out here and cancels it there, and a callee
+with TLS and authentication that serves the caller's certificate and refuses another's."""
 
 from __future__ import annotations
 
 import pathlib
+import subprocess
 import time
 from datetime import timedelta
 from typing import Iterator
@@ -12,6 +14,7 @@ from typing import Iterator
 import pytest
 
 import keel
+from conftest import keel_binary
 
 
 @pytest.fixture
@@ -97,3 +100,60 @@ def test_a_deadline_times_the_call_out_and_cancels_it_there(
                 break
             time.sleep(0.1)
         assert [w.status for w in inbound] == ["cancelled"]
+
+
+def test_a_remote_with_tls_and_auth_accepts_only_the_certificate_issued_for_the_caller(
+    tmp_path: pathlib.Path,
+) -> None:
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [str(keel_binary()), "certs", "--dir", str(certs), "--nodes", "1", "--remote", "research,intruder"],
+        check=True,
+        capture_output=True,
+    )
+    (certs / "tokens.toml").write_text("")
+    writing = keel.App(
+        tmp_path / "writing",
+        cluster="writing",
+        remotes={"research": keel.Remote(expose=["draft"])},
+        ca=certs / "ca.pem",
+        cert=certs / "node-1.pem",
+        key=certs / "node-1.key",
+        tokens=certs / "tokens.toml",
+    )
+
+    @writing.workflow(name="draft")
+    def draft(ctx: keel.Context, topic: str) -> str:
+        return f"a draft on {topic}"
+
+    def research_as(name: str) -> keel.App:
+        return keel.App(
+            tmp_path / name,
+            cluster="research",
+            remotes={
+                "writers": keel.Remote(
+                    cluster="writing",
+                    addresses=[writing.address],
+                    ca=certs / "ca.pem",
+                    cert=certs / f"remote-{name}.pem",
+                    key=certs / f"remote-{name}.key",
+                )
+            },
+        )
+
+    with writing:
+        for name, expected in [("research", "a draft on tls"), ("intruder", "refused")]:
+            research = research_as(name)
+
+            @research.workflow(name="brief")
+            def brief(ctx: keel.Context, topic: str) -> str:
+                try:
+                    text: str = ctx.call_remote(
+                        "writers", "draft", topic, deadline=timedelta(seconds=3)
+                    )
+                    return text
+                except keel.Timeout:
+                    return "refused"
+
+            with research:
+                assert research.start(brief, "tls").result(timeout=30) == expected, name

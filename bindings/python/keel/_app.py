@@ -35,11 +35,37 @@ class Remote:
     """Another Keel cluster this app's workflows call (``ctx.call_remote(alias, ...)``) or
     that calls them: its ``cluster`` name (default: the alias it is given under), the
     ``addresses`` of its nodes (``host:port``; needed to call it), and the workflow kinds
-    of this app it may start (``expose``; none by default)."""
+    of this app it may start (``expose``; none by default).
+
+    When the other cluster authenticates, this app presents what it issued: ``ca`` (PEM, its
+    CA: calls go over TLS), and a client certificate of the ``remote`` role (``cert`` and
+    ``key``, ``keel certs --remote NAME``) or a ``token_file``. When this app authenticates,
+    ``principal`` is the name its credentials for the other cluster carry (default: the
+    alias)."""
 
     cluster: Optional[str] = None
     addresses: Sequence[str] = ()
     expose: Sequence[str] = ()
+    principal: Optional[str] = None
+    ca: Optional[PathLike] = None
+    cert: Optional[PathLike] = None
+    key: Optional[PathLike] = None
+    token_file: Optional[PathLike] = None
+
+    def _native(
+        self,
+    ) -> tuple[
+        Optional[str],
+        list[str],
+        list[str],
+        Optional[str],
+        tuple[Optional[str], Optional[str], Optional[str], Optional[str]],
+    ]:
+        def path(value: Optional[PathLike]) -> Optional[str]:
+            return None if value is None else os.fspath(value)
+
+        files = (path(self.ca), path(self.cert), path(self.key), path(self.token_file))
+        return (self.cluster, list(self.addresses), list(self.expose), self.principal, files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,10 +386,7 @@ class App:
                     self._tokens,
                     self._insecure,
                     self.cluster,
-                    {
-                        alias: (remote.cluster, list(remote.addresses), list(remote.expose))
-                        for alias, remote in self.remotes.items()
-                    },
+                    {alias: remote._native() for alias, remote in self.remotes.items()},
                 )
                 endpoints = [self._node.addr, *(self.peers or {}).values()]
                 self._native_client = _native.NativeClient(endpoints, *self._credentials)

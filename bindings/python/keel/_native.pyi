@@ -78,7 +78,18 @@ class NativeNode:
         tokens: Optional[str] = None,
         insecure: bool = False,
         cluster: Optional[str] = None,
-        remotes: Optional[dict[str, tuple[Optional[str], list[str], list[str]]]] = None,
+        remotes: Optional[
+            dict[
+                str,
+                tuple[
+                    Optional[str],
+                    list[str],
+                    list[str],
+                    Optional[str],
+                    tuple[Optional[str], Optional[str], Optional[str], Optional[str]],
+                ],
+            ]
+        ] = None,
     ) -> NativeNode: ...
     @property
     def addr(self) -> str: ...
