@@ -282,6 +282,9 @@ impl RemoteCalls for PeerService {
         let caller = identity_from_wire(request.caller.as_ref(), "caller")?;
         self.remote_of(&caller, principal.as_ref())?;
         let own = self.own_identity()?;
+        // Only the leader answers (a follower's linearizable read would succeed, and send
+        // the caller's next request to a node that cannot take it).
+        self.proposer.service().require_leader()?;
         self.proposer.service().linearize().await?;
         let watermark = self
             .machine
@@ -469,6 +472,7 @@ impl RemoteCalls for PeerService {
         let caller = caller.to_string();
         let acks: Vec<(u64, u64)> = request.acks.iter().filter_map(ack_from_wire).collect();
         let mut changed = self.machine.watch_remote();
+        self.proposer.service().require_leader()?;
         self.proposer.service().linearize().await?;
         if !acks.is_empty() {
             let command = Command::RemoteCompletionsAcked {
