@@ -5,6 +5,7 @@ use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 
+use crate::cluster_identity::CommittedIdentity;
 use crate::values::ValueRef;
 
 /// Where a command is applied: its Raft log id.
@@ -73,6 +74,15 @@ pub trait Application: Send + Sync + fmt::Debug + 'static {
 
     /// A digest of the whole state, equal on replicas that applied the same commands.
     fn digest(&self) -> u64;
+
+    /// The entry at `at` replaced the cluster's identity with `identity` (an operator's
+    /// remint, for a cluster re-created from old data: scheduler/REMOTE.md §3). Called
+    /// while applying that entry, on every replica, in log order with the commands; what
+    /// the application holds for the old identity's dealings with other clusters ends
+    /// here. Not called for the first identity, nor for a command that changed nothing.
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
+        let _ = (at, identity);
+    }
 }
 
 /// A copy of an application's state taken for a snapshot ([`Application::snapshot_image`]):

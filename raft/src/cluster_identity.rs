@@ -77,11 +77,7 @@ impl ClusterIdentity {
     /// # Errors
     /// [`IdentityError::Name`]; [`IdentityError::Random`] if the random source fails.
     pub fn mint(name: &str) -> Result<Self, IdentityError> {
-        let mut incarnation = [0u8; INCARNATION_BYTES];
-        SystemRandom::new()
-            .fill(&mut incarnation)
-            .map_err(|_| IdentityError::Random)?;
-        Self::new(name, incarnation)
+        Self::new(name, random_incarnation()?)
     }
 
     /// The cluster's name.
@@ -109,6 +105,18 @@ impl ClusterIdentity {
         out.put_slice(&self.incarnation);
         out.freeze()
     }
+}
+
+/// A new incarnation, drawn from the operating system's random source.
+///
+/// # Errors
+/// [`IdentityError::Random`] if the random source fails.
+pub fn random_incarnation() -> Result<[u8; INCARNATION_BYTES], IdentityError> {
+    let mut incarnation = [0u8; INCARNATION_BYTES];
+    SystemRandom::new()
+        .fill(&mut incarnation)
+        .map_err(|_| IdentityError::Random)?;
+    Ok(incarnation)
 }
 
 impl fmt::Display for ClusterIdentity {
@@ -182,23 +190,36 @@ pub(crate) fn decode_commit(command: &[u8]) -> Option<(ClusterIdentity, bool)> {
     Some((identity, *replace == 1))
 }
 
+/// What applying an identity command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdentityChange {
+    /// The cluster had none: the first identity is in force.
+    First,
+    /// A replacement put another identity in force.
+    Replaced,
+    /// Nothing: an identity without `replace` met one in force, or a replacement repeated
+    /// the identity in force (a retried proposal), which keeps its index.
+    Unchanged,
+}
+
 /// Applies an identity command committed at `index` to `current`: first-wins unless
-/// `replace`. Returns the identity in force afterwards.
+/// `replace`. Returns the identity in force afterwards and what changed.
 pub(crate) fn apply(
     current: &mut Option<CommittedIdentity>,
     proposed: ClusterIdentity,
     replace: bool,
     index: u64,
-) -> CommittedIdentity {
-    match current {
-        Some(committed) if !replace => committed.clone(),
-        _ => current
-            .insert(CommittedIdentity {
-                identity: proposed,
-                index,
-            })
-            .clone(),
-    }
+) -> (CommittedIdentity, IdentityChange) {
+    let change = match current {
+        None => IdentityChange::First,
+        Some(committed) if replace && committed.identity != proposed => IdentityChange::Replaced,
+        Some(committed) => return (committed.clone(), IdentityChange::Unchanged),
+    };
+    let committed = current.insert(CommittedIdentity {
+        identity: proposed,
+        index,
+    });
+    (committed.clone(), change)
 }
 
 #[cfg(test)]
@@ -258,18 +279,27 @@ mod tests {
     #[test]
     fn the_first_identity_wins_unless_replaced() {
         let mut current = None;
-        let first = apply(&mut current, identity("a", 1), false, 5);
+        let (first, change) = apply(&mut current, identity("a", 1), false, 5);
+        assert_eq!(change, IdentityChange::First);
         assert_eq!(first.index, 5);
         assert_eq!(first.identity, identity("a", 1));
-        let later = apply(&mut current, identity("a", 2), false, 9);
+        let (later, change) = apply(&mut current, identity("a", 2), false, 9);
         assert_eq!(
-            later, first,
+            (later, change),
+            (first, IdentityChange::Unchanged),
             "a later identity without replace is not applied"
         );
-        let replaced = apply(&mut current, identity("a", 3), true, 12);
+        let (replaced, change) = apply(&mut current, identity("a", 3), true, 12);
+        assert_eq!(change, IdentityChange::Replaced);
         assert_eq!(replaced.identity, identity("a", 3));
         assert_eq!(replaced.index, 12);
-        assert_eq!(current, Some(replaced));
+        assert_eq!(current, Some(replaced.clone()));
+        let (repeated, change) = apply(&mut current, identity("a", 3), true, 15);
+        assert_eq!(
+            (repeated, change),
+            (replaced, IdentityChange::Unchanged),
+            "a retried replacement keeps the index it was first applied at"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::application::{Application, AppliedAt, SnapshotImage};
+use crate::cluster_identity::CommittedIdentity;
 use crate::plain_log::PlainLog;
 
 /// Which application a command is for: its first byte.
@@ -173,6 +174,12 @@ impl Application for Multiplex {
         }
     }
 
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
+        if let Some(extension) = &mut self.extension {
+            extension.identity_replaced(at, identity);
+        }
+    }
+
     fn digest(&self) -> u64 {
         let extension = self.extension.as_ref().map_or(0, |app| app.digest());
         self.plain.digest()
@@ -213,6 +220,9 @@ mod tests {
         fn digest(&self) -> u64 {
             self.0
         }
+        fn identity_replaced(&mut self, at: AppliedAt, _: &CommittedIdentity) {
+            self.0 += 1000 * at.index;
+        }
     }
 
     const AT: AppliedAt = AppliedAt { term: 2, index: 9 };
@@ -229,6 +239,34 @@ mod tests {
         assert!(mux.apply(AT, &Bytes::from_static(&[7, 1, 2])).is_empty());
         assert!(mux.apply(AT, &Bytes::new()).is_empty());
         assert_eq!(plain.bounds(), (0, 1));
+    }
+
+    #[test]
+    fn an_identity_replacement_reaches_the_extension() {
+        let mut mux = Multiplex::new(
+            PlainLog::new(Retention::default()),
+            Some(Box::<Counter>::default()),
+        );
+        let identity = CommittedIdentity {
+            identity: crate::cluster_identity::ClusterIdentity::new("k", [1; 16]).expect("valid"),
+            index: 9,
+        };
+        mux.identity_replaced(AT, &identity);
+        let expected = Multiplex::new(
+            PlainLog::new(Retention::default()),
+            Some(Box::new(Counter(9000))),
+        );
+        assert_eq!(mux.digest(), expected.digest(), "the counter saw index 9");
+        assert_ne!(
+            mux.digest(),
+            Multiplex::new(
+                PlainLog::new(Retention::default()),
+                Some(Box::<Counter>::default())
+            )
+            .digest()
+        );
+        // Without an extension there is nothing to tell.
+        Multiplex::new(PlainLog::new(Retention::default()), None).identity_replaced(AT, &identity);
     }
 
     #[test]

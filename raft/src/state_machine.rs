@@ -29,7 +29,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::application::{Application, AppliedAt};
-use crate::cluster_identity::{self, CommittedIdentity, decode_commit};
+use crate::cluster_identity::{self, CommittedIdentity, IdentityChange, decode_commit};
 use crate::coalesce::{decode_batch, is_batch};
 use crate::metrics::NodeMetrics;
 use crate::record::StoredMembershipConfig;
@@ -246,12 +246,12 @@ impl HostState {
     fn apply_entry(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
         if request.session == 0 {
             if let Some((identity, replace)) = decode_commit(&request.command) {
-                return ClientResponse::ClusterIdentity(cluster_identity::apply(
-                    &mut self.identity,
-                    identity,
-                    replace,
-                    at.index,
-                ));
+                let (committed, change) =
+                    cluster_identity::apply(&mut self.identity, identity, replace, at.index);
+                if change == IdentityChange::Replaced {
+                    self.app.identity_replaced(at, &committed);
+                }
+                return ClientResponse::ClusterIdentity(committed);
             }
             if let Some(sessions_max) = decode_register(&request.command) {
                 return ClientResponse::SessionRegistered {

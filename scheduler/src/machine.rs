@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_raft::application::{Application, AppliedAt, SnapshotImage};
+use keel_raft::cluster_identity::CommittedIdentity;
 use keel_raft::values::{ValueError, ValueRef, ValueStore};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
@@ -163,6 +164,15 @@ impl SchedulerMachine {
             .state
             .read()
             .expect("scheduler state lock poisoned: an apply panicked")
+    }
+
+    /// Writes the state directly, past the log.
+    #[cfg(test)]
+    pub(crate) fn write_for_test(&self) -> std::sync::RwLockWriteGuard<'_, SchedulerState> {
+        self.shared
+            .state
+            .write()
+            .expect("scheduler state lock poisoned")
     }
 
     fn local(&self) -> MutexGuard<'_, Local> {
@@ -538,6 +548,24 @@ impl Application for SchedulerMachine {
 
     fn digest(&self) -> u64 {
         *self.shared.digest.lock().expect("digest lock poisoned")
+    }
+
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
+        let mut effects = Vec::new();
+        self.shared
+            .state
+            .write()
+            .expect("scheduler state lock poisoned")
+            .identity_replaced(at, &mut effects);
+        {
+            let mut digest = self.shared.digest.lock().expect("digest lock poisoned");
+            *digest = mix(
+                *digest,
+                identity.identity.to_string().as_bytes(),
+                &at.index.to_le_bytes(),
+            );
+        }
+        self.dispatch(effects);
     }
 }
 

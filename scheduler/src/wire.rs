@@ -70,7 +70,8 @@ impl RejectionKind {
             Rejection::StaleFence { .. }
             | Rejection::NonDeterminism { .. }
             | Rejection::OutOfOrder { .. }
-            | Rejection::AlreadyRecorded { .. } => Self::Conflict,
+            | Rejection::AlreadyRecorded { .. }
+            | Rejection::IdentityReplaced { .. } => Self::Conflict,
         }
     }
 }

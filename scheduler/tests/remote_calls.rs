@@ -1,7 +1,8 @@
 //! Two three-node clusters in this process, `research` calling `writing` through
 //! `ctx.call_remote` (`scheduler/REMOTE.md`): calls complete with the callee's result, each
 //! call starts one callee workflow, both leaders can be stopped mid-call, a deadline times
-//! the call out here and cancels it there, and callee-side ids are reserved.
+//! the call out here and cancels it there, callee-side ids are reserved, and a remint of
+//! either side ends the old identity's calls.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -505,26 +506,12 @@ async fn a_recreated_callee_halts_the_remote_until_an_operator_rebinds_it() {
     });
     let research = start_cluster("research", research_registry, &research_side).await;
     start_research(&research, &["lost".to_owned()], "wait").await;
-    wait_until("the callee took the call", || {
-        let writing = &writing;
-        async move { writing.inbound().await.len() == 1 }
-    })
-    .await;
+    writing.wait_inbound(1).await;
     writing.stop().await;
     let writing = start_writing().await;
     // A call made now waits: the remote is halted, and says why.
     start_research(&research, &["next".to_owned()], "topic").await;
-    wait_until("the remote is halted as wrong-callee", || {
-        let mut client = research.client();
-        async move {
-            let info = client.get("next", true).await.expect("get");
-            info.journal
-                .iter()
-                .filter_map(|e| e.remote.as_ref())
-                .any(|call| call.last_error.contains("wrong-callee"))
-        }
-    })
-    .await;
+    research.wait_halted_as_wrong_callee("next").await;
     assert!(
         writing.inbound().await.is_empty(),
         "nothing reached the new callee"
@@ -543,6 +530,108 @@ async fn a_recreated_callee_halts_the_remote_until_an_operator_rebinds_it() {
     start_research(&research, &["after".to_owned()], "topic").await;
     let info = wait_finished(&mut research.client(), "after").await;
     assert_eq!(info.result.as_ref(), b"draft of topic", "{info:?}");
+}
+
+impl Cluster {
+    /// Waits until workflow `id`'s remote call shows the remote halted as `wrong-callee`.
+    async fn wait_halted_as_wrong_callee(&self, id: &str) {
+        wait_until("the remote is halted as wrong-callee", || {
+            let mut client = self.client();
+            async move {
+                let info = client.get(id, true).await.expect("get");
+                info.journal
+                    .iter()
+                    .filter_map(|e| e.remote.as_ref())
+                    .any(|call| call.last_error.contains("wrong-callee"))
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the cluster holds `count` callee-side workflows.
+    async fn wait_inbound(&self, count: usize) {
+        wait_until("the callee took the calls", || async move {
+            self.inbound().await.len() == count
+        })
+        .await;
+    }
+
+    /// Remints the cluster's identity (`keel identity remint`); the new identity's text.
+    async fn remint(&self) -> String {
+        let answer = KeelClient::with_credentials(&self.addrs, &self.credentials)
+            .expect("client")
+            .remint_identity(None)
+            .await
+            .expect("remint");
+        assert!(!answer.previous.is_empty(), "it replaced an identity");
+        assert_ne!(answer.previous, answer.identity);
+        answer.identity
+    }
+}
+
+/// Both clusters reminted in turn, as each would be after a restore from old data. The
+/// caller's remint fails its call out there (`caller-restored`) rather than resend it in a
+/// new stream, and its next call runs once under the new identity. The callee's remint
+/// cancels what it runs (`callee-restored`); the caller then meets another identity and
+/// halts until an operator rebinds, after which a call completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminted_caller_or_callee_ends_the_old_identitys_calls() {
+    let (research, writing) = start_pair().await;
+    start_research(&research, &["held".to_owned()], "wait").await;
+    writing.wait_inbound(1).await;
+
+    let caller = research.remint().await;
+    let held = wait_finished(&mut research.client(), "held").await;
+    assert_eq!(held.status, "failed", "{held:?}");
+    assert!(held.error.contains("caller-restored"), "{held:?}");
+    start_research(&research, &["after".to_owned()], "topic").await;
+    let after = wait_finished(&mut research.client(), "after").await;
+    assert_eq!(after.result.as_ref(), b"draft of topic", "{after:?}");
+    let inbound = writing.inbound().await;
+    assert_eq!(inbound.len(), 2, "{inbound:?}");
+    let new_stream: Vec<_> = inbound
+        .iter()
+        .filter(|w| w.id.starts_with(&format!("@{caller}.")))
+        .collect();
+    assert_eq!(
+        new_stream.len(),
+        1,
+        "one workflow under the new caller identity: {inbound:?}"
+    );
+    assert_eq!(new_stream[0].status, "completed");
+
+    start_research(&research, &["next".to_owned()], "wait").await;
+    writing.wait_inbound(3).await;
+    writing.remint().await;
+    wait_until("the callee's running workflows are cancelled", || {
+        let writing = &writing;
+        async move {
+            writing
+                .inbound()
+                .await
+                .iter()
+                .all(|w| w.status != "running")
+        }
+    })
+    .await;
+    let cancelled = writing.inbound().await;
+    assert_eq!(
+        cancelled.iter().filter(|w| w.status == "cancelled").count(),
+        2,
+        "the old caller identity's and the new one's waiting workflows: {cancelled:?}"
+    );
+    research.wait_halted_as_wrong_callee("next").await;
+    let failed = research
+        .client()
+        .rebind_remote("writers")
+        .await
+        .expect("rebind");
+    assert_eq!(failed, 1, "the call out when the callee was reminted");
+    let next = wait_finished(&mut research.client(), "next").await;
+    assert!(next.error.contains("callee-lost"), "{next:?}");
+    start_research(&research, &["last".to_owned()], "topic").await;
+    let last = wait_finished(&mut research.client(), "last").await;
+    assert_eq!(last.result.as_ref(), b"draft of topic", "{last:?}");
 }
 
 /// Three free loopback ports (bound, read and released).

@@ -136,6 +136,42 @@ impl KeelClient {
         Ok(response.snapshot_index)
     }
 
+    /// Replaces the cluster's identity with a new incarnation, drawn here once (so a
+    /// retried request replaces it once), named `name` or, if `None`, as the identity in
+    /// force: for a cluster re-created from old data (scheduler/REMOTE.md §3). Returns the
+    /// leader's answer: the identity in force after, its index and the one it replaced.
+    ///
+    /// # Errors
+    /// No leader answering, the random source failing, or a name against the naming rule.
+    /// (An answer to a repeated request names no previous identity: the first attempt
+    /// replaced it.)
+    pub async fn remint_identity(
+        &mut self,
+        name: Option<&str>,
+    ) -> Result<api::RemintIdentityResponse, ClientError> {
+        let incarnation = crate::cluster_identity::random_incarnation()
+            .map_err(|error| ClientError::Rpc(tonic::Status::unavailable(error.to_string())))?;
+        let request = api::RemintIdentityRequest {
+            name: name.unwrap_or_default().to_owned(),
+            incarnation: incarnation.to_vec().into(),
+        };
+        // The incarnation travels with the request, so even a request whose outcome is
+        // unknown may be sent again: a repeat of the identity in force changes nothing.
+        let retry = |kind: WriteErrorKind| {
+            kind.is_safe_to_retry() || kind == WriteErrorKind::OutcomeUnknown
+        };
+        self.on_leader(retry, |_, mut client| {
+            let request = request.clone();
+            async move {
+                client
+                    .remint_identity(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
     /// Replaces the voters with `voters`; `retain` keeps removed voters as learners.
     ///
     /// # Errors

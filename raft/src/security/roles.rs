@@ -164,6 +164,7 @@ pub fn raft_method_roles() -> MethodRoles {
         ("/keel.client.v2.KeelLog/AddLearner", Role::Admin),
         ("/keel.client.v2.KeelLog/ChangeMembership", Role::Admin),
         ("/keel.client.v2.KeelLog/BuildSnapshot", Role::Admin),
+        ("/keel.client.v2.KeelLog/RemintIdentity", Role::Admin),
     ])
     .also("/keel.client.v2.KeelLog/Init", Role::Node)
 }
@@ -225,7 +226,7 @@ mod tests {
         let roles = raft_method_roles();
         let mut methods = proto_methods(include_str!("../../proto/raft.proto"));
         methods.extend(proto_methods(include_str!("../../proto/client.proto")));
-        assert_eq!(methods.len(), 16, "{methods:?}");
+        assert_eq!(methods.len(), 17, "{methods:?}");
         for method in &methods {
             assert!(roles.names(method), "{method} has no role");
         }
@@ -233,6 +234,10 @@ mod tests {
         assert_eq!(roles.needed("/keel.client.v2.KeelLog/Append"), Role::Write);
         assert_eq!(
             roles.needed("/keel.client.v2.KeelLog/ChangeMembership"),
+            Role::Admin
+        );
+        assert_eq!(
+            roles.needed("/keel.client.v2.KeelLog/RemintIdentity"),
             Role::Admin
         );
         assert_eq!(

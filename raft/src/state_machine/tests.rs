@@ -190,3 +190,63 @@ fn the_first_cluster_identity_applied_stays_in_force() {
     let replaced = commit_identity(&mut host, 9, &second, true);
     assert_eq!((replaced.identity, replaced.index), (second, 9));
 }
+
+/// An application that notes the identity replacements it is told of.
+#[derive(Debug, Default)]
+struct Replacements(Arc<Mutex<Vec<(u64, String)>>>);
+
+impl Application for Replacements {
+    fn apply(&mut self, _: AppliedAt, _: &Bytes) -> Bytes {
+        Bytes::new()
+    }
+    fn snapshot_image(&self) -> Box<dyn crate::application::SnapshotImage> {
+        Box::new(crate::application::EncodedImage {
+            bytes: Vec::new(),
+            values: Vec::new(),
+        })
+    }
+    fn restore(&mut self, _: &mut dyn std::io::Read) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn check_snapshot(&self, _: &mut dyn std::io::Read, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn digest(&self) -> u64 {
+        0
+    }
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
+        assert_eq!(
+            at.index, identity.index,
+            "told at the entry that replaced it"
+        );
+        self.0
+            .lock()
+            .expect("lock")
+            .push((at.index, identity.identity.to_string()));
+    }
+}
+
+/// The application is told of a replacement, once, at its entry: not of the first identity,
+/// nor of one without `replace`, nor of a retried replacement of the identity in force.
+#[test]
+fn the_application_is_told_of_each_replacement_once() {
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let mut host = HostState {
+        app: Box::new(Replacements(Arc::clone(&told))),
+        ..host()
+    };
+    let first = ClusterIdentity::mint("research").expect("mint");
+    let second = ClusterIdentity::mint("research").expect("mint");
+    let third = ClusterIdentity::mint("research").expect("mint");
+    commit_identity(&mut host, 3, &first, false);
+    commit_identity(&mut host, 4, &second, false);
+    assert!(told.lock().expect("lock").is_empty());
+    commit_identity(&mut host, 5, &second, true);
+    commit_identity(&mut host, 6, &second, true);
+    commit_identity(&mut host, 8, &third, true);
+    assert_eq!(
+        *told.lock().expect("lock"),
+        [(5, second.to_string()), (8, third.to_string())]
+    );
+    assert_eq!(host.identity.map(|c| c.index), Some(8));
+}

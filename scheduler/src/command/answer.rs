@@ -82,6 +82,17 @@ pub enum Rejection {
         /// What is wrong.
         reason: String,
     },
+    /// A callee command addressed to an identity of this cluster that a remint replaced
+    /// (proposed before the replacement, applied after it).
+    #[error(
+        "this cluster's identity committed at index {addressed} was replaced at index {replaced_at}"
+    )]
+    IdentityReplaced {
+        /// The index of the identity the command addressed.
+        addressed: u64,
+        /// The index of the replacement.
+        replaced_at: u64,
+    },
 }
 
 /// A journal entry's state as an answer reports it.

@@ -72,7 +72,8 @@ pub(crate) fn refused(rejection: Rejection) -> Result<Answer, WorkflowError> {
         | Rejection::Malformed
         | Rejection::InvalidCron { .. }
         | Rejection::TooLarge { .. }
-        | Rejection::Invalid { .. } => Err(WorkflowError::Failed(rejection.to_string())),
+        | Rejection::Invalid { .. }
+        | Rejection::IdentityReplaced { .. } => Err(WorkflowError::Failed(rejection.to_string())),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The scheduler snapshot's bytes: format 7 (magic, rkyv body, CRC32C) written and read,
-//! formats 6, 5, 4, 3 and 2 migrated on read, format 1 refused; the checks a snapshot passes
+//! The scheduler snapshot's bytes: format 8 (magic, rkyv body, CRC32C) written and read,
+//! formats 7, 6, 5, 4, 3 and 2 migrated on read, format 1 refused; the checks a snapshot passes
 //! before it is restored, and why one is refused ([`SnapshotError`]).
 
 use std::io;
@@ -11,6 +11,7 @@ use crate::state::format2::StateV2;
 use crate::state::format4::StateV4;
 use crate::state::format5::StateV5;
 use crate::state::format6::StateV6;
+use crate::state::format7::StateV7;
 use crate::state::{CronRefused, Inconsistency, SchedulerState};
 
 /// What a snapshot holds.
@@ -19,6 +20,13 @@ use crate::state::{CronRefused, Inconsistency, SchedulerState};
 pub(super) struct SnapshotBody {
     pub(super) state: SchedulerState,
     pub(super) digest: u64,
+}
+
+/// Format 7's body, read to migrate it.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+struct SnapshotBodyV7 {
+    state: StateV7,
+    digest: u64,
 }
 
 /// Format 6's body, read to migrate it.
@@ -53,12 +61,15 @@ struct SnapshotBodyV2 {
 /// Format 7 holds finished workflows packed ([`FinishedWorkflow`]: postcard bytes beside
 /// their status and finish time), running ones whole, inputs, outcomes and signal
 /// payloads as [`Value`]s (by reference to the log entry that recorded them, or inline),
-/// and both sides of calls between clusters ([`RemoteState`]).
+/// both sides of calls between clusters ([`RemoteState`]) with the index of the last
+/// identity replacement, and the latest command stamp.
 ///
 /// [`FinishedWorkflow`]: crate::state::FinishedWorkflow
 /// [`Value`]: crate::command::Value
 /// [`RemoteState`]: crate::state::RemoteState
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH7";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH8";
+/// Format 7 (no identity replacement, no latest stamp): migrated on restore.
+const SNAPSHOT_MAGIC_V7: &[u8; 8] = b"KEELSCH7";
 /// Format 6 (no calls between clusters): migrated on restore.
 const SNAPSHOT_MAGIC_V6: &[u8; 8] = b"KEELSCH6";
 /// Format 5 (every workflow whole in one map): migrated on restore.
@@ -131,13 +142,15 @@ impl SnapshotError {
     }
 }
 
-/// The body of a scheduler snapshot, checked: magic, checksum, archive (formats 6, 5, 4, 3
-/// and 2 migrated), consistency.
+/// The body of a scheduler snapshot, checked: magic, checksum, archive (formats 7, 6, 5, 4,
+/// 3 and 2 migrated), consistency.
 pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
     if bytes.starts_with(SNAPSHOT_MAGIC_V1) {
         return Err(SnapshotError::Format1);
     }
     let (body, format) = if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        (body, 8)
+    } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_V7) {
         (body, 7)
     } else if let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC_V6) {
         (body, 6)
@@ -162,7 +175,14 @@ pub(super) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, SnapshotErro
     }
     let decode_failed = |_: Rejection| SnapshotError::Decode;
     let body = match format {
-        7 => command::decode::<SnapshotBody>(body).map_err(decode_failed)?,
+        8 => command::decode::<SnapshotBody>(body).map_err(decode_failed)?,
+        7 => {
+            let old = command::decode::<SnapshotBodyV7>(body).map_err(decode_failed)?;
+            SnapshotBody {
+                state: old.state.upgrade(),
+                digest: old.digest,
+            }
+        }
         6 => {
             let old = command::decode::<SnapshotBodyV6>(body).map_err(decode_failed)?;
             SnapshotBody {
@@ -307,11 +327,11 @@ mod tests {
     }
 
     /// Formats 3 and 4 share a layout (format 4 added a status value), every value inline:
-    /// both are migrated, their values held inline, and written again as format 7. The
+    /// both are migrated, their values held inline, and written again as format 8. The
     /// format 3 fixture was written by the build before parking existed (format 2's state,
     /// migrated); its format 4 twin is the same bytes under format 4's magic.
     #[test]
-    fn formats_3_and_4_are_migrated_with_their_values_inline_and_written_as_format_7() {
+    fn formats_3_and_4_are_migrated_with_their_values_inline_and_written_as_format_8() {
         let mut format4 = FORMAT3.to_vec();
         format4[..8].copy_from_slice(b"KEELSCH4");
         for old in [FORMAT3, format4.as_slice()] {
@@ -329,15 +349,15 @@ mod tests {
             );
             let mut bytes = Vec::new();
             machine.write_snapshot(&mut bytes).expect("snapshot");
-            assert!(bytes.starts_with(b"KEELSCH7"));
-            let again = decode_snapshot(&bytes).expect("format 7 reads back");
+            assert!(bytes.starts_with(b"KEELSCH8"));
+            let again = decode_snapshot(&bytes).expect("format 8 reads back");
             assert_eq!(again.state, migrated);
         }
     }
 
     /// Format 5 held every workflow whole: its finished workflow is packed on restore (and
     /// unpacks to what format 5 held, values by reference kept), its running one stays
-    /// whole, and the state is written again as format 7 and reads back equal.
+    /// whole, and the state is written again as format 8 and reads back equal.
     #[test]
     fn format_5_is_migrated_with_its_finished_workflows_packed() {
         use crate::command::{EntryState, StoredOutcome, Value, WorkflowStatus};
@@ -376,8 +396,8 @@ mod tests {
         assert_eq!(recorded, [2, 4, 5, 8]);
         let mut bytes = Vec::new();
         machine.write_snapshot(&mut bytes).expect("snapshot");
-        assert!(bytes.starts_with(b"KEELSCH7"));
-        let again = decode_snapshot(&bytes).expect("format 7 reads back");
+        assert!(bytes.starts_with(b"KEELSCH8"));
+        let again = decode_snapshot(&bytes).expect("format 8 reads back");
         assert_eq!(again.state, migrated);
     }
 
@@ -473,8 +493,9 @@ mod tests {
     /// Format 6, written by the build before remote calls (commit 7fad2da) from
     /// [`format6_fixture_commands`] applied at indexes 1.. (the first five at midnight, the
     /// rest two seconds later), is migrated to exactly the state this build reaches from the
-    /// same commands: the layouts of workflows and timers it shares with format 7 read the
-    /// same, and the state has no remote calls.
+    /// same commands (but the latest stamp, which format 6 did not keep): the layouts of
+    /// workflows and timers it shares with format 8 read the same, and the state has no
+    /// remote calls.
     #[test]
     fn format_6_is_migrated_to_the_state_the_same_commands_reach() {
         const FORMAT6: &[u8] = include_bytes!("../../tests/fixtures/keelsch6.snap");
@@ -482,15 +503,8 @@ mod tests {
         migrated
             .restore(&mut &FORMAT6[..])
             .expect("a format 6 snapshot migrates");
-        let mut replayed = SchedulerMachine::new();
-        for (index, command) in (1..).zip(format6_fixture_commands()) {
-            let stamp_ms = if index <= 6 {
-                MIDNIGHT_MS
-            } else {
-                MIDNIGHT_MS + 2000
-            };
-            apply(&mut replayed, index, stamp_ms, command);
-        }
+        let replayed = replay_fixture(Vec::new());
+        replayed.write_for_test().forget_applied_stamp_for_test();
         assert_eq!(*migrated.read(), *replayed.read());
         assert_eq!(
             migrated.read().timers().len(),
@@ -498,6 +512,93 @@ mod tests {
             "every target kind pending"
         );
         assert_eq!(migrated.read().remote().outgoing_streams().count(), 0);
+    }
+
+    /// The remote commands applied after [`format6_fixture_commands`] behind the format 7
+    /// fixture: workflow `w` calls remote `r` (a 40-byte input, held by reference) and the
+    /// stream binds; as callee, one call of `caller` is taken and runs, another refused.
+    fn format7_remote_commands() -> Vec<Command> {
+        use crate::command::{CallId, InboundStart};
+        let bound_to = format!("callee.{}", "ab".repeat(16));
+        let calling = format!("caller.{}", "cd".repeat(16));
+        let inbound = |seq: u64, kind: &str| InboundStart {
+            seq,
+            call: CallId {
+                index: 40 + seq,
+                workflow: "there".into(),
+                position: 0,
+            },
+            withdrawn: false,
+            kind: kind.into(),
+            input: vec![6; 4],
+            deadline_ms: MIDNIGHT_MS + 600_000,
+            refusal: None,
+        };
+        vec![
+            Command::RemoteCall {
+                workflow: "w".into(),
+                fence: 3,
+                seq: 4,
+                remote: "r".into(),
+                kind: "k".into(),
+                input: vec![5; 40],
+                deadline_after_ms: 60_000,
+            },
+            Command::RemoteBind {
+                remote: "r".into(),
+                callee: bound_to,
+            },
+            Command::RemoteStart {
+                caller: calling,
+                callee_index: 1,
+                items: vec![inbound(1, "k"), inbound(2, "unknown")],
+                grace_ms: 30_000,
+                deadline_max_ms: 3_600_000,
+            },
+        ]
+    }
+
+    /// The state the fixtures' histories reach: [`format6_fixture_commands`] and then
+    /// `more`, applied at indexes 1.. (the first five at midnight, the rest two seconds later).
+    fn replay_fixture(more: Vec<Command>) -> SchedulerMachine {
+        let mut replayed = SchedulerMachine::new();
+        for (index, command) in (1..).zip(format6_fixture_commands().into_iter().chain(more)) {
+            let stamp_ms = if index <= 6 {
+                MIDNIGHT_MS
+            } else {
+                MIDNIGHT_MS + 2000
+            };
+            apply(&mut replayed, index, stamp_ms, command);
+        }
+        replayed
+    }
+
+    /// Format 7, written by the build before remints (commit 23d4ea6) from the format 6
+    /// history and [`format7_remote_commands`], is migrated to the state the same commands
+    /// reach (but the latest stamp, which format 7 did not keep): its outbox, binding,
+    /// watermark and records read the same, and no identity was replaced.
+    #[test]
+    fn format_7_is_migrated_to_the_state_the_same_commands_reach() {
+        const FORMAT7: &[u8] = include_bytes!("../../tests/fixtures/keelsch7.snap");
+        let mut migrated = SchedulerMachine::new();
+        migrated
+            .restore(&mut &FORMAT7[..])
+            .expect("a format 7 snapshot migrates");
+        let replayed = replay_fixture(format7_remote_commands());
+        replayed.write_for_test().forget_applied_stamp_for_test();
+        assert_eq!(*migrated.read(), *replayed.read());
+        let state = migrated.read();
+        let outgoing = state.remote().outgoing("r").expect("the stream to r");
+        assert_eq!(outgoing.outbox.len(), 1, "one call pending");
+        assert!(outgoing.binding.is_some());
+        let caller = format!("caller.{}", "cd".repeat(16));
+        let incoming = state
+            .remote()
+            .incoming(&caller)
+            .expect("the stream from caller");
+        assert_eq!(incoming.watermark, 2);
+        assert_eq!(incoming.records.len(), 2, "one running, one refused");
+        assert_eq!(state.remote().replaced_at(), 0);
     }
 
     /// A snapshot's image is the state when it was taken: commands applied after it (the

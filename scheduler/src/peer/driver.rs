@@ -158,6 +158,9 @@ struct Driver {
 /// What a Hello established for this term.
 #[derive(Debug, Clone)]
 struct Hello {
+    /// This cluster's identity the Hello was made under: the requests that follow carry
+    /// it, and a remint ends the session (the stream it spoke for was dropped).
+    caller: ClusterIdentity,
     callee: ClusterIdentity,
     generation: u64,
 }
@@ -300,11 +303,12 @@ impl Driver {
                     .map(|b| b.generation),
             )
         };
-        // An operator's rebind dropped the binding this Hello established: Hello again.
-        if hello
-            .as_ref()
-            .is_some_and(|h| Some(h.generation) != generation)
-        {
+        // An operator's rebind dropped the binding this Hello established, or a remint the
+        // identity it was made under: Hello again.
+        let own = self.context.shared.host.cluster_identity();
+        if hello.as_ref().is_some_and(|h| {
+            Some(h.generation) != generation || own.as_ref().map(|o| &o.identity) != Some(&h.caller)
+        }) {
             *hello = None;
         }
         if !has_items {
@@ -375,8 +379,19 @@ impl Driver {
                 self.alias
             )));
         }
+        // A remint applied since the Hello dropped this stream: its watermark is another
+        // identity's.
+        if self.own_identity()? != own {
+            return Err(Failure::Transient(
+                "this cluster's identity was replaced during Hello".to_owned(),
+            ));
+        }
         self.check_watermark(generation, response.watermark).await?;
-        Ok(Hello { callee, generation })
+        Ok(Hello {
+            caller: own,
+            callee,
+            generation,
+        })
     }
 
     /// Checks the callee's watermark against `acked` and the seqs handed out, and commits it
@@ -459,7 +474,6 @@ impl Driver {
 
     /// Sends the next Start request, if any item is to be sent, and commits its answer.
     async fn send_starts(&self, link: &mut Link, hello: &Hello) -> Result<bool, Failure> {
-        let own = self.own_identity()?;
         let items = self.start_items()?;
         if items.is_empty() {
             return Ok(false);
@@ -467,7 +481,7 @@ impl Driver {
         let mut client = link.dial()?;
         let request = pb::StartRequest {
             protocol: PROTOCOL,
-            caller: Some(identity_to_wire(&own)),
+            caller: Some(identity_to_wire(&hello.caller)),
             callee: Some(identity_to_wire(&hello.callee)),
             items,
             attempt: u32::try_from(link.attempts).unwrap_or(u32::MAX),
@@ -492,7 +506,6 @@ impl Driver {
     /// Sends the next Cancel request, if any item is to be cancelled, and commits its
     /// terminal answers; a `NOT_TAKEN` halts the remote (the callee's watermark went back).
     async fn send_cancels(&self, link: &mut Link, hello: &Hello) -> Result<bool, Failure> {
-        let own = self.own_identity()?;
         let items: Vec<pb::CancelItem> = {
             let state = self.context.machine.read();
             let Some(stream) = state.remote().outgoing(&self.alias) else {
@@ -513,7 +526,7 @@ impl Driver {
         let mut client = link.dial()?;
         let request = pb::CancelRequest {
             protocol: PROTOCOL,
-            caller: Some(identity_to_wire(&own)),
+            caller: Some(identity_to_wire(&hello.caller)),
             callee: Some(identity_to_wire(&hello.callee)),
             items,
         };

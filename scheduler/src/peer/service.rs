@@ -23,7 +23,7 @@ use super::convert::{
 use super::errors::{REMOTE_VERSION, WRONG_CALLEE, WRONG_CALLER, denied, invalid, refusal};
 use super::settings::{PeerSettings, RemoteConfig};
 use super::{PROTOCOL, START_ITEMS_MAX, completions_of};
-use crate::command::{Answer, CancelItem, Command, InboundStart, Refusal};
+use crate::command::{Answer, CancelItem, Command, InboundStart, Refusal, Rejection};
 use crate::engine::proposer::Proposer;
 use crate::limits::{NAME_MAX_BYTES, PAYLOAD_MAX_BYTES};
 use crate::machine::SchedulerMachine;
@@ -366,6 +366,11 @@ impl RemoteCalls for PeerService {
                     .collect(),
                 watermark,
             })),
+            // Addressed to the identity a remint replaced meanwhile: as if it had arrived
+            // after the remint.
+            Answer::Rejected(rejection @ Rejection::IdentityReplaced { .. }) => {
+                Err(refusal(WRONG_CALLEE, rejection.to_string()))
+            }
             Answer::Rejected(rejection) => Err(invalid(rejection.to_string())),
             other => Err(unexpected(&other)),
         }

@@ -9,8 +9,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
+use crate::cluster_identity::{ClusterIdentity, INCARNATION_BYTES};
 use crate::pb::client as api;
-use crate::types::{NodeAddr, TypeConfig};
+use crate::types::{ClientRequest, ClientResponse, NodeAddr, TypeConfig};
 use crate::wire_error::{WriteErrorKind, status};
 
 use super::ClientService;
@@ -264,6 +265,51 @@ impl ClientService {
                 "cannot initialize: {e}"
             ))),
         }
+    }
+
+    /// Replaces the cluster's identity with the one requested (its name defaulting to the
+    /// name in force): proposes it with `replace` and answers what is in force after.
+    pub(super) async fn serve_remint_identity(
+        &self,
+        request: Request<api::RemintIdentityRequest>,
+    ) -> Result<Response<api::RemintIdentityResponse>, Status> {
+        self.require_leader()?;
+        let request = request.into_inner();
+        let previous = self.shared.host.cluster_identity();
+        let incarnation = request.incarnation.as_ref().try_into().map_err(|_| {
+            Status::invalid_argument(format!(
+                "an incarnation is {INCARNATION_BYTES} bytes, not {}",
+                request.incarnation.len()
+            ))
+        })?;
+        let name = match (&request.name, &previous) {
+            (name, _) if !name.is_empty() => name.clone(),
+            (_, Some(previous)) => previous.identity.name().to_owned(),
+            (_, None) => self.shared.identity.cluster.clone(),
+        };
+        let identity = ClusterIdentity::new(&name, incarnation)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let proposal = ClientRequest {
+            session: 0,
+            seq: 0,
+            command: identity.commit_command(true),
+        };
+        let committed = match self.propose(proposal).await? {
+            ClientResponse::ClusterIdentity(committed) => committed,
+            other => {
+                return Err(Status::internal(format!(
+                    "an identity command was answered {other:?}"
+                )));
+            }
+        };
+        Ok(Response::new(api::RemintIdentityResponse {
+            identity: committed.identity.to_string(),
+            index: committed.index,
+            previous: previous
+                .filter(|previous| previous.identity != committed.identity)
+                .map(|previous| previous.identity.to_string())
+                .unwrap_or_default(),
+        }))
     }
 
     /// Builds a snapshot covering at least what this node has applied; answers its index.

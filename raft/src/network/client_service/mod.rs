@@ -162,6 +162,13 @@ impl KeelLog for ClientService {
         self.serve_change_membership(request).await
     }
 
+    async fn remint_identity(
+        &self,
+        request: Request<api::RemintIdentityRequest>,
+    ) -> Result<Response<api::RemintIdentityResponse>, Status> {
+        self.serve_remint_identity(request).await
+    }
+
     async fn build_snapshot(
         &self,
         _request: Request<api::BuildSnapshotRequest>,

@@ -164,6 +164,9 @@ enum Command {
         #[arg(long)]
         addr: String,
     },
+    /// The cluster's identity, which other clusters know it by in calls between clusters.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
     /// Re-admit a node whose data directory was wiped: remove it as a voter, add it as a
     /// learner with its new data directory, wait for it to catch up, promote it.
     Repair {
@@ -175,6 +178,22 @@ enum Command {
         /// The node's gRPC address.
         #[arg(long)]
         addr: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Replace the identity with a new incarnation: run it on a cluster re-created from
+    /// old data (restored from backups, copied data directories) before it serves. Every
+    /// unresolved call it made to another cluster fails (`caller-restored`), every call it
+    /// runs for another cluster is cancelled (`callee-restored`), and its callers must
+    /// `keel rebind-remote` it.
+    Remint {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// A new name (default: the name in force).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -267,6 +286,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         command @ (Command::AddLearner { .. }
         | Command::ChangeMembership { .. }
         | Command::Snapshot { .. }
+        | Command::Identity(_)
         | Command::Repair { .. }) => administer(command).await,
     }
 }
@@ -294,6 +314,19 @@ async fn administer(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Repair { cluster, id, addr } => repair(&cluster, id, &addr).await,
+        Command::Identity(IdentityCommand::Remint { cluster, name }) => {
+            let answer = client(&cluster)?.remint_identity(name.as_deref()).await?;
+            let previous = if answer.previous.is_empty() {
+                "no identity (or an earlier attempt of this request replaced it)".to_owned()
+            } else {
+                answer.previous
+            };
+            println!(
+                "cluster identity is now {} (log index {}); it replaced {previous}",
+                answer.identity, answer.index
+            );
+            Ok(())
+        }
         other => unreachable!("not an administration command: {other:?}"),
     }
 }

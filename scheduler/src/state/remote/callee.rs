@@ -29,6 +29,12 @@ impl SchedulerState {
         rules: &TakeRules,
     ) -> Result<Answer, Rejection> {
         check_name("caller identity", caller)?;
+        if rules.callee_index < self.remote.replaced_at {
+            return Err(Rejection::IdentityReplaced {
+                addressed: rules.callee_index,
+                replaced_at: self.remote.replaced_at,
+            });
+        }
         let mut results = Vec::new();
         for (position, item) in items.into_iter().enumerate() {
             let watermark = self.watermark(caller);
@@ -258,7 +264,7 @@ impl SchedulerState {
     }
 
     /// Forgets record `seq` of `caller` and its timers; cancels its workflow if it runs.
-    fn forget(&mut self, apply: &mut Apply<'_>, caller: &str, seq: u64, reason: &str) {
+    pub(super) fn forget(&mut self, apply: &mut Apply<'_>, caller: &str, seq: u64, reason: &str) {
         let record = self
             .remote
             .incoming

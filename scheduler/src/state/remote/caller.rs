@@ -111,22 +111,16 @@ impl SchedulerState {
         apply: &mut Apply<'_>,
         remote: &str,
     ) -> Answer {
-        let Some(stream) = self.remote.outgoing.get(remote) else {
+        if !self.remote.outgoing.contains_key(remote) {
             return Answer::RemoteUnbound { failed: 0 };
-        };
-        let seqs: Vec<u64> = stream.outbox.keys().copied().collect();
-        let mut failed = 0;
-        for seq in seqs {
-            let unresolved = matches!(
-                self.remote.outgoing[remote].outbox[&seq].state,
-                OutState::Pending | OutState::Started { .. }
-            );
-            failed += u64::from(unresolved);
-            let message = format!(
-                "callee-lost: {remote} was rebound by an operator; whether its old callee took this call is unknown"
-            );
-            self.settle(apply, remote, seq, failed_state(message));
         }
+        let failed = self.fail_stream(
+            apply,
+            remote,
+            &format!(
+                "callee-lost: {remote} was rebound by an operator; whether its old callee took this call is unknown"
+            ),
+        );
         let stream = self
             .remote
             .outgoing
@@ -143,6 +137,31 @@ impl SchedulerState {
         };
         apply.effects.push(Effect::RemoteChanged);
         Answer::RemoteUnbound { failed }
+    }
+
+    /// Settles every item of the stream to `remote`: its unresolved calls fail with
+    /// `message`, its withdrawals and cancels are dropped. Returns how many calls failed.
+    pub(super) fn fail_stream(
+        &mut self,
+        apply: &mut Apply<'_>,
+        remote: &str,
+        message: &str,
+    ) -> u64 {
+        let seqs: Vec<u64> = self.remote.outgoing[remote]
+            .outbox
+            .keys()
+            .copied()
+            .collect();
+        let mut failed = 0;
+        for seq in seqs {
+            let unresolved = matches!(
+                self.remote.outgoing[remote].outbox[&seq].state,
+                OutState::Pending | OutState::Started { .. }
+            );
+            failed += u64::from(unresolved);
+            self.settle(apply, remote, seq, failed_state(message.to_owned()));
+        }
+        failed
     }
 
     /// The stream to `remote` if it is bound under `generation`.

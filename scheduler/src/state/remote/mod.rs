@@ -11,12 +11,14 @@
 //! record runs is named `@<caller identity>.<callee identity index>.<seq>`, which is how a
 //! workflow's end finds its record, and how its timers name it.
 //!
-//! `caller` and `callee` apply the commands of each side; `consistency` checks the
+//! `caller` and `callee` apply the commands of each side; `remint` ends both sides'
+//! dealings when the host replaces the cluster's identity; `consistency` checks the
 //! invariants C1–C3 and E1–E3 of the specification.
 
 mod callee;
 mod caller;
 mod consistency;
+mod remint;
 
 use std::collections::BTreeMap;
 
@@ -36,6 +38,9 @@ pub struct RemoteState {
     pub(in crate::state) outgoing: BTreeMap<String, Outgoing>,
     /// As callee, by caller identity.
     pub(in crate::state) incoming: BTreeMap<String, Incoming>,
+    /// The index of the entry that last replaced this cluster's identity (0 if none did):
+    /// a callee command addressed to an older identity is refused.
+    pub(in crate::state) replaced_at: u64,
 }
 
 /// A caller's stream to one remote.
@@ -256,6 +261,11 @@ impl RemoteState {
     /// The caller's stream to `remote`, if it has one.
     pub fn outgoing(&self, remote: &str) -> Option<&Outgoing> {
         self.outgoing.get(remote)
+    }
+
+    /// The index of the entry that last replaced this cluster's identity; 0 if none did.
+    pub fn replaced_at(&self) -> u64 {
+        self.replaced_at
     }
 
     /// Every caller stream, by remote alias.

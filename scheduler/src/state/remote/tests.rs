@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::command::{
     AckStatus, Answer, CancelItem, CancelStatus, Command, Completion, EntryState, InboundStart,
-    Outcome, Owner, RemoteOutcome, Stamped, StartResult, StartStatus, StoredOutcome,
+    Outcome, Owner, Rejection, RemoteOutcome, Stamped, StartResult, StartStatus, StoredOutcome,
     WorkflowStatus,
 };
 use crate::state::{Effect, SchedulerState};
@@ -156,17 +156,27 @@ fn start_items(research: &Side) -> Vec<InboundStart> {
         .collect()
 }
 
-fn take(writing: &mut Side, stamp_ms: u64, items: Vec<InboundStart>) -> (Vec<StartResult>, u64) {
-    match writing.apply(
+/// A Start request's items proposed under the callee identity of index `callee_index`.
+fn start_under(
+    writing: &mut Side,
+    stamp_ms: u64,
+    callee_index: u64,
+    items: Vec<InboundStart>,
+) -> Answer {
+    writing.apply(
         stamp_ms,
         Command::RemoteStart {
             caller: CALLER.into(),
-            callee_index: CALLEE_INDEX,
+            callee_index,
             items,
             grace_ms: GRACE_MS,
             deadline_max_ms: DEADLINE_MAX_MS,
         },
-    ) {
+    )
+}
+
+fn take(writing: &mut Side, stamp_ms: u64, items: Vec<InboundStart>) -> (Vec<StartResult>, u64) {
+    match start_under(writing, stamp_ms, CALLEE_INDEX, items) {
         Answer::RemoteStarted { results, watermark } => (results, watermark),
         other => panic!("{other:?}"),
     }
@@ -257,6 +267,144 @@ fn callee_workflows(writing: &Side) -> usize {
         .list(None, None, None, usize::MAX)
         .filter(|(id, _)| id.starts_with('@'))
         .count()
+}
+
+impl Side {
+    /// The host replaced this cluster's identity at the next index, two seconds after the
+    /// last command's stamp (which the replacement is stamped with).
+    fn replace_identity(&mut self) {
+        self.index += 1;
+        self.effects.clear();
+        self.state.identity_replaced(
+            AppliedAt {
+                term: 1,
+                index: self.index,
+            },
+            &mut self.effects,
+        );
+        self.state.assert_consistent();
+    }
+}
+
+/// A caller reminted: its unresolved calls (one started at the callee, one not yet sent)
+/// fail as `caller-restored` and wake their workflows, its stream is dropped with its
+/// binding, and the next call starts a new stream at seq 1 that the callee takes as a new
+/// caller's. Nothing of the old stream is sent again.
+#[test]
+fn a_remint_fails_the_callers_unresolved_calls_and_restarts_its_streams() {
+    let (mut research, mut writing) = (Side::new(), Side::new());
+    let fence = research.start("w");
+    research.call("w", fence, 0, 60_000);
+    let generation = research.bind();
+    deliver_starts(&mut research, &mut writing, generation);
+    research.call("w", fence, 1, 60_000);
+    assert_eq!(research.stream().outbox.len(), 2);
+
+    research.replace_identity();
+    let reminted_at = research.index;
+    for position in [0, 1] {
+        let EntryState::Done(StoredOutcome::Err(Value::Inline(message))) =
+            research.entry("w", position)
+        else {
+            panic!(
+                "call {position} is not failed: {:?}",
+                research.entry("w", position)
+            );
+        };
+        let message = String::from_utf8(message).expect("text");
+        assert!(
+            message.starts_with(&format!(
+                "caller-restored: this cluster's identity was replaced at index {reminted_at}"
+            )),
+            "{message}"
+        );
+    }
+    assert!(research.effects.contains(&Effect::Changed {
+        workflow: "w".into()
+    }));
+    assert!(research.effects.contains(&Effect::RemoteChanged));
+    assert!(research.state.remote().outgoing(REMOTE).is_none());
+    assert!(
+        research.state.timers().is_empty(),
+        "the deadline timers went with the calls"
+    );
+    assert_eq!(research.state.remote().replaced_at(), reminted_at);
+
+    let later = research.start("later");
+    research.call("later", later, 0, 60_000);
+    assert!(research.stream().binding.is_none(), "the next Hello binds");
+    let items = start_items(&research);
+    assert_eq!(items.len(), 1, "only the new call is sent");
+    assert_eq!(items[0].seq, 1, "a new stream starts at seq 1");
+}
+
+/// A callee reminted: its running callee workflow is cancelled (`callee-restored`), its
+/// records and watermarks go, and a start proposed to the old identity before the
+/// replacement but applied after it is refused, so it starts nothing; one addressed to the
+/// new identity is taken from seq 1.
+#[test]
+fn a_remint_ends_the_callees_calls_and_refuses_starts_addressed_to_the_old_identity() {
+    let (mut research, mut writing) = (Side::new(), Side::new());
+    let fence = research.start("w");
+    research.call("w", fence, 0, 60_000);
+    research.call("w", fence, 1, 60_000);
+    let items = start_items(&research);
+    take(&mut writing, T0, vec![items[0].clone()]);
+    let running = inbound_name(CALLER, CALLEE_INDEX, 1);
+    assert_eq!(
+        writing.state.workflow(&running).expect("runs").status,
+        WorkflowStatus::Running
+    );
+
+    writing.replace_identity();
+    let reminted_at = writing.index;
+    let cancelled = writing.state.workflow(&running).expect("kept as finished");
+    assert_eq!(cancelled.status, WorkflowStatus::Cancelled);
+    assert_eq!(
+        cancelled.finished_ms,
+        Some(T0),
+        "stamped with the last command's stamp"
+    );
+    assert!(
+        writing.incoming().is_none(),
+        "records and watermark dropped"
+    );
+    assert!(
+        writing.state.timers().is_empty(),
+        "the deadline and forget timers went with the records"
+    );
+
+    let stale = start_under(&mut writing, T0, CALLEE_INDEX, vec![items[1].clone()]);
+    assert_eq!(
+        stale,
+        Answer::Rejected(Rejection::IdentityReplaced {
+            addressed: CALLEE_INDEX,
+            replaced_at: reminted_at,
+        })
+    );
+    assert_eq!(callee_workflows(&writing), 1, "nothing started");
+
+    // The caller rebinds (its operator's `keel rebind-remote`) and sends again from seq 1.
+    research.apply(
+        T0,
+        Command::RemoteUnbind {
+            remote: REMOTE.into(),
+        },
+    );
+    let fence = research.fence_of("w");
+    research.call("w", fence, 2, 60_000);
+    let Answer::RemoteStarted { results, watermark } =
+        start_under(&mut writing, T0, reminted_at, start_items(&research))
+    else {
+        panic!("the new identity's start is taken");
+    };
+    assert_eq!((results.len(), watermark), (1, 1));
+    assert!(
+        writing
+            .state
+            .workflow(&inbound_name(CALLER, reminted_at, 1))
+            .is_some()
+    );
 }
 
 /// The whole happy path: a call takes seq 1, the callee starts one workflow for it, a
