@@ -75,6 +75,13 @@ pub trait Application: Send + Sync + fmt::Debug + 'static {
     /// A digest of the whole state, equal on replicas that applied the same commands.
     fn digest(&self) -> u64;
 
+    /// Which commands this build applies: a number raised whenever a build applies a
+    /// command an older one would not (it reports it in `Status.application_protocol`, and
+    /// proposes such a command only once every member reports it). 0 by default.
+    fn protocol(&self) -> u32 {
+        0
+    }
+
     /// The entry at `at` replaced the cluster's identity with `identity` (an operator's
     /// remint, for a cluster re-created from old data: scheduler/REMOTE.md §3). Called
     /// while applying that entry, on every replica, in log order with the commands; what

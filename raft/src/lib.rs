@@ -65,6 +65,7 @@ pub mod network;
 pub mod node;
 pub mod pb;
 pub mod plain_log;
+pub mod protocols;
 pub mod purged_log;
 mod record;
 pub mod repair;

@@ -174,6 +174,10 @@ impl Application for Multiplex {
         }
     }
 
+    fn protocol(&self) -> u32 {
+        self.extension.as_ref().map_or(0, |app| app.protocol())
+    }
+
     fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
         if let Some(extension) = &mut self.extension {
             extension.identity_replaced(at, identity);

@@ -25,6 +25,7 @@ use crate::network::client::Network;
 use crate::network::server::AddServices;
 use crate::network::{metrics_endpoint, server};
 use crate::plain_log::{PlainLog, Retention};
+use crate::protocols::{HOST_PROTOCOL, Protocols, lagging_member};
 use crate::repair;
 use crate::security::roles::{MethodRoles, raft_method_roles};
 use crate::security::{NodeSecurity, OpenedSecurity};
@@ -37,6 +38,8 @@ pub use crate::shared::{LeaderWatch, NodeShared};
 /// How long a leader waits before proposing the cluster's identity again after a failed
 /// proposal.
 const IDENTITY_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long a leader waits before asking the members' builds again.
+const SURVEY_PAUSE: Duration = Duration::from_millis(500);
 /// How long a stopping node lets open connections finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 
@@ -428,18 +431,34 @@ fn background_tasks(
     ]
 }
 
-/// Commits the cluster's identity: whenever this node leads and no identity is applied
-/// yet, it mints one named `cluster` and proposes it; applying is first-wins, so a
+/// Commits the cluster's identity: whenever this node leads, no identity is applied yet and
+/// every member's build applies identity commands, it mints one named `cluster` and
+/// proposes it; applying is first-wins, so a
 /// proposal racing another (or an identity committed but not yet applied here) changes
 /// nothing. Ends once an identity is in force, or when Raft stops.
 async fn commit_cluster_identity(shared: NodeShared, cluster: String) {
     let mut leadership = shared.leader_watch();
+    let mut waiting_for = None;
     loop {
         if let Some(committed) = shared.host.cluster_identity() {
             tracing::info!(node = shared.node_id, identity = %committed.identity, index = committed.index, "cluster identity in force");
             return;
         }
         if leadership.leading().is_some() {
+            // An older build would not apply the identity command: wait for every member
+            // to run one that does.
+            let needed = Protocols {
+                host: HOST_PROTOCOL,
+                application: 0,
+            };
+            if let Some(why) = lagging_member(&shared, needed).await {
+                if waiting_for.as_ref() != Some(&why) {
+                    tracing::info!(node = shared.node_id, %why, "the cluster identity waits for every member's build to apply it");
+                }
+                waiting_for = Some(why);
+                tokio::time::sleep(SURVEY_PAUSE).await;
+                continue;
+            }
             let identity = match ClusterIdentity::mint(&cluster) {
                 Ok(identity) => identity,
                 Err(error) => {

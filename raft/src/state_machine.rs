@@ -167,6 +167,11 @@ impl StateMachineHost {
         }
     }
 
+    /// The application's protocol ([`Application::protocol`]).
+    pub fn application_protocol(&self) -> u32 {
+        self.lock().app.protocol()
+    }
+
     /// The cluster's identity in force at the last applied entry, if one was committed.
     pub fn cluster_identity(&self) -> Option<CommittedIdentity> {
         self.lock().identity.clone()

@@ -816,3 +816,64 @@ async fn a_member_waiting_for_init_refuses_votes_quietly() {
         node.shutdown().await;
     }
 }
+
+/// The address of a port bound and released: nothing answers there.
+fn dead_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string()
+}
+
+/// A member whose build is not known (it does not answer) holds back the cluster identity,
+/// which an older build would not apply: two live nodes of a three-member cluster elect a
+/// leader and serve writes, but commit no identity until the silent member is removed.
+/// Each node reports the protocols its build applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_build_is_not_known_holds_back_the_identity() {
+    let cluster = Cluster::start(2, |_| {}).await;
+    let mut client = cluster.client();
+    let mut request = init_request(&mut client, &cluster.members()).await;
+    request.members.insert(
+        3,
+        api::InitMember {
+            addr: dead_addr(),
+            incarnation: 7,
+        },
+    );
+    for addr in cluster.addrs() {
+        client
+            .node(&addr)
+            .expect("client")
+            .init(request.clone())
+            .await
+            .expect("init");
+    }
+    client
+        .append(records(&["two of three"]))
+        .await
+        .expect("a majority serves");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for addr in cluster.addrs() {
+        let status = status_of(&mut client, &addr).await;
+        assert_eq!(
+            status.cluster_identity, "",
+            "no identity while node 3 is unknown"
+        );
+        assert_eq!(
+            (status.host_protocol, status.application_protocol),
+            (1, 0),
+            "a plain log node applies the identity commands, and no application's"
+        );
+    }
+    client
+        .change_membership(&[1, 2], false)
+        .await
+        .expect("node 3 removed");
+    let identity = identity_of(&mut client, &cluster.addrs()[0]).await;
+    assert!(!identity.is_empty());
+    for node in cluster.nodes {
+        node.shutdown().await;
+    }
+}

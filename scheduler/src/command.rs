@@ -421,6 +421,10 @@ pub enum Command {
         /// The cancels.
         items: Vec<CancelItem>,
     },
+    /// Calls between clusters are enabled (first-wins): a leader proposes it once every
+    /// member's build applies the remote commands, and no remote call is proposed before it
+    /// is applied (`scheduler/REMOTE.md` §16).
+    RemoteEnabled,
 }
 
 impl Command {

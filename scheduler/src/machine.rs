@@ -23,7 +23,7 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 pub use self::snapshot::SnapshotError;
 use self::snapshot::{decode_snapshot, write_snapshot};
-use crate::command::{self, Answer, EntryState, Outcome, Rejection, StoredOutcome, Value};
+use crate::command::{self, Answer, Command, EntryState, Outcome, Rejection, StoredOutcome, Value};
 use crate::state::JournalEntry;
 use crate::state::{Effect, FireRecord, SchedulerState};
 
@@ -127,6 +127,11 @@ impl Default for SchedulerMachine {
         Self::new()
     }
 }
+
+/// The scheduler commands this build applies (`Status.application_protocol`): 1 — calls
+/// between clusters (the remote commands, `RemoteEnabled`) and identity replacements. A
+/// leader proposes no remote call until every member reports it (`scheduler/REMOTE.md` §16).
+pub const APPLICATION_PROTOCOL: u32 = 1;
 
 fn mix(digest: u64, command: &[u8], answer: &[u8]) -> u64 {
     let crc = u64::from(crc32c::crc32c(command)) << 32 | u64::from(crc32c::crc32c(answer));
@@ -368,6 +373,29 @@ impl SchedulerMachine {
         self.shared.remote_changed.subscribe()
     }
 
+    /// Waits until `command` may be proposed: a remote call only once calls between
+    /// clusters are enabled (a build that does not apply it may still be a member, §16 of
+    /// `scheduler/REMOTE.md`); any other at once.
+    pub async fn proposable(&self, command: &Command) {
+        if matches!(command, Command::RemoteCall { .. }) {
+            self.remote_calls_enabled().await;
+        }
+    }
+
+    /// Waits until calls between clusters are enabled (`RemoteEnabled` applied here).
+    pub async fn remote_calls_enabled(&self) {
+        let mut changed = self.watch_remote();
+        loop {
+            changed.borrow_and_update();
+            if self.read().remote().enabled() {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Named timer fires applied from now on.
     pub fn watch_fires(&self) -> broadcast::Receiver<NamedFire> {
         self.shared.fires.subscribe()
@@ -548,6 +576,10 @@ impl Application for SchedulerMachine {
 
     fn digest(&self) -> u64 {
         *self.shared.digest.lock().expect("digest lock poisoned")
+    }
+
+    fn protocol(&self) -> u32 {
+        APPLICATION_PROTOCOL
     }
 
     fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {

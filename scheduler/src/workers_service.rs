@@ -193,6 +193,7 @@ impl Workers for WorkersService {
             // The lease moved on (or never was this worker's): the run must stop.
             return Err(rejected(&Rejection::StaleFence { fence, current: 0 }));
         }
+        self.machine.proposable(&command).await;
         let answer = self.proposer.propose(command, None).await?;
         let answer = self
             .machine

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_raft::client::KeelClient;
-use keel_raft::node::NodeConfig;
+use keel_raft::node::{NodeConfig, RaftNode};
+use keel_raft::pb::client::{InitMember, InitRequest, StatusRequest};
 use keel_raft::security::credentials::{Connector, Credentials};
 use keel_raft::security::tls::TlsFiles;
 use keel_raft::security::{AuthSettings, NodeSecurity};
@@ -115,10 +116,29 @@ async fn start_on(
     credentials: Credentials,
     ports: Option<&[u16]>,
 ) -> Cluster {
+    let cluster = start_nodes(name, registry, peers, security, credentials, ports, 3).await;
+    KeelClient::with_credentials(&cluster.addrs, &cluster.credentials)
+        .expect("client")
+        .init(&cluster.members())
+        .await
+        .expect("init");
+    cluster
+}
+
+/// `count` nodes of cluster `name`, not initialized.
+async fn start_nodes(
+    name: &str,
+    registry: fn() -> Registry,
+    peers: &PeerSettings,
+    security: &NodeSecurity,
+    credentials: Credentials,
+    ports: Option<&[u16]>,
+    count: u64,
+) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
-    let mut members = BTreeMap::new();
-    for id in 1..=3 {
+    let mut addrs = Vec::new();
+    for id in 1..=count {
         let mut config =
             NodeConfig::new(id, listen(ports, id), dir.path().join(format!("node-{id}")));
         name.clone_into(&mut config.cluster);
@@ -132,15 +152,9 @@ async fn start_on(
             Node::start_with_peers(config, registry(), EngineSettings::default(), peers.clone())
                 .await
                 .expect("node");
-        members.insert(id, node.addr().to_string());
+        addrs.push(node.addr().to_string());
         nodes.push(Some(node));
     }
-    let addrs: Vec<String> = members.values().cloned().collect();
-    KeelClient::with_credentials(&addrs, &credentials)
-        .expect("client")
-        .init(&members)
-        .await
-        .expect("init");
     Cluster {
         nodes,
         addrs,
@@ -150,6 +164,11 @@ async fn start_on(
 }
 
 impl Cluster {
+    /// Node id → address, ids from 1 in start order.
+    fn members(&self) -> BTreeMap<u64, String> {
+        (1..).zip(self.addrs.iter().cloned()).collect()
+    }
+
     fn client(&self) -> WorkflowClient {
         WorkflowClient::with_credentials(&self.addrs, &self.credentials).expect("client")
     }
@@ -632,6 +651,94 @@ async fn a_reminted_caller_or_callee_ends_the_old_identitys_calls() {
     start_research(&research, &["last".to_owned()], "topic").await;
     let last = wait_finished(&mut research.client(), "last").await;
     assert_eq!(last.result.as_ref(), b"draft of topic", "{last:?}");
+}
+
+/// Initializes `cluster`'s nodes with a third member that never answers (a port bound and
+/// released): its two nodes elect a leader and serve.
+async fn init_with_silent_third(admin: &mut KeelClient, cluster: &Cluster) {
+    let mut init = InitRequest::default();
+    for (id, addr) in cluster.members() {
+        let status = admin
+            .node(&addr)
+            .expect("node")
+            .status(StatusRequest {})
+            .await;
+        let incarnation = status.expect("status").into_inner().incarnation;
+        init.members.insert(id, InitMember { addr, incarnation });
+    }
+    let silent = free_ports()[0];
+    init.members.insert(
+        3,
+        InitMember {
+            addr: format!("127.0.0.1:{silent}"),
+            incarnation: 7,
+        },
+    );
+    for addr in &cluster.addrs {
+        admin
+            .node(addr)
+            .expect("node")
+            .init(init.clone())
+            .await
+            .expect("init");
+    }
+}
+
+/// Calls between clusters stay disabled while a member's build is not known (a member that
+/// does not answer: an older build would refuse the remote commands the others apply): a
+/// call waits before anything is journaled or sent, and the callee is not asked. Once the
+/// member is removed, the leader enables them and the call completes, once. A node whose
+/// build applies no scheduler commands is not added as a learner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_wait_until_every_members_build_applies_them() {
+    let writing = start_cluster("writing", writing_registry, &writing_peers()).await;
+    let research = start_nodes(
+        "research",
+        research_registry,
+        &research_peers(RemoteConfig {
+            addresses: writing.addrs.clone(),
+            ..RemoteConfig::default()
+        }),
+        &NodeSecurity::default(),
+        Credentials::none(),
+        None,
+        2,
+    )
+    .await;
+    let mut admin = KeelClient::new(&research.addrs).expect("client");
+    init_with_silent_third(&mut admin, &research).await;
+    start_research(&research, &["gated".to_owned()], "topic").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let gated = research.client().get("gated", true).await.expect("get");
+    assert_eq!(gated.status, "running", "{gated:?}");
+    assert!(
+        gated.journal.iter().all(|entry| entry.remote.is_none()),
+        "no remote call journaled: {gated:?}"
+    );
+    assert!(writing.inbound().await.is_empty(), "nothing sent");
+
+    admin
+        .change_membership(&[1, 2], false)
+        .await
+        .expect("node 3 removed");
+    let done = wait_finished(&mut research.client(), "gated").await;
+    assert_eq!(done.result.as_ref(), b"draft of topic", "{done:?}");
+    assert_eq!(writing.inbound().await.len(), 1);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = RaftNode::start(NodeConfig::new(4, listen(None, 4), dir.path()))
+        .await
+        .expect("a plain log node");
+    let refused = KeelClient::new(&writing.addrs)
+        .expect("client")
+        .add_learner(4, &plain.addr().to_string(), false)
+        .await
+        .expect_err("an older build is not added");
+    assert!(
+        refused.to_string().contains("runs an older build"),
+        "{refused}"
+    );
+    plain.shutdown().await;
 }
 
 /// Three free loopback ports (bound, read and released).

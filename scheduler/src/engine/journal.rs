@@ -79,6 +79,7 @@ pub(crate) fn refused(rejection: Rejection) -> Result<Answer, WorkflowError> {
 
 impl LocalJournal {
     async fn propose_retrying(&self, command: Command) -> Result<Answer, WorkflowError> {
+        self.machine.proposable(&command).await;
         retry(Backoff::constant(RETRY_PAUSE, RETRIES_MAX + 1), |_| {
             let proposed = self.proposer.propose(command.clone(), None);
             async move {

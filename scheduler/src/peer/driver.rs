@@ -128,6 +128,13 @@ impl Context {
         let mut statuses = self.statuses.lock().expect("status lock poisoned");
         statuses.clear();
         let mut tasks = Vec::new();
+        if !self.settings.remotes.is_empty() && !self.machine.read().remote().enabled() {
+            tasks.push(AbortOnDrop(tokio::spawn(super::gate::enable(
+                self.shared.clone(),
+                self.proposer.clone(),
+                self.machine.clone(),
+            ))));
+        }
         for (alias, remote) in &self.settings.remotes {
             if remote.addresses.is_empty() {
                 continue;

@@ -5,6 +5,8 @@
 //! - `service`: the gRPC service every node serves (only the leader answers);
 //! - `driver`: the caller's leader-only tasks that deliver each remote's outbox (Hello,
 //!   bind, starts, cancels) and fetch its completions (a long-poll Get);
+//! - `gate`: the leader's task that enables calls between clusters once every member's
+//!   build applies them;
 //! - `link`: one remote's configured addresses, with not-leader following, backoff and
 //!   the breaker;
 //! - `status`: each call's progress for `keel status`, and the metrics;
@@ -18,6 +20,7 @@
 mod convert;
 pub mod driver;
 mod errors;
+mod gate;
 mod link;
 pub mod service;
 pub mod settings;

@@ -132,6 +132,11 @@ impl PeerService {
                 format!("this cluster is {}, not {addressed}", own.identity),
             ));
         }
+        if !self.machine.read().remote().enabled() {
+            return Err(super::errors::unavailable(
+                "calls between clusters are not enabled here yet: every member's build must apply them first",
+            ));
+        }
         Ok((from, remote, own))
     }
 

@@ -118,6 +118,11 @@ pub(crate) fn render_metrics(
     }
     let _ = writeln!(
         out,
+        "# HELP keel_remote_calls_enabled Whether calls between clusters are enabled (every member's build applied them when a leader looked).\n# TYPE keel_remote_calls_enabled gauge\nkeel_remote_calls_enabled{{node=\"{node}\"}} {}",
+        u8::from(machine.read().remote().enabled())
+    );
+    let _ = writeln!(
+        out,
         "# HELP keel_remote_calls Calls to other clusters not settled with them, by state.\n# TYPE keel_remote_calls gauge"
     );
     for ((remote, state), count) in &calls {

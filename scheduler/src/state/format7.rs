@@ -1,6 +1,6 @@
 //! The state as snapshot format 7 (`KEELSCH7`) laid it out, read only to migrate it: the
-//! current layout without the latest command stamp and the index of the last identity
-//! replacement.
+//! current layout without the latest command stamp, the index of the last identity
+//! replacement and the index that enabled calls between clusters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,8 +35,10 @@ struct RemoteStateV7 {
 
 impl StateV7 {
     /// The state in the current layout: no identity replaced (format 7 builds could not
-    /// replace one), and no stamp known until the next command applies (a replacement
-    /// before that stamps what it ends with 0).
+    /// replace one), calls between clusters not enabled yet (the leader enables them once it
+    /// sees every member's build apply them; calls in flight go on meanwhile, new ones wait),
+    /// and no stamp known until the next command applies (a replacement before that stamps
+    /// what it ends with 0).
     pub(crate) fn upgrade(self) -> SchedulerState {
         SchedulerState {
             workflows: self.workflows,
@@ -51,6 +53,7 @@ impl StateV7 {
                 outgoing: self.remote.outgoing,
                 incoming: self.remote.incoming,
                 replaced_at: 0,
+                enabled_at: 0,
             },
             applied_stamp_ms: 0,
         }

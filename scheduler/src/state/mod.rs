@@ -448,6 +448,13 @@ impl SchedulerState {
             Command::RemoteCancel { caller, items } => {
                 Ok(self.remote_cancel(apply, &caller, items))
             }
+            Command::RemoteEnabled => {
+                if self.remote.enabled_at == 0 {
+                    self.remote.enabled_at = apply.at.index;
+                    apply.effects.push(Effect::RemoteChanged);
+                }
+                Ok(Answer::Done)
+            }
             other => unreachable!("not a remote command: {other:?}"),
         }
     }

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster_identity::{ClusterIdentity, INCARNATION_BYTES};
 use crate::pb::client as api;
+use crate::protocols::{HOST_PROTOCOL, Protocols, member_status};
 use crate::types::{ClientRequest, ClientResponse, NodeAddr, TypeConfig};
 use crate::wire_error::{WriteErrorKind, status};
 
@@ -79,6 +80,8 @@ impl ClientService {
                 .cluster_identity()
                 .map(|committed| committed.identity.to_string())
                 .unwrap_or_default(),
+            host_protocol: HOST_PROTOCOL,
+            application_protocol: self.shared.host.application_protocol(),
         }
     }
 
@@ -131,34 +134,30 @@ impl ClientService {
     /// `Unavailable` when it does not answer in time; `Invalid` when it is another node or
     /// another incarnation.
     pub(super) async fn check_learner(&self, id: u64, node: &NodeAddr) -> Result<(), Status> {
-        let addr = self.shared.network.address_of(id, node);
-        let channel = self.shared.network.channel(id, &addr).map_err(|e| {
-            status(
-                WriteErrorKind::Invalid,
-                format!("learner address {addr}: {e}"),
-            )
-        })?;
-        let mut request = Request::new(api::StatusRequest {});
-        request.set_timeout(LEARNER_STATUS_TIMEOUT);
-        let learner = api::keel_log_client::KeelLogClient::new(channel)
-            .status(request)
+        let learner = member_status(&self.shared, id, node, LEARNER_STATUS_TIMEOUT)
             .await
-            .map_err(|e| {
+            .map_err(|error| {
                 status(
                     WriteErrorKind::Unavailable,
-                    format!(
-                        "node {id} does not answer at {addr} ({}); nothing was proposed",
-                        e.message()
-                    ),
+                    format!("{error}; nothing was proposed"),
                 )
-            })?
-            .into_inner();
+            })?;
+        let addr = self.shared.network.address_of(id, node);
         if learner.node_id != id || learner.incarnation != node.incarnation {
             return Err(status(
                 WriteErrorKind::Invalid,
                 format!(
                     "{addr} is node {} with data directory incarnation {:016x}, not node {id} with {:016x}; nothing was proposed",
                     learner.node_id, learner.incarnation, node.incarnation
+                ),
+            ));
+        }
+        let own = Protocols::of(&self.shared);
+        if let Some(behind) = own.unmet_by(&Protocols::reported(&learner)) {
+            return Err(status(
+                WriteErrorKind::Invalid,
+                format!(
+                    "node {id} runs an older build ({behind}): it would not apply what this cluster commits; upgrade it first; nothing was proposed"
                 ),
             ));
         }

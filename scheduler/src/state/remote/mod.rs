@@ -41,6 +41,9 @@ pub struct RemoteState {
     /// The index of the entry that last replaced this cluster's identity (0 if none did):
     /// a callee command addressed to an older identity is refused.
     pub(in crate::state) replaced_at: u64,
+    /// The index of the `RemoteEnabled` that enabled calls between clusters (0 until one
+    /// applied): no remote call is proposed before.
+    pub(in crate::state) enabled_at: u64,
 }
 
 /// A caller's stream to one remote.
@@ -261,6 +264,12 @@ impl RemoteState {
     /// The caller's stream to `remote`, if it has one.
     pub fn outgoing(&self, remote: &str) -> Option<&Outgoing> {
         self.outgoing.get(remote)
+    }
+
+    /// Whether calls between clusters are enabled: every member's build applied them when
+    /// a leader looked.
+    pub fn enabled(&self) -> bool {
+        self.enabled_at != 0
     }
 
     /// The index of the entry that last replaced this cluster's identity; 0 if none did.

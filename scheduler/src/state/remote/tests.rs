@@ -407,6 +407,24 @@ fn a_remint_ends_the_callees_calls_and_refuses_starts_addressed_to_the_old_ident
     );
 }
 
+/// `RemoteEnabled` is first-wins: the index of the first one applied stays, and a state
+/// starts disabled.
+#[test]
+fn remote_calls_are_enabled_by_the_first_remote_enabled() {
+    let mut side = Side::new();
+    assert!(!side.state.remote().enabled());
+    assert_eq!(side.apply(T0, Command::RemoteEnabled), Answer::Done);
+    let first = side.index;
+    assert!(
+        side.effects.contains(&Effect::RemoteChanged),
+        "the gate's waiters wake"
+    );
+    side.apply(T0, Command::RemoteEnabled);
+    assert!(side.effects.is_empty(), "a second one changes nothing");
+    assert!(side.state.remote().enabled());
+    assert_eq!(side.state.remote().enabled_at, first);
+}
+
 /// The whole happy path: a call takes seq 1, the callee starts one workflow for it, a
 /// resent start is answered from the record (no second workflow), the completion resolves
 /// the caller's entry with the callee's value, and the acknowledgement forgets the record.

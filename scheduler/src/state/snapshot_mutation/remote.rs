@@ -75,6 +75,11 @@ fn item(seq: u64, withdrawn: bool, deadline_ms: u64) -> InboundStart {
 /// A remote command of either side; call ids 0 and generations 0 are filled in from the
 /// state by [`resolve`].
 pub(super) fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![13 => caller_command(), 6 => callee_command()]
+}
+
+/// A caller-side command, or the gate's.
+fn caller_command() -> impl Strategy<Value = Command> {
     let seq = 1u64..6;
     prop_oneof![
         6 => (workflow(), 0u64..5_000).prop_map(|(workflow, deadline_after_ms)| Command::RemoteCall {
@@ -86,7 +91,10 @@ pub(super) fn command() -> impl Strategy<Value = Command> {
             input: Vec::new(),
             deadline_after_ms,
         }),
-        1 => Just(Command::RemoteBind { remote: REMOTE.into(), callee: "e.00".into() }),
+        2 => prop_oneof![
+            Just(Command::RemoteBind { remote: REMOTE.into(), callee: "e.00".into() }),
+            Just(Command::RemoteEnabled),
+        ],
         2 => (0u64..6, prop::collection::vec((seq.clone(), start_status()), 0..4)).prop_map(
             |(watermark, results)| Command::RemoteStartsAcked {
                 remote: REMOTE.into(),
@@ -118,6 +126,13 @@ pub(super) fn command() -> impl Strategy<Value = Command> {
                     .collect(),
             }
         }),
+    ]
+}
+
+/// A callee-side command.
+fn callee_command() -> impl Strategy<Value = Command> {
+    let seq = 1u64..6;
+    prop_oneof![
         // Consecutive items from a low seq, so most are taken.
         4 => (1u64..3, prop::collection::vec((any::<bool>(), 0u64..10_000), 0..4)).prop_map(
             |(first, items)| {
