@@ -27,7 +27,7 @@ use super::convert::{
     identity_to_wire, start_result_from_wire,
 };
 use super::errors::{Failure, WRONG_CALLEE, classify};
-use super::link::Link;
+use super::link::{Link, Outcomes};
 use super::settings::{PeerSettings, RemoteConfig};
 use super::status::RemoteStatuses;
 use super::{PROTOCOL, START_BYTES_MAX, START_ITEMS_MAX, convert::ack_to_wire};
@@ -56,6 +56,10 @@ pub struct RemoteStatus {
     pub halted: Option<String>,
     /// Whether the breaker is open (eight failures in a row).
     pub breaker_open: bool,
+    /// How its requests ended.
+    pub outcomes: Outcomes,
+    /// Completions that came for a call already resolved or a caller workflow gone.
+    pub late_completions: u64,
 }
 
 /// The drivers of a node's remotes; stopped when dropped.
@@ -237,9 +241,10 @@ impl Driver {
             .ok_or_else(|| Failure::Transient("this cluster has no identity yet".to_owned()))
     }
 
-    fn report(&self, link: &Link, halted: Option<String>) {
+    fn report(&self, link: &mut Link, halted: Option<String>) {
         let mut statuses = self.context.statuses.lock().expect("status lock poisoned");
         let status = statuses.entry(self.alias.clone()).or_default();
+        status.outcomes.add(&std::mem::take(&mut link.outcomes));
         status.attempts = status.attempts.max(link.attempts);
         status.last_error.clone_from(&link.last_error);
         status.breaker_open = link.breaker_open();
@@ -282,14 +287,14 @@ impl Driver {
                         }
                         _ => None,
                     };
-                    self.report(&link, halted);
+                    self.report(&mut link, halted);
                     link.failed(failure).await;
                     if link.breaker_open() {
                         hello = None;
                     }
                 }
             }
-            self.report(&link, None);
+            self.report(&mut link, None);
         }
     }
 
@@ -580,9 +585,12 @@ impl Driver {
                 continue;
             };
             match self.get(&mut link, &binding, &mut acks).await {
-                Ok(()) => link.succeeded(),
+                Ok(()) => {
+                    link.succeeded();
+                    self.report(&mut link, None);
+                }
                 Err(failure) => {
-                    self.report(&link, None);
+                    self.report(&mut link, None);
                     link.failed(failure).await;
                 }
             }
@@ -645,6 +653,17 @@ impl Driver {
         let Answer::RemoteAcks { acks: answered } = answer else {
             return Err(Failure::Halt(format!("completions answered {answer:?}")));
         };
+        let late = answered
+            .iter()
+            .filter(|ack| matches!(ack, AckStatus::CallerGone | AckStatus::AlreadyResolved(_)))
+            .count();
+        if late > 0 {
+            let mut statuses = self.context.statuses.lock().expect("status lock poisoned");
+            statuses
+                .entry(self.alias.clone())
+                .or_default()
+                .late_completions += late as u64;
+        }
         for (completion, ack) in readable.into_iter().zip(&answered) {
             if *ack == AckStatus::CallerGone {
                 tracing::debug!(remote = %self.alias, seq = completion.seq, "completion for no call");

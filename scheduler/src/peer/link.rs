@@ -16,6 +16,40 @@ use crate::pb::remote::remote_calls_client::RemoteCallsClient;
 /// Consecutive failures that open the breaker.
 pub(crate) const BREAKER_FAILURES: u32 = 8;
 
+/// How a link's requests (and the steps around them) ended, counted since the driver last
+/// reported them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Answered.
+    pub ok: u64,
+    /// Answered "not the leader".
+    pub not_leader: u64,
+    /// Failed, to be retried after a pause.
+    pub transient: u64,
+    /// Failed so that the remote halts.
+    pub halt: u64,
+}
+
+impl Outcomes {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Self) {
+        self.ok += other.ok;
+        self.not_leader += other.not_leader;
+        self.transient += other.transient;
+        self.halt += other.halt;
+    }
+
+    /// The counts by the name the metrics give each outcome.
+    pub fn by_name(&self) -> [(&'static str, u64); 4] {
+        [
+            ("ok", self.ok),
+            ("not-leader", self.not_leader),
+            ("transient", self.transient),
+            ("halt", self.halt),
+        ]
+    }
+}
+
 /// A remote's configured addresses, the one in use, and the failures in a row.
 #[derive(Debug)]
 pub(crate) struct Link {
@@ -31,6 +65,8 @@ pub(crate) struct Link {
     /// RPCs made, and the last failure, for status and metrics.
     pub(crate) attempts: u64,
     pub(crate) last_error: Option<String>,
+    /// Outcomes not yet reported.
+    pub(crate) outcomes: Outcomes,
 }
 
 impl Link {
@@ -54,6 +90,7 @@ impl Link {
             redirects: 0,
             attempts: 0,
             last_error: None,
+            outcomes: Outcomes::default(),
         }
     }
 
@@ -85,6 +122,7 @@ impl Link {
     }
 
     pub(crate) fn succeeded(&mut self) {
+        self.outcomes.ok += 1;
         self.failures = 0;
         self.redirects = 0;
         self.last_error = None;
@@ -93,6 +131,11 @@ impl Link {
     /// Reacts to `failure`: moves to the next address, and pauses unless it was a
     /// not-leader answer with addresses left to try this round.
     pub(crate) async fn failed(&mut self, failure: Failure) {
+        match &failure {
+            Failure::NotLeader => self.outcomes.not_leader += 1,
+            Failure::Transient(_) => self.outcomes.transient += 1,
+            Failure::Halt(_) => self.outcomes.halt += 1,
+        }
         self.client = None;
         self.current = (self.current + 1) % self.addresses.len().max(1);
         if failure == Failure::NotLeader {
@@ -162,5 +205,17 @@ mod tests {
         link.failed(Failure::NotLeader).await;
         assert_eq!((link.current, link.failures), (0, 1));
         assert!(before.elapsed() >= Duration::from_millis(20));
+        link.failed(Failure::Transient("timeout".into())).await;
+        link.succeeded();
+        assert_eq!(
+            link.outcomes,
+            Outcomes {
+                ok: 1,
+                not_leader: 2,
+                transient: 1,
+                halt: 0,
+            },
+            "every outcome counted by kind"
+        );
     }
 }

@@ -34,6 +34,7 @@ use crate::machine::SchedulerMachine;
 use crate::pb::remote as pb;
 use crate::state::{InOutcome, InState};
 
+pub use self::link::Outcomes;
 pub use self::settings::{PeerSettings, RemoteCallSettings, RemoteConfig};
 
 /// The messages and gRPC client and server of `keel.remote.v1`, for a caller or callee

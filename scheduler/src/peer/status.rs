@@ -94,9 +94,20 @@ pub(crate) fn render_metrics(
     machine: &SchedulerMachine,
     statuses: &RemoteStatuses,
 ) {
+    render_state_metrics(out, node, machine);
+    render_driver_metrics(out, node, statuses);
+}
+
+/// Writes a metric family's `HELP` and `TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The gauges read from the replicated state: the gate, outbox items, inbound records.
+fn render_state_metrics(out: &mut String, node: u64, machine: &SchedulerMachine) {
     let mut calls: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
     let mut inbound: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-    {
+    let enabled = {
         let state = machine.read();
         for (alias, stream) in state.remote().outgoing_streams() {
             for item in stream.outbox.values() {
@@ -115,15 +126,24 @@ pub(crate) fn render_metrics(
                 *inbound.entry((caller.to_owned(), state)).or_default() += 1;
             }
         }
-    }
-    let _ = writeln!(
+        state.remote().enabled()
+    };
+    family(
         out,
-        "# HELP keel_remote_calls_enabled Whether calls between clusters are enabled (every member's build applied them when a leader looked).\n# TYPE keel_remote_calls_enabled gauge\nkeel_remote_calls_enabled{{node=\"{node}\"}} {}",
-        u8::from(machine.read().remote().enabled())
+        "keel_remote_calls_enabled",
+        "gauge",
+        "Whether calls between clusters are enabled (every member's build applied them when a leader looked).",
     );
     let _ = writeln!(
         out,
-        "# HELP keel_remote_calls Calls to other clusters not settled with them, by state.\n# TYPE keel_remote_calls gauge"
+        "keel_remote_calls_enabled{{node=\"{node}\"}} {}",
+        u8::from(enabled)
+    );
+    family(
+        out,
+        "keel_remote_calls",
+        "gauge",
+        "Calls to other clusters not settled with them, by state.",
     );
     for ((remote, state), count) in &calls {
         let _ = writeln!(
@@ -131,9 +151,11 @@ pub(crate) fn render_metrics(
             "keel_remote_calls{{node=\"{node}\",remote=\"{remote}\",state=\"{state}\"}} {count}"
         );
     }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP keel_remote_inbound Calls from other clusters held here, by state.\n# TYPE keel_remote_inbound gauge"
+        "keel_remote_inbound",
+        "gauge",
+        "Calls from other clusters held here, by state.",
     );
     for ((caller, state), count) in &inbound {
         let _ = writeln!(
@@ -141,10 +163,17 @@ pub(crate) fn render_metrics(
             "keel_remote_inbound{{node=\"{node}\",caller=\"{caller}\",state=\"{state}\"}} {count}"
         );
     }
+}
+
+/// What this leader's drivers report of each remote: requests and how they ended, late
+/// completions, the breaker.
+fn render_driver_metrics(out: &mut String, node: u64, statuses: &RemoteStatuses) {
     let statuses = statuses.lock().expect("status lock poisoned").clone();
-    let _ = writeln!(
+    family(
         out,
-        "# HELP keel_remote_attempts_total RPCs this leader made to each remote, retries included.\n# TYPE keel_remote_attempts_total counter"
+        "keel_remote_attempts_total",
+        "counter",
+        "RPCs this leader made to each remote, retries included.",
     );
     for (remote, status) in &statuses {
         let _ = writeln!(
@@ -153,9 +182,38 @@ pub(crate) fn render_metrics(
             status.attempts
         );
     }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP keel_remote_breaker_open 1 while a remote's breaker is open or it is halted.\n# TYPE keel_remote_breaker_open gauge"
+        "keel_remote_outcomes_total",
+        "counter",
+        "How this leader's requests to each remote (and the steps around them) ended.",
+    );
+    for (remote, status) in &statuses {
+        for (outcome, count) in status.outcomes.by_name() {
+            let _ = writeln!(
+                out,
+                "keel_remote_outcomes_total{{node=\"{node}\",remote=\"{remote}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+    }
+    family(
+        out,
+        "keel_remote_late_completions_total",
+        "counter",
+        "Completions that came for a call already resolved, or a caller workflow gone.",
+    );
+    for (remote, status) in &statuses {
+        let _ = writeln!(
+            out,
+            "keel_remote_late_completions_total{{node=\"{node}\",remote=\"{remote}\"}} {}",
+            status.late_completions
+        );
+    }
+    family(
+        out,
+        "keel_remote_breaker_open",
+        "gauge",
+        "1 while a remote's breaker is open or it is halted.",
     );
     for (remote, status) in &statuses {
         let open = u8::from(status.breaker_open || status.halted.is_some());
@@ -173,6 +231,7 @@ mod tests {
 
     use super::*;
     use crate::command::{self, Command, Stamped};
+    use crate::peer::Outcomes;
 
     fn apply(machine: &mut SchedulerMachine, index: u64, command: Command) {
         let stamped = Stamped {
@@ -186,30 +245,18 @@ mod tests {
         );
     }
 
-    /// A call not yet delivered counts as "pending start", with its driver's attempts and
-    /// breaker; the journal view says the same of the entry.
-    #[test]
-    fn pending_calls_and_driver_reports_are_rendered() {
+    /// A machine where workflow `w` made one remote call to `writers`, not yet delivered.
+    fn one_pending_call() -> SchedulerMachine {
         let mut machine = SchedulerMachine::new();
-        apply(
-            &mut machine,
-            1,
+        let commands = [
             Command::DeclareKinds {
                 kinds: vec![("k".into(), "1".into())],
             },
-        );
-        apply(
-            &mut machine,
-            2,
             Command::Start {
                 id: "w".into(),
                 kind: "k".into(),
                 input: Vec::new(),
             },
-        );
-        apply(
-            &mut machine,
-            3,
             Command::RemoteCall {
                 workflow: "w".into(),
                 fence: 2,
@@ -219,7 +266,18 @@ mod tests {
                 input: Vec::new(),
                 deadline_after_ms: 60_000,
             },
-        );
+        ];
+        for (index, command) in (1..).zip(commands) {
+            apply(&mut machine, index, command);
+        }
+        machine
+    }
+
+    /// A call not yet delivered counts as "pending start", with its driver's attempts,
+    /// outcomes, late completions and breaker; the journal view says the same of the entry.
+    #[test]
+    fn pending_calls_and_driver_reports_are_rendered() {
+        let machine = one_pending_call();
         let statuses = RemoteStatuses::default();
         statuses.lock().expect("lock").insert(
             "writers".into(),
@@ -228,6 +286,13 @@ mod tests {
                 last_error: Some("transport: refused".into()),
                 halted: None,
                 breaker_open: true,
+                outcomes: Outcomes {
+                    ok: 5,
+                    not_leader: 1,
+                    transient: 3,
+                    halt: 0,
+                },
+                late_completions: 2,
             },
         );
         let mut out = String::new();
@@ -236,6 +301,10 @@ mod tests {
             "keel_remote_calls{node=\"1\",remote=\"writers\",state=\"pending start\"} 1",
             "keel_remote_attempts_total{node=\"1\",remote=\"writers\"} 9",
             "keel_remote_breaker_open{node=\"1\",remote=\"writers\"} 1",
+            "keel_remote_outcomes_total{node=\"1\",remote=\"writers\",outcome=\"ok\"} 5",
+            "keel_remote_outcomes_total{node=\"1\",remote=\"writers\",outcome=\"transient\"} 3",
+            "keel_remote_late_completions_total{node=\"1\",remote=\"writers\"} 2",
+            "keel_remote_calls_enabled{node=\"1\"} 0",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} not in\n{out}");
         }
