@@ -15,6 +15,21 @@ fn keel(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// What `keel args` printed on standard output, the command having succeeded.
+fn keel_stdout(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run keel");
+    assert!(
+        output.status.success(),
+        "keel {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn write_config(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write config");
@@ -149,7 +164,8 @@ fn free_dev_base_port() -> u16 {
 
 /// `keel dev --tls` issues its certificates, forms its cluster over TLS with client
 /// certificates required, and the client commands find them in its data directory;
-/// a client with the CA but no credential is refused, saying so.
+/// a client with the CA but no credential is refused, saying so. `keel status` shows each
+/// node's protocols and the cluster identity, which `keel identity remint` replaces.
 #[test]
 fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -186,8 +202,29 @@ fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
         .args(["read", "--data-dir", &data_arg])
         .output()
         .expect("keel read");
+    let before = keel_stdout(&["status", "--data-dir", &data_arg]);
+    let reminted = keel_stdout(&["identity", "remint", "--data-dir", &data_arg]);
+    let after = keel_stdout(&["status", "--data-dir", &data_arg]);
     let _ = dev.kill();
     let _ = dev.wait();
+    let identity_in = |status: &str| -> String {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("cluster identity: "))
+            .unwrap_or_else(|| panic!("no identity in\n{status}"))
+            .to_owned()
+    };
+    let (old, new) = (identity_in(&before), identity_in(&after));
+    assert_ne!(old, new, "the remint replaced the identity");
+    assert!(
+        reminted.starts_with(&format!("cluster identity is now {new} (log index "))
+            && reminted.trim_end().ends_with(&format!("it replaced {old}")),
+        "{reminted}"
+    );
+    assert!(
+        before.lines().filter(|line| line.ends_with(" 1/1")).count() == 3,
+        "every node reports the host and scheduler protocols it applies:\n{before}"
+    );
     assert!(
         appended,
         "keel append never succeeded against keel dev --tls"

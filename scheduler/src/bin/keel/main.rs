@@ -405,7 +405,7 @@ fn opt(value: Option<u64>) -> String {
 async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
     let mut client = client(cluster)?;
     println!(
-        "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8} {:<8} {:<8}",
+        "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8} {:<8} {}",
         "NODE",
         "ADDRESS",
         "ROLE",
@@ -430,7 +430,7 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
                     identities.insert(s.cluster_identity.clone());
                 }
                 println!(
-                    "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8} {:<8} {:<8}",
+                    "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8} {:<8} {}",
                     s.node_id,
                     addr,
                     s.role,
