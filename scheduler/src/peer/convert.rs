@@ -178,6 +178,15 @@ pub(crate) fn completion_from_wire(completion: &pb::Completion) -> Option<Comple
     })
 }
 
+/// Whether `completed`, a call id a callee sent, names another call than `held` under the
+/// same index: another workflow or journal position, where it carries them (they ride along
+/// for this check and for display; the index is the key).
+pub(crate) fn another_call(held: &CallId, completed: &pb::CallId) -> bool {
+    held.index == completed.call_index
+        && !completed.workflow.is_empty()
+        && (held.workflow != completed.workflow || held.position != completed.position)
+}
+
 /// A completion's outcome on the wire.
 pub(crate) fn outcome_to_wire(outcome: RemoteOutcome) -> pb::completion::Outcome {
     let failure = |kind: pb::FailureKind, message: String| {
@@ -297,6 +306,31 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn a_completion_for_another_call_under_the_same_index_is_told_apart() {
+        let held = CallId {
+            index: 7,
+            workflow: "w".into(),
+            position: 2,
+        };
+        let wire = |index, workflow: &str, position| pb::CallId {
+            call_index: index,
+            workflow: workflow.into(),
+            position,
+        };
+        assert!(!another_call(&held, &wire(7, "w", 2)), "the same call");
+        assert!(another_call(&held, &wire(7, "v", 2)), "another workflow");
+        assert!(another_call(&held, &wire(7, "w", 3)), "another position");
+        assert!(
+            !another_call(&held, &wire(8, "v", 3)),
+            "another index is not this item's"
+        );
+        assert!(
+            !another_call(&held, &wire(7, "", 0)),
+            "a callee that sends the index only"
+        );
     }
 
     #[test]

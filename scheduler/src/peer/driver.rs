@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::convert::{
-    call_to_wire, cancel_result_from_wire, completion_from_wire, identity_from_wire,
+    another_call, call_to_wire, cancel_result_from_wire, completion_from_wire, identity_from_wire,
     identity_to_wire, start_result_from_wire,
 };
 use super::errors::{Failure, WRONG_CALLEE, classify};
@@ -564,6 +564,52 @@ impl Driver {
         Ok(true)
     }
 
+    /// Halts the remote if a completion names, at an item's seq and call index, another
+    /// workflow or journal position than the item's: the callee completed another call that
+    /// happens to share the index (this cluster re-created from old data without a remint,
+    /// REMOTE.md §17 scenario 8), and its result must not resolve this one.
+    fn check_completed_calls(&self, completions: &[&pb::Completion]) -> Result<(), Failure> {
+        let state = self.context.machine.read();
+        let Some(stream) = state.remote().outgoing(&self.alias) else {
+            return Ok(());
+        };
+        for completion in completions {
+            let Some(item) = stream.outbox.get(&completion.seq) else {
+                continue;
+            };
+            if let Some(completed) = &completion.call
+                && another_call(&item.call, completed)
+            {
+                return Err(Failure::Halt(format!(
+                    "conflict: {} completed seq {} as call {} of {} entry {}, but this cluster made it from {} entry {}: was it re-created from old data without `keel identity remint`?",
+                    self.alias,
+                    completion.seq,
+                    completed.call_index,
+                    completed.workflow,
+                    completed.position,
+                    item.call.workflow,
+                    item.call.position
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the completions answered as late (already resolved, or for a caller gone).
+    fn count_late(&self, answered: &[AckStatus]) {
+        let late = answered
+            .iter()
+            .filter(|ack| matches!(ack, AckStatus::CallerGone | AckStatus::AlreadyResolved(_)))
+            .count();
+        if late > 0 {
+            let mut statuses = self.context.statuses.lock().expect("status lock poisoned");
+            statuses
+                .entry(self.alias.clone())
+                .or_default()
+                .late_completions += late as u64;
+        }
+    }
+
     async fn fetch(self: Arc<Self>) {
         let mut link = self.link().await;
         let mut changed = self.context.machine.watch_remote();
@@ -632,6 +678,7 @@ impl Driver {
             .iter()
             .filter(|c| completion_from_wire(c).is_some())
             .collect();
+        self.check_completed_calls(&readable)?;
         let completions: Vec<_> = readable
             .iter()
             .filter_map(|c| completion_from_wire(c))
@@ -653,17 +700,7 @@ impl Driver {
         let Answer::RemoteAcks { acks: answered } = answer else {
             return Err(Failure::Halt(format!("completions answered {answer:?}")));
         };
-        let late = answered
-            .iter()
-            .filter(|ack| matches!(ack, AckStatus::CallerGone | AckStatus::AlreadyResolved(_)))
-            .count();
-        if late > 0 {
-            let mut statuses = self.context.statuses.lock().expect("status lock poisoned");
-            statuses
-                .entry(self.alias.clone())
-                .or_default()
-                .late_completions += late as u64;
-        }
+        self.count_late(&answered);
         for (completion, ack) in readable.into_iter().zip(&answered) {
             if *ack == AckStatus::CallerGone {
                 tracing::debug!(remote = %self.alias, seq = completion.seq, "completion for no call");

@@ -405,7 +405,7 @@ fn opt(value: Option<u64>) -> String {
 async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
     let mut client = client(cluster)?;
     println!(
-        "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8} {:<8} {}",
+        "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:<16} {:<8} {:<8} PROTOCOL",
         "NODE",
         "ADDRESS",
         "ROLE",
@@ -418,7 +418,6 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
         "DIGEST",
         "ADMITTED",
         "VALUES",
-        "PROTOCOL"
     );
     let mut any = false;
     let mut identities = BTreeSet::new();
@@ -430,7 +429,7 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
                     identities.insert(s.cluster_identity.clone());
                 }
                 println!(
-                    "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8} {:<8} {}",
+                    "{:<5} {:<21} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9} {:>9} {:016x} {:<8} {:<8} {}/{}",
                     s.node_id,
                     addr,
                     s.role,
@@ -448,7 +447,8 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
                         "checking"
                     },
                     // The host's and the application's: which commands its build applies.
-                    format!("{}/{}", s.host_protocol, s.application_protocol)
+                    s.host_protocol,
+                    s.application_protocol
                 );
             }
             Err(error) => println!("{:<5} {addr:<21} unreachable: {error}", "?"),
