@@ -82,13 +82,14 @@ pub trait Application: Send + Sync + fmt::Debug + 'static {
         0
     }
 
-    /// The entry at `at` replaced the cluster's identity with `identity` (an operator's
-    /// remint, for a cluster re-created from old data: scheduler/REMOTE.md §3). Called
-    /// while applying that entry, on every replica, in log order with the commands; what
-    /// the application holds for the old identity's dealings with other clusters ends
-    /// here. Not called for the first identity, nor for a command that changed nothing.
-    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
-        let _ = (at, identity);
+    /// The entry at `at`, stamped `stamp_ms` by its proposer, replaced the cluster's
+    /// identity with `identity` (an operator's remint, for a cluster re-created from old
+    /// data: scheduler/REMOTE.md §3). Called while applying that entry, on every replica, in
+    /// log order with the commands; what the application holds for the old identity's
+    /// dealings with other clusters ends here. Not called for the first identity, nor for a
+    /// command that changed nothing.
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity, stamp_ms: u64) {
+        let _ = (at, identity, stamp_ms);
     }
 }
 

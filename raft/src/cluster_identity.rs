@@ -4,7 +4,8 @@
 //!
 //! The first leader that finds no identity committed mints one with its `cluster` name and
 //! proposes it as a host command: the byte [`IDENTITY_TAG`], a `replace` flag (0 or 1), the
-//! name's length (one byte) and bytes, and the 16 incarnation bytes. Applying it is
+//! name's length (one byte) and bytes, the 16 incarnation bytes and, in a replacement, its
+//! stamp (8 bytes, little endian). Applying it is
 //! first-wins: a later identity without `replace` changes nothing, and every proposal is
 //! answered with the identity in force. A cluster re-created from old data must mint a new
 //! one with `replace` set, so that "the same name, another history" is visible to the
@@ -27,6 +28,8 @@ pub const NAME_MAX_BYTES: usize = 64;
 pub const INCARNATION_BYTES: usize = 16;
 /// Bytes of an identity command before the name: tag, `replace` flag, name length.
 const COMMAND_PREFIX_BYTES: usize = 3;
+/// Bytes of a replacement's stamp, after the incarnation.
+const STAMP_BYTES: usize = 8;
 
 /// Why an identity cannot be made or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,21 +93,39 @@ impl ClusterIdentity {
         self.incarnation
     }
 
-    /// The command that commits this identity (replacing one in force when `replace`).
+    /// The command that commits this identity as `commit` says.
     ///
     /// # Panics
     /// Never: a valid name is at most 64 bytes, so its length fits the command's length byte.
-    pub fn commit_command(&self, replace: bool) -> Bytes {
+    pub fn commit_command(&self, commit: Commit) -> Bytes {
         let name_len = u8::try_from(self.name.len()).expect("a valid name is at most 64 bytes");
-        let mut out =
-            BytesMut::with_capacity(COMMAND_PREFIX_BYTES + self.name.len() + INCARNATION_BYTES);
+        let mut out = BytesMut::with_capacity(
+            COMMAND_PREFIX_BYTES + self.name.len() + INCARNATION_BYTES + STAMP_BYTES,
+        );
         out.put_u8(IDENTITY_TAG);
-        out.put_u8(u8::from(replace));
+        out.put_u8(u8::from(matches!(commit, Commit::Replace { .. })));
         out.put_u8(name_len);
         out.put_slice(self.name.as_bytes());
         out.put_slice(&self.incarnation);
+        if let Commit::Replace { stamp_ms } = commit {
+            out.put_u64_le(stamp_ms);
+        }
         out.freeze()
     }
+}
+
+/// What an identity command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The cluster's first identity: applied only if none is in force.
+    First,
+    /// A replacement (an operator's remint), stamped with its proposer's wall clock: what
+    /// the application ends when it applies the replacement is stamped with it, the same
+    /// on every replica.
+    Replace {
+        /// Milliseconds since the Unix epoch.
+        stamp_ms: u64,
+    },
 }
 
 /// A new incarnation, drawn from the operating system's random source.
@@ -168,26 +189,40 @@ impl CommittedIdentity {
     }
 }
 
-/// The identity and `replace` flag of identity command `command`; `None` if it is not a
-/// well-formed one (it then goes to the application, like any command it does not know).
-pub(crate) fn decode_commit(command: &[u8]) -> Option<(ClusterIdentity, bool)> {
+/// The identity and what identity command `command` asks for; `None` if it is not a
+/// well-formed one (it then goes to the application, like any command it does not know). A
+/// replacement carries its stamp; a first identity does not.
+pub(crate) fn decode_commit(command: &[u8]) -> Option<(ClusterIdentity, Commit)> {
     let [tag, replace, name_len, rest @ ..] = command else {
         return None;
     };
-    if *tag != IDENTITY_TAG || *replace > 1 {
+    if *tag != IDENTITY_TAG {
         return None;
     }
     let name_len = usize::from(*name_len);
-    if rest.len() != name_len + INCARNATION_BYTES {
+    let stamp_len = match replace {
+        0 => 0,
+        1 => STAMP_BYTES,
+        _ => return None,
+    };
+    if rest.len() != name_len + INCARNATION_BYTES + stamp_len {
         return None;
     }
-    let (name, incarnation) = rest.split_at(name_len);
+    let (name, rest) = rest.split_at(name_len);
+    let (incarnation, stamp) = rest.split_at(INCARNATION_BYTES);
     let identity = ClusterIdentity::new(
         std::str::from_utf8(name).ok()?,
         incarnation.try_into().ok()?,
     )
     .ok()?;
-    Some((identity, *replace == 1))
+    let commit = if stamp_len == 0 {
+        Commit::First
+    } else {
+        Commit::Replace {
+            stamp_ms: u64::from_le_bytes(stamp.try_into().ok()?),
+        }
+    };
+    Some((identity, commit))
 }
 
 /// What applying an identity command did.
@@ -202,14 +237,15 @@ pub(crate) enum IdentityChange {
     Unchanged,
 }
 
-/// Applies an identity command committed at `index` to `current`: first-wins unless
-/// `replace`. Returns the identity in force afterwards and what changed.
+/// Applies an identity command committed at `index` to `current`: first-wins unless a
+/// replacement. Returns the identity in force afterwards and what changed.
 pub(crate) fn apply(
     current: &mut Option<CommittedIdentity>,
     proposed: ClusterIdentity,
-    replace: bool,
+    commit: Commit,
     index: u64,
 ) -> (CommittedIdentity, IdentityChange) {
+    let replace = matches!(commit, Commit::Replace { .. });
     let change = match current {
         None => IdentityChange::First,
         Some(committed) if replace && committed.identity != proposed => IdentityChange::Replaced,
@@ -278,23 +314,24 @@ mod tests {
 
     #[test]
     fn the_first_identity_wins_unless_replaced() {
+        const REPLACE: Commit = Commit::Replace { stamp_ms: 9 };
         let mut current = None;
-        let (first, change) = apply(&mut current, identity("a", 1), false, 5);
+        let (first, change) = apply(&mut current, identity("a", 1), Commit::First, 5);
         assert_eq!(change, IdentityChange::First);
         assert_eq!(first.index, 5);
         assert_eq!(first.identity, identity("a", 1));
-        let (later, change) = apply(&mut current, identity("a", 2), false, 9);
+        let (later, change) = apply(&mut current, identity("a", 2), Commit::First, 9);
         assert_eq!(
             (later, change),
             (first, IdentityChange::Unchanged),
             "a later identity without replace is not applied"
         );
-        let (replaced, change) = apply(&mut current, identity("a", 3), true, 12);
+        let (replaced, change) = apply(&mut current, identity("a", 3), REPLACE, 12);
         assert_eq!(change, IdentityChange::Replaced);
         assert_eq!(replaced.identity, identity("a", 3));
         assert_eq!(replaced.index, 12);
         assert_eq!(current, Some(replaced.clone()));
-        let (repeated, change) = apply(&mut current, identity("a", 3), true, 15);
+        let (repeated, change) = apply(&mut current, identity("a", 3), REPLACE, 15);
         assert_eq!(
             (repeated, change),
             (replaced, IdentityChange::Unchanged),
@@ -324,11 +361,21 @@ mod tests {
 
     #[test]
     fn malformed_commands_are_not_identity_commands() {
-        let good = identity("keel", 7).commit_command(false);
-        assert_eq!(decode_commit(&good), Some((identity("keel", 7), false)));
+        let good = identity("keel", 7).commit_command(Commit::First);
+        assert_eq!(
+            decode_commit(&good),
+            Some((identity("keel", 7), Commit::First))
+        );
         let mut bad_flag = good.to_vec();
         bad_flag[1] = 2;
         assert_eq!(decode_commit(&bad_flag), None);
+        let mut stampless = good.to_vec();
+        stampless[1] = 1;
+        assert_eq!(
+            decode_commit(&stampless),
+            None,
+            "a replacement needs its stamp"
+        );
         assert_eq!(decode_commit(&good[..good.len() - 1]), None, "short");
         let mut long = good.to_vec();
         long.push(0);
@@ -338,6 +385,16 @@ mod tests {
         assert_eq!(decode_commit(&bad_name), None, "a name against the rule");
         assert_eq!(decode_commit(&[IDENTITY_TAG]), None);
         assert_eq!(decode_commit(&[]), None);
+        let replace = identity("keel", 7).commit_command(Commit::Replace { stamp_ms: 1 << 40 });
+        assert_eq!(
+            decode_commit(&replace),
+            Some((identity("keel", 7), Commit::Replace { stamp_ms: 1 << 40 }))
+        );
+        assert_eq!(
+            decode_commit(&replace[..replace.len() - 1]),
+            None,
+            "a short stamp"
+        );
     }
 
     proptest! {
@@ -345,10 +402,11 @@ mod tests {
         fn commands_round_trip(
             name in "[A-Za-z0-9._-]{1,64}",
             incarnation in proptest::array::uniform16(any::<u8>()),
-            replace in any::<bool>(),
+            stamp in proptest::option::of(any::<u64>()),
         ) {
             let id = ClusterIdentity::new(&name, incarnation).unwrap();
-            prop_assert_eq!(decode_commit(&id.commit_command(replace)), Some((id.clone(), replace)));
+            let commit = stamp.map_or(Commit::First, |stamp_ms| Commit::Replace { stamp_ms });
+            prop_assert_eq!(decode_commit(&id.commit_command(commit)), Some((id.clone(), commit)));
             prop_assert_eq!(id.to_string().parse::<ClusterIdentity>().unwrap(), id);
         }
     }

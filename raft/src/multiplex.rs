@@ -178,9 +178,9 @@ impl Application for Multiplex {
         self.extension.as_ref().map_or(0, |app| app.protocol())
     }
 
-    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity, stamp_ms: u64) {
         if let Some(extension) = &mut self.extension {
-            extension.identity_replaced(at, identity);
+            extension.identity_replaced(at, identity, stamp_ms);
         }
     }
 
@@ -224,8 +224,8 @@ mod tests {
         fn digest(&self) -> u64 {
             self.0
         }
-        fn identity_replaced(&mut self, at: AppliedAt, _: &CommittedIdentity) {
-            self.0 += 1000 * at.index;
+        fn identity_replaced(&mut self, at: AppliedAt, _: &CommittedIdentity, stamp_ms: u64) {
+            self.0 += 1000 * at.index + stamp_ms;
         }
     }
 
@@ -255,12 +255,16 @@ mod tests {
             identity: crate::cluster_identity::ClusterIdentity::new("k", [1; 16]).expect("valid"),
             index: 9,
         };
-        mux.identity_replaced(AT, &identity);
+        mux.identity_replaced(AT, &identity, 5);
         let expected = Multiplex::new(
             PlainLog::new(Retention::default()),
-            Some(Box::new(Counter(9000))),
+            Some(Box::new(Counter(9005))),
         );
-        assert_eq!(mux.digest(), expected.digest(), "the counter saw index 9");
+        assert_eq!(
+            mux.digest(),
+            expected.digest(),
+            "the counter saw index 9, stamp 5"
+        );
         assert_ne!(
             mux.digest(),
             Multiplex::new(
@@ -270,7 +274,8 @@ mod tests {
             .digest()
         );
         // Without an extension there is nothing to tell.
-        Multiplex::new(PlainLog::new(Retention::default()), None).identity_replaced(AT, &identity);
+        Multiplex::new(PlainLog::new(Retention::default()), None)
+            .identity_replaced(AT, &identity, 5);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::application::Application;
-use crate::cluster_identity::ClusterIdentity;
+use crate::cluster_identity::{ClusterIdentity, Commit};
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::log_store::LogStore;
@@ -469,7 +469,7 @@ async fn commit_cluster_identity(shared: NodeShared, cluster: String) {
             let request = ClientRequest {
                 session: 0,
                 seq: 0,
-                command: identity.commit_command(false),
+                command: identity.commit_command(Commit::First),
             };
             if let Err(error) = shared.raft.client_write(request).await {
                 tracing::debug!(node = shared.node_id, %error, "proposing the cluster identity");

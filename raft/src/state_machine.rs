@@ -29,7 +29,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::application::{Application, AppliedAt};
-use crate::cluster_identity::{self, CommittedIdentity, IdentityChange, decode_commit};
+use crate::cluster_identity::{self, Commit, CommittedIdentity, IdentityChange, decode_commit};
 use crate::coalesce::{decode_batch, is_batch};
 use crate::metrics::NodeMetrics;
 use crate::record::StoredMembershipConfig;
@@ -250,11 +250,11 @@ impl HostState {
     /// write, or each write of a batch in order.
     fn apply_entry(&mut self, at: AppliedAt, request: &ClientRequest) -> ClientResponse {
         if request.session == 0 {
-            if let Some((identity, replace)) = decode_commit(&request.command) {
+            if let Some((identity, commit)) = decode_commit(&request.command) {
                 let (committed, change) =
-                    cluster_identity::apply(&mut self.identity, identity, replace, at.index);
-                if change == IdentityChange::Replaced {
-                    self.app.identity_replaced(at, &committed);
+                    cluster_identity::apply(&mut self.identity, identity, commit, at.index);
+                if let (IdentityChange::Replaced, Commit::Replace { stamp_ms }) = (change, commit) {
+                    self.app.identity_replaced(at, &committed, stamp_ms);
                 }
                 return ClientResponse::ClusterIdentity(committed);
             }

@@ -828,8 +828,8 @@ fn dead_addr() -> String {
 
 /// A member whose build is not known (it does not answer) holds back the cluster identity,
 /// which an older build would not apply: two live nodes of a three-member cluster elect a
-/// leader and serve writes, but commit no identity until the silent member is removed.
-/// Each node reports the protocols its build applies.
+/// leader and serve writes, but commit no identity (nor replace one) until the silent member
+/// is removed; then a remint renames it. Each node reports the protocols its build applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_build_is_not_known_holds_back_the_identity() {
     let cluster = Cluster::start(2, |_| {}).await;
@@ -867,12 +867,36 @@ async fn a_member_whose_build_is_not_known_holds_back_the_identity() {
             "a plain log node applies the identity commands, and no application's"
         );
     }
+    let leader = leader_addr(&mut client).await;
+    let refused = client
+        .node(&leader)
+        .expect("leader client")
+        .remint_identity(api::RemintIdentityRequest {
+            name: String::new(),
+            incarnation: vec![7; 16].into(),
+        })
+        .await
+        .expect_err("no replacement while node 3 is unknown");
+    assert!(
+        refused.message().contains("node 3 does not answer"),
+        "{refused:?}"
+    );
     client
         .change_membership(&[1, 2], false)
         .await
         .expect("node 3 removed");
     let identity = identity_of(&mut client, &cluster.addrs()[0]).await;
     assert!(!identity.is_empty());
+    let reminted = client
+        .remint_identity(Some("renamed"))
+        .await
+        .expect("remint");
+    assert_eq!(reminted.previous, identity);
+    assert!(reminted.identity.starts_with("renamed."), "{reminted:?}");
+    assert_eq!(
+        identity_of(&mut client, &cluster.addrs()[1]).await,
+        reminted.identity
+    );
     for node in cluster.nodes {
         node.shutdown().await;
     }

@@ -171,15 +171,6 @@ impl SchedulerMachine {
             .expect("scheduler state lock poisoned: an apply panicked")
     }
 
-    /// Writes the state directly, past the log.
-    #[cfg(test)]
-    pub(crate) fn write_for_test(&self) -> std::sync::RwLockWriteGuard<'_, SchedulerState> {
-        self.shared
-            .state
-            .write()
-            .expect("scheduler state lock poisoned")
-    }
-
     fn local(&self) -> MutexGuard<'_, Local> {
         self.shared
             .local
@@ -571,6 +562,10 @@ impl Application for SchedulerMachine {
             }
         }
         self.shared.timers_changed.notify_one();
+        // What waits on the remote state (drivers, the gate's waiters) looks again.
+        self.shared
+            .remote_changed
+            .send_modify(|version| *version += 1);
         Ok(())
     }
 
@@ -582,13 +577,13 @@ impl Application for SchedulerMachine {
         APPLICATION_PROTOCOL
     }
 
-    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity, stamp_ms: u64) {
         let mut effects = Vec::new();
         self.shared
             .state
             .write()
             .expect("scheduler state lock poisoned")
-            .identity_replaced(at, &mut effects);
+            .identity_replaced(at, stamp_ms, &mut effects);
         {
             let mut digest = self.shared.digest.lock().expect("digest lock poisoned");
             *digest = mix(

@@ -1,5 +1,5 @@
 use super::*;
-use crate::cluster_identity::ClusterIdentity;
+use crate::cluster_identity::{ClusterIdentity, Commit};
 use crate::coalesce::encode_batch;
 use crate::multiplex::{AppTag, Multiplex, tagged};
 use crate::plain_log::{PlainLog, Retention, decode_append_answer, encode_append};
@@ -160,10 +160,17 @@ fn commit_identity(
     identity: &ClusterIdentity,
     replace: bool,
 ) -> CommittedIdentity {
+    let commit = if replace {
+        Commit::Replace {
+            stamp_ms: 1000 + index,
+        }
+    } else {
+        Commit::First
+    };
     let request = ClientRequest {
         session: 0,
         seq: 0,
-        command: identity.commit_command(replace),
+        command: identity.commit_command(commit),
     };
     match host.apply_entry(at(index), &request) {
         ClientResponse::ClusterIdentity(committed) => committed,
@@ -193,7 +200,7 @@ fn the_first_cluster_identity_applied_stays_in_force() {
 
 /// An application that notes the identity replacements it is told of.
 #[derive(Debug, Default)]
-struct Replacements(Arc<Mutex<Vec<(u64, String)>>>);
+struct Replacements(Arc<Mutex<Vec<(u64, String, u64)>>>);
 
 impl Application for Replacements {
     fn apply(&mut self, _: AppliedAt, _: &Bytes) -> Bytes {
@@ -214,7 +221,7 @@ impl Application for Replacements {
     fn digest(&self) -> u64 {
         0
     }
-    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity) {
+    fn identity_replaced(&mut self, at: AppliedAt, identity: &CommittedIdentity, stamp_ms: u64) {
         assert_eq!(
             at.index, identity.index,
             "told at the entry that replaced it"
@@ -222,7 +229,7 @@ impl Application for Replacements {
         self.0
             .lock()
             .expect("lock")
-            .push((at.index, identity.identity.to_string()));
+            .push((at.index, identity.identity.to_string(), stamp_ms));
     }
 }
 
@@ -246,7 +253,8 @@ fn the_application_is_told_of_each_replacement_once() {
     commit_identity(&mut host, 8, &third, true);
     assert_eq!(
         *told.lock().expect("lock"),
-        [(5, second.to_string()), (8, third.to_string())]
+        [(5, second.to_string(), 1005), (8, third.to_string(), 1008)],
+        "with each replacement's own stamp"
     );
     assert_eq!(host.identity.map(|c| c.index), Some(8));
 }

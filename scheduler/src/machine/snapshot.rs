@@ -58,17 +58,17 @@ struct SnapshotBodyV2 {
 }
 
 /// The scheduler snapshot's first bytes; a CRC32C of the rkyv bytes follows them at the end.
-/// Format 7 holds finished workflows packed ([`FinishedWorkflow`]: postcard bytes beside
+/// Format 8 holds finished workflows packed ([`FinishedWorkflow`]: postcard bytes beside
 /// their status and finish time), running ones whole, inputs, outcomes and signal
 /// payloads as [`Value`]s (by reference to the log entry that recorded them, or inline),
-/// both sides of calls between clusters ([`RemoteState`]) with the index of the last
-/// identity replacement, and the latest command stamp.
+/// and both sides of calls between clusters ([`RemoteState`]) with the index of the last
+/// identity replacement and the index that enabled them.
 ///
 /// [`FinishedWorkflow`]: crate::state::FinishedWorkflow
 /// [`Value`]: crate::command::Value
 /// [`RemoteState`]: crate::state::RemoteState
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSCH8";
-/// Format 7 (no identity replacement, no latest stamp): migrated on restore.
+/// Format 7 (no identity replacement, no enabling index): migrated on restore.
 const SNAPSHOT_MAGIC_V7: &[u8; 8] = b"KEELSCH7";
 /// Format 6 (no calls between clusters): migrated on restore.
 const SNAPSHOT_MAGIC_V6: &[u8; 8] = b"KEELSCH6";
@@ -493,9 +493,8 @@ mod tests {
     /// Format 6, written by the build before remote calls (commit 7fad2da) from
     /// [`format6_fixture_commands`] applied at indexes 1.. (the first five at midnight, the
     /// rest two seconds later), is migrated to exactly the state this build reaches from the
-    /// same commands (but the latest stamp, which format 6 did not keep): the layouts of
-    /// workflows and timers it shares with format 8 read the same, and the state has no
-    /// remote calls.
+    /// same commands: the layouts of workflows and timers it shares with format 8 read the
+    /// same, and the state has no remote calls.
     #[test]
     fn format_6_is_migrated_to_the_state_the_same_commands_reach() {
         const FORMAT6: &[u8] = include_bytes!("../../tests/fixtures/keelsch6.snap");
@@ -504,7 +503,6 @@ mod tests {
             .restore(&mut &FORMAT6[..])
             .expect("a format 6 snapshot migrates");
         let replayed = replay_fixture(Vec::new());
-        replayed.write_for_test().forget_applied_stamp_for_test();
         assert_eq!(*migrated.read(), *replayed.read());
         assert_eq!(
             migrated.read().timers().len(),
@@ -575,8 +573,8 @@ mod tests {
 
     /// Format 7, written by the build before remints (commit 23d4ea6) from the format 6
     /// history and [`format7_remote_commands`], is migrated to the state the same commands
-    /// reach (but the latest stamp, which format 7 did not keep): its outbox, binding,
-    /// watermark and records read the same, and no identity was replaced.
+    /// reach: its outbox, binding, watermark and records read the same, no identity was
+    /// replaced, and calls between clusters are not enabled yet.
     #[test]
     fn format_7_is_migrated_to_the_state_the_same_commands_reach() {
         const FORMAT7: &[u8] = include_bytes!("../../tests/fixtures/keelsch7.snap");
@@ -585,7 +583,6 @@ mod tests {
             .restore(&mut &FORMAT7[..])
             .expect("a format 7 snapshot migrates");
         let replayed = replay_fixture(format7_remote_commands());
-        replayed.write_for_test().forget_applied_stamp_for_test();
         assert_eq!(*migrated.read(), *replayed.read());
         let state = migrated.read();
         let outgoing = state.remote().outgoing("r").expect("the stream to r");
@@ -599,6 +596,27 @@ mod tests {
         assert_eq!(incoming.watermark, 2);
         assert_eq!(incoming.records.len(), 2, "one running, one refused");
         assert_eq!(state.remote().replaced_at(), 0);
+        assert!(!state.remote().enabled());
+    }
+
+    /// A call waiting for the gate is woken by a snapshot installed with remote calls
+    /// enabled, not only by applying `RemoteEnabled` itself.
+    #[tokio::test]
+    async fn a_restored_snapshot_that_enabled_remote_calls_wakes_their_waiters() {
+        let mut enabled = SchedulerMachine::new();
+        apply(&mut enabled, 1, MIDNIGHT_MS, Command::RemoteEnabled);
+        let mut bytes = Vec::new();
+        enabled.write_snapshot(&mut bytes).expect("snapshot");
+        let mut machine = SchedulerMachine::new();
+        let waiting = machine.clone();
+        let waiter = tokio::spawn(async move { waiting.remote_calls_enabled().await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "not enabled yet");
+        machine.restore(&mut bytes.as_slice()).expect("restore");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter was woken")
+            .expect("joined");
     }
 
     /// A snapshot's image is the state when it was taken: commands applied after it (the

@@ -132,7 +132,9 @@ impl Context {
         let mut statuses = self.statuses.lock().expect("status lock poisoned");
         statuses.clear();
         let mut tasks = Vec::new();
-        if !self.settings.remotes.is_empty() && !self.machine.read().remote().enabled() {
+        // Also without remotes configured here: a call to an alias no node knows is
+        // journaled, and times out at its deadline, rather than wait for the gate forever.
+        if !self.machine.read().remote().enabled() {
             tasks.push(AbortOnDrop(tokio::spawn(super::gate::enable(
                 self.shared.clone(),
                 self.proposer.clone(),
@@ -174,6 +176,19 @@ struct Hello {
     caller: ClusterIdentity,
     callee: ClusterIdentity,
     generation: u64,
+}
+
+impl Hello {
+    /// `stream` if it is still the one this Hello bound: a rebind or a remint applied since
+    /// replaced it with a stream whose items must not travel under this Hello's identities
+    /// (read under the same lock as the items, so none slips in between).
+    fn stream_of<'a>(
+        &self,
+        stream: Option<&'a crate::state::Outgoing>,
+    ) -> Option<&'a crate::state::Outgoing> {
+        stream
+            .filter(|stream| stream.binding.as_ref().map(|b| b.generation) == Some(self.generation))
+    }
 }
 
 fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
@@ -241,10 +256,18 @@ impl Driver {
             .ok_or_else(|| Failure::Transient("this cluster has no identity yet".to_owned()))
     }
 
-    fn report(&self, link: &mut Link, halted: Option<String>) {
+    /// Adds `link`'s outcomes since the last report to the remote's status (and nothing
+    /// else: the fetch task's successes must not clear what the deliver task reported).
+    fn report_outcomes(&self, link: &mut Link) {
         let mut statuses = self.context.statuses.lock().expect("status lock poisoned");
         let status = statuses.entry(self.alias.clone()).or_default();
         status.outcomes.add(&std::mem::take(&mut link.outcomes));
+    }
+
+    fn report(&self, link: &mut Link, halted: Option<String>) {
+        self.report_outcomes(link);
+        let mut statuses = self.context.statuses.lock().expect("status lock poisoned");
+        let status = statuses.entry(self.alias.clone()).or_default();
         status.attempts = status.attempts.max(link.attempts);
         status.last_error.clone_from(&link.last_error);
         status.breaker_open = link.breaker_open();
@@ -443,10 +466,10 @@ impl Driver {
     /// The next Start request's items: not known taken, in seq order, within the count and
     /// byte limits (one larger item alone); their inputs read with the state's lock released
     /// (a value file read under it would hold up apply).
-    fn start_items(&self) -> Result<Vec<pb::StartItem>, Failure> {
+    fn start_items(&self, hello: &Hello) -> Result<Vec<pb::StartItem>, Failure> {
         let chosen: Vec<(u64, crate::state::OutItem)> = {
             let state = self.context.machine.read();
-            let Some(stream) = state.remote().outgoing(&self.alias) else {
+            let Some(stream) = hello.stream_of(state.remote().outgoing(&self.alias)) else {
                 return Ok(Vec::new());
             };
             let mut bytes = 0;
@@ -486,7 +509,7 @@ impl Driver {
 
     /// Sends the next Start request, if any item is to be sent, and commits its answer.
     async fn send_starts(&self, link: &mut Link, hello: &Hello) -> Result<bool, Failure> {
-        let items = self.start_items()?;
+        let items = self.start_items(hello)?;
         if items.is_empty() {
             return Ok(false);
         }
@@ -520,7 +543,7 @@ impl Driver {
     async fn send_cancels(&self, link: &mut Link, hello: &Hello) -> Result<bool, Failure> {
         let items: Vec<pb::CancelItem> = {
             let state = self.context.machine.read();
-            let Some(stream) = state.remote().outgoing(&self.alias) else {
+            let Some(stream) = hello.stream_of(state.remote().outgoing(&self.alias)) else {
                 return Ok(false);
             };
             stream
@@ -633,7 +656,7 @@ impl Driver {
             match self.get(&mut link, &binding, &mut acks).await {
                 Ok(()) => {
                     link.succeeded();
-                    self.report(&mut link, None);
+                    self.report_outcomes(&mut link);
                 }
                 Err(failure) => {
                     self.report(&mut link, None);

@@ -34,7 +34,6 @@ impl StateV6 {
             kinds: self.kinds,
             applied_index: self.applied_index,
             remote: super::RemoteState::default(),
-            applied_stamp_ms: 0,
         }
     }
 }

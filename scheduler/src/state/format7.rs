@@ -1,6 +1,6 @@
 //! The state as snapshot format 7 (`KEELSCH7`) laid it out, read only to migrate it: the
-//! current layout without the latest command stamp, the index of the last identity
-//! replacement and the index that enabled calls between clusters.
+//! current layout without the index of the last identity replacement and the index that
+//! enabled calls between clusters.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,10 +35,9 @@ struct RemoteStateV7 {
 
 impl StateV7 {
     /// The state in the current layout: no identity replaced (format 7 builds could not
-    /// replace one), calls between clusters not enabled yet (the leader enables them once it
-    /// sees every member's build apply them; calls in flight go on meanwhile, new ones wait),
-    /// and no stamp known until the next command applies (a replacement before that stamps
-    /// what it ends with 0).
+    /// replace one), and calls between clusters not enabled yet (the leader enables them
+    /// once it sees every member's build apply them; until then new calls wait, and the
+    /// callee answers its callers `unavailable`).
     pub(crate) fn upgrade(self) -> SchedulerState {
         SchedulerState {
             workflows: self.workflows,
@@ -55,7 +54,6 @@ impl StateV7 {
                 replaced_at: 0,
                 enabled_at: 0,
             },
-            applied_stamp_ms: 0,
         }
     }
 }

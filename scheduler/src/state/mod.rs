@@ -164,9 +164,6 @@ pub struct SchedulerState {
     applied_index: u64,
     /// Calls between clusters, both sides.
     remote: RemoteState,
-    /// The latest stamp of a command applied: the time of what the host, not a command,
-    /// changes (an identity replaced), the same on every replica.
-    applied_stamp_ms: u64,
 }
 
 /// The command being applied: where, when, where its value lies, and the effects it
@@ -282,7 +279,6 @@ impl SchedulerState {
         effects: &mut Vec<Effect>,
     ) -> Answer {
         self.applied_index = self.applied_index.max(at.index);
-        self.applied_stamp_ms = self.applied_stamp_ms.max(stamped.stamp_ms);
         let mut apply = Apply {
             at,
             stamp_ms: stamped.stamp_ms,
@@ -297,20 +293,14 @@ impl SchedulerState {
         answer
     }
 
-    /// Forgets the latest stamp, as a state migrated from a format without it holds it.
-    #[cfg(test)]
-    pub(crate) fn forget_applied_stamp_for_test(&mut self) {
-        self.applied_stamp_ms = 0;
-    }
-
-    /// The host replaced this cluster's identity at `at` (an operator's remint,
-    /// `scheduler/REMOTE.md` §3): both sides' calls between clusters under the old identity
-    /// end. Stamped with the latest command's stamp; pushes the effects.
-    pub fn identity_replaced(&mut self, at: AppliedAt, effects: &mut Vec<Effect>) {
+    /// The host replaced this cluster's identity at `at`, by a command stamped `stamp_ms`
+    /// (an operator's remint, `scheduler/REMOTE.md` §3): both sides' calls between clusters
+    /// under the old identity end. Pushes the effects.
+    pub fn identity_replaced(&mut self, at: AppliedAt, stamp_ms: u64, effects: &mut Vec<Effect>) {
         self.applied_index = self.applied_index.max(at.index);
         let mut apply = Apply {
             at,
-            stamp_ms: self.applied_stamp_ms,
+            stamp_ms,
             mono: None,
             recorded: Vec::new(),
             effects,
@@ -700,7 +690,6 @@ impl SchedulerState {
             kinds,
             applied_index,
             remote: RemoteState::default(),
-            applied_stamp_ms: 0,
         }
     }
 }

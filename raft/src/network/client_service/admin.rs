@@ -9,9 +9,9 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
-use crate::cluster_identity::{ClusterIdentity, INCARNATION_BYTES};
+use crate::cluster_identity::{ClusterIdentity, Commit, INCARNATION_BYTES};
 use crate::pb::client as api;
-use crate::protocols::{HOST_PROTOCOL, Protocols, member_status};
+use crate::protocols::{HOST_PROTOCOL, Protocols, lagging_member, member_status};
 use crate::types::{ClientRequest, ClientResponse, NodeAddr, TypeConfig};
 use crate::wire_error::{WriteErrorKind, status};
 
@@ -267,7 +267,8 @@ impl ClientService {
     }
 
     /// Replaces the cluster's identity with the one requested (its name defaulting to the
-    /// name in force): proposes it with `replace` and answers what is in force after.
+    /// name in force) once every member's build applies replacements as this one does:
+    /// proposes it, stamped with this node's clock, and answers what is in force after.
     pub(super) async fn serve_remint_identity(
         &self,
         request: Request<api::RemintIdentityRequest>,
@@ -288,10 +289,20 @@ impl ClientService {
         };
         let identity = ClusterIdentity::new(&name, incarnation)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        // A build that does not apply replacements (or whose application would not end the
+        // old identity's dealings) must not be a member.
+        if let Some(why) = lagging_member(&self.shared, Protocols::of(&self.shared)).await {
+            return Err(status(
+                WriteErrorKind::Unavailable,
+                format!("the identity cannot be replaced yet: {why}; nothing was proposed"),
+            ));
+        }
         let proposal = ClientRequest {
             session: 0,
             seq: 0,
-            command: identity.commit_command(true),
+            command: identity.commit_command(Commit::Replace {
+                stamp_ms: crate::clock::now_ms(),
+            }),
         };
         let committed = match self.propose(proposal).await? {
             ClientResponse::ClusterIdentity(committed) => committed,

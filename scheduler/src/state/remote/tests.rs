@@ -18,6 +18,8 @@ const CALLEE_INDEX: u64 = 2;
 const GRACE_MS: u64 = 600_000;
 const DEADLINE_MAX_MS: u64 = 30 * 86_400_000;
 const T0: u64 = 1_000_000;
+/// The stamp of the identity replacements the tests apply.
+const REMINT_MS: u64 = T0 + 2_000;
 
 /// One cluster's state, applying commands at increasing indexes and checking its
 /// consistency after each.
@@ -270,8 +272,8 @@ fn callee_workflows(writing: &Side) -> usize {
 }
 
 impl Side {
-    /// The host replaced this cluster's identity at the next index, two seconds after the
-    /// last command's stamp (which the replacement is stamped with).
+    /// The host replaced this cluster's identity at the next index, by a command its
+    /// proposer stamped [`REMINT_MS`].
     fn replace_identity(&mut self) {
         self.index += 1;
         self.effects.clear();
@@ -280,6 +282,7 @@ impl Side {
                 term: 1,
                 index: self.index,
             },
+            REMINT_MS,
             &mut self.effects,
         );
         self.state.assert_consistent();
@@ -355,6 +358,10 @@ fn a_remint_ends_the_callees_calls_and_refuses_starts_addressed_to_the_old_ident
         writing.state.workflow(&running).expect("runs").status,
         WorkflowStatus::Running
     );
+    // The callee's workflow calls a third cluster itself: its end turns that call into a
+    // withdrawal, which the caller side of the remint then drops.
+    let inner = writing.fence_of(&running);
+    writing.call(&running, inner, 0, 60_000);
 
     writing.replace_identity();
     let reminted_at = writing.index;
@@ -362,12 +369,16 @@ fn a_remint_ends_the_callees_calls_and_refuses_starts_addressed_to_the_old_ident
     assert_eq!(cancelled.status, WorkflowStatus::Cancelled);
     assert_eq!(
         cancelled.finished_ms,
-        Some(T0),
-        "stamped with the last command's stamp"
+        Some(REMINT_MS),
+        "stamped with the replacement's stamp"
     );
     assert!(
         writing.incoming().is_none(),
         "records and watermark dropped"
+    );
+    assert!(
+        writing.state.remote().outgoing(REMOTE).is_none(),
+        "its own call's withdrawal dropped"
     );
     assert!(
         writing.state.timers().is_empty(),
