@@ -893,10 +893,19 @@ async fn a_member_whose_build_is_not_known_holds_back_the_identity() {
         .expect("remint");
     assert_eq!(reminted.previous, identity);
     assert!(reminted.identity.starts_with("renamed."), "{reminted:?}");
-    assert_eq!(
-        identity_of(&mut client, &cluster.addrs()[1]).await,
-        reminted.identity
-    );
+    let mut applied = false;
+    for _ in 0..200 {
+        if status_of(&mut client, &cluster.addrs()[1])
+            .await
+            .cluster_identity
+            == reminted.identity
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(applied, "the other node applied the replacement");
     for node in cluster.nodes {
         node.shutdown().await;
     }
