@@ -817,6 +817,17 @@ async fn a_member_waiting_for_init_refuses_votes_quietly() {
     }
 }
 
+/// Waits until node `addr` applied `identity`.
+async fn wait_for_identity(client: &mut KeelClient, addr: &str, identity: &str) {
+    for _ in 0..200 {
+        if status_of(client, addr).await.cluster_identity == identity {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} did not apply identity {identity} in 10 s");
+}
+
 /// The address of a port bound and released: nothing answers there.
 fn dead_addr() -> String {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -893,19 +904,7 @@ async fn a_member_whose_build_is_not_known_holds_back_the_identity() {
         .expect("remint");
     assert_eq!(reminted.previous, identity);
     assert!(reminted.identity.starts_with("renamed."), "{reminted:?}");
-    let mut applied = false;
-    for _ in 0..200 {
-        if status_of(&mut client, &cluster.addrs()[1])
-            .await
-            .cluster_identity
-            == reminted.identity
-        {
-            applied = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(applied, "the other node applied the replacement");
+    wait_for_identity(&mut client, &cluster.addrs()[1], &reminted.identity).await;
     for node in cluster.nodes {
         node.shutdown().await;
     }
