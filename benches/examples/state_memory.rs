@@ -8,6 +8,10 @@
 //! `steps` kind with input `10:2048`, each step's 2 KiB result held by reference to the
 //! command that recorded it, then the finish. It fails if the budget is exceeded.
 //!
+//! Then calls between clusters in flight (issue #21), counted the same way: per call, the
+//! caller's outbox item, the callee's record and running workflow, and the completion held
+//! until the caller acknowledges it; it fails if a call's 2 KiB value is held in memory.
+//!
 //! ```text
 //! cargo run --release -p keel-benches --example state_memory
 //! ```
@@ -17,7 +21,7 @@
 use keel_raft::application::AppliedAt;
 use keel_raft::values::ValueRef;
 use keel_scheduler::state::SchedulerState;
-use keel_scheduler::{Command, Outcome, Owner, Stamped, StepRecord};
+use keel_scheduler::{CallId, Command, InboundStart, Outcome, Owner, Stamped, StepRecord};
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
@@ -102,6 +106,149 @@ impl Driver {
     }
 }
 
+/// The heap bytes (with [`BLOCK_OVERHEAD`] per block) `work` leaves allocated, per one of
+/// `count`; negative if it freed more than it allocated.
+fn heap_per(count: u64, work: impl FnOnce()) -> i64 {
+    let before = dhat::HeapStats::get();
+    work();
+    let after = dhat::HeapStats::get();
+    let signed = |n: usize| i64::try_from(n).expect("a heap's size fits i64");
+    let bytes = signed(after.curr_bytes) - signed(before.curr_bytes);
+    let blocks = signed(after.curr_blocks) - signed(before.curr_blocks);
+    let overhead = i64::try_from(BLOCK_OVERHEAD).expect("small");
+    (bytes + blocks * overhead) / i64::try_from(count).expect("small")
+}
+
+/// A caller identity the remote calls come from.
+const CALLER: &str = "research.abababababababababababababababab";
+/// Calls between clusters counted.
+const CALLS: u64 = 10_000;
+
+impl Driver {
+    /// A reference to a 2 KiB value of the next command.
+    fn next_value(&self) -> ValueRef {
+        ValueRef {
+            index: self.index + 1,
+            offset: 64,
+            len: RESULT_BYTES,
+        }
+    }
+
+    /// Starts workflow `id` and claims it.
+    fn start_claimed(&mut self, id: &str) {
+        self.apply(
+            Command::Start {
+                id: id.to_owned(),
+                kind: "steps".into(),
+                input: Vec::new(),
+            },
+            None,
+        );
+        self.apply(
+            Command::Claim {
+                workflow: id.to_owned(),
+                owner: Owner::Leader { node: 1, term: 2 },
+            },
+            None,
+        );
+    }
+
+    /// Workflow `id` calls remote `writers` with a 2 KiB input.
+    fn call_remote(&mut self, id: &str) {
+        let fence = self.state.workflow(id).expect("running").fence;
+        let at = self.next_value();
+        self.apply(
+            Command::RemoteCall {
+                workflow: id.to_owned(),
+                fence,
+                seq: 0,
+                remote: "writers".into(),
+                kind: "steps".into(),
+                input: vec![b'.'; RESULT_BYTES as usize],
+                deadline_after_ms: 86_400_000,
+            },
+            Some(at),
+        );
+    }
+
+    /// The callee takes seq `seq` of [`CALLER`]'s stream.
+    fn take(&mut self, seq: u64) {
+        let item = InboundStart {
+            seq,
+            call: CallId {
+                index: seq,
+                workflow: format!("caller-{seq:08}"),
+                position: 0,
+            },
+            withdrawn: false,
+            kind: "steps".into(),
+            input: Vec::new(),
+            deadline_ms: 1_764_806_400_000 + 86_400_000,
+            refusal: None,
+        };
+        self.apply(
+            Command::RemoteStart {
+                caller: CALLER.into(),
+                callee_index: 1,
+                items: vec![item],
+                grace_ms: 600_000,
+                deadline_max_ms: 30 * 86_400_000,
+            },
+            None,
+        );
+    }
+
+    /// The callee's workflow for seq `seq` finishes with a 2 KiB result.
+    fn finish_inbound(&mut self, seq: u64) {
+        let workflow = format!("@{CALLER}.1.{seq}");
+        let fence = self.state.workflow(&workflow).expect("taken").fence;
+        let at = self.next_value();
+        self.apply(
+            Command::Finish {
+                workflow,
+                fence,
+                outcome: Outcome::Ok(vec![b'.'; RESULT_BYTES as usize]),
+            },
+            Some(at),
+        );
+    }
+}
+
+/// What calls between clusters cost the state while they are in flight (issue #21: held as
+/// issue #20 chose, values by reference), each with a 2 KiB input or result: the caller's
+/// outbox item and journal entry per call made, and the callee's record and running
+/// workflow per call taken, then its completion held until the caller acknowledges it.
+fn remote_calls(driver: &mut Driver) {
+    let ids: Vec<String> = (0..CALLS).map(|n| format!("caller-{n:08}")).collect();
+    for id in &ids {
+        driver.start_claimed(id);
+    }
+    let made = heap_per(CALLS, || ids.iter().for_each(|id| driver.call_remote(id)));
+    let outbox = driver
+        .state
+        .remote()
+        .outgoing("writers")
+        .map_or(0, |o| o.outbox.len());
+    assert_eq!(outbox as u64, CALLS, "every call is in the outbox");
+    let taken = heap_per(CALLS, || (1..=CALLS).for_each(|seq| driver.take(seq)));
+    let completed = heap_per(CALLS, || {
+        (1..=CALLS).for_each(|seq| driver.finish_inbound(seq));
+    });
+    eprintln!(
+        "{CALLS} calls between clusters with {RESULT_BYTES}-byte values: the caller's outbox item and entry {made} B per call; the callee's record and running workflow {taken} B per call, then {completed} B more per completion held until acknowledged"
+    );
+    for (what, bytes) in [("made", made), ("taken", taken), ("completed", completed)] {
+        assert!(
+            bytes < i64::from(RESULT_BYTES),
+            "a call {what} holds {bytes} B: its value is not held by reference"
+        );
+    }
+    assert!(
+        made > 0 && taken > 0,
+        "each call left something, so the count is real"
+    );
+}
+
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let mut driver = Driver {
@@ -133,4 +280,5 @@ fn main() {
     );
     // Sanity: every workflow left something (its id and record), so the count is real.
     assert!(blocks >= 2 * WORKFLOWS, "{blocks} blocks");
+    remote_calls(&mut driver);
 }
