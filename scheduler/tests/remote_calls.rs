@@ -64,7 +64,7 @@ struct Cluster {
     addrs: Vec<String>,
     /// What its clients present.
     credentials: Credentials,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn calls() -> RemoteCallSettings {
@@ -137,33 +137,47 @@ async fn start_nodes(
 ) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
-    let mut addrs = Vec::new();
     for id in 1..=count {
-        let mut config =
-            NodeConfig::new(id, listen(ports, id), dir.path().join(format!("node-{id}")));
-        name.clone_into(&mut config.cluster);
-        config.segment_size_bytes = 8 << 20;
-        config.security = security.clone();
-        if let Some(tls) = &mut config.security.tls {
-            tls.cert = tls.cert.with_file_name(format!("node-{id}.pem"));
-            tls.key = tls.key.with_file_name(format!("node-{id}.key"));
-        }
-        let node =
-            Node::start_with_peers(config, registry(), EngineSettings::default(), peers.clone())
-                .await
-                .expect("node");
-        addrs.push(node.addr().to_string());
-        nodes.push(Some(node));
+        let place = (dir.path(), listen(ports, id));
+        nodes.push(start_node(name, registry, peers, security, place, id).await);
     }
-    Cluster {
-        nodes,
-        addrs,
-        credentials,
-        _dir: dir,
+    Cluster::of(nodes, credentials, dir)
+}
+
+/// Node `id` of cluster `name`, its data directory `node-<id>` in `place.0`, listening at
+/// `place.1`.
+async fn start_node(
+    name: &str,
+    registry: fn() -> Registry,
+    peers: &PeerSettings,
+    security: &NodeSecurity,
+    place: (&std::path::Path, std::net::SocketAddr),
+    id: u64,
+) -> Node {
+    let (dir, addr) = place;
+    let mut config = NodeConfig::new(id, addr, dir.join(format!("node-{id}")));
+    name.clone_into(&mut config.cluster);
+    config.segment_size_bytes = 8 << 20;
+    config.security = security.clone();
+    if let Some(tls) = &mut config.security.tls {
+        tls.cert = tls.cert.with_file_name(format!("node-{id}.pem"));
+        tls.key = tls.key.with_file_name(format!("node-{id}.key"));
     }
+    Node::start_with_peers(config, registry(), EngineSettings::default(), peers.clone())
+        .await
+        .expect("node")
 }
 
 impl Cluster {
+    fn of(nodes: Vec<Node>, credentials: Credentials, dir: tempfile::TempDir) -> Self {
+        Self {
+            addrs: nodes.iter().map(|node| node.addr().to_string()).collect(),
+            nodes: nodes.into_iter().map(Some).collect(),
+            credentials,
+            dir,
+        }
+    }
+
     /// Node id → address, ids from 1 in start order.
     fn members(&self) -> BTreeMap<u64, String> {
         (1..).zip(self.addrs.iter().cloned()).collect()
@@ -267,21 +281,25 @@ async fn start_pair() -> (Cluster, Cluster) {
     (research, writing)
 }
 
+/// Starts research workflow `id` with `input`, waiting for its kind to be declared.
+async fn start_research_with(client: &WorkflowClient, id: &str, input: &str) {
+    wait_until("the research kind is declared", || {
+        let mut client = client.clone();
+        let (id, input) = (id.to_owned(), input.to_owned());
+        async move {
+            client
+                .start(&id, "research", Bytes::from(input))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+}
+
 async fn start_research(research: &Cluster, ids: &[String], input: &str) {
     let client = research.client();
     for id in ids {
-        wait_until("the research kind is declared", || {
-            let mut client = client.clone();
-            let id = id.clone();
-            let input = input.to_owned();
-            async move {
-                client
-                    .start(&id, "research", Bytes::from(input))
-                    .await
-                    .is_ok()
-            }
-        })
-        .await;
+        start_research_with(&client, id, input).await;
     }
 }
 
@@ -492,11 +510,120 @@ async fn calls_between_clusters_are_authenticated_by_the_callee() {
 
 impl Cluster {
     /// Stops every node (its data goes with the cluster's directory when dropped).
-    async fn stop(mut self) {
+    async fn stop(self) {
+        drop(self.stop_keeping_data().await);
+    }
+
+    /// Stops every node; the data directories' parent, kept.
+    async fn stop_keeping_data(mut self) -> tempfile::TempDir {
         for node in self.nodes.iter_mut().filter_map(Option::take) {
             node.shutdown().await;
         }
+        self.dir
     }
+}
+
+/// Cluster `name` started again, plaintext, on the data directories in `dir` (as
+/// [`Cluster::stop_keeping_data`] left them) and `ports`.
+async fn restart(
+    name: &str,
+    registry: fn() -> Registry,
+    peers: &PeerSettings,
+    dir: tempfile::TempDir,
+    ports: &[u16],
+) -> Cluster {
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let place = (dir.path(), listen(Some(ports), id));
+        let security = NodeSecurity::default();
+        nodes.push(start_node(name, registry, peers, &security, place, id).await);
+    }
+    Cluster::of(nodes, Credentials::none(), dir)
+}
+
+/// Copies directory `from` into `to`, recursively.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A caller restored from a copy of its data directories, without a remint (REMOTE.md §17
+/// scenario 8): its stream's seqs go back below what the callee took since the copy, and
+/// its new call takes seq 2 again (the callee ran seq 2 for another call). The callee
+/// starts nothing for it: the remote halts (the callee took more seqs than this caller
+/// handed out), and the call times out at its deadline, having run nowhere. The
+/// remint then ends the old stream, and a call under the new identity runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_restored_without_a_remint_runs_nothing_twice() {
+    let writing = start_cluster("writing", writing_registry, &writing_peers()).await;
+    let research_side = research_peers(RemoteConfig {
+        addresses: writing.addrs.clone(),
+        ..RemoteConfig::default()
+    });
+    let ports = free_ports();
+    let research = start_on(
+        "research",
+        research_registry,
+        &research_side,
+        &NodeSecurity::default(),
+        Credentials::none(),
+        Some(&ports),
+    )
+    .await;
+    let run = |research: &Cluster, id: &str, input: &str| {
+        let (client, id, input) = (research.client(), id.to_owned(), input.to_owned());
+        async move {
+            start_research_with(&client, &id, &input).await;
+            wait_finished(&mut client.clone(), &id).await
+        }
+    };
+    assert_eq!(run(&research, "a", "topic").await.status, "completed");
+    let dir = research.stop_keeping_data().await;
+    let backup = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), backup.path());
+    let research = restart("research", research_registry, &research_side, dir, &ports).await;
+    for id in ["b1", "b2"] {
+        assert_eq!(run(&research, id, "topic").await.status, "completed");
+    }
+    writing.wait_inbound(3).await;
+    let dir = research.stop_keeping_data().await;
+    std::fs::remove_dir_all(dir.path()).expect("wipe");
+    copy_dir(backup.path(), dir.path());
+    let research = restart("research", research_registry, &research_side, dir, &ports).await;
+
+    start_research_with(&research.client(), "c", "5000 topic").await;
+    wait_until("the remote halts on the callee's watermark", || {
+        let mut client = research.client();
+        async move {
+            let info = client.get("c", true).await.expect("get");
+            info.journal
+                .iter()
+                .filter_map(|entry| entry.remote.as_ref())
+                .any(|call| call.seq == 2 && call.last_error.contains("handed out only"))
+        }
+    })
+    .await;
+    let restored = wait_finished(&mut research.client(), "c").await;
+    assert_eq!(restored.result.as_ref(), b"timed out", "{restored:?}");
+    let inbound = writing.inbound().await;
+    assert_eq!(
+        inbound.len(),
+        3,
+        "nothing ran for the restored caller's call: {inbound:?}"
+    );
+
+    research.remint().await;
+    let after = run(&research, "d", "topic").await;
+    assert_eq!(after.result.as_ref(), b"draft of topic", "{after:?}");
+    writing.wait_inbound(4).await;
 }
 
 /// The callee cluster wiped and re-created at the same addresses: the caller's driver meets
