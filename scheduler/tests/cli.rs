@@ -15,19 +15,40 @@ fn keel(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// What `keel args` printed on standard output, the command having succeeded.
-fn keel_stdout(args: &[&str]) -> String {
+/// Whether `keel args` succeeded, and what it printed on standard output.
+fn keel_stdout(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(args)
         .env("RUST_LOG", "error")
         .output()
         .expect("run keel");
-    assert!(
+    (
         output.status.success(),
-        "keel {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// `keel status` of the cluster in `data_arg` once every node reports one identity, other
+/// than `not` (polled for 10 s), and that identity; the last output and `None` if never.
+fn status_with_one_identity(data_arg: &str, not: Option<&str>) -> (String, Option<String>) {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let (_, status) = keel_stdout(&["status", "--data-dir", data_arg]);
+        let identities: Vec<&str> = status
+            .lines()
+            .filter_map(|line| line.strip_prefix("cluster identity: "))
+            .filter(|identity| !identity.starts_with("none"))
+            .collect();
+        if let [one] = identities.as_slice()
+            && Some(*one) != not
+        {
+            let one = (*one).to_owned();
+            return (status, Some(one));
+        }
+        last = status;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (last, None)
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> String {
@@ -202,20 +223,17 @@ fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
         .args(["read", "--data-dir", &data_arg])
         .output()
         .expect("keel read");
-    let before = keel_stdout(&["status", "--data-dir", &data_arg]);
-    let reminted = keel_stdout(&["identity", "remint", "--data-dir", &data_arg]);
-    let after = keel_stdout(&["status", "--data-dir", &data_arg]);
+    // Read everything before the assertions, so none of them leaves `keel dev` running.
+    let (before, old) = status_with_one_identity(&data_arg, None);
+    let (reminted_ok, reminted) = keel_stdout(&["identity", "remint", "--data-dir", &data_arg]);
+    let (_, new) = status_with_one_identity(&data_arg, old.as_deref());
     let _ = dev.kill();
     let _ = dev.wait();
-    let identity_in = |status: &str| -> String {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("cluster identity: "))
-            .unwrap_or_else(|| panic!("no identity in\n{status}"))
-            .to_owned()
-    };
-    let (old, new) = (identity_in(&before), identity_in(&after));
-    assert_ne!(old, new, "the remint replaced the identity");
+    let (old, new) = (
+        old.unwrap_or_else(|| panic!("no identity in\n{before}")),
+        new.expect("every node applied the replacement"),
+    );
+    assert!(reminted_ok, "keel identity remint failed");
     assert!(
         reminted.starts_with(&format!("cluster identity is now {new} (log index "))
             && reminted.trim_end().ends_with(&format!("it replaced {old}")),

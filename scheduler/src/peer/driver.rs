@@ -591,9 +591,19 @@ impl Driver {
     /// workflow or journal position than the item's: the callee completed another call that
     /// happens to share the index (this cluster re-created from old data without a remint,
     /// REMOTE.md §17 scenario 8), and its result must not resolve this one.
-    fn check_completed_calls(&self, completions: &[&pb::Completion]) -> Result<(), Failure> {
+    fn check_completed_calls(
+        &self,
+        generation: u64,
+        completions: &[&pb::Completion],
+    ) -> Result<(), Failure> {
         let state = self.context.machine.read();
-        let Some(stream) = state.remote().outgoing(&self.alias) else {
+        // Completions of another binding's stream settle nothing here (their commit is
+        // ignored): nothing to compare them with.
+        let Some(stream) = state
+            .remote()
+            .outgoing(&self.alias)
+            .filter(|stream| stream.binding.as_ref().map(|b| b.generation) == Some(generation))
+        else {
             return Ok(());
         };
         for completion in completions {
@@ -637,6 +647,9 @@ impl Driver {
         let mut link = self.link().await;
         let mut changed = self.context.machine.watch_remote();
         let mut acks = Vec::new();
+        // Whether this task reported a failure since its last success: the next success
+        // then clears it from the remote's status (an idle deliver task would not).
+        let mut failing = false;
         loop {
             changed.borrow_and_update();
             let binding = {
@@ -656,10 +669,19 @@ impl Driver {
             match self.get(&mut link, &binding, &mut acks).await {
                 Ok(()) => {
                     link.succeeded();
-                    self.report_outcomes(&mut link);
+                    if std::mem::take(&mut failing) {
+                        self.report(&mut link, None);
+                    } else {
+                        self.report_outcomes(&mut link);
+                    }
                 }
                 Err(failure) => {
-                    self.report(&mut link, None);
+                    failing = true;
+                    let halted = match &failure {
+                        Failure::Halt(why) => Some(why.clone()),
+                        _ => None,
+                    };
+                    self.report(&mut link, halted);
                     link.failed(failure).await;
                 }
             }
@@ -701,7 +723,7 @@ impl Driver {
             .iter()
             .filter(|c| completion_from_wire(c).is_some())
             .collect();
-        self.check_completed_calls(&readable)?;
+        self.check_completed_calls(binding.generation, &readable)?;
         let completions: Vec<_> = readable
             .iter()
             .filter_map(|c| completion_from_wire(c))
