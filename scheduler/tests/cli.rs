@@ -3,12 +3,18 @@
 use std::path::Path;
 use std::process::Command;
 
-fn keel(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+/// `keel args` run to its end, logging errors only.
+fn run_keel(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(args)
         .env("RUST_LOG", "error")
         .output()
-        .expect("run keel");
+        .expect("run keel")
+}
+
+/// Whether `keel args` succeeded, and what it printed on standard error.
+fn keel(args: &[&str]) -> (bool, String) {
+    let output = run_keel(args);
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -17,11 +23,7 @@ fn keel(args: &[&str]) -> (bool, String) {
 
 /// Whether `keel args` succeeded, and what it printed on standard output.
 fn keel_stdout(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run keel");
+    let output = run_keel(args);
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -219,10 +221,7 @@ fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
         .join(",");
     let ca = certs.join("ca.pem").to_string_lossy().into_owned();
     let anonymous = keel(&["append", "--cluster", &cluster, "--ca", &ca, "refused"]);
-    let read = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["read", "--data-dir", &data_arg])
-        .output()
-        .expect("keel read");
+    let (_, records) = keel_stdout(&["read", "--data-dir", &data_arg]);
     // Read everything before the assertions, so none of them leaves `keel dev` running.
     let (before, old) = status_with_one_identity(&data_arg, None);
     let (reminted_ok, reminted) = keel_stdout(&["identity", "remint", "--data-dir", &data_arg]);
@@ -249,7 +248,6 @@ fn keel_dev_with_tls_serves_client_commands_that_find_its_certificates() {
     );
     assert!(!anonymous.0, "an anonymous append was accepted");
     assert!(anonymous.1.contains("no credentials"), "{}", anonymous.1);
-    let records = String::from_utf8_lossy(&read.stdout);
     assert!(
         records.contains("over TLS") && !records.contains("refused"),
         "{records}"
